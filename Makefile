@@ -1,0 +1,45 @@
+# rankserve: two commands on a fresh machine.
+#   make serve   set up .venv, build demo data + models on first run, start Triton + Ray Serve on :8000
+#   make test    set up .venv, build demo data + models on first run, run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+EXTRA  ?= cpu
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(EXTRA)
+
+.PHONY: serve test install build bench kernel-bench loadtest lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# One resolve for everything: protobuf / grpcio-reflection pins only hold when solved together.
+	$(PY) -m pip install -q -e ".[$(EXTRA),dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+build: install
+	$(PY) -m serving.cli build
+
+serve: build
+	$(PY) -m serving.cli serve
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) -m serving.cli bench
+
+kernel-bench: install
+	$(PY) -m kernels.bench
+
+loadtest: install
+	$(PY) -m loadtest.run
+
+lint: install
+	$(PY) -m ruff check serving kernels training loadtest tests
+	$(PY) -m mypy
+
+clean:
+	rm -rf .rankserve model_repository/*/

@@ -1,0 +1,15 @@
+"""Feature-crossing kernels: one contract (``kernels.spec``), several backends, one dispatcher."""
+
+from kernels.dispatch import BACKENDS, Crosser, available_backends, get_crosser
+from kernels.spec import CrossInputs, CrossOutput, CrossSpec, cross_hash_scalar
+
+__all__ = [
+    "BACKENDS",
+    "CrossInputs",
+    "CrossOutput",
+    "CrossSpec",
+    "Crosser",
+    "available_backends",
+    "cross_hash_scalar",
+    "get_crosser",
+]
