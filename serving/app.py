@@ -1,0 +1,222 @@
+"""The Ray Serve application: one thin deployment around :class:`serving.pipeline.RankPipeline`.
+
+Topology (measured, see README "Topology"): the HTTP ingress and the batched pipeline live in
+ONE deployment, so a request crosses the Serve proxy and nothing else; each extra handle hop
+costs milliseconds on a small machine. Scale out by adding replicas of this deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+
+from serving.config import Settings
+from serving.crossing import CrossingStage
+from serving.errors import (
+    BackendUnavailableError,
+    DeadlineExceededError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RankserveError,
+)
+from serving.faiss_index import load_index
+from serving.features import FeatureTables
+from serving.metrics import Metrics
+from serving.model_call import ModelCaller
+from serving.pipeline import Prepared, RankPipeline
+from serving.ranking import RankingStage
+from serving.recall import RecallStage
+from serving.registry import ModelRegistry
+from serving.schemas import RankResponse, parse_rank_request
+from serving.triton_client import AsyncTritonClient
+from serving.triton_config import read_config
+
+__all__ = ["RankingService", "build_app", "create_pipeline"]
+
+log = logging.getLogger("rankserve")
+
+MAX_CONCURRENT_BATCHES = 2  # overlap one batch's crossing with the previous batch's Triton call
+
+
+def create_pipeline(settings: Settings, client: AsyncTritonClient) -> RankPipeline:
+    """Load tables, index and model metadata and wire the stages (in-process; no Ray needed)."""
+    registry = ModelRegistry(settings.model_repository)
+    tables = FeatureTables.load(settings.marketplace_path)
+    caller = ModelCaller(client, timeout_s=settings.triton_timeout_s, retries=settings.triton_retries)
+    tower_version = registry.traffic(settings.user_tower_model).live
+    tower_dir = registry.version_dir(settings.user_tower_model, tower_version)
+    index = load_index(tower_dir / "items.faiss", use_gpu=settings.faiss_gpu)
+    if index.n_items != tables.n_items:
+        raise BackendUnavailableError(
+            f"index of {settings.user_tower_model} v{tower_version} has {index.n_items} items, catalogue has {tables.n_items}"
+        )
+    recall = RecallStage(tables, index, caller, settings.user_tower_model, tower_version)
+    max_rows = read_config(settings.model_repository, settings.ranker_model).max_batch_size
+    return RankPipeline(settings, tables, registry, recall, CrossingStage(tables, settings.cross_backend),
+                        RankingStage(caller, max_rows))
+
+
+def _error_response(err: RankserveError) -> JSONResponse:
+    return JSONResponse(err.to_body(), status_code=err.http_status, headers=err.headers())
+
+
+api = FastAPI(title="rankserve", version="1", docs_url=None, redoc_url=None)
+
+
+@serve.deployment(name="rankserve")
+@serve.ingress(api)
+class RankingService:
+    """Thin Serve wrapper: HTTP in, batched pipeline, HTTP out."""
+
+    def __init__(self, settings: dict[str, Any], triton_url: str) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.settings = Settings.model_validate(settings)
+        self.client = AsyncTritonClient(triton_url)
+        self.pipeline = create_pipeline(self.settings, self.client)
+        self.metrics = Metrics()
+        self._pending = 0
+        self._batched.set_max_batch_size(self.settings.max_batch_candidates)
+        self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        for name, traffic in self.pipeline._traffic.items():
+            self.metrics.model_version.labels(name).set(traffic.live)
+        self.metrics.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
+        log.info(
+            json.dumps({"event": "replica_ready", "cross_backend": self.pipeline.crossing.backend,
+                        "faiss_gpu": self.pipeline.recall.index.on_gpu, "batching": self.settings.batching})
+        )
+
+    # -- ranking ------------------------------------------------------------------------
+    @api.post("/v1/rank")
+    async def rank(self, request: Request) -> Response:
+        arrival = time.monotonic()
+        try:
+            if self._pending >= self.settings.max_queued_requests >= 0:
+                self.metrics.shed.inc()
+                raise OverloadedError(f"{self._pending} requests queued; try again shortly", retry_after_s=1)
+            body = await self._read_body(request)
+            prep = self.pipeline.prepare(parse_rank_request(body, self.settings), arrival=arrival)
+            self._pending += 1
+            self.metrics.queue_depth.set(self._pending)
+            try:
+                left = prep.deadline - time.monotonic()
+                result = await asyncio.wait_for(self._answer(prep), timeout=max(left, 0.001))
+            except asyncio.TimeoutError as err:
+                raise DeadlineExceededError(f"no answer within {1000 * (prep.deadline - arrival):.0f} ms") from err
+            finally:
+                self._pending -= 1
+                self.metrics.queue_depth.set(self._pending)
+            if isinstance(result, RankserveError):
+                raise result
+        except RankserveError as err:
+            self.metrics.requests.labels(str(err.http_status)).inc()
+            if err.http_status >= 500:
+                log.warning(json.dumps({"event": "rank_error", "status": err.http_status, "error": err.message}))
+            return _error_response(err)
+        self.metrics.requests.labels("200").inc()
+        self.metrics.latency_ms.observe((time.monotonic() - arrival) * 1000)
+        if result.degraded:
+            self.metrics.degraded.inc()
+        return JSONResponse(result.to_json())
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(f"request body is {declared} bytes, the limit is {limit}", field="body")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes", field="body")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _answer(self, prep: Prepared) -> RankResponse | RankserveError:
+        if self.settings.batching:
+            return await self._batched(prep)
+        results, stats = await self.pipeline.run_batch([prep])
+        self._observe(stats)
+        return results[0]
+
+    @serve.batch(
+        max_batch_size=8192,
+        batch_wait_timeout_s=0.004,
+        max_concurrent_batches=MAX_CONCURRENT_BATCHES,
+        batch_size_fn=lambda batch: sum(p.cost for p in batch),
+    )
+    async def _batched(self, batch: list[Prepared]) -> list[RankResponse | RankserveError]:
+        results, stats = await self.pipeline.run_batch(batch)
+        self._observe(stats)
+        return results
+
+    def _observe(self, stats: Any) -> None:
+        self.metrics.batch_requests.observe(stats.requests)
+        self.metrics.batch_rows.observe(stats.rows)
+        for stage, ms in stats.stage_ms.items():
+            self.metrics.stage_ms.labels(stage).observe(ms)
+
+    # -- operations ---------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> Response:
+        checks = await self._readiness()
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    async def _readiness(self) -> dict[str, bool]:
+        checks: dict[str, bool] = {"index": self.pipeline.recall.index.n_items > 0}
+        try:
+            checks["triton"] = bool(await self.client.server_ready())
+            checks[f"{self.pipeline.recall.model}:{self.pipeline.recall.version}"] = bool(
+                await self.client.model_ready(self.pipeline.recall.model, str(self.pipeline.recall.version))
+            )
+            for name, traffic in self.pipeline._traffic.items():
+                checks[f"{name}:{traffic.live}"] = bool(await self.client.model_ready(name, str(traffic.live)))
+        except RankserveError:
+            checks["triton"] = False
+        return checks
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        reg = self.pipeline.registry
+        out = []
+        for name in reg.models():
+            traffic = reg.traffic(name)
+            versions = []
+            for v in reg.versions(name):
+                try:
+                    ready = bool(await self.client.model_ready(name, str(v)))
+                except RankserveError:
+                    ready = False
+                meta = reg.meta(name, v)
+                versions.append({"version": v, "state": "READY" if ready else "UNAVAILABLE",
+                                 "created": meta.get("created"), "quality": meta.get("quality", {})})
+            out.append({"name": name, "versions": versions, "traffic": traffic.to_json()})
+        return {"models": out, "cross_backend": self.pipeline.crossing.backend,
+                "faiss": {"kind": self.pipeline.recall.index.kind, "on_gpu": self.pipeline.recall.index.on_gpu}}
+
+
+def build_app(settings: Settings, triton_url: str) -> Any:
+    """The bound Serve application for ``serve.run``."""
+    return RankingService.options(
+        num_replicas=settings.num_replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        max_queued_requests=-1,
+        ray_actor_options={"num_cpus": settings.replica_num_cpus},
+    ).bind(settings.model_dump(mode="json"), triton_url)
+
+

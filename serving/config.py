@@ -1,0 +1,130 @@
+"""Typed settings with one environment prefix, ``RANKSERVE_``.
+
+Every setting is a field of :class:`Settings` with its constraint and description; the
+environment overrides a field by its upper-case name (``RANKSERVE_RECALL_N=300``). A value that
+does not parse fails at start-up with the variable, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings"]
+
+ENV_PREFIX = "RANKSERVE_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting (usually from the environment) is invalid."""
+
+
+class Settings(BaseModel):
+    """All of rankserve's settings. Immutable; build with :meth:`from_env`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(REPO_ROOT / ".rankserve", description="Demo data, build cache, Triton runtime dir.")
+    model_repository: Path = Field(REPO_ROOT / "model_repository", description="Triton model repository.")
+
+    # --- HTTP ----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.")
+    max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest accepted request body.")
+
+    # --- API limits ----------------------------------------------------------------------
+    default_k: int = Field(20, ge=1, description="k when the request gives none.")
+    max_k: int = Field(1000, ge=1, description="Largest k a request may ask for.")
+    recall_n: int = Field(500, ge=1, le=10000, description="Candidates recalled by FAISS when none are given.")
+    max_candidates: int = Field(2000, ge=1, description="Most candidates a request may give.")
+    max_exclude: int = Field(5000, ge=0, description="Most item ids a request may exclude.")
+    default_timeout_ms: int = Field(2000, ge=1, description="Deadline when the request gives none.")
+    max_timeout_ms: int = Field(30000, ge=1, description="Largest deadline a request may ask for.")
+
+    # --- models --------------------------------------------------------------------------
+    ranker_model: str = Field("ranker", min_length=1, description="Default ranking model in Triton.")
+    user_tower_model: str = Field("user_tower", min_length=1, description="User tower model in Triton.")
+    triton_url: str | None = Field(None, description="gRPC host:port of an existing Triton; none launches one.")
+    triton_kind: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="Triton instance kind written into config.pbtxt; auto: KIND_GPU when a GPU is present."
+    )
+    triton_timeout_s: float = Field(5.0, gt=0, description="Timeout of one Triton call.")
+    triton_retries: int = Field(1, ge=0, le=5, description="Retries of a failed Triton call before degrading.")
+
+    # --- kernels and recall --------------------------------------------------------------
+    cross_backend: Literal["auto", "cupy", "numba_cuda", "numba_cpu", "numpy"] = Field(
+        "auto", description="Feature-crossing backend; auto picks the fastest available."
+    )
+    faiss_gpu: Literal["auto", "on", "off"] = Field("auto", description="Move the FAISS index to a GPU.")
+
+    # --- batching and load shedding ------------------------------------------------------
+    batching: bool = Field(True, description="Batch requests with @serve.batch (off: one Triton call each).")
+    max_batch_candidates: int = Field(
+        8192, ge=1, description="Batches are bounded by their total candidates, not their request count."
+    )
+    batch_wait_timeout_s: float = Field(0.004, ge=0, le=1, description="Longest wait for a batch to fill.")
+    num_replicas: int = Field(1, ge=1, description="Ranking replicas.")
+    max_ongoing_requests: int = Field(128, ge=1, description="Requests in flight per replica.")
+    max_queued_requests: int = Field(512, ge=-1, description="Queued requests before 503 (-1: unbounded).")
+    replica_num_cpus: float = Field(0.0, ge=0, description="CPUs Ray reserves per replica.")
+
+    # --- Ray -----------------------------------------------------------------------------
+    ray_address: str = Field("local", description="Ray cluster address; 'local' starts one.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+        if self.default_timeout_ms > self.max_timeout_ms:
+            raise ValueError(
+                f"default_timeout_ms ({self.default_timeout_ms}) must be <= max_timeout_ms ({self.max_timeout_ms})"
+            )
+        return self
+
+    @property
+    def triton_runtime_dir(self) -> Path:
+        return self.data_dir / "triton-runtime"
+
+    @property
+    def marketplace_path(self) -> Path:
+        return self.data_dir / "data" / "marketplace.npz"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``RANKSERVE_*`` variables, then explicit ``overrides``.
+
+        Raises:
+            ConfigError: naming the variable, its value and what was expected.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            key = ENV_PREFIX + name.upper()
+            if key in env:
+                values[name] = env[key]
+        unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in cls.model_fields)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown}; known: {[ENV_PREFIX + n.upper() for n in cls.model_fields]}")
+        values.update(overrides)
+        try:
+            return cls.model_validate(_coerce(values))
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else "?"
+            shown = values.get(field, "<missing>")
+            src = ENV_PREFIX + field.upper() if (ENV_PREFIX + field.upper()) in env else field
+            raise ConfigError(f"{src}={shown!r} is invalid: {first['msg']}") from err
+
+
+def _coerce(values: dict[str, object]) -> dict[str, object]:
+    # Environment values are strings; an empty RANKSERVE_TRITON_URL means "launch one".
+    out = dict(values)
+    if out.get("triton_url") == "":
+        out["triton_url"] = None
+    return out

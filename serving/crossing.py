@@ -1,0 +1,35 @@
+"""Crossing stage: the kernel backend chosen once at start-up, applied per ranker version."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from kernels import Crosser, CrossSpec, get_crosser
+from serving.features import FeatureTables, RankerInputs, ranker_inputs
+
+__all__ = ["CrossingStage"]
+
+log = logging.getLogger(__name__)
+
+
+class CrossingStage:
+    """Builds ranker inputs for many (user, item) pairs in one kernel launch.
+
+    Args:
+        tables: the feature tables.
+        backend: ``auto`` or a backend name; a forced backend that cannot run raises at start-up.
+    """
+
+    def __init__(self, tables: FeatureTables, backend: str = "auto") -> None:
+        self.tables = tables
+        self.crosser: Crosser = get_crosser(backend)
+        log.info("crossing backend: %s", self.crosser.backend)
+
+    @property
+    def backend(self) -> str:
+        return self.crosser.backend
+
+    def inputs(self, user_rows: np.ndarray, item_rows: np.ndarray, spec: CrossSpec) -> RankerInputs:
+        return ranker_inputs(self.tables, user_rows, item_rows, self.crosser, spec)

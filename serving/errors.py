@@ -1,0 +1,133 @@
+"""Errors that carry their HTTP and gRPC status, and the one table that maps them.
+
+Every exception raised on a request path derives from :class:`RankserveError`. The ingress turns
+any of them into ``{"error": {"code", "message", "field"}}`` with the class's HTTP status; the gRPC
+servicer uses the same class's gRPC code. ``tests/unit/test_errors.py`` checks both maps agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ERROR_TABLE",
+    "BackendUnavailableError",
+    "DeadlineExceededError",
+    "InvalidArgumentError",
+    "ModelNotFoundError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "RankserveError",
+    "TritonError",
+    "UnprocessableError",
+    "ValidationError",
+]
+
+
+class RankserveError(Exception):
+    """Root of rankserve's errors. Subclasses set ``http_status``, ``grpc_code`` and ``code``."""
+
+    http_status: int = 500
+    grpc_code: str = "INTERNAL"  # name of a grpc.StatusCode member
+    code: str = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.retry_after_s = retry_after_s
+
+    def to_body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            err["field"] = self.field
+        return {"error": err}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, int(round(self.retry_after_s))))}
+
+
+class InvalidArgumentError(RankserveError):
+    """Malformed request: bad JSON, wrong types (400)."""
+
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+    code = "invalid_argument"
+
+
+class ValidationError(RankserveError):
+    """Well-formed but unacceptable values: out of range, unknown items, too many candidates (422)."""
+
+    http_status = 422
+    grpc_code = "INVALID_ARGUMENT"
+    code = "invalid_argument"
+
+
+UnprocessableError = ValidationError
+
+
+class PayloadTooLargeError(RankserveError):
+    """Request body larger than the configured limit (413)."""
+
+    http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+    code = "payload_too_large"
+
+
+class ModelNotFoundError(RankserveError):
+    """The request names a model the server does not serve (404)."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+    code = "not_found"
+
+
+class OverloadedError(RankserveError):
+    """Load shedding: the bounded queue is full (503 + Retry-After)."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    code = "overloaded"
+
+
+class BackendUnavailableError(RankserveError):
+    """A dependency (Triton, the index) is not ready (503)."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    code = "unavailable"
+
+
+class DeadlineExceededError(RankserveError):
+    """The request's deadline passed before an answer was ready (504)."""
+
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+    code = "deadline_exceeded"
+
+
+class TritonError(RankserveError):
+    """Triton answered with an error or could not be reached (wrapped by the ranking stage)."""
+
+    http_status = 502
+    grpc_code = "UNAVAILABLE"
+    code = "triton_error"
+
+
+# One table: exception class -> (HTTP status, gRPC status code name). Built from the classes.
+ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
+    cls: (cls.http_status, cls.grpc_code)
+    for cls in (
+        InvalidArgumentError,
+        ValidationError,
+        PayloadTooLargeError,
+        ModelNotFoundError,
+        OverloadedError,
+        BackendUnavailableError,
+        DeadlineExceededError,
+        TritonError,
+        RankserveError,
+    )
+}

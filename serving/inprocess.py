@@ -1,0 +1,58 @@
+"""Runs the repository's TorchScript models in this process, with the Triton client's interface.
+
+Used for the benchmark's floor (the same pipeline with no serving hop) and to check that served
+scores equal the model's own scores. Not a stand-in for Triton in serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serving.triton_config import read_config
+
+__all__ = ["InProcessClient"]
+
+
+class InProcessClient:
+    """``infer`` runs ``model_repository/<model>/<version>/model.pt`` with torch, in-process."""
+
+    def __init__(self, repo: Path, *, num_threads: int | None = None) -> None:
+        self.repo = Path(repo)
+        self._models: dict[tuple[str, str], tuple[torch.jit.ScriptModule, list[str]]] = {}
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+
+    def _model(self, model: str, version: str) -> tuple[torch.jit.ScriptModule, list[str]]:
+        key = (model, version)
+        if key not in self._models:
+            if not version:
+                version = str(max(int(p.name) for p in (self.repo / model).iterdir() if p.name.isdigit()))
+            module = torch.jit.load(str(self.repo / model / version / "model.pt"), map_location="cpu")
+            module.eval()
+            names = [t.name for t in read_config(self.repo, model).input]
+            self._models[key] = (module, names)
+        return self._models[key]
+
+    def infer_sync(
+        self, model: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *, version: str = ""
+    ) -> dict[str, np.ndarray]:
+        module, names = self._model(model, version)
+        with torch.inference_mode():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names])
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return {name: o.numpy() for name, o in zip(output_names, outs, strict=True)}
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        *,
+        version: str = "",
+        timeout_s: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        return self.infer_sync(model, inputs, output_names, version=version)

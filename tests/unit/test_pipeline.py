@@ -1,0 +1,201 @@
+"""Pipeline logic on plain classes: top-k, exclude, given candidates, cold start, degrading, deadlines.
+
+Triton is replaced here by small deterministic clients (this is a unit test of the stage logic;
+tests/integration runs the same pipeline against the real Triton).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernels import CrossSpec
+from serving.config import Settings
+from serving.crossing import CrossingStage
+from serving.errors import DeadlineExceededError, ModelNotFoundError, TritonError, ValidationError
+from serving.features import FeatureTables
+from serving.model_call import ModelCaller
+from serving.pipeline import RankPipeline, _top_k
+from serving.ranking import RankingStage
+from serving.recall import RecallStage
+from serving.registry import ModelRegistry, Traffic
+from serving.schemas import RankRequest, RankResponse
+
+N_USERS, N_ITEMS, D, E = 50, 300, 4, 8
+SPEC = CrossSpec(pairs=((0, 0), (1, 1)), buckets=97, dense_dim=D)
+
+
+class ExactIndex:
+    """Exact inner-product search over item embeddings (the FAISS wrapper has its own tests)."""
+
+    kind, on_gpu = "exact", False
+
+    def __init__(self, emb: np.ndarray) -> None:
+        self.emb = emb
+        self.n_items = emb.shape[0]
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s = q @ self.emb.T
+        ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(s, ids, 1).astype(np.float32), ids.astype(np.int64)
+
+
+class ScoringClient:
+    """Scores rows by their dense dot feature; user tower = user dense padded to E."""
+
+    def __init__(self, fail: set[str] | None = None, delay_s: float = 0.0) -> None:
+        self.fail = fail or set()
+        self.delay_s = delay_s
+        self.calls: list[tuple[str, str, int]] = []
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
+                    version: str = "", timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        first = next(iter(inputs.values()))
+        self.calls.append((model, version, first.shape[0]))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if model in self.fail:
+            raise TritonError(f"{model} is down")
+        if model == "user_tower":
+            ud = inputs["user_dense"]
+            return {"embedding": np.pad(ud, ((0, 0), (0, E - ud.shape[1]))).astype(np.float32)}
+        dense = inputs["dense"]
+        return {"score": (1 / (1 + np.exp(-dense[:, 3:4]))).astype(np.float32)}
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    for name, meta in (("ranker", {"cross_spec": json.loads(SPEC.to_json())}), ("user_tower", {})):
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "config.pbtxt").write_text(f'name: "{name}"\n')
+        (tmp_path / name / "1" / "meta.json").write_text(json.dumps(meta))
+    return tmp_path
+
+
+def _pipeline(repo: Path, client: ScoringClient, **overrides: object) -> RankPipeline:
+    rng = np.random.default_rng(0)
+    tables = FeatureTables(
+        user_cat=rng.integers(1, 5, (N_USERS, 3)), user_dense=rng.normal(size=(N_USERS, D)).astype(np.float32),
+        item_cat=rng.integers(1, 9, (N_ITEMS, 4)), item_num=rng.normal(size=(N_ITEMS, 3)).astype(np.float32),
+        item_dense=rng.normal(size=(N_ITEMS, D)).astype(np.float32),
+    )
+    settings = Settings(model_repository=repo, recall_n=40, triton_retries=1, **overrides)
+    caller = ModelCaller(client, timeout_s=1.0, retries=1)
+    index = ExactIndex(np.pad(tables.item_dense, ((0, 0), (0, E - D))))
+    recall = RecallStage(tables, index, caller, "user_tower", 1)  # type: ignore[arg-type]
+    return RankPipeline(settings, tables, ModelRegistry(repo), recall, CrossingStage(tables, "numpy"),
+                        RankingStage(caller, max_rows=64))
+
+
+def _run(p: RankPipeline, reqs: list[dict]) -> list:
+    preps = [p.prepare(RankRequest.model_validate(r)) for r in reqs]
+    return asyncio.run(p.run_batch(preps))[0]
+
+
+def _expected_order(p: RankPipeline, user: int, items: np.ndarray) -> np.ndarray:
+    u = p.tables.user_dense[user]
+    s = p.tables.item_dense[items] @ u
+    return items[np.lexsort((np.arange(items.size), -s))]
+
+
+def test_given_candidates_ranked_by_model_score(repo: Path) -> None:
+    p = _pipeline(repo, ScoringClient())
+    cands = [5, 17, 3, 250, 99, 17, 42]
+    (r,) = _run(p, [{"user_id": 7, "k": 4, "candidates": cands, "exclude": [42]}])
+    assert isinstance(r, RankResponse) and r.recall == "given" and not r.degraded
+    ids = [it.item_id for it in r.items]
+    uniq = np.array([5, 17, 3, 250, 99])
+    assert ids == _expected_order(p, 7, uniq)[:4].tolist()
+    scores = [it.score for it in r.items]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_recall_batch_is_one_tower_call_and_excludes(repo: Path) -> None:
+    client = ScoringClient()
+    p = _pipeline(repo, client)
+    reqs = [{"user_id": u, "k": 10, "exclude": [1, 2, 3]} for u in range(6)] + [{"user_id": 3, "candidates": [9, 8]}]
+    out = _run(p, reqs)
+    assert [c[0] for c in client.calls].count("user_tower") == 1
+    rows = sum(c[2] for c in client.calls if c[0] == "ranker")
+    assert rows == 6 * 40 + 2
+    for r in out[:6]:
+        ids = [it.item_id for it in r.items]
+        assert r.recall == "faiss" and len(ids) == 10 and len(set(ids)) == 10 and not {1, 2, 3} & set(ids)
+    assert [it.item_id for it in out[6].items] == _expected_order(p, 3, np.array([9, 8])).tolist()
+
+
+def test_ranker_calls_are_split_at_max_rows(repo: Path) -> None:
+    client = ScoringClient()
+    p = _pipeline(repo, client)
+    _run(p, [{"user_id": 1, "candidates": list(range(150))}])
+    assert [c[2] for c in client.calls if c[0] == "ranker"] == [64, 64, 22]
+
+
+def test_unknown_user_is_cold_start(repo: Path) -> None:
+    p = _pipeline(repo, ScoringClient())
+    (r,) = _run(p, [{"user_id": 10**12, "k": 5}])
+    assert r.cold_start and len(r.items) == 5
+
+
+def test_unknown_items_and_models_are_refused(repo: Path) -> None:
+    p = _pipeline(repo, ScoringClient())
+    with pytest.raises(ValidationError, match="unknown item id") as info:
+        p.prepare(RankRequest(user_id=1, candidates=[1, N_ITEMS, -1]))
+    assert info.value.field == "candidates"
+    with pytest.raises(ModelNotFoundError):
+        p.prepare(RankRequest(user_id=1, model="nope"))
+
+
+def test_ranker_down_degrades_to_recall_scores(repo: Path) -> None:
+    client = ScoringClient(fail={"ranker"})
+    p = _pipeline(repo, client)
+    (r,) = _run(p, [{"user_id": 2, "k": 5}])
+    assert r.degraded and r.recall == "faiss" and len(r.items) == 5
+    assert [c[0] for c in client.calls].count("ranker") == 2  # one retry, then degrade
+    emb = np.pad(p.tables.user_dense[2], (0, E - D))
+    _, ids = p.recall.index.search(emb[None], 5)
+    assert [it.item_id for it in r.items] == ids[0].tolist()
+
+
+def test_everything_down_degrades_to_popular(repo: Path) -> None:
+    p = _pipeline(repo, ScoringClient(fail={"ranker", "user_tower"}))
+    (r,) = _run(p, [{"user_id": 2, "k": 3}])
+    assert r.degraded and r.recall == "popular"
+    assert [it.item_id for it in r.items] == p.recall.popular(3)[1].tolist()
+
+
+def test_expired_request_fails_alone(repo: Path) -> None:
+    p = _pipeline(repo, ScoringClient())
+    ok = p.prepare(RankRequest(user_id=1, k=3))
+    late = p.prepare(RankRequest(user_id=2, k=3, timeout_ms=1), arrival=time.monotonic() - 1)
+    out, stats = asyncio.run(p.run_batch([late, ok]))
+    assert isinstance(out[0], DeadlineExceededError) and isinstance(out[1], RankResponse)
+    assert stats.requests == 2
+
+
+def test_canary_routes_by_stable_user_hash(repo: Path) -> None:
+    (repo / "ranker" / "2").mkdir()
+    (repo / "ranker" / "2" / "meta.json").write_text(json.dumps({"cross_spec": json.loads(SPEC.to_json())}))
+    reg = ModelRegistry(repo)
+    reg.set_traffic("ranker", Traffic(live=1, canary_version=2, canary_percent=25))
+    p = _pipeline(repo, ScoringClient())
+    versions = [p.prepare(RankRequest(user_id=u)).version for u in range(2000)]
+    share = versions.count(2) / len(versions)
+    assert 0.2 < share < 0.3
+    assert versions == [p.prepare(RankRequest(user_id=u)).version for u in range(2000)]
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 50])
+def test_top_k_orders_and_breaks_ties_by_position(n: int) -> None:
+    rng = np.random.default_rng(n)
+    s = rng.integers(0, 5, n).astype(np.float32)
+    for k in (1, 3, 100):
+        got = _top_k(s, k)
+        want = np.lexsort((np.arange(n), -s))[:k]
+        assert got.tolist() == want.tolist()

@@ -1,0 +1,1 @@
+"""Synthetic marketplace, the two-tower and ranking models, training and export."""
