@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from serving.config import Settings
+from serving.config import ConfigError, Settings
 from serving.crossing import CrossingStage
 from serving.errors import (
     BackendUnavailableError,
@@ -28,6 +29,7 @@ from serving.errors import (
 )
 from serving.faiss_index import load_index
 from serving.features import FeatureTables
+from serving.inprocess import InProcessClient
 from serving.metrics import Metrics
 from serving.model_call import ModelCaller
 from serving.pipeline import Prepared, RankPipeline
@@ -38,29 +40,87 @@ from serving.schemas import RankResponse, parse_rank_request
 from serving.triton_client import AsyncTritonClient
 from serving.triton_config import read_config
 
-__all__ = ["RankingService", "build_app", "create_pipeline"]
+__all__ = ["RankingService", "app_from_env", "build_app", "create_pipeline"]
 
 log = logging.getLogger("rankserve")
 
 MAX_CONCURRENT_BATCHES = 2  # overlap one batch's crossing with the previous batch's Triton call
 
 
-def create_pipeline(settings: Settings, client: AsyncTritonClient) -> RankPipeline:
+def make_recall(settings: Settings, registry: ModelRegistry, tables: FeatureTables, caller: ModelCaller,
+                version: int) -> RecallStage:
+    """The recall stage of one user tower version, with the FAISS index from the same version."""
+    tower_dir = registry.version_dir(settings.user_tower_model, version)
+    index = load_index(tower_dir / "items.faiss", use_gpu=settings.faiss_gpu)
+    if index.n_items != tables.n_items:
+        raise BackendUnavailableError(
+            f"index of {settings.user_tower_model} v{version} has {index.n_items} items, catalogue has {tables.n_items}"
+        )
+    return RecallStage(tables, index, caller, settings.user_tower_model, version)
+
+
+def create_pipeline(settings: Settings, client: AsyncTritonClient | InProcessClient) -> RankPipeline:
     """Load tables, index and model metadata and wire the stages (in-process; no Ray needed)."""
     registry = ModelRegistry(settings.model_repository)
     tables = FeatureTables.load(settings.marketplace_path)
     caller = ModelCaller(client, timeout_s=settings.triton_timeout_s, retries=settings.triton_retries)
-    tower_version = registry.traffic(settings.user_tower_model).live
-    tower_dir = registry.version_dir(settings.user_tower_model, tower_version)
-    index = load_index(tower_dir / "items.faiss", use_gpu=settings.faiss_gpu)
-    if index.n_items != tables.n_items:
-        raise BackendUnavailableError(
-            f"index of {settings.user_tower_model} v{tower_version} has {index.n_items} items, catalogue has {tables.n_items}"
-        )
-    recall = RecallStage(tables, index, caller, settings.user_tower_model, tower_version)
+    recall = make_recall(settings, registry, tables, caller, registry.traffic(settings.user_tower_model).live)
     max_rows = read_config(settings.model_repository, settings.ranker_model).max_batch_size
     return RankPipeline(settings, tables, registry, recall, CrossingStage(tables, settings.cross_backend),
                         RankingStage(caller, max_rows))
+
+
+class RepositoryWatcher:
+    """Follows traffic changes (push, promote, rollback) in the repository, once a second.
+
+    The ranking traffic split is swapped as one dict; a new user tower version comes with its
+    own index as one new recall stage, so a batch never pairs one version's user embedding with
+    another version's index.
+    """
+
+    def __init__(self, settings: Settings, pipeline: RankPipeline, interval_s: float = 1.0) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.interval_s = interval_s
+        self._stamp = self._read_stamp()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="repository-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _read_stamp(self) -> tuple[tuple[str, int, int], ...]:
+        repo = self.settings.model_repository
+        out = []
+        for name in self.pipeline.registry.models():
+            t = repo / name / "traffic.json"
+            out.append((name, t.stat().st_mtime_ns if t.exists() else 0, len(self.pipeline.registry.versions(name))))
+        return tuple(out)
+
+    def check(self) -> bool:
+        """Apply a changed traffic split; True when something changed."""
+        stamp = self._read_stamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        p = self.pipeline
+        p.refresh_traffic()
+        tower = p.registry.traffic(self.settings.user_tower_model).live
+        if tower != p.recall.version:
+            p.recall = make_recall(self.settings, p.registry, p.tables, p.recall.caller, tower)
+        log.info(json.dumps({"event": "traffic_changed", "traffic": {m: t.to_json() for m, t in p.traffic_split.items()},
+                             "user_tower": tower}))
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception as err:  # noqa: BLE001 - a bad file must not kill the watcher; keep serving
+                log.warning("repository watcher: %s", err)
 
 
 def _error_response(err: RankserveError) -> JSONResponse:
@@ -84,9 +144,8 @@ class RankingService:
         self._pending = 0
         self._batched.set_max_batch_size(self.settings.max_batch_candidates)
         self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        for name, traffic in self.pipeline._traffic.items():
-            self.metrics.model_version.labels(name).set(traffic.live)
-        self.metrics.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
+        self.watcher = RepositoryWatcher(self.settings, self.pipeline)
+        self.watcher.start()
         log.info(
             json.dumps({"event": "replica_ready", "cross_backend": self.pipeline.crossing.backend,
                         "faiss_gpu": self.pipeline.recall.index.on_gpu, "batching": self.settings.batching})
@@ -180,7 +239,7 @@ class RankingService:
             checks[f"{self.pipeline.recall.model}:{self.pipeline.recall.version}"] = bool(
                 await self.client.model_ready(self.pipeline.recall.model, str(self.pipeline.recall.version))
             )
-            for name, traffic in self.pipeline._traffic.items():
+            for name, traffic in self.pipeline.traffic_split.items():
                 checks[f"{name}:{traffic.live}"] = bool(await self.client.model_ready(name, str(traffic.live)))
         except RankserveError:
             checks["triton"] = False
@@ -188,6 +247,9 @@ class RankingService:
 
     @api.get("/metrics")
     async def metrics(self) -> Response:
+        for name, traffic in self.pipeline.traffic_split.items():
+            self.metrics.model_version.labels(name).set(traffic.live)
+        self.metrics.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @api.get("/v1/models")
@@ -205,9 +267,21 @@ class RankingService:
                 meta = reg.meta(name, v)
                 versions.append({"version": v, "state": "READY" if ready else "UNAVAILABLE",
                                  "created": meta.get("created"), "quality": meta.get("quality", {})})
-            out.append({"name": name, "versions": versions, "traffic": traffic.to_json()})
+            shadow = {f"v{v}": st.to_json() for (m, v), st in self.pipeline.shadow.items() if m == name}
+            out.append({"name": name, "versions": versions, "traffic": traffic.to_json(), "shadow": shadow})
         return {"models": out, "cross_backend": self.pipeline.crossing.backend,
                 "faiss": {"kind": self.pipeline.recall.index.kind, "on_gpu": self.pipeline.recall.index.on_gpu}}
+
+
+def app_from_env(args: dict[str, str] | None = None) -> Any:
+    """Serve application builder for ``serve run serving.app:app_from_env`` and KubeRay.
+
+    Settings come from ``RANKSERVE_*``; ``RANKSERVE_TRITON_URL`` must name the node-local Triton.
+    """
+    settings = Settings.from_env()
+    if not settings.triton_url:
+        raise ConfigError("RANKSERVE_TRITON_URL must name a running Triton when deploying with serve run / KubeRay")
+    return build_app(settings, settings.triton_url)
 
 
 def build_app(settings: Settings, triton_url: str) -> Any:

@@ -6,12 +6,14 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 
 from serving.config import ConfigError, Settings
+from serving.errors import RankserveError
 
 __all__ = ["main"]
 
@@ -33,9 +35,29 @@ def triton_endpoint(settings: Settings) -> Iterator[str]:
         return
     from serving.triton_process import TritonProcess
 
+    endpoint_file = settings.triton_runtime_dir / "endpoint.json"
     with TritonProcess(settings.model_repository, runtime_dir=settings.triton_runtime_dir) as triton:
         log.info("embedded Triton ready at %s (metrics %s)", triton.grpc_url, triton.metrics_url)
-        yield triton.grpc_url
+        endpoint_file.write_text(json.dumps({"grpc_url": triton.grpc_url, "pid": os.getpid()}))
+        try:
+            yield triton.grpc_url
+        finally:
+            endpoint_file.unlink(missing_ok=True)
+
+
+def running_triton_url(settings: Settings) -> str | None:
+    """gRPC URL of the configured Triton, or of the embedded one a running ``rankserve serve`` started."""
+    if settings.triton_url:
+        return settings.triton_url
+    endpoint_file = settings.triton_runtime_dir / "endpoint.json"
+    if not endpoint_file.is_file():
+        return None
+    info = json.loads(endpoint_file.read_text())
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        return None
+    return str(info["grpc_url"])
 
 
 def _example_curl(settings: Settings) -> str:
@@ -76,6 +98,108 @@ def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.bench import run_bench
+    from serving.ray_runtime import shutdown_ray
+
+    _build(settings)
+    levels = [int(x) for x in args.levels.split(",") if x]
+    with triton_endpoint(settings) as url:
+        try:
+            run_bench(settings, url, levels=levels, duration_s=args.duration_s, out_dir=args.out)
+        finally:
+            shutdown_ray()
+    return 0
+
+
+class _NoTriton:
+    """Stands for Triton when none is running: versions load when the server next starts."""
+
+    def load_model(self, name: str) -> None:
+        log.warning("no running Triton found: %s will be loaded when rankserve serve starts", name)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return True
+
+
+def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from serving.features import FeatureTables
+    from serving.push import push
+    from serving.registry import ModelRegistry
+
+    url = running_triton_url(settings)
+    if url is None:
+        triton: object = _NoTriton()
+    else:
+        from serving.triton_client import TritonClient
+
+        triton = TritonClient(url)
+    result = push(ModelRegistry(settings.model_repository), args.model, Path(args.artifact),
+                  FeatureTables.load(settings.marketplace_path), triton,  # type: ignore[arg-type]
+                  canary_percent=args.canary, shadow_percent=args.shadow, version=args.version)
+    print(json.dumps({"model": result.model, "version": result.version, "traffic": result.traffic.to_json(),
+                      "checks": result.checks}, indent=2))
+    return 0
+
+
+def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.push import promote
+    from serving.registry import ModelRegistry
+
+    print(json.dumps(promote(ModelRegistry(settings.model_repository), args.model).to_json()))
+    return 0
+
+
+def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.push import rollback
+    from serving.registry import ModelRegistry
+
+    print(json.dumps(rollback(ModelRegistry(settings.model_repository), args.model, args.version).to_json()))
+    return 0
+
+
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.registry import ModelRegistry
+
+    reg = ModelRegistry(settings.model_repository)
+    live: dict = {}
+    try:
+        import httpx
+
+        live = httpx.get(f"http://{settings.host}:{settings.port}/v1/models", timeout=3).json()
+    except Exception:  # noqa: BLE001 - the server may be down; the repository still answers
+        log.info("server not reachable; showing the repository only")
+    served = {m["name"]: m for m in live.get("models", [])}
+    rows = []
+    for name in reg.models():
+        t = reg.traffic(name)
+        states = {v["version"]: v["state"] for v in served.get(name, {}).get("versions", [])}
+        for v in reg.versions(name):
+            meta = reg.meta(name, v)
+            role = "live" if v == t.live else "canary" if v == t.canary_version else (
+                "shadow" if v == t.shadow_version else "")
+            share = 100.0 - t.canary_percent if role == "live" else t.canary_percent if role == "canary" else (
+                t.shadow_percent if role == "shadow" else 0.0)
+            rows.append({"model": name, "version": v, "role": role, "traffic_pct": share,
+                         "state": states.get(v, "unknown (server down)" if not live else "UNAVAILABLE"),
+                         "created": meta.get("created"), "quality": meta.get("quality", {}),
+                         "validation": meta.get("validation", {}),
+                         "shadow_vs_live": served.get(name, {}).get("shadow", {}).get(f"v{v}")})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    print(f"{'model':<12} {'ver':>4} {'role':<7} {'traffic%':>8} {'state':<12} {'created':<20} figures")
+    for r in rows:
+        figs = {k: v for k, v in {**r["quality"], **(r["shadow_vs_live"] or {})}.items()
+                if isinstance(v, (int, float))}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in list(figs.items())[:6])
+        print(f"{r['model']:<12} {r['version']:>4} {r['role']:<7} {r['traffic_pct']:>8.1f} {str(r['state']):<12} "
+              f"{str(r['created'])[:19]:<20} {shown}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankserve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -86,6 +210,29 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--scale", type=float, default=1.0, help="size multiplier of the demo marketplace")
     b.add_argument("--force", action="store_true", help="rebuild even if built")
     b.set_defaults(func=cmd_build)
+    from serving.bench import add_arguments
+
+    be = sub.add_parser("bench", help="floor vs framework vs rankserve (batching on/off) at fixed concurrency")
+    add_arguments(be)
+    be.set_defaults(func=cmd_bench)
+    pu = sub.add_parser("push", help="validate an artifact, add it as a new version, load it, move traffic")
+    pu.add_argument("model")
+    pu.add_argument("artifact", help="artifact directory (model.pt, golden.npz, meta.json[, item_emb.npy])")
+    mode = pu.add_mutually_exclusive_group()
+    mode.add_argument("--canary", type=float, metavar="PERCENT", help="send this share of users to it")
+    mode.add_argument("--shadow", type=float, metavar="PERCENT", help="score this share off the response path")
+    pu.add_argument("--version", type=int, help="version number (default: next)")
+    pu.set_defaults(func=cmd_push)
+    pr = sub.add_parser("promote", help="make the canary or shadow version live")
+    pr.add_argument("model")
+    pr.set_defaults(func=cmd_promote)
+    rb = sub.add_parser("rollback", help="send all traffic back to an earlier version")
+    rb.add_argument("model")
+    rb.add_argument("version", nargs="?", type=int)
+    rb.set_defaults(func=cmd_rollback)
+    mo = sub.add_parser("models", help="versions, Triton state, traffic split, quality and shadow figures")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(func=cmd_models)
     return p
 
 
@@ -97,7 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rankserve: configuration error: {err}", file=sys.stderr)
         return 2
-    return int(args.func(settings, args))
+    try:
+        return int(args.func(settings, args))
+    except RankserveError as err:
+        print(f"rankserve {args.command}: refused: {err.message}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

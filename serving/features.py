@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels import CrossInputs, Crosser, CrossSpec
+from kernels import Crosser, CrossInputs, CrossSpec
 
 __all__ = [
     "USER_CAT_FIELDS",

@@ -6,6 +6,7 @@ directly. Each request fails alone (its error object takes its place in the outp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -23,13 +24,13 @@ from serving.errors import (
     TritonError,
     ValidationError,
 )
-from serving.features import FeatureTables
+from serving.features import FeatureTables, RankerInputs
 from serving.ranking import RankingStage
 from serving.recall import RecallStage
-from serving.registry import ModelRegistry, Traffic
+from serving.registry import ModelRegistry, Traffic, user_bucket
 from serving.schemas import RankRequest, RankResponse, ScoredItem
 
-__all__ = ["BatchStats", "Prepared", "RankPipeline"]
+__all__ = ["BatchStats", "Prepared", "RankPipeline", "ShadowStats"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,23 @@ class Prepared:
     arrival: float  # time.monotonic()
     deadline: float
     cost: int  # rows this request adds to a batch (batches are bounded by total candidates)
+
+
+@dataclass
+class ShadowStats:
+    """How a shadow version's answers compare with the live version's, over shadowed requests."""
+
+    requests: int = 0
+    spearman_sum: float = 0.0
+    overlap_sum: float = 0.0
+    mean_abs_score_diff_sum: float = 0.0
+    failures: int = 0
+
+    def to_json(self) -> dict[str, float | int]:
+        n = max(self.requests, 1)
+        return {"requests": self.requests, "failures": self.failures,
+                "rank_correlation": round(self.spearman_sum / n, 4), "overlap_at_k": round(self.overlap_sum / n, 4),
+                "mean_abs_score_diff": round(self.mean_abs_score_diff_sum / n, 5)}
 
 
 @dataclass
@@ -90,6 +108,8 @@ class RankPipeline:
         self.crossing = crossing
         self.ranking = ranking
         self._traffic: dict[str, Traffic] = {}
+        self.shadow: dict[tuple[str, int], ShadowStats] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.refresh_traffic()
 
     # -- per request, before batching ---------------------------------------------------
@@ -98,6 +118,11 @@ class RankPipeline:
         self._traffic = {
             m: self.registry.traffic(m) for m in self.registry.models() if m != self.settings.user_tower_model
         }
+
+    @property
+    def traffic_split(self) -> dict[str, Traffic]:
+        """Current traffic split of every ranking model."""
+        return dict(self._traffic)
 
     def traffic(self, model: str) -> Traffic:
         try:
@@ -168,7 +193,8 @@ class RankPipeline:
         degraded: set[int] = set()
         need = [i for i in live if batch[i].candidates is None]
         if need:
-            await self._recall(batch, need, cands, recall_scores, recall_kind, degraded)
+            # one recall stage per batch: user tower version and its index always match
+            await self._recall(self.recall, batch, need, cands, recall_scores, recall_kind, degraded)
         for i in live:
             p = batch[i]
             if p.candidates is not None:
@@ -208,8 +234,11 @@ class RankPipeline:
                 flat = self._fallback_scores(members, cands, recall_scores)
                 degraded.update(members)
             t_rank += (time.perf_counter() - t2) * 1000
-            for i, part in zip(members, np.split(flat, np.cumsum(lens)[:-1]), strict=True):
+            parts = np.split(flat, np.cumsum(lens)[:-1])
+            for i, part in zip(members, parts, strict=True):
                 scores[i] = part
+            if not degraded.intersection(members):
+                self._maybe_shadow(model, batch, members, lens, inputs, parts)
 
         # 5. top-k
         done = time.monotonic()
@@ -244,6 +273,7 @@ class RankPipeline:
 
     async def _recall(
         self,
+        recall: RecallStage,
         batch: list[Prepared],
         need: list[int],
         cands: dict[int, np.ndarray],
@@ -255,12 +285,12 @@ class RankPipeline:
         extra = max(batch[i].exclude.size for i in need)
         rows = np.asarray([batch[i].user_row for i in need], dtype=np.int64)
         try:
-            emb = await self.recall.embed(rows, deadline=min(batch[i].deadline for i in need))
-            sc, ids = self.recall.search(emb, n + extra)
+            emb = await recall.embed(rows, deadline=min(batch[i].deadline for i in need))
+            sc, ids = recall.search(emb, n + extra)
             kind = "faiss"
         except (TritonError, BackendUnavailableError, DeadlineExceededError) as err:
             log.warning("user tower failed, recalling popular items for %d requests: %s", len(need), err)
-            s1, i1 = self.recall.popular(n + extra)
+            s1, i1 = recall.popular(n + extra)
             sc, ids = np.tile(s1, (len(need), 1)), np.tile(i1, (len(need), 1))
             kind = "popular"
             degraded.update(need)
@@ -271,6 +301,43 @@ class RankPipeline:
             cands[i] = ids[j][keep][:n].astype(np.int64)
             recall_scores[i] = sc[j][keep][:n].astype(np.float32)
             recall_kind[i] = kind
+
+    def _maybe_shadow(self, model: str, batch: list[Prepared], members: list[int], lens: list[int],
+                      inputs: object, parts: list[np.ndarray]) -> None:
+        """Score the shadowed share of this group with the shadow version, off the response path."""
+        traffic = self._traffic.get(model)
+        if traffic is None or traffic.shadow_version is None:
+            return
+        offsets = np.concatenate([[0], np.cumsum(lens)])
+        picked = [j for j, i in enumerate(members) if user_bucket(batch[i].user_id) < traffic.shadow_percent]
+        if not picked:
+            return
+        rows = np.concatenate([np.arange(offsets[j], offsets[j + 1]) for j in picked])
+        sub = RankerInputs(cat=inputs.cat[rows], dense=inputs.dense[rows])  # type: ignore[attr-defined]
+        live = [(parts[j], batch[members[j]].k) for j in picked]
+        task = asyncio.get_running_loop().create_task(
+            self._shadow_score(model, traffic.shadow_version, sub, live, batch[members[0]].deadline + 5.0)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow_score(self, model: str, version: int, inputs: RankerInputs,
+                            live: list[tuple[np.ndarray, int]], deadline: float) -> None:
+        stats = self.shadow.setdefault((model, version), ShadowStats())
+        try:
+            flat = await self.ranking.score(model, version, inputs, deadline=deadline)
+        except RankserveError:
+            stats.failures += 1
+            return
+        lens = [p.shape[0] for p, _ in live]
+        for (base, k), shadow in zip(live, np.split(flat, np.cumsum(lens)[:-1]), strict=True):
+            if base.size < 2:
+                continue
+            stats.requests += 1
+            stats.spearman_sum += _spearman(base, shadow)
+            a, b = set(_top_k(base, k).tolist()), set(_top_k(shadow, k).tolist())
+            stats.overlap_sum += len(a & b) / max(len(a), 1)
+            stats.mean_abs_score_diff_sum += float(np.mean(np.abs(base - shadow)))
 
     def _fallback_scores(
         self, members: list[int], cands: dict[int, np.ndarray], recall_scores: dict[int, np.ndarray]
@@ -283,6 +350,15 @@ class RankPipeline:
             else:
                 parts.append(self.tables.item_num[cands[i], 2].astype(np.float32))
         return np.concatenate(parts) if parts else np.empty(0, np.float32)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
+    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(np.float64)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    den = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / den) if den > 0 else 1.0
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

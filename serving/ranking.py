@@ -6,8 +6,8 @@ import asyncio
 
 import numpy as np
 
-from serving.features import RankerInputs
 from serving.errors import TritonError
+from serving.features import RankerInputs
 from serving.model_call import ModelCaller
 
 __all__ = ["RankingStage"]

@@ -31,7 +31,7 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
             address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
-            node_ip_address="127.0.0.1",
+            _node_ip_address="127.0.0.1",
             logging_level=logging.WARNING,
             log_to_driver=True,
             configure_logging=True,

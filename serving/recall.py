@@ -25,7 +25,7 @@ class RecallStage:
         model: user tower model name in Triton; ``version``: its version, matching ``index``.
     """
 
-    def __init__(self, tables: FeatureTables, index: "ItemIndex", caller: ModelCaller, model: str, version: int) -> None:
+    def __init__(self, tables: FeatureTables, index: ItemIndex, caller: ModelCaller, model: str, version: int) -> None:
         self.tables = tables
         self.index = index
         self.caller = caller

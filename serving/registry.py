@@ -44,9 +44,10 @@ class Traffic:
     canary_percent: float = 0.0
     shadow_version: int | None = None
     shadow_percent: float = 0.0
+    history: tuple[int, ...] = ()  # earlier live versions, oldest first (rollback targets)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"live": self.live}
+        out: dict[str, Any] = {"live": self.live, "history": list(self.history)}
         if self.canary_version is not None:
             out["canary"] = {"version": self.canary_version, "percent": self.canary_percent}
         if self.shadow_version is not None:
@@ -63,6 +64,7 @@ class Traffic:
             canary_percent=float(can.get("percent", 0.0)),
             shadow_version=int(sh["version"]) if sh else None,
             shadow_percent=float(sh.get("percent", 0.0)),
+            history=tuple(int(v) for v in d.get("history", ())),
         )
 
 

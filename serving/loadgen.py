@@ -1,0 +1,96 @@
+"""A closed-loop HTTP load generator, run as its own process (never inside the server's).
+
+``python -m serving.loadgen --url URL --concurrency 32 --duration-s 10 --bodies FILE`` keeps
+``concurrency`` requests in flight for ``duration_s`` seconds, cycling through the JSON bodies in
+``FILE`` (one per line), and prints one JSON object: requests/s, latency percentiles, status
+counts and the mean batch size the server reported (when responses carry it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["run_load"]
+
+
+async def _worker(session: object, url: str, bodies: list[bytes], start: int, stop_at: float,
+                  lat: list[float], status: Counter, items: list[int]) -> None:
+    i = start
+    while time.perf_counter() < stop_at:
+        body = bodies[i % len(bodies)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, data=body, headers={"content-type": "application/json"}) as resp:  # type: ignore[attr-defined]
+                payload = await resp.read()
+                status[resp.status] += 1
+                if resp.status == 200:
+                    items.append(payload.count(b'"item_id"'))
+        except Exception as err:  # noqa: BLE001 - every failure is counted, none stops the run
+            status[f"error:{type(err).__name__}"] += 1
+        lat.append((time.perf_counter() - t0) * 1000)
+
+
+async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_s: float,
+                   warmup_s: float = 1.0) -> dict[str, object]:
+    """Closed-loop load; returns throughput, latency percentiles (ms) and status counts."""
+    import aiohttp
+
+    conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        if warmup_s > 0:
+            await asyncio.gather(*(_worker(session, url, bodies, w, time.perf_counter() + warmup_s, [], Counter(), [])
+                                   for w in range(concurrency)))
+        lat: list[float] = []
+        status: Counter = Counter()
+        items: list[int] = []
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_worker(session, url, bodies, w * 7919, t0 + duration_s, lat, status, items)
+                               for w in range(concurrency)))
+        wall = time.perf_counter() - t0
+    arr = np.asarray(lat) if lat else np.zeros(1)
+    ok = int(status.get(200, 0))
+    return {
+        "concurrency": concurrency,
+        "duration_s": round(wall, 3),
+        "requests": len(lat),
+        "ok": ok,
+        "failures": len(lat) - ok,
+        "status": {str(k): v for k, v in status.items()},
+        "rps": round(ok / wall, 2),
+        "p50_ms": round(float(np.percentile(arr, 50)), 3),
+        "p95_ms": round(float(np.percentile(arr, 95)), 3),
+        "p99_ms": round(float(np.percentile(arr, 99)), 3),
+        "mean_items": round(float(np.mean(items)), 2) if items else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--url", required=True)
+    p.add_argument("--bodies", type=Path, required=True, help="file with one JSON request body per line")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--duration-s", type=float, default=10.0)
+    p.add_argument("--warmup-s", type=float, default=1.0)
+    a = p.parse_args(argv)
+    if not a.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        print("loadgen only targets loopback addresses", file=sys.stderr)
+        return 2
+    bodies = [ln.encode() for ln in a.bodies.read_text().splitlines() if ln.strip()]
+    res = asyncio.run(run_load(a.url, bodies, concurrency=a.concurrency, duration_s=a.duration_s,
+                               warmup_s=a.warmup_s))
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The Serve application end to end over HTTP: real Ray Serve, real Triton, real FAISS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.app import create_pipeline
+from serving.config import Settings
+from serving.inprocess import InProcessClient
+from serving.schemas import RankRequest
+
+pytestmark = pytest.mark.integration
+
+
+def _rank(url: str, payload: object, **kw: object) -> httpx.Response:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return httpx.post(f"{url}/v1/rank", content=body, headers={"content-type": "application/json"}, timeout=30, **kw)
+
+
+def _check_items(items: list[dict], k: int) -> list[int]:
+    ids = [it["item_id"] for it in items]
+    scores = [it["score"] for it in items]
+    assert len(ids) <= k
+    assert len(set(ids)) == len(ids), "items must be unique"
+    assert scores == sorted(scores, reverse=True), "items must be sorted by score"
+    assert all(0.0 <= s <= 1.0 for s in scores), "ranker scores are click probabilities"
+    return ids
+
+
+def test_recall_path_answers_v1_contract(rankserve_url: str, n_items: int) -> None:
+    r = _rank(rankserve_url, {"user_id": 42, "k": 20, "exclude": [5, 6], "request_id": "abc"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["request_id"] == "abc"
+    assert body["recall"] == "faiss" and body["degraded"] is False
+    assert body["model"]["name"] == "ranker" and body["model"]["version"] >= 1
+    ids = _check_items(body["items"], 20)
+    assert len(ids) == 20 and not {5, 6} & set(ids)
+    assert all(0 <= i < n_items for i in ids)
+    assert set(body["timings_ms"]) >= {"recall", "cross", "rank", "total"}
+    assert "cold_start" not in body
+
+
+def test_given_candidates_are_respected(rankserve_url: str) -> None:
+    cands = [17, 99, 3, 250, 99, 1024]
+    r = _rank(rankserve_url, {"user_id": 7, "k": 10, "candidates": cands, "exclude": [3]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = _check_items(body["items"], 10)
+    assert body["recall"] == "given"
+    assert sorted(ids) == sorted({17, 99, 250, 1024})
+
+
+def test_same_answer_twice(rankserve_url: str) -> None:
+    a = _rank(rankserve_url, {"user_id": 1234, "k": 50}).json()
+    b = _rank(rankserve_url, {"user_id": 1234, "k": 50}).json()
+    assert a["items"] == b["items"]
+    assert a["request_id"] != b["request_id"]  # generated ids are unique
+
+
+def test_unknown_user_takes_cold_start_path(rankserve_url: str) -> None:
+    r = _rank(rankserve_url, {"user_id": 10**15, "k": 5})
+    assert r.status_code == 200, r.text
+    assert r.json()["cold_start"] is True and len(r.json()["items"]) == 5
+
+
+BAD = [
+    (b"{not json", 400, "body"),
+    (b"[]", 400, "body"),
+    ({"k": 5}, 422, "user_id"),
+    ({"user_id": "42"}, 400, "user_id"),
+    ({"user_id": 1, "k": 0}, 422, "k"),
+    ({"user_id": 1, "k": 1001}, 422, "k"),
+    ({"user_id": 1, "candidates": [1, 2, 10**9]}, 422, "candidates"),
+    ({"user_id": 1, "candidates": [-1]}, 422, "candidates"),
+    ({"user_id": 1, "candidates": list(range(2001))}, 422, "candidates"),
+    ({"user_id": 1, "candidates": [1, "two"]}, 400, "candidates[1]"),
+    ({"user_id": 1, "model": "no-such-model"}, 404, "model"),
+    ({"user_id": 1, "timeout_ms": -5}, 422, "timeout_ms"),
+    ({"user_id": 1, "unexpected": True}, 422, "unexpected"),
+    (b'{"user_id": 1, "exclude": [' + b"1," * 200_000 + b"1]}", 413, "body"),
+]
+
+
+@pytest.mark.parametrize(("payload", "status", "field"), BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_requests_get_4xx_and_server_stays_ready(rankserve_url: str, payload: object, status: int,
+                                                     field: str) -> None:
+    r = _rank(rankserve_url, payload)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["field"] == field and err["message"] and err["code"]
+    assert httpx.get(f"{rankserve_url}/readyz", timeout=30).status_code == 200
+    assert _rank(rankserve_url, {"user_id": 3, "k": 3}).status_code == 200
+
+
+def test_operations_endpoints(rankserve_url: str) -> None:
+    assert httpx.get(f"{rankserve_url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{rankserve_url}/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    models = httpx.get(f"{rankserve_url}/v1/models", timeout=30).json()
+    names = {m["name"] for m in models["models"]}
+    assert {"ranker", "user_tower"} <= names
+    for m in models["models"]:
+        assert any(v["state"] == "READY" for v in m["versions"])
+    text = httpx.get(f"{rankserve_url}/metrics").text
+    for name in ("rankserve_request_latency_ms", "rankserve_batch_requests", "rankserve_stage_latency_ms",
+                 "rankserve_queue_depth", "rankserve_model_version"):
+        assert name in text
+
+
+def test_concurrent_requests_are_batched(rankserve_url: str) -> None:
+    def one(u: int) -> int:
+        return _rank(rankserve_url, {"user_id": u, "k": 10}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(one, range(100, 164)))
+    assert codes == [200] * 64
+    text = httpx.get(f"{rankserve_url}/metrics").text
+    vals = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines() if ln.startswith("rankserve_batch_requests_")}
+    assert vals["rankserve_batch_requests_sum"] / vals["rankserve_batch_requests_count"] > 1.0
+
+
+def test_served_scores_equal_in_process_model(rankserve_url: str, settings: Settings) -> None:
+    """The HTTP answer equals the same pipeline run in-process on the TorchScript models."""
+    pipeline = create_pipeline(settings, InProcessClient(settings.model_repository))
+    for payload in ({"user_id": 77, "k": 30}, {"user_id": 5, "k": 8, "candidates": list(range(100, 160))}):
+        served = _rank(rankserve_url, payload).json()
+        prep = pipeline.prepare(RankRequest.model_validate(payload))
+        (local,), _ = asyncio.run(pipeline.run_batch([prep]))
+        assert [it["item_id"] for it in served["items"]] == [it.item_id for it in local.items]
+        np.testing.assert_allclose([it["score"] for it in served["items"]], [it.score for it in local.items],
+                                   rtol=1e-5, atol=1e-6)
