@@ -22,7 +22,7 @@ __all__ = ["run_load"]
 
 
 async def _worker(session: object, url: str, bodies: list[bytes], start: int, stop_at: float,
-                  lat: list[float], status: Counter, items: list[int]) -> None:
+                  lat: list[float], status: Counter, items: list[int], record: list[str] | None = None) -> None:
     i = start
     while time.perf_counter() < stop_at:
         body = bodies[i % len(bodies)]
@@ -34,13 +34,16 @@ async def _worker(session: object, url: str, bodies: list[bytes], start: int, st
                 status[resp.status] += 1
                 if resp.status == 200:
                     items.append(payload.count(b'"item_id"'))
+                if record is not None:
+                    record.append(json.dumps({"t": time.time(), "status": resp.status,
+                                              "request": json.loads(body), "response": json.loads(payload)}))
         except Exception as err:  # noqa: BLE001 - every failure is counted, none stops the run
             status[f"error:{type(err).__name__}"] += 1
         lat.append((time.perf_counter() - t0) * 1000)
 
 
 async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_s: float,
-                   warmup_s: float = 1.0) -> dict[str, object]:
+                   warmup_s: float = 1.0, record: list[str] | None = None) -> dict[str, object]:
     """Closed-loop load; returns throughput, latency percentiles (ms) and status counts."""
     import aiohttp
 
@@ -54,7 +57,7 @@ async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_
         status: Counter = Counter()
         items: list[int] = []
         t0 = time.perf_counter()
-        await asyncio.gather(*(_worker(session, url, bodies, w * 7919, t0 + duration_s, lat, status, items)
+        await asyncio.gather(*(_worker(session, url, bodies, w * 7919, t0 + duration_s, lat, status, items, record)
                                for w in range(concurrency)))
         wall = time.perf_counter() - t0
     arr = np.asarray(lat) if lat else np.zeros(1)
@@ -81,13 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--warmup-s", type=float, default=1.0)
+    p.add_argument("--record", type=Path, help="write every request and response as JSON lines here")
     a = p.parse_args(argv)
     if not a.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         print("loadgen only targets loopback addresses", file=sys.stderr)
         return 2
     bodies = [ln.encode() for ln in a.bodies.read_text().splitlines() if ln.strip()]
+    record: list[str] | None = [] if a.record else None
     res = asyncio.run(run_load(a.url, bodies, concurrency=a.concurrency, duration_s=a.duration_s,
-                               warmup_s=a.warmup_s))
+                               warmup_s=a.warmup_s, record=record))
+    if a.record and record is not None:
+        a.record.write_text("\n".join(record) + "\n")
     print(json.dumps(res))
     return 0
 

@@ -1,0 +1,68 @@
+"""Generic Triton python-backend model: runs the version's TorchScript ``model.pt``.
+
+Thin on purpose: ``initialize`` parses the config once and loads the module; ``execute`` merges
+the requests Triton's dynamic batcher hands over, runs the module ONCE, and splits the result,
+one response per request. Outputs go out through DLPack (``pb_utils.Tensor(name, ndarray)``
+arrives empty with numpy 2). A malformed request fails alone.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import to_dlpack
+
+_NP = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_INT32": np.int32, "TYPE_FP64": np.float64}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        self.inputs = [(t["name"], _NP[t["data_type"]], [int(d) for d in t["dims"]]) for t in cfg["input"]]
+        self.outputs = [t["name"] for t in cfg["output"]]
+        gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu")
+        torch.set_num_threads(int(os.environ.get("RANKSERVE_TRITON_TORCH_THREADS", "1")))
+        path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
+        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+
+    def _check(self, request):
+        arrays = []
+        for name, dtype, dims in self.inputs:
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            if t is None:
+                raise ValueError(f"missing input {name!r}")
+            a = t.as_numpy()
+            if a.dtype != dtype or a.ndim != len(dims) + 1 or list(a.shape[1:]) != dims:
+                raise ValueError(f"input {name!r} is {a.dtype}{list(a.shape)}, expected {np.dtype(dtype)}[-1, {dims}]")
+            arrays.append(a)
+        return arrays
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        good, parts = [], []
+        for i, request in enumerate(requests):
+            try:
+                parts.append(self._check(request))
+                good.append(i)
+            except ValueError as err:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err)))
+        if good:
+            sizes = [p[0].shape[0] for p in parts]
+            merged = [torch.from_numpy(np.concatenate([p[j] for p in parts])).to(self.device)
+                      for j in range(len(self.inputs))]
+            with torch.inference_mode():
+                out = self.module(*merged)
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            splits = [torch.split(o.contiguous(), sizes) for o in outs]
+            for k, i in enumerate(good):
+                tensors = [pb_utils.Tensor.from_dlpack(name, to_dlpack(s[k].contiguous()))
+                           for name, s in zip(self.outputs, splits)]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def finalize(self):
+        self.module = None

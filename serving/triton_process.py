@@ -1,0 +1,203 @@
+"""The embedded Triton: the ``tritonserver`` binary from the ``nvidia-pytriton`` wheel as a child.
+
+Facts this module relies on (Triton 2.51, python backend; see DESIGN.md):
+
+* the python backend stub for the running interpreter must sit in ``backends/python/`` as
+  ``triton_python_backend_stub``; we copy the wheel's ``backends/`` into a runtime dir we own;
+* ``LD_LIBRARY_PATH`` starts with the interpreter's ``LIBDIR`` (its libpython), then the wheel's
+  ``nvidia_pytriton.libs``;
+* the stub ignores ``PYTHONPATH`` and runs in the environment whose ``bin/`` is first on ``PATH``:
+  we put ``sys.prefix/bin`` first so models import this venv's torch;
+* listeners bind 0.0.0.0 unless told otherwise: we bind 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["TritonProcess", "TritonStartError", "find_tritonserver"]
+
+log = logging.getLogger(__name__)
+
+
+class TritonStartError(RuntimeError):
+    """Triton exited or did not become ready; the message carries the tail of its log."""
+
+
+def _wheel_dir() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def find_tritonserver() -> Path:
+    """Path of the ``tritonserver`` binary (``RANKSERVE_TRITON_BIN`` overrides the wheel's)."""
+    override = os.environ.get("RANKSERVE_TRITON_BIN")
+    path = Path(override) if override else _wheel_dir() / "bin" / "tritonserver"
+    if not path.is_file():
+        raise TritonStartError(f"tritonserver not found at {path}")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _prepare_backends(runtime_dir: Path) -> Path:
+    """Copy the wheel's backends and install the stub for this interpreter; returns backends dir."""
+    src = _wheel_dir()
+    dst = runtime_dir / "backends"
+    stub_src = src / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
+        "triton_python_backend_stub"
+    if not stub_src.is_file():
+        raise TritonStartError(f"no python backend stub for Python {sys.version_info[:2]} in {src}")
+    stub_dst = dst / "python" / "triton_python_backend_stub"
+    if not stub_dst.is_file() or stub_dst.stat().st_size != stub_src.stat().st_size:
+        tmp = runtime_dir / ".backends-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src / "backends", tmp)
+        shutil.copy2(stub_src, tmp / "python" / "triton_python_backend_stub")
+        os.chmod(tmp / "python" / "triton_python_backend_stub", 0o755)
+        shutil.rmtree(dst, ignore_errors=True)
+        os.rename(tmp, dst)
+    return dst
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    import pytriton
+
+    site = Path(pytriton.__file__).resolve().parent.parent
+    libs = [p for p in (libdir, str(site / "nvidia_pytriton.libs")) if p]
+    env["LD_LIBRARY_PATH"] = ":".join(libs + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p])
+    env["PATH"] = f"{Path(sys.prefix) / 'bin'}:{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+class TritonProcess:
+    """A ``tritonserver`` child process on loopback ports, explicit model control.
+
+    Args:
+        repo: the model repository.
+        runtime_dir: where backends and the log live.
+        models: models to load at start (default: every directory with a ``config.pbtxt``).
+        grpc_port, http_port, metrics_port: 0 picks free ports.
+        ready_timeout_s: how long to wait for readiness.
+    """
+
+    def __init__(self, repo: Path, *, runtime_dir: Path, models: list[str] | None = None, grpc_port: int = 0,
+                 http_port: int = 0, metrics_port: int = 0, ready_timeout_s: float = 180.0) -> None:
+        self.repo = Path(repo).resolve()
+        self.runtime_dir = Path(runtime_dir).resolve()
+        self.models = models if models is not None else sorted(
+            p.name for p in self.repo.iterdir() if (p / "config.pbtxt").is_file())
+        self.grpc_port = grpc_port or _free_port()
+        self.http_port = http_port or _free_port()
+        self.metrics_port = metrics_port or _free_port()
+        self.ready_timeout_s = ready_timeout_s
+        self.log_path = self.runtime_dir / f"triton-{self.grpc_port}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "<no log>"
+
+    def start(self) -> TritonProcess:
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        backends = _prepare_backends(self.runtime_dir)
+        cmd = [
+            str(find_tritonserver()),
+            f"--model-repository={self.repo}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in self.models],
+            f"--backend-directory={backends}",
+            "--http-address=127.0.0.1", f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+            "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+            "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+        ]
+        log.info("starting Triton: %s", " ".join(cmd))
+        with open(self.log_path, "wb") as logf:
+            self._proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_child_env(),
+                                          start_new_session=True)
+        atexit.register(self.stop)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        """Poll readiness; fail fast with Triton's log if the process exits."""
+        from serving.triton_client import TritonClient
+
+        t_end = time.monotonic() + self.ready_timeout_s
+        client = TritonClient(self.grpc_url)
+        try:
+            while time.monotonic() < t_end:
+                if self._proc is None or self._proc.poll() is not None:
+                    code = None if self._proc is None else self._proc.returncode
+                    raise TritonStartError(f"tritonserver exited with {code}; log tail:\n{self.log_tail()}")
+                try:
+                    if client.server_ready() and all(client.model_ready(m) for m in self.models):
+                        return
+                except Exception:  # noqa: BLE001 - not listening yet
+                    pass
+                time.sleep(0.25)
+        finally:
+            client.close()
+        self.stop()
+        raise TritonStartError(f"tritonserver not ready after {self.ready_timeout_s} s; log tail:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM (graceful, ~4 s), then SIGKILL for the whole process group."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout_s)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=5)
+        log.info("Triton stopped")
+
+    def __enter__(self) -> TritonProcess:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
