@@ -236,7 +236,8 @@ def push(
                 item_emb = np.load(artifact / "item_emb.npy").astype(np.float32)
                 index_path = Path(tmp) / "items.faiss"
                 save_index(build_index(item_emb), index_path)
-                extra = {"items.faiss": index_path, "item_emb.npy": artifact / "item_emb.npy"}
+                extra = {"items.faiss": index_path, "items.faiss.json": Path(f"{index_path}.json"),
+                         "item_emb.npy": artifact / "item_emb.npy"}
             new = export_version(
                 registry.repo, model, torch.jit.load(str(artifact / "model.pt"), map_location="cpu"),
                 [TensorSpec(t.name, _dtype_name(t.data_type).removeprefix("TYPE_"), tuple(t.dims)) for t in config.input],

@@ -1,0 +1,122 @@
+"""Export trained models as push artifacts, and install artifacts into a model repository.
+
+``python -m training.export --out artifacts/ [--seed 1]`` retrains on the built demo data and
+writes ``artifacts/ranker`` and ``artifacts/user_tower``, ready for ``rankserve push``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from serving.features import FeatureTables, ranker_inputs
+from serving.triton_config import TensorSpec, export_version
+from training.data import Marketplace
+from training.train import TrainedModels
+
+__all__ = ["MODEL_SIGNATURES", "export_artifacts", "install_artifact"]
+
+RANKER_MAX_BATCH = 8192
+TOWER_MAX_BATCH = 1024
+
+
+def signatures(n_cat: int, n_dense: int, dense_dim: int, emb_dim: int) -> dict[str, dict[str, Any]]:
+    return {
+        "ranker": {"inputs": [TensorSpec("cat", "INT64", (n_cat,)), TensorSpec("dense", "FP32", (n_dense,))],
+                   "outputs": [TensorSpec("score", "FP32", (1,))], "max_batch_size": RANKER_MAX_BATCH},
+        "user_tower": {"inputs": [TensorSpec("user_cat", "INT64", (3,)), TensorSpec("user_dense", "FP32", (dense_dim,))],
+                       "outputs": [TensorSpec("embedding", "FP32", (emb_dim,))], "max_batch_size": TOWER_MAX_BATCH},
+    }
+
+
+MODEL_SIGNATURES = signatures
+
+
+def _golden(module: torch.jit.ScriptModule, names_in: list[str], arrays: list[np.ndarray],
+            name_out: str) -> dict[str, np.ndarray]:
+    with torch.inference_mode():
+        out = module(*[torch.from_numpy(a) for a in arrays]).numpy()
+    return {**dict(zip(names_in, arrays, strict=True)), name_out: out}
+
+
+def export_artifacts(mp: Marketplace, models: TrainedModels, out: Path, *, seed: int = 0) -> dict[str, Path]:
+    """Write ``out/ranker`` and ``out/user_tower`` artifacts (model.pt, golden.npz, meta.json[, item_emb.npy])."""
+    rng = np.random.default_rng(seed)
+    test = np.nonzero(mp.imp_test)[0]
+    rows = rng.choice(test, 64, replace=False)
+    tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
+    from kernels import get_crosser
+
+    feats = ranker_inputs(tables, mp.imp_user[rows], mp.imp_item[rows], get_crosser("numpy"), models.spec)
+    ranker = torch.jit.script(models.ranker)
+    tower = torch.jit.script(models.user_tower)
+    users = mp.imp_user[rows]
+    meta_common = {"quality": models.quality, "seed": seed}
+    paths = {}
+    for name, module, golden, extra in (
+        ("ranker", ranker, _golden(ranker, ["cat", "dense"], [feats.cat, feats.dense], "score"),
+         {"cross_spec": json.loads(models.spec.to_json())}),
+        ("user_tower", tower, _golden(tower, ["user_cat", "user_dense"],
+                                      [mp.user_cat[users], mp.user_dense[users]], "embedding"), {}),
+    ):
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        module.save(str(d / "model.pt"))
+        np.savez(d / "golden.npz", **golden)
+        (d / "meta.json").write_text(json.dumps({**meta_common, **extra}, indent=2))
+        paths[name] = d
+    np.save(out / "user_tower" / "item_emb.npy", models.item_emb)
+    return paths
+
+
+def install_artifact(repo: Path, name: str, artifact: Path, *, kind: str = "auto") -> int:
+    """Add an artifact to ``repo`` as a new version (first install; ``rankserve push`` validates and
+    moves traffic). A user tower's FAISS index is built here from its item embeddings."""
+    from serving.faiss_index import build_index, save_index
+
+    module = torch.jit.load(str(artifact / "model.pt"))
+    meta = json.loads((artifact / "meta.json").read_text())
+    with np.load(artifact / "golden.npz") as z:
+        golden = {k: z[k] for k in z.files}
+    if name == "ranker":
+        sig = signatures(golden["cat"].shape[1], golden["dense"].shape[1], 1, 1)["ranker"]
+    else:
+        sig = signatures(1, 1, golden["user_dense"].shape[1], golden["embedding"].shape[1])["user_tower"]
+    with tempfile.TemporaryDirectory() as tmp:
+        extra: dict[str, Path] = {}
+        if (artifact / "item_emb.npy").is_file():
+            index = build_index(np.load(artifact / "item_emb.npy"))
+            save_index(index, Path(tmp) / "items.faiss")
+            extra = {"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json",
+                     "item_emb.npy": artifact / "item_emb.npy"}
+        return export_version(repo, name, module, sig["inputs"], sig["outputs"],
+                              {t.name: golden[t.name] for t in sig["inputs"]}, meta,
+                              max_batch_size=sig["max_batch_size"], kind=kind, extra_files=extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from serving.config import Settings
+    from training.build import load_built_marketplace
+    from training.train import train_all
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=1, help="training seed (a new seed gives a new model)")
+    a = p.parse_args(argv)
+    settings = Settings.from_env()
+    mp = load_built_marketplace(settings.marketplace_path.parent)
+    models = train_all(mp, seed=a.seed)
+    paths = export_artifacts(mp, models, a.out, seed=a.seed)
+    print(json.dumps({"artifacts": {k: str(v) for k, v in paths.items()}, "quality": models.quality}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
