@@ -5,7 +5,6 @@ ONE deployment, so a request crosses the Serve proxy and nothing else; each extr
 costs milliseconds on a small machine. Scale out by adding replicas of this deployment.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json

@@ -1,6 +1,5 @@
 """The framework floor: an empty Ray Serve deployment (what Ray itself costs per request)."""
 
-from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse

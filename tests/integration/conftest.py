@@ -1,0 +1,23 @@
+"""One embedded Triton for the whole session, on the session's copy of the built repository."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving.triton_process import TritonProcess
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    repo = Path(os.environ.get("RANKSERVE_MODEL_REPOSITORY", REPO_ROOT / "model_repository"))
+    if not any(repo.glob("*/config.pbtxt")):
+        pytest.fail(f"no built models in {repo}: run `make build` (make test builds first)")
+    runtime = Path(os.environ.get("RANKSERVE_DATA_DIR", REPO_ROOT / ".rankserve")) / "triton-runtime"
+    with TritonProcess(repo, runtime_dir=runtime) as server:
+        yield server

@@ -1,0 +1,98 @@
+"""The embedded Triton from the wheel: every model in the repository answers its golden inputs;
+dynamic batching returns each request its own rows; bad input fails alone; clean start and stop."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from serving.errors import TritonError
+from serving.triton_client import TritonClient
+from serving.triton_config import TensorSpec, export_version, list_versions, load_golden, read_config
+from serving.triton_process import TritonProcess, TritonStartError
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_model_and_version_matches_its_golden_outputs(triton: TritonProcess) -> None:
+    client = TritonClient(triton.grpc_url)
+    checked = 0
+    for name in triton.models:
+        cfg = read_config(triton.repo, name)
+        for v in list_versions(triton.repo, name):
+            golden = load_golden(triton.repo / name / str(v))
+            inputs = {t.name: golden[t.name] for t in cfg.input}
+            out = client.infer(name, inputs, [o.name for o in cfg.output], version=str(v))
+            for o in cfg.output:
+                assert out[o.name].shape == golden[o.name].shape and out[o.name].size > 0
+                np.testing.assert_allclose(out[o.name], golden[o.name], rtol=1e-4, atol=1e-5)
+                checked += 1
+    assert checked >= 2
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 2)
+
+    def forward(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) + ids.float()
+
+
+def test_own_server_batches_and_isolates_bad_requests(tmp_path: Path) -> None:
+    module = torch.jit.script(_Tiny())
+    rng = np.random.default_rng(0)
+    golden = {"ids": rng.integers(0, 5, (4, 1)), "x": rng.normal(size=(4, 4)).astype(np.float32)}
+    export_version(tmp_path / "repo", "tiny", module, [TensorSpec("ids", "INT64", (1,)), TensorSpec("x", "FP32", (4,))],
+                   [TensorSpec("y", "FP32", (2,))], golden, {}, max_batch_size=128, kind="cpu")
+    with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt") as server:
+        client = TritonClient(server.grpc_url)
+        for n in (1, 3, 64):
+            ids = rng.integers(0, 5, (n, 1))
+            x = rng.normal(size=(n, 4)).astype(np.float32)
+            got = client.infer("tiny", {"ids": ids, "x": x}, ["y"])["y"]
+            with torch.inference_mode():
+                want = module(torch.from_numpy(ids), torch.from_numpy(x)).numpy()
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+        results: dict[int, np.ndarray] = {}
+
+        def one(i: int) -> None:
+            c = TritonClient(server.grpc_url)
+            results[i] = c.infer("tiny", {"ids": np.full((i + 1, 1), i, np.int64),
+                                          "x": np.zeros((i + 1, 4), np.float32)}, ["y"])["y"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        bias = module.lin.bias.detach().numpy()
+        for i, y in results.items():
+            assert y.shape == (i + 1, 2)
+            np.testing.assert_allclose(y, np.tile(bias + i, (i + 1, 1)), rtol=1e-6)
+        with pytest.raises(TritonError, match="data-type"):
+            client.infer("tiny", {"ids": np.zeros((2, 1), np.int32), "x": np.zeros((2, 4), np.float32)}, ["y"])
+        with pytest.raises(TritonError):
+            client.infer("tiny", {"ids": np.zeros((2, 1), np.int64), "x": np.zeros((2, 5), np.float32)}, ["y"])
+        assert client.server_ready() and client.model_ready("tiny")
+        pid = server._proc.pid if server._proc else -1
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_broken_model_fails_fast_with_tritons_log(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 4\n'
+                                                  'input { name: "x" data_type: TYPE_FP32 dims: 1 }\n'
+                                                  'output { name: "y" data_type: TYPE_FP32 dims: 1 }\n')
+    (repo / "broken" / "1" / "model.py").write_text("raise RuntimeError('this model cannot load')\n")
+    server = TritonProcess(repo, runtime_dir=tmp_path / "rt", ready_timeout_s=120)
+    with pytest.raises(TritonStartError, match="log tail"):
+        server.start()
+    assert not server.alive()
+    assert os.path.exists(server.log_path)
