@@ -139,7 +139,8 @@ def validate_artifact(
 
     # real feature rows: no NaN/inf, scores in range
     rng = np.random.default_rng(0)
-    users = rng.integers(0, tables.n_users + 1, n_rows)  # includes the cold-start row
+    users = rng.integers(0, tables.n_users, n_rows)
+    users[0] = tables.cold_row  # the cold-start path must score too
     items = rng.integers(0, tables.n_items, n_rows)
     checks: dict[str, Any] = {"golden_max_abs_error": max_err, "rows_checked": n_rows}
     if "cross_spec" in meta:
@@ -221,6 +222,9 @@ def push(
         existing = registry.versions(model)
         if version is not None and version in existing:
             raise PushError(f"{model} version {version} already exists", field="version")
+        old = registry.traffic(model) if existing else None
+        if old is not None and not (model_dir / "traffic.json").is_file():
+            registry.set_traffic(model, old)  # pin live before a higher version appears on disk
         t0 = time.perf_counter()
         checks = validate_artifact(registry, model, artifact, tables)
         checks["validate_s"] = round(time.perf_counter() - t0, 3)
@@ -255,7 +259,6 @@ def push(
             if isinstance(err, PushError):
                 raise
             raise PushError(f"Triton refused {model} version {new}: {err}") from err
-        old = registry.traffic(model) if existing else None
         if old is None:
             traffic = Traffic(live=new)
         elif canary_percent is not None:

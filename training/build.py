@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from serving.registry import ModelRegistry, Traffic
 from training.data import MarketConfig, Marketplace, generate, load, save
 from training.export import export_artifacts, install_artifact
 from training.train import train_all
@@ -58,6 +59,7 @@ def build(data_dir: Path, repo: Path, *, scale: float = 1.0, seed: int = 0, forc
     for name in MODELS:
         shutil.rmtree(repo / name, ignore_errors=True)
         versions[name] = install_artifact(repo, name, artifacts / name)
+        ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
     summary = {"seed": seed, "scale": scale, "config": asdict(cfg), "quality": models.quality,
                "versions": versions, "data_s": round(t_data, 1),
                "build_s": round(time.perf_counter() - t0, 1),
