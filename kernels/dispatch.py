@@ -1,10 +1,18 @@
-"""Chooses one crossing backend at start-up (CuPy > Numba CUDA > Numba CPU > NumPy)."""
+"""Chooses one crossing backend at start-up: CuPy > Numba CUDA > Numba CPU > NumPy.
+
+``get_crosser("auto")`` takes the first that can run here, compiles it on a small input so the
+first request does not pay for JIT, and logs which it chose. A backend forced by name
+(``RANKSERVE_CROSS_BACKEND=cupy``) that cannot run raises :class:`BackendUnavailableError` with the
+reason: never a silent fallback.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
 
 from kernels._numpy import cross_numpy
 from kernels.spec import CrossInputs, CrossOutput, CrossSpec
@@ -14,6 +22,7 @@ __all__ = ["BACKENDS", "BackendUnavailableError", "Crosser", "available_backends
 log = logging.getLogger(__name__)
 
 BACKENDS = ("cupy", "numba_cuda", "numba_cpu", "numpy")
+CrossFn = Callable[[CrossInputs, CrossSpec], CrossOutput]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -25,37 +34,86 @@ class Crosser:
     """A chosen backend. ``cross`` takes host (NumPy) inputs and returns host outputs."""
 
     backend: str
-    cross: Callable[[CrossInputs, CrossSpec], CrossOutput]
+    cross: CrossFn
 
 
-def _load(name: str) -> Callable[[CrossInputs, CrossSpec], CrossOutput]:
+def _load(name: str, *, allow_simulator: bool = True) -> CrossFn:
+    """The backend's function, or BackendUnavailableError saying why it cannot run here."""
     if name == "numpy":
         return cross_numpy
-    raise BackendUnavailableError(f"crossing backend {name!r} is not implemented yet")
+    if name == "numba_cpu":
+        try:
+            from kernels._numba_cpu import cross_numba_cpu
+        except ImportError as err:
+            raise BackendUnavailableError(f"numba_cpu: numba is not installed ({err})") from err
+        return cross_numba_cpu
+    if name == "numba_cuda":
+        try:
+            import numba
+            from numba import cuda
+        except ImportError as err:
+            raise BackendUnavailableError(f"numba_cuda: numba CUDA support is not installed ({err})") from err
+        simulated = bool(numba.config.ENABLE_CUDASIM)
+        if simulated and not allow_simulator:
+            raise BackendUnavailableError("numba_cuda: only the CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1)")
+        if not simulated and not cuda.is_available():
+            raise BackendUnavailableError("numba_cuda: no CUDA GPU / driver visible to Numba")
+        from kernels._numba_cuda import cross_numba_cuda
+
+        return cross_numba_cuda
+    if name == "cupy":
+        try:
+            import cupy
+        except ImportError as err:
+            raise BackendUnavailableError(f"cupy: CuPy is not installed ({err}); install the 'gpu' extra") from err
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                raise BackendUnavailableError("cupy: no CUDA device")
+        except cupy.cuda.runtime.CUDARuntimeError as err:
+            raise BackendUnavailableError(f"cupy: CUDA runtime unavailable ({err})") from err
+        from kernels._cupy import cross_cupy
+
+        return cross_cupy
+    raise BackendUnavailableError(f"unknown crossing backend {name!r}; expected auto or one of {BACKENDS}")
 
 
-def available_backends() -> list[str]:
+def available_backends(*, allow_simulator: bool = True) -> list[str]:
+    """Backends that can run in this process, fastest first."""
     out = []
     for name in BACKENDS:
         try:
-            _load(name)
+            _load(name, allow_simulator=allow_simulator)
         except BackendUnavailableError:
             continue
         out.append(name)
     return out
 
 
+def _warm_up(fn: CrossFn) -> None:
+    spec = CrossSpec(pairs=((0, 0),), buckets=7, dense_dim=2)
+    one = np.zeros((2, 2), dtype=np.int64)
+    fn(CrossInputs(np.zeros(3, np.int64), np.zeros(3, np.int64), one, one,
+                   np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)), spec)
+
+
 def get_crosser(backend: str = "auto") -> Crosser:
-    """Return the forced backend, or the fastest available one for ``"auto"``."""
+    """The forced backend, or the fastest available one for ``"auto"`` (compiled before return)."""
     if backend != "auto":
-        if backend not in BACKENDS:
-            raise BackendUnavailableError(f"unknown crossing backend {backend!r}; expected auto or one of {BACKENDS}")
-        return Crosser(backend, _load(backend))
+        fn = _load(backend)
+        _warm_up(fn)
+        log.info("feature crossing backend: %s (forced)", backend)
+        return Crosser(backend, fn)
+    reasons = []
     for name in BACKENDS:
         try:
-            fn = _load(name)
-        except BackendUnavailableError:
+            fn = _load(name, allow_simulator=False)
+            _warm_up(fn)
+        except BackendUnavailableError as err:
+            reasons.append(str(err))
             continue
-        log.info("feature crossing backend: %s", name)
+        except Exception as err:  # noqa: BLE001 - a backend that fails to compile is skipped, with why
+            reasons.append(f"{name}: failed to run ({err})")
+            continue
+        log.info("feature crossing backend: %s (auto; skipped: %s)", name, "; ".join(reasons) or "none")
         return Crosser(name, fn)
-    raise BackendUnavailableError("no crossing backend available")
+    raise BackendUnavailableError("no crossing backend available: " + "; ".join(reasons))
