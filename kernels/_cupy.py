@@ -69,9 +69,18 @@ def _kernel() -> Any:
     return _KERNEL
 
 
+_RESIDENT: dict[tuple[int, tuple[int, ...], str], Any] = {}
+
+
 def _dev(a: Any, dtype: Any) -> Any:
+    """Device view of ``a``. Read-only host arrays (the feature tables) are copied once and kept."""
     import cupy as cp
 
+    if isinstance(a, np.ndarray) and not a.flags.writeable and a.dtype == dtype:
+        key = (a.__array_interface__["data"][0], a.shape, a.dtype.str)
+        if key not in _RESIDENT:
+            _RESIDENT[key] = cp.asarray(np.ascontiguousarray(a))
+        return _RESIDENT[key]
     if isinstance(a, cp.ndarray):
         return cp.ascontiguousarray(a, dtype=dtype)
     if hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray):

@@ -78,6 +78,9 @@ class FeatureTables:
         self.item_cat = np.ascontiguousarray(item_cat, dtype=np.int64)
         self.item_num = np.ascontiguousarray(item_num, dtype=np.float32)
         self.item_dense = np.ascontiguousarray(item_dense, dtype=np.float32)
+        for table in (self.user_cat, self.user_dense, self.item_cat, self.item_num, self.item_dense):
+            # immutable: GPU crossing backends keep one device copy of each read-only table
+            table.setflags(write=False)
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureTables:
