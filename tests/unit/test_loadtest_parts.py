@@ -1,0 +1,49 @@
+"""The load test's pure parts: schedules, loopback guard, metrics parsing (no locust import)."""
+
+from __future__ import annotations
+
+import sys
+
+from loadtest.run import _batch_series, is_loopback, parse_batch_metrics
+from loadtest.schedule import constant, spike, step_ramp
+
+
+def test_step_ramp_climbs_and_stops() -> None:
+    users = [step_ramp(t, duration_s=70)[0] for t in range(0, 70, 10)]  # type: ignore[index]
+    assert users == [1, 2, 4, 8, 16, 32, 64]
+    assert step_ramp(70, duration_s=70) is None
+
+
+def test_spike_jumps_in_the_middle_fifth() -> None:
+    assert spike(10, duration_s=100) == (4, 4.0)
+    assert spike(50, duration_s=100) == (64, 64.0)
+    assert spike(70, duration_s=100) == (4, 4.0)
+    assert spike(100, duration_s=100) is None
+    assert constant(3, duration_s=5, users=6) == (6, 6.0) and constant(5, duration_s=5) is None
+
+
+def test_only_loopback_targets() -> None:
+    assert is_loopback("http://127.0.0.1:8000") and is_loopback("http://localhost:8000")
+    assert is_loopback("http://[::1]:8000")
+    for url in ("http://10.0.0.1:8000", "http://192.168.1.2", "http://example.com"):
+        assert not is_loopback(url)
+
+
+def test_metrics_parsing_and_batch_series() -> None:
+    text = """# HELP rankserve_batch_requests Requests per formed batch.
+rankserve_batch_requests_bucket{le="1.0"} 3.0
+rankserve_batch_requests_sum 30.0
+rankserve_batch_requests_count 10.0
+rankserve_batch_candidates_sum 15000.0
+rankserve_queue_depth 2.0
+"""
+    m = parse_batch_metrics(text)
+    assert m == {"rankserve_batch_requests_sum": 30.0, "rankserve_batch_requests_count": 10.0,
+                 "rankserve_batch_candidates_sum": 15000.0, "rankserve_queue_depth": 2.0}
+    later = {"t": 2.0, "rankserve_batch_requests_sum": 70.0, "rankserve_batch_requests_count": 20.0,
+             "rankserve_batch_candidates_sum": 35000.0}
+    assert _batch_series([{"t": 1.0, **m}, later]) == [(2.0, 4.0, 2000.0)]
+
+
+def test_locust_is_not_imported_by_these_parts() -> None:
+    assert "locust" not in sys.modules
