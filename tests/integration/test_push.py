@@ -14,12 +14,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serving.triton_client import TritonClient
 
 from serving.errors import RankserveError
 from serving.features import FeatureTables
 from serving.push import PushError, _model_lock, push, rollback
 from serving.registry import ModelRegistry
+from serving.triton_client import TritonClient
 
 pytestmark = pytest.mark.integration
 
@@ -245,3 +245,58 @@ def test_user_tower_and_index_switch_together_under_load(settings, rankserve_url
 def test_rollback_refuses_unknown_version(settings) -> None:
     with pytest.raises(RankserveError, match="no version"):
         rollback(ModelRegistry(settings.model_repository), "ranker", 999)
+
+
+def test_exported_training_artifact_is_valid_and_canary_splits_by_user(settings, rankserve_url: str, triton,
+                                                                      tmp_path: Path) -> None:
+    """The artifact the demo export writes (training.export) passes validation; a canary push
+    sends a stable share of users to it; promote makes it live; rollback restores the old one."""
+    from serving.push import promote
+
+    registry = ModelRegistry(settings.model_repository)
+    tables = FeatureTables.load(settings.marketplace_path)
+    exported = settings.marketplace_path.parent / "artifacts" / "seed0" / "ranker"
+    assert (exported / "model.pt").is_file(), "the build exports artifacts next to the data"
+    old = registry.traffic("ranker").live
+    res = push(registry, "ranker", exported, tables, TritonClient(triton.grpc_url), canary_percent=30)
+    assert res.traffic.live == old and res.traffic.canary_version == res.version
+    assert res.checks["golden_max_abs_error"] <= 1e-4
+    time.sleep(2.5)  # replicas follow the traffic file within a second
+    seen = {}
+    for u in range(200):
+        r = httpx.post(f"{rankserve_url}/v1/rank", json={"user_id": u, "k": 3}, timeout=30).json()
+        seen[u] = r["model"]["version"]
+    share = sum(v == res.version for v in seen.values()) / len(seen)
+    assert 0.15 < share < 0.45, share
+    again = {u: httpx.post(f"{rankserve_url}/v1/rank", json={"user_id": u, "k": 3}, timeout=30).json()["model"]["version"]
+             for u in range(0, 200, 10)}
+    assert all(again[u] == seen[u] for u in again), "a user must see one version consistently"
+    assert promote(registry, "ranker").live == res.version
+    _wait_for_version(rankserve_url, res.version)
+    rollback(registry, "ranker")
+    _wait_for_version(rankserve_url, old)
+
+
+def test_shadow_scores_off_the_response_path_and_reports_agreement(settings, rankserve_url: str, triton,
+                                                                   tmp_path: Path) -> None:
+    registry = ModelRegistry(settings.model_repository)
+    tables = FeatureTables.load(settings.marketplace_path)
+    art = _live_artifact(registry, "ranker", tmp_path / "shadow")
+    _rescript(art, _Scaled(torch.jit.load(str(art / "model.pt")), 0.5))  # same order, half the scores
+    old = registry.traffic("ranker").live
+    res = push(registry, "ranker", art, tables, TritonClient(triton.grpc_url), shadow_percent=100)
+    assert res.traffic.live == old and res.traffic.shadow_version == res.version
+    time.sleep(2.5)
+    for u in range(30):
+        r = httpx.post(f"{rankserve_url}/v1/rank", json={"user_id": u, "k": 10}, timeout=30).json()
+        assert r["model"]["version"] == old  # the shadow never answers
+    time.sleep(1.0)
+    models = httpx.get(f"{rankserve_url}/v1/models", timeout=30).json()
+    ranker = next(m for m in models["models"] if m["name"] == "ranker")
+    stats = ranker["shadow"][f"v{res.version}"]
+    assert stats["requests"] >= 20
+    assert stats["rank_correlation"] > 0.999 and stats["overlap_at_k"] == 1.0
+    assert 0.0 < stats["mean_abs_score_diff"] < 0.5
+    rollback(registry, "ranker")
+    time.sleep(1.5)
+    assert registry.traffic("ranker").shadow_version is None

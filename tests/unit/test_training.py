@@ -1,0 +1,87 @@
+"""Training pieces without the full build: deterministic data, AUC, TorchScript equality, FAISS."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from serving.faiss_index import build_index, load_index, recall_at_k, save_index
+from training.data import MarketConfig, generate
+from training.metrics import auc
+from training.models import DCNv2Ranker, UserTower
+from training.train import ranker_cardinalities, train_ranker
+
+TINY = MarketConfig(n_users=300, n_items=400, impressions_per_user=30, n_shops=20, seed=5)
+
+
+def test_generator_is_deterministic_and_matches_the_serving_layout() -> None:
+    a, b = generate(TINY), generate(TINY)
+    assert np.array_equal(a.imp_item, b.imp_item) and np.array_equal(a.imp_click, b.imp_click)
+    assert a.user_cat.shape == (300, 3) and a.user_cat.dtype == np.int64 and a.user_cat.min() >= 1
+    assert a.item_cat.shape == (400, 4) and a.item_num.shape == (400, 3)
+    assert a.user_dense.dtype == a.item_dense.dtype == np.float32
+    assert 0.05 < a.imp_click.mean() < 0.95
+    assert not np.array_equal(generate(MarketConfig(**{**TINY.__dict__, "seed": 6})).imp_item, a.imp_item)
+
+
+def _pairwise_auc(s: np.ndarray, y: np.ndarray) -> float:
+    pos, neg = s[y > 0.5], s[y <= 0.5]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_auc_equals_brute_force_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, 6, 60).astype(float)  # many ties
+    y = (rng.random(60) < 0.4).astype(float)
+    assert auc(s, y) == pytest.approx(_pairwise_auc(s, y), abs=1e-12)
+    with pytest.raises(ValueError):
+        auc(s, np.zeros(60))
+
+
+def test_scripted_models_equal_eager() -> None:
+    torch.manual_seed(0)
+    ranker = DCNv2Ranker([5, 7, 11], dense_dim=6).eval()
+    tower = UserTower([4, 4, 4], dense_dim=6).eval()
+    cat = torch.randint(0, 4, (32, 3))
+    dense = torch.randn(32, 6)
+    with torch.inference_mode():
+        assert torch.equal(torch.jit.script(ranker)(cat, dense), ranker(cat, dense))
+        assert torch.equal(torch.jit.script(tower)(cat, dense), tower(cat, dense))
+
+
+def test_tiny_ranker_learns() -> None:
+    mp = generate(TINY)
+    from training.train import cross_spec
+
+    spec = cross_spec(TINY.dim)
+    model, cat, dense = train_ranker(mp, spec, epochs=3, batch=256)
+    assert len(ranker_cardinalities(mp, spec)) == cat.shape[1]
+    test = np.nonzero(mp.imp_test)[0]
+    with torch.inference_mode():
+        s = model(torch.from_numpy(cat[test]), torch.from_numpy(dense[test])).numpy().ravel()
+    assert auc(s, mp.imp_click[test]) > 0.6
+
+
+def test_faiss_ivf_recall_and_round_trip(tmp_path) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(30_000, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    q = (emb[:100] + rng.normal(0, 0.1, (100, 16))).astype(np.float32)
+    ivf = build_index(emb, queries=q)
+    assert ivf.kind == "ivf" and recall_at_k(ivf, emb, q, 500) >= 0.95
+    flat = build_index(emb[:500])
+    assert flat.kind == "flat" and recall_at_k(flat, emb[:500], q, 50) == 1.0
+    scores, ids = flat.search(q[:2], 10_000)  # k larger than the catalogue
+    assert ids.shape == (2, 500) and (ids >= 0).all()
+    save_index(ivf, tmp_path / "i.faiss")
+    back = load_index(tmp_path / "i.faiss", use_gpu="off")
+    assert back.nprobe == ivf.nprobe and np.array_equal(back.search(q, 20)[1], ivf.search(q, 20)[1])
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(back)
