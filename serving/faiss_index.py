@@ -15,7 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-__all__ = ["EXACT_MAX_ITEMS", "ItemIndex", "build_index", "load_index", "recall_at_k", "save_index"]
+__all__ = ["EXACT_MAX_ITEMS", "ItemIndex", "build_index", "load_index", "recall_at_k", "save_index", "tower_queries"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,18 @@ def build_index(emb: np.ndarray, *, kind: str = "auto", nlist: int | None = None
             break
     log.info("IVF index: %d items, nlist %d, nprobe %d", n, nlist, index.nprobe)
     return index
+
+
+def tower_queries(tower: Any, user_cat: np.ndarray, user_dense: np.ndarray, *, n: int = 256,
+                  seed: int = 0) -> np.ndarray:
+    """User-tower embeddings of ``n`` random users: realistic queries to tune and measure recall."""
+    import torch
+
+    rows = np.random.default_rng(seed).choice(user_cat.shape[0], min(n, user_cat.shape[0]), replace=False)
+    with torch.inference_mode():
+        out = tower(torch.from_numpy(np.ascontiguousarray(user_cat[rows])),
+                    torch.from_numpy(np.ascontiguousarray(user_dense[rows])))
+    return out.numpy().astype(np.float32)
 
 
 def save_index(index: ItemIndex, path: Path) -> None:

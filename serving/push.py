@@ -209,7 +209,7 @@ def push(
     """
     import torch
 
-    from serving.faiss_index import build_index, save_index
+    from serving.faiss_index import build_index, save_index, tower_queries
     from serving.triton_config import TensorSpec, export_version, read_config
 
     model_dir = registry.repo / model
@@ -239,7 +239,9 @@ def push(
             if (artifact / "item_emb.npy").is_file():
                 item_emb = np.load(artifact / "item_emb.npy").astype(np.float32)
                 index_path = Path(tmp) / "items.faiss"
-                save_index(build_index(item_emb), index_path)
+                tower = torch.jit.load(str(artifact / "model.pt"), map_location="cpu")
+                queries = tower_queries(tower, tables.user_cat[: tables.n_users], tables.user_dense[: tables.n_users])
+                save_index(build_index(item_emb, queries=queries), index_path)
                 extra = {"items.faiss": index_path, "items.faiss.json": Path(f"{index_path}.json"),
                          "item_emb.npy": artifact / "item_emb.npy"}
             new = export_version(

@@ -16,6 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from serving.features import FeatureTables
 from serving.registry import ModelRegistry, Traffic
 from training.data import MarketConfig, Marketplace, generate, load, save
 from training.export import export_artifacts, install_artifact
@@ -37,6 +40,21 @@ def load_built_marketplace(data_dir: Path) -> Marketplace:
     return load(data_dir, MarketConfig(**summary["config"]))
 
 
+def _served_recall(repo: Path, version: int, tables: FeatureTables, seed: int) -> dict[str, Any]:
+    """recall@500 of the index as installed, on 1000 users' tower embeddings (not the tuning ones)."""
+    import torch
+
+    from serving.faiss_index import load_index, recall_at_k, tower_queries
+
+    d = repo / "user_tower" / str(version)
+    index = load_index(d / "items.faiss", use_gpu="off")
+    tower = torch.jit.load(str(d / "model.pt"))
+    q = tower_queries(tower, tables.user_cat[: tables.n_users], tables.user_dense[: tables.n_users], n=1000,
+                      seed=seed + 1)
+    rec = recall_at_k(index, np.load(d / "item_emb.npy"), q, 500)
+    return {"recall_at_500": round(rec, 4), "index_kind": index.kind, "index_nprobe": index.nprobe}
+
+
 def build(data_dir: Path, repo: Path, *, scale: float = 1.0, seed: int = 0, force: bool = False) -> dict[str, Any]:
     """Generate data, train, export and install both models; returns the build summary."""
     data_dir, repo = Path(data_dir), Path(repo)
@@ -56,10 +74,12 @@ def build(data_dir: Path, repo: Path, *, scale: float = 1.0, seed: int = 0, forc
     export_artifacts(mp, models, artifacts, seed=seed)
     repo.mkdir(parents=True, exist_ok=True)
     versions = {}
+    tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
     for name in MODELS:
         shutil.rmtree(repo / name, ignore_errors=True)
-        versions[name] = install_artifact(repo, name, artifacts / name)
+        versions[name] = install_artifact(repo, name, artifacts / name, tables)
         ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
+    models.quality.update(_served_recall(repo, versions["user_tower"], tables, seed))
     summary = {"seed": seed, "scale": scale, "config": asdict(cfg), "quality": models.quality,
                "versions": versions, "data_s": round(t_data, 1),
                "build_s": round(time.perf_counter() - t0, 1),

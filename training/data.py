@@ -90,7 +90,7 @@ def generate(cfg: MarketConfig) -> Marketplace:
     D = cfg.dim
     s = D ** -0.25  # <u, v> of two N(0, s^2) vectors has unit variance
     # users (categorical ids start at 1; 0 means unknown / cold start)
-    U, I = cfg.n_users, cfg.n_items
+    U, I = cfg.n_users, cfg.n_items  # noqa: E741 - the usual names for user and item counts
     user_cat = np.stack([rng.integers(1, cfg.n_regions + 1, U), rng.integers(1, cfg.n_ages + 1, U),
                          rng.integers(1, cfg.n_devices + 1, U)], axis=1).astype(np.int64)
     u_lat = (rng.normal(0, s, (U, D))).astype(np.float32)

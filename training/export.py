@@ -76,10 +76,11 @@ def export_artifacts(mp: Marketplace, models: TrainedModels, out: Path, *, seed:
     return paths
 
 
-def install_artifact(repo: Path, name: str, artifact: Path, *, kind: str = "auto") -> int:
+def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTables, *, kind: str = "auto") -> int:
     """Add an artifact to ``repo`` as a new version (first install; ``rankserve push`` validates and
-    moves traffic). A user tower's FAISS index is built here from its item embeddings."""
-    from serving.faiss_index import build_index, save_index
+    moves traffic). A user tower's FAISS index is built here from its item embeddings, with
+    ``nprobe`` tuned on the tower's own user embeddings."""
+    from serving.faiss_index import build_index, save_index, tower_queries
 
     module = torch.jit.load(str(artifact / "model.pt"))
     meta = json.loads((artifact / "meta.json").read_text())
@@ -92,7 +93,8 @@ def install_artifact(repo: Path, name: str, artifact: Path, *, kind: str = "auto
     with tempfile.TemporaryDirectory() as tmp:
         extra: dict[str, Path] = {}
         if (artifact / "item_emb.npy").is_file():
-            index = build_index(np.load(artifact / "item_emb.npy"))
+            queries = tower_queries(module, tables.user_cat[: tables.n_users], tables.user_dense[: tables.n_users])
+            index = build_index(np.load(artifact / "item_emb.npy"), queries=queries)
             save_index(index, Path(tmp) / "items.faiss")
             extra = {"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json",
                      "item_emb.npy": artifact / "item_emb.npy"}

@@ -100,8 +100,6 @@ def train_ranker(mp: Marketplace, spec: CrossSpec, *, epochs: int = 3, batch: in
 
 def train_all(mp: Marketplace, *, seed: int = 0) -> TrainedModels:
     """Train both models and measure quality on the held-out impressions."""
-    from serving.faiss_index import build_index, recall_at_k
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     user, item = train_two_tower(mp, seed=seed)
@@ -117,16 +115,9 @@ def train_all(mp: Marketplace, *, seed: int = 0) -> TrainedModels:
         scores = ranker(torch.from_numpy(cat[test]), torch.from_numpy(dense[test])).numpy().reshape(-1)
     a_model = auc(scores, mp.imp_click[test])
     a_oracle = auc(mp.imp_logit[test], mp.imp_click[test])
-    rng = np.random.default_rng(seed)
-    users = rng.choice(mp.user_cat.shape[0], 1000, replace=False)
-    with torch.inference_mode():
-        q = user(torch.from_numpy(mp.user_cat[users]), torch.from_numpy(mp.user_dense[users])).numpy()
-    index = build_index(item_emb, queries=q[:256])
-    rec = recall_at_k(index, item_emb, q, 500)
     quality = {
         "auc": round(a_model, 4), "oracle_auc": round(a_oracle, 4),
         "auc_fraction": round((a_model - 0.5) / (a_oracle - 0.5), 4),
-        "recall_at_500": round(rec, 4), "index_kind": index.kind, "index_nprobe": index.nprobe,
         "n_users": int(mp.user_cat.shape[0]), "n_items": int(mp.item_cat.shape[0]),
         "train_two_tower_s": round(t1 - t0, 1), "train_ranker_s": round(t2 - t1, 1),
     }

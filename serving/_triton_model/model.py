@@ -60,7 +60,7 @@ class TritonPythonModel:
             splits = [torch.split(o.contiguous(), sizes) for o in outs]
             for k, i in enumerate(good):
                 tensors = [pb_utils.Tensor.from_dlpack(name, to_dlpack(s[k].contiguous()))
-                           for name, s in zip(self.outputs, splits)]
+                           for name, s in zip(self.outputs, splits, strict=True)]
                 responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
 

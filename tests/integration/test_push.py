@@ -144,8 +144,10 @@ def test_broken_artifacts_are_refused_and_live_keeps_serving(kind: str, settings
 def _start_load(url: str, tmp: Path, duration_s: float) -> tuple[subprocess.Popen, Path]:
     bodies = tmp / "bodies.jsonl"
     rng = np.random.default_rng(1)
-    lines = [json.dumps({"user_id": int(u), "k": 10}) for u in rng.integers(0, 50, 200)]
-    lines += [json.dumps({"user_id": int(u), "k": 5, "candidates": list(range(10, 60))}) for u in range(20)]
+    # a generous deadline: on 2 cores a push's validation competes with serving for the CPU
+    lines = [json.dumps({"user_id": int(u), "k": 10, "timeout_ms": 10000}) for u in rng.integers(0, 50, 200)]
+    lines += [json.dumps({"user_id": int(u), "k": 5, "candidates": list(range(10, 60)), "timeout_ms": 10000})
+              for u in range(20)]
     bodies.write_text("\n".join(lines))
     record = tmp / "record.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "serving.loadgen", "--url", f"{url}/v1/rank", "--bodies",
@@ -154,7 +156,7 @@ def _start_load(url: str, tmp: Path, duration_s: float) -> tuple[subprocess.Pope
     return proc, record
 
 
-def _wait_for_version(url: str, want: int, timeout_s: float = 20) -> None:
+def _wait_for_version(url: str, want: int, timeout_s: float = 45) -> None:
     t_end = time.monotonic() + timeout_s
     while time.monotonic() < t_end:
         if _version_served(url) == want:
@@ -182,8 +184,8 @@ def test_push_and_rollback_under_load_fail_no_request(settings, rankserve_url: s
     rows = [json.loads(ln) for ln in record.read_text().splitlines() if ln]
     versions = {r["response"]["model"]["version"] for r in rows if r["status"] == 200}
     print(f"zero-downtime run: {summary['requests']} requests, {summary['failures']} failed, versions {versions}")
-    assert summary["failures"] == 0 and summary["requests"] > 50
-    assert {old, res.version} <= versions
+    assert summary["failures"] == 0 and summary["requests"] > 50, summary
+    assert {old, res.version} <= versions, versions
 
 
 class _Rotated(torch.nn.Module):
@@ -227,7 +229,7 @@ def test_user_tower_and_index_switch_together_under_load(settings, rankserve_url
     rollback(registry, "user_tower")
     out, _ = proc.communicate(timeout=120)
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["failures"] == 0
+    assert summary["failures"] == 0, summary
     rows = [json.loads(ln) for ln in record.read_text().splitlines() if ln]
     checked = 0
     for r in rows:
