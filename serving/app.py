@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.config import ConfigError, Settings
 from serving.crossing import CrossingStage
@@ -129,6 +130,14 @@ def _error_response(err: RankserveError) -> JSONResponse:
 api = FastAPI(title="rankserve", version="1", docs_url=None, redoc_url=None)
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown paths and methods answer in the same error shape as everything else."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": {"code": code, "message": f"{request.method} {request.url.path}: {exc.detail}"}},
+                        status_code=exc.status_code)
+
+
 @serve.deployment(name="rankserve")
 @serve.ingress(api)
 class RankingService:
@@ -177,6 +186,10 @@ class RankingService:
             if err.http_status >= 500:
                 log.warning(json.dumps({"event": "rank_error", "status": err.http_status, "error": err.message}))
             return _error_response(err)
+        except Exception as err:  # a bug, not bad input: answer in the error shape, never a traceback
+            log.exception(json.dumps({"event": "rank_internal_error", "error": repr(err)}))
+            self.metrics.requests.labels("500").inc()
+            return _error_response(RankserveError("internal error; see the server log"))
         self.metrics.requests.labels("200").inc()
         self.metrics.latency_ms.observe((time.monotonic() - arrival) * 1000)
         if result.degraded:

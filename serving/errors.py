@@ -17,6 +17,7 @@ __all__ = [
     "ModelNotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PushRefusedError",
     "RankserveError",
     "TritonError",
     "UnprocessableError",
@@ -116,6 +117,14 @@ class TritonError(RankserveError):
     code = "triton_error"
 
 
+class PushRefusedError(RankserveError):
+    """A model push, promote or rollback was refused; the repository is unchanged (422)."""
+
+    http_status = 422
+    grpc_code = "FAILED_PRECONDITION"
+    code = "push_refused"
+
+
 # One table: exception class -> (HTTP status, gRPC status code name). Built from the classes.
 ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
     cls: (cls.http_status, cls.grpc_code)
@@ -128,6 +137,7 @@ ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
         BackendUnavailableError,
         DeadlineExceededError,
         TritonError,
+        PushRefusedError,
         RankserveError,
     )
 }

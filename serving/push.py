@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kernels import CrossSpec, get_crosser
-from serving.errors import RankserveError
+from serving.errors import PushRefusedError
 from serving.features import FeatureTables, ranker_inputs
 from serving.registry import ModelRegistry, Traffic
 
@@ -41,12 +41,7 @@ _DTYPES = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_INT32": np.int
 GOLDEN_RTOL, GOLDEN_ATOL = 1e-4, 1e-5
 
 
-class PushError(RankserveError):
-    """An artifact or a traffic change was refused; the repository is unchanged."""
-
-    http_status = 422
-    grpc_code = "FAILED_PRECONDITION"
-    code = "push_refused"
+PushError = PushRefusedError
 
 
 class ModelLoader(Protocol):

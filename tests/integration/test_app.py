@@ -99,6 +99,13 @@ def test_bad_requests_get_4xx_and_server_stays_ready(rankserve_url: str, payload
     assert _rank(rankserve_url, {"user_id": 3, "k": 3}).status_code == 200
 
 
+def test_unknown_paths_and_methods_use_the_error_shape(rankserve_url: str) -> None:
+    r = httpx.get(f"{rankserve_url}/v2/nothing", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.get(f"{rankserve_url}/v1/rank", timeout=30)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
 def test_operations_endpoints(rankserve_url: str) -> None:
     assert httpx.get(f"{rankserve_url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{rankserve_url}/readyz", timeout=30)

@@ -1,0 +1,74 @@
+"""config.pbtxt generation from the protobuf message, and atomic version export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from serving.triton_config import (
+    TensorSpec,
+    export_version,
+    list_versions,
+    load_golden,
+    model_config,
+    read_config,
+)
+
+IN = [TensorSpec("cat", "INT64", (3,)), TensorSpec("dense", "FP32", (4,))]
+OUT = [TensorSpec("score", "FP32", (1,))]
+
+
+class _M(torch.nn.Module):
+    def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(dense.sum(1, keepdim=True) + cat.sum(1, keepdim=True).float())
+
+
+@pytest.mark.parametrize(("kind", "want"), [("cpu", "KIND_CPU"), ("gpu", "KIND_GPU")])
+def test_config_fields(kind: str, want: str) -> None:
+    cfg = model_config("ranker", IN, OUT, max_batch_size=512, kind=kind, preferred_batch_sizes=(64,))
+    back = text_format.Parse(text_format.MessageToString(cfg), model_config_pb2.ModelConfig())
+    assert back.name == "ranker" and back.backend == "python" and back.max_batch_size == 512
+    assert [(t.name, list(t.dims)) for t in back.input] == [("cat", [3]), ("dense", [4])]
+    assert model_config_pb2.DataType.Name(back.input[0].data_type) == "TYPE_INT64"
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(back.instance_group[0].kind) == want
+    assert back.HasField("dynamic_batching") and list(back.dynamic_batching.preferred_batch_size) == [64]
+    assert back.version_policy.HasField("all")
+
+
+def test_env_overrides_auto_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANKSERVE_TRITON_KIND", "gpu")
+    assert model_config("m", IN, OUT, max_batch_size=1).instance_group[0].kind == \
+        model_config_pb2.ModelInstanceGroup.KIND_GPU
+
+
+def test_bad_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        model_config("m", IN, OUT, max_batch_size=0)
+    with pytest.raises(ValueError, match="dtype"):
+        TensorSpec("x", "FLOAT", (1,))
+
+
+def test_export_is_atomic_numbered_and_golden(tmp_path: Path) -> None:
+    m = torch.jit.script(_M())
+    g = {"cat": np.ones((5, 3), np.int64), "dense": np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)}
+    assert export_version(tmp_path, "ranker", m, IN, OUT, g, {"note": "a"}, max_batch_size=64, kind="cpu") == 1
+    assert export_version(tmp_path, "ranker", m, IN, OUT, g, {}, max_batch_size=64, kind="cpu") == 2
+    with pytest.raises(FileExistsError):
+        export_version(tmp_path, "ranker", m, IN, OUT, g, {}, max_batch_size=64, version=2)
+    assert list_versions(tmp_path, "ranker") == [1, 2]
+    assert not [p for p in (tmp_path / "ranker").iterdir() if p.name.startswith(".tmp")]
+    v1 = tmp_path / "ranker" / "1"
+    assert {p.name for p in v1.iterdir()} == {"model.pt", "model.py", "golden.npz", "meta.json"}
+    golden = load_golden(v1)
+    with torch.inference_mode():
+        want = m(torch.from_numpy(g["cat"]), torch.from_numpy(g["dense"])).numpy()
+    np.testing.assert_array_equal(golden["score"], want)
+    assert read_config(tmp_path, "ranker").max_batch_size == 64
+    with pytest.raises(ValueError, match="golden input"):
+        export_version(tmp_path, "ranker", m, IN, OUT, {**g, "cat": g["cat"].astype(np.int32)}, {},
+                       max_batch_size=64)
