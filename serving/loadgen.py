@@ -22,9 +22,10 @@ __all__ = ["run_load"]
 
 
 async def _worker(session: object, url: str, bodies: list[bytes], start: int, stop_at: float,
-                  lat: list[float], status: Counter, items: list[int], record: list[str] | None = None) -> None:
+                  lat: list[float], status: Counter, items: list[int], record: list[str] | None = None,
+                  stop_file: Path | None = None) -> None:
     i = start
-    while time.perf_counter() < stop_at:
+    while time.perf_counter() < stop_at and not (stop_file is not None and stop_file.exists()):
         body = bodies[i % len(bodies)]
         i += 1
         t0 = time.perf_counter()
@@ -43,7 +44,8 @@ async def _worker(session: object, url: str, bodies: list[bytes], start: int, st
 
 
 async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_s: float,
-                   warmup_s: float = 1.0, record: list[str] | None = None) -> dict[str, object]:
+                   warmup_s: float = 1.0, record: list[str] | None = None,
+                   stop_file: Path | None = None) -> dict[str, object]:
     """Closed-loop load; returns throughput, latency percentiles (ms) and status counts."""
     import aiohttp
 
@@ -57,8 +59,8 @@ async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_
         status: Counter = Counter()
         items: list[int] = []
         t0 = time.perf_counter()
-        await asyncio.gather(*(_worker(session, url, bodies, w * 7919, t0 + duration_s, lat, status, items, record)
-                               for w in range(concurrency)))
+        await asyncio.gather(*(_worker(session, url, bodies, w * 7919, t0 + duration_s, lat, status, items, record,
+                                       stop_file) for w in range(concurrency)))
         wall = time.perf_counter() - t0
     arr = np.asarray(lat) if lat else np.zeros(1)
     ok = int(status.get(200, 0))
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--warmup-s", type=float, default=1.0)
     p.add_argument("--record", type=Path, help="write every request and response as JSON lines here")
+    p.add_argument("--stop-file", type=Path, help="stop early once this file exists (duration stays the bound)")
     a = p.parse_args(argv)
     if not a.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         print("loadgen only targets loopback addresses", file=sys.stderr)
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [ln.encode() for ln in a.bodies.read_text().splitlines() if ln.strip()]
     record: list[str] | None = [] if a.record else None
     res = asyncio.run(run_load(a.url, bodies, concurrency=a.concurrency, duration_s=a.duration_s,
-                               warmup_s=a.warmup_s, record=record))
+                               warmup_s=a.warmup_s, record=record, stop_file=a.stop_file))
     if a.record and record is not None:
         a.record.write_text("\n".join(record) + "\n")
     print(json.dumps(res))

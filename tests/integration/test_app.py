@@ -143,3 +143,29 @@ def test_served_scores_equal_in_process_model(rankserve_url: str, settings: Sett
         assert [it["item_id"] for it in served["items"]] == [it.item_id for it in local.items]
         np.testing.assert_allclose([it["score"] for it in served["items"]], [it.score for it in local.items],
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_past_deadline_answers_504_and_stays_ready(rankserve_url: str) -> None:
+    r = _rank(rankserve_url, {"user_id": 9, "k": 5, "timeout_ms": 1})
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "deadline_exceeded"
+    assert httpx.get(f"{rankserve_url}/readyz", timeout=30).status_code == 200
+
+
+def test_full_queue_sheds_with_503_and_retry_after(rankserve_url: str, settings: Settings, triton) -> None:  # noqa: ANN001
+    """A second application whose queue bound is zero sheds every request, fast and in shape."""
+    from ray import serve
+
+    from serving.app import build_app
+
+    shed = settings.model_copy(update={"max_queued_requests": 0})
+    serve.run(build_app(shed, triton.grpc_url), name="shed", route_prefix="/shed")
+    try:
+        r = _rank(f"{rankserve_url}/shed", {"user_id": 1})
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"] == "1"
+        assert r.json()["error"]["code"] == "overloaded"
+        assert "rankserve_shed_total 1.0" in httpx.get(f"{rankserve_url}/shed/metrics", timeout=30).text
+    finally:
+        serve.delete("shed")
+    assert _rank(rankserve_url, {"user_id": 1, "k": 2}).status_code == 200

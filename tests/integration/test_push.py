@@ -141,7 +141,8 @@ def test_broken_artifacts_are_refused_and_live_keeps_serving(kind: str, settings
     assert httpx.get(f"{rankserve_url}/readyz", timeout=30).status_code == 200
 
 
-def _start_load(url: str, tmp: Path, duration_s: float) -> tuple[subprocess.Popen, Path]:
+def _start_load(url: str, tmp: Path, duration_s: float = 120) -> tuple[subprocess.Popen, Path]:
+    """Bounded load in its own process; it ends at ``duration_s`` or when ``tmp/stop`` appears."""
     bodies = tmp / "bodies.jsonl"
     rng = np.random.default_rng(1)
     # a generous deadline: on 2 cores a push's validation competes with serving for the CPU
@@ -152,7 +153,8 @@ def _start_load(url: str, tmp: Path, duration_s: float) -> tuple[subprocess.Pope
     record = tmp / "record.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "serving.loadgen", "--url", f"{url}/v1/rank", "--bodies",
                              str(bodies), "--concurrency", "4", "--duration-s", str(duration_s), "--warmup-s", "0",
-                             "--record", str(record)], stdout=subprocess.PIPE, text=True)
+                             "--record", str(record), "--stop-file", str(tmp / "stop")],
+                            stdout=subprocess.PIPE, text=True)
     return proc, record
 
 
@@ -172,20 +174,32 @@ def test_push_and_rollback_under_load_fail_no_request(settings, rankserve_url: s
     client = TritonClient(triton.grpc_url)
     old = registry.traffic("ranker").live
     art = _live_artifact(registry, "ranker", tmp_path / "art")
-    proc, record = _start_load(rankserve_url, tmp_path, duration_s=16)
+    proc, record = _start_load(rankserve_url, tmp_path)
     time.sleep(2)
     res = push(registry, "ranker", art, tables, client)
     _wait_for_version(rankserve_url, res.version)
     time.sleep(2)
     rollback(registry, "ranker")
     _wait_for_version(rankserve_url, old)
-    out, _ = proc.communicate(timeout=120)
+    time.sleep(1)
+    (tmp_path / "stop").touch()
+    out, _ = proc.communicate(timeout=180)
     summary = json.loads(out.strip().splitlines()[-1])
     rows = [json.loads(ln) for ln in record.read_text().splitlines() if ln]
     versions = {r["response"]["model"]["version"] for r in rows if r["status"] == 200}
     print(f"zero-downtime run: {summary['requests']} requests, {summary['failures']} failed, versions {versions}")
     assert summary["failures"] == 0 and summary["requests"] > 50, summary
     assert {old, res.version} <= versions, versions
+
+
+def _wait_for_tower(url: str, want: int, timeout_s: float = 45) -> None:
+    line = f'rankserve_model_version{{model="user_tower"}} {float(want)}'
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        if line in httpx.get(f"{url}/metrics", timeout=30).text:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"replica did not switch its user tower to version {want}")
 
 
 class _Rotated(torch.nn.Module):
@@ -222,12 +236,16 @@ def test_user_tower_and_index_switch_together_under_load(settings, rankserve_url
         r = httpx.post(f"{rankserve_url}/v1/rank", json={"user_id": u, "k": 10}, timeout=30).json()
         baseline[u] = [it["item_id"] for it in r["items"]]
     old_tower = registry.traffic("user_tower").live
-    proc, record = _start_load(rankserve_url, tmp_path, duration_s=12)
+    proc, record = _start_load(rankserve_url, tmp_path)
     time.sleep(2)
     res = push(registry, "user_tower", art, tables, client)
-    time.sleep(4)
+    _wait_for_tower(rankserve_url, res.version)  # the replica now recalls with the new pair
+    time.sleep(3)
     rollback(registry, "user_tower")
-    out, _ = proc.communicate(timeout=120)
+    _wait_for_tower(rankserve_url, old_tower)
+    time.sleep(2)
+    (tmp_path / "stop").touch()
+    out, _ = proc.communicate(timeout=180)
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["failures"] == 0, summary
     rows = [json.loads(ln) for ln in record.read_text().splitlines() if ln]
@@ -240,6 +258,8 @@ def test_user_tower_and_index_switch_together_under_load(settings, rankserve_url
         # rotation preserves inner products up to float rounding: compare as sets of the top 10
         assert len(set(got) & set(baseline[req["user_id"]])) >= 9, (req, got, baseline[req["user_id"]])
         checked += 1
+    print(f"tower+index switch run: {summary['requests']} requests, {summary['failures']} failed, "
+          f"{checked} recall answers checked against the baseline")
     assert checked > 20
     assert registry.traffic("user_tower").live == old_tower and res.version != old_tower
 
