@@ -148,7 +148,7 @@ class RankingService:
         self.settings = Settings.model_validate(settings)
         self.client = AsyncTritonClient(triton_url)
         self.pipeline = create_pipeline(self.settings, self.client)
-        self.metrics = Metrics()
+        self._metrics = Metrics()
         self._pending = 0
         self._batched.set_max_batch_size(self.settings.max_batch_candidates)
         self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
@@ -165,12 +165,12 @@ class RankingService:
         arrival = time.monotonic()
         try:
             if self._pending >= self.settings.max_queued_requests >= 0:
-                self.metrics.shed.inc()
+                self._metrics.shed.inc()
                 raise OverloadedError(f"{self._pending} requests queued; try again shortly", retry_after_s=1)
             body = await self._read_body(request)
             prep = self.pipeline.prepare(parse_rank_request(body, self.settings), arrival=arrival)
             self._pending += 1
-            self.metrics.queue_depth.set(self._pending)
+            self._metrics.queue_depth.set(self._pending)
             try:
                 left = prep.deadline - time.monotonic()
                 result = await asyncio.wait_for(self._answer(prep), timeout=max(left, 0.001))
@@ -178,22 +178,22 @@ class RankingService:
                 raise DeadlineExceededError(f"no answer within {1000 * (prep.deadline - arrival):.0f} ms") from err
             finally:
                 self._pending -= 1
-                self.metrics.queue_depth.set(self._pending)
+                self._metrics.queue_depth.set(self._pending)
             if isinstance(result, RankserveError):
                 raise result
         except RankserveError as err:
-            self.metrics.requests.labels(str(err.http_status)).inc()
+            self._metrics.requests.labels(str(err.http_status)).inc()
             if err.http_status >= 500:
                 log.warning(json.dumps({"event": "rank_error", "status": err.http_status, "error": err.message}))
             return _error_response(err)
         except Exception as err:  # a bug, not bad input: answer in the error shape, never a traceback
             log.exception(json.dumps({"event": "rank_internal_error", "error": repr(err)}))
-            self.metrics.requests.labels("500").inc()
+            self._metrics.requests.labels("500").inc()
             return _error_response(RankserveError("internal error; see the server log"))
-        self.metrics.requests.labels("200").inc()
-        self.metrics.latency_ms.observe((time.monotonic() - arrival) * 1000)
+        self._metrics.requests.labels("200").inc()
+        self._metrics.latency_ms.observe((time.monotonic() - arrival) * 1000)
         if result.degraded:
-            self.metrics.degraded.inc()
+            self._metrics.degraded.inc()
         return JSONResponse(result.to_json())
 
     async def _read_body(self, request: Request) -> bytes:
@@ -228,10 +228,10 @@ class RankingService:
         return results
 
     def _observe(self, stats: Any) -> None:
-        self.metrics.batch_requests.observe(stats.requests)
-        self.metrics.batch_rows.observe(stats.rows)
+        self._metrics.batch_requests.observe(stats.requests)
+        self._metrics.batch_rows.observe(stats.rows)
         for stage, ms in stats.stage_ms.items():
-            self.metrics.stage_ms.labels(stage).observe(ms)
+            self._metrics.stage_ms.labels(stage).observe(ms)
 
     # -- operations ---------------------------------------------------------------------
     @api.get("/healthz")
@@ -260,9 +260,9 @@ class RankingService:
     @api.get("/metrics")
     async def metrics(self) -> Response:
         for name, traffic in self.pipeline.traffic_split.items():
-            self.metrics.model_version.labels(name).set(traffic.live)
-        self.metrics.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
-        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+            self._metrics.model_version.labels(name).set(traffic.live)
+        self._metrics.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
+        return Response(self._metrics.render(), media_type="text/plain; version=0.0.4")
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:

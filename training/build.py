@@ -31,8 +31,8 @@ MODELS = ("user_tower", "ranker")
 
 
 def _built(repo: Path) -> bool:
-    return all((repo / m / "config.pbtxt").is_file() and any(p.name.isdigit() for p in (repo / m).iterdir())
-               for m in MODELS if (repo / m).is_dir()) and all((repo / m).is_dir() for m in MODELS)
+    """Both models have a config and at least one version."""
+    return all((repo / m / "config.pbtxt").is_file() and ModelRegistry(repo).versions(m) for m in MODELS)
 
 
 def load_built_marketplace(data_dir: Path) -> Marketplace:

@@ -21,7 +21,7 @@ from serving.triton_config import TensorSpec, export_version
 from training.data import Marketplace
 from training.train import TrainedModels
 
-__all__ = ["MODEL_SIGNATURES", "export_artifacts", "install_artifact"]
+__all__ = ["export_artifacts", "install_artifact", "signatures"]
 
 RANKER_MAX_BATCH = 8192
 TOWER_MAX_BATCH = 1024
@@ -35,8 +35,6 @@ def signatures(n_cat: int, n_dense: int, dense_dim: int, emb_dim: int) -> dict[s
                        "outputs": [TensorSpec("embedding", "FP32", (emb_dim,))], "max_batch_size": TOWER_MAX_BATCH},
     }
 
-
-MODEL_SIGNATURES = signatures
 
 
 def _golden(module: torch.jit.ScriptModule, names_in: list[str], arrays: list[np.ndarray],
