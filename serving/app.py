@@ -163,12 +163,14 @@ class RankingService:
     @api.post("/v1/rank")
     async def rank(self, request: Request) -> Response:
         arrival = time.monotonic()
+        rid: str | None = None
         try:
             if self._pending >= self.settings.max_queued_requests >= 0:
                 self._metrics.shed.inc()
                 raise OverloadedError(f"{self._pending} requests queued; try again shortly", retry_after_s=1)
             body = await self._read_body(request)
             prep = self.pipeline.prepare(parse_rank_request(body, self.settings), arrival=arrival)
+            rid = prep.request_id
             self._pending += 1
             self._metrics.queue_depth.set(self._pending)
             try:
@@ -184,16 +186,18 @@ class RankingService:
         except RankserveError as err:
             self._metrics.requests.labels(str(err.http_status)).inc()
             if err.http_status >= 500:
-                log.warning(json.dumps({"event": "rank_error", "status": err.http_status, "error": err.message}))
+                log.warning(json.dumps({"event": "rank_error", "request_id": rid, "status": err.http_status,
+                                        "error": err.message}))
             return _error_response(err)
         except Exception as err:  # a bug, not bad input: answer in the error shape, never a traceback
-            log.exception(json.dumps({"event": "rank_internal_error", "error": repr(err)}))
+            log.exception(json.dumps({"event": "rank_internal_error", "request_id": rid, "error": repr(err)}))
             self._metrics.requests.labels("500").inc()
             return _error_response(RankserveError("internal error; see the server log"))
         self._metrics.requests.labels("200").inc()
         self._metrics.latency_ms.observe((time.monotonic() - arrival) * 1000)
         if result.degraded:
             self._metrics.degraded.inc()
+            log.warning(json.dumps({"event": "rank_degraded", "request_id": rid, "recall": result.recall}))
         return JSONResponse(result.to_json())
 
     async def _read_body(self, request: Request) -> bytes:
@@ -302,6 +306,9 @@ def build_app(settings: Settings, triton_url: str) -> Any:
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         max_queued_requests=-1,
+        # graceful shutdown: stop taking requests, let those in flight finish (up to 20 s)
+        graceful_shutdown_wait_loop_s=0.5,
+        graceful_shutdown_timeout_s=20.0,
         ray_actor_options={"num_cpus": settings.replica_num_cpus},
     ).bind(settings.model_dump(mode="json"), triton_url)
 
