@@ -169,3 +169,21 @@ def test_full_queue_sheds_with_503_and_retry_after(rankserve_url: str, settings:
     finally:
         serve.delete("shed")
     assert _rank(rankserve_url, {"user_id": 1, "k": 2}).status_code == 200
+
+
+def test_readme_api_example_runs_as_written(rankserve_url: str) -> None:
+    """The README's curl body is accepted and the answer has the README's fields (docs cannot drift)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## API (v1)"):]
+    body = json.loads(re.search(r"-d '(\{.*?\})'", section, re.S).group(1))  # type: ignore[union-attr]
+    shown = re.search(r"```json\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    r = _rank(rankserve_url, body)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    for key in re.findall(r'"(\w+)":', shown):
+        assert key in got or any(key in (it if isinstance(it, dict) else {}) for it in
+                                 [got.get("model"), got.get("timings_ms"), *(got.get("items") or [])]), key
+    assert got["request_id"] == body["request_id"] and len(got["items"]) == body["k"]
