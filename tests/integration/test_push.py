@@ -322,3 +322,33 @@ def test_shadow_scores_off_the_response_path_and_reports_agreement(settings, ran
     rollback(registry, "ranker")
     time.sleep(1.5)
     assert registry.traffic("ranker").shadow_version is None
+
+
+def test_cli_push_models_and_rollback(settings, rankserve_url: str, triton, tmp_path: Path) -> None:
+    """The `rankserve` commands as an ML engineer runs them (their own processes)."""
+    import os
+
+    registry = ModelRegistry(settings.model_repository)
+    old = registry.traffic("ranker").live
+    art = _live_artifact(registry, "ranker", tmp_path / "cli")
+    env = {**os.environ, "RANKSERVE_MODEL_REPOSITORY": str(settings.model_repository),
+           "RANKSERVE_DATA_DIR": str(settings.data_dir), "RANKSERVE_PORT": str(settings.port),
+           "RANKSERVE_TRITON_URL": triton.grpc_url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "serving.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    pushed = cli("push", "ranker", str(art), "--canary", "10")
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    new = json.loads(pushed.stdout)["version"]
+    time.sleep(2)
+    rows = json.loads(cli("models", "--json").stdout)
+    mine = {r["version"]: r for r in rows if r["model"] == "ranker"}
+    assert mine[new]["role"] == "canary" and mine[new]["traffic_pct"] == 10.0
+    assert mine[old]["role"] == "live" and mine[old]["traffic_pct"] == 90.0
+    assert mine[new]["state"] == "READY" and mine[new]["validation"]["rows_checked"] > 0
+    refused = cli("push", "ranker", str(tmp_path / "nope"))
+    assert refused.returncode == 3 and "refused" in refused.stderr
+    assert cli("rollback", "ranker").returncode == 0
+    assert registry.traffic("ranker").live == old and registry.traffic("ranker").canary_version is None
