@@ -1,10 +1,8 @@
 """CuPy backend: the fused crossing kernel as CUDA C in a ``RawKernel`` compiled by CuPy.
 
-Host inputs are copied to the device (counted in ``LAST_TRANSFER_BYTES``; read-only host tables
-once, then kept); device inputs (CuPy arrays, torch CUDA tensors, anything with
-``__cuda_array_interface__`` or a CUDA DLPack capsule) are used in place. Outputs follow
-``user_rows``: host rows give host outputs, device rows give CuPy outputs; :func:`cross_device`
-always leaves them on the device. CuPy is imported lazily, so this module imports without it.
+Host inputs are copied once; device inputs (CuPy arrays, or torch CUDA tensors / anything with
+``__cuda_array_interface__`` or DLPack) stay on the device, and :func:`cross_device` returns
+CuPy arrays without a copy back.
 """
 
 from __future__ import annotations
@@ -13,18 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from kernels._device import ResidentTables, is_device_array
 from kernels.spec import GOLDEN, MIX1, MIX2, CrossInputs, CrossOutput, CrossSpec
 
-__all__ = ["CUDA_SOURCE", "LAST_TRANSFER_BYTES", "cross_cupy", "cross_device"]
+__all__ = ["CUDA_SOURCE", "cross_cupy", "cross_device"]
 
 CUDA_SOURCE = r"""
 typedef unsigned long long u64;
 typedef long long i64;
 
 __device__ __forceinline__ u64 fmix64(u64 x) {
-    x ^= x >> 33; x *= @MIX1@ULL;
-    x ^= x >> 33; x *= @MIX2@ULL;
+    x ^= x >> 33; x *= %(MIX1)sULL;
+    x ^= x >> 33; x *= %(MIX2)sULL;
     x ^= x >> 33;
     return x;
 }
@@ -42,8 +39,8 @@ extern "C" __global__ void rankserve_cross(
         for (int p = 0; p < n_pairs; ++p) {
             const u64 a = (u64)user_cat[u * fu + pairs[2 * p]];
             const u64 c = (u64)item_cat[i * fi + pairs[2 * p + 1]];
-            const u64 inner = fmix64(c + (u64)(p + 1) * @GOLDEN@ULL);
-            hashed[b * n_pairs + p] = (i64)(fmix64(a ^ inner) % buckets);
+            const u64 inner = fmix64(c + (u64)(p + 1) * %(GOLDEN)sULL);
+            hashed[b * n_pairs + p] = (i64)(fmix64(a ^ inner) %% buckets);
         }
         const float* ud = user_dense + u * d;
         const float* id = item_dense + i * d;
@@ -57,7 +54,7 @@ extern "C" __global__ void rankserve_cross(
         out[0] = acc;
     }
 }
-""".replace("@MIX1@", hex(MIX1)).replace("@MIX2@", hex(MIX2)).replace("@GOLDEN@", hex(GOLDEN))
+""" % {"MIX1": hex(MIX1), "MIX2": hex(MIX2), "GOLDEN": hex(GOLDEN)}
 
 _KERNEL: Any = None
 _THREADS = 256
@@ -72,64 +69,39 @@ def _kernel() -> Any:
     return _KERNEL
 
 
-_TABLES = ResidentTables()
-_PAIRS: dict[tuple[tuple[int, int], ...], Any] = {}
-LAST_TRANSFER_BYTES = {"h2d": 0, "d2h": 0}
-"""Host-to-device and device-to-host bytes moved by the last call."""
-
-
-def _upload(host: np.ndarray) -> Any:
-    import cupy as cp
-
-    LAST_TRANSFER_BYTES["h2d"] += host.nbytes
-    return cp.asarray(host)
+_RESIDENT: dict[tuple[int, tuple[int, ...], str], Any] = {}
 
 
 def _dev(a: Any, dtype: Any) -> Any:
-    """Contiguous CuPy array for ``a``: device inputs in place (converted on the device if their
-    dtype differs), host inputs copied (read-only host tables once, then kept)."""
+    """Device view of ``a``. Read-only host arrays (the feature tables) are copied once and kept."""
     import cupy as cp
 
+    if isinstance(a, np.ndarray) and not a.flags.writeable and a.dtype == dtype:
+        key = (a.__array_interface__["data"][0], a.shape, a.dtype.str)
+        if key not in _RESIDENT:
+            _RESIDENT[key] = cp.asarray(np.ascontiguousarray(a))
+        return _RESIDENT[key]
     if isinstance(a, cp.ndarray):
-        arr = a
-    elif hasattr(a, "__cuda_array_interface__"):
-        arr = cp.asarray(a)
-    elif is_device_array(a):
-        arr = cp.from_dlpack(a)
-    else:
-        resident = _TABLES.get(a, dtype, _upload)
-        arr = resident if resident is not None else _upload(np.ascontiguousarray(a, dtype=dtype))
-    return cp.ascontiguousarray(arr, dtype=dtype)
-
-
-def _pairs(spec: CrossSpec) -> Any:
-    if spec.pairs not in _PAIRS:
-        _PAIRS[spec.pairs] = _upload(spec.pairs_array())
-    return _PAIRS[spec.pairs]
+        return cp.ascontiguousarray(a, dtype=dtype)
+    if hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray):
+        return cp.ascontiguousarray(cp.asarray(a), dtype=dtype)
+    return cp.asarray(np.ascontiguousarray(a, dtype=dtype))
 
 
 def cross_device(inputs: CrossInputs, spec: CrossSpec) -> tuple[Any, Any]:
-    """Crossing with the outputs left on the device.
-
-    Args:
-        inputs: host arrays, device arrays (CuPy, torch CUDA, DLPack), or a mix.
-        spec: the crosses and the dense width.
-
-    Returns:
-        ``(hashed int64 [B, P], dense float32 [B, 1 + D])`` as CuPy arrays.
-    """
+    """Crossing with device outputs: (hashed int64, dense float32) CuPy arrays."""
     import cupy as cp
 
-    LAST_TRANSFER_BYTES.update(h2d=0, d2h=0)
     ur, ir = _dev(inputs.user_rows, np.int64), _dev(inputs.item_rows, np.int64)
     uc, ic = _dev(inputs.user_cat, np.int64), _dev(inputs.item_cat, np.int64)
     ud, idn = _dev(inputs.user_dense, np.float32), _dev(inputs.item_dense, np.float32)
+    pairs = cp.asarray(spec.pairs_array())
     n = int(ur.shape[0])
     hashed = cp.empty((n, spec.n_pairs), dtype=cp.int64)
     dense = cp.empty((n, spec.n_dense_out), dtype=cp.float32)
     if n:
         blocks = min((n + _THREADS - 1) // _THREADS, 65535 * 4)
-        _kernel()((blocks,), (_THREADS,), (ur, ir, uc, ic, ud, idn, _pairs(spec), np.int32(spec.n_pairs),
+        _kernel()((blocks,), (_THREADS,), (ur, ir, uc, ic, ud, idn, pairs, np.int32(spec.n_pairs),
                                           np.uint64(spec.buckets), np.int64(n), np.int32(uc.shape[1]),
                                           np.int32(ic.shape[1]), np.int32(ud.shape[1]), hashed, dense))
     return hashed, dense
@@ -143,17 +115,13 @@ def _pinned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 
 
 def cross_cupy(inputs: CrossInputs, spec: CrossSpec) -> CrossOutput:
-    """Fused crossing on the GPU: host outputs (pinned memory) for host ``user_rows``, CuPy
-    outputs for device ``user_rows``."""
+    """Host in, host out (outputs copied into pinned host memory)."""
     import cupy as cp
 
     hashed, dense = cross_device(inputs, spec)
-    if is_device_array(inputs.user_rows):
-        return CrossOutput(hashed=hashed, dense=dense)
     out = CrossOutput(hashed=_pinned(hashed.shape, np.int64), dense=_pinned(dense.shape, np.float32))
     stream = cp.cuda.get_current_stream()
     hashed.get(out=out.hashed, stream=stream)
     dense.get(out=out.dense, stream=stream)
     stream.synchronize()
-    LAST_TRANSFER_BYTES["d2h"] += out.hashed.nbytes + out.dense.nbytes
     return out

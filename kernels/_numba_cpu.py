@@ -1,12 +1,6 @@
-"""Numba CPU backend: one fused, parallel loop over (user, item) pairs.
-
-Threads: Numba's pool, sized by ``NUMBA_NUM_THREADS`` (default: all cores). The kernel is cached
-on disk (``cache=True``), so a restarted server loads it instead of compiling it again.
-"""
+"""Numba CPU backend: one fused, parallel loop over (user, item) pairs."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import numba
 import numpy as np
@@ -17,28 +11,31 @@ from kernels.spec import CrossInputs, CrossOutput, CrossSpec
 
 __all__ = ["cross_numba_cpu"]
 
-_cross_pair = _scalar.make_cross_pair(numba.njit(inline="always"))
+_hash = numba.njit(inline="always", cache=True)(_scalar.cross_hash_u64)
 
 
-def _make_kernel(stamp: int) -> Any:
-    """The parallel kernel; ``stamp`` sits in its closure, hence in its on-disk cache key."""
-
-    @numba.njit(parallel=True, cache=True)
-    def cross_kernel(user_rows, item_rows, user_cat, item_cat, user_dense, item_dense, pairs, buckets,
-                     hashed, dense):  # type: ignore[no-untyped-def]
-        _ = stamp  # the shared per-pair logic changed -> different cache key -> recompiled
-        for b in prange(user_rows.shape[0]):
-            _cross_pair(b, user_rows, item_rows, user_cat, item_cat, user_dense, item_dense, pairs, buckets,
-                        hashed, dense)
-
-    return cross_kernel
-
-
-_cross_kernel = _make_kernel(_scalar.SOURCE_STAMP)
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _cross_kernel(user_rows, item_rows, user_cat, item_cat, user_dense, item_dense, pairs, buckets,
+                  hashed, dense):  # type: ignore[no-untyped-def]
+    n = user_rows.shape[0]
+    n_pairs = pairs.shape[0]
+    d = user_dense.shape[1]
+    for b in prange(n):
+        u = user_rows[b]
+        i = item_rows[b]
+        for p in range(n_pairs):
+            h = _hash(user_cat[u, pairs[p, 0]], item_cat[i, pairs[p, 1]], p, buckets)
+            hashed[b, p] = np.int64(h)
+        acc = np.float32(0.0)
+        for k in range(d):
+            prod = user_dense[u, k] * item_dense[i, k]
+            dense[b, 1 + k] = prod
+            acc += prod
+        dense[b, 0] = acc
 
 
 def cross_numba_cpu(inputs: CrossInputs, spec: CrossSpec) -> CrossOutput:
-    """Fused crossing on the CPU: bit-identical hashes, float32 dense; host in, host out."""
+    """Fused crossing on the CPU (bit-identical hashes, float32 dense)."""
     ur = np.ascontiguousarray(inputs.user_rows, dtype=np.int64)
     ir = np.ascontiguousarray(inputs.item_rows, dtype=np.int64)
     n = ur.shape[0]
