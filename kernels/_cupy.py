@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels._resident import ResidentTables
 from kernels.spec import GOLDEN, MIX1, MIX2, CrossInputs, CrossOutput, CrossSpec
 
 __all__ = ["CUDA_SOURCE", "cross_cupy", "cross_device"]
@@ -69,18 +70,21 @@ def _kernel() -> Any:
     return _KERNEL
 
 
-_RESIDENT: dict[tuple[int, tuple[int, ...], str], Any] = {}
+def _to_device(a: np.ndarray) -> Any:
+    import cupy as cp
+
+    return cp.asarray(a)
+
+
+_RESIDENT = ResidentTables(_to_device)
 
 
 def _dev(a: Any, dtype: Any) -> Any:
     """Device view of ``a``. Read-only host arrays (the feature tables) are copied once and kept."""
     import cupy as cp
 
-    if isinstance(a, np.ndarray) and not a.flags.writeable and a.dtype == dtype:
-        key = (a.__array_interface__["data"][0], a.shape, a.dtype.str)
-        if key not in _RESIDENT:
-            _RESIDENT[key] = cp.asarray(np.ascontiguousarray(a))
-        return _RESIDENT[key]
+    if ResidentTables.eligible(a, dtype):
+        return _RESIDENT.get(a)
     if isinstance(a, cp.ndarray):
         return cp.ascontiguousarray(a, dtype=dtype)
     if hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray):

@@ -11,10 +11,13 @@ from kernels.spec import CrossInputs, CrossOutput, CrossSpec
 
 __all__ = ["cross_numba_cpu"]
 
-_hash = numba.njit(inline="always", cache=True)(_scalar.cross_hash_u64)
+# No cache=True: Numba's on-disk cache is invalidated only by changes to THIS file, so an edit of
+# the hash in _scalar.py would keep running the old compiled kernel. Compiling costs ~1 s once
+# per process (the dispatcher does it at start-up, before the first request).
+_hash = numba.njit(inline="always")(_scalar.cross_hash_u64)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(parallel=True, fastmath=False)
 def _cross_kernel(user_rows, item_rows, user_cat, item_cat, user_dense, item_dense, pairs, buckets,
                   hashed, dense):  # type: ignore[no-untyped-def]
     n = user_rows.shape[0]

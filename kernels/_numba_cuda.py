@@ -14,6 +14,7 @@ import numpy as np
 from numba import cuda
 
 from kernels import _scalar
+from kernels._resident import ResidentTables
 from kernels.spec import CrossInputs, CrossOutput, CrossSpec
 
 __all__ = ["LAST_TRANSFER_BYTES", "cross_device", "cross_numba_cuda"]
@@ -44,17 +45,16 @@ def _cross_kernel(user_rows, item_rows, user_cat, item_cat, user_dense, item_den
         dense[b, 0] = acc
 
 
-_RESIDENT: dict[tuple[int, tuple[int, ...], str], Any] = {}
+_RESIDENT = ResidentTables(cuda.to_device)
 
 
 def _on_device(a: Any, dtype: Any) -> Any:
     """Device view of ``a``. Read-only host arrays (the feature tables) are copied once and kept."""
-    if isinstance(a, np.ndarray) and not a.flags.writeable and a.dtype == dtype:
-        key = (a.__array_interface__["data"][0], a.shape, a.dtype.str)
-        if key not in _RESIDENT:
-            LAST_TRANSFER_BYTES["h2d"] += a.nbytes
-            _RESIDENT[key] = cuda.to_device(np.ascontiguousarray(a))
-        return _RESIDENT[key]
+    if ResidentTables.eligible(a, dtype):
+        before = _RESIDENT.copied_bytes
+        dev = _RESIDENT.get(a)
+        LAST_TRANSFER_BYTES["h2d"] += _RESIDENT.copied_bytes - before
+        return dev
     if hasattr(a, "__cuda_array_interface__"):
         return cuda.as_cuda_array(a)
     host = np.ascontiguousarray(a, dtype=dtype)

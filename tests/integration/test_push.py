@@ -249,18 +249,23 @@ def test_user_tower_and_index_switch_together_under_load(settings, rankserve_url
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["failures"] == 0, summary
     rows = [json.loads(ln) for ln in record.read_text().splitlines() if ln]
-    checked = 0
+    # Rotation preserves inner products, but the push rebuilds the IVF index (its own k-means and
+    # tuned nprobe), so an answer may differ from the baseline by the ANN's own recall error: one
+    # or two of the top 10. A request that paired one version's user embedding with the other's
+    # index searches rotated space against unrotated items and shares ~0 of 10 with the baseline.
+    overlaps = []
     for r in rows:
         req, resp = r["request"], r["response"]
         if "candidates" in req or resp.get("degraded"):
             continue
         got = [it["item_id"] for it in resp["items"]]
-        # rotation preserves inner products up to float rounding: compare as sets of the top 10
-        assert len(set(got) & set(baseline[req["user_id"]])) >= 9, (req, got, baseline[req["user_id"]])
-        checked += 1
+        overlaps.append(len(set(got) & set(baseline[req["user_id"]])))
+        assert overlaps[-1] >= 6, (req, got, baseline[req["user_id"]])
     print(f"tower+index switch run: {summary['requests']} requests, {summary['failures']} failed, "
-          f"{checked} recall answers checked against the baseline")
-    assert checked > 20
+          f"{len(overlaps)} recall answers checked against the baseline, mean overlap@10 "
+          f"{np.mean(overlaps):.2f}, min {min(overlaps)}")
+    assert len(overlaps) > 20
+    assert np.mean(overlaps) >= 9.0, np.mean(overlaps)
     assert registry.traffic("user_tower").live == old_tower and res.version != old_tower
 
 
