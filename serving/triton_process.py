@@ -30,6 +30,8 @@ __all__ = ["TritonProcess", "TritonStartError", "find_tritonserver"]
 
 log = logging.getLogger(__name__)
 
+_FATAL_LOG_TEXT = "error while loading shared libraries"
+
 
 class TritonStartError(RuntimeError):
     """Triton exited or did not become ready; the message carries the tail of its log."""
@@ -145,7 +147,15 @@ class TritonProcess:
             "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
             "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+            # config.pbtxt files are written complete (serving.triton_config); auto-completion would
+            # start one more python stub per model load (start + load of both models: 5.5 -> 3.1 s)
+            "--disable-auto-complete-config",
         ]
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            # SIGTERM to Triton when the thread that started it dies, even by SIGKILL: no orphaned
+            # server keeps its ports and memory after a killed `rankserve serve` or test session
+            cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
         log.info("starting Triton: %s", " ".join(cmd))
         with open(self.log_path, "wb") as logf:
             self._proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_child_env(),
@@ -165,6 +175,10 @@ class TritonProcess:
                 if self._proc is None or self._proc.poll() is not None:
                     code = None if self._proc is None else self._proc.returncode
                     raise TritonStartError(f"tritonserver exited with {code}; log tail:\n{self.log_tail()}")
+                fatal = self._fatal_log_line()
+                if fatal:
+                    self.stop()
+                    raise TritonStartError(f"tritonserver cannot become ready ({fatal}); log tail:\n{self.log_tail()}")
                 try:
                     if client.server_ready() and all(client.model_ready(m) for m in self.models):
                         return
@@ -175,6 +189,18 @@ class TritonProcess:
             client.close()
         self.stop()
         raise TritonStartError(f"tritonserver not ready after {self.ready_timeout_s} s; log tail:\n{self.log_tail()}")
+
+    def _fatal_log_line(self) -> str | None:
+        """A log line after which Triton never becomes ready although it keeps running.
+
+        A python stub that cannot load its libraries (``libcudart``, ``libpython``) dies at exec;
+        Triton then waits in "loading" forever, even with ``--exit-on-error``.
+        """
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return None
+        return next((ln.strip() for ln in text.splitlines() if _FATAL_LOG_TEXT in ln), None)
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -4,19 +4,25 @@ dynamic batching returns each request its own rows; bad input fails alone; clean
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from serving.errors import TritonError
+from serving.errors import BackendUnavailableError, TritonError
 from serving.triton_client import TritonClient
 from serving.triton_config import TensorSpec, export_version, list_versions, load_golden, read_config
 from serving.triton_process import TritonProcess, TritonStartError
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_model_and_version_matches_its_golden_outputs(triton: TritonProcess) -> None:
@@ -96,3 +102,106 @@ def test_broken_model_fails_fast_with_tritons_log(tmp_path: Path) -> None:
         server.start()
     assert not server.alive()
     assert os.path.exists(server.log_path)
+
+
+def test_a_stub_that_cannot_load_fails_fast_instead_of_hanging(triton: TritonProcess, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the wheel's libraries the python stub dies at exec and Triton waits in "loading"
+    forever (even with --exit-on-error); start() must read that in the log and give up at once."""
+    import serving.triton_process as tp
+
+    real_env = tp._child_env
+
+    def env_without_wheel_libs() -> dict[str, str]:
+        env = real_env()
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in env["LD_LIBRARY_PATH"].split(":")
+                                          if "nvidia_pytriton.libs" not in p)
+        return env
+
+    monkeypatch.setattr(tp, "_child_env", env_without_wheel_libs)
+    server = TritonProcess(triton.repo, runtime_dir=tmp_path / "rt", models=["ranker"], ready_timeout_s=120)
+    t0 = time.monotonic()
+    with pytest.raises(TritonStartError, match="error while loading shared libraries"):
+        server.start()
+    assert time.monotonic() - t0 < 30
+    assert not server.alive()
+
+
+_STARTER = """
+import sys, time
+from pathlib import Path
+from serving.triton_process import TritonProcess
+server = TritonProcess(Path(sys.argv[1]), runtime_dir=Path(sys.argv[2]), models=["ranker"]).start()
+print(server._proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_triton_does_not_outlive_a_killed_starter(triton: TritonProcess, tmp_path: Path) -> None:
+    """SIGKILL leaves no chance to clean up: the parent-death signal still stops the server."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed: no parent-death signal for Triton here")
+    starter = subprocess.Popen([sys.executable, "-c", _STARTER, str(triton.repo), str(tmp_path / "rt")],
+                               cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        pid = int(starter.stdout.readline())  # type: ignore[union-attr]
+        assert _running(pid)
+        starter.kill()
+        starter.wait(timeout=10)
+        t_end = time.monotonic() + 30
+        while _running(pid) and time.monotonic() < t_end:
+            time.sleep(0.2)
+        assert not _running(pid), f"tritonserver {pid} outlived its killed starter"
+    finally:
+        starter.kill()
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "zombie" not in status.lower()
+
+
+def test_a_client_reconnects_within_a_second_of_triton_coming_back(tmp_path: Path) -> None:
+    """A replica's channel outlives a Triton restart: once Triton is back, answers are no longer
+    degraded within a second (gRPC's reconnect back-off could grow to 120 s; measured here with
+    grpcio 1.85 after 10 s and after 60 s down: the first call after readiness succeeds, 0.04 s)."""
+    rng = np.random.default_rng(1)
+    export_version(tmp_path / "repo", "tiny", torch.jit.script(_Tiny()),
+                   [TensorSpec("ids", "INT64", (1,)), TensorSpec("x", "FP32", (4,))],
+                   [TensorSpec("y", "FP32", (2,))],
+                   {"ids": rng.integers(0, 5, (4, 1)), "x": rng.normal(size=(4, 4)).astype(np.float32)},
+                   {}, max_batch_size=8, kind="cpu")
+    inputs = {"ids": np.zeros((1, 1), np.int64), "x": np.zeros((1, 4), np.float32)}
+    ports = {"grpc_port": _free_port(), "http_port": _free_port(), "metrics_port": _free_port()}
+    with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports) as server:
+        client = TritonClient(server.grpc_url)  # lives across the restart, as a replica's does
+        client.infer("tiny", inputs, ["y"])
+    t_end = time.monotonic() + 10
+    while time.monotonic() < t_end:  # Triton is down: every call fails, the back-off grows
+        with pytest.raises(BackendUnavailableError):
+            client.infer("tiny", inputs, ["y"], timeout_s=1)
+        time.sleep(0.2)
+    with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports):
+        t_ready = time.monotonic()
+        while True:
+            try:
+                client.infer("tiny", inputs, ["y"], timeout_s=1)
+                break
+            except BackendUnavailableError:
+                assert time.monotonic() - t_ready < 10, "the old channel never reconnected"
+                time.sleep(0.05)
+        waited = time.monotonic() - t_ready
+    print(f"reconnected after {waited:.2f} s")
+    assert waited < 1.5, f"the client took {waited:.1f} s to use the restarted Triton"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
