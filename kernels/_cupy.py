@@ -55,7 +55,7 @@ extern "C" __global__ void rankserve_cross(
         out[0] = acc;
     }
 }
-""" % {"MIX1": hex(MIX1), "MIX2": hex(MIX2), "GOLDEN": hex(GOLDEN)}
+""" % {"MIX1": hex(MIX1), "MIX2": hex(MIX2), "GOLDEN": hex(GOLDEN)}  # noqa: UP031 - C braces
 
 _KERNEL: Any = None
 _THREADS = 256

@@ -11,13 +11,16 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving import grpc_api
 from serving.config import ConfigError, Settings
 from serving.crossing import CrossingStage
 from serving.errors import (
@@ -33,10 +36,11 @@ from serving.inprocess import InProcessClient
 from serving.metrics import Metrics
 from serving.model_call import ModelCaller
 from serving.pipeline import Prepared, RankPipeline
+from serving.proto import ranker_pb2
 from serving.ranking import RankingStage
 from serving.recall import RecallStage
 from serving.registry import ModelRegistry
-from serving.schemas import RankResponse, parse_rank_request
+from serving.schemas import RankRequest, RankResponse, parse_rank_request, validate_rank_request
 from serving.triton_client import AsyncTritonClient
 from serving.triton_config import read_config
 
@@ -162,14 +166,49 @@ class RankingService:
     # -- ranking ------------------------------------------------------------------------
     @api.post("/v1/rank")
     async def rank(self, request: Request) -> Response:
+        """HTTP/JSON: ``POST /v1/rank``."""
+
+        async def read() -> RankRequest:
+            return parse_rank_request(await self._read_body(request), self.settings)
+
+        try:
+            result = await self._rank(read)
+        except RankserveError as err:
+            return _error_response(err)
+        return JSONResponse(result.to_json())
+
+    async def Rank(self, request: ranker_pb2.RankRequest,  # noqa: N802 - the gRPC method's name
+                   grpc_context: RayServegRPCContext) -> ranker_pb2.RankResponse:
+        """gRPC: ``rankserve.v1.Ranker/Rank`` through Serve's gRPC proxy (same rules as HTTP)."""
+
+        async def read() -> RankRequest:
+            payload = grpc_api.request_payload(request, self.settings.max_body_bytes)
+            return validate_rank_request(payload, self.settings)
+
+        try:
+            result = await self._rank(read)
+        except RankserveError as err:
+            code, details, trailing = grpc_api.error_status(err)
+            grpc_context.set_code(code)
+            grpc_context.set_details(details)
+            grpc_context.set_trailing_metadata(trailing)
+            return ranker_pb2.RankResponse()
+        return grpc_api.response_message(result)
+
+    async def _rank(self, read: Callable[[], Awaitable[RankRequest]]) -> RankResponse:
+        """Shed or admit, read and validate the request, run it through the (batched) pipeline
+        within its deadline; count the outcome whichever protocol it came by.
+
+        Raises:
+            RankserveError: with its status; anything else is logged and becomes an internal error.
+        """
         arrival = time.monotonic()
         rid: str | None = None
         try:
             if self._pending >= self.settings.max_queued_requests >= 0:
                 self._metrics.shed.inc()
                 raise OverloadedError(f"{self._pending} requests queued; try again shortly", retry_after_s=1)
-            body = await self._read_body(request)
-            prep = self.pipeline.prepare(parse_rank_request(body, self.settings), arrival=arrival)
+            prep = self.pipeline.prepare(await read(), arrival=arrival)
             rid = prep.request_id
             self._pending += 1
             self._metrics.queue_depth.set(self._pending)
@@ -188,17 +227,17 @@ class RankingService:
             if err.http_status >= 500:
                 log.warning(json.dumps({"event": "rank_error", "request_id": rid, "status": err.http_status,
                                         "error": err.message}))
-            return _error_response(err)
+            raise
         except Exception as err:  # a bug, not bad input: answer in the error shape, never a traceback
             log.exception(json.dumps({"event": "rank_internal_error", "request_id": rid, "error": repr(err)}))
             self._metrics.requests.labels("500").inc()
-            return _error_response(RankserveError("internal error; see the server log"))
+            raise RankserveError("internal error; see the server log") from err
         self._metrics.requests.labels("200").inc()
         self._metrics.latency_ms.observe((time.monotonic() - arrival) * 1000)
         if result.degraded:
             self._metrics.degraded.inc()
             log.warning(json.dumps({"event": "rank_degraded", "request_id": rid, "recall": result.recall}))
-        return JSONResponse(result.to_json())
+        return result
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes

@@ -6,10 +6,11 @@ Configurations (each measured in this one run):
                       batched as the server batches (``c`` requests per batch), no serving hop;
 2. ``framework``      an empty Ray Serve deployment over HTTP (what Ray costs per request here);
 3. ``rankserve``      rankserve end to end over HTTP through Ray Serve and Triton, batching on;
-4. ``no_batching``    the same with batching off (one Triton call per request).
+4. ``rankserve_grpc`` the same deployment over gRPC (``rankserve.v1.Ranker/Rank``, Serve's gRPC proxy);
+5. ``no_batching``    HTTP with batching off (one Triton call per request).
 
 The load generator (``serving.loadgen``) runs in its own process. Output: JSON, a markdown table,
-and a last line ``ratios: vs_floor=.. vs_framework=.. batching_gain=..`` at concurrency 32.
+and a last line ``ratios: vs_floor=.. vs_framework=.. batching_gain=.. grpc_vs_http=..`` at concurrency 32.
 """
 
 from __future__ import annotations
@@ -104,9 +105,11 @@ def _floor(settings: Settings, bodies: list[dict[str, Any]], concurrency: int, d
 
 
 def _serve_point(url: str, bodies_file: Path, c: int, duration_s: float, recall_n: int,
-                 with_metrics: bool) -> dict[str, Any]:
+                 with_metrics: bool, target: str | None = None) -> dict[str, Any]:
+    """Load ``target`` (default: ``url``'s ranking endpoint, or ``url`` itself without metrics);
+    the batch sizes formed meanwhile come from ``url``'s /metrics."""
     before = _metric_sums(url) if with_metrics else {}
-    res = _loadgen(f"{url}/v1/rank" if with_metrics else url, bodies_file, c, duration_s)
+    res = _loadgen(target or (f"{url}/v1/rank" if with_metrics else url), bodies_file, c, duration_s)
     if with_metrics:
         after = _metric_sums(url)
         n = after.get("rankserve_batch_requests_count", 0) - before.get("rankserve_batch_requests_count", 0)
@@ -126,22 +129,23 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
 
     from serving.app import build_app
     from serving.bench_framework import EmptyDeployment
-    from serving.ray_runtime import init_ray
+    from serving.ray_runtime import init_ray, start_serve
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tables_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])
     bodies = _bodies(tables_users, 4096)
     bodies_file = Path(tempfile.mkdtemp()) / "bodies.jsonl"
     bodies_file.write_text("\n".join(json.dumps(b) for b in bodies))
-    results: dict[str, list[dict[str, Any]]] = {"floor": [], "framework": [], "rankserve": [], "no_batching": []}
+    results: dict[str, list[dict[str, Any]]] = {"floor": [], "framework": [], "rankserve": [], "rankserve_grpc": [],
+                                                "no_batching": []}
 
     for c in levels:
         results["floor"].append(_floor(settings, bodies, c, duration_s))
         print(f"floor c={c}: {results['floor'][-1]['rps']:.1f} req/s", flush=True)
 
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     init_ray(settings.ray_address)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve("127.0.0.1", port, grpc_port)
     url = f"http://127.0.0.1:{port}"
     try:
         serve.run(EmptyDeployment.bind(), name="framework", route_prefix="/empty")
@@ -153,10 +157,13 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
             s = settings.model_copy(update={"batching": batching})
             serve.run(build_app(s, triton_url), name="rankserve", route_prefix="/")
             for c in levels:
-                results[key].append(_serve_point(url, bodies_file, c, duration_s, settings.recall_n, True))
-                r = results[key][-1]
-                print(f"{key} c={c}: {r['rps']:.1f} req/s, batch {r['mean_batch']:.1f}, "
-                      f"fail {r['failures']}", flush=True)
+                points = [(key, None)] + ([("rankserve_grpc", f"grpc://127.0.0.1:{grpc_port}")] if batching else [])
+                for name, target in points:
+                    results[name].append(_serve_point(url, bodies_file, c, duration_s, settings.recall_n, True,
+                                                      target))
+                    r = results[name][-1]
+                    print(f"{name} c={c}: {r['rps']:.1f} req/s, batch {r['mean_batch']:.1f}, "
+                          f"fail {r['failures']}", flush=True)
             serve.delete("rankserve")
     finally:
         serve.shutdown()
@@ -168,6 +175,7 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
         "vs_floor": at["rankserve"]["candidates_per_s"] / max(at["floor"]["candidates_per_s"], 1e-9),
         "vs_framework": at["rankserve"]["rps"] / max(at["framework"]["rps"], 1e-9),
         "batching_gain": at["rankserve"]["candidates_per_s"] / max(at["no_batching"]["candidates_per_s"], 1e-9),
+        "grpc_vs_http": at["rankserve_grpc"]["rps"] / max(at["rankserve"]["rps"], 1e-9),
     }
     report = {"levels": levels, "duration_s": duration_s, "recall_n": settings.recall_n,
               "results": results, "ratios": ratios}
@@ -176,7 +184,7 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
     (out_dir / "bench.md").write_text(md)
     print(md)
     print(f"ratios: vs_floor={ratios['vs_floor']:.3f} vs_framework={ratios['vs_framework']:.3f} "
-          f"batching_gain={ratios['batching_gain']:.3f}")
+          f"batching_gain={ratios['batching_gain']:.3f} grpc_vs_http={ratios['grpc_vs_http']:.3f}")
     return report
 
 
@@ -191,7 +199,8 @@ def _markdown(results: dict[str, list[dict[str, Any]]], ratios: dict[str, float]
     lines.append("")
     lines.append(f"At concurrency {ratios['concurrency']}: rankserve/floor (candidates/s) = {ratios['vs_floor']:.3f}, "
                  f"rankserve/framework (req/s) = {ratios['vs_framework']:.3f}, "
-                 f"batching on/off (candidates/s) = {ratios['batching_gain']:.3f}")
+                 f"batching on/off (candidates/s) = {ratios['batching_gain']:.3f}, "
+                 f"gRPC/HTTP (req/s) = {ratios['grpc_vs_http']:.3f}")
     return "\n".join(lines) + "\n"
 
 

@@ -70,7 +70,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from ray import serve
 
     from serving.app import build_app
-    from serving.ray_runtime import init_ray, shutdown_ray
+    from serving.ray_runtime import init_ray, shutdown_ray, start_serve
 
     if not args.no_build:
         summary = _build(settings)
@@ -81,9 +81,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     with triton_endpoint(settings) as url:
         init_ray(settings.ray_address)
         try:
-            serve.start(http_options={"host": settings.host, "port": settings.port})
+            start_serve(settings.host, settings.port, settings.grpc_port)
             serve.run(build_app(settings, url), name="rankserve", route_prefix="/")
             print(f"\nrankserve is serving on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
+            if settings.grpc_port:
+                print(f"gRPC rankserve.v1.Ranker/Rank on port {settings.grpc_port} (every interface)")
             print(f"try:\n  {_example_curl(settings)}\n", flush=True)
             stop.wait()
             print("stopping: draining requests, Ray, Triton ...", flush=True)

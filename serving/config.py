@@ -36,6 +36,11 @@ class Settings(BaseModel):
     # --- HTTP ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.")
+    grpc_port: int = Field(
+        0, ge=0, le=65535,
+        description="Port of Serve's gRPC proxy (rankserve.v1.Ranker/Rank); 0: no gRPC. Ray 2.60 binds it "
+                    "on every interface, so the loopback-only default leaves it off.",
+    )
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest accepted request body.")
 
     # --- API limits ----------------------------------------------------------------------

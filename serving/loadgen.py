@@ -1,9 +1,12 @@
-"""A closed-loop HTTP load generator, run as its own process (never inside the server's).
+"""A closed-loop HTTP or gRPC load generator, run as its own process (never inside the server's).
 
 ``python -m serving.loadgen --url URL --concurrency 32 --duration-s 10 --bodies FILE`` keeps
 ``concurrency`` requests in flight for ``duration_s`` seconds, cycling through the JSON bodies in
 ``FILE`` (one per line), and prints one JSON object: requests/s, latency percentiles, status
 counts and the mean batch size the server reported (when responses carry it).
+
+``--url grpc://127.0.0.1:PORT`` sends the same bodies as ``rankserve.v1.Ranker/Rank`` messages;
+gRPC status ``OK`` counts as 200.
 """
 
 from __future__ import annotations
@@ -15,13 +18,62 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 __all__ = ["run_load"]
 
 
-async def _worker(session: object, url: str, bodies: list[bytes], start: int, stop_at: float,
+class _Http:
+    """POSTs JSON bodies: (status, answer bytes)."""
+
+    def __init__(self, url: str, concurrency: int) -> None:
+        import aiohttp
+
+        self.url = url
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                              timeout=aiohttp.ClientTimeout(total=30))
+
+    async def send(self, body: bytes) -> tuple[int | str, bytes]:
+        async with self._session.post(self.url, data=body, headers={"content-type": "application/json"}) as resp:
+            return resp.status, await resp.read()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class _Grpc:
+    """Calls rankserve.v1.Ranker/Rank with the JSON bodies as messages: (status, answer as JSON)."""
+
+    def __init__(self, url: str, concurrency: int) -> None:
+        import grpc
+
+        from serving.proto import ranker_pb2, ranker_pb2_grpc
+
+        self._pb2 = ranker_pb2
+        self._grpc = grpc
+        self._channel = grpc.aio.insecure_channel(url.removeprefix("grpc://"))
+        self._stub = ranker_pb2_grpc.RankerStub(self._channel)
+        self._messages: dict[bytes, Any] = {}
+
+    async def send(self, body: bytes) -> tuple[int | str, bytes]:
+        from google.protobuf.json_format import MessageToJson
+
+        msg = self._messages.get(body)
+        if msg is None:
+            msg = self._messages[body] = self._pb2.RankRequest(**json.loads(body))
+        try:
+            res = await self._stub.Rank(msg, timeout=30)
+        except self._grpc.aio.AioRpcError as err:
+            return err.code().name, json.dumps({"error": err.details()}).encode()
+        return 200, MessageToJson(res, preserving_proto_field_name=True).encode()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+async def _worker(client: _Http | _Grpc, bodies: list[bytes], start: int, stop_at: float,
                   lat: list[float], status: Counter, items: list[int], record: list[str] | None = None,
                   stop_file: Path | None = None) -> None:
     i = start
@@ -30,14 +82,13 @@ async def _worker(session: object, url: str, bodies: list[bytes], start: int, st
         i += 1
         t0 = time.perf_counter()
         try:
-            async with session.post(url, data=body, headers={"content-type": "application/json"}) as resp:  # type: ignore[attr-defined]
-                payload = await resp.read()
-                status[resp.status] += 1
-                if resp.status == 200:
-                    items.append(payload.count(b'"item_id"'))
-                if record is not None:
-                    record.append(json.dumps({"t": time.time(), "status": resp.status,
-                                              "request": json.loads(body), "response": json.loads(payload)}))
+            code, payload = await client.send(body)
+            status[code] += 1
+            if code == 200:
+                items.append(payload.count(b'"item_id"'))
+            if record is not None:
+                record.append(json.dumps({"t": time.time(), "status": code,
+                                          "request": json.loads(body), "response": json.loads(payload)}))
         except Exception as err:  # noqa: BLE001 - every failure is counted, none stops the run
             status[f"error:{type(err).__name__}"] += 1
         lat.append((time.perf_counter() - t0) * 1000)
@@ -47,21 +98,20 @@ async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_
                    warmup_s: float = 1.0, record: list[str] | None = None,
                    stop_file: Path | None = None) -> dict[str, object]:
     """Closed-loop load; returns throughput, latency percentiles (ms) and status counts."""
-    import aiohttp
-
-    conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+    client = _Grpc(url, concurrency) if url.startswith("grpc://") else _Http(url, concurrency)
+    try:
         if warmup_s > 0:
-            await asyncio.gather(*(_worker(session, url, bodies, w, time.perf_counter() + warmup_s, [], Counter(), [])
+            await asyncio.gather(*(_worker(client, bodies, w, time.perf_counter() + warmup_s, [], Counter(), [])
                                    for w in range(concurrency)))
         lat: list[float] = []
         status: Counter = Counter()
         items: list[int] = []
         t0 = time.perf_counter()
-        await asyncio.gather(*(_worker(session, url, bodies, w * 7919, t0 + duration_s, lat, status, items, record,
+        await asyncio.gather(*(_worker(client, bodies, w * 7919, t0 + duration_s, lat, status, items, record,
                                        stop_file) for w in range(concurrency)))
         wall = time.perf_counter() - t0
+    finally:
+        await client.close()
     arr = np.asarray(lat) if lat else np.zeros(1)
     ok = int(status.get(200, 0))
     return {
@@ -89,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", type=Path, help="write every request and response as JSON lines here")
     p.add_argument("--stop-file", type=Path, help="stop early once this file exists (duration stays the bound)")
     a = p.parse_args(argv)
-    if not a.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+    if not a.url.startswith(("http://127.", "http://localhost", "http://[::1]", "grpc://127.", "grpc://localhost")):
         print("loadgen only targets loopback addresses", file=sys.stderr)
         return 2
     bodies = [ln.encode() for ln in a.bodies.read_text().splitlines() if ln.strip()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["init_ray", "shutdown_ray"]
+__all__ = ["init_ray", "shutdown_ray", "start_serve"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,23 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
     else:
         ray.init(address=address, logging_level=logging.WARNING)
     log.info("ray started at %s", address)
+
+
+def start_serve(host: str, port: int, grpc_port: int = 0) -> None:
+    """Start Serve's HTTP proxy on ``host:port`` and, when ``grpc_port`` > 0, its gRPC proxy with
+    the ``rankserve.v1.Ranker`` service.
+
+    Ray 2.60's gRPC proxy has no host option: it listens on ``[::]:grpc_port``, every interface
+    (as each replica's internal gRPC server already does on a random port).
+    """
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from serving.grpc_api import SERVICER_FUNCTION
+
+    grpc = gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER_FUNCTION]) if grpc_port else None
+    serve.start(http_options={"host": host, "port": port}, grpc_options=grpc)
+    log.info("serve: http %s:%d, grpc %s", host, port, f"[::]:{grpc_port}" if grpc_port else "off")
 
 
 def shutdown_ray() -> None:

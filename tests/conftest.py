@@ -44,7 +44,7 @@ def _free_port() -> int:
 def settings():  # noqa: ANN201 - serving.config.Settings
     from serving.config import Settings
 
-    return Settings.from_env(port=_free_port())
+    return Settings.from_env(port=_free_port(), grpc_port=_free_port())
 
 
 @pytest.fixture(scope="session")
@@ -62,11 +62,11 @@ def rankserve_url(settings, triton) -> Iterator[str]:  # noqa: ANN001
     from ray import serve
 
     from serving.app import build_app
-    from serving.ray_runtime import init_ray, shutdown_ray
+    from serving.ray_runtime import init_ray, shutdown_ray, start_serve
 
     init_ray("local")
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": settings.port})
+        start_serve("127.0.0.1", settings.port, settings.grpc_port)
         serve.run(build_app(settings, triton.grpc_url), name="rankserve", route_prefix="/")
         url = f"http://127.0.0.1:{settings.port}"
         t_end = time.monotonic() + 60

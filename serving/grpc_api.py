@@ -1,0 +1,79 @@
+"""The gRPC wire format of the v1 ranking API (``rankserve.v1.Ranker/Rank``, ``proto/ranker.proto``).
+
+Only conversion lives here: a request message becomes the same payload an HTTP body decodes to,
+so both protocols share one validation (:func:`serving.schemas.validate_rank_request`) with the
+same messages and field names; a :class:`RankResponse` becomes a response message; an error
+becomes its gRPC status from the one error table (``serving.errors``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from serving.errors import PayloadTooLargeError, RankserveError
+from serving.proto import ranker_pb2
+from serving.schemas import RankResponse
+
+__all__ = [
+    "ERROR_CODE_KEY",
+    "ERROR_FIELD_KEY",
+    "SERVICER_FUNCTION",
+    "error_status",
+    "request_payload",
+    "response_message",
+]
+
+# Import path Serve's gRPC proxy loads to register the service.
+SERVICER_FUNCTION = "serving.proto.ranker_pb2_grpc.add_RankerServicer_to_server"
+# Trailing metadata of an error answer: the error code and the offending field, as in the JSON body.
+ERROR_CODE_KEY = "rankserve-error-code"
+ERROR_FIELD_KEY = "rankserve-error-field"
+
+_OPTIONAL = ("user_id", "k", "timeout_ms")
+_STRINGS = ("request_id", "model")
+
+
+def request_payload(msg: ranker_pb2.RankRequest, max_bytes: int) -> dict[str, Any]:
+    """The HTTP-equivalent payload of a request message: fields that are set, nothing else.
+
+    proto3 has no presence for repeated fields: empty ``candidates`` means "recall", and empty
+    strings mean "not given".
+
+    Raises:
+        PayloadTooLargeError: the serialised message exceeds ``max_bytes`` (the HTTP body limit).
+    """
+    size = msg.ByteSize()
+    if size > max_bytes:
+        raise PayloadTooLargeError(f"request is {size} bytes, the limit is {max_bytes}", field="request")
+    payload: dict[str, Any] = {name: getattr(msg, name) for name in _OPTIONAL if msg.HasField(name)}
+    if msg.candidates:
+        payload["candidates"] = list(msg.candidates)
+    if msg.exclude:
+        payload["exclude"] = list(msg.exclude)
+    payload.update({name: getattr(msg, name) for name in _STRINGS if getattr(msg, name)})
+    return payload
+
+
+def response_message(res: RankResponse) -> ranker_pb2.RankResponse:
+    """The response message of one answer (the same content as :meth:`RankResponse.to_json`)."""
+    return ranker_pb2.RankResponse(
+        request_id=res.request_id,
+        items=[ranker_pb2.ScoredItem(item_id=it.item_id, score=it.score) for it in res.items],
+        model=ranker_pb2.ModelVersion(name=res.model_name, version=res.model_version),
+        recall=res.recall,
+        degraded=res.degraded,
+        cold_start=res.cold_start,
+        timings_ms={stage: round(ms, 3) for stage, ms in res.timings_ms.items()},
+    )
+
+
+def error_status(err: RankserveError) -> tuple[grpc.StatusCode, str, list[tuple[str, str]]]:
+    """(status code, details, trailing metadata) of an error answer."""
+    metadata = [(ERROR_CODE_KEY, err.code)]
+    if err.field is not None:
+        metadata.append((ERROR_FIELD_KEY, err.field))
+    if err.retry_after_s is not None:
+        metadata.append(("retry-after", err.headers()["Retry-After"]))
+    return grpc.StatusCode[err.grpc_code], err.message, metadata

@@ -1,0 +1,1 @@
+"""Generated gRPC code of the ``rankserve.v1.Ranker`` service (from ``ranker.proto``)."""

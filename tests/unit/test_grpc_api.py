@@ -1,0 +1,78 @@
+"""The gRPC wire format: messages <-> the HTTP API's payloads and answers, errors <-> statuses,
+and the generated code is what ranker.proto gives today."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from serving import grpc_api
+from serving.config import Settings
+from serving.errors import ERROR_TABLE, OverloadedError, PayloadTooLargeError, ValidationError
+from serving.proto import ranker_pb2
+from serving.proto.generate import generate
+from serving.schemas import RankResponse, ScoredItem, validate_rank_request
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_only_fields_that_are_set_reach_the_payload() -> None:
+    assert grpc_api.request_payload(ranker_pb2.RankRequest(), 1024) == {}
+    msg = ranker_pb2.RankRequest(user_id=0, k=5, candidates=[3, 1], exclude=[9], request_id="r1", model="ranker",
+                                 timeout_ms=250)
+    assert grpc_api.request_payload(msg, 1024) == {"user_id": 0, "k": 5, "candidates": [3, 1], "exclude": [9],
+                                                   "request_id": "r1", "model": "ranker", "timeout_ms": 250}
+
+
+def test_messages_get_the_http_apis_validation_and_its_field_names() -> None:
+    settings = Settings()
+    with pytest.raises(ValidationError, match="user_id is required") as err:
+        validate_rank_request(grpc_api.request_payload(ranker_pb2.RankRequest(k=3), 1024), settings)
+    assert err.value.field == "user_id"
+    for msg, fld in ((ranker_pb2.RankRequest(user_id=1, k=0), "k"),
+                     (ranker_pb2.RankRequest(user_id=1, k=1001), "k"),
+                     (ranker_pb2.RankRequest(user_id=1, candidates=range(2001)), "candidates"),
+                     (ranker_pb2.RankRequest(user_id=1, timeout_ms=-1), "timeout_ms")):
+        with pytest.raises(ValidationError) as err:
+            validate_rank_request(grpc_api.request_payload(msg, 1 << 20), settings)
+        assert err.value.field == fld
+    req = validate_rank_request(grpc_api.request_payload(ranker_pb2.RankRequest(user_id=7), 1024), settings)
+    assert req.user_id == 7 and req.k is None and req.candidates is None and req.exclude == []
+
+
+def test_an_oversized_message_is_refused_before_validation() -> None:
+    msg = ranker_pb2.RankRequest(user_id=1, exclude=range(100_000))
+    with pytest.raises(PayloadTooLargeError, match="limit") as err:
+        grpc_api.request_payload(msg, 256 * 1024)
+    assert err.value.field == "request"
+
+
+def test_an_answer_becomes_the_same_content_as_its_json() -> None:
+    res = RankResponse(request_id="abc", items=[ScoredItem(17, 0.83), ScoredItem(3, 0.5)], model_name="ranker",
+                       model_version=3, recall="faiss", cold_start=True, timings_ms={"rank": 4.12345, "total": 6.4})
+    msg = grpc_api.response_message(res)
+    body = res.to_json()
+    assert msg.request_id == body["request_id"] and msg.recall == body["recall"]
+    assert [(it.item_id, it.score) for it in msg.items] == [(it["item_id"], it["score"]) for it in body["items"]]
+    assert (msg.model.name, msg.model.version) == (body["model"]["name"], body["model"]["version"])
+    assert dict(msg.timings_ms) == body["timings_ms"]
+    assert msg.cold_start and not msg.degraded
+    assert ranker_pb2.RankResponse.FromString(msg.SerializeToString()) == msg
+
+
+def test_errors_carry_the_tables_grpc_status_and_the_field() -> None:
+    for cls, (_, grpc_name) in ERROR_TABLE.items():
+        code, details, metadata = grpc_api.error_status(cls("why", field="k"))
+        assert code == grpc.StatusCode[grpc_name] and details == "why"
+        assert (grpc_api.ERROR_CODE_KEY, cls.code) in metadata and (grpc_api.ERROR_FIELD_KEY, "k") in metadata
+    _, _, metadata = grpc_api.error_status(OverloadedError("busy", retry_after_s=1))
+    assert ("retry-after", "1") in metadata and all(k != grpc_api.ERROR_FIELD_KEY for k, _ in metadata)
+
+
+def test_generated_code_is_current(tmp_path: Path) -> None:
+    pytest.importorskip("grpc_tools", reason="grpcio-tools (dev extra) regenerates the code")
+    for fresh in generate(tmp_path):
+        committed = ROOT / fresh.relative_to(tmp_path)
+        assert committed.read_text() == fresh.read_text(), f"{committed} is stale: python -m serving.proto.generate"
