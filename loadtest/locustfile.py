@@ -1,22 +1,29 @@
-"""Locust user for the ranking RPC, with a realistic request mix.
+"""Locust users for the ranking RPC, with a realistic request mix, over HTTP or gRPC.
 
 * users drawn with a Zipf-like popularity, plus ~3% unknown users (cold start);
 * ~70% recall requests (no candidates), ~30% with 50-500 given candidates; k in {10, 20, 50, 100};
   some requests exclude items; a unique ``request_id`` on every call;
-* each answer is checked (status, sorted, unique, at most k, exclude honoured).
+* each answer is checked against the contract (``loadtest.checks``): status, request id echoed,
+  sorted, unique, ids in the catalogue, no NaN, ranker scores in [0, 1], exclude and candidates
+  honoured, exactly as many items as the request allows.
 
-Run through ``python -m loadtest.run`` (headless, bounded, with report and plots).
+``RankingUser`` posts JSON to ``/v1/rank``; ``RankingGrpcUser`` calls ``rankserve.v1.Ranker/Rank``
+at ``--grpc-target``; locust runs the class named on its command line. Run through
+``python -m loadtest.run [--protocol grpc]`` (headless, bounded, report and plots).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import time
 import uuid
+from typing import Any
 
 import numpy as np
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, User, between, events, task
 
+from loadtest.checks import check_answer
 from loadtest.shapes import ScheduledShape  # noqa: F401 - locust picks the shape class up from here
 
 
@@ -27,18 +34,17 @@ def _options(parser):  # type: ignore[no-untyped-def]
     parser.add_argument("--shape-users", type=int, default=8, help="users of the constant shape")
     parser.add_argument("--n-users", type=int, default=int(os.environ.get("RANKSERVE_LT_USERS", 20000)))
     parser.add_argument("--n-items", type=int, default=int(os.environ.get("RANKSERVE_LT_ITEMS", 50000)))
+    parser.add_argument("--grpc-target", default="127.0.0.1:9000", help="host:port of the gRPC API")
 
 
 _ids = itertools.count()
 
 
-class RankingUser(FastHttpUser):
-    wait_time = between(0.0, 0.01)
+class _Mix:
+    """The request mix of one simulated client."""
 
-    def on_start(self) -> None:
-        opts = self.environment.parsed_options
-        self.n_users = int(getattr(opts, "n_users", 20000))
-        self.n_items = int(getattr(opts, "n_items", 50000))
+    def __init__(self, n_users: int, n_items: int) -> None:
+        self.n_users, self.n_items = n_users, n_items
         self.rng = np.random.default_rng(next(_ids))
 
     def _user(self) -> int:
@@ -46,41 +52,85 @@ class RankingUser(FastHttpUser):
             return int(self.n_users + self.rng.integers(1, 1_000_000))  # unknown: cold start
         return int((self.rng.zipf(1.3) - 1) % self.n_users)
 
-    def _rank(self, body: dict, name: str) -> None:
+    def next(self) -> tuple[str, dict[str, Any]]:
+        """(kind, body) of the next request."""
+        if self.rng.random() < 0.7:
+            kind = "rank:recall"
+            body: dict[str, Any] = {"user_id": self._user(), "k": int(self.rng.choice([10, 20, 50, 100]))}
+            if self.rng.random() < 0.3:
+                body["exclude"] = self.rng.integers(0, self.n_items, 5).tolist()
+        else:
+            kind = "rank:candidates"
+            cands = self.rng.choice(self.n_items, int(self.rng.integers(50, 501)), replace=False).tolist()
+            body = {"user_id": self._user(), "k": int(self.rng.choice([10, 20, 50])), "candidates": cands}
+            if self.rng.random() < 0.3:
+                body["exclude"] = cands[:3]
         body["request_id"] = uuid.uuid4().hex
-        with self.client.post("/v1/rank", json=body, name=name, catch_response=True) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"status {resp.status_code}: {resp.text[:200]}")
-                return
-            data = resp.json()
-            items = data.get("items", [])
-            ids = [it["item_id"] for it in items]
-            scores = [it["score"] for it in items]
-            if data.get("request_id") != body["request_id"]:
-                resp.failure("request_id not echoed")
-            elif len(ids) > body["k"] or len(set(ids)) != len(ids):
-                resp.failure("more than k items or duplicates")
-            elif scores != sorted(scores, reverse=True):
-                resp.failure("items not sorted by score")
-            elif set(ids) & set(body.get("exclude", [])):
-                resp.failure("excluded item returned")
-            elif "candidates" in body and not set(ids) <= set(body["candidates"]):
-                resp.failure("item outside the given candidates")
-            else:
+        return kind, body
+
+
+def _mix(user: User) -> _Mix:
+    opts = user.environment.parsed_options
+    return _Mix(int(getattr(opts, "n_users", 20000)), int(getattr(opts, "n_items", 50000)))
+
+
+class RankingUser(FastHttpUser):
+    """HTTP/JSON client: ``POST /v1/rank``."""
+
+    wait_time = between(0.0, 0.01)
+
+    def on_start(self) -> None:
+        self.mix = _mix(self)
+
+    @task
+    def rank(self) -> None:
+        kind, body = self.mix.next()
+        with self.client.post("/v1/rank", json=body, name=kind, catch_response=True) as resp:
+            try:
+                answer = resp.json()
+            except ValueError:
+                answer = resp.text[:200]
+            reason = check_answer(body, resp.status_code, answer, self.mix.n_items)
+            if reason is None:
                 resp.success()
+            else:
+                resp.failure(reason)
 
-    @task(7)
-    def rank_recall(self) -> None:
-        body = {"user_id": self._user(), "k": int(self.rng.choice([10, 20, 50, 100]))}
-        if self.rng.random() < 0.3:
-            body["exclude"] = self.rng.integers(0, self.n_items, 5).tolist()
-        self._rank(body, "rank:recall")
 
-    @task(3)
-    def rank_candidates(self) -> None:
-        n = int(self.rng.integers(50, 501))
-        cands = self.rng.choice(self.n_items, n, replace=False).tolist()
-        body = {"user_id": self._user(), "k": int(self.rng.choice([10, 20, 50])), "candidates": cands}
-        if self.rng.random() < 0.3:
-            body["exclude"] = cands[:3]
-        self._rank(body, "rank:candidates")
+class RankingGrpcUser(User):
+    """gRPC client: ``rankserve.v1.Ranker/Rank``; each call reported to locust as a request."""
+
+    wait_time = between(0.0, 0.01)
+
+    def on_start(self) -> None:
+        import grpc
+        import grpc.experimental.gevent as grpc_gevent
+
+        from serving.proto import ranker_pb2, ranker_pb2_grpc
+
+        grpc_gevent.init_gevent()  # grpc's polling cooperates with locust's gevent loop
+        self.mix = _mix(self)
+        self._grpc, self._pb2 = grpc, ranker_pb2
+        self._channel = grpc.insecure_channel(self.environment.parsed_options.grpc_target)
+        self._stub = ranker_pb2_grpc.RankerStub(self._channel)
+
+    def on_stop(self) -> None:
+        self._channel.close()
+
+    @task
+    def rank(self) -> None:
+        from google.protobuf.json_format import MessageToDict
+
+        kind, body = self.mix.next()
+        t0 = time.perf_counter()
+        status, answer, size = 200, None, 0
+        try:
+            res = self._stub.Rank(self._pb2.RankRequest(**body), timeout=30)
+            size = res.ByteSize()
+            answer = MessageToDict(res, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        except self._grpc.RpcError as err:
+            status, answer = err.code().name, err.details()
+        reason = check_answer(body, status, answer, self.mix.n_items)  # type: ignore[arg-type]
+        self.environment.events.request.fire(
+            request_type="grpc", name=kind, response_time=(time.perf_counter() - t0) * 1000, response_length=size,
+            exception=None if reason is None else AssertionError(reason), context={})

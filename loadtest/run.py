@@ -2,6 +2,7 @@
 report (``summary.json``, ``summary.md``) and plots (PNG).
 
     python -m loadtest.run --host http://127.0.0.1:8000 --shape step --duration-s 60
+    python -m loadtest.run --protocol grpc --grpc-target 127.0.0.1:9000 ...   # the gRPC API
 
 Locust runs as its own process (it monkey-patches with gevent and cannot share a process with
 Ray). While it runs, the server's ``/metrics`` is sampled every second for the batch sizes the
@@ -164,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path(".rankserve/data/marketplace.npz"),
                    help="the server's tables, for the id ranges (else 20000 users / 50000 items)")
     p.add_argument("--out", type=Path, default=None, help="default: loadtest/results/<timestamp>")
+    p.add_argument("--protocol", default="http", choices=["http", "grpc"],
+                   help="grpc: load rankserve.v1.Ranker/Rank at --grpc-target (metrics still come from --host)")
+    p.add_argument("--grpc-target", default="127.0.0.1:9000", help="host:port of the gRPC API")
     a = p.parse_args(argv)
-    if not is_loopback(a.host):
-        print(f"refusing {a.host}: load tests only target loopback addresses", file=sys.stderr)
-        return 2
+    for target in (a.host, f"grpc://{a.grpc_target}"):
+        if not is_loopback(target):
+            print(f"refusing {target}: load tests only target loopback addresses", file=sys.stderr)
+            return 2
     import urllib.request
 
     try:
@@ -189,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
            "--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "report.html"),
            "--only-summary", "--exit-code-on-error", "1", "--stop-timeout", "5", "--loglevel", "WARNING",
            "--shape", a.shape, "--shape-duration-s", str(a.duration_s), "--shape-users", str(a.users),
-           "--n-users", str(n_users), "--n-items", str(n_items)]
+           "--n-users", str(n_users), "--n-items", str(n_items), "--grpc-target", a.grpc_target,
+           "RankingGrpcUser" if a.protocol == "grpc" else "RankingUser"]
     stop = threading.Event()
     samples: list[dict[str, float]] = []
     sampler = threading.Thread(target=_sample_metrics, args=(a.host, stop, samples), daemon=True)
@@ -206,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler.join(timeout=3)
     batches = _batch_series(samples)
     summary = _summary(_read_csv(out / "locust_stats.csv"), batches)
-    summary.update({"shape": a.shape, "duration_s": a.duration_s, "locust_exit_code": code,
+    summary.update({"protocol": a.protocol, "shape": a.shape, "duration_s": a.duration_s, "locust_exit_code": code,
                     "plots": _plots(out, _read_csv(out / "locust_stats_history.csv"), batches)})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     md = _markdown(summary)

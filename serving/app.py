@@ -349,6 +349,7 @@ def build_app(settings: Settings, triton_url: str) -> Any:
         graceful_shutdown_wait_loop_s=0.5,
         graceful_shutdown_timeout_s=20.0,
         ray_actor_options={"num_cpus": settings.replica_num_cpus},
+        logging_config={"enable_access_log": settings.access_log},
     ).bind(settings.model_dump(mode="json"), triton_url)
 
 

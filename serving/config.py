@@ -79,6 +79,11 @@ class Settings(BaseModel):
     max_queued_requests: int = Field(512, ge=-1, description="Queued requests before 503 (-1: unbounded).")
     replica_num_cpus: float = Field(0.0, ge=0, description="CPUs Ray reserves per replica.")
 
+    access_log: bool = Field(
+        False, description="Ray Serve's access log line per request (rankserve logs errors and degraded answers "
+                           "itself, with request_id)."
+    )
+
     # --- Ray -----------------------------------------------------------------------------
     ray_address: str = Field("local", description="Ray cluster address; 'local' starts one.")
 

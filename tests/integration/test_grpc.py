@@ -75,3 +75,18 @@ def test_grpc_deadline_exceeded(stub: ranker_pb2_grpc.RankerStub) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.Rank(ranker_pb2.RankRequest(user_id=11, k=10, timeout_ms=1), timeout=30)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_readme_grpc_example_runs_as_written(stub: ranker_pb2_grpc.RankerStub, settings: Settings,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's Python snippet, pointed at this session's gRPC port, runs and prints an answer."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### gRPC"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    assert "127.0.0.1:9000" in code
+    exec(code.replace("127.0.0.1:9000", f"127.0.0.1:{settings.grpc_port}"), {})  # noqa: S102 - our own README
+    printed = capsys.readouterr().out
+    assert re.match(r"\[\(\d+, 0\.\d+\)(, \(\d+, 0\.\d+\)){4}\] \d+ \d", printed), printed

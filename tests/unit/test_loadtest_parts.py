@@ -47,3 +47,38 @@ rankserve_queue_depth 2.0
 
 def test_locust_is_not_imported_by_these_parts() -> None:
     assert "locust" not in sys.modules
+
+
+def _answer(ids: list[int], scores: list[float] | None = None, **extra: object) -> dict:
+    scores = scores if scores is not None else [1.0 - 0.01 * i for i in range(len(ids))]
+    return {"request_id": "r", "items": [{"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)],
+            **extra}
+
+
+def test_answer_checks_accept_a_correct_answer_and_name_each_breach() -> None:
+    from loadtest.checks import check_answer, expected_items
+
+    recall = {"user_id": 1, "k": 3, "request_id": "r", "exclude": [9]}
+    given = {"user_id": 1, "k": 5, "request_id": "r", "candidates": [4, 5, 6, 6], "exclude": [6]}
+    assert expected_items(recall) == 3 and expected_items(given) == 2
+    assert check_answer(recall, 200, _answer([1, 2, 3]), 100) is None
+    assert check_answer(given, 200, _answer([5, 4]), 100) is None
+    breaches = {
+        "status 503": check_answer(recall, 503, "busy", 100),
+        "status UNAVAILABLE": check_answer(recall, "UNAVAILABLE", "down", 100),
+        "not echoed": check_answer(recall, 200, {**_answer([1, 2, 3]), "request_id": "x"}, 100),
+        "duplicate": check_answer(recall, 200, _answer([1, 1, 3]), 100),
+        "catalogue": check_answer(recall, 200, _answer([1, 2, 100]), 100),
+        "NaN": check_answer(recall, 200, _answer([1, 2, 3], [0.9, float("nan"), 0.1]), 100),
+        "outside [0, 1]": check_answer(recall, 200, _answer([1, 2, 3], [1.5, 0.2, 0.1]), 100),
+        "sorted": check_answer(recall, 200, _answer([1, 2, 3], [0.1, 0.2, 0.3]), 100),
+        "excluded": check_answer(recall, 200, _answer([1, 2, 9]), 100),
+        "outside the given": check_answer(given, 200, _answer([5, 7]), 100),
+        "more than k": check_answer(recall, 200, _answer([1, 2, 3, 4]), 100),
+        "expected 3": check_answer(recall, 200, _answer([1, 2]), 100),
+        "integer item_id": check_answer(recall, 200, {"request_id": "r", "items": [{"id": 1}]}, 100),
+    }
+    for words, reason in breaches.items():
+        assert reason is not None and words in reason, (words, reason)
+    # degraded answers carry recall scores (any real number), still sorted and finite
+    assert check_answer(recall, 200, _answer([1, 2, 3], [7.0, 2.0, -1.0], degraded=True), 100) is None
