@@ -25,6 +25,11 @@ class CrossingStage:
     def __init__(self, tables: FeatureTables, backend: str = "auto") -> None:
         self.tables = tables
         self.crosser: Crosser = get_crosser(backend)
+        # One call on the real (read-only) tables before the first request: Numba compiles a kernel
+        # per array layout and read-only tables are another layout (~1 s on the first request
+        # otherwise), and the GPU backends copy the tables to the device here.
+        one = np.zeros(1, dtype=np.int64)
+        self.inputs(one, one, CrossSpec(pairs=((0, 0),), buckets=2, dense_dim=tables.user_dense.shape[1]))
         log.info("crossing backend: %s", self.crosser.backend)
 
     @property

@@ -102,3 +102,24 @@ def test_cross_inputs_from_other_dtypes_are_converted() -> None:
                     x.user_dense, x.item_dense)
     for backend in BACKENDS_HERE:
         assert np.array_equal(get_crosser(backend).cross(y, SPEC).hashed, cross_numpy(x, SPEC).hashed)
+
+
+def test_crossing_stage_compiles_the_served_table_layout_at_start_up() -> None:
+    """Read-only tables are a layout of their own to Numba: the stage compiles it before the first
+    request, so no request pays the ~1 s compile."""
+    if "numba_cpu" not in BACKENDS_HERE:
+        pytest.skip("numba is not installed")
+    from kernels import _numba_cpu
+    from serving.crossing import CrossingStage
+    from serving.features import FeatureTables
+
+    rng = np.random.default_rng(0)
+    tables = FeatureTables(rng.integers(0, 5, (30, 3)), rng.normal(size=(30, 8)).astype(np.float32),
+                           rng.integers(0, 5, (40, 4)), rng.normal(size=(40, 3)).astype(np.float32),
+                           rng.normal(size=(40, 8)).astype(np.float32))
+    stage = CrossingStage(tables, "numba_cpu")
+    compiled = len(_numba_cpu._cross_kernel.signatures)
+    spec = CrossSpec(pairs=((0, 1), (2, 3)), buckets=101, dense_dim=8)
+    out = stage.inputs(rng.integers(0, 30, 64), rng.integers(0, 40, 64), spec)
+    assert len(_numba_cpu._cross_kernel.signatures) == compiled, "the first request compiled a new kernel"
+    assert out.cat.shape == (64, 3 + 4 + 2)
