@@ -38,6 +38,13 @@ def test_config_fields(kind: str, want: str) -> None:
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(back.instance_group[0].kind) == want
     assert back.HasField("dynamic_batching") and list(back.dynamic_batching.preferred_batch_size) == [64]
     assert back.version_policy.HasField("all")
+    # warm-up on zeros at batch 1 and 512 (capped at max_batch_size), every input described
+    assert [(w.batch_size, w.count) for w in back.model_warmup] == [(1, 2), (512, 2)]
+    for w in back.model_warmup:
+        assert {name: (list(t.dims), t.zero_data) for name, t in w.inputs.items()} == \
+            {"cat": ([3], True), "dense": ([4], True)}
+    small = model_config("m", IN, OUT, max_batch_size=64, kind=kind)
+    assert [w.batch_size for w in small.model_warmup] == [1, 64]
 
 
 def test_env_overrides_auto_kind(monkeypatch: pytest.MonkeyPatch) -> None:
