@@ -14,6 +14,7 @@ and "host" mode moves only the row indexes in and the outputs out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -114,7 +115,7 @@ def run(sizes: list[int], repeats_s: float = 0.3) -> dict[str, Any]:
                 import cupy as cp
 
                 sync = cp.cuda.Device().synchronize
-            t = _median_time(lambda fn=fn, x=x: fn(x, SPEC), sync, min_time_s=repeats_s)
+            t = _median_time(functools.partial(fn, x, SPEC), sync, min_time_s=repeats_s)
             if name == "numpy":
                 ref_t = t
             bw = cpu_bw if name in {"numpy", "numba_cpu"} else gpu_bw
@@ -130,7 +131,7 @@ def run(sizes: list[int], repeats_s: float = 0.3) -> dict[str, Any]:
                     from kernels._cupy import cross_device
                 else:
                     from kernels._numba_cuda import cross_device
-                td = _median_time(lambda cd=cross_device, dev=dev: cd(dev, SPEC), sync, min_time_s=repeats_s)
+                td = _median_time(functools.partial(cross_device, dev, SPEC), sync, min_time_s=repeats_s)
                 rows.append({"backend": name, "mode": "device", "pairs": n, "time_ms": td * 1e3,
                              "gbytes_per_s": floor_bytes / td / 1e9,
                              "floor_pct": 100 * (floor_bytes / gpu_bw) / td if gpu_bw else None,

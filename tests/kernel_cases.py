@@ -25,3 +25,20 @@ def make_inputs(n: int, seed: int, *, n_users: int = 300, n_items: int = 500, sp
         user_dense=rng.normal(size=(n_users, spec.dense_dim)).astype(np.float32),
         item_dense=rng.normal(size=(n_items, spec.dense_dim)).astype(np.float32),
     )
+
+
+def run_on_cuda_simulator(code: str) -> None:
+    """Run ``code`` in a fresh interpreter with Numba's CUDA simulator on; it must print ``sim-ok``.
+
+    A process of its own: the simulator is chosen when numba.cuda is first imported.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-c", code], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "sim-ok" in out.stdout, out.stderr[-3000:]

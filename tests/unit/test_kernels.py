@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,7 @@ import pytest
 from kernels import BACKENDS, CrossInputs, CrossSpec, available_backends, cross_hash_scalar, get_crosser
 from kernels._numpy import cross_numpy, hash_pairs_numpy
 from kernels.dispatch import BackendUnavailableError
-from tests.kernel_cases import SIZES, SPEC, make_inputs
+from tests.kernel_cases import SIZES, SPEC, make_inputs, run_on_cuda_simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS_HERE = available_backends(allow_simulator=False)
@@ -90,10 +87,7 @@ print("sim-ok")
 
 
 def test_numba_cuda_kernel_on_the_cuda_simulator() -> None:
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-c", _SIM], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "sim-ok" in out.stdout, out.stderr[-3000:]
+    run_on_cuda_simulator(_SIM)
 
 
 def test_cross_inputs_from_other_dtypes_are_converted() -> None:

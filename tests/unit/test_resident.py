@@ -3,15 +3,13 @@ in for the device copy, and the Numba CUDA backend on the simulator."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kernels._resident import ResidentTables
+from tests.kernel_cases import run_on_cuda_simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,7 +86,4 @@ print("sim-ok")
 
 
 def test_numba_cuda_resident_tables_on_the_simulator_follow_new_tables() -> None:
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-c", _SIM], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "sim-ok" in out.stdout, out.stderr[-3000:]
+    run_on_cuda_simulator(_SIM)
