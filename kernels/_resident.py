@@ -64,8 +64,3 @@ class ResidentTables:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def clear(self) -> None:
-        """Drop every device copy (the next call copies again)."""
-        with self._lock:
-            self._entries.clear()
