@@ -18,7 +18,7 @@ def generate(out_dir: Path = ROOT) -> list[Path]:
     """Write ``serving/proto/ranker_pb2{,_grpc}.py`` and ``ranker_pb2.pyi`` under ``out_dir``.
 
     Raises:
-        RuntimeError: protoc failed; the message has its output.
+        RuntimeError: protoc failed (its errors are on stderr).
     """
     from grpc_tools import protoc
 
