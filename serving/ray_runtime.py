@@ -18,15 +18,31 @@ _LOCAL_ENV = {
 }
 
 
-def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
-    """Start a local Ray cluster (``address="local"``) or connect to an existing one."""
+def _apply_local_env() -> None:
+    """Set the local-default environment, also when ``ray`` was imported before this call.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, at import, into
+    ``ray_constants.ENABLE_RAY_CLUSTER``; while that is true, ``ray.init`` turns the node address
+    127.0.0.1 into the machine's own address and gcs_server, raylet and the workers listen on every
+    interface. rankserve's modules import ``ray.serve`` at the top, so the constant is brought in
+    line with the environment here.
+    """
     for k, v in _LOCAL_ENV.items():
         os.environ.setdefault(k, v)
+    from ray._private import ray_constants
+
+    enabled = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
+    ray_constants.ENABLE_RAY_CLUSTER = enabled
+
+
+def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
+    """Start a local Ray cluster (``address="local"``) or connect to an existing one."""
     import ray
 
     if ray.is_initialized():
         return
     if address == "local":
+        _apply_local_env()
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -36,6 +52,9 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
             log_to_driver=True,
             configure_logging=True,
         )
+        node_ip = ray.util.get_node_ip_address()
+        if node_ip != "127.0.0.1":
+            log.warning("ray: local node listens on %s, not loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1?)", node_ip)
     else:
         ray.init(address=address, logging_level=logging.WARNING)
     log.info("ray started at %s", address)

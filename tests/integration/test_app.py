@@ -187,3 +187,34 @@ def test_readme_api_example_runs_as_written(rankserve_url: str) -> None:
         assert key in got or any(key in (it if isinstance(it, dict) else {}) for it in
                                  [got.get("model"), got.get("timings_ms"), *(got.get("items") or [])]), key
     assert got["request_id"] == body["request_id"] and len(got["items"]) == body["k"]
+
+
+def test_local_cluster_listens_on_loopback_only(rankserve_url: str, settings: Settings) -> None:
+    """Every port the embedded default opens (Ray, Serve, Triton) is on loopback, except the two
+    that Ray Serve 2.60 binds to ``[::]`` with no option: the gRPC proxy and each replica's
+    inter-deployment gRPC server. ``ray`` is imported before ``init_ray`` here, as in the CLI."""
+    import ipaddress
+
+    import psutil
+
+    wildcard: dict[str, list[int]] = {}
+    n_listeners = 0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            conns, name = proc.net_connections(kind="inet"), proc.name()
+        except psutil.NoSuchProcess:
+            continue
+        for c in conns:
+            if c.status != psutil.CONN_LISTEN:
+                continue
+            n_listeners += 1
+            ip = ipaddress.ip_address(c.laddr.ip)
+            mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+            if not (ip.is_loopback or (mapped is not None and mapped.is_loopback)):
+                wildcard.setdefault(name, []).append(c.laddr.port)
+    assert n_listeners >= 8, "expected gcs_server, raylet, Serve and Triton listeners among the children"
+    proxy = wildcard.pop("ray::ProxyActor", [])
+    assert proxy == [settings.grpc_port]
+    replicas = {name: wildcard.pop(name) for name in list(wildcard) if name.startswith("ray::ServeReplica")}
+    assert all(len(ports) == 1 for ports in replicas.values()), replicas
+    assert wildcard == {}, f"listening beyond loopback: {wildcard}"
