@@ -7,7 +7,7 @@ EXTRA  ?= cpu
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: serve test install build bench kernel-bench loadtest lint clean
+.PHONY: serve test install build bench capacity kernel-bench loadtest lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: build
 
 bench: build
 	$(PY) -m serving.cli bench
+
+capacity: build
+	$(PY) -m serving.cli capacity --peak-rps 2000
 
 kernel-bench: install
 	$(PY) -m kernels.bench

@@ -30,16 +30,16 @@ import numpy as np
 
 from serving.config import Settings
 
-__all__ = ["run_bench"]
+__all__ = ["free_port", "recall_bodies", "run_bench"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _bodies(n_users: int, n: int, seed: int = 0) -> list[dict[str, Any]]:
+def recall_bodies(n_users: int, n: int, seed: int = 0) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     return [{"user_id": int(u), "k": 20} for u in rng.integers(0, n_users, n)]
 
@@ -133,7 +133,7 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tables_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])
-    bodies = _bodies(tables_users, 4096)
+    bodies = recall_bodies(tables_users, 4096)
     bodies_file = Path(tempfile.mkdtemp()) / "bodies.jsonl"
     bodies_file.write_text("\n".join(json.dumps(b) for b in bodies))
     results: dict[str, list[dict[str, Any]]] = {"floor": [], "framework": [], "rankserve": [], "rankserve_grpc": [],
@@ -143,7 +143,7 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
         results["floor"].append(_floor(settings, bodies, c, duration_s))
         print(f"floor c={c}: {results['floor'][-1]['rps']:.1f} req/s", flush=True)
 
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     init_ray(settings.ray_address)
     start_serve("127.0.0.1", port, grpc_port)
     url = f"http://127.0.0.1:{port}"

@@ -114,6 +114,48 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from serving.capacity import run_capacity
+
+    if args.url:
+        if not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+            print("rankserve capacity: only loopback targets are load-tested", file=sys.stderr)
+            return 2
+        n_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])
+        run_capacity(args.url.rstrip("/"), n_users, args, unit=f"the rankserve at {args.url}",
+                     recall_n=settings.recall_n)
+        return 0
+
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.bench import free_port
+    from serving.ray_runtime import init_ray, shutdown_ray, start_serve
+
+    _build(settings)
+    n_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])
+    port = free_port()
+    unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
+            f"replica(s), one Triton, {_gpu_words()}; load generator on the same machine)")
+    with triton_endpoint(settings) as url:
+        init_ray(settings.ray_address)
+        try:
+            start_serve("127.0.0.1", port)
+            serve.run(build_app(settings, url), name="rankserve", route_prefix="/")
+            run_capacity(f"http://127.0.0.1:{port}", n_users, args, unit=unit, recall_n=settings.recall_n)
+        finally:
+            shutdown_ray()
+    return 0
+
+
+def _gpu_words() -> str:
+    import torch
+
+    return f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+
+
 class _NoTriton:
     """Stands for Triton when none is running: versions load when the server next starts."""
 
@@ -217,6 +259,11 @@ def _parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="floor vs framework vs rankserve (batching on/off) at fixed concurrency")
     add_arguments(be)
     be.set_defaults(func=cmd_bench)
+    from serving.capacity import add_arguments as add_capacity_arguments
+
+    ca = sub.add_parser("capacity", help="highest open-loop req/s at a p99 target, and units for a peak")
+    add_capacity_arguments(ca)
+    ca.set_defaults(func=cmd_capacity)
     pu = sub.add_parser("push", help="validate an artifact, add it as a new version, load it, move traffic")
     pu.add_argument("model")
     pu.add_argument("artifact", help="artifact directory (model.pt, golden.npz, meta.json[, item_emb.npy])")

@@ -1,9 +1,15 @@
-"""A closed-loop HTTP or gRPC load generator, run as its own process (never inside the server's).
+"""An HTTP or gRPC load generator, run as its own process (never inside the server's).
 
 ``python -m serving.loadgen --url URL --concurrency 32 --duration-s 10 --bodies FILE`` keeps
-``concurrency`` requests in flight for ``duration_s`` seconds, cycling through the JSON bodies in
-``FILE`` (one per line), and prints one JSON object: requests/s, latency percentiles, status
-counts and the mean batch size the server reported (when responses carry it).
+``concurrency`` requests in flight for ``duration_s`` seconds (closed loop), cycling through the
+JSON bodies in ``FILE`` (one per line), and prints one JSON object: requests/s, latency
+percentiles and status counts.
+
+``--rate R`` is open loop instead: requests arrive as a Poisson process of ``R`` per second
+whatever the server does, and each latency runs from the request's scheduled arrival, so a
+stalled server or a late generator shows in the percentiles (no coordinated omission).
+``--concurrency`` then caps the requests in flight; an arrival over the cap is not sent and
+counts as a failure (``client_overflow``).
 
 ``--url grpc://127.0.0.1:PORT`` sends the same bodies as ``rankserve.v1.Ranker/Rank`` messages;
 gRPC status ``OK`` counts as 200.
@@ -22,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_load"]
+__all__ = ["run_load", "run_open_loop"]
 
 
 class _Http:
@@ -129,13 +135,93 @@ async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_
     }
 
 
+async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_s: float,
+                        max_in_flight: int = 512, warmup_s: float = 1.0, seed: int = 0) -> dict[str, object]:
+    """Open-loop load: Poisson arrivals at ``rate`` per second for ``duration_s``; latency is
+    measured from each request's scheduled arrival time."""
+    client = _Grpc(url, max_in_flight) if url.startswith("grpc://") else _Http(url, max_in_flight)
+    rng = np.random.default_rng(seed)
+    lat: list[float] = []
+    status: Counter = Counter()
+    late: list[float] = []
+    tasks: set[asyncio.Task] = set()
+
+    async def one(body: bytes, due: float, measured: bool) -> None:
+        try:
+            code, _ = await client.send(body)
+        except Exception as err:  # noqa: BLE001 - every failure is counted, none stops the run
+            code = f"error:{type(err).__name__}"
+        if measured:
+            status[code] += 1
+            lat.append((time.perf_counter() - due) * 1000)
+
+    try:
+        t0 = time.perf_counter()
+        measure_from = t0 + warmup_s
+        t_end = measure_from + duration_s
+        due, i, arrivals = t0, 0, 0
+        while True:
+            due += rng.exponential(1.0 / rate)
+            if due >= t_end:
+                break
+            now = time.perf_counter()
+            if due > now:
+                await asyncio.sleep(due - now)
+            measured = due >= measure_from
+            if measured:
+                arrivals += 1
+                late.append((time.perf_counter() - due) * 1000)
+            if len(tasks) >= max_in_flight:
+                if measured:
+                    status["client_overflow"] += 1
+                    lat.append(float("inf"))
+                continue
+            task = asyncio.create_task(one(bodies[i % len(bodies)], due, measured))
+            i += 1
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=60)
+            for task in pending:
+                task.cancel()
+                status["client_timeout"] += 1
+                lat.append(float("inf"))
+        wall = duration_s
+    finally:
+        await client.close()
+    arr = np.asarray(lat) if lat else np.zeros(1)
+    ok = int(status.get(200, 0))
+
+    def pct(q: float) -> float:
+        # nearest rank: a request never answered (inf) stays inf instead of turning the interpolation into NaN
+        v = float(np.percentile(arr, q, method="inverted_cdf"))
+        return round(v, 3) if np.isfinite(v) else float("inf")
+
+    return {
+        "rate": rate,
+        "offered_rps": round(arrivals / wall, 2),
+        "duration_s": round(wall, 3),
+        "requests": len(lat),
+        "ok": ok,
+        "failures": len(lat) - ok,
+        "status": {str(k): v for k, v in status.items()},
+        "rps": round(ok / wall, 2),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "generator_late_p99_ms": round(float(np.percentile(late, 99)), 3) if late else 0.0,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--url", required=True)
     p.add_argument("--bodies", type=Path, required=True, help="file with one JSON request body per line")
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=8, help="closed loop: requests in flight; open loop: their cap")
+    p.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second (default: closed loop)")
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--warmup-s", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="open loop: seed of the arrival times")
     p.add_argument("--record", type=Path, help="write every request and response as JSON lines here")
     p.add_argument("--stop-file", type=Path, help="stop early once this file exists (duration stays the bound)")
     a = p.parse_args(argv)
@@ -143,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         print("loadgen only targets loopback addresses", file=sys.stderr)
         return 2
     bodies = [ln.encode() for ln in a.bodies.read_text().splitlines() if ln.strip()]
+    if a.rate is not None:
+        if a.rate <= 0:
+            print("--rate must be positive", file=sys.stderr)
+            return 2
+        res = asyncio.run(run_open_loop(a.url, bodies, rate=a.rate, duration_s=a.duration_s,
+                                        max_in_flight=a.concurrency, warmup_s=a.warmup_s, seed=a.seed))
+        print(json.dumps(res))
+        return 0
     record: list[str] | None = [] if a.record else None
     res = asyncio.run(run_load(a.url, bodies, concurrency=a.concurrency, duration_s=a.duration_s,
                                warmup_s=a.warmup_s, record=record, stop_file=a.stop_file))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,25 @@ def test_loadtest_over_grpc(rankserve_url: str, settings, tmp_path: Path) -> Non
     assert summary["protocol"] == "grpc"
     assert summary["aggregated"]["requests"] > 10 and summary["aggregated"]["failures"] == 0
     assert {"rank:recall", "rank:candidates"} <= set(summary["by_kind"])
+
+
+def test_capacity_search_against_the_server(rankserve_url: str, tmp_path: Path) -> None:
+    """`rankserve capacity --url`: two open-loop steps (4 and 8 req/s) under a generous target."""
+    out = tmp_path / "cap"
+    proc = subprocess.run([sys.executable, "-m", "serving.cli", "capacity", "--url", rankserve_url,
+                           "--start-rps", "4", "--max-rps", "8", "--growth", "2", "--refine", "0", "--step-s", "3",
+                           "--p99-ms", "2000", "--peak-rps", "100", "--headroom", "0.3", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rep = json.loads((out / "capacity.json").read_text())
+    assert [s["rate"] for s in rep["steps"]] == [4.0, 8.0]
+    assert all(s["verdict"] is None and s["failures"] == 0 and s["requests"] > 5 for s in rep["steps"])
+    assert rep["capacity_rps"] == rep["steps"][-1]["offered_rps"] > 3
+    assert rep["units_for_peak"] == math.ceil(100 / (rep["capacity_rps"] * 0.7))
+    assert "Capacity:" in (out / "capacity.md").read_text()
+
+
+def test_capacity_refuses_non_loopback_hosts() -> None:
+    proc = subprocess.run([sys.executable, "-m", "serving.cli", "capacity", "--url", "http://10.1.2.3:8000"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "loopback" in proc.stderr

@@ -1,0 +1,200 @@
+"""``rankserve capacity``: the highest request rate one serving unit sustains at a p99 target,
+and how many units a given peak needs.
+
+Load is open loop (``serving.loadgen --rate``): requests arrive as a Poisson process whatever the
+server does, and latency runs from each request's scheduled arrival, so queueing is counted (a
+closed loop at fixed concurrency hides it). The search raises the rate by ``growth`` while a
+step passes, then bisects between the last rate that passed and the first that failed. A step
+passes when its p99 is within the target and at most ``max_error_share`` of its requests failed
+(503 sheds, 504 deadlines and client-side overflow count as failures).
+
+One unit is what answered the load: the embedded default on this machine (one Triton, one Serve
+replica), or, with ``--url``, whatever serves that address. Units needed for a peak:
+``ceil(peak / (capacity * (1 - headroom)))``, on the assumption, stated in the report, that
+units scale out independently (each node its own Triton and replicas, as in the KubeRay manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Step", "Target", "measure_rate", "plan_units", "search_capacity"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a step must meet to count as sustained."""
+
+    p99_ms: float
+    max_error_share: float = 0.001
+
+    def check(self, step: Step) -> str | None:
+        """``None`` when ``step`` meets the target, else why not."""
+        if step.requests == 0:
+            return "no requests were sent"
+        share = step.failures / step.requests
+        if share > self.max_error_share:
+            return f"{step.failures} of {step.requests} failed ({share:.2%} > {self.max_error_share:.2%})"
+        if not step.p99_ms <= self.p99_ms:
+            return f"p99 {step.p99_ms:.1f} ms > {self.p99_ms:g} ms"
+        return None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One open-loop step at an offered ``rate`` (requests/s)."""
+
+    rate: float
+    offered_rps: float
+    requests: int
+    failures: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    generator_late_p99_ms: float = 0.0
+    verdict: str | None = None
+
+    @classmethod
+    def from_loadgen(cls, res: dict[str, Any]) -> Step:
+        return cls(rate=float(res["rate"]), offered_rps=float(res["offered_rps"]), requests=int(res["requests"]), failures=int(res["failures"]),
+                   rps=float(res["rps"]), p50_ms=float(res["p50_ms"]), p95_ms=float(res["p95_ms"]),
+                   p99_ms=float(res["p99_ms"]), generator_late_p99_ms=float(res.get("generator_late_p99_ms", 0.0)))
+
+
+def search_capacity(measure: Callable[[float], Step], target: Target, *, start_rps: float,
+                    max_rps: float, growth: float = 1.5, refine: int = 3) -> tuple[float, list[Step]]:
+    """Highest rate that met ``target`` (0.0 when even ``start_rps`` did not) and every step taken."""
+    if not (start_rps > 0 and max_rps >= start_rps and growth > 1 and refine >= 0):
+        raise ValueError("need 0 < start_rps <= max_rps, growth > 1, refine >= 0")
+    steps: list[Step] = []
+
+    def run(rate: float) -> bool:
+        step = measure(rate)
+        verdict = target.check(step)
+        steps.append(Step(**{**asdict(step), "verdict": verdict}))
+        return verdict is None
+
+    passed, failed = 0.0, math.inf
+    rate = start_rps
+    while True:
+        if run(rate):
+            passed = rate
+        else:
+            failed = rate
+            break
+        if rate >= max_rps:
+            break
+        rate = min(rate * growth, max_rps)
+    if passed == 0.0:
+        return 0.0, steps
+    for _ in range(refine if failed < math.inf else 0):
+        mid = (passed + failed) / 2
+        if run(mid):
+            passed = mid
+        else:
+            failed = mid
+    return passed, steps
+
+
+def plan_units(capacity_rps: float, peak_rps: float, headroom: float) -> int:
+    """Serving units for ``peak_rps`` when each runs at most ``1 - headroom`` of its capacity."""
+    if not 0 <= headroom < 1:
+        raise ValueError("headroom must be in [0, 1)")
+    if capacity_rps <= 0:
+        raise ValueError("a unit that sustains no load cannot be planned with")
+    return max(1, math.ceil(peak_rps / (capacity_rps * (1 - headroom))))
+
+
+def measure_rate(url: str, bodies_file: Path, rate: float, duration_s: float, warmup_s: float = 2.0,
+                 max_in_flight: int = 512) -> Step:
+    """One open-loop step by ``serving.loadgen`` in its own process."""
+    out = subprocess.run(
+        [sys.executable, "-m", "serving.loadgen", "--url", url, "--bodies", str(bodies_file), "--rate", f"{rate:.3f}",
+         "--duration-s", str(duration_s), "--warmup-s", str(warmup_s), "--concurrency", str(max_in_flight),
+         "--seed", str(round(rate * 1000))],
+        capture_output=True, text=True, timeout=duration_s + warmup_s + 120, check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+    return Step.from_loadgen(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def report(rate: float, steps: list[Step], target: Target, *, unit: str, peak_rps: float | None,
+           headroom: float, recall_n: int) -> dict[str, Any]:
+    """Capacity is the offered rate actually drawn at the best passing step (a Poisson draw of 10 s
+    differs from its nominal ``rate`` by a few percent)."""
+    best = [s for s in steps if s.rate == rate and s.verdict is None]
+    capacity = best[-1].offered_rps if best else 0.0
+    units = plan_units(capacity, peak_rps, headroom) if peak_rps and capacity > 0 else None
+    return {"unit": unit, "target": asdict(target), "capacity_rps": capacity,
+            "capacity_candidates_per_s": round(capacity * recall_n), "peak_rps": peak_rps, "headroom": headroom,
+            "units_for_peak": units, "steps": [asdict(s) for s in steps]}
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    t = rep["target"]
+    lines = [f"Unit: {rep['unit']}. Target: p99 <= {t['p99_ms']:g} ms, failures <= {t['max_error_share']:.2%}.", "",
+             "| rate req/s | offered (Poisson draw) | answered req/s | p50 ms | p95 ms | p99 ms | failures "
+             "| generator late p99 ms | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in rep["steps"]:
+        lines.append(f"| {s['rate']:.1f} | {s['offered_rps']:.1f} | {s['rps']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | "
+                     f"{s['failures']}/{s['requests']} | {s['generator_late_p99_ms']:.1f} | "
+                     f"{s['verdict'] or 'meets target'} |")
+    lines += ["", f"Capacity: {rep['capacity_rps']:.1f} req/s per unit "
+                  f"({rep['capacity_candidates_per_s']:,} candidates/s) at the target."]
+    if rep["units_for_peak"] is not None:
+        lines.append(f"A peak of {rep['peak_rps']:g} req/s with {rep['headroom']:.0%} headroom needs "
+                     f"{rep['units_for_peak']} unit(s): ceil(peak / (capacity * (1 - headroom))), assuming units "
+                     f"scale out independently (each node its own Triton and replicas).")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="a running rankserve on loopback (default: start the embedded one here)")
+    p.add_argument("--p99-ms", type=float, default=100.0, help="p99 latency target")
+    p.add_argument("--max-error-share", type=float, default=0.001, help="most failures a step may have")
+    p.add_argument("--start-rps", type=float, default=20.0)
+    p.add_argument("--max-rps", type=float, default=5000.0)
+    p.add_argument("--growth", type=float, default=1.5, help="rate factor between steps until one fails")
+    p.add_argument("--refine", type=int, default=3, help="bisection steps after the first failure")
+    p.add_argument("--step-s", type=float, default=10.0, help="measured seconds per step (after 2 s warm-up)")
+    p.add_argument("--peak-rps", type=float, help="plan: units needed for this peak")
+    p.add_argument("--headroom", type=float, default=0.3, help="plan: share of capacity kept free")
+    p.add_argument("--out", type=Path, default=Path("bench/capacity"), help="output directory")
+
+
+def run_capacity(url: str, n_users: int, args: argparse.Namespace, *, unit: str, recall_n: int) -> dict[str, Any]:
+    """Search, print and write ``capacity.json`` / ``capacity.md`` under ``args.out``."""
+    from serving.bench import recall_bodies
+
+    bodies_file = Path(tempfile.mkdtemp()) / "bodies.jsonl"
+    bodies_file.write_text("\n".join(json.dumps(b) for b in recall_bodies(n_users, 4096)))
+    target = Target(p99_ms=args.p99_ms, max_error_share=args.max_error_share)
+
+    def measure(rate: float) -> Step:
+        step = measure_rate(f"{url}/v1/rank", bodies_file, rate, args.step_s)
+        print(f"rate {rate:.1f}/s: answered {step.rps:.1f}/s, p99 {step.p99_ms:.1f} ms, "
+              f"failures {step.failures}/{step.requests}", flush=True)
+        return step
+
+    rate, steps = search_capacity(measure, target, start_rps=args.start_rps, max_rps=args.max_rps,
+                                      growth=args.growth, refine=args.refine)
+    rep = report(rate, steps, target, unit=unit, peak_rps=args.peak_rps, headroom=args.headroom,
+                 recall_n=recall_n)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "capacity.json").write_text(json.dumps(rep, indent=2))
+    md = markdown(rep)
+    (args.out / "capacity.md").write_text(md)
+    print(md)
+    return rep
