@@ -154,6 +154,7 @@ class RankingService:
         self.pipeline = create_pipeline(self.settings, self.client)
         self._metrics = Metrics()
         self._pending = 0
+        self._running = 0  # pipeline batches executing now
         self._batched.set_max_batch_size(self.settings.max_batch_candidates)
         self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.watcher = RepositoryWatcher(self.settings, self.pipeline)
@@ -253,11 +254,20 @@ class RankingService:
         return b"".join(chunks)
 
     async def _answer(self, prep: Prepared) -> RankResponse | RankserveError:
-        if self.settings.batching:
+        """A request that finds no batch running goes at once: waiting for a batch to fill would
+        only add the batch wait to its latency. Requests that arrive while one runs are batched."""
+        if self.settings.batching and self._running > 0:
             return await self._batched(prep)
-        results, stats = await self.pipeline.run_batch([prep])
+        return (await self._run([prep]))[0]
+
+    async def _run(self, batch: list[Prepared]) -> list[RankResponse | RankserveError]:
+        self._running += 1  # before the first await: a request arriving next sees it
+        try:
+            results, stats = await self.pipeline.run_batch(batch)
+        finally:
+            self._running -= 1
         self._observe(stats)
-        return results[0]
+        return results
 
     @serve.batch(
         max_batch_size=8192,
@@ -266,9 +276,7 @@ class RankingService:
         batch_size_fn=lambda batch: sum(p.cost for p in batch),
     )
     async def _batched(self, batch: list[Prepared]) -> list[RankResponse | RankserveError]:
-        results, stats = await self.pipeline.run_batch(batch)
-        self._observe(stats)
-        return results
+        return await self._run(batch)
 
     def _observe(self, stats: Any) -> None:
         self._metrics.batch_requests.observe(stats.requests)

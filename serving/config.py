@@ -69,7 +69,8 @@ class Settings(BaseModel):
     faiss_gpu: Literal["auto", "on", "off"] = Field("auto", description="Move the FAISS index to a GPU.")
 
     # --- batching and load shedding ------------------------------------------------------
-    batching: bool = Field(True, description="Batch requests with @serve.batch (off: one Triton call each).")
+    batching: bool = Field(True, description="Batch requests that arrive while a batch runs (@serve.batch); a request "
+                           "finding the replica idle runs at once. Off: one Triton call per request.")
     max_batch_candidates: int = Field(
         8192, ge=1, description="Batches are bounded by their total candidates, not their request count."
     )
