@@ -151,8 +151,12 @@ def markdown(rep: dict[str, Any]) -> str:
         lines.append(f"| {s['rate']:.1f} | {s['offered_rps']:.1f} | {s['rps']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | "
                      f"{s['failures']}/{s['requests']} | {s['generator_late_p99_ms']:.1f} | "
                      f"{s['verdict'] or 'meets target'} |")
-    lines += ["", f"Capacity: {rep['capacity_rps']:.1f} req/s per unit "
-                  f"({rep['capacity_candidates_per_s']:,} candidates/s) at the target."]
+    if rep["capacity_rps"] > 0:
+        lines += ["", f"Capacity: {rep['capacity_rps']:.1f} req/s per unit "
+                      f"({rep['capacity_candidates_per_s']:,} candidates/s) at the target."]
+    else:
+        lines += ["", "Capacity: none measured: even the first step missed the target "
+                      "(lower --start-rps, or relax --p99-ms)."]
     if rep["units_for_peak"] is not None:
         lines.append(f"A peak of {rep['peak_rps']:g} req/s with {rep['headroom']:.0%} headroom needs "
                      f"{rep['units_for_peak']} unit(s): ceil(peak / (capacity * (1 - headroom))), assuming units "

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from serving.capacity import Step, Target, plan_units, search_capacity
+from serving.capacity import Step, Target, markdown, plan_units, report, search_capacity
 
 
 def _unit(limit_rps: float, base_ms: float = 20.0):  # noqa: ANN202
@@ -74,3 +74,23 @@ def test_plan_refuses_nonsense() -> None:
         plan_units(100, 100, 1.0)
     with pytest.raises(ValueError):
         search_capacity(lambda r: None, Target(p99_ms=1), start_rps=0, max_rps=1)  # type: ignore[arg-type,return-value]
+
+
+def test_report_takes_the_offered_rate_of_the_best_passing_step() -> None:
+    def measure(rate: float) -> Step:
+        p99 = 50.0 if rate <= 20 else 500.0
+        return Step(rate=rate, offered_rps=rate * 0.9, requests=100, failures=0, rps=rate * 0.9, p50_ms=10,
+                    p95_ms=20, p99_ms=p99)
+
+    rate, steps = search_capacity(measure, Target(p99_ms=100), start_rps=10, max_rps=100, growth=2, refine=0)
+    rep = report(rate, steps, Target(p99_ms=100), unit="u", peak_rps=90, headroom=0.0, recall_n=500)
+    assert rate == 20 and rep["capacity_rps"] == 18.0 and rep["units_for_peak"] == 5
+    assert "Capacity: 18.0 req/s" in markdown(rep)
+
+
+def test_report_when_nothing_met_the_target() -> None:
+    measure, _ = _unit(limit_rps=5.0)
+    rate, steps = search_capacity(measure, Target(p99_ms=100.0), start_rps=10, max_rps=100)
+    rep = report(rate, steps, Target(p99_ms=100.0), unit="u", peak_rps=1000, headroom=0.3, recall_n=500)
+    assert rep["capacity_rps"] == 0.0 and rep["units_for_peak"] is None
+    assert "none measured" in markdown(rep)
