@@ -144,8 +144,8 @@ def save_index(index: ItemIndex, path: Path) -> None:
 def load_index(path: Path, *, use_gpu: bool | str = "auto") -> ItemIndex:
     """Load an index; move it to the GPU when ``use_gpu`` is ``on``/True, or ``auto`` and one is present."""
     side = Path(f"{path}.json")
-    params = json.loads(side.read_text()) if side.is_file() else {"kind": "flat", "nprobe": 1}
-    index = ItemIndex(faiss.read_index(str(path)), kind=params["kind"], nprobe=int(params["nprobe"]))
+    params: dict[str, Any] = json.loads(side.read_text()) if side.is_file() else {"kind": "flat", "nprobe": 1}
+    index = ItemIndex(faiss.read_index(str(path)), kind=str(params["kind"]), nprobe=int(params["nprobe"]))
     want = use_gpu in (True, "on") or (use_gpu == "auto" and gpu_available())
     if want:
         if not gpu_available():
