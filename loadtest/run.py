@@ -20,16 +20,12 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+
+from serving.loadgen import is_loopback
 
 __all__ = ["is_loopback", "main", "parse_batch_metrics"]
 
 HERE = Path(__file__).resolve().parent
-
-
-def is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def parse_batch_metrics(text: str) -> dict[str, float]:

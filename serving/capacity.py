@@ -23,9 +23,11 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from serving.config import Settings
 
 __all__ = ["Step", "Target", "measure_rate", "plan_units", "search_capacity"]
 
@@ -81,7 +83,7 @@ def search_capacity(measure: Callable[[float], Step], target: Target, *, start_r
     def run(rate: float) -> bool:
         step = measure(rate)
         verdict = target.check(step)
-        steps.append(Step(**{**asdict(step), "verdict": verdict}))
+        steps.append(replace(step, verdict=verdict))
         return verdict is None
 
     passed, failed = 0.0, math.inf
@@ -178,10 +180,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench/capacity"), help="output directory")
 
 
-def run_capacity(url: str, n_users: int, args: argparse.Namespace, *, unit: str, recall_n: int) -> dict[str, Any]:
+def run_capacity(url: str, settings: Settings, args: argparse.Namespace, *, unit: str) -> dict[str, Any]:
     """Search, print and write ``capacity.json`` / ``capacity.md`` under ``args.out``."""
+    import numpy as np
+
     from serving.bench import recall_bodies
 
+    n_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])
     bodies_file = Path(tempfile.mkdtemp()) / "bodies.jsonl"
     bodies_file.write_text("\n".join(json.dumps(b) for b in recall_bodies(n_users, 4096)))
     target = Target(p99_ms=args.p99_ms, max_error_share=args.max_error_share)
@@ -195,7 +200,7 @@ def run_capacity(url: str, n_users: int, args: argparse.Namespace, *, unit: str,
     rate, steps = search_capacity(measure, target, start_rps=args.start_rps, max_rps=args.max_rps,
                                       growth=args.growth, refine=args.refine)
     rep = report(rate, steps, target, unit=unit, peak_rps=args.peak_rps, headroom=args.headroom,
-                 recall_n=recall_n)
+                 recall_n=settings.recall_n)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "capacity.json").write_text(json.dumps(rep, indent=2))
     md = markdown(rep)

@@ -66,31 +66,39 @@ def _example_curl(settings: Settings) -> str:
             f"-H 'content-type: application/json' -d '{body}'")
 
 
-def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def serving_app(settings: Settings, host: str, port: int, grpc_port: int = 0) -> Iterator[None]:
+    """Triton (configured or embedded), Ray, Serve's proxies and the rankserve application, up
+    for the ``with`` body; Ray and the embedded Triton stop after it."""
     from ray import serve
 
     from serving.app import build_app
     from serving.ray_runtime import init_ray, shutdown_ray, start_serve
 
+    with triton_endpoint(settings) as url:
+        init_ray(settings.ray_address)
+        try:
+            start_serve(host, port, grpc_port)
+            serve.run(build_app(settings, url), name="rankserve", route_prefix="/")
+            yield
+        finally:
+            shutdown_ray()
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if not args.no_build:
         summary = _build(settings)
         log.info("models ready: %s", json.dumps(summary.get("quality", {})))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with triton_endpoint(settings) as url:
-        init_ray(settings.ray_address)
-        try:
-            start_serve(settings.host, settings.port, settings.grpc_port)
-            serve.run(build_app(settings, url), name="rankserve", route_prefix="/")
-            print(f"\nrankserve is serving on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
-            if settings.grpc_port:
-                print(f"gRPC rankserve.v1.Ranker/Rank on port {settings.grpc_port} (every interface)")
-            print(f"try:\n  {_example_curl(settings)}\n", flush=True)
-            stop.wait()
-            print("stopping: draining requests, Ray, Triton ...", flush=True)
-        finally:
-            shutdown_ray()
+    with serving_app(settings, settings.host, settings.port, settings.grpc_port):
+        print(f"\nrankserve is serving on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
+        if settings.grpc_port:
+            print(f"gRPC rankserve.v1.Ranker/Rank on port {settings.grpc_port} (every interface)")
+        print(f"try:\n  {_example_curl(settings)}\n", flush=True)
+        stop.wait()
+        print("stopping: draining requests, Ray, Triton ...", flush=True)
     return 0
 
 
@@ -115,38 +123,22 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from serving.bench import free_port
     from serving.capacity import run_capacity
+    from serving.loadgen import is_loopback
 
     if args.url:
-        if not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        if not is_loopback(args.url):
             print("rankserve capacity: only loopback targets are load-tested", file=sys.stderr)
             return 2
-        n_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])
-        run_capacity(args.url.rstrip("/"), n_users, args, unit=f"the rankserve at {args.url}",
-                     recall_n=settings.recall_n)
+        run_capacity(args.url.rstrip("/"), settings, args, unit=f"the rankserve at {args.url}")
         return 0
-
-    from ray import serve
-
-    from serving.app import build_app
-    from serving.bench import free_port
-    from serving.ray_runtime import init_ray, shutdown_ray, start_serve
-
     _build(settings)
-    n_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])
     port = free_port()
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
             f"replica(s), one Triton, {_gpu_words()}; load generator on the same machine)")
-    with triton_endpoint(settings) as url:
-        init_ray(settings.ray_address)
-        try:
-            start_serve("127.0.0.1", port)
-            serve.run(build_app(settings, url), name="rankserve", route_prefix="/")
-            run_capacity(f"http://127.0.0.1:{port}", n_users, args, unit=unit, recall_n=settings.recall_n)
-        finally:
-            shutdown_ray()
+    with serving_app(settings, "127.0.0.1", port):
+        run_capacity(f"http://127.0.0.1:{port}", settings, args, unit=unit)
     return 0
 
 

@@ -24,11 +24,12 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlparse
 
 import numpy as np
 
-__all__ = ["run_load", "run_open_loop"]
+__all__ = ["is_loopback", "run_load", "run_open_loop"]
 
 
 class _Http:
@@ -79,6 +80,39 @@ class _Grpc:
         await self._channel.close()
 
 
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` (``http://``, ``grpc://``) names a loopback host: the only targets load is sent to."""
+    host = urlparse(url).hostname or ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _client(url: str, concurrency: int) -> _Http | _Grpc:
+    return _Grpc(url, concurrency) if url.startswith("grpc://") else _Http(url, concurrency)
+
+
+def _summary(lat: list[float], status: Counter, wall: float,
+             method: Literal["linear", "inverted_cdf"] = "linear") -> dict[str, Any]:
+    """Request counts, throughput and latency percentiles (ms) of one run."""
+    arr = np.asarray(lat) if lat else np.zeros(1)
+    ok = int(status.get(200, 0))
+
+    def pct(q: float) -> float:
+        v = float(np.percentile(arr, q, method=method))
+        return round(v, 3) if np.isfinite(v) else float("inf")
+
+    return {
+        "duration_s": round(wall, 3),
+        "requests": len(lat),
+        "ok": ok,
+        "failures": len(lat) - ok,
+        "status": {str(k): v for k, v in status.items()},
+        "rps": round(ok / wall, 2),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+    }
+
+
 async def _worker(client: _Http | _Grpc, bodies: list[bytes], start: int, stop_at: float,
                   lat: list[float], status: Counter, items: list[int], record: list[str] | None = None,
                   stop_file: Path | None = None) -> None:
@@ -104,7 +138,7 @@ async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_
                    warmup_s: float = 1.0, record: list[str] | None = None,
                    stop_file: Path | None = None) -> dict[str, object]:
     """Closed-loop load; returns throughput, latency percentiles (ms) and status counts."""
-    client = _Grpc(url, concurrency) if url.startswith("grpc://") else _Http(url, concurrency)
+    client = _client(url, concurrency)
     try:
         if warmup_s > 0:
             await asyncio.gather(*(_worker(client, bodies, w, time.perf_counter() + warmup_s, [], Counter(), [])
@@ -118,19 +152,9 @@ async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_
         wall = time.perf_counter() - t0
     finally:
         await client.close()
-    arr = np.asarray(lat) if lat else np.zeros(1)
-    ok = int(status.get(200, 0))
     return {
         "concurrency": concurrency,
-        "duration_s": round(wall, 3),
-        "requests": len(lat),
-        "ok": ok,
-        "failures": len(lat) - ok,
-        "status": {str(k): v for k, v in status.items()},
-        "rps": round(ok / wall, 2),
-        "p50_ms": round(float(np.percentile(arr, 50)), 3),
-        "p95_ms": round(float(np.percentile(arr, 95)), 3),
-        "p99_ms": round(float(np.percentile(arr, 99)), 3),
+        **_summary(lat, status, wall),
         "mean_items": round(float(np.mean(items)), 2) if items else 0.0,
     }
 
@@ -139,7 +163,7 @@ async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_
                         max_in_flight: int = 512, warmup_s: float = 1.0, seed: int = 0) -> dict[str, object]:
     """Open-loop load: Poisson arrivals at ``rate`` per second for ``duration_s``; latency is
     measured from each request's scheduled arrival time."""
-    client = _Grpc(url, max_in_flight) if url.startswith("grpc://") else _Http(url, max_in_flight)
+    client = _client(url, max_in_flight)
     rng = np.random.default_rng(seed)
     lat: list[float] = []
     status: Counter = Counter()
@@ -189,26 +213,11 @@ async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_
         wall = duration_s
     finally:
         await client.close()
-    arr = np.asarray(lat) if lat else np.zeros(1)
-    ok = int(status.get(200, 0))
-
-    def pct(q: float) -> float:
-        # nearest rank: a request never answered (inf) stays inf instead of turning the interpolation into NaN
-        v = float(np.percentile(arr, q, method="inverted_cdf"))
-        return round(v, 3) if np.isfinite(v) else float("inf")
-
     return {
         "rate": rate,
         "offered_rps": round(arrivals / wall, 2),
-        "duration_s": round(wall, 3),
-        "requests": len(lat),
-        "ok": ok,
-        "failures": len(lat) - ok,
-        "status": {str(k): v for k, v in status.items()},
-        "rps": round(ok / wall, 2),
-        "p50_ms": pct(50),
-        "p95_ms": pct(95),
-        "p99_ms": pct(99),
+        # nearest rank: a request never answered (inf) stays inf instead of turning the interpolation into NaN
+        **_summary(lat, status, wall, method="inverted_cdf"),
         "generator_late_p99_ms": round(float(np.percentile(late, 99)), 3) if late else 0.0,
     }
 
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", type=Path, help="write every request and response as JSON lines here")
     p.add_argument("--stop-file", type=Path, help="stop early once this file exists (duration stays the bound)")
     a = p.parse_args(argv)
-    if not a.url.startswith(("http://127.", "http://localhost", "http://[::1]", "grpc://127.", "grpc://localhost")):
+    if not is_loopback(a.url):
         print("loadgen only targets loopback addresses", file=sys.stderr)
         return 2
     bodies = [ln.encode() for ln in a.bodies.read_text().splitlines() if ln.strip()]
