@@ -68,9 +68,10 @@ class Step:
 
     @classmethod
     def from_loadgen(cls, res: dict[str, Any]) -> Step:
-        return cls(rate=float(res["rate"]), offered_rps=float(res["offered_rps"]), requests=int(res["requests"]), failures=int(res["failures"]),
-                   rps=float(res["rps"]), p50_ms=float(res["p50_ms"]), p95_ms=float(res["p95_ms"]),
-                   p99_ms=float(res["p99_ms"]), generator_late_p99_ms=float(res.get("generator_late_p99_ms", 0.0)))
+        return cls(rate=float(res["rate"]), offered_rps=float(res["offered_rps"]), requests=int(res["requests"]),
+                   failures=int(res["failures"]), rps=float(res["rps"]), p50_ms=float(res["p50_ms"]),
+                   p95_ms=float(res["p95_ms"]), p99_ms=float(res["p99_ms"]),
+                   generator_late_p99_ms=float(res.get("generator_late_p99_ms", 0.0)))
 
 
 def search_capacity(measure: Callable[[float], Step], target: Target, *, start_rps: float,
