@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serving.loadgen import is_loopback
+from serving.tools.loadgen import is_loopback
 
 __all__ = ["is_loopback", "main", "parse_batch_metrics"]
 

@@ -1,4 +1,4 @@
-"""The Ray Serve application: one thin deployment around :class:`serving.pipeline.RankPipeline`.
+"""The Ray Serve application: one thin deployment around :class:`serving.pipeline.orchestration.RankPipeline`.
 
 Topology (measured, see README "Topology"): the HTTP ingress and the batched pipeline live in
 ONE deployment, so a request crosses the Serve proxy and nothing else; each extra handle hop
@@ -22,7 +22,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import grpc_api
 from serving.config import ConfigError, Settings
-from serving.crossing import CrossingStage
 from serving.errors import (
     BackendUnavailableError,
     DeadlineExceededError,
@@ -30,19 +29,20 @@ from serving.errors import (
     PayloadTooLargeError,
     RankserveError,
 )
-from serving.faiss_index import load_index
-from serving.features import FeatureTables
-from serving.inprocess import InProcessClient
+from serving.index.faiss_index import load_index
 from serving.metrics import Metrics
-from serving.model_call import ModelCaller
-from serving.pipeline import Prepared, RankPipeline
+from serving.pipeline.crossing import CrossingStage
+from serving.pipeline.features import FeatureTables
+from serving.pipeline.orchestration import Prepared, RankPipeline
+from serving.pipeline.ranking import RankingStage
+from serving.pipeline.recall import RecallStage
 from serving.proto import ranker_pb2
-from serving.ranking import RankingStage
-from serving.recall import RecallStage
-from serving.registry import ModelRegistry
+from serving.repository.registry import ModelRegistry
 from serving.schemas import RankRequest, RankResponse, parse_rank_request, validate_rank_request
-from serving.triton_client import AsyncTritonClient
-from serving.triton_config import read_config
+from serving.triton.caller import ModelCaller
+from serving.triton.client import AsyncTritonClient
+from serving.triton.config import read_config
+from serving.triton.inprocess import InProcessClient
 
 __all__ = ["RankingService", "app_from_env", "build_app", "create_pipeline"]
 

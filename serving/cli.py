@@ -33,7 +33,7 @@ def triton_endpoint(settings: Settings) -> Iterator[str]:
         log.info("using Triton at %s (nothing launched)", settings.triton_url)
         yield settings.triton_url
         return
-    from serving.triton_process import TritonProcess
+    from serving.triton.process import TritonProcess
 
     endpoint_file = settings.triton_runtime_dir / "endpoint.json"
     with TritonProcess(settings.model_repository, runtime_dir=settings.triton_runtime_dir) as triton:
@@ -109,8 +109,8 @@ def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.bench import run_bench
     from serving.ray_runtime import shutdown_ray
+    from serving.tools.bench import run_bench
 
     _build(settings)
     levels = [int(x) for x in args.levels.split(",") if x]
@@ -123,9 +123,9 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.bench import free_port
-    from serving.capacity import run_capacity
-    from serving.loadgen import is_loopback
+    from serving.tools.bench import free_port
+    from serving.tools.capacity import run_capacity
+    from serving.tools.loadgen import is_loopback
 
     if args.url:
         if not is_loopback(args.url):
@@ -161,15 +161,15 @@ class _NoTriton:
 def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from serving.features import FeatureTables
-    from serving.push import push
-    from serving.registry import ModelRegistry
+    from serving.pipeline.features import FeatureTables
+    from serving.repository.push import push
+    from serving.repository.registry import ModelRegistry
 
     url = running_triton_url(settings)
     if url is None:
         triton: object = _NoTriton()
     else:
-        from serving.triton_client import TritonClient
+        from serving.triton.client import TritonClient
 
         triton = TritonClient(url)
     result = push(ModelRegistry(settings.model_repository), args.model, Path(args.artifact),
@@ -181,23 +181,23 @@ def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.push import promote
-    from serving.registry import ModelRegistry
+    from serving.repository.push import promote
+    from serving.repository.registry import ModelRegistry
 
     print(json.dumps(promote(ModelRegistry(settings.model_repository), args.model).to_json()))
     return 0
 
 
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.push import rollback
-    from serving.registry import ModelRegistry
+    from serving.repository.push import rollback
+    from serving.repository.registry import ModelRegistry
 
     print(json.dumps(rollback(ModelRegistry(settings.model_repository), args.model, args.version).to_json()))
     return 0
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.registry import ModelRegistry
+    from serving.repository.registry import ModelRegistry
 
     reg = ModelRegistry(settings.model_repository)
     live: dict = {}
@@ -246,12 +246,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--scale", type=float, default=1.0, help="size multiplier of the demo marketplace")
     b.add_argument("--force", action="store_true", help="rebuild even if built")
     b.set_defaults(func=cmd_build)
-    from serving.bench import add_arguments
+    from serving.tools.bench import add_arguments
 
     be = sub.add_parser("bench", help="floor vs framework vs rankserve (batching on/off) at fixed concurrency")
     add_arguments(be)
     be.set_defaults(func=cmd_bench)
-    from serving.capacity import add_arguments as add_capacity_arguments
+    from serving.tools.capacity import add_arguments as add_capacity_arguments
 
     ca = sub.add_parser("capacity", help="highest open-loop req/s at a p99 target, and units for a peak")
     add_capacity_arguments(ca)

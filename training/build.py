@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.features import FeatureTables
-from serving.registry import ModelRegistry, Traffic
+from serving.pipeline.features import FeatureTables
+from serving.repository.registry import ModelRegistry, Traffic
 from training.data import MarketConfig, Marketplace, generate, load, save
 from training.export import export_artifacts, install_artifact
 from training.train import train_all
@@ -44,7 +44,7 @@ def _served_recall(repo: Path, version: int, tables: FeatureTables, seed: int) -
     """recall@500 of the index as installed, on 1000 users' tower embeddings (not the tuning ones)."""
     import torch
 
-    from serving.faiss_index import load_index, recall_at_k, tower_queries
+    from serving.index.faiss_index import load_index, recall_at_k, tower_queries
 
     d = repo / "user_tower" / str(version)
     index = load_index(d / "items.faiss", use_gpu="off")

@@ -51,7 +51,7 @@ class MarketConfig:
 
 @dataclass
 class Marketplace:
-    """Feature tables (the serving layout of ``serving.features``), truth and impressions."""
+    """Feature tables (the serving layout of ``serving.pipeline.features``), truth and impressions."""
 
     config: MarketConfig
     user_cat: np.ndarray

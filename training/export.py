@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.features import FeatureTables, ranker_inputs
-from serving.triton_config import TensorSpec, export_version
+from serving.pipeline.features import FeatureTables, ranker_inputs
+from serving.triton.config import TensorSpec, export_version
 from training.data import Marketplace
 from training.train import TrainedModels
 
@@ -78,7 +78,7 @@ def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTable
     """Add an artifact to ``repo`` as a new version (first install; ``rankserve push`` validates and
     moves traffic). A user tower's FAISS index is built here from its item embeddings, with
     ``nprobe`` tuned on the tower's own user embeddings."""
-    from serving.faiss_index import build_index, save_index, tower_queries
+    from serving.index.faiss_index import build_index, save_index, tower_queries
 
     module = torch.jit.load(str(artifact / "model.pt"))
     meta = json.loads((artifact / "meta.json").read_text())

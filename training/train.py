@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from kernels import CrossSpec, get_crosser
-from serving.features import FeatureTables, ranker_inputs
+from serving.pipeline.features import FeatureTables, ranker_inputs
 from training.data import Marketplace
 from training.metrics import auc
 from training.models import DCNv2Ranker, ItemTower, UserTower
@@ -77,7 +77,7 @@ def train_two_tower(mp: Marketplace, *, epochs: int = 2, batch: int = 1024, seed
 
 def train_ranker(mp: Marketplace, spec: CrossSpec, *, epochs: int = 3, batch: int = 2048,
                  seed: int = 0) -> tuple[DCNv2Ranker, np.ndarray, np.ndarray]:
-    """BCE on all training impressions; inputs built by ``serving.features.ranker_inputs``."""
+    """BCE on all training impressions; inputs built by ``serving.pipeline.features.ranker_inputs``."""
     torch.manual_seed(seed)
     tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
     feats = ranker_inputs(tables, mp.imp_user, mp.imp_item, get_crosser("auto"), spec)

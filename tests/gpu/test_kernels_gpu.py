@@ -65,7 +65,7 @@ def test_faiss_gpu_index_matches_cpu_recall() -> None:
     faiss = pytest.importorskip("faiss")
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
         pytest.skip("faiss has no GPU support here (install the 'gpu' extra: faiss-gpu-cu12)")
-    from serving.faiss_index import build_index, recall_at_k
+    from serving.index.faiss_index import build_index, recall_at_k
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(60_000, 32)).astype(np.float32)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.triton_process import TritonProcess
+from serving.triton.process import TritonProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

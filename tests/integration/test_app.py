@@ -12,8 +12,8 @@ import pytest
 
 from serving.app import create_pipeline
 from serving.config import Settings
-from serving.inprocess import InProcessClient
 from serving.schemas import RankRequest
+from serving.triton.inprocess import InProcessClient
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from serving.errors import RankserveError
-from serving.features import FeatureTables
-from serving.push import PushError, _model_lock, push, rollback
-from serving.registry import ModelRegistry
-from serving.triton_client import TritonClient
+from serving.pipeline.features import FeatureTables
+from serving.repository.push import PushError, _model_lock, push, rollback
+from serving.repository.registry import ModelRegistry
+from serving.triton.client import TritonClient
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +151,7 @@ def _start_load(url: str, tmp: Path, duration_s: float = 120) -> tuple[subproces
               for u in range(20)]
     bodies.write_text("\n".join(lines))
     record = tmp / "record.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "serving.loadgen", "--url", f"{url}/v1/rank", "--bodies",
+    proc = subprocess.Popen([sys.executable, "-m", "serving.tools.loadgen", "--url", f"{url}/v1/rank", "--bodies",
                              str(bodies), "--concurrency", "4", "--duration-s", str(duration_s), "--warmup-s", "0",
                              "--record", str(record), "--stop-file", str(tmp / "stop")],
                             stdout=subprocess.PIPE, text=True)
@@ -278,7 +278,7 @@ def test_exported_training_artifact_is_valid_and_canary_splits_by_user(settings,
                                                                       tmp_path: Path) -> None:
     """The artifact the demo export writes (training.export) passes validation; a canary push
     sends a stable share of users to it; promote makes it live; rollback restores the old one."""
-    from serving.push import promote
+    from serving.repository.push import promote
 
     registry = ModelRegistry(settings.model_repository)
     tables = FeatureTables.load(settings.marketplace_path)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from kernels import get_crosser
-from serving.faiss_index import load_index, recall_at_k
-from serving.features import FeatureTables, ranker_inputs
-from serving.registry import ModelRegistry
+from serving.index.faiss_index import load_index, recall_at_k
+from serving.pipeline.features import FeatureTables, ranker_inputs
+from serving.repository.registry import ModelRegistry
 from training.metrics import auc
 
 pytestmark = pytest.mark.integration

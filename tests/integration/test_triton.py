@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from serving.errors import BackendUnavailableError, TritonError
-from serving.triton_client import TritonClient
-from serving.triton_config import TensorSpec, export_version, list_versions, load_golden, read_config
-from serving.triton_process import TritonProcess, TritonStartError
+from serving.triton.client import TritonClient
+from serving.triton.config import TensorSpec, export_version, list_versions, load_golden, read_config
+from serving.triton.process import TritonProcess, TritonStartError
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ def test_a_stub_that_cannot_load_fails_fast_instead_of_hanging(triton: TritonPro
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the wheel's libraries the python stub dies at exec and Triton waits in "loading"
     forever (even with --exit-on-error); start() must read that in the log and give up at once."""
-    import serving.triton_process as tp
+    import serving.triton.process as tp
 
     real_env = tp._child_env
 
@@ -130,7 +130,7 @@ def test_a_stub_that_cannot_load_fails_fast_instead_of_hanging(triton: TritonPro
 _STARTER = """
 import sys, time
 from pathlib import Path
-from serving.triton_process import TritonProcess
+from serving.triton.process import TritonProcess
 server = TritonProcess(Path(sys.argv[1]), runtime_dir=Path(sys.argv[2]), models=["ranker"]).start()
 print(server._proc.pid, flush=True)
 time.sleep(600)

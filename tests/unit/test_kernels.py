@@ -104,8 +104,8 @@ def test_crossing_stage_compiles_the_served_table_layout_at_start_up() -> None:
     if "numba_cpu" not in BACKENDS_HERE:
         pytest.skip("numba is not installed")
     from kernels import _numba_cpu
-    from serving.crossing import CrossingStage
-    from serving.features import FeatureTables
+    from serving.pipeline.crossing import CrossingStage
+    from serving.pipeline.features import FeatureTables
 
     rng = np.random.default_rng(0)
     tables = FeatureTables(rng.integers(0, 5, (30, 3)), rng.normal(size=(30, 8)).astype(np.float32),

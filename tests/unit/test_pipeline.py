@@ -17,15 +17,15 @@ import pytest
 
 from kernels import CrossSpec
 from serving.config import Settings
-from serving.crossing import CrossingStage
 from serving.errors import DeadlineExceededError, ModelNotFoundError, TritonError, ValidationError
-from serving.features import FeatureTables
-from serving.model_call import ModelCaller
-from serving.pipeline import RankPipeline, _top_k
-from serving.ranking import RankingStage
-from serving.recall import RecallStage
-from serving.registry import ModelRegistry, Traffic
+from serving.pipeline.crossing import CrossingStage
+from serving.pipeline.features import FeatureTables
+from serving.pipeline.orchestration import RankPipeline, _top_k
+from serving.pipeline.ranking import RankingStage
+from serving.pipeline.recall import RecallStage
+from serving.repository.registry import ModelRegistry, Traffic
 from serving.schemas import RankRequest, RankResponse
+from serving.triton.caller import ModelCaller
 
 N_USERS, N_ITEMS, D, E = 50, 300, 4, 8
 SPEC = CrossSpec(pairs=((0, 0), (1, 1)), buckets=97, dense_dim=D)

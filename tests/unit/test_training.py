@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from serving.faiss_index import build_index, load_index, recall_at_k, save_index
+from serving.index.faiss_index import build_index, load_index, recall_at_k, save_index
 from training.data import MarketConfig, generate
 from training.metrics import auc
 from training.models import DCNv2Ranker, UserTower

@@ -10,7 +10,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from serving.triton_config import (
+from serving.triton.config import (
     TensorSpec,
     export_version,
     list_versions,

@@ -33,7 +33,7 @@ class ModelCaller:
     """Calls one Triton model, retrying a failed call ``retries`` times within the deadline.
 
     Args:
-        client: an async Triton client (``serving.triton_client.AsyncTritonClient``).
+        client: an async Triton client (``serving.triton.client.AsyncTritonClient``).
         timeout_s: timeout of one attempt (capped by the remaining deadline).
         retries: extra attempts after a failure.
     """

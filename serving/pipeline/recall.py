@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serving.features import FeatureTables
-from serving.model_call import ModelCaller
+from serving.pipeline.features import FeatureTables
+from serving.triton.caller import ModelCaller
 
 if TYPE_CHECKING:
-    from serving.faiss_index import ItemIndex
+    from serving.index.faiss_index import ItemIndex
 
 __all__ = ["RecallStage"]
 

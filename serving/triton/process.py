@@ -147,7 +147,7 @@ class TritonProcess:
             "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
             "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
-            # config.pbtxt files are written complete (serving.triton_config); auto-completion would
+            # config.pbtxt files are written complete (serving.triton.config); auto-completion would
             # start one more python stub per model load (start + load of both models: 5.5 -> 3.1 s)
             "--disable-auto-complete-config",
         ]
@@ -166,7 +166,7 @@ class TritonProcess:
 
     def wait_ready(self) -> None:
         """Poll readiness; fail fast with Triton's log if the process exits."""
-        from serving.triton_client import TritonClient
+        from serving.triton.client import TritonClient
 
         t_end = time.monotonic() + self.ready_timeout_s
         client = TritonClient(self.grpc_url)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.config import Settings
-from serving.crossing import CrossingStage
 from serving.errors import (
     BackendUnavailableError,
     DeadlineExceededError,
@@ -24,10 +23,11 @@ from serving.errors import (
     TritonError,
     ValidationError,
 )
-from serving.features import FeatureTables, RankerInputs
-from serving.ranking import RankingStage
-from serving.recall import RecallStage
-from serving.registry import ModelRegistry, Traffic, user_bucket
+from serving.pipeline.crossing import CrossingStage
+from serving.pipeline.features import FeatureTables, RankerInputs
+from serving.pipeline.ranking import RankingStage
+from serving.pipeline.recall import RecallStage
+from serving.repository.registry import ModelRegistry, Traffic, user_bucket
 from serving.schemas import RankRequest, RankResponse, ScoredItem
 
 __all__ = ["BatchStats", "Prepared", "RankPipeline", "ShadowStats"]

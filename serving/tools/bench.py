@@ -9,7 +9,7 @@ Configurations (each measured in this one run):
 4. ``rankserve_grpc`` the same deployment over gRPC (``rankserve.v1.Ranker/Rank``, Serve's gRPC proxy);
 5. ``no_batching``    HTTP with batching off (one Triton call per request).
 
-The load generator (``serving.loadgen``) runs in its own process. Output: JSON, a markdown table,
+The load generator (``serving.tools.loadgen``) runs in its own process. Output: JSON, a markdown table,
 and a last line ``ratios: vs_floor=.. vs_framework=.. batching_gain=.. grpc_vs_http=..`` at concurrency 32.
 """
 
@@ -46,7 +46,7 @@ def recall_bodies(n_users: int, n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def _loadgen(url: str, bodies_file: Path, concurrency: int, duration_s: float) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "serving.loadgen", "--url", url, "--bodies", str(bodies_file),
+        [sys.executable, "-m", "serving.tools.loadgen", "--url", url, "--bodies", str(bodies_file),
          "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", "1.5"],
         capture_output=True, text=True, timeout=duration_s + 120, check=False,
     )
@@ -71,8 +71,8 @@ def _metric_sums(url: str) -> dict[str, float]:
 def _floor(settings: Settings, bodies: list[dict[str, Any]], concurrency: int, duration_s: float) -> dict[str, Any]:
     """In-process pipeline, ``concurrency`` requests per batch, back to back for ``duration_s``."""
     from serving.app import create_pipeline
-    from serving.inprocess import InProcessClient
     from serving.schemas import RankRequest
+    from serving.triton.inprocess import InProcessClient
 
     pipeline = create_pipeline(settings, InProcessClient(settings.model_repository))
     reqs = [RankRequest.model_validate(b) for b in bodies]
@@ -128,8 +128,8 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
     from ray import serve
 
     from serving.app import build_app
-    from serving.bench_framework import EmptyDeployment
     from serving.ray_runtime import init_ray, start_serve
+    from serving.tools.framework import EmptyDeployment
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tables_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])

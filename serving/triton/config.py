@@ -35,7 +35,7 @@ __all__ = [
     "write_config",
 ]
 
-MODEL_PY = Path(__file__).resolve().parent / "_triton_model" / "model.py"
+MODEL_PY = Path(__file__).resolve().parent / "_model" / "model.py"
 _NP = {"INT64": np.int64, "FP32": np.float32, "INT32": np.int32, "FP64": np.float64, "BOOL": np.bool_}
 
 

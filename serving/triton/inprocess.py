@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.triton_config import read_config
+from serving.triton.config import read_config
 
 __all__ = ["InProcessClient"]
 

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from kernels import Crosser, CrossSpec, get_crosser
-from serving.features import FeatureTables, RankerInputs, ranker_inputs
+from serving.pipeline.features import FeatureTables, RankerInputs, ranker_inputs
 
 __all__ = ["CrossingStage"]
 

@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 
 from serving.errors import TritonError
-from serving.features import RankerInputs
-from serving.model_call import ModelCaller
+from serving.pipeline.features import RankerInputs
+from serving.triton.caller import ModelCaller
 
 __all__ = ["RankingStage"]
 

@@ -1,7 +1,7 @@
 """``rankserve capacity``: the highest request rate one serving unit sustains at a p99 target,
 and how many units a given peak needs.
 
-Load is open loop (``serving.loadgen --rate``): requests arrive as a Poisson process whatever the
+Load is open loop (``serving.tools.loadgen --rate``): requests arrive as a Poisson process whatever the
 server does, and latency runs from each request's scheduled arrival, so queueing is counted (a
 closed loop at fixed concurrency hides it). The search raises the rate by ``growth`` while a
 step passes, then bisects between the last rate that passed and the first that failed. A step
@@ -120,9 +120,9 @@ def plan_units(capacity_rps: float, peak_rps: float, headroom: float) -> int:
 
 def measure_rate(url: str, bodies_file: Path, rate: float, duration_s: float, warmup_s: float = 2.0,
                  max_in_flight: int = 512) -> Step:
-    """One open-loop step by ``serving.loadgen`` in its own process."""
+    """One open-loop step by ``serving.tools.loadgen`` in its own process."""
     out = subprocess.run(
-        [sys.executable, "-m", "serving.loadgen", "--url", url, "--bodies", str(bodies_file), "--rate", f"{rate:.3f}",
+        [sys.executable, "-m", "serving.tools.loadgen", "--url", url, "--bodies", str(bodies_file), "--rate", f"{rate:.3f}",
          "--duration-s", str(duration_s), "--warmup-s", str(warmup_s), "--concurrency", str(max_in_flight),
          "--seed", str(round(rate * 1000))],
         capture_output=True, text=True, timeout=duration_s + warmup_s + 120, check=False,
@@ -185,7 +185,7 @@ def run_capacity(url: str, settings: Settings, args: argparse.Namespace, *, unit
     """Search, print and write ``capacity.json`` / ``capacity.md`` under ``args.out``."""
     import numpy as np
 
-    from serving.bench import recall_bodies
+    from serving.tools.bench import recall_bodies
 
     n_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])
     bodies_file = Path(tempfile.mkdtemp()) / "bodies.jsonl"

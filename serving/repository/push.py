@@ -30,8 +30,8 @@ import numpy as np
 
 from kernels import CrossSpec, get_crosser
 from serving.errors import PushRefusedError
-from serving.features import FeatureTables, ranker_inputs
-from serving.registry import ModelRegistry, Traffic
+from serving.pipeline.features import FeatureTables, ranker_inputs
+from serving.repository.registry import ModelRegistry, Traffic
 
 __all__ = ["PushError", "PushResult", "promote", "push", "rollback", "validate_artifact"]
 
@@ -84,7 +84,7 @@ def validate_artifact(
     """
     import torch
 
-    from serving.triton_config import read_config
+    from serving.triton.config import read_config
 
     if model not in registry.models():
         raise PushError(f"unknown model {model!r}; the repository serves {registry.models()}", field="model")
@@ -204,8 +204,8 @@ def push(
     """
     import torch
 
-    from serving.faiss_index import build_index, save_index, tower_queries
-    from serving.triton_config import TensorSpec, export_version, read_config
+    from serving.index.faiss_index import build_index, save_index, tower_queries
+    from serving.triton.config import TensorSpec, export_version, read_config
 
     model_dir = registry.repo / model
     if not (model_dir / "config.pbtxt").is_file():

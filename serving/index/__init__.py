@@ -1,0 +1,1 @@
+"""Vector recall indexes: the one place FAISS is imported (``faiss_index``)."""
