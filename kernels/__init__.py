@@ -1,6 +1,6 @@
 """Feature-crossing kernels: one contract (``kernels.spec``), several backends, one dispatcher."""
 
-from kernels.dispatch import BACKENDS, Crosser, available_backends, get_crosser
+from kernels.dispatch import BACKENDS, Crosser, KernelBackendError, available_backends, get_crosser
 from kernels.spec import CrossInputs, CrossOutput, CrossSpec, cross_hash_scalar
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "CrossOutput",
     "CrossSpec",
     "Crosser",
+    "KernelBackendError",
     "available_backends",
     "cross_hash_scalar",
     "get_crosser",

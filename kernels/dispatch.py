@@ -2,7 +2,7 @@
 
 ``get_crosser("auto")`` takes the first that can run here, compiles it on a small input so the
 first request does not pay for JIT, and logs which it chose. A backend forced by name
-(``RANKSERVE_CROSS_BACKEND=cupy``) that cannot run raises :class:`BackendUnavailableError` with the
+(``RANKSERVE_CROSS_BACKEND=cupy``) that cannot run raises :class:`KernelBackendError` with the
 reason: never a silent fallback.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from kernels._numpy import cross_numpy
 from kernels.spec import CrossInputs, CrossOutput, CrossSpec
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "Crosser", "available_backends", "get_crosser"]
+__all__ = ["BACKENDS", "KernelBackendError", "Crosser", "available_backends", "get_crosser"]
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ BACKENDS = ("cupy", "numba_cuda", "numba_cpu", "numpy")
 CrossFn = Callable[[CrossInputs, CrossSpec], CrossOutput]
 
 
-class BackendUnavailableError(RuntimeError):
+class KernelBackendError(RuntimeError):
     """A crossing backend was asked for by name but cannot run here."""
 
 
@@ -38,26 +38,26 @@ class Crosser:
 
 
 def _load(name: str, *, allow_simulator: bool = True) -> CrossFn:
-    """The backend's function, or BackendUnavailableError saying why it cannot run here."""
+    """The backend's function, or KernelBackendError saying why it cannot run here."""
     if name == "numpy":
         return cross_numpy
     if name == "numba_cpu":
         try:
             from kernels._numba_cpu import cross_numba_cpu
         except ImportError as err:
-            raise BackendUnavailableError(f"numba_cpu: numba is not installed ({err})") from err
+            raise KernelBackendError(f"numba_cpu: numba is not installed ({err})") from err
         return cross_numba_cpu
     if name == "numba_cuda":
         try:
             import numba
             from numba import cuda
         except ImportError as err:
-            raise BackendUnavailableError(f"numba_cuda: numba CUDA support is not installed ({err})") from err
-        simulated = bool(numba.config.ENABLE_CUDASIM)
+            raise KernelBackendError(f"numba_cuda: numba CUDA support is not installed ({err})") from err
+        simulated = bool(getattr(numba.config, "ENABLE_CUDASIM", 0))  # set at import from the environment
         if simulated and not allow_simulator:
-            raise BackendUnavailableError("numba_cuda: only the CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1)")
+            raise KernelBackendError("numba_cuda: only the CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1)")
         if not simulated and not cuda.is_available():
-            raise BackendUnavailableError("numba_cuda: no CUDA GPU / driver visible to Numba")
+            raise KernelBackendError("numba_cuda: no CUDA GPU / driver visible to Numba")
         from kernels._numba_cuda import cross_numba_cuda
 
         return cross_numba_cuda
@@ -65,16 +65,16 @@ def _load(name: str, *, allow_simulator: bool = True) -> CrossFn:
         try:
             import cupy
         except ImportError as err:
-            raise BackendUnavailableError(f"cupy: CuPy is not installed ({err}); install the 'gpu' extra") from err
+            raise KernelBackendError(f"cupy: CuPy is not installed ({err}); install the 'gpu' extra") from err
         try:
             if cupy.cuda.runtime.getDeviceCount() < 1:
-                raise BackendUnavailableError("cupy: no CUDA device")
+                raise KernelBackendError("cupy: no CUDA device")
         except cupy.cuda.runtime.CUDARuntimeError as err:
-            raise BackendUnavailableError(f"cupy: CUDA runtime unavailable ({err})") from err
+            raise KernelBackendError(f"cupy: CUDA runtime unavailable ({err})") from err
         from kernels._cupy import cross_cupy
 
         return cross_cupy
-    raise BackendUnavailableError(f"unknown crossing backend {name!r}; expected auto or one of {BACKENDS}")
+    raise KernelBackendError(f"unknown crossing backend {name!r}; expected auto or one of {BACKENDS}")
 
 
 def available_backends(*, allow_simulator: bool = True) -> list[str]:
@@ -83,7 +83,7 @@ def available_backends(*, allow_simulator: bool = True) -> list[str]:
     for name in BACKENDS:
         try:
             _load(name, allow_simulator=allow_simulator)
-        except BackendUnavailableError:
+        except KernelBackendError:
             continue
         out.append(name)
     return out
@@ -108,7 +108,7 @@ def get_crosser(backend: str = "auto") -> Crosser:
         try:
             fn = _load(name, allow_simulator=False)
             _warm_up(fn)
-        except BackendUnavailableError as err:
+        except KernelBackendError as err:
             reasons.append(str(err))
             continue
         except Exception as err:  # noqa: BLE001 - a backend that fails to compile is skipped, with why
@@ -116,4 +116,4 @@ def get_crosser(backend: str = "auto") -> Crosser:
             continue
         log.info("feature crossing backend: %s (auto; skipped: %s)", name, "; ".join(reasons) or "none")
         return Crosser(name, fn)
-    raise BackendUnavailableError("no crossing backend available: " + "; ".join(reasons))
+    raise KernelBackendError("no crossing backend available: " + "; ".join(reasons))

@@ -15,7 +15,6 @@ at ``--grpc-target``; locust runs the class named on its command line. Run throu
 from __future__ import annotations
 
 import itertools
-import os
 import time
 import uuid
 from typing import Any
@@ -32,8 +31,9 @@ def _options(parser):  # type: ignore[no-untyped-def]
     parser.add_argument("--shape", default="constant", choices=["constant", "step", "spike"], help="load shape")
     parser.add_argument("--shape-duration-s", type=float, default=60.0)
     parser.add_argument("--shape-users", type=int, default=8, help="users of the constant shape")
-    parser.add_argument("--n-users", type=int, default=int(os.environ.get("RANKSERVE_LT_USERS", 20000)))
-    parser.add_argument("--n-items", type=int, default=int(os.environ.get("RANKSERVE_LT_ITEMS", 50000)))
+    # id ranges of the server's catalogue; ``loadtest.run`` passes them from the built tables
+    parser.add_argument("--n-users", type=int, default=20000, help="known user ids are 0..n-users-1")
+    parser.add_argument("--n-items", type=int, default=50000, help="item ids are 0..n-items-1")
     parser.add_argument("--grpc-target", default="127.0.0.1:9000", help="host:port of the gRPC API")
 
 

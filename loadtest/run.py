@@ -21,25 +21,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serving.tools.loadgen import is_loopback
+from serving.net import is_loopback
+from serving.tools.workload import metric_values
 
-__all__ = ["is_loopback", "main", "parse_batch_metrics"]
+__all__ = ["main", "parse_batch_metrics"]
 
 HERE = Path(__file__).resolve().parent
 
 
 def parse_batch_metrics(text: str) -> dict[str, float]:
     """Sums and counts of the batch-size histograms and the queue depth from Prometheus text."""
-    want = ("rankserve_batch_requests_sum", "rankserve_batch_requests_count", "rankserve_batch_candidates_sum",
-            "rankserve_queue_depth", "rankserve_shed_total", "rankserve_degraded_total")
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] in want:
-            out[parts[0]] = float(parts[1])
-    return out
+    return metric_values(text, ("rankserve_batch_requests_sum", "rankserve_batch_requests_count",
+                                "rankserve_batch_candidates_sum", "rankserve_queue_depth", "rankserve_shed_total",
+                                "rankserve_degraded_total"))
 
 
 def _sample_metrics(host: str, stop: threading.Event, rows: list[dict[str, float]]) -> None:

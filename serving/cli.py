@@ -1,4 +1,8 @@
-"""``rankserve`` command line: build, serve, bench, and the model repository workflow."""
+"""``rankserve`` command line: build, serve, bench, capacity, and the model repository workflow.
+
+Owns: argument parsing, start-up contexts (Triton configured or embedded, Ray, Serve) and
+turning refusals into one-line messages with an exit status. Must not touch: ranking logic.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +40,9 @@ def triton_endpoint(settings: Settings) -> Iterator[str]:
     from serving.triton.process import TritonProcess
 
     endpoint_file = settings.triton_runtime_dir / "endpoint.json"
-    with TritonProcess(settings.model_repository, runtime_dir=settings.triton_runtime_dir) as triton:
+    with TritonProcess(settings.model_repository, runtime_dir=settings.triton_runtime_dir,
+                       binary=settings.triton_bin, kind=settings.triton_kind,
+                       torch_threads=settings.triton_torch_threads) as triton:
         log.info("embedded Triton ready at %s (metrics %s)", triton.grpc_url, triton.metrics_url)
         endpoint_file.write_text(json.dumps({"grpc_url": triton.grpc_url, "pid": os.getpid()}))
         try:
@@ -123,9 +129,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.tools.bench import free_port
+    from serving.net import free_port, is_loopback
     from serving.tools.capacity import run_capacity
-    from serving.tools.loadgen import is_loopback
 
     if args.url:
         if not is_loopback(args.url):
@@ -162,18 +167,18 @@ def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from serving.pipeline.features import FeatureTables
-    from serving.repository.push import push
+    from serving.repository.push import ModelLoader, push
     from serving.repository.registry import ModelRegistry
 
     url = running_triton_url(settings)
     if url is None:
-        triton: object = _NoTriton()
+        triton: ModelLoader = _NoTriton()
     else:
         from serving.triton.client import TritonClient
 
         triton = TritonClient(url)
     result = push(ModelRegistry(settings.model_repository), args.model, Path(args.artifact),
-                  FeatureTables.load(settings.marketplace_path), triton,  # type: ignore[arg-type]
+                  FeatureTables.load(settings.marketplace_path), triton,
                   canary_percent=args.canary, shadow_percent=args.shadow, version=args.version)
     print(json.dumps({"model": result.model, "version": result.version, "traffic": result.traffic.to_json(),
                       "checks": result.checks}, indent=2))
@@ -287,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(settings, args))
+    except ConfigError as err:
+        print(f"rankserve {args.command}: configuration error: {err.message}", file=sys.stderr)
+        return 2
     except RankserveError as err:
         print(f"rankserve {args.command}: refused: {err.message}", file=sys.stderr)
         return 3

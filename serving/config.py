@@ -1,8 +1,11 @@
 """Typed settings with one environment prefix, ``RANKSERVE_``.
 
-Every setting is a field of :class:`Settings` with its constraint and description; the
-environment overrides a field by its upper-case name (``RANKSERVE_RECALL_N=300``). A value that
-does not parse fails at start-up with the variable, the value and what was expected.
+Owns: every ``RANKSERVE_*`` variable. Each is a field of :class:`Settings` with its constraint
+and description; the environment overrides a field by its upper-case name
+(``RANKSERVE_RECALL_N=300``). A value that does not parse fails at start-up with the variable,
+the value and what was expected. This is the only module that reads ``RANKSERVE_*`` from the
+environment (``tests/unit/test_config.py`` fails on any other read).
+Must not touch: anything but the bottom layer (errors).
 """
 
 from __future__ import annotations
@@ -14,14 +17,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from serving.errors import ConfigError
+
 __all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings"]
 
 ENV_PREFIX = "RANKSERVE_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A setting (usually from the environment) is invalid."""
 
 
 class Settings(BaseModel):
@@ -56,8 +57,16 @@ class Settings(BaseModel):
     ranker_model: str = Field("ranker", min_length=1, description="Default ranking model in Triton.")
     user_tower_model: str = Field("user_tower", min_length=1, description="User tower model in Triton.")
     triton_url: str | None = Field(None, description="gRPC host:port of an existing Triton; none launches one.")
+    triton_bin: Path | None = Field(
+        None, description="tritonserver binary of the embedded Triton; none: the one in the nvidia-pytriton wheel."
+    )
     triton_kind: Literal["auto", "cpu", "gpu"] = Field(
-        "auto", description="Triton instance kind written into config.pbtxt; auto: KIND_GPU when a GPU is present."
+        "auto", description="Instance kind of every model, written into config.pbtxt when rankserve starts Triton; "
+                            "auto: KIND_GPU when torch sees a GPU."
+    )
+    triton_torch_threads: int = Field(
+        1, ge=1, le=256, description="torch intra-op threads of each model instance in Triton (a config.pbtxt "
+                                     "parameter written at start, read by the python-backend model)."
     )
     triton_timeout_s: float = Field(5.0, gt=0, description="Timeout of one Triton call.")
     triton_retries: int = Field(1, ge=0, le=5, description="Retries of a failed Triton call before degrading.")
@@ -134,8 +143,9 @@ class Settings(BaseModel):
 
 
 def _coerce(values: dict[str, object]) -> dict[str, object]:
-    # Environment values are strings; an empty RANKSERVE_TRITON_URL means "launch one".
+    # Environment values are strings; an empty RANKSERVE_TRITON_URL or _TRITON_BIN means "the default".
     out = dict(values)
-    if out.get("triton_url") == "":
-        out["triton_url"] = None
+    for name in ("triton_url", "triton_bin"):
+        if out.get(name) == "":
+            out[name] = None
     return out

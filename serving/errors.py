@@ -1,6 +1,8 @@
 """Errors that carry their HTTP and gRPC status, and the one table that maps them.
 
-Every exception raised on a request path derives from :class:`RankserveError`. The ingress turns
+Owns: every exception rankserve raises on purpose, all under one root, :class:`RankserveError`
+(settings, Triton start-up and push refusals included, not only the request path). Must not
+touch: anything above the bottom layer (this module imports nothing of rankserve). The ingress turns
 any of them into ``{"error": {"code", "message", "field"}}`` with the class's HTTP status; the gRPC
 servicer uses the same class's gRPC code. ``tests/unit/test_errors.py`` checks both maps agree.
 """
@@ -12,15 +14,18 @@ from typing import Any
 __all__ = [
     "ERROR_TABLE",
     "BackendUnavailableError",
+    "ConfigError",
     "DeadlineExceededError",
     "InvalidArgumentError",
+    "MethodNotAllowedError",
     "ModelNotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
     "PushRefusedError",
     "RankserveError",
+    "RouteNotFoundError",
     "TritonError",
-    "UnprocessableError",
+    "TritonStartError",
     "ValidationError",
 ]
 
@@ -66,9 +71,6 @@ class ValidationError(RankserveError):
     code = "invalid_argument"
 
 
-UnprocessableError = ValidationError
-
-
 class PayloadTooLargeError(RankserveError):
     """Request body larger than the configured limit (413)."""
 
@@ -83,6 +85,22 @@ class ModelNotFoundError(RankserveError):
     http_status = 404
     grpc_code = "NOT_FOUND"
     code = "not_found"
+
+
+class RouteNotFoundError(RankserveError):
+    """No such path on the HTTP API (404)."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+    code = "not_found"
+
+
+class MethodNotAllowedError(RankserveError):
+    """The path exists but not for this HTTP method (405)."""
+
+    http_status = 405
+    grpc_code = "UNIMPLEMENTED"
+    code = "method_not_allowed"
 
 
 class OverloadedError(RankserveError):
@@ -125,6 +143,22 @@ class PushRefusedError(RankserveError):
     code = "push_refused"
 
 
+class ConfigError(RankserveError, ValueError):
+    """A setting (from the environment, a flag or a file) is invalid; raised at start-up."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+    code = "config_error"
+
+
+class TritonStartError(RankserveError):
+    """The embedded Triton exited or did not become ready; the message carries its log's tail."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    code = "triton_start"
+
+
 # One table: exception class -> (HTTP status, gRPC status code name). Built from the classes.
 ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
     cls: (cls.http_status, cls.grpc_code)
@@ -133,11 +167,15 @@ ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
         ValidationError,
         PayloadTooLargeError,
         ModelNotFoundError,
+        RouteNotFoundError,
+        MethodNotAllowedError,
         OverloadedError,
         BackendUnavailableError,
         DeadlineExceededError,
         TritonError,
         PushRefusedError,
+        ConfigError,
+        TritonStartError,
         RankserveError,
     )
 }

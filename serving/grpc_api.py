@@ -1,25 +1,30 @@
 """The gRPC wire format of the v1 ranking API (``rankserve.v1.Ranker/Rank``, ``proto/ranker.proto``).
 
-Only conversion lives here: a request message becomes the same payload an HTTP body decodes to,
-so both protocols share one validation (:func:`serving.schemas.validate_rank_request`) with the
-same messages and field names; a :class:`RankResponse` becomes a response message; an error
-becomes its gRPC status from the one error table (``serving.errors``).
+Owns: conversion, and the ``Rank`` method of :class:`GrpcIngress` (a mixin the Serve deployment
+inherits). A request message becomes the same payload an HTTP body decodes to, so both protocols
+share one validation (:func:`serving.schemas.validate_rank_request`) with the same messages and
+field names; a :class:`RankResponse` becomes a response message; an error becomes its gRPC
+status from the one error table (``serving.errors``). Must not touch: ranking logic, Ray.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import grpc
 
 from serving.errors import PayloadTooLargeError, RankserveError
 from serving.proto import ranker_pb2
-from serving.schemas import RankResponse
+from serving.schemas import RankRequest, RankResponse, validate_rank_request
+from serving.service import RankService
 
 __all__ = [
     "ERROR_CODE_KEY",
     "ERROR_FIELD_KEY",
     "SERVICER_FUNCTION",
+    "GrpcContext",
+    "GrpcIngress",
     "error_status",
     "request_payload",
     "response_message",
@@ -77,3 +82,35 @@ def error_status(err: RankserveError) -> tuple[grpc.StatusCode, str, list[tuple[
     if err.retry_after_s is not None:
         metadata.append(("retry-after", err.headers()["Retry-After"]))
     return grpc.StatusCode[err.grpc_code], err.message, metadata
+
+
+class GrpcContext(Protocol):
+    """The part of Serve's gRPC context an error answer sets (``ray.serve.grpc_util.RayServegRPCContext``)."""
+
+    def set_code(self, code: grpc.StatusCode) -> None: ...
+    def set_details(self, details: str) -> None: ...
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str]]) -> None: ...
+
+
+class GrpcIngress:
+    """``rankserve.v1.Ranker/Rank`` over ``self.service`` (set by the class that inherits this)."""
+
+    service: RankService
+
+    async def Rank(self, request: ranker_pb2.RankRequest,  # noqa: N802 - the gRPC method's name
+                   grpc_context: GrpcContext) -> ranker_pb2.RankResponse:
+        """gRPC: the same rules as HTTP; errors as statuses with code and field in trailing metadata."""
+        settings = self.service.settings
+
+        async def read() -> RankRequest:
+            return validate_rank_request(request_payload(request, settings.max_body_bytes), settings)
+
+        try:
+            result = await self.service.rank(read)
+        except RankserveError as err:
+            code, details, trailing = error_status(err)
+            grpc_context.set_code(code)
+            grpc_context.set_details(details)
+            grpc_context.set_trailing_metadata(trailing)
+            return ranker_pb2.RankResponse()
+        return response_message(result)

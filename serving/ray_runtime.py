@@ -1,11 +1,25 @@
-"""Ray start-up and shutdown: all Ray cluster calls of rankserve are made here."""
+"""Ray and Ray Serve behind one small module: start-up, shutdown, and typed shims of Serve's decorators.
+
+Owns: every Ray call of rankserve (``ray.init``, ``serve.start``, ``serve.shutdown``) and the
+typed shims :func:`ingress_deployment` and :func:`serve_batcher` (Serve's decorators are untyped
+for a type checker; the shims give the rest of the code typed values). Must not touch: ranking.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["init_ray", "shutdown_ray", "start_serve"]
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from ray.serve.deployment import Deployment
+
+__all__ = ["ingress_deployment", "init_ray", "serve_batcher", "shutdown_ray", "start_serve"]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +102,28 @@ def shutdown_ray() -> None:
         log.debug("serve.shutdown: %s", err)
     if ray.is_initialized():
         ray.shutdown()
+
+
+def ingress_deployment(cls: type, api: FastAPI, *, name: str, **options: Any) -> Deployment:
+    """``@serve.deployment(name=..., **options)`` over ``@serve.ingress(api)`` of ``cls``, typed."""
+    from ray import serve
+
+    deployment: Deployment = serve.deployment(name=name, **options)(serve.ingress(api)(cls))
+    return deployment
+
+
+def serve_batcher(*, max_batch_size: int, batch_wait_timeout_s: float, max_concurrent_batches: int,
+                  size_fn: Callable[[Sequence[T]], int]
+                  ) -> Callable[[Callable[[list[T]], Coroutine[Any, Any, list[R]]]], Callable[[T], Awaitable[R]]]:
+    """A factory that batches concurrent calls with ``@serve.batch``: given a batch function, it
+    returns a per-item function whose concurrent calls run as batches bounded by ``size_fn``."""
+    from ray import serve
+
+    def make(fn: Callable[[list[T]], Coroutine[Any, Any, list[R]]]) -> Callable[[T], Awaitable[R]]:
+        batched: Callable[[T], Awaitable[R]] = serve.batch(
+            max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
+            max_concurrent_batches=max_concurrent_batches, batch_size_fn=size_fn,
+        )(fn)
+        return batched
+
+    return make

@@ -16,8 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.pipeline.features import FeatureTables, ranker_inputs
-from serving.triton.config import TensorSpec, export_version
+from serving.pipeline.features import (
+    RANKER_INPUTS,
+    RANKER_OUTPUT,
+    TOWER_INPUTS,
+    TOWER_OUTPUT,
+    FeatureTables,
+    ranker_inputs,
+)
+from serving.repository.export import export_version, load_golden
+from serving.triton.config import TensorSpec
 from training.data import Marketplace
 from training.train import TrainedModels
 
@@ -28,11 +36,13 @@ TOWER_MAX_BATCH = 1024
 
 
 def signatures(n_cat: int, n_dense: int, dense_dim: int, emb_dim: int) -> dict[str, dict[str, Any]]:
+    cat, dense = RANKER_INPUTS
+    ucat, udense = TOWER_INPUTS
     return {
-        "ranker": {"inputs": [TensorSpec("cat", "INT64", (n_cat,)), TensorSpec("dense", "FP32", (n_dense,))],
-                   "outputs": [TensorSpec("score", "FP32", (1,))], "max_batch_size": RANKER_MAX_BATCH},
-        "user_tower": {"inputs": [TensorSpec("user_cat", "INT64", (3,)), TensorSpec("user_dense", "FP32", (dense_dim,))],
-                       "outputs": [TensorSpec("embedding", "FP32", (emb_dim,))], "max_batch_size": TOWER_MAX_BATCH},
+        "ranker": {"inputs": [TensorSpec(cat, "INT64", (n_cat,)), TensorSpec(dense, "FP32", (n_dense,))],
+                   "outputs": [TensorSpec(RANKER_OUTPUT, "FP32", (1,))], "max_batch_size": RANKER_MAX_BATCH},
+        "user_tower": {"inputs": [TensorSpec(ucat, "INT64", (3,)), TensorSpec(udense, "FP32", (dense_dim,))],
+                       "outputs": [TensorSpec(TOWER_OUTPUT, "FP32", (emb_dim,))], "max_batch_size": TOWER_MAX_BATCH},
     }
 
 
@@ -59,10 +69,10 @@ def export_artifacts(mp: Marketplace, models: TrainedModels, out: Path, *, seed:
     meta_common = {"quality": models.quality, "seed": seed}
     paths = {}
     for name, module, golden, extra in (
-        ("ranker", ranker, _golden(ranker, ["cat", "dense"], [feats.cat, feats.dense], "score"),
+        ("ranker", ranker, _golden(ranker, list(RANKER_INPUTS), [feats.cat, feats.dense], RANKER_OUTPUT),
          {"cross_spec": json.loads(models.spec.to_json())}),
-        ("user_tower", tower, _golden(tower, ["user_cat", "user_dense"],
-                                      [mp.user_cat[users], mp.user_dense[users]], "embedding"), {}),
+        ("user_tower", tower, _golden(tower, list(TOWER_INPUTS),
+                                      [mp.user_cat[users], mp.user_dense[users]], TOWER_OUTPUT), {}),
     ):
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
@@ -74,7 +84,7 @@ def export_artifacts(mp: Marketplace, models: TrainedModels, out: Path, *, seed:
     return paths
 
 
-def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTables, *, kind: str = "auto") -> int:
+def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTables) -> int:
     """Add an artifact to ``repo`` as a new version (first install; ``rankserve push`` validates and
     moves traffic). A user tower's FAISS index is built here from its item embeddings, with
     ``nprobe`` tuned on the tower's own user embeddings."""
@@ -82,12 +92,11 @@ def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTable
 
     module = torch.jit.load(str(artifact / "model.pt"))
     meta = json.loads((artifact / "meta.json").read_text())
-    with np.load(artifact / "golden.npz") as z:
-        golden = {k: z[k] for k in z.files}
+    golden = load_golden(artifact)
     if name == "ranker":
-        sig = signatures(golden["cat"].shape[1], golden["dense"].shape[1], 1, 1)["ranker"]
+        sig = signatures(golden[RANKER_INPUTS[0]].shape[1], golden[RANKER_INPUTS[1]].shape[1], 1, 1)["ranker"]
     else:
-        sig = signatures(1, 1, golden["user_dense"].shape[1], golden["embedding"].shape[1])["user_tower"]
+        sig = signatures(1, 1, golden[TOWER_INPUTS[1]].shape[1], golden[TOWER_OUTPUT].shape[1])["user_tower"]
     with tempfile.TemporaryDirectory() as tmp:
         extra: dict[str, Path] = {}
         if (artifact / "item_emb.npy").is_file():
@@ -98,7 +107,7 @@ def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTable
                      "item_emb.npy": artifact / "item_emb.npy"}
         return export_version(repo, name, module, sig["inputs"], sig["outputs"],
                               {t.name: golden[t.name] for t in sig["inputs"]}, meta,
-                              max_batch_size=sig["max_batch_size"], kind=kind, extra_files=extra)
+                              max_batch_size=sig["max_batch_size"], extra_files=extra)
 
 
 def main(argv: list[str] | None = None) -> int:

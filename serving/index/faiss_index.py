@@ -1,5 +1,8 @@
 """The one module that imports FAISS: build, save, load (GPU when present) and search the item index.
 
+Owns: the item index file format (``items.faiss`` and its ``.json`` sidecar) and its search.
+Must not touch: models, Triton, requests.
+
 Exact ``IndexFlatIP`` for small catalogues, IVF-Flat above ``EXACT_MAX_ITEMS`` with ``nprobe``
 tuned at build time to a recall target against exact search. GPU resources are created at load,
 inside the process that searches, and never pickled.
@@ -14,6 +17,8 @@ from typing import Any
 
 import faiss
 import numpy as np
+
+from serving.errors import ConfigError
 
 __all__ = ["EXACT_MAX_ITEMS", "ItemIndex", "build_index", "load_index", "recall_at_k", "save_index", "tower_queries"]
 
@@ -149,7 +154,7 @@ def load_index(path: Path, *, use_gpu: bool | str = "auto") -> ItemIndex:
     want = use_gpu in (True, "on") or (use_gpu == "auto" and gpu_available())
     if want:
         if not gpu_available():
-            raise RuntimeError("FAISS GPU requested but faiss has no GPU support or no GPU is visible")
+            raise ConfigError("RANKSERVE_FAISS_GPU=on, but faiss has no GPU support or no GPU is visible")
         index = index.to_gpu()
         log.info("FAISS index on GPU")
     return index

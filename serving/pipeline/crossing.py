@@ -1,4 +1,8 @@
-"""Crossing stage: the kernel backend chosen once at start-up, applied per ranker version."""
+"""Crossing stage: the kernel backend chosen once at start-up, applied per ranker version.
+
+Owns: the choice of crossing backend for this process. Must not touch: the kernels' internals
+(``kernels.dispatch`` decides what can run), models, Triton.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import logging
 
 import numpy as np
 
-from kernels import Crosser, CrossSpec, get_crosser
+from kernels import Crosser, CrossSpec, KernelBackendError, get_crosser
+from serving.errors import ConfigError
 from serving.pipeline.features import FeatureTables, RankerInputs, ranker_inputs
 
 __all__ = ["CrossingStage"]
@@ -19,12 +24,18 @@ class CrossingStage:
 
     Args:
         tables: the feature tables.
-        backend: ``auto`` or a backend name; a forced backend that cannot run raises at start-up.
+        backend: ``auto`` or a backend name.
+
+    Raises:
+        ConfigError: a forced backend cannot run here (or none can), with the reason.
     """
 
     def __init__(self, tables: FeatureTables, backend: str = "auto") -> None:
         self.tables = tables
-        self.crosser: Crosser = get_crosser(backend)
+        try:
+            self.crosser: Crosser = get_crosser(backend)
+        except KernelBackendError as err:
+            raise ConfigError(f"RANKSERVE_CROSS_BACKEND={backend}: {err}") from err
         # One call on the real (read-only) tables before the first request: Numba compiles a kernel
         # per array layout and read-only tables are another layout (~1 s on the first request
         # otherwise), and the GPU backends copy the tables to the device here.

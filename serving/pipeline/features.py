@@ -1,4 +1,7 @@
-"""Feature stage: in-memory user/item feature tables and the ranker's input assembly.
+"""Feature stage: in-memory user/item feature tables and the models' input assembly.
+
+Owns: the table layout, the names of the models' tensors, and :func:`ranker_inputs`.
+Must not touch: Triton, FAISS, files other than ``marketplace.npz``.
 
 Training and serving both build ranker inputs with :func:`ranker_inputs`, so the features a
 model was trained on are exactly the features it is served.
@@ -26,9 +29,13 @@ import numpy as np
 from kernels import Crosser, CrossInputs, CrossSpec
 
 __all__ = [
-    "USER_CAT_FIELDS",
     "ITEM_CAT_FIELDS",
     "ITEM_NUM_FIELDS",
+    "RANKER_INPUTS",
+    "RANKER_OUTPUT",
+    "TOWER_INPUTS",
+    "TOWER_OUTPUT",
+    "USER_CAT_FIELDS",
     "FeatureTables",
     "RankerInputs",
     "ranker_inputs",
@@ -37,6 +44,12 @@ __all__ = [
 USER_CAT_FIELDS = ("region", "age_bucket", "device")
 ITEM_CAT_FIELDS = ("category", "shop", "brand", "price_bucket")
 ITEM_NUM_FIELDS = ("log_price", "rating", "log_popularity")
+
+# Tensor names of the two models, in their positional order (config.pbtxt, export, serving).
+RANKER_INPUTS = ("cat", "dense")
+RANKER_OUTPUT = "score"
+TOWER_INPUTS = ("user_cat", "user_dense")
+TOWER_OUTPUT = "embedding"
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,14 @@ class RankerInputs:
 
     cat: np.ndarray
     dense: np.ndarray
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The ranker's inputs by tensor name."""
+        return dict(zip(RANKER_INPUTS, (self.cat, self.dense), strict=True))
+
+    def rows(self, index: slice | np.ndarray) -> RankerInputs:
+        """The inputs of the rows at ``index`` (a slice gives views, an array copies)."""
+        return RankerInputs(cat=self.cat[index], dense=self.dense[index])
 
 
 class FeatureTables:
@@ -94,6 +115,15 @@ class FeatureTables:
     @property
     def dense_dim(self) -> int:
         return int(self.user_dense.shape[1])
+
+    @property
+    def popularity(self) -> np.ndarray:
+        """Standardised log popularity of every item (``item_num``'s ``log_popularity`` column)."""
+        return self.item_num[:, ITEM_NUM_FIELDS.index("log_popularity")]
+
+    def tower_inputs(self, user_rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The user tower's inputs for ``user_rows``, by tensor name."""
+        return dict(zip(TOWER_INPUTS, (self.user_cat[user_rows], self.user_dense[user_rows]), strict=True))
 
     def user_row(self, user_id: int) -> tuple[int, bool]:
         """Row of ``user_id`` and whether it took the cold-start path."""

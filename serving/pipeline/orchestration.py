@@ -1,19 +1,23 @@
 """The ranking pipeline over a batch of requests: recall -> features -> crossing -> ranking -> top-k.
 
-A plain class: the Serve deployment batches requests and hands them here; tests drive it
-directly. Each request fails alone (its error object takes its place in the output list).
+Owns: resolving a validated request (:meth:`RankPipeline.prepare`) and running a batch of them
+(:meth:`RankPipeline.run_batch`), one record per request. Each request fails alone: its error
+takes its place in the output list. Must not touch: HTTP, gRPC, Ray, admission or files; the
+model repository is seen through :class:`ModelCatalog`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from kernels import CrossSpec
 from serving.config import Settings
 from serving.errors import (
     BackendUnavailableError,
@@ -23,16 +27,54 @@ from serving.errors import (
     TritonError,
     ValidationError,
 )
-from serving.pipeline.crossing import CrossingStage
 from serving.pipeline.features import FeatureTables, RankerInputs
-from serving.pipeline.ranking import RankingStage
-from serving.pipeline.recall import RecallStage
-from serving.repository.registry import ModelRegistry, Traffic, user_bucket
+from serving.pipeline.recall import VectorIndex
+from serving.pipeline.routing import Traffic, route, user_bucket
+from serving.pipeline.shadow import ShadowScorer
+from serving.pipeline.topk import top_k
 from serving.schemas import RankRequest, RankResponse, ScoredItem
 
-__all__ = ["BatchStats", "Prepared", "RankPipeline", "ShadowStats"]
+__all__ = ["BatchStats", "Crossing", "ModelCatalog", "Prepared", "RankPipeline", "Ranking", "Recall"]
 
 log = logging.getLogger(__name__)
+
+# Failures of a model call after which a request is answered degraded rather than with an error.
+_DEGRADE_ON = (TritonError, BackendUnavailableError, DeadlineExceededError)
+
+
+class ModelCatalog(Protocol):
+    """What the pipeline reads of the model repository (``serving.repository.registry.ModelRegistry``)."""
+
+    def models(self) -> list[str]: ...
+    def traffic(self, model: str) -> Traffic: ...
+    def cross_spec(self, model: str, version: int) -> CrossSpec: ...
+    def version_dir(self, model: str, version: int) -> Path: ...
+
+
+class Recall(Protocol):
+    """The recall stage (``serving.pipeline.recall.RecallStage``)."""
+
+    model: str
+    version: int
+    index: VectorIndex
+
+    async def embed(self, user_rows: np.ndarray, *, deadline: float) -> np.ndarray: ...
+    def search(self, embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def popular(self, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class Crossing(Protocol):
+    """The crossing stage (``serving.pipeline.crossing.CrossingStage``)."""
+
+    @property
+    def backend(self) -> str: ...
+    def inputs(self, user_rows: np.ndarray, item_rows: np.ndarray, spec: CrossSpec) -> RankerInputs: ...
+
+
+class Ranking(Protocol):
+    """The ranking stage (``serving.pipeline.ranking.RankingStage``)."""
+
+    async def score(self, model: str, version: int, inputs: RankerInputs, *, deadline: float) -> np.ndarray: ...
 
 
 @dataclass
@@ -54,20 +96,16 @@ class Prepared:
 
 
 @dataclass
-class ShadowStats:
-    """How a shadow version's answers compare with the live version's, over shadowed requests."""
+class _Slot:
+    """One request's state while its batch runs."""
 
-    requests: int = 0
-    spearman_sum: float = 0.0
-    overlap_sum: float = 0.0
-    mean_abs_score_diff_sum: float = 0.0
-    failures: int = 0
-
-    def to_json(self) -> dict[str, float | int]:
-        n = max(self.requests, 1)
-        return {"requests": self.requests, "failures": self.failures,
-                "rank_correlation": round(self.spearman_sum / n, 4), "overlap_at_k": round(self.overlap_sum / n, 4),
-                "mean_abs_score_diff": round(self.mean_abs_score_diff_sum / n, 5)}
+    req: Prepared
+    candidates: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    recall_scores: np.ndarray | None = None  # None: the caller gave the candidates
+    recall: str = "given"
+    scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    degraded: bool = False
+    error: RankserveError | None = None
 
 
 @dataclass
@@ -86,38 +124,29 @@ class RankPipeline:
     Args:
         settings: limits and defaults.
         tables: user/item features.
-        registry: model versions and traffic.
-        recall: the recall stage (user tower + FAISS index of one version).
+        catalog: model versions, crossing specs and traffic.
+        recall: the recall stage (user tower + index of one version).
         crossing: the crossing stage.
         ranking: the ranking stage.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        tables: FeatureTables,
-        registry: ModelRegistry,
-        recall: RecallStage,
-        crossing: CrossingStage,
-        ranking: RankingStage,
-    ) -> None:
+    def __init__(self, settings: Settings, tables: FeatureTables, catalog: ModelCatalog, recall: Recall,
+                 crossing: Crossing, ranking: Ranking) -> None:
         self.settings = settings
         self.tables = tables
-        self.registry = registry
+        self.catalog = catalog
         self.recall = recall
         self.crossing = crossing
         self.ranking = ranking
         self._traffic: dict[str, Traffic] = {}
-        self.shadow: dict[tuple[str, int], ShadowStats] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self.shadow = ShadowScorer(lambda m, v, x, d: ranking.score(m, v, x, deadline=d))
         self.refresh_traffic()
 
     # -- per request, before batching ---------------------------------------------------
     def refresh_traffic(self) -> None:
         """Re-read the traffic split of every ranking model (after a push or rollback)."""
-        self._traffic = {
-            m: self.registry.traffic(m) for m in self.registry.models() if m != self.settings.user_tower_model
-        }
+        tower = self.settings.user_tower_model
+        self._traffic = {m: self.catalog.traffic(m) for m in self.catalog.models() if m != tower}
 
     @property
     def traffic_split(self) -> dict[str, Traffic]:
@@ -141,21 +170,9 @@ class RankPipeline:
         """
         now = time.monotonic() if arrival is None else arrival
         model = req.model or self.settings.ranker_model
-        version = self.registry.route(self.traffic(model), req.user_id)
+        version = route(self.traffic(model), req.user_id)
         row, cold = self.tables.user_row(req.user_id)
-        candidates = None
-        if req.candidates is not None:
-            cand = np.asarray(req.candidates, dtype=np.int64)
-            unknown = self.tables.unknown_items(cand)
-            if unknown.size:
-                shown = ", ".join(map(str, unknown[:5].tolist()))
-                raise ValidationError(
-                    f"{unknown.size} unknown item id(s) in candidates: {shown}"
-                    f" (valid ids are 0..{self.tables.n_items - 1})",
-                    field="candidates",
-                )
-            _, first = np.unique(cand, return_index=True)
-            candidates = cand[np.sort(first)]
+        candidates = None if req.candidates is None else self._given(req.candidates)
         timeout_ms = req.timeout_ms or self.settings.default_timeout_ms
         return Prepared(
             request_id=req.request_id or uuid.uuid4().hex,
@@ -172,201 +189,139 @@ class RankPipeline:
             cost=int(candidates.shape[0]) if candidates is not None else self.settings.recall_n,
         )
 
+    def _given(self, ids: list[int]) -> np.ndarray:
+        """Given candidates, checked against the catalogue, duplicates dropped, request order kept."""
+        cand = np.asarray(ids, dtype=np.int64)
+        unknown = self.tables.unknown_items(cand)
+        if unknown.size:
+            shown = ", ".join(map(str, unknown[:5].tolist()))
+            raise ValidationError(
+                f"{unknown.size} unknown item id(s) in candidates: {shown} (valid ids are 0..{self.tables.n_items - 1})",
+                field="candidates",
+            )
+        _, first = np.unique(cand, return_index=True)
+        return cand[np.sort(first)]
+
     # -- per batch ----------------------------------------------------------------------
     async def run_batch(self, batch: list[Prepared]) -> tuple[list[RankResponse | RankserveError], BatchStats]:
-        """Rank a batch: one user-tower call, one FAISS search, one crossing launch, chunked ranker calls."""
+        """Rank a batch: one user-tower call, one index search, one crossing launch and chunked
+        ranker calls per (model, version), then top-k. Returns one answer or error per request."""
+        started = time.monotonic()
+        slots = [_Slot(p) for p in batch]
+        for s in slots:
+            if started >= s.req.deadline:
+                s.error = DeadlineExceededError(f"deadline passed after {1000 * (started - s.req.arrival):.1f} ms "
+                                                "in queue")
+        live = [s for s in slots if s.error is None]
         stats = BatchStats(requests=len(batch))
-        results: list[RankResponse | RankserveError | None] = [None] * len(batch)
-        now = time.monotonic()
-        live: list[int] = []
-        for i, p in enumerate(batch):
-            if now >= p.deadline:
-                results[i] = DeadlineExceededError(f"deadline passed after {1000 * (now - p.arrival):.1f} ms in queue")
-            else:
-                live.append(i)
-
-        # 1. recall for requests without candidates
         t0 = time.perf_counter()
-        cands: dict[int, np.ndarray] = {}
-        recall_scores: dict[int, np.ndarray] = {}
-        recall_kind: dict[int, str] = {}
-        degraded: set[int] = set()
-        need = [i for i in live if batch[i].candidates is None]
-        if need:
-            # one recall stage per batch: user tower version and its index always match
-            await self._recall(self.recall, batch, need, cands, recall_scores, recall_kind, degraded)
-        for i in live:
-            p = batch[i]
-            if p.candidates is not None:
-                c = p.candidates
-                if p.exclude.size:
-                    c = c[~np.isin(c, p.exclude)]
-                cands[i] = c
-                recall_kind[i] = "given"
+        await self._recall([s for s in live if s.req.candidates is None])
+        for s in live:
+            if s.req.candidates is not None:
+                s.candidates = _without(s.req.candidates, s.req.exclude)
         t_recall = (time.perf_counter() - t0) * 1000
-
-        # 2-4. features + crossing, then ranking, per (model, version) group
         t_cross = t_rank = 0.0
-        scores: dict[int, np.ndarray] = {}
-        groups: dict[tuple[str, int], list[int]] = {}
-        for i in live:
-            groups.setdefault((batch[i].model, batch[i].version), []).append(i)
+        groups: dict[tuple[str, int], list[_Slot]] = {}
+        for s in live:
+            groups.setdefault((s.req.model, s.req.version), []).append(s)
         for (model, version), members in groups.items():
-            lens = [cands[i].shape[0] for i in members]
-            user_rows = np.repeat(np.asarray([batch[i].user_row for i in members], dtype=np.int64), lens)
-            item_rows = np.concatenate([cands[i] for i in members]) if members else np.empty(0, np.int64)
-            stats.rows += int(item_rows.shape[0])
-            t1 = time.perf_counter()
-            try:
-                spec = self.registry.cross_spec(model, version)
-                inputs = self.crossing.inputs(user_rows, item_rows, spec)
-            except RankserveError as err:
-                for i in members:
-                    results[i] = err
-                continue
-            t2 = time.perf_counter()
-            t_cross += (t2 - t1) * 1000
-            deadline = min(batch[i].deadline for i in members)
-            try:
-                flat = await self.ranking.score(model, version, inputs, deadline=deadline)
-            except (TritonError, BackendUnavailableError, DeadlineExceededError) as err:
-                log.warning("ranking %s v%s failed, degrading %d requests: %s", model, version, len(members), err)
-                flat = self._fallback_scores(members, cands, recall_scores)
-                degraded.update(members)
-            t_rank += (time.perf_counter() - t2) * 1000
-            parts = np.split(flat, np.cumsum(lens)[:-1])
-            for i, part in zip(members, parts, strict=True):
-                scores[i] = part
-            if not degraded.intersection(members):
-                self._maybe_shadow(model, batch, members, lens, inputs, parts)
-
-        # 5. top-k
-        done = time.monotonic()
-        for i in live:
-            if results[i] is not None:
-                continue
-            p = batch[i]
-            c, s = cands[i], scores[i]
-            top = _top_k(s, p.k)
-            results[i] = RankResponse(
-                request_id=p.request_id,
-                items=[ScoredItem(int(c[j]), float(s[j])) for j in top],
-                model_name=p.model,
-                model_version=p.version,
-                recall=recall_kind[i],
-                degraded=i in degraded,
-                cold_start=p.cold_start,
-                timings_ms={
-                    "queue": max(0.0, (now - p.arrival) * 1000),
-                    "recall": t_recall,
-                    "cross": t_cross,
-                    "rank": t_rank,
-                    "total": (done - p.arrival) * 1000,
-                },
-            )
-        stats.degraded = len(degraded)
+            cross_ms, rank_ms = await self._score(model, version, members, stats)
+            t_cross += cross_ms
+            t_rank += rank_ms
+        stats.degraded = sum(s.degraded for s in live)
         stats.stage_ms = {"recall": t_recall, "cross": t_cross, "rank": t_rank}
-        out = [r if r is not None else RankserveError("request was not answered") for r in results]
-        if len(out) != len(batch):  # the batch contract: one answer per request
-            raise RuntimeError(f"pipeline produced {len(out)} answers for {len(batch)} requests")
-        return out, stats
+        done = time.monotonic()
+        return [s.error or _answer(s, started, done, stats.stage_ms) for s in slots], stats
 
-    async def _recall(
-        self,
-        recall: RecallStage,
-        batch: list[Prepared],
-        need: list[int],
-        cands: dict[int, np.ndarray],
-        recall_scores: dict[int, np.ndarray],
-        recall_kind: dict[int, str],
-        degraded: set[int],
-    ) -> None:
+    async def _recall(self, slots: list[_Slot]) -> None:
+        """Candidates for the requests that gave none: one tower call and one search for all of
+        them, from one recall stage (user tower version and its index always match)."""
+        if not slots:
+            return
+        recall = self.recall
         n = self.settings.recall_n
-        extra = max(batch[i].exclude.size for i in need)
-        rows = np.asarray([batch[i].user_row for i in need], dtype=np.int64)
+        extra = max(s.req.exclude.size for s in slots)
+        rows = np.asarray([s.req.user_row for s in slots], dtype=np.int64)
         try:
-            emb = await recall.embed(rows, deadline=min(batch[i].deadline for i in need))
+            emb = await recall.embed(rows, deadline=min(s.req.deadline for s in slots))
             sc, ids = recall.search(emb, n + extra)
-            kind = "faiss"
-        except (TritonError, BackendUnavailableError, DeadlineExceededError) as err:
-            log.warning("user tower failed, recalling popular items for %d requests: %s", len(need), err)
+            kind, degraded = "faiss", False
+        except _DEGRADE_ON as err:
+            log.warning("user tower failed, recalling popular items for %d requests: %s", len(slots), err)
             s1, i1 = recall.popular(n + extra)
-            sc, ids = np.tile(s1, (len(need), 1)), np.tile(i1, (len(need), 1))
-            kind = "popular"
-            degraded.update(need)
-        for j, i in enumerate(need):
+            sc, ids = np.tile(s1, (len(slots), 1)), np.tile(i1, (len(slots), 1))
+            kind, degraded = "popular", True
+        for j, s in enumerate(slots):
             keep = ids[j] >= 0
-            if batch[i].exclude.size:
-                keep &= ~np.isin(ids[j], batch[i].exclude)
-            cands[i] = ids[j][keep][:n].astype(np.int64)
-            recall_scores[i] = sc[j][keep][:n].astype(np.float32)
-            recall_kind[i] = kind
+            if s.req.exclude.size:
+                keep &= ~np.isin(ids[j], s.req.exclude)
+            s.candidates = ids[j][keep][:n].astype(np.int64)
+            s.recall_scores = sc[j][keep][:n].astype(np.float32)
+            s.recall, s.degraded = kind, degraded
 
-    def _maybe_shadow(self, model: str, batch: list[Prepared], members: list[int], lens: list[int],
-                      inputs: object, parts: list[np.ndarray]) -> None:
+    async def _score(self, model: str, version: int, members: list[_Slot], stats: BatchStats) -> tuple[float, float]:
+        """Cross and rank the candidates of ``members`` with one version; returns (cross, rank) ms."""
+        lens = [s.candidates.shape[0] for s in members]
+        user_rows = np.repeat(np.asarray([s.req.user_row for s in members], dtype=np.int64), lens)
+        item_rows = np.concatenate([s.candidates for s in members])
+        stats.rows += int(item_rows.shape[0])
+        t1 = time.perf_counter()
+        try:
+            inputs = self.crossing.inputs(user_rows, item_rows, self.catalog.cross_spec(model, version))
+        except RankserveError as err:
+            for s in members:
+                s.error = err
+            return 0.0, 0.0
+        t2 = time.perf_counter()
+        try:
+            flat = await self.ranking.score(model, version, inputs, deadline=min(s.req.deadline for s in members))
+            degraded = False
+        except _DEGRADE_ON as err:
+            log.warning("ranking %s v%s failed, degrading %d requests: %s", model, version, len(members), err)
+            flat = np.concatenate([self._fallback_scores(s) for s in members])
+            degraded = True
+        t3 = time.perf_counter()
+        for s, part in zip(members, np.split(flat, np.cumsum(lens)[:-1]), strict=True):
+            s.scores = part
+            s.degraded = s.degraded or degraded
+        if not any(s.degraded for s in members):
+            self._maybe_shadow(model, members, inputs)
+        return (t2 - t1) * 1000, (t3 - t2) * 1000
+
+    def _fallback_scores(self, s: _Slot) -> np.ndarray:
+        """Degraded scores: the recall score, or item popularity for given candidates."""
+        if s.recall_scores is not None:
+            return s.recall_scores
+        return self.tables.popularity[s.candidates].astype(np.float32)
+
+    def _maybe_shadow(self, model: str, members: list[_Slot], inputs: RankerInputs) -> None:
         """Score the shadowed share of this group with the shadow version, off the response path."""
         traffic = self._traffic.get(model)
         if traffic is None or traffic.shadow_version is None:
             return
-        offsets = np.concatenate([[0], np.cumsum(lens)])
-        picked = [j for j, i in enumerate(members) if user_bucket(batch[i].user_id) < traffic.shadow_percent]
+        offsets = np.concatenate([[0], np.cumsum([s.candidates.shape[0] for s in members])])
+        picked = [j for j, s in enumerate(members) if user_bucket(s.req.user_id) < traffic.shadow_percent]
         if not picked:
             return
         rows = np.concatenate([np.arange(offsets[j], offsets[j + 1]) for j in picked])
-        sub = RankerInputs(cat=inputs.cat[rows], dense=inputs.dense[rows])  # type: ignore[attr-defined]
-        live = [(parts[j], batch[members[j]].k) for j in picked]
-        task = asyncio.get_running_loop().create_task(
-            self._shadow_score(model, traffic.shadow_version, sub, live, batch[members[0]].deadline + 5.0)
-        )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _shadow_score(self, model: str, version: int, inputs: RankerInputs,
-                            live: list[tuple[np.ndarray, int]], deadline: float) -> None:
-        stats = self.shadow.setdefault((model, version), ShadowStats())
-        try:
-            flat = await self.ranking.score(model, version, inputs, deadline=deadline)
-        except RankserveError:
-            stats.failures += 1
-            return
-        lens = [p.shape[0] for p, _ in live]
-        for (base, k), shadow in zip(live, np.split(flat, np.cumsum(lens)[:-1]), strict=True):
-            if base.size < 2:
-                continue
-            stats.requests += 1
-            stats.spearman_sum += _spearman(base, shadow)
-            a, b = set(_top_k(base, k).tolist()), set(_top_k(shadow, k).tolist())
-            stats.overlap_sum += len(a & b) / max(len(a), 1)
-            stats.mean_abs_score_diff_sum += float(np.mean(np.abs(base - shadow)))
-
-    def _fallback_scores(
-        self, members: list[int], cands: dict[int, np.ndarray], recall_scores: dict[int, np.ndarray]
-    ) -> np.ndarray:
-        """Degraded scores: the recall score, or item popularity for given candidates."""
-        parts = []
-        for i in members:
-            if i in recall_scores:
-                parts.append(recall_scores[i])
-            else:
-                parts.append(self.tables.item_num[cands[i], 2].astype(np.float32))
-        return np.concatenate(parts) if parts else np.empty(0, np.float32)
+        live = [(members[j].scores, members[j].req.k) for j in picked]
+        self.shadow.submit(model, traffic.shadow_version, inputs.rows(rows), live, members[0].req.deadline + 5.0)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
-    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(np.float64)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    den = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / den) if den > 0 else 1.0
+def _without(ids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    return ids[~np.isin(ids, exclude)] if exclude.size else ids
 
 
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indexes of the ``k`` highest scores, highest first (stable on ties)."""
-    n = scores.shape[0]
-    if n == 0:
-        return np.empty(0, dtype=np.int64)
-    if k < n:
-        part = np.argpartition(-scores, k - 1)[:k]
-        return part[np.lexsort((part, -scores[part]))]
-    return np.lexsort((np.arange(n), -scores))
+def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float]) -> RankResponse:
+    top = top_k(s.scores, s.req.k)
+    return RankResponse(
+        request_id=s.req.request_id,
+        items=[ScoredItem(int(s.candidates[j]), float(s.scores[j])) for j in top],
+        model_name=s.req.model,
+        model_version=s.req.version,
+        recall=s.recall,
+        degraded=s.degraded,
+        cold_start=s.req.cold_start,
+        timings_ms={"queue": max(0.0, (started - s.req.arrival) * 1000), **stage_ms,
+                    "total": (done - s.req.arrival) * 1000},
+    )

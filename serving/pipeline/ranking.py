@@ -1,4 +1,7 @@
-"""Ranking stage: scores ranker inputs in Triton, split into calls of at most ``max_rows``."""
+"""Ranking stage: scores ranker inputs in Triton, split into calls of at most ``max_rows``.
+
+Owns: turning ranker inputs into click probabilities. Must not touch: features, candidates, top-k.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import asyncio
 import numpy as np
 
 from serving.errors import TritonError
-from serving.pipeline.features import RankerInputs
+from serving.pipeline.features import RANKER_OUTPUT, RankerInputs
 from serving.triton.caller import ModelCaller
 
 __all__ = ["RankingStage"]
@@ -33,15 +36,12 @@ class RankingStage:
         if n == 0:
             return np.empty(0, dtype=np.float32)
         bounds = [(s, min(s + self.max_rows, n)) for s in range(0, n, self.max_rows)]
-        outs = await asyncio.gather(
-            *(
-                self.caller.infer(
-                    model, version, {"cat": inputs.cat[a:b], "dense": inputs.dense[a:b]}, ["score"], deadline=deadline
-                )
-                for a, b in bounds
-            )
-        )
-        scores = np.concatenate([o["score"].reshape(-1) for o in outs]).astype(np.float32, copy=False)
+        outs = await asyncio.gather(*(
+            self.caller.infer(model, version, inputs.rows(slice(a, b)).tensors(), [RANKER_OUTPUT],
+                              deadline=deadline)
+            for a, b in bounds
+        ))
+        scores = np.concatenate([o[RANKER_OUTPUT].reshape(-1) for o in outs]).astype(np.float32, copy=False)
         if scores.shape[0] != n:
             raise TritonError(f"ranker returned {scores.shape[0]} scores for {n} rows")
         return scores

@@ -1,18 +1,31 @@
-"""Recall stage: user tower embedding (Triton) then FAISS top-N, with a popularity fallback."""
+"""Recall stage: user tower embedding (Triton), then top-N from the item index, with a popularity fallback.
+
+Owns: finding candidates for users who gave none. Must not touch: files (the index comes loaded),
+FAISS itself (any :class:`VectorIndex` will do), the ranking model.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from serving.pipeline.features import FeatureTables
+from serving.pipeline.features import TOWER_OUTPUT, FeatureTables
 from serving.triton.caller import ModelCaller
 
-if TYPE_CHECKING:
-    from serving.index.faiss_index import ItemIndex
+__all__ = ["RecallStage", "VectorIndex"]
 
-__all__ = ["RecallStage"]
+
+class VectorIndex(Protocol):
+    """What recall needs of an item index (``serving.index.faiss_index.ItemIndex`` is one)."""
+
+    kind: str
+    on_gpu: bool
+
+    @property
+    def n_items(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class RecallStage:
@@ -20,31 +33,26 @@ class RecallStage:
 
     Args:
         tables: feature tables (the user tower's inputs come from them).
-        index: the FAISS index built from the item tower of the same user tower version.
+        index: the item index built from the item tower of the same user tower version.
         caller: Triton model caller.
         model: user tower model name in Triton; ``version``: its version, matching ``index``.
     """
 
-    def __init__(self, tables: FeatureTables, index: ItemIndex, caller: ModelCaller, model: str, version: int) -> None:
+    def __init__(self, tables: FeatureTables, index: VectorIndex, caller: ModelCaller, model: str, version: int) -> None:
         self.tables = tables
         self.index = index
         self.caller = caller
         self.model = model
         self.version = version
-        pop = tables.item_num[:, 2]
+        pop = tables.popularity
         self._popular = np.argsort(-pop, kind="stable").astype(np.int64)
         self._popular_scores = pop[self._popular].astype(np.float32)
 
     async def embed(self, user_rows: np.ndarray, *, deadline: float) -> np.ndarray:
         """User embeddings float32 [len(user_rows), E] from the user tower in Triton."""
-        out = await self.caller.infer(
-            self.model,
-            self.version,
-            {"user_cat": self.tables.user_cat[user_rows], "user_dense": self.tables.user_dense[user_rows]},
-            ["embedding"],
-            deadline=deadline,
-        )
-        return out["embedding"]
+        out = await self.caller.infer(self.model, self.version, self.tables.tower_inputs(user_rows), [TOWER_OUTPUT],
+                                      deadline=deadline)
+        return out[TOWER_OUTPUT]
 
     def search(self, embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` items per query: (scores float32 [Q, n'], ids int64 [Q, n']); ids -1 pad."""

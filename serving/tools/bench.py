@@ -18,10 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,52 +25,23 @@ from typing import Any
 import numpy as np
 
 from serving.config import Settings
+from serving.net import free_port
+from serving.tools.workload import recall_bodies, run_loadgen, scrape, write_bodies
 
-__all__ = ["free_port", "recall_bodies", "run_bench"]
+__all__ = ["run_bench"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def recall_bodies(n_users: int, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(seed)
-    return [{"user_id": int(u), "k": 20} for u in rng.integers(0, n_users, n)]
-
-
-def _loadgen(url: str, bodies_file: Path, concurrency: int, duration_s: float) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "serving.tools.loadgen", "--url", url, "--bodies", str(bodies_file),
-         "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", "1.5"],
-        capture_output=True, text=True, timeout=duration_s + 120, check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _metric_sums(url: str) -> dict[str, float]:
-    import httpx
-
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    vals: dict[str, float] = {}
-    for ln in text.splitlines():
-        if ln.startswith(("rankserve_batch_requests_sum", "rankserve_batch_requests_count",
-                          "rankserve_batch_candidates_sum")):
-            k, v = ln.split()[:2]
-            vals[k] = float(v)
-    return vals
+_BATCH_METRICS = ("rankserve_batch_requests_sum", "rankserve_batch_requests_count")
 
 
 def _floor(settings: Settings, bodies: list[dict[str, Any]], concurrency: int, duration_s: float) -> dict[str, Any]:
     """In-process pipeline, ``concurrency`` requests per batch, back to back for ``duration_s``."""
-    from serving.app import create_pipeline
+    from serving.pipeline.assemble import create_pipeline
+    from serving.repository.registry import ModelRegistry
     from serving.schemas import RankRequest
     from serving.triton.inprocess import InProcessClient
 
-    pipeline = create_pipeline(settings, InProcessClient(settings.model_repository))
+    pipeline = create_pipeline(settings, InProcessClient(settings.model_repository),
+                               ModelRegistry(settings.model_repository))
     reqs = [RankRequest.model_validate(b) for b in bodies]
 
     async def go() -> dict[str, Any]:
@@ -108,10 +75,11 @@ def _serve_point(url: str, bodies_file: Path, c: int, duration_s: float, recall_
                  with_metrics: bool, target: str | None = None) -> dict[str, Any]:
     """Load ``target`` (default: ``url``'s ranking endpoint, or ``url`` itself without metrics);
     the batch sizes formed meanwhile come from ``url``'s /metrics."""
-    before = _metric_sums(url) if with_metrics else {}
-    res = _loadgen(target or (f"{url}/v1/rank" if with_metrics else url), bodies_file, c, duration_s)
+    before = scrape(url, _BATCH_METRICS) if with_metrics else {}
+    res = run_loadgen(target or (f"{url}/v1/rank" if with_metrics else url), bodies_file, concurrency=c,
+                      duration_s=duration_s)
     if with_metrics:
-        after = _metric_sums(url)
+        after = scrape(url, _BATCH_METRICS)
         n = after.get("rankserve_batch_requests_count", 0) - before.get("rankserve_batch_requests_count", 0)
         s = after.get("rankserve_batch_requests_sum", 0) - before.get("rankserve_batch_requests_sum", 0)
         res["mean_batch"] = s / n if n else 0.0
@@ -128,14 +96,13 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
     from ray import serve
 
     from serving.app import build_app
+    from serving.pipeline.features import FeatureTables
     from serving.ray_runtime import init_ray, start_serve
     from serving.tools.framework import EmptyDeployment
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])
-    bodies = recall_bodies(tables_users, 4096)
-    bodies_file = Path(tempfile.mkdtemp()) / "bodies.jsonl"
-    bodies_file.write_text("\n".join(json.dumps(b) for b in bodies))
+    bodies = recall_bodies(FeatureTables.load(settings.marketplace_path).n_users, 4096)
+    bodies_file = write_bodies(bodies)
     results: dict[str, list[dict[str, Any]]] = {"floor": [], "framework": [], "rankserve": [], "rankserve_grpc": [],
                                                 "no_batching": []}
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from serving.config import Settings
+from serving.tools.workload import recall_bodies, run_loadgen, write_bodies
 
 __all__ = ["Step", "Target", "measure_rate", "plan_units", "search_capacity"]
 
@@ -121,15 +119,8 @@ def plan_units(capacity_rps: float, peak_rps: float, headroom: float) -> int:
 def measure_rate(url: str, bodies_file: Path, rate: float, duration_s: float, warmup_s: float = 2.0,
                  max_in_flight: int = 512) -> Step:
     """One open-loop step by ``serving.tools.loadgen`` in its own process."""
-    out = subprocess.run(
-        [sys.executable, "-m", "serving.tools.loadgen", "--url", url, "--bodies", str(bodies_file), "--rate", f"{rate:.3f}",
-         "--duration-s", str(duration_s), "--warmup-s", str(warmup_s), "--concurrency", str(max_in_flight),
-         "--seed", str(round(rate * 1000))],
-        capture_output=True, text=True, timeout=duration_s + warmup_s + 120, check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
-    return Step.from_loadgen(json.loads(out.stdout.strip().splitlines()[-1]))
+    return Step.from_loadgen(run_loadgen(url, bodies_file, duration_s=duration_s, concurrency=max_in_flight,
+                                         warmup_s=warmup_s, rate=rate, seed=round(rate * 1000)))
 
 
 def report(rate: float, steps: list[Step], target: Target, *, unit: str, peak_rps: float | None,
@@ -183,13 +174,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_capacity(url: str, settings: Settings, args: argparse.Namespace, *, unit: str) -> dict[str, Any]:
     """Search, print and write ``capacity.json`` / ``capacity.md`` under ``args.out``."""
-    import numpy as np
+    from serving.pipeline.features import FeatureTables
 
-    from serving.tools.bench import recall_bodies
-
-    n_users = int(np.load(settings.marketplace_path)["user_cat"].shape[0])
-    bodies_file = Path(tempfile.mkdtemp()) / "bodies.jsonl"
-    bodies_file.write_text("\n".join(json.dumps(b) for b in recall_bodies(n_users, 4096)))
+    bodies_file = write_bodies(recall_bodies(FeatureTables.load(settings.marketplace_path).n_users, 4096))
     target = Target(p99_ms=args.p99_ms, max_error_share=args.max_error_share)
 
     def measure(rate: float) -> Step:

@@ -25,11 +25,12 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import numpy as np
 
-__all__ = ["is_loopback", "run_load", "run_open_loop"]
+from serving.net import is_loopback
+
+__all__ = ["run_load", "run_open_loop"]
 
 
 class _Http:
@@ -78,12 +79,6 @@ class _Grpc:
 
     async def close(self) -> None:
         await self._channel.close()
-
-
-def is_loopback(url: str) -> bool:
-    """Whether ``url`` (``http://``, ``grpc://``) names a loopback host: the only targets load is sent to."""
-    host = urlparse(url).hostname or ""
-    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _client(url: str, concurrency: int) -> _Http | _Grpc:

@@ -1,4 +1,7 @@
-"""The one module that talks to Triton for inference (``tritonclient`` gRPC).
+"""The one module that talks to Triton over the network (``tritonclient`` gRPC).
+
+Owns: inference, readiness and model loading calls, and turning Triton's exceptions into
+rankserve's errors. Must not touch: deadlines and retries (``serving.triton.caller``), processes.
 
 ``TritonClient`` is synchronous (CLI, tests, push); ``AsyncTritonClient`` is used inside Serve
 replicas' event loops. Triton's exceptions become :class:`serving.errors.TritonError`, a server
@@ -76,25 +79,6 @@ class TritonClient:
             self._c.load_model(name)
         except InferenceServerException as err:
             raise _wrap(err, f"load {name}") from err
-
-    def unload_model(self, name: str) -> None:
-        try:
-            self._c.unload_model(name)
-        except InferenceServerException as err:
-            raise _wrap(err, f"unload {name}") from err
-
-    def repository_index(self) -> list[dict[str, Any]]:
-        try:
-            idx = self._c.get_model_repository_index(as_json=True)
-        except InferenceServerException as err:
-            raise _wrap(err, "repository_index") from err
-        return list(idx.get("models", []))
-
-    def model_config(self, name: str) -> dict[str, Any]:
-        try:
-            return dict(self._c.get_model_config(name, as_json=True)["config"])
-        except InferenceServerException as err:
-            raise _wrap(err, f"model_config {name}") from err
 
 
 class AsyncTritonClient:

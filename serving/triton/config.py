@@ -1,42 +1,44 @@
-"""Triton model configuration (``config.pbtxt``) from the protobuf message, and version export.
+"""Triton model configuration (``config.pbtxt``) as the protobuf message, never as a template.
 
-``config.pbtxt`` is generated from ``model_config_pb2.ModelConfig`` with ``text_format``; versions
-are written into a hidden temporary directory and renamed into place, so Triton never sees a
-half-written version.
+Owns: the one table of tensor dtypes, building a model's config from its tensor specs, reading
+and atomically writing ``config.pbtxt``, and the start-up rewrite of the instance kind and torch
+threads (``Settings.triton_kind``, ``Settings.triton_torch_threads``).
+Must not touch: version directories (``serving.repository.export`` writes those) or processes.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-if TYPE_CHECKING:
-    import torch
+from serving.files import atomic_write_text
 
 __all__ = [
+    "DTYPES",
+    "TORCH_THREADS_PARAMETER",
     "TensorSpec",
-    "export_version",
-    "gpu_present",
-    "list_versions",
-    "load_golden",
+    "apply_instance_settings",
+    "dtype_name",
     "model_config",
     "read_config",
+    "resolve_kind",
+    "signature",
     "write_config",
 ]
 
-MODEL_PY = Path(__file__).resolve().parent / "_model" / "model.py"
-_NP = {"INT64": np.int64, "FP32": np.float32, "INT32": np.int32, "FP64": np.float64, "BOOL": np.bool_}
+# Triton dtype name (without ``TYPE_``) -> numpy dtype: the one table of them.
+DTYPES: dict[str, type[np.generic]] = {
+    "INT64": np.int64, "FP32": np.float32, "INT32": np.int32, "FP64": np.float64, "BOOL": np.bool_,
+}
+# config.pbtxt parameter read by the python-backend model (serving/triton/_model/model.py).
+TORCH_THREADS_PARAMETER = "torch_threads"
+_KIND = model_config_pb2.ModelInstanceGroup
 
 
 @dataclass(frozen=True)
@@ -48,22 +50,37 @@ class TensorSpec:
     dims: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if self.dtype not in _NP:
-            raise ValueError(f"dtype must be one of {sorted(_NP)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
 
+    @classmethod
+    def from_config(cls, tensor: Any) -> TensorSpec:
+        """The spec of a ``ModelInput``/``ModelOutput`` message."""
+        return cls(tensor.name, dtype_name(tensor.data_type), tuple(tensor.dims))
 
-def gpu_present() -> bool:
-    """Whether Triton instances should be KIND_GPU (``RANKSERVE_TRITON_KIND`` overrides)."""
-    kind = os.environ.get("RANKSERVE_TRITON_KIND", "auto").lower()
-    if kind in {"cpu", "gpu"}:
-        return kind == "gpu"
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        return np.dtype(DTYPES[self.dtype])
+
+
+def dtype_name(code: int) -> str:
+    """``INT64`` for ``TYPE_INT64``'s enum value."""
+    return str(model_config_pb2.DataType.Name(code)).removeprefix("TYPE_")
+
+
+def resolve_kind(kind: str) -> Literal["cpu", "gpu"]:
+    """``cpu`` or ``gpu`` for a setting of ``auto``, ``cpu`` or ``gpu`` (auto: GPU when torch sees one)."""
+    if kind not in {"auto", "cpu", "gpu"}:
+        raise ValueError(f"kind must be auto, cpu or gpu, got {kind!r}")
+    if kind != "auto":
+        return "gpu" if kind == "gpu" else "cpu"
     try:
         import torch
 
-        return bool(torch.cuda.is_available())
+        return "gpu" if torch.cuda.is_available() else "cpu"
     except ImportError:
-        return False
+        return "cpu"
 
 
 def model_config(
@@ -72,7 +89,7 @@ def model_config(
     outputs: Sequence[TensorSpec],
     *,
     max_batch_size: int,
-    kind: str = "auto",
+    kind: str = "cpu",
     instance_count: int = 1,
     max_queue_delay_us: int = 200,
     preferred_batch_sizes: Sequence[int] = (),
@@ -86,9 +103,6 @@ def model_config(
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size}")
-    if kind not in {"auto", "cpu", "gpu"}:
-        raise ValueError(f"kind must be auto, cpu or gpu, got {kind!r}")
-    gpu = gpu_present() if kind == "auto" else kind == "gpu"
     cfg = model_config_pb2.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     for spec, target in [(s, cfg.input) for s in inputs] + [(s, cfg.output) for s in outputs]:
         t = target.add()
@@ -97,8 +111,7 @@ def model_config(
         t.dims.extend(spec.dims)
     group = cfg.instance_group.add()
     group.count = instance_count
-    group.kind = (model_config_pb2.ModelInstanceGroup.KIND_GPU if gpu
-                  else model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    group.kind = _KIND.KIND_GPU if resolve_kind(kind) == "gpu" else _KIND.KIND_CPU
     cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     cfg.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes)
     cfg.version_policy.all.SetInParent()
@@ -112,19 +125,12 @@ def model_config(
     return cfg
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_config(repo: Path, config: model_config_pb2.ModelConfig) -> Path:
     """Atomically write ``repo/<name>/config.pbtxt``."""
     model_dir = Path(repo) / config.name
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / "config.pbtxt"
-    _atomic_write(path, text_format.MessageToString(config))
+    atomic_write_text(path, text_format.MessageToString(config))
     return path
 
 
@@ -133,80 +139,31 @@ def read_config(repo: Path, name: str) -> model_config_pb2.ModelConfig:
     return text_format.Parse((Path(repo) / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
 
 
-def list_versions(repo: Path, name: str) -> list[int]:
-    d = Path(repo) / name
-    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.is_dir() else []
-
-
-def load_golden(version_dir: Path) -> dict[str, np.ndarray]:
-    with np.load(Path(version_dir) / "golden.npz") as z:
-        return {k: z[k] for k in z.files}
-
-
-def _signature(cfg: model_config_pb2.ModelConfig) -> tuple[Any, ...]:
+def signature(cfg: model_config_pb2.ModelConfig) -> tuple[Any, ...]:
+    """What a version must agree with: input and output names, dtypes, dims, and the batch bound."""
     return (tuple((t.name, t.data_type, tuple(t.dims)) for t in cfg.input),
             tuple((t.name, t.data_type, tuple(t.dims)) for t in cfg.output), cfg.max_batch_size)
 
 
-def export_version(
-    repo: Path,
-    name: str,
-    scripted: torch.jit.ScriptModule,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-    golden_inputs: Mapping[str, np.ndarray],
-    meta: Mapping[str, Any],
-    *,
-    max_batch_size: int,
-    version: int | None = None,
-    kind: str = "auto",
-    extra_files: Mapping[str, Path] | None = None,
-) -> int:
-    """Write a new version of ``name`` atomically and (re)write its config if the signature changed.
-
-    The golden outputs are computed here by running ``scripted`` on ``golden_inputs``.
+def apply_instance_settings(repo: Path, models: Sequence[str], *, kind: str, torch_threads: int) -> list[str]:
+    """Give every instance group of ``models`` the resolved ``kind`` and set the torch threads
+    parameter, rewriting only configs that differ. Called before rankserve starts Triton, so the
+    instance kind is decided where Triton runs, not when the model was exported.
 
     Returns:
-        The version number written.
-
-    Raises:
-        FileExistsError: ``version`` already exists.
+        The models whose ``config.pbtxt`` was rewritten.
     """
-    import torch
-
-    repo = Path(repo)
-    model_dir = repo / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    existing = list_versions(repo, name)
-    if version is None:
-        version = (existing[-1] + 1) if existing else 1
-    if version in existing:
-        raise FileExistsError(f"{name} version {version} already exists")
-    for spec in inputs:
-        arr = golden_inputs[spec.name]
-        if arr.dtype != _NP[spec.dtype] or tuple(arr.shape[1:]) != spec.dims:
-            raise ValueError(f"golden input {spec.name!r} is {arr.dtype}{arr.shape}, expected {spec.dtype}{spec.dims}")
-    with torch.inference_mode():
-        out = scripted(*[torch.from_numpy(np.ascontiguousarray(golden_inputs[s.name])) for s in inputs])
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    golden = {s.name: np.ascontiguousarray(golden_inputs[s.name]) for s in inputs}
-    golden.update({s.name: o.detach().cpu().numpy() for s, o in zip(outputs, outs, strict=True)})
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
-    try:
-        torch.jit.save(scripted, str(tmp / "model.pt"))
-        shutil.copy(MODEL_PY, tmp / "model.py")
-        np.savez(tmp / "golden.npz", **golden)
-        full_meta = {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "inputs": [asdict(s) for s in inputs], "outputs": [asdict(s) for s in outputs]}
-        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str))
-        for fname, src in (extra_files or {}).items():
-            shutil.copy(src, tmp / fname)
-        os.rename(tmp, model_dir / str(version))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    cfg = model_config(name, inputs, outputs, max_batch_size=max_batch_size, kind=kind)
-    cfg_path = model_dir / "config.pbtxt"
-    if not cfg_path.exists() or _signature(read_config(repo, name)) != _signature(cfg):
-        write_config(repo, cfg)
-    return version
+    want = _KIND.KIND_GPU if resolve_kind(kind) == "gpu" else _KIND.KIND_CPU
+    changed = []
+    for name in models:
+        cfg = read_config(repo, name)
+        before = cfg.SerializeToString(deterministic=True)
+        if not cfg.instance_group:
+            cfg.instance_group.add(count=1)
+        for group in cfg.instance_group:
+            group.kind = want
+        cfg.parameters[TORCH_THREADS_PARAMETER].string_value = str(torch_threads)
+        if cfg.SerializeToString(deterministic=True) != before:
+            write_config(repo, cfg)
+            changed.append(name)
+    return changed

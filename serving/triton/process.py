@@ -1,5 +1,8 @@
 """The embedded Triton: the ``tritonserver`` binary from the ``nvidia-pytriton`` wheel as a child.
 
+Owns: the ``tritonserver`` child process (binary, backends, environment, ports, readiness, stop).
+Must not touch: model files (beyond the instance settings of ``config.pbtxt`` at start) or requests.
+
 Facts this module relies on (Triton 2.51, python backend; see DESIGN.md):
 
 * the python backend stub for the running interpreter must sit in ``backends/python/`` as
@@ -18,13 +21,16 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import time
 from pathlib import Path
 from types import TracebackType
+
+from serving.errors import TritonStartError
+from serving.net import free_port
+from serving.triton.config import apply_instance_settings
 
 __all__ = ["TritonProcess", "TritonStartError", "find_tritonserver"]
 
@@ -33,29 +39,18 @@ log = logging.getLogger(__name__)
 _FATAL_LOG_TEXT = "error while loading shared libraries"
 
 
-class TritonStartError(RuntimeError):
-    """Triton exited or did not become ready; the message carries the tail of its log."""
-
-
 def _wheel_dir() -> Path:
     import pytriton
 
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
 
 
-def find_tritonserver() -> Path:
-    """Path of the ``tritonserver`` binary (``RANKSERVE_TRITON_BIN`` overrides the wheel's)."""
-    override = os.environ.get("RANKSERVE_TRITON_BIN")
+def find_tritonserver(override: Path | None = None) -> Path:
+    """Path of the ``tritonserver`` binary: ``override`` (``Settings.triton_bin``), else the wheel's."""
     path = Path(override) if override else _wheel_dir() / "bin" / "tritonserver"
     if not path.is_file():
-        raise TritonStartError(f"tritonserver not found at {path}")
+        raise TritonStartError(f"tritonserver not found at {path} (RANKSERVE_TRITON_BIN)")
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _prepare_backends(runtime_dir: Path) -> Path:
@@ -100,18 +95,25 @@ class TritonProcess:
         models: models to load at start (default: every directory with a ``config.pbtxt``).
         grpc_port, http_port, metrics_port: 0 picks free ports.
         ready_timeout_s: how long to wait for readiness.
+        binary: the ``tritonserver`` to run (default: the wheel's).
+        kind: instance kind of every model (``auto``, ``cpu``, ``gpu``), written into the configs at start.
+        torch_threads: torch threads per model instance, written into the configs at start.
     """
 
     def __init__(self, repo: Path, *, runtime_dir: Path, models: list[str] | None = None, grpc_port: int = 0,
-                 http_port: int = 0, metrics_port: int = 0, ready_timeout_s: float = 180.0) -> None:
+                 http_port: int = 0, metrics_port: int = 0, ready_timeout_s: float = 180.0,
+                 binary: Path | None = None, kind: str = "auto", torch_threads: int = 1) -> None:
         self.repo = Path(repo).resolve()
         self.runtime_dir = Path(runtime_dir).resolve()
         self.models = models if models is not None else sorted(
             p.name for p in self.repo.iterdir() if (p / "config.pbtxt").is_file())
-        self.grpc_port = grpc_port or _free_port()
-        self.http_port = http_port or _free_port()
-        self.metrics_port = metrics_port or _free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port or free_port()
+        self.metrics_port = metrics_port or free_port()
         self.ready_timeout_s = ready_timeout_s
+        self.binary = binary
+        self.kind = kind
+        self.torch_threads = torch_threads
         self.log_path = self.runtime_dir / f"triton-{self.grpc_port}.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -136,8 +138,13 @@ class TritonProcess:
     def start(self) -> TritonProcess:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         backends = _prepare_backends(self.runtime_dir)
+        binary = find_tritonserver(self.binary)
+        rewritten = apply_instance_settings(self.repo, self.models, kind=self.kind, torch_threads=self.torch_threads)
+        if rewritten:
+            log.info("config.pbtxt instance settings (kind %s, %d torch threads) written for %s",
+                     self.kind, self.torch_threads, rewritten)
         cmd = [
-            str(find_tritonserver()),
+            str(binary),
             f"--model-repository={self.repo}",
             "--model-control-mode=explicit",
             *[f"--load-model={m}" for m in self.models],

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from serving.errors import RankserveError
+from serving.errors import PushRefusedError, RankserveError
 from serving.pipeline.features import FeatureTables
-from serving.repository.push import PushError, _model_lock, push, rollback
+from serving.repository.push import _model_lock, push, rollback
 from serving.repository.registry import ModelRegistry
 from serving.triton.client import TritonClient
 
@@ -130,10 +130,10 @@ def test_broken_artifacts_are_refused_and_live_keeps_serving(kind: str, settings
         version = registry.versions("ranker")[0]
     client = TritonClient(triton.grpc_url)
     if kind == "concurrent_push":
-        with _model_lock(settings.model_repository / "ranker"), pytest.raises(PushError, match="in progress"):
+        with _model_lock(settings.model_repository / "ranker"), pytest.raises(PushRefusedError, match="in progress"):
             push(registry, model, art, tables, client)
     else:
-        with pytest.raises(PushError) as info:
+        with pytest.raises(PushRefusedError) as info:
             push(registry, model, art, tables, client, version=version)
         assert info.value.message  # a reason, for the engineer who pushed
     assert _snapshot(settings.model_repository) == before

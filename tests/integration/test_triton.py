@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from serving.errors import BackendUnavailableError, TritonError
+from serving.repository.export import export_version, load_golden
+from serving.repository.registry import ModelRegistry
 from serving.triton.client import TritonClient
-from serving.triton.config import TensorSpec, export_version, list_versions, load_golden, read_config
+from serving.triton.config import TensorSpec, read_config
 from serving.triton.process import TritonProcess, TritonStartError
 
 pytestmark = pytest.mark.integration
@@ -30,7 +32,7 @@ def test_every_model_and_version_matches_its_golden_outputs(triton: TritonProces
     checked = 0
     for name in triton.models:
         cfg = read_config(triton.repo, name)
-        for v in list_versions(triton.repo, name):
+        for v in ModelRegistry(triton.repo).versions(name):
             golden = load_golden(triton.repo / name / str(v))
             inputs = {t.name: golden[t.name] for t in cfg.input}
             out = client.infer(name, inputs, [o.name for o in cfg.output], version=str(v))
@@ -55,7 +57,7 @@ def test_own_server_batches_and_isolates_bad_requests(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     golden = {"ids": rng.integers(0, 5, (4, 1)), "x": rng.normal(size=(4, 4)).astype(np.float32)}
     export_version(tmp_path / "repo", "tiny", module, [TensorSpec("ids", "INT64", (1,)), TensorSpec("x", "FP32", (4,))],
-                   [TensorSpec("y", "FP32", (2,))], golden, {}, max_batch_size=128, kind="cpu")
+                   [TensorSpec("y", "FP32", (2,))], golden, {}, max_batch_size=128)
     with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt") as server:
         client = TritonClient(server.grpc_url)
         for n in (1, 3, 64):
@@ -174,7 +176,7 @@ def test_a_client_reconnects_within_a_second_of_triton_coming_back(tmp_path: Pat
                    [TensorSpec("ids", "INT64", (1,)), TensorSpec("x", "FP32", (4,))],
                    [TensorSpec("y", "FP32", (2,))],
                    {"ids": rng.integers(0, 5, (4, 1)), "x": rng.normal(size=(4, 4)).astype(np.float32)},
-                   {}, max_batch_size=8, kind="cpu")
+                   {}, max_batch_size=8)
     inputs = {"ids": np.zeros((1, 1), np.int64), "x": np.zeros((1, 4), np.float32)}
     ports = {"grpc_port": _free_port(), "http_port": _free_port(), "metrics_port": _free_port()}
     with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports) as server:

@@ -9,7 +9,7 @@ import pytest
 
 from kernels import BACKENDS, CrossInputs, CrossSpec, available_backends, cross_hash_scalar, get_crosser
 from kernels._numpy import cross_numpy, hash_pairs_numpy
-from kernels.dispatch import BackendUnavailableError
+from kernels.dispatch import KernelBackendError
 from tests.kernel_cases import SIZES, SPEC, make_inputs, run_on_cuda_simulator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,10 +56,10 @@ def test_auto_picks_the_first_available_in_priority_order() -> None:
 
 
 def test_unknown_and_unavailable_backends_raise() -> None:
-    with pytest.raises(BackendUnavailableError, match="unknown crossing backend"):
+    with pytest.raises(KernelBackendError, match="unknown crossing backend"):
         get_crosser("tpu")
     for name in set(BACKENDS) - set(available_backends()):
-        with pytest.raises(BackendUnavailableError, match=name):
+        with pytest.raises(KernelBackendError, match=name):
             get_crosser(name)
 
 

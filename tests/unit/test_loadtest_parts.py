@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from loadtest.run import _batch_series, is_loopback, parse_batch_metrics
+from loadtest.run import _batch_series, parse_batch_metrics
 from loadtest.schedule import constant, spike, step_ramp
+from serving.net import is_loopback
 
 
 def test_step_ramp_climbs_and_stops() -> None:

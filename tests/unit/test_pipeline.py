@@ -1,7 +1,7 @@
 """Pipeline logic on plain classes: top-k, exclude, given candidates, cold start, degrading, deadlines.
 
-Triton is replaced here by small deterministic clients (this is a unit test of the stage logic;
-tests/integration runs the same pipeline against the real Triton).
+Triton is replaced here by small deterministic clients (``tests/unit/fakes.py``; this is a unit
+test of the stage logic; tests/integration runs the same pipeline against the real Triton).
 """
 
 from __future__ import annotations
@@ -9,88 +9,27 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from kernels import CrossSpec
-from serving.config import Settings
-from serving.errors import DeadlineExceededError, ModelNotFoundError, TritonError, ValidationError
-from serving.pipeline.crossing import CrossingStage
-from serving.pipeline.features import FeatureTables
-from serving.pipeline.orchestration import RankPipeline, _top_k
-from serving.pipeline.ranking import RankingStage
-from serving.pipeline.recall import RecallStage
-from serving.repository.registry import ModelRegistry, Traffic
+from serving.errors import DeadlineExceededError, ModelNotFoundError, ValidationError
+from serving.pipeline.orchestration import RankPipeline
+from serving.pipeline.routing import Traffic
+from serving.pipeline.topk import top_k
+from serving.repository.registry import ModelRegistry
 from serving.schemas import RankRequest, RankResponse
-from serving.triton.caller import ModelCaller
-
-N_USERS, N_ITEMS, D, E = 50, 300, 4, 8
-SPEC = CrossSpec(pairs=((0, 0), (1, 1)), buckets=97, dense_dim=D)
-
-
-class ExactIndex:
-    """Exact inner-product search over item embeddings (the FAISS wrapper has its own tests)."""
-
-    kind, on_gpu = "exact", False
-
-    def __init__(self, emb: np.ndarray) -> None:
-        self.emb = emb
-        self.n_items = emb.shape[0]
-
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        s = q @ self.emb.T
-        ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(s, ids, 1).astype(np.float32), ids.astype(np.int64)
-
-
-class ScoringClient:
-    """Scores rows by their dense dot feature; user tower = user dense padded to E."""
-
-    def __init__(self, fail: set[str] | None = None, delay_s: float = 0.0) -> None:
-        self.fail = fail or set()
-        self.delay_s = delay_s
-        self.calls: list[tuple[str, str, int]] = []
-
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
-                    version: str = "", timeout_s: float | None = None) -> dict[str, np.ndarray]:
-        first = next(iter(inputs.values()))
-        self.calls.append((model, version, first.shape[0]))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        if model in self.fail:
-            raise TritonError(f"{model} is down")
-        if model == "user_tower":
-            ud = inputs["user_dense"]
-            return {"embedding": np.pad(ud, ((0, 0), (0, E - ud.shape[1]))).astype(np.float32)}
-        dense = inputs["dense"]
-        return {"score": (1 / (1 + np.exp(-dense[:, 3:4]))).astype(np.float32)}
+from tests.unit.fakes import N_ITEMS, SPEC, D, E, ScoringClient, make_pipeline, make_repo
 
 
 @pytest.fixture()
 def repo(tmp_path: Path) -> Path:
-    for name, meta in (("ranker", {"cross_spec": json.loads(SPEC.to_json())}), ("user_tower", {})):
-        (tmp_path / name / "1").mkdir(parents=True)
-        (tmp_path / name / "config.pbtxt").write_text(f'name: "{name}"\n')
-        (tmp_path / name / "1" / "meta.json").write_text(json.dumps(meta))
-    return tmp_path
+    return make_repo(tmp_path)
 
 
 def _pipeline(repo: Path, client: ScoringClient, **overrides: object) -> RankPipeline:
-    rng = np.random.default_rng(0)
-    tables = FeatureTables(
-        user_cat=rng.integers(1, 5, (N_USERS, 3)), user_dense=rng.normal(size=(N_USERS, D)).astype(np.float32),
-        item_cat=rng.integers(1, 9, (N_ITEMS, 4)), item_num=rng.normal(size=(N_ITEMS, 3)).astype(np.float32),
-        item_dense=rng.normal(size=(N_ITEMS, D)).astype(np.float32),
-    )
-    settings = Settings(model_repository=repo, recall_n=40, triton_retries=1, **overrides)
-    caller = ModelCaller(client, timeout_s=1.0, retries=1)
-    index = ExactIndex(np.pad(tables.item_dense, ((0, 0), (0, E - D))))
-    recall = RecallStage(tables, index, caller, "user_tower", 1)  # type: ignore[arg-type]
-    return RankPipeline(settings, tables, ModelRegistry(repo), recall, CrossingStage(tables, "numpy"),
-                        RankingStage(caller, max_rows=64))
+    return make_pipeline(repo, client, **overrides)
 
 
 def _run(p: RankPipeline, reqs: list[dict]) -> list:
@@ -196,6 +135,6 @@ def test_top_k_orders_and_breaks_ties_by_position(n: int) -> None:
     rng = np.random.default_rng(n)
     s = rng.integers(0, 5, n).astype(np.float32)
     for k in (1, 3, 100):
-        got = _top_k(s, k)
+        got = top_k(s, k)
         want = np.lexsort((np.arange(n), -s))[:k]
         assert got.tolist() == want.tolist()

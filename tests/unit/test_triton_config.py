@@ -10,13 +10,16 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from serving.repository.export import export_version, load_golden
+from serving.repository.registry import ModelRegistry
 from serving.triton.config import (
+    TORCH_THREADS_PARAMETER,
     TensorSpec,
-    export_version,
-    list_versions,
-    load_golden,
+    apply_instance_settings,
     model_config,
     read_config,
+    resolve_kind,
+    write_config,
 )
 
 IN = [TensorSpec("cat", "INT64", (3,)), TensorSpec("dense", "FP32", (4,))]
@@ -47,10 +50,31 @@ def test_config_fields(kind: str, want: str) -> None:
     assert [w.batch_size for w in small.model_warmup] == [1, 64]
 
 
-def test_env_overrides_auto_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RANKSERVE_TRITON_KIND", "gpu")
-    assert model_config("m", IN, OUT, max_batch_size=1).instance_group[0].kind == \
-        model_config_pb2.ModelInstanceGroup.KIND_GPU
+def test_auto_kind_follows_the_gpu_torch_sees() -> None:
+    assert resolve_kind("auto") == ("gpu" if torch.cuda.is_available() else "cpu")
+    assert (resolve_kind("cpu"), resolve_kind("gpu")) == ("cpu", "gpu")
+    with pytest.raises(ValueError, match="kind"):
+        resolve_kind("tpu")
+
+
+def test_instance_kind_and_threads_are_decided_where_triton_starts(tmp_path: Path) -> None:
+    """Start-up rewrites each model's instance groups to the setting's kind and its torch threads
+    parameter (what the python-backend model reads), and leaves an up-to-date config alone."""
+    for name in ("ranker", "user_tower"):
+        write_config(tmp_path, model_config(name, IN, OUT, max_batch_size=64, kind="cpu"))
+    kinds = model_config_pb2.ModelInstanceGroup
+    assert apply_instance_settings(tmp_path, ["ranker", "user_tower"], kind="gpu", torch_threads=3) == \
+        ["ranker", "user_tower"]
+    for name in ("ranker", "user_tower"):
+        cfg = read_config(tmp_path, name)
+        assert [g.kind for g in cfg.instance_group] == [kinds.KIND_GPU]
+        assert cfg.parameters[TORCH_THREADS_PARAMETER].string_value == "3"
+        assert cfg.max_batch_size == 64 and [t.name for t in cfg.input] == ["cat", "dense"]
+    mtime = (tmp_path / "ranker" / "config.pbtxt").stat().st_mtime_ns
+    assert apply_instance_settings(tmp_path, ["ranker"], kind="gpu", torch_threads=3) == []
+    assert (tmp_path / "ranker" / "config.pbtxt").stat().st_mtime_ns == mtime
+    assert apply_instance_settings(tmp_path, ["ranker"], kind="cpu", torch_threads=1) == ["ranker"]
+    assert [g.kind for g in read_config(tmp_path, "ranker").instance_group] == [kinds.KIND_CPU]
 
 
 def test_bad_values_are_refused() -> None:
@@ -63,11 +87,11 @@ def test_bad_values_are_refused() -> None:
 def test_export_is_atomic_numbered_and_golden(tmp_path: Path) -> None:
     m = torch.jit.script(_M())
     g = {"cat": np.ones((5, 3), np.int64), "dense": np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)}
-    assert export_version(tmp_path, "ranker", m, IN, OUT, g, {"note": "a"}, max_batch_size=64, kind="cpu") == 1
-    assert export_version(tmp_path, "ranker", m, IN, OUT, g, {}, max_batch_size=64, kind="cpu") == 2
+    assert export_version(tmp_path, "ranker", m, IN, OUT, g, {"note": "a"}, max_batch_size=64) == 1
+    assert export_version(tmp_path, "ranker", m, IN, OUT, g, {}, max_batch_size=64) == 2
     with pytest.raises(FileExistsError):
         export_version(tmp_path, "ranker", m, IN, OUT, g, {}, max_batch_size=64, version=2)
-    assert list_versions(tmp_path, "ranker") == [1, 2]
+    assert ModelRegistry(tmp_path).versions("ranker") == [1, 2]
     assert not [p for p in (tmp_path / "ranker").iterdir() if p.name.startswith(".tmp")]
     v1 = tmp_path / "ranker" / "1"
     assert {p.name for p in v1.iterdir()} == {"model.pt", "model.py", "golden.npz", "meta.json"}

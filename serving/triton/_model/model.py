@@ -1,5 +1,9 @@
 """Generic Triton python-backend model: runs the version's TorchScript ``model.pt``.
 
+Runs inside Triton's python stub, not in rankserve: it imports nothing of rankserve and reads no
+environment. Dtypes come from Triton's own table, torch threads from the ``torch_threads``
+parameter that rankserve writes into ``config.pbtxt`` at start-up.
+
 Thin on purpose: ``initialize`` parses the config once and loads the module; ``execute`` merges
 the requests Triton's dynamic batcher hands over, runs the module ONCE, and splits the result,
 one response per request. Outputs go out through DLPack (``pb_utils.Tensor(name, ndarray)``
@@ -7,7 +11,6 @@ arrives empty with numpy 2). A malformed request fails alone.
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +18,17 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import to_dlpack
 
-_NP = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_INT32": np.int32, "TYPE_FP64": np.float64}
-
 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
-        self.inputs = [(t["name"], _NP[t["data_type"]], [int(d) for d in t["dims"]]) for t in cfg["input"]]
+        self.inputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"]), [int(d) for d in t["dims"]])
+                       for t in cfg["input"]]
         self.outputs = [t["name"] for t in cfg["output"]]
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
         self.device = torch.device(f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu")
-        torch.set_num_threads(int(os.environ.get("RANKSERVE_TRITON_TORCH_THREADS", "1")))
+        threads = cfg.get("parameters", {}).get("torch_threads", {}).get("string_value", "1")
+        torch.set_num_threads(int(threads))
         path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
         self.module = torch.jit.load(str(path), map_location=self.device).eval()
 

@@ -1,0 +1,98 @@
+"""The HTTP/JSON wire format of the v1 API: routes, body limits, the error shape.
+
+Owns: the FastAPI routes (``/v1/rank``, ``/v1/models``, ``/healthz``, ``/readyz``, ``/metrics``),
+reading a body within the size limit, and turning errors into ``{"error": {...}}`` with their
+status. The routes are methods of :class:`HttpIngress`, a mixin the Serve deployment inherits.
+Must not touch: ranking logic (``serving.service``), Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.errors import (
+    InvalidArgumentError,
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    RankserveError,
+    RouteNotFoundError,
+)
+from serving.schemas import RankRequest, parse_rank_request
+from serving.service import RankService
+
+__all__ = ["HttpIngress", "api", "error_response", "read_body"]
+
+api = FastAPI(title="rankserve", version="1", docs_url=None, redoc_url=None)
+
+
+def error_response(err: RankserveError) -> JSONResponse:
+    """The error shape with the error's status and headers (``Retry-After``)."""
+    return JSONResponse(err.to_body(), status_code=err.http_status, headers=err.headers())
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown paths and methods answer in the same error shape as everything else."""
+    cls = {404: RouteNotFoundError, 405: MethodNotAllowedError}.get(exc.status_code, InvalidArgumentError)
+    err = cls(f"{request.method} {request.url.path}: {exc.detail}")
+    return JSONResponse(err.to_body(), status_code=exc.status_code)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` bytes.
+
+    Raises:
+        PayloadTooLargeError: declared or streamed size over the limit (413).
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body is {declared} bytes, the limit is {limit}", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class HttpIngress:
+    """HTTP routes over ``self.service`` (set by the class that inherits this)."""
+
+    service: RankService
+
+    @api.post("/v1/rank")
+    async def rank(self, request: Request) -> Response:
+        """``POST /v1/rank``."""
+        settings = self.service.settings
+
+        async def read() -> RankRequest:
+            return parse_rank_request(await read_body(request, settings.max_body_bytes), settings)
+
+        try:
+            result = await self.service.rank(read)
+        except RankserveError as err:
+            return error_response(err)
+        return JSONResponse(result.to_json())
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> Response:
+        checks = await self.service.readiness()
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        return Response(self.service.metrics_text(), media_type="text/plain; version=0.0.4")
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return await self.service.models_view()

@@ -1,0 +1,48 @@
+"""Builds the pipeline's stages from settings, the feature tables and the model repository.
+
+Owns: the recall stage's factory (a user tower version with the index of the same version) and
+the wiring of the whole pipeline. Must not touch: Ray, HTTP, gRPC; it reads the repository only
+through :class:`serving.pipeline.orchestration.ModelCatalog`.
+"""
+
+from __future__ import annotations
+
+from serving.config import Settings
+from serving.errors import BackendUnavailableError
+from serving.index.faiss_index import load_index
+from serving.pipeline.crossing import CrossingStage
+from serving.pipeline.features import FeatureTables
+from serving.pipeline.orchestration import ModelCatalog, RankPipeline
+from serving.pipeline.ranking import RankingStage
+from serving.pipeline.recall import RecallStage
+from serving.triton.caller import AsyncInferClient, ModelCaller
+from serving.triton.config import read_config
+
+__all__ = ["create_pipeline", "make_caller", "make_recall"]
+
+
+def make_caller(settings: Settings, client: AsyncInferClient) -> ModelCaller:
+    """The Triton model caller with the configured per-call timeout and retries."""
+    return ModelCaller(client, timeout_s=settings.triton_timeout_s, retries=settings.triton_retries)
+
+
+def make_recall(settings: Settings, catalog: ModelCatalog, tables: FeatureTables, caller: ModelCaller,
+                version: int) -> RecallStage:
+    """The recall stage of one user tower version, with the item index from the same version."""
+    tower_dir = catalog.version_dir(settings.user_tower_model, version)
+    index = load_index(tower_dir / "items.faiss", use_gpu=settings.faiss_gpu)
+    if index.n_items != tables.n_items:
+        raise BackendUnavailableError(
+            f"index of {settings.user_tower_model} v{version} has {index.n_items} items, catalogue has {tables.n_items}"
+        )
+    return RecallStage(tables, index, caller, settings.user_tower_model, version)
+
+
+def create_pipeline(settings: Settings, client: AsyncInferClient, catalog: ModelCatalog) -> RankPipeline:
+    """Load tables, index and model metadata and wire the stages (in-process; no Ray needed)."""
+    tables = FeatureTables.load(settings.marketplace_path)
+    caller = make_caller(settings, client)
+    recall = make_recall(settings, catalog, tables, caller, catalog.traffic(settings.user_tower_model).live)
+    max_rows = read_config(settings.model_repository, settings.ranker_model).max_batch_size
+    return RankPipeline(settings, tables, catalog, recall, CrossingStage(tables, settings.cross_backend),
+                        RankingStage(caller, max_rows))

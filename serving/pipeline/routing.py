@@ -1,0 +1,64 @@
+"""Which model version scores whom: the traffic split and the stable user bucket.
+
+Owns: the :class:`Traffic` value (its JSON is the repository's ``traffic.json``) and the routing
+rule (canary by a stable hash of ``user_id``). Must not touch: files (``serving.repository``
+reads and writes them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kernels import cross_hash_scalar
+
+__all__ = ["Traffic", "route", "user_bucket"]
+
+
+def user_bucket(user_id: int) -> float:
+    """Stable position of a user in [0, 100): same user, same bucket, on every replica."""
+    return cross_hash_scalar(user_id, 0x5EED, 7, 10_000) / 100.0
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The traffic split of one model: live version, optional canary and shadow, rollback history."""
+
+    live: int
+    canary_version: int | None = None
+    canary_percent: float = 0.0
+    shadow_version: int | None = None
+    shadow_percent: float = 0.0
+    history: tuple[int, ...] = ()  # earlier live versions, oldest first (rollback targets)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"live": self.live, "history": list(self.history)}
+        if self.canary_version is not None:
+            out["canary"] = {"version": self.canary_version, "percent": self.canary_percent}
+        if self.shadow_version is not None:
+            out["shadow"] = {"version": self.shadow_version, "percent": self.shadow_percent}
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Traffic:
+        can = d.get("canary") or {}
+        sh = d.get("shadow") or {}
+        return cls(
+            live=int(d["live"]),
+            canary_version=int(can["version"]) if can else None,
+            canary_percent=float(can.get("percent", 0.0)),
+            shadow_version=int(sh["version"]) if sh else None,
+            shadow_percent=float(sh.get("percent", 0.0)),
+            history=tuple(int(v) for v in d.get("history", ())),
+        )
+
+    def versions(self) -> tuple[int, ...]:
+        """Every version this split sends requests to (live, canary, shadow)."""
+        return tuple(v for v in (self.live, self.canary_version, self.shadow_version) if v is not None)
+
+
+def route(traffic: Traffic, user_id: int) -> int:
+    """Version that scores ``user_id`` under ``traffic`` (canary by stable user hash)."""
+    if traffic.canary_version is not None and user_bucket(user_id) < traffic.canary_percent:
+        return traffic.canary_version
+    return traffic.live

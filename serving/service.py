@@ -1,0 +1,201 @@
+"""The ranking service, protocol-neutral: admission, deadlines, dispatch, readiness, the models view.
+
+Owns: what happens to a ranking request between the wire format and the pipeline (shed or admit,
+deadline, idle dispatch or batching, counting the outcome), the readiness checks, the
+``/v1/models`` view and the metrics. HTTP (``serving.http_api``), gRPC (``serving.grpc_api``)
+and the Serve deployment (``serving.app``) are thin wrappers around one :class:`RankService`.
+Must not touch: wire formats, Ray (the batcher comes in as a function), files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from serving.config import Settings
+from serving.errors import DeadlineExceededError, OverloadedError, RankserveError
+from serving.metrics import Metrics
+from serving.pipeline.assemble import create_pipeline, make_caller
+from serving.pipeline.orchestration import BatchStats, Prepared, RankPipeline
+from serving.repository.registry import ModelRegistry
+from serving.repository.watcher import RepositoryWatcher
+from serving.schemas import RankRequest, RankResponse
+from serving.triton.caller import AsyncInferClient
+
+__all__ = ["Batcher", "ReadinessClient", "RankService", "Result"]
+
+log = logging.getLogger("rankserve")
+
+Result = RankResponse | RankserveError
+BatchFn = Callable[[list[Prepared]], Coroutine[Any, Any, list[Result]]]
+# Turns a batch function into a per-request function that batches concurrent calls (in a Serve
+# replica: ``serving.ray_runtime.serve_batcher``, i.e. ``@serve.batch``).
+Batcher = Callable[[BatchFn], Callable[[Prepared], Awaitable[Result]]]
+
+
+class ReadinessClient(AsyncInferClient, Protocol):
+    """The Triton client, as readiness sees it (``serving.triton.client.AsyncTritonClient``)."""
+
+    async def server_ready(self) -> bool: ...
+    async def model_ready(self, name: str, version: str = "") -> bool: ...
+
+
+class RankService:
+    """Ranks requests through the pipeline and answers operations queries.
+
+    Args:
+        settings: limits, deadlines, batching.
+        pipeline: the ranking pipeline.
+        client: Triton, for readiness and model state.
+        registry: the model repository, for the models view.
+        batcher: batches concurrent requests; ``None`` (or ``settings.batching`` off): every request
+            runs alone.
+    """
+
+    def __init__(self, settings: Settings, pipeline: RankPipeline, client: ReadinessClient, registry: ModelRegistry,
+                 *, batcher: Batcher | None = None, watcher: RepositoryWatcher | None = None) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.client = client
+        self.registry = registry
+        self.metrics = Metrics()
+        self.watcher = watcher
+        self._batched = batcher(self.run_batch) if batcher is not None and settings.batching else None
+        self._pending = 0  # admitted and not yet answered
+        self._running = 0  # pipeline batches executing now
+
+    @classmethod
+    def create(cls, settings: Settings, client: ReadinessClient, *, batcher: Batcher | None = None) -> RankService:
+        """The service of one replica: pipeline, repository watcher (started) and metrics."""
+        registry = ModelRegistry(settings.model_repository)
+        pipeline = create_pipeline(settings, client, registry)
+        watcher = RepositoryWatcher(settings, registry, pipeline, make_caller(settings, client))
+        watcher.start()
+        log.info(json.dumps({"event": "replica_ready", "cross_backend": pipeline.crossing.backend,
+                             "faiss_gpu": pipeline.recall.index.on_gpu, "batching": settings.batching}))
+        return cls(settings, pipeline, client, registry, batcher=batcher, watcher=watcher)
+
+    def close(self) -> None:
+        """Stop following the repository (the replica is shutting down)."""
+        if self.watcher is not None:
+            self.watcher.stop()
+
+    # -- ranking ------------------------------------------------------------------------
+    async def rank(self, read: Callable[[], Awaitable[RankRequest]]) -> RankResponse:
+        """Shed or admit, read and validate the request, run it through the (batched) pipeline
+        within its deadline; count the outcome whichever protocol it came by.
+
+        Raises:
+            RankserveError: with its status; anything else is logged and becomes an internal error.
+        """
+        arrival = time.monotonic()
+        rid: str | None = None
+        try:
+            if self._pending >= self.settings.max_queued_requests >= 0:
+                self.metrics.shed.inc()
+                raise OverloadedError(f"{self._pending} requests queued; try again shortly", retry_after_s=1)
+            prep = self.pipeline.prepare(await read(), arrival=arrival)
+            rid = prep.request_id
+            result = await self._within_deadline(prep)
+        except RankserveError as err:
+            self.metrics.requests.labels(str(err.http_status)).inc()
+            if err.http_status >= 500:
+                log.warning(json.dumps({"event": "rank_error", "request_id": rid, "status": err.http_status,
+                                        "error": err.message}))
+            raise
+        except Exception as err:  # a bug, not bad input: answer in the error shape, never a traceback
+            log.exception(json.dumps({"event": "rank_internal_error", "request_id": rid, "error": repr(err)}))
+            self.metrics.requests.labels("500").inc()
+            raise RankserveError("internal error; see the server log") from err
+        self.metrics.requests.labels("200").inc()
+        self.metrics.latency_ms.observe((time.monotonic() - arrival) * 1000)
+        if result.degraded:
+            self.metrics.degraded.inc()
+            log.warning(json.dumps({"event": "rank_degraded", "request_id": rid, "recall": result.recall}))
+        return result
+
+    async def _within_deadline(self, prep: Prepared) -> RankResponse:
+        self._pending += 1
+        self.metrics.queue_depth.set(self._pending)
+        try:
+            left = prep.deadline - time.monotonic()
+            result = await asyncio.wait_for(self._dispatch(prep), timeout=max(left, 0.001))
+        except asyncio.TimeoutError as err:
+            raise DeadlineExceededError(f"no answer within {1000 * (prep.deadline - prep.arrival):.0f} ms") from err
+        finally:
+            self._pending -= 1
+            self.metrics.queue_depth.set(self._pending)
+        if isinstance(result, RankserveError):
+            raise result
+        return result
+
+    async def _dispatch(self, prep: Prepared) -> Result:
+        """A request that finds no batch running goes at once: waiting for a batch to fill would
+        only add the batch wait to its latency. Requests that arrive while one runs are batched."""
+        if self._batched is not None and self._running > 0:
+            return await self._batched(prep)
+        return (await self.run_batch([prep]))[0]
+
+    async def run_batch(self, batch: list[Prepared]) -> list[Result]:
+        """Run one batch through the pipeline and record its figures; one result per request."""
+        self._running += 1  # before the first await: a request arriving next sees it
+        try:
+            results, stats = await self.pipeline.run_batch(batch)
+        finally:
+            self._running -= 1
+        if len(results) != len(batch):  # the batch contract, checked where batches are formed
+            raise RankserveError(f"pipeline produced {len(results)} answers for {len(batch)} requests")
+        self._observe(stats)
+        return results
+
+    def _observe(self, stats: BatchStats) -> None:
+        self.metrics.batch_requests.observe(stats.requests)
+        self.metrics.batch_rows.observe(stats.rows)
+        for stage, ms in stats.stage_ms.items():
+            self.metrics.stage_ms.labels(stage).observe(ms)
+
+    # -- operations ---------------------------------------------------------------------
+    async def readiness(self) -> dict[str, bool]:
+        """Index loaded, Triton ready, and every version that takes traffic ready in Triton."""
+        recall = self.pipeline.recall
+        checks: dict[str, bool] = {"index": recall.index.n_items > 0}
+        try:
+            checks["triton"] = bool(await self.client.server_ready())
+            checks[f"{recall.model}:{recall.version}"] = bool(await self.client.model_ready(recall.model,
+                                                                                             str(recall.version)))
+            for name, traffic in self.pipeline.traffic_split.items():
+                checks[f"{name}:{traffic.live}"] = bool(await self.client.model_ready(name, str(traffic.live)))
+        except RankserveError:
+            checks["triton"] = False
+        return checks
+
+    def metrics_text(self) -> bytes:
+        """Prometheus exposition of this replica's metrics, with the live versions."""
+        for name, traffic in self.pipeline.traffic_split.items():
+            self.metrics.model_version.labels(name).set(traffic.live)
+        self.metrics.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
+        return self.metrics.render()
+
+    async def models_view(self) -> dict[str, Any]:
+        """Every model's versions (state in Triton, quality), traffic split and shadow figures."""
+        out = []
+        for name in self.registry.models():
+            versions = []
+            for v in self.registry.versions(name):
+                try:
+                    ready = bool(await self.client.model_ready(name, str(v)))
+                except RankserveError:
+                    ready = False
+                meta = self.registry.meta(name, v)
+                versions.append({"version": v, "state": "READY" if ready else "UNAVAILABLE",
+                                 "created": meta.get("created"), "quality": meta.get("quality", {})})
+            shadow = {f"v{v}": st.to_json() for (m, v), st in self.pipeline.shadow.stats.items() if m == name}
+            out.append({"name": name, "versions": versions, "traffic": self.registry.traffic(name).to_json(),
+                        "shadow": shadow})
+        index = self.pipeline.recall.index
+        return {"models": out, "cross_backend": self.pipeline.crossing.backend,
+                "faiss": {"kind": index.kind, "on_gpu": index.on_gpu}}
