@@ -1,6 +1,6 @@
 # rankserve: two commands on a fresh machine.
 #   make serve   set up .venv, build demo data + models on first run, start Triton + Ray Serve on :8000
-#   make test    set up .venv, build demo data + models on first run, run the whole test suite
+#   make test    set up .venv, lint (ruff, mypy), build demo data + models on first run, run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 EXTRA  ?= cpu
@@ -25,7 +25,7 @@ build: install
 serve: build
 	$(PY) -m serving.cli serve
 
-test: build
+test: lint build
 	$(PY) -m pytest -q tests
 
 bench: build

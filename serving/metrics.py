@@ -1,4 +1,8 @@
-"""Prometheus metrics of one replica (served at ``GET /metrics``)."""
+"""Prometheus metrics of one replica (served at ``GET /metrics``).
+
+Owns: the metric names, their buckets and labels. Must not touch: when they are counted (the
+service does that).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Request and response schemas of the v1 ranking API, and their validation.
 
+Owns: the request's fields, limits and error messages (shared by HTTP and gRPC) and the answer's
+JSON. Must not touch: anything above the bottom layer.
+
 Wire formats stay out of the stages: the ingress turns HTTP JSON (or gRPC) into a
 :class:`RankRequest` with :func:`parse_rank_request`, and a :class:`RankResponse` back with
 :meth:`RankResponse.to_json`.

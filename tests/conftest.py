@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from serving.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILT_REPOSITORY = Path(os.environ.get("RANKSERVE_MODEL_REPOSITORY", REPO_ROOT / "model_repository"))
@@ -34,17 +35,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="session")
 def settings():  # noqa: ANN201 - serving.config.Settings
     from serving.config import Settings
 
-    return Settings.from_env(port=_free_port(), grpc_port=_free_port())
+    return Settings.from_env(port=free_port(), grpc_port=free_port())
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """Regenerate the Python modules of ``ranker.proto`` (needs the ``dev`` extra's grpcio-tools).
 
+Owns: the generated ``ranker_pb2*`` files. Must not touch: anything else.
+
     python -m serving.proto.generate [--out DIR]
 """
 

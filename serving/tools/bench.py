@@ -1,5 +1,8 @@
 """``rankserve bench``: one run, same data and models, fixed concurrency levels.
 
+Owns: the benchmark's configurations, their floors and its report. Must not touch: serving code
+(it measures what ships).
+
 Configurations (each measured in this one run):
 
 1. ``floor``          the same pipeline in-process (recall + features + crossing + model forward),

@@ -1,6 +1,8 @@
 """``rankserve capacity``: the highest request rate one serving unit sustains at a p99 target,
 and how many units a given peak needs.
 
+Owns: the capacity search, its report and the plan. Must not touch: the server's internals.
+
 Load is open loop (``serving.tools.loadgen --rate``): requests arrive as a Poisson process whatever the
 server does, and latency runs from each request's scheduled arrival, so queueing is counted (a
 closed loop at fixed concurrency hides it). The search raises the rate by ``growth`` while a

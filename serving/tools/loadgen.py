@@ -1,5 +1,8 @@
 """An HTTP or gRPC load generator, run as its own process (never inside the server's).
 
+Owns: sending load (closed or open loop) to a loopback target and summarising what came back.
+Must not touch: the server.
+
 ``python -m serving.tools.loadgen --url URL --concurrency 32 --duration-s 10 --bodies FILE`` keeps
 ``concurrency`` requests in flight for ``duration_s`` seconds (closed loop), cycling through the
 JSON bodies in ``FILE`` (one per line), and prints one JSON object: requests/s, latency

@@ -1,4 +1,7 @@
-"""One Triton model call with a deadline and a bounded retry (shared by recall and ranking)."""
+"""One Triton model call with a deadline and a bounded retry (shared by recall and ranking).
+
+Owns: the retry policy and the per-attempt timeout. Must not touch: tensors' meaning, degrading.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Runs the repository's TorchScript models in this process, with the Triton client's interface.
 
+Owns: the in-process stand-in for Triton's inference call. Must not touch: serving (never used
+by a replica).
+
 Used for the benchmark's floor (the same pipeline with no serving hop) and to check that served
 scores equal the model's own scores. Not a stand-in for Triton in serving.
 """

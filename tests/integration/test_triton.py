@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from serving.errors import BackendUnavailableError, TritonError
+from serving.net import free_port
 from serving.repository.export import export_version, load_golden
 from serving.repository.registry import ModelRegistry
 from serving.triton.client import TritonClient
@@ -178,7 +179,7 @@ def test_a_client_reconnects_within_a_second_of_triton_coming_back(tmp_path: Pat
                    {"ids": rng.integers(0, 5, (4, 1)), "x": rng.normal(size=(4, 4)).astype(np.float32)},
                    {}, max_batch_size=8)
     inputs = {"ids": np.zeros((1, 1), np.int64), "x": np.zeros((1, 4), np.float32)}
-    ports = {"grpc_port": _free_port(), "http_port": _free_port(), "metrics_port": _free_port()}
+    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
     with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports) as server:
         client = TritonClient(server.grpc_url)  # lives across the restart, as a replica's does
         client.infer("tiny", inputs, ["y"])
@@ -200,10 +201,3 @@ def test_a_client_reconnects_within_a_second_of_triton_coming_back(tmp_path: Pat
     print(f"reconnected after {waited:.2f} s")
     assert waited < 1.5, f"the client took {waited:.1f} s to use the restarted Triton"
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -1,5 +1,7 @@
 """Generic Triton python-backend model: runs the version's TorchScript ``model.pt``.
 
+Owns: one model version inside Triton. Must not touch: rankserve (it is copied into each version).
+
 Runs inside Triton's python stub, not in rankserve: it imports nothing of rankserve and reads no
 environment. Dtypes come from Triton's own table, torch threads from the ``torch_threads``
 parameter that rankserve writes into ``config.pbtxt`` at start-up.
