@@ -73,18 +73,20 @@ def _example_curl(settings: Settings) -> str:
 
 
 @contextlib.contextmanager
-def serving_app(settings: Settings, host: str, port: int, grpc_port: int = 0) -> Iterator[None]:
-    """Triton (configured or embedded), Ray, Serve's proxies and the rankserve application, up
-    for the ``with`` body; Ray and the embedded Triton stop after it."""
+def serving_app(settings: Settings) -> Iterator[None]:
+    """Triton (configured or embedded), Ray, the ingress (``settings.ingress`` on ``settings.port``
+    and ``settings.grpc_port``) and the rankserve application, up for the ``with`` body; Ray and
+    the embedded Triton stop after it."""
     from ray import serve
 
     from serving.app import build_app
-    from serving.ray_runtime import init_ray, shutdown_ray, start_serve
+    from serving.ray_runtime import Ingress, init_ray, shutdown_ray, start_serve
 
+    ingress = Ingress.from_settings(settings)
     with triton_endpoint(settings) as url:
-        init_ray(settings.ray_address)
+        init_ray(settings.ray_address, ingress=ingress)
         try:
-            start_serve(host, port, grpc_port)
+            start_serve(ingress)
             serve.run(build_app(settings, url), name="rankserve", route_prefix="/")
             yield
         finally:
@@ -98,10 +100,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with serving_app(settings, settings.host, settings.port, settings.grpc_port):
+    with serving_app(settings):
         print(f"\nrankserve is serving on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
         if settings.grpc_port:
-            print(f"gRPC rankserve.v1.Ranker/Rank on port {settings.grpc_port} (every interface)")
+            print(f"gRPC rankserve.v1.Ranker/Rank on {settings.host}:{settings.grpc_port}")
         print(f"try:\n  {_example_curl(settings)}\n", flush=True)
         stop.wait()
         print("stopping: draining requests, Ray, Triton ...", flush=True)
@@ -142,7 +144,7 @@ def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
     port = free_port()
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
             f"replica(s), one Triton, {_gpu_words()}; load generator on the same machine)")
-    with serving_app(settings, "127.0.0.1", port):
+    with serving_app(settings.model_copy(update={"port": port, "grpc_port": 0})):
         run_capacity(f"http://127.0.0.1:{port}", settings, args, unit=unit)
     return 0
 

@@ -35,14 +35,24 @@ class Settings(BaseModel):
     model_repository: Path = Field(REPO_ROOT / "model_repository", description="Triton model repository.")
 
     # --- HTTP ----------------------------------------------------------------------------
-    host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
-    port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.")
+    host: str = Field("127.0.0.1", description="Address the HTTP and gRPC ingress binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP API.")
     grpc_port: int = Field(
         0, ge=0, le=65535,
-        description="Port of Serve's gRPC proxy (rankserve.v1.Ranker/Rank); 0: no gRPC. Ray 2.60 binds it "
-                    "on every interface, so the loopback-only default leaves it off.",
+        description="Port of the gRPC API (rankserve.v1.Ranker/Rank); 0: no gRPC. Each replica's gRPC server "
+                    "then binds every interface (Ray 2.60 has no host option for it), so the default leaves it off.",
     )
-    max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest accepted request body.")
+    max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest accepted request body (HTTP and gRPC).")
+    ingress: Literal["haproxy", "direct", "proxy"] = Field(
+        "haproxy", description="How requests reach the replicas: haproxy (Ray Serve's HAProxy ingress on port and "
+                               "grpc_port, load-balanced over the replicas' own servers), direct (clients reach the "
+                               "replica's own server on port; one replica per node) or proxy (Serve's Python proxy). "
+                               "Applies to the local Ray cluster rankserve starts.",
+    )
+    drain_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="On Ctrl-C, SIGTERM or a replica stop: how long in-flight requests may take "
+                                       "to finish before the replica is killed.",
+    )
 
     # --- API limits ----------------------------------------------------------------------
     default_k: int = Field(20, ge=1, description="k when the request gives none.")

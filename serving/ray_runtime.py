@@ -7,16 +7,24 @@ for a type checker; the shims give the rest of the code typed values). Must not 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from serving.config import Settings
+from serving.files import atomic_write_text
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from ray.serve.deployment import Deployment
 
-__all__ = ["ingress_deployment", "init_ray", "serve_batcher", "shutdown_ray", "start_serve"]
+__all__ = ["Ingress", "ingress_deployment", "init_ray", "serve_batcher", "shutdown_ray", "start_serve"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,14 +57,79 @@ def _apply_local_env() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = enabled
 
 
-def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
-    """Start a local Ray cluster (``address="local"``) or connect to an existing one."""
+@dataclass(frozen=True)
+class Ingress:
+    """How requests reach the replicas, and on which loopback ports.
+
+    ``haproxy``: Ray Serve's HAProxy ingress on ``port`` (and ``grpc_port``), load-balancing over
+    every replica's own HTTP and gRPC server (the default: one stable address, no Python hop).
+    ``direct``: clients talk to the replica's own servers, which take ``port``/``grpc_port``
+    themselves (one replica per node; for comparison). ``proxy``: Serve's Python proxy (for
+    comparison). ``drain_s`` bounds how long a stopping replica keeps serving its in-flight requests.
+    """
+
+    mode: str = "haproxy"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    grpc_port: int = 0
+    drain_s: float = 5.0
+    runtime_dir: Path = Path(tempfile.gettempdir())
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, port: int | None = None, grpc_port: int | None = None) -> Ingress:
+        return cls(mode=settings.ingress, host=settings.host, port=settings.port if port is None else port,
+                   grpc_port=settings.grpc_port if grpc_port is None else grpc_port,
+                   drain_s=settings.drain_timeout_s, runtime_dir=settings.data_dir / "ingress")
+
+    def environment(self) -> dict[str, str]:
+        """Ray's variables for this mode; every Ray process reads them when it starts."""
+        from serving.net import free_port
+
+        env = {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+               # how long a stopping ingress replica keeps taking requests before it drains
+               "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(min(1.0, self.drain_s))}
+        if self.mode == "haproxy":
+            base = self.haproxy_dir
+            env.update({
+                "RAY_SERVE_ENABLE_HA_PROXY": "1",
+                "RAY_SERVE_HAPROXY_NBTHREAD": "1",  # two cores: one HAProxy thread beside Python
+                "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",  # rankserve's /metrics counts requests itself
+                # per-cluster ports and files, so that two clusters on one machine do not collide
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+                "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+            })
+        elif self.mode == "direct":
+            env.update({
+                "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+                "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.port),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.port),
+                "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(self.grpc_port or free_port()),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(self.grpc_port or 65535),
+            })
+        return env
+
+    @property
+    def haproxy_dir(self) -> Path:
+        # the admin socket's path must stay short (108 bytes): one directory per ingress port
+        return Path(tempfile.gettempdir()) / f"rankserve-haproxy-{self.port}"
+
+
+def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus: int | None = None) -> None:
+    """Start a local Ray cluster (``address="local"``) with ``ingress``'s environment, or connect to
+    an existing one (whose processes already have theirs)."""
     import ray
 
     if ray.is_initialized():
         return
     if address == "local":
         _apply_local_env()
+        os.environ.update((ingress or Ingress()).environment())
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -74,21 +147,55 @@ def init_ray(address: str = "local", *, num_cpus: int | None = None) -> None:
     log.info("ray started at %s", address)
 
 
-def start_serve(host: str, port: int, grpc_port: int = 0) -> None:
-    """Start Serve's HTTP proxy on ``host:port`` and, when ``grpc_port`` > 0, its gRPC proxy with
-    the ``rankserve.v1.Ranker`` service.
+def start_serve(ingress: Ingress) -> None:
+    """Start Serve's ingress for HTTP and, when ``ingress.grpc_port`` > 0, gRPC with the
+    ``rankserve.v1.Ranker`` service.
 
-    Ray 2.60's gRPC proxy has no host option: it listens on ``[::]:grpc_port``, every interface
-    (as each replica's internal gRPC server already does on a random port).
+    In ``haproxy`` mode, HAProxy's own error answers (no replica could take a request) get the
+    API's error shape: see :func:`_write_haproxy_error_page`. In ``direct`` mode Serve's Python
+    proxy still runs (Ray needs it) on a free port; clients use the replicas' ports.
     """
     from ray import serve
     from ray.serve.config import gRPCOptions
 
     from serving.grpc_api import SERVICER_FUNCTION
+    from serving.net import free_port
 
+    direct = ingress.mode == "direct"
+    port = free_port() if direct else ingress.port
+    grpc_port = (free_port() if direct else ingress.grpc_port) if ingress.grpc_port else 0
     grpc = gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER_FUNCTION]) if grpc_port else None
-    serve.start(http_options={"host": host, "port": port}, grpc_options=grpc)
-    log.info("serve: http %s:%d, grpc %s", host, port, f"[::]:{grpc_port}" if grpc_port else "off")
+    serve.start(http_options={"host": ingress.host, "port": port}, grpc_options=grpc)
+    if ingress.mode == "haproxy":
+        _write_haproxy_error_page(ingress)
+    log.info("serve: %s ingress, http %s:%d, grpc %s", ingress.mode, ingress.host, ingress.port,
+             ingress.grpc_port or "off")
+
+
+def _write_haproxy_error_page(ingress: Ingress, timeout_s: float = 30.0) -> None:
+    """Make HAProxy's own 502/503/504 answers the API's 503 with ``Retry-After``.
+
+    Ray's HAProxy config sends every answer HAProxy makes itself (no replica up, a replica that
+    closed the connection) as one error page, written once when the HAProxy manager starts, and
+    that page is a bare ``500 Internal Server Error``. It is replaced here, before the first
+    application deploys; HAProxy reads it at each reload, the first of which that deploy causes.
+    """
+    import ray
+
+    from serving.errors import BackendUnavailableError
+
+    page = ingress.haproxy_dir / ray.get_runtime_context().get_node_id() / "500.http"
+    t_end = time.monotonic() + timeout_s
+    while not page.is_file():
+        if time.monotonic() > t_end:
+            raise BackendUnavailableError(f"HAProxy ingress did not start: no {page}")
+        time.sleep(0.05)
+    err = BackendUnavailableError("no replica could take the request; try again shortly", retry_after_s=1)
+    body = json.dumps(err.to_body()).encode()
+    head = [f"HTTP/1.1 {err.http_status} Service Unavailable", "Content-Type: application/json",
+            f"Content-Length: {len(body)}", "Cache-Control: no-cache", "Connection: close",
+            *(f"{k}: {v}" for k, v in err.headers().items())]
+    atomic_write_text(page, "\r\n".join(head) + "\r\n\r\n" + body.decode())
 
 
 def shutdown_ray() -> None:

@@ -58,11 +58,12 @@ def rankserve_url(settings, triton) -> Iterator[str]:  # noqa: ANN001
     from ray import serve
 
     from serving.app import build_app
-    from serving.ray_runtime import init_ray, shutdown_ray, start_serve
+    from serving.ray_runtime import Ingress, init_ray, shutdown_ray, start_serve
 
-    init_ray("local")
+    ingress = Ingress.from_settings(settings)
+    init_ray("local", ingress=ingress)
     try:
-        start_serve("127.0.0.1", settings.port, settings.grpc_port)
+        start_serve(ingress)
         serve.run(build_app(settings, triton.grpc_url), name="rankserve", route_prefix="/")
         url = f"http://127.0.0.1:{settings.port}"
         t_end = time.monotonic() + 60

@@ -26,6 +26,7 @@ import json
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,8 +112,38 @@ def _summary(lat: list[float], status: Counter, wall: float,
     }
 
 
-async def _worker(client: _Http | _Grpc, bodies: list[bytes], start: int, stop_at: float,
-                  lat: list[float], status: Counter, items: list[int], record: list[str] | None = None,
+@dataclass
+class _Tally:
+    """What a closed-loop run observed: latencies, statuses, items per answer and, when asked,
+    the server's own ``timings_ms`` of every answer and every request with its answer."""
+
+    lat: list[float] = field(default_factory=list)
+    status: Counter = field(default_factory=Counter)
+    items: list[int] = field(default_factory=list)
+    ok_lat: list[float] = field(default_factory=list)
+    timings: dict[str, list[float]] | None = None
+    record: list[str] | None = None
+
+    def add(self, body: bytes, code: int | str, payload: bytes, ms: float) -> None:
+        self.status[code] += 1
+        if code == 200:
+            self.items.append(payload.count(b'"item_id"'))
+            self.ok_lat.append(ms)
+            if self.timings is not None:
+                for stage, v in json.loads(payload).get("timings_ms", {}).items():
+                    self.timings.setdefault(stage, []).append(float(v))
+        if self.record is not None:
+            self.record.append(json.dumps({"t": time.time(), "status": code,
+                                           "request": json.loads(body), "response": json.loads(payload)}))
+
+    def stages(self) -> dict[str, float]:
+        """Mean client latency of the answered requests and the mean of each server stage."""
+        out = {"client": round(float(np.mean(self.ok_lat)), 3)} if self.ok_lat else {}
+        out.update({k: round(float(np.mean(v)), 3) for k, v in (self.timings or {}).items()})
+        return out
+
+
+async def _worker(client: _Http | _Grpc, bodies: list[bytes], start: int, stop_at: float, tally: _Tally,
                   stop_file: Path | None = None) -> None:
     i = start
     while time.perf_counter() < stop_at and not (stop_file is not None and stop_file.exists()):
@@ -121,40 +152,39 @@ async def _worker(client: _Http | _Grpc, bodies: list[bytes], start: int, stop_a
         t0 = time.perf_counter()
         try:
             code, payload = await client.send(body)
-            status[code] += 1
-            if code == 200:
-                items.append(payload.count(b'"item_id"'))
-            if record is not None:
-                record.append(json.dumps({"t": time.time(), "status": code,
-                                          "request": json.loads(body), "response": json.loads(payload)}))
         except Exception as err:  # noqa: BLE001 - every failure is counted, none stops the run
-            status[f"error:{type(err).__name__}"] += 1
-        lat.append((time.perf_counter() - t0) * 1000)
+            code, payload = f"error:{type(err).__name__}", b"{}"
+        ms = (time.perf_counter() - t0) * 1000
+        tally.lat.append(ms)
+        tally.add(body, code, payload, ms)
 
 
 async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_s: float,
                    warmup_s: float = 1.0, record: list[str] | None = None,
-                   stop_file: Path | None = None) -> dict[str, object]:
-    """Closed-loop load; returns throughput, latency percentiles (ms) and status counts."""
+                   stop_file: Path | None = None, timings: bool = False) -> dict[str, object]:
+    """Closed-loop load; returns throughput, latency percentiles (ms) and status counts, and with
+    ``timings`` the mean client latency beside the mean of each stage the server reports."""
     client = _client(url, concurrency)
     try:
         if warmup_s > 0:
-            await asyncio.gather(*(_worker(client, bodies, w, time.perf_counter() + warmup_s, [], Counter(), [])
+            warm = _Tally()
+            await asyncio.gather(*(_worker(client, bodies, w, time.perf_counter() + warmup_s, warm)
                                    for w in range(concurrency)))
-        lat: list[float] = []
-        status: Counter = Counter()
-        items: list[int] = []
+        tally = _Tally(timings={} if timings else None, record=record)
         t0 = time.perf_counter()
-        await asyncio.gather(*(_worker(client, bodies, w * 7919, t0 + duration_s, lat, status, items, record,
-                                       stop_file) for w in range(concurrency)))
+        await asyncio.gather(*(_worker(client, bodies, w * 7919, t0 + duration_s, tally, stop_file)
+                               for w in range(concurrency)))
         wall = time.perf_counter() - t0
     finally:
         await client.close()
-    return {
+    out: dict[str, object] = {
         "concurrency": concurrency,
-        **_summary(lat, status, wall),
-        "mean_items": round(float(np.mean(items)), 2) if items else 0.0,
+        **_summary(tally.lat, tally.status, wall),
+        "mean_items": round(float(np.mean(tally.items)), 2) if tally.items else 0.0,
     }
+    if timings:
+        out["stage_ms"] = tally.stages()
+    return out
 
 
 async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_s: float,
@@ -231,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="open loop: seed of the arrival times")
     p.add_argument("--record", type=Path, help="write every request and response as JSON lines here")
     p.add_argument("--stop-file", type=Path, help="stop early once this file exists (duration stays the bound)")
+    p.add_argument("--timings", action="store_true",
+                   help="closed loop: report the mean of each timings_ms stage the answers carry")
     a = p.parse_args(argv)
     if not is_loopback(a.url):
         print("loadgen only targets loopback addresses", file=sys.stderr)
@@ -246,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     record: list[str] | None = [] if a.record else None
     res = asyncio.run(run_load(a.url, bodies, concurrency=a.concurrency, duration_s=a.duration_s,
-                               warmup_s=a.warmup_s, record=record, stop_file=a.stop_file))
+                               warmup_s=a.warmup_s, record=record, stop_file=a.stop_file, timings=a.timings))
     if a.record and record is not None:
         a.record.write_text("\n".join(record) + "\n")
     print(json.dumps(res))

@@ -34,13 +34,16 @@ def write_bodies(bodies: list[dict[str, Any]], directory: Path | None = None) ->
 
 
 def run_loadgen(url: str, bodies_file: Path, *, duration_s: float, concurrency: int, warmup_s: float = 1.5,
-                rate: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """One ``serving.tools.loadgen`` run in its own process; closed loop, or open loop at ``rate``/s
-    (``concurrency`` then caps the requests in flight). Returns its JSON summary."""
+                rate: float | None = None, seed: int = 0, timings: bool = False) -> dict[str, Any]:
+    """One ``serving.tools.loadgen`` run in its own process; closed loop (with ``timings``: the
+    mean of each server stage too), or open loop at ``rate``/s (``concurrency`` then caps the
+    requests in flight). Returns its JSON summary."""
     cmd = [sys.executable, "-m", "serving.tools.loadgen", "--url", url, "--bodies", str(bodies_file),
            "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", str(warmup_s)]
     if rate is not None:
         cmd += ["--rate", f"{rate:.3f}", "--seed", str(seed)]
+    elif timings:
+        cmd.append("--timings")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + warmup_s + 120, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")

@@ -192,15 +192,19 @@ def test_readme_api_example_runs_as_written(rankserve_url: str) -> None:
 
 
 def test_local_cluster_listens_on_loopback_only(rankserve_url: str, settings: Settings) -> None:
-    """Every port the embedded default opens (Ray, Serve, Triton) is on loopback, except the two
-    that Ray Serve 2.60 binds to ``[::]`` with no option: the gRPC proxy and each replica's
-    inter-deployment gRPC server. ``ray`` is imported before ``init_ray`` here, as in the CLI."""
+    """Every port the embedded default opens (Ray, Serve, HAProxy, Triton) is on loopback, except
+    those Ray Serve 2.60 binds to every interface with no host option (README "Two commands"):
+    HAProxy's stats and Prometheus listeners, the fallback gRPC proxy behind HAProxy, and each
+    replica's gRPC servers (inter-deployment, and its own rankserve.v1.Ranker server when gRPC is
+    on). The HTTP and gRPC API ports themselves are loopback. ``ray`` is imported before
+    ``init_ray`` here, as in the CLI."""
     import ipaddress
+    import os
 
     import psutil
 
     wildcard: dict[str, list[int]] = {}
-    n_listeners = 0
+    api_ports: set[int] = set()
     for proc in psutil.Process().children(recursive=True):
         try:
             conns, name = proc.net_connections(kind="inet"), proc.name()
@@ -209,14 +213,17 @@ def test_local_cluster_listens_on_loopback_only(rankserve_url: str, settings: Se
         for c in conns:
             if c.status != psutil.CONN_LISTEN:
                 continue
-            n_listeners += 1
             ip = ipaddress.ip_address(c.laddr.ip)
             mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-            if not (ip.is_loopback or (mapped is not None and mapped.is_loopback)):
+            if ip.is_loopback or (mapped is not None and mapped.is_loopback):
+                api_ports.add(c.laddr.port)
+            else:
                 wildcard.setdefault(name, []).append(c.laddr.port)
-    assert n_listeners >= 8, "expected gcs_server, raylet, Serve and Triton listeners among the children"
-    proxy = wildcard.pop("ray::ProxyActor", [])
-    assert proxy == [settings.grpc_port]
+    assert {settings.port, settings.grpc_port} <= api_ports, "the API ports must be on loopback"
+    assert settings.ingress == "haproxy"
+    assert sorted(wildcard.pop("haproxy", [])) == sorted(
+        int(os.environ[k]) for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"))
+    assert wildcard.pop("ray::ProxyActor", []) == [int(os.environ["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"])]
     replicas = {name: wildcard.pop(name) for name in list(wildcard) if name.startswith("ray::ServeReplica")}
-    assert all(len(ports) == 1 for ports in replicas.values()), replicas
+    assert replicas and all(len(ports) == 2 for ports in replicas.values()), replicas
     assert wildcard == {}, f"listening beyond loopback: {wildcard}"
