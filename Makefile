@@ -32,7 +32,7 @@ bench: build
 	$(PY) -m serving.cli bench
 
 capacity: build
-	$(PY) -m serving.cli capacity --peak-rps 2000
+	$(PY) -m serving.cli capacity --p99-ms 50 --peak-rps 2000
 
 kernel-bench: install
 	$(PY) -m kernels.bench

@@ -1,6 +1,13 @@
 """Feature-crossing kernels: one contract (``kernels.spec``), several backends, one dispatcher."""
 
-from kernels.dispatch import BACKENDS, Crosser, KernelBackendError, available_backends, get_crosser
+from kernels.dispatch import (
+    BACKENDS,
+    Crosser,
+    KernelBackendError,
+    available_backends,
+    get_crosser,
+    set_cpu_threads,
+)
 from kernels.spec import CrossInputs, CrossOutput, CrossSpec, cross_hash_scalar
 
 __all__ = [
@@ -13,4 +20,5 @@ __all__ = [
     "available_backends",
     "cross_hash_scalar",
     "get_crosser",
+    "set_cpu_threads",
 ]

@@ -17,7 +17,7 @@ __all__ = ["cross_numba_cpu"]
 _hash = numba.njit(inline="always")(_scalar.cross_hash_u64)
 
 
-@numba.njit(parallel=True, fastmath=False)
+@numba.njit(parallel=True, fastmath=False, nogil=True)
 def _cross_kernel(user_rows, item_rows, user_cat, item_cat, user_dense, item_dense, pairs, buckets,
                   hashed, dense):  # type: ignore[no-untyped-def]
     n = user_rows.shape[0]

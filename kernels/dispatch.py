@@ -17,7 +17,7 @@ import numpy as np
 from kernels._numpy import cross_numpy
 from kernels.spec import CrossInputs, CrossOutput, CrossSpec
 
-__all__ = ["BACKENDS", "KernelBackendError", "Crosser", "available_backends", "get_crosser"]
+__all__ = ["BACKENDS", "KernelBackendError", "Crosser", "available_backends", "get_crosser", "set_cpu_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,16 @@ def available_backends(*, allow_simulator: bool = True) -> list[str]:
             continue
         out.append(name)
     return out
+
+
+def set_cpu_threads(n: int) -> None:
+    """Threads of the Numba CPU kernel in this process (at most Numba's own limit)."""
+    try:
+        import numba
+    except ImportError:
+        return
+    limit = int(getattr(numba.config, "NUMBA_NUM_THREADS", 1))  # set at import from the environment
+    numba.set_num_threads(max(1, min(n, limit)))
 
 
 def _warm_up(fn: CrossFn) -> None:

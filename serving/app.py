@@ -12,21 +12,16 @@ milliseconds on a small machine. Scale out by adding replicas of this deployment
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from serving.config import ConfigError, Settings
 from serving.grpc_api import GrpcIngress
 from serving.http_api import HttpIngress, api
-from serving.pipeline.orchestration import Prepared
-from serving.ray_runtime import ingress_deployment, serve_batcher
+from serving.ray_runtime import ingress_deployment
 from serving.service import RankService
 from serving.triton.client import AsyncTritonClient
 
 __all__ = ["RankingReplica", "app_from_env", "build_app"]
-
-MAX_CONCURRENT_BATCHES = 2  # overlap one batch's crossing with the previous batch's Triton call
-
 
 class RankingReplica(HttpIngress, GrpcIngress):
     """One Serve replica: a :class:`RankService` behind the HTTP routes and the gRPC method."""
@@ -34,18 +29,11 @@ class RankingReplica(HttpIngress, GrpcIngress):
     def __init__(self, settings: dict[str, Any], triton_url: str) -> None:
         logging.basicConfig(level=logging.INFO)
         s = Settings.model_validate(settings)
-        batcher = serve_batcher(max_batch_size=s.max_batch_candidates, batch_wait_timeout_s=s.batch_wait_timeout_s,
-                                max_concurrent_batches=MAX_CONCURRENT_BATCHES, size_fn=_batch_cost)
-        self.service = RankService.create(s, AsyncTritonClient(triton_url), batcher=batcher)
+        self.service = RankService.create(s, AsyncTritonClient.for_url(triton_url, s.triton_shared_memory))
 
     async def __del__(self) -> None:
-        """Serve calls this when the replica stops: stop following the repository."""
-        self.service.close()
-
-
-def _batch_cost(batch: Sequence[Prepared]) -> int:
-    """Batches are bounded by their total candidates, not their request count."""
-    return sum(p.cost for p in batch)
+        """Serve calls this when the replica stops: stop following the repository, release Triton."""
+        await self.service.close()
 
 
 RankingDeployment = ingress_deployment(RankingReplica, api, name="rankserve")
@@ -67,10 +55,11 @@ def build_app(settings: Settings, triton_url: str) -> Any:
     return RankingDeployment.options(
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
-        max_queued_requests=-1,
-        # graceful shutdown: stop taking requests, let those in flight finish (up to 20 s)
-        graceful_shutdown_wait_loop_s=0.5,
-        graceful_shutdown_timeout_s=20.0,
+        # a backstop: rankserve's own admission (max_queued_requests) sheds long before this
+        max_queued_requests=settings.max_ongoing_requests,
+        # graceful shutdown: stop taking requests, let those in flight finish within the drain bound
+        graceful_shutdown_wait_loop_s=0.2,
+        graceful_shutdown_timeout_s=settings.drain_timeout_s,
         ray_actor_options={"num_cpus": settings.replica_num_cpus},
         logging_config={"enable_access_log": settings.access_log},
     ).bind(settings.model_dump(mode="json"), triton_url)

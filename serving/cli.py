@@ -32,18 +32,20 @@ def _build(settings: Settings, *, scale: float = 1.0, force: bool = False) -> di
 
 @contextlib.contextmanager
 def triton_endpoint(settings: Settings) -> Iterator[str]:
-    """Yield the gRPC URL of Triton: the configured one, or an embedded server started here."""
+    """Yield the gRPC URL of Triton: the configured one, or an embedded server started here and
+    restarted whenever it goes down."""
     if settings.triton_url:
         log.info("using Triton at %s (nothing launched)", settings.triton_url)
         yield settings.triton_url
         return
     from serving.triton.process import TritonProcess
+    from serving.triton.supervisor import TritonSupervisor
 
     endpoint_file = settings.triton_runtime_dir / "endpoint.json"
     with TritonProcess(settings.model_repository, runtime_dir=settings.triton_runtime_dir,
                        binary=settings.triton_bin, kind=settings.triton_kind,
-                       torch_threads=settings.triton_torch_threads) as triton:
-        log.info("embedded Triton ready at %s (metrics %s)", triton.grpc_url, triton.metrics_url)
+                       torch_threads=settings.triton_torch_threads) as triton, TritonSupervisor(triton):
+        log.info("embedded Triton ready at %s (metrics %s), supervised", triton.grpc_url, triton.metrics_url)
         endpoint_file.write_text(json.dumps({"grpc_url": triton.grpc_url, "pid": os.getpid()}))
         try:
             yield triton.grpc_url
@@ -131,7 +133,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.net import free_port, is_loopback
+    from serving.net import QUIET_PORTS, free_port, is_loopback
     from serving.tools.capacity import run_capacity
 
     if args.url:
@@ -141,7 +143,7 @@ def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
         run_capacity(args.url.rstrip("/"), settings, args, unit=f"the rankserve at {args.url}")
         return 0
     _build(settings)
-    port = free_port()
+    port = free_port(QUIET_PORTS)
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
             f"replica(s), one Triton, {_gpu_words()}; load generator on the same machine)")
     with serving_app(settings.model_copy(update={"port": port, "grpc_port": 0})):

@@ -78,6 +78,10 @@ class Settings(BaseModel):
         1, ge=1, le=256, description="torch intra-op threads of each model instance in Triton (a config.pbtxt "
                                      "parameter written at start, read by the python-backend model)."
     )
+    triton_shared_memory: Literal["auto", "on", "off"] = Field(
+        "auto", description="Send large model inputs to Triton through system shared memory (/dev/shm); "
+                            "auto: when Triton is on loopback (the same host).",
+    )
     triton_timeout_s: float = Field(5.0, gt=0, description="Timeout of one Triton call.")
     triton_retries: int = Field(1, ge=0, le=5, description="Retries of a failed Triton call before degrading.")
 
@@ -86,6 +90,11 @@ class Settings(BaseModel):
         "auto", description="Feature-crossing backend; auto picks the fastest available."
     )
     faiss_gpu: Literal["auto", "on", "off"] = Field("auto", description="Move the FAISS index to a GPU.")
+    cpu_threads: int = Field(
+        1, ge=1, le=256, description="Threads of the native CPU code in each replica (FAISS search, the Numba "
+                                     "crossing kernel). Where replicas share their cores with Triton, 1 keeps "
+                                     "OpenMP threads from spinning between batches.",
+    )
 
     # --- batching and load shedding ------------------------------------------------------
     batching: bool = Field(True, description="Batch requests that arrive while a batch runs (@serve.batch); a request "
@@ -94,9 +103,18 @@ class Settings(BaseModel):
         8192, ge=1, description="Batches are bounded by their total candidates, not their request count."
     )
     batch_wait_timeout_s: float = Field(0.004, ge=0, le=1, description="Longest wait for a batch to fill.")
+    max_concurrent_batches: int = Field(
+        4, ge=1, le=16, description="Batches a replica runs at once (one crossing while another waits on Triton)."
+    )
     num_replicas: int = Field(1, ge=1, description="Ranking replicas.")
-    max_ongoing_requests: int = Field(128, ge=1, description="Requests in flight per replica.")
-    max_queued_requests: int = Field(512, ge=-1, description="Queued requests before 503 (-1: unbounded).")
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Requests Serve lets into a replica at once (its own bound, above rankserve's "
+                               "admission bound so that rankserve answers the excess)."
+    )
+    max_queued_requests: int = Field(
+        64, ge=-1, description="Requests a replica admits (running or waiting for a batch) before it answers "
+                               "503 with Retry-After (-1: unbounded)."
+    )
     replica_num_cpus: float = Field(0.0, ge=0, description="CPUs Ray reserves per replica.")
 
     access_log: bool = Field(
@@ -111,6 +129,9 @@ class Settings(BaseModel):
     def _check(self) -> Settings:
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+        if self.max_queued_requests >= self.max_ongoing_requests:
+            raise ValueError(f"max_queued_requests ({self.max_queued_requests}) must be < max_ongoing_requests "
+                             f"({self.max_ongoing_requests}), so that rankserve, not Serve, answers the excess")
         if self.default_timeout_ms > self.max_timeout_ms:
             raise ValueError(
                 f"default_timeout_ms ({self.default_timeout_ms}) must be <= max_timeout_ms ({self.max_timeout_ms})"

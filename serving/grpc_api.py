@@ -65,7 +65,8 @@ def response_message(res: RankResponse) -> ranker_pb2.RankResponse:
     """The response message of one answer (the same content as :meth:`RankResponse.to_json`)."""
     return ranker_pb2.RankResponse(
         request_id=res.request_id,
-        items=[ranker_pb2.ScoredItem(item_id=it.item_id, score=it.score) for it in res.items],
+        items=[ranker_pb2.ScoredItem(item_id=it.item_id, score=it.score, recall_score=it.recall_score)
+               for it in res.items],
         model=ranker_pb2.ModelVersion(name=res.model_name, version=res.model_version),
         recall=res.recall,
         degraded=res.degraded,

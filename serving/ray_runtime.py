@@ -1,8 +1,9 @@
 """Ray and Ray Serve behind one small module: start-up, shutdown, and typed shims of Serve's decorators.
 
-Owns: every Ray call of rankserve (``ray.init``, ``serve.start``, ``serve.shutdown``) and the
-typed shims :func:`ingress_deployment` and :func:`serve_batcher` (Serve's decorators are untyped
-for a type checker; the shims give the rest of the code typed values). Must not touch: ranking.
+Owns: every Ray call of rankserve (``ray.init``, ``serve.start``, ``serve.shutdown``), the
+ingress modes and their environment, and the typed shim :func:`ingress_deployment` (Serve's
+decorators are untyped for a type checker; the shim gives the rest of the code a typed value).
+Must not touch: ranking.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from ray.serve.deployment import Deployment
 
-__all__ = ["Ingress", "ingress_deployment", "init_ray", "serve_batcher", "shutdown_ray", "start_serve"]
+__all__ = ["Ingress", "ingress_deployment", "init_ray", "shutdown_ray", "start_serve"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -83,7 +83,7 @@ class Ingress:
 
     def environment(self) -> dict[str, str]:
         """Ray's variables for this mode; every Ray process reads them when it starts."""
-        from serving.net import free_port
+        from serving.net import QUIET_PORTS, free_port
 
         env = {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
                # how long a stopping ingress replica keeps taking requests before it drains
@@ -94,11 +94,12 @@ class Ingress:
                 "RAY_SERVE_ENABLE_HA_PROXY": "1",
                 "RAY_SERVE_HAPROXY_NBTHREAD": "1",  # two cores: one HAProxy thread beside Python
                 "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",  # rankserve's /metrics counts requests itself
-                # per-cluster ports and files, so that two clusters on one machine do not collide
-                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-                "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+                # per-cluster ports and files, so that two clusters on one machine do not collide,
+                # from a range that Ray, starting next, does not take its own ports from
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(QUIET_PORTS)),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(QUIET_PORTS)),
+                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port(QUIET_PORTS)),
+                "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port(QUIET_PORTS)),
                 "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
                 "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
                 "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
@@ -109,7 +110,7 @@ class Ingress:
                 "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
                 "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.port),
                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.port),
-                "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(self.grpc_port or free_port()),
+                "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(self.grpc_port or free_port(QUIET_PORTS)),
                 "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(self.grpc_port or 65535),
             })
         return env
@@ -159,11 +160,11 @@ def start_serve(ingress: Ingress) -> None:
     from ray.serve.config import gRPCOptions
 
     from serving.grpc_api import SERVICER_FUNCTION
-    from serving.net import free_port
+    from serving.net import QUIET_PORTS, free_port
 
     direct = ingress.mode == "direct"
-    port = free_port() if direct else ingress.port
-    grpc_port = (free_port() if direct else ingress.grpc_port) if ingress.grpc_port else 0
+    port = free_port(QUIET_PORTS) if direct else ingress.port
+    grpc_port = (free_port(QUIET_PORTS) if direct else ingress.grpc_port) if ingress.grpc_port else 0
     grpc = gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER_FUNCTION]) if grpc_port else None
     serve.start(http_options={"host": ingress.host, "port": port}, grpc_options=grpc)
     if ingress.mode == "haproxy":
@@ -217,20 +218,3 @@ def ingress_deployment(cls: type, api: FastAPI, *, name: str, **options: Any) ->
 
     deployment: Deployment = serve.deployment(name=name, **options)(serve.ingress(api)(cls))
     return deployment
-
-
-def serve_batcher(*, max_batch_size: int, batch_wait_timeout_s: float, max_concurrent_batches: int,
-                  size_fn: Callable[[Sequence[T]], int]
-                  ) -> Callable[[Callable[[list[T]], Coroutine[Any, Any, list[R]]]], Callable[[T], Awaitable[R]]]:
-    """A factory that batches concurrent calls with ``@serve.batch``: given a batch function, it
-    returns a per-item function whose concurrent calls run as batches bounded by ``size_fn``."""
-    from ray import serve
-
-    def make(fn: Callable[[list[T]], Coroutine[Any, Any, list[R]]]) -> Callable[[T], Awaitable[R]]:
-        batched: Callable[[T], Awaitable[R]] = serve.batch(
-            max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
-            max_concurrent_batches=max_concurrent_batches, batch_size_fn=size_fn,
-        )(fn)
-        return batched
-
-    return make

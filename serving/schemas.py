@@ -44,8 +44,17 @@ class RankRequest(BaseModel):
 
 @dataclass(frozen=True)
 class ScoredItem:
+    """One ranked item. ``score`` is in [0, 1]; ``recall_score`` is set in degraded answers only."""
+
     item_id: int
     score: float
+    recall_score: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"item_id": self.item_id, "score": self.score}
+        if self.recall_score is not None:
+            out["recall_score"] = self.recall_score
+        return out
 
 
 @dataclass
@@ -64,7 +73,7 @@ class RankResponse:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "request_id": self.request_id,
-            "items": [{"item_id": it.item_id, "score": it.score} for it in self.items],
+            "items": [it.to_json() for it in self.items],
             "model": {"name": self.model_name, "version": self.model_version},
             "recall": self.recall,
             "degraded": self.degraded,

@@ -13,9 +13,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from serving.batching import DeadlineBatcher
 from serving.config import Settings
 from serving.errors import DeadlineExceededError, OverloadedError, RankserveError
 from serving.metrics import Metrics
@@ -26,15 +27,11 @@ from serving.repository.watcher import RepositoryWatcher
 from serving.schemas import RankRequest, RankResponse
 from serving.triton.caller import AsyncInferClient
 
-__all__ = ["Batcher", "ReadinessClient", "RankService", "Result"]
+__all__ = ["ReadinessClient", "RankService", "Result"]
 
 log = logging.getLogger("rankserve")
 
 Result = RankResponse | RankserveError
-BatchFn = Callable[[list[Prepared]], Coroutine[Any, Any, list[Result]]]
-# Turns a batch function into a per-request function that batches concurrent calls (in a Serve
-# replica: ``serving.ray_runtime.serve_batcher``, i.e. ``@serve.batch``).
-Batcher = Callable[[BatchFn], Callable[[Prepared], Awaitable[Result]]]
 
 
 class ReadinessClient(AsyncInferClient, Protocol):
@@ -52,24 +49,27 @@ class RankService:
         pipeline: the ranking pipeline.
         client: Triton, for readiness and model state.
         registry: the model repository, for the models view.
-        batcher: batches concurrent requests; ``None`` (or ``settings.batching`` off): every request
-            runs alone.
+        watcher: follows the repository (stopped by :meth:`close`).
+
+    With ``settings.batching`` requests go through a :class:`serving.batching.DeadlineBatcher`;
+    without, each runs alone.
     """
 
     def __init__(self, settings: Settings, pipeline: RankPipeline, client: ReadinessClient, registry: ModelRegistry,
-                 *, batcher: Batcher | None = None, watcher: RepositoryWatcher | None = None) -> None:
+                 *, watcher: RepositoryWatcher | None = None) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.client = client
         self.registry = registry
         self.metrics = Metrics()
         self.watcher = watcher
-        self._batched = batcher(self.run_batch) if batcher is not None and settings.batching else None
+        self.batcher = DeadlineBatcher(self.run_batch, max_cost=settings.max_batch_candidates,
+                                       max_concurrent=settings.max_concurrent_batches,
+                                       wait_s=settings.batch_wait_timeout_s) if settings.batching else None
         self._pending = 0  # admitted and not yet answered
-        self._running = 0  # pipeline batches executing now
 
     @classmethod
-    def create(cls, settings: Settings, client: ReadinessClient, *, batcher: Batcher | None = None) -> RankService:
+    def create(cls, settings: Settings, client: ReadinessClient) -> RankService:
         """The service of one replica: pipeline, repository watcher (started) and metrics."""
         registry = ModelRegistry(settings.model_repository)
         pipeline = create_pipeline(settings, client, registry)
@@ -77,12 +77,13 @@ class RankService:
         watcher.start()
         log.info(json.dumps({"event": "replica_ready", "cross_backend": pipeline.crossing.backend,
                              "faiss_gpu": pipeline.recall.index.on_gpu, "batching": settings.batching}))
-        return cls(settings, pipeline, client, registry, batcher=batcher, watcher=watcher)
+        return cls(settings, pipeline, client, registry, watcher=watcher)
 
-    def close(self) -> None:
-        """Stop following the repository (the replica is shutting down)."""
+    async def close(self) -> None:
+        """Stop following the repository and release the Triton client (the replica is stopping)."""
         if self.watcher is not None:
             self.watcher.stop()
+        await self.client.close()
 
     # -- ranking ------------------------------------------------------------------------
     async def rank(self, read: Callable[[], Awaitable[RankRequest]]) -> RankResponse:
@@ -97,7 +98,8 @@ class RankService:
         try:
             if self._pending >= self.settings.max_queued_requests >= 0:
                 self.metrics.shed.inc()
-                raise OverloadedError(f"{self._pending} requests queued; try again shortly", retry_after_s=1)
+                raise OverloadedError(f"{self._pending} requests queued; try again shortly",
+                                      retry_after_s=self._drain_estimate_s())
             prep = self.pipeline.prepare(await read(), arrival=arrival)
             rid = prep.request_id
             result = await self._within_deadline(prep)
@@ -134,19 +136,20 @@ class RankService:
         return result
 
     async def _dispatch(self, prep: Prepared) -> Result:
-        """A request that finds no batch running goes at once: waiting for a batch to fill would
-        only add the batch wait to its latency. Requests that arrive while one runs are batched."""
-        if self._batched is not None and self._running > 0:
-            return await self._batched(prep)
+        if self.batcher is not None:
+            return await self.batcher.submit(prep)
         return (await self.run_batch([prep]))[0]
+
+    def _drain_estimate_s(self) -> float:
+        """Seconds the admitted requests need (Retry-After of a shed request), 1 s at least."""
+        if self.batcher is None:
+            return 1.0
+        need = self.batcher.throughput.seconds_for(self._pending * self.settings.recall_n)
+        return max(1.0, need or 1.0)
 
     async def run_batch(self, batch: list[Prepared]) -> list[Result]:
         """Run one batch through the pipeline and record its figures; one result per request."""
-        self._running += 1  # before the first await: a request arriving next sees it
-        try:
-            results, stats = await self.pipeline.run_batch(batch)
-        finally:
-            self._running -= 1
+        results, stats = await self.pipeline.run_batch(batch)
         if len(results) != len(batch):  # the batch contract, checked where batches are formed
             raise RankserveError(f"pipeline produced {len(results)} answers for {len(batch)} requests")
         self._observe(stats)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.net import free_port
+from serving.net import QUIET_PORTS, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILT_REPOSITORY = Path(os.environ.get("RANKSERVE_MODEL_REPOSITORY", REPO_ROOT / "model_repository"))
@@ -40,7 +40,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def settings():  # noqa: ANN201 - serving.config.Settings
     from serving.config import Settings
 
-    return Settings.from_env(port=free_port(), grpc_port=free_port())
+    return Settings.from_env(port=free_port(QUIET_PORTS), grpc_port=free_port(QUIET_PORTS))
 
 
 @pytest.fixture(scope="session")

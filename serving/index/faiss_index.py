@@ -20,12 +20,18 @@ import numpy as np
 
 from serving.errors import ConfigError
 
-__all__ = ["EXACT_MAX_ITEMS", "ItemIndex", "build_index", "load_index", "recall_at_k", "save_index", "tower_queries"]
+__all__ = ["EXACT_MAX_ITEMS", "ItemIndex", "build_index", "load_index", "recall_at_k", "save_index",
+           "set_search_threads", "tower_queries"]
 
 log = logging.getLogger(__name__)
 
 EXACT_MAX_ITEMS = 20_000
 TUNE_K = 500
+
+
+def set_search_threads(n: int) -> None:
+    """OpenMP threads of FAISS in this process (searches of a whole batch run on them)."""
+    faiss.omp_set_num_threads(n)
 
 
 def gpu_available() -> bool:

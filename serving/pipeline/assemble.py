@@ -7,9 +7,10 @@ through :class:`serving.pipeline.orchestration.ModelCatalog`.
 
 from __future__ import annotations
 
+from kernels import set_cpu_threads
 from serving.config import Settings
 from serving.errors import BackendUnavailableError
-from serving.index.faiss_index import load_index
+from serving.index.faiss_index import load_index, set_search_threads
 from serving.pipeline.crossing import CrossingStage
 from serving.pipeline.features import FeatureTables
 from serving.pipeline.orchestration import ModelCatalog, RankPipeline
@@ -39,7 +40,10 @@ def make_recall(settings: Settings, catalog: ModelCatalog, tables: FeatureTables
 
 
 def create_pipeline(settings: Settings, client: AsyncInferClient, catalog: ModelCatalog) -> RankPipeline:
-    """Load tables, index and model metadata and wire the stages (in-process; no Ray needed)."""
+    """Load tables, index and model metadata and wire the stages (in-process; no Ray needed).
+    Native CPU code in this process gets ``settings.cpu_threads`` threads."""
+    set_search_threads(settings.cpu_threads)
+    set_cpu_threads(settings.cpu_threads)
     tables = FeatureTables.load(settings.marketplace_path)
     caller = make_caller(settings, client)
     recall = make_recall(settings, catalog, tables, caller, catalog.traffic(settings.user_tower_model).live)

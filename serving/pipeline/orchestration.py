@@ -243,7 +243,9 @@ class RankPipeline:
         extra = max(s.req.exclude.size for s in slots)
         rows = np.asarray([s.req.user_row for s in slots], dtype=np.int64)
         try:
-            emb = await recall.embed(rows, deadline=min(s.req.deadline for s in slots))
+            # one call serves them all: it may take until the latest deadline; each request's own
+            # deadline is enforced where it waits (serving.service), not by the batch
+            emb = await recall.embed(rows, deadline=max(s.req.deadline for s in slots))
             sc, ids = recall.search(emb, n + extra)
             kind, degraded = "faiss", False
         except _DEGRADE_ON as err:
@@ -274,7 +276,7 @@ class RankPipeline:
             return 0.0, 0.0
         t2 = time.perf_counter()
         try:
-            flat = await self.ranking.score(model, version, inputs, deadline=min(s.req.deadline for s in members))
+            flat = await self.ranking.score(model, version, inputs, deadline=max(s.req.deadline for s in members))
             degraded = False
         except _DEGRADE_ON as err:
             log.warning("ranking %s v%s failed, degrading %d requests: %s", model, version, len(members), err)
@@ -312,11 +314,22 @@ def _without(ids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
     return ids[~np.isin(ids, exclude)] if exclude.size else ids
 
 
+def _unit_interval(x: np.ndarray) -> np.ndarray:
+    """``x`` rescaled into [0, 1] (order kept; all equal: all 1)."""
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    return (x - lo) / (hi - lo) if hi > lo else np.ones_like(x)
+
+
 def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float]) -> RankResponse:
     top = top_k(s.scores, s.req.k)
+    if s.degraded:  # recall scores are not click probabilities: rescaled, the raw value beside them
+        shown = _unit_interval(s.scores)
+        items = [ScoredItem(int(s.candidates[j]), float(shown[j]), float(s.scores[j])) for j in top]
+    else:
+        items = [ScoredItem(int(s.candidates[j]), float(s.scores[j])) for j in top]
     return RankResponse(
         request_id=s.req.request_id,
-        items=[ScoredItem(int(s.candidates[j]), float(s.scores[j])) for j in top],
+        items=items,
         model_name=s.req.model,
         model_version=s.req.version,
         recall=s.recall,

@@ -25,12 +25,14 @@ class RankRequest(_message.Message):
     def __init__(self, user_id: _Optional[int] = ..., k: _Optional[int] = ..., candidates: _Optional[_Iterable[int]] = ..., exclude: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item_id", "score")
+    __slots__ = ("item_id", "score", "recall_score")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    RECALL_SCORE_FIELD_NUMBER: _ClassVar[int]
     item_id: int
     score: float
-    def __init__(self, item_id: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+    recall_score: float
+    def __init__(self, item_id: _Optional[int] = ..., score: _Optional[float] = ..., recall_score: _Optional[float] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("name", "version")

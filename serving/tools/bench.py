@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from serving.config import Settings
-from serving.net import free_port
+from serving.net import QUIET_PORTS, free_port
 from serving.tools.workload import recall_bodies, run_loadgen, scrape, write_bodies
 from serving.triton.caller import AsyncInferClient
 
@@ -83,7 +83,10 @@ def _pipeline_floor(settings: Settings, client: AsyncInferClient, bodies: list[d
 
     async def go() -> list[dict[str, Any]]:
         pipeline = create_pipeline(settings, client, ModelRegistry(settings.model_repository))
-        return [await level(pipeline, c) for c in levels]
+        try:
+            return [await level(pipeline, c) for c in levels]
+        finally:
+            await client.close()
 
     return asyncio.run(go())
 
@@ -110,7 +113,7 @@ def _serve_configs(settings: Settings, triton_url: str, bodies_file: Path, level
     from serving.ray_runtime import Ingress, init_ray, shutdown_ray, start_serve
     from serving.tools.framework import EmptyDeployment
 
-    ingress = Ingress.from_settings(settings, port=free_port(), grpc_port=free_port())
+    ingress = Ingress.from_settings(settings, port=free_port(QUIET_PORTS), grpc_port=free_port(QUIET_PORTS))
     init_ray(settings.ray_address, ingress=ingress)
     url = f"http://127.0.0.1:{ingress.port}"
     try:
@@ -150,7 +153,8 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in ("floor", "triton_floor", "framework", "rankserve",
                                                                 "rankserve_grpc", "no_batching")}
     results["floor"] = _pipeline_floor(settings, InProcessClient(settings.model_repository), bodies, levels, duration_s)
-    results["triton_floor"] = _pipeline_floor(settings, AsyncTritonClient(triton_url), bodies, levels, duration_s)
+    results["triton_floor"] = _pipeline_floor(settings, AsyncTritonClient.for_url(triton_url, settings.triton_shared_memory),
+                                              bodies, levels, duration_s)
     for key in ("floor", "triton_floor"):
         print(key, " ".join(f"c={r['concurrency']}: {r['rps']:.1f} req/s" for r in results[key]), flush=True)
     _serve_configs(settings, triton_url, bodies_file, levels, duration_s, results)

@@ -120,9 +120,11 @@ def plan_units(capacity_rps: float, peak_rps: float, headroom: float) -> int:
 
 def measure_rate(url: str, bodies_file: Path, rate: float, duration_s: float, warmup_s: float = 2.0,
                  max_in_flight: int = 512) -> Step:
-    """One open-loop step by ``serving.tools.loadgen`` in its own process."""
-    return Step.from_loadgen(run_loadgen(url, bodies_file, duration_s=duration_s, concurrency=max_in_flight,
-                                         warmup_s=warmup_s, rate=rate, seed=round(rate * 1000)))
+    """One open-loop step by ``serving.tools.loadgen`` in its own process (its ``rate`` is the one asked
+    for, not the generator's rounded echo of it, so the search can find its steps again)."""
+    res = run_loadgen(url, bodies_file, duration_s=duration_s, concurrency=max_in_flight, warmup_s=warmup_s,
+                      rate=rate, seed=round(rate * 1000))
+    return replace(Step.from_loadgen(res), rate=rate)
 
 
 def report(rate: float, steps: list[Step], target: Target, *, unit: str, peak_rps: float | None,

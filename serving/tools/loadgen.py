@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -47,16 +47,16 @@ class _Http:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
                                               timeout=aiohttp.ClientTimeout(total=30))
 
-    async def send(self, body: bytes) -> tuple[int | str, bytes]:
+    async def send(self, body: bytes) -> tuple[int | str, _Answer]:
         async with self._session.post(self.url, data=body, headers={"content-type": "application/json"}) as resp:
-            return resp.status, await resp.read()
+            return resp.status, _JsonAnswer(await resp.read())
 
     async def close(self) -> None:
         await self._session.close()
 
 
 class _Grpc:
-    """Calls rankserve.v1.Ranker/Rank with the JSON bodies as messages: (status, answer as JSON)."""
+    """Calls rankserve.v1.Ranker/Rank with the JSON bodies as messages: (status, answer message)."""
 
     def __init__(self, url: str, concurrency: int) -> None:
         import grpc
@@ -69,20 +69,56 @@ class _Grpc:
         self._stub = ranker_pb2_grpc.RankerStub(self._channel)
         self._messages: dict[bytes, Any] = {}
 
-    async def send(self, body: bytes) -> tuple[int | str, bytes]:
-        from google.protobuf.json_format import MessageToJson
-
+    async def send(self, body: bytes) -> tuple[int | str, _Answer]:
         msg = self._messages.get(body)
         if msg is None:
             msg = self._messages[body] = self._pb2.RankRequest(**json.loads(body))
         try:
             res = await self._stub.Rank(msg, timeout=30)
         except self._grpc.aio.AioRpcError as err:
-            return err.code().name, json.dumps({"error": err.details()}).encode()
-        return 200, MessageToJson(res, preserving_proto_field_name=True).encode()
+            return err.code().name, _JsonAnswer(json.dumps({"error": err.details()}).encode())
+        return 200, _GrpcAnswer(res)
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+class _Answer(Protocol):
+    """An answer, read only as far as the run needs (decoding every answer would load the client)."""
+
+    def items(self) -> int: ...
+    def timings(self) -> dict[str, float]: ...
+    def as_json(self) -> Any: ...
+
+
+class _JsonAnswer:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def items(self) -> int:
+        return self.raw.count(b'"item_id"')
+
+    def timings(self) -> dict[str, float]:
+        return {k: float(v) for k, v in json.loads(self.raw).get("timings_ms", {}).items()}
+
+    def as_json(self) -> Any:
+        return json.loads(self.raw)
+
+
+class _GrpcAnswer:
+    def __init__(self, msg: Any) -> None:
+        self.msg = msg
+
+    def items(self) -> int:
+        return len(self.msg.items)
+
+    def timings(self) -> dict[str, float]:
+        return dict(self.msg.timings_ms)
+
+    def as_json(self) -> Any:
+        from google.protobuf.json_format import MessageToDict
+
+        return MessageToDict(self.msg, preserving_proto_field_name=True)
 
 
 def _client(url: str, concurrency: int) -> _Http | _Grpc:
@@ -124,17 +160,17 @@ class _Tally:
     timings: dict[str, list[float]] | None = None
     record: list[str] | None = None
 
-    def add(self, body: bytes, code: int | str, payload: bytes, ms: float) -> None:
+    def add(self, body: bytes, code: int | str, answer: _Answer | None, ms: float) -> None:
         self.status[code] += 1
-        if code == 200:
-            self.items.append(payload.count(b'"item_id"'))
+        if code == 200 and answer is not None:
+            self.items.append(answer.items())
             self.ok_lat.append(ms)
             if self.timings is not None:
-                for stage, v in json.loads(payload).get("timings_ms", {}).items():
-                    self.timings.setdefault(stage, []).append(float(v))
+                for stage, v in answer.timings().items():
+                    self.timings.setdefault(stage, []).append(v)
         if self.record is not None:
-            self.record.append(json.dumps({"t": time.time(), "status": code,
-                                           "request": json.loads(body), "response": json.loads(payload)}))
+            self.record.append(json.dumps({"t": time.time(), "status": code, "request": json.loads(body),
+                                           "response": answer.as_json() if answer is not None else {}}))
 
     def stages(self) -> dict[str, float]:
         """Mean client latency of the answered requests and the mean of each server stage."""
@@ -150,13 +186,14 @@ async def _worker(client: _Http | _Grpc, bodies: list[bytes], start: int, stop_a
         body = bodies[i % len(bodies)]
         i += 1
         t0 = time.perf_counter()
+        answer: _Answer | None
         try:
-            code, payload = await client.send(body)
+            code, answer = await client.send(body)
         except Exception as err:  # noqa: BLE001 - every failure is counted, none stops the run
-            code, payload = f"error:{type(err).__name__}", b"{}"
+            code, answer = f"error:{type(err).__name__}", None
         ms = (time.perf_counter() - t0) * 1000
         tally.lat.append(ms)
-        tally.add(body, code, payload, ms)
+        tally.add(body, code, answer, ms)
 
 
 async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_s: float,

@@ -31,6 +31,8 @@ class AsyncInferClient(Protocol):
         timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]: ...
 
+    async def close(self) -> None: ...
+
 
 class ModelCaller:
     """Calls one Triton model, retrying a failed call ``retries`` times within the deadline.

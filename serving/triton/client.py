@@ -10,6 +10,8 @@ that cannot be reached becomes :class:`serving.errors.BackendUnavailableError`.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,8 +21,12 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serving.errors import BackendUnavailableError, TritonError
+from serving.net import is_loopback
+from serving.triton.shm import ShmPool, ShmRegion
 
 __all__ = ["AsyncTritonClient", "TritonClient"]
+
+log = logging.getLogger(__name__)
 
 _UNREACHABLE = ("StatusCode.UNAVAILABLE", "failed to connect", "Connection refused", "Socket closed")
 
@@ -68,6 +74,13 @@ class TritonClient:
         except InferenceServerException as err:
             raise _wrap(err, "server_ready") from err
 
+    def server_live(self, timeout_s: float = 2.0) -> bool:
+        """Liveness: the server answers (it stays live while models load, unlike readiness)."""
+        try:
+            return bool(self._c.is_server_live(client_timeout=timeout_s))
+        except InferenceServerException as err:
+            raise _wrap(err, "server_live") from err
+
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
             return bool(self._c.is_model_ready(name, version))
@@ -82,11 +95,24 @@ class TritonClient:
 
 
 class AsyncTritonClient:
-    """asyncio gRPC client (created lazily inside the running event loop)."""
+    """asyncio gRPC client (created lazily inside the running event loop).
 
-    def __init__(self, url: str) -> None:
+    Args:
+        url: Triton's gRPC ``host:port``.
+        shared_memory: send inputs of ``shm_min_bytes`` or more through system shared memory
+            (Triton on the same host); if Triton cannot register a region, plain gRPC is used.
+    """
+
+    @classmethod
+    def for_url(cls, url: str, shared_memory: str = "auto") -> AsyncTritonClient:
+        """A client of ``url``; shared memory ``on``, ``off``, or ``auto`` (on when Triton is on loopback)."""
+        return cls(url, shared_memory=shared_memory == "on" or (shared_memory == "auto" and is_loopback(f"grpc://{url}")))
+
+    def __init__(self, url: str, *, shared_memory: bool = False, shm_min_bytes: int = 256 * 1024) -> None:
         self.url = url
         self._c: grpcaio.InferenceServerClient | None = None
+        self._pool = ShmPool() if shared_memory else None
+        self._shm_min_bytes = shm_min_bytes
 
     def _client(self) -> grpcaio.InferenceServerClient:
         if self._c is None:
@@ -95,13 +121,67 @@ class AsyncTritonClient:
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
                     version: str = "", timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        outputs = [grpcaio.InferRequestedOutput(n) for n in output_names]
         try:
-            res = await self._client().infer(
-                model, _inputs(grpcaio, inputs), model_version=version,
-                outputs=[grpcaio.InferRequestedOutput(n) for n in output_names], client_timeout=timeout_s)
+            if self._pool is not None and sum(a.nbytes for a in inputs.values()) >= self._shm_min_bytes:
+                res = await self._infer_shm(self._pool, model, inputs, outputs, version, timeout_s)
+            else:
+                res = await self._client().infer(model, _inputs(grpcaio, inputs), model_version=version,
+                                                 outputs=outputs, client_timeout=timeout_s)
         except InferenceServerException as err:
             raise _wrap(err, f"infer {model}") from err
         return {n: res.as_numpy(n) for n in output_names}
+
+    async def _infer_shm(self, pool: ShmPool, model: str, inputs: Mapping[str, np.ndarray], outputs: list[Any],
+                         version: str, timeout_s: float | None) -> Any:
+        arrays = [np.ascontiguousarray(a) for a in inputs.values()]
+        region, new = pool.acquire(sum(a.nbytes for a in arrays))
+        try:
+            if new and not await self._register(region):
+                return await self._client().infer(model, _inputs(grpcaio, inputs), model_version=version,
+                                                  outputs=outputs, client_timeout=timeout_s)
+            tensors = []
+            for (name, a), (offset, nbytes) in zip(inputs.items(), region.write(arrays), strict=True):
+                t = grpcaio.InferInput(name, list(a.shape), np_to_triton_dtype(a.dtype))
+                t.set_shared_memory(region.name, nbytes, offset=offset)
+                tensors.append(t)
+            try:
+                return await self._client().infer(model, tensors, model_version=version, outputs=outputs,
+                                                  client_timeout=timeout_s)
+            except InferenceServerException as err:
+                # a restarted Triton has forgotten the region: register it again, once
+                if "shared memory" not in str(err) or not await self._register(region):
+                    raise
+            return await self._client().infer(model, tensors, model_version=version, outputs=outputs,
+                                              client_timeout=timeout_s)
+        finally:
+            pool.release(region)
+
+    async def _register(self, region: ShmRegion) -> bool:
+        """Register ``region`` with Triton; on refusal, stop using shared memory."""
+        c = self._client()
+        try:
+            with contextlib.suppress(InferenceServerException):
+                await c.unregister_system_shared_memory(region.name)
+            await c.register_system_shared_memory(region.name, region.key, region.size)
+            return True
+        except InferenceServerException as err:
+            log.warning("Triton at %s cannot use shared memory (%s); sending inputs over gRPC", self.url, err)
+            if self._pool is not None:
+                self._pool.close()
+            self._pool = None
+            return False
+
+    async def close(self) -> None:
+        """Unregister and remove the shared memory regions, close the channel."""
+        if self._pool is not None:
+            for region in self._pool.regions:
+                with contextlib.suppress(InferenceServerException):
+                    await self._client().unregister_system_shared_memory(region.name)
+            self._pool.close()
+        if self._c is not None:
+            await self._c.close()
+            self._c = None
 
     async def server_ready(self) -> bool:
         try:

@@ -59,3 +59,6 @@ class InProcessClient:
         timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         return self.infer_sync(model, inputs, output_names, version=version)
+
+    async def close(self) -> None:
+        """Nothing to release: the modules stay with this object."""

@@ -116,6 +116,7 @@ class TritonProcess:
         self.torch_threads = torch_threads
         self.log_path = self.runtime_dir / f"triton-{self.grpc_port}.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._atexit = False
 
     @property
     def grpc_url(self) -> str:
@@ -164,10 +165,14 @@ class TritonProcess:
             # server keeps its ports and memory after a killed `rankserve serve` or test session
             cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
         log.info("starting Triton: %s", " ".join(cmd))
+        if self.log_path.exists():  # a restart keeps the previous run's log beside the new one
+            self.log_path.replace(self.log_path.with_suffix(".log.1"))
         with open(self.log_path, "wb") as logf:
             self._proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_child_env(),
                                           start_new_session=True)
-        atexit.register(self.stop)
+        if not self._atexit:
+            atexit.register(self.stop)
+            self._atexit = True
         self.wait_ready()
         return self
 
@@ -211,6 +216,10 @@ class TritonProcess:
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM (graceful, ~4 s), then SIGKILL for the whole process group."""

@@ -1,4 +1,5 @@
-"""One embedded Triton for the whole session, on the session's copy of the built repository."""
+"""One embedded Triton for the whole session, on the session's copy of the built repository,
+supervised (restarted when it goes down) as `rankserve serve` runs it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from serving.triton.process import TritonProcess
+from serving.triton.supervisor import TritonSupervisor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,5 +21,5 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
     if not any(repo.glob("*/config.pbtxt")):
         pytest.fail(f"no built models in {repo}: run `make build` (make test builds first)")
     runtime = Path(os.environ.get("RANKSERVE_DATA_DIR", REPO_ROOT / ".rankserve")) / "triton-runtime"
-    with TritonProcess(repo, runtime_dir=runtime) as server:
+    with TritonProcess(repo, runtime_dir=runtime) as server, TritonSupervisor(server):  # as `rankserve serve` runs it
         yield server

@@ -201,3 +201,41 @@ def test_a_client_reconnects_within_a_second_of_triton_coming_back(tmp_path: Pat
     print(f"reconnected after {waited:.2f} s")
     assert waited < 1.5, f"the client took {waited:.1f} s to use the restarted Triton"
 
+
+
+def test_shared_memory_inputs_equal_grpc_inputs_and_survive_a_restart(tmp_path: Path) -> None:
+    """Inputs sent through /dev/shm give Triton's same answer as inputs sent in the gRPC message;
+    Triton lists the region; after a Triton restart (which forgets registrations) the client
+    registers it again and answers; closing the client removes its regions."""
+    import asyncio
+
+    import tritonclient.grpc as grpcclient
+
+    from serving.triton.client import AsyncTritonClient
+
+    rng = np.random.default_rng(2)
+    export_version(tmp_path / "repo", "tiny", torch.jit.script(_Tiny()),
+                   [TensorSpec("ids", "INT64", (1,)), TensorSpec("x", "FP32", (4,))],
+                   [TensorSpec("y", "FP32", (2,))],
+                   {"ids": rng.integers(0, 5, (4, 1)), "x": rng.normal(size=(4, 4)).astype(np.float32)},
+                   {}, max_batch_size=4096)
+    inputs = {"ids": rng.integers(0, 5, (3000, 1)), "x": rng.normal(size=(3000, 4)).astype(np.float32)}
+    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+
+    async def call(client: AsyncTritonClient) -> np.ndarray:
+        return (await client.infer("tiny", inputs, ["y"], timeout_s=10))["y"]
+
+    async def go() -> None:
+        shm_client = AsyncTritonClient(f"127.0.0.1:{ports['grpc_port']}", shared_memory=True, shm_min_bytes=1024)
+        plain = AsyncTritonClient(f"127.0.0.1:{ports['grpc_port']}")
+        with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports) as server:
+            np.testing.assert_array_equal(await call(shm_client), await call(plain))
+            status = grpcclient.InferenceServerClient(server.grpc_url).get_system_shared_memory_status(as_json=True)
+            assert list(status["regions"]) == [f"rankserve-{os.getpid()}-0"], status
+        with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports):
+            np.testing.assert_array_equal(await call(shm_client), await call(plain))
+            await shm_client.close()
+            await plain.close()
+        assert not list(Path("/dev/shm").glob(f"rankserve-{os.getpid()}-*"))
+
+    asyncio.run(go())

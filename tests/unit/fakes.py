@@ -72,6 +72,9 @@ class ScoringClient:
     async def model_ready(self, name: str, version: str = "") -> bool:
         return name not in self.fail
 
+    async def close(self) -> None:
+        self.closed = True
+
 
 def make_repo(root: Path) -> Path:
     """A repository with ``ranker`` (crossing spec SPEC) and ``user_tower``, version 1 each."""

@@ -1,24 +1,22 @@
-"""How the service hands requests to the pipeline: a request that finds nothing running goes at
-once, requests that arrive meanwhile go to the batcher, and the outcome is counted. The real
-service and pipeline run here without Ray or Triton (fake Triton client, exact index); Serve's
-batcher needs a replica context, so a small asyncio batcher stands in for it (the integration
-suite checks that real batches form under concurrency)."""
+"""How the service hands requests to the pipeline: idle dispatch, deadline-aware batching (earliest
+deadline first, each request its own deadline, hopeless requests answered at once), and load
+shedding. The real service, batcher and pipeline run here without Ray or Triton (a fake Triton
+client with a set delay, an exact index)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from serving.errors import OverloadedError
+from serving.errors import DeadlineExceededError, OverloadedError
 from serving.pipeline.orchestration import BatchStats, Prepared, RankPipeline
 from serving.repository.registry import ModelRegistry
 from serving.schemas import RankRequest, RankResponse
-from serving.service import BatchFn, RankService, Result
+from serving.service import RankService, Result
 from tests.unit.fakes import ScoringClient, make_pipeline, make_repo
 
 
@@ -34,46 +32,18 @@ class _Recording(RankPipeline):
         return await super().run_batch(batch)
 
 
-def _waiting_batcher(wait_s: float, seen: list[str]) -> Callable[[BatchFn], Callable[[Prepared], Awaitable[Result]]]:
-    """Collects requests for ``wait_s``, then runs them as one batch."""
-
-    def make(fn: BatchFn) -> Callable[[Prepared], Awaitable[Result]]:
-        queue: list[tuple[Prepared, asyncio.Future[Result]]] = []
-
-        async def flush() -> None:
-            await asyncio.sleep(wait_s)
-            batch = queue[:]
-            queue.clear()
-            for (_, fut), res in zip(batch, await fn([p for p, _ in batch]), strict=True):
-                fut.set_result(res)
-
-        async def submit(p: Prepared) -> Result:
-            seen.append(p.request_id)
-            fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-            queue.append((p, fut))
-            if len(queue) == 1:
-                asyncio.get_running_loop().create_task(flush())
-            return await fut
-
-        return submit
-
-    return make
-
-
-def _service(tmp_path: Path, *, batching: bool, wait_s: float, delay_s: float,
-             seen: list[str] | None = None, **overrides: object) -> RankService:
+def _service(tmp_path: Path, *, delay_s: float, **overrides: object) -> RankService:
     repo = make_repo(tmp_path)
     client = ScoringClient(delay_s=delay_s)
-    pipeline = make_pipeline(repo, client, cls=_Recording, batching=batching, **overrides)
-    return RankService(pipeline.settings, pipeline, client, ModelRegistry(repo),
-                       batcher=_waiting_batcher(wait_s, seen if seen is not None else []))
+    pipeline = make_pipeline(repo, client, cls=_Recording, **overrides)
+    return RankService(pipeline.settings, pipeline, client, ModelRegistry(repo))
 
 
-def _rank(svc: RankService, rid: str) -> Awaitable[RankResponse]:
+async def _rank(svc: RankService, rid: str, timeout_ms: int = 2000) -> RankResponse:
     async def read() -> RankRequest:
-        return RankRequest(user_id=3, k=5, request_id=rid)
+        return RankRequest(user_id=3, k=5, request_id=rid, timeout_ms=timeout_ms)
 
-    return svc.rank(read)
+    return await svc.rank(read)
 
 
 def _batches(svc: RankService) -> list[list[str]]:
@@ -82,7 +52,7 @@ def _batches(svc: RankService) -> list[list[str]]:
 
 
 def test_a_lone_request_does_not_wait_for_the_batch_to_fill(tmp_path: Path) -> None:
-    svc = _service(tmp_path, batching=True, wait_s=0.5, delay_s=0.005)
+    svc = _service(tmp_path, delay_s=0.005, batch_wait_timeout_s=0.5)
 
     async def go() -> tuple[RankResponse, float]:
         t0 = time.perf_counter()
@@ -95,9 +65,8 @@ def test_a_lone_request_does_not_wait_for_the_batch_to_fill(tmp_path: Path) -> N
     assert _batches(svc) == [["a"]]
 
 
-def test_requests_arriving_while_one_runs_go_to_the_batcher(tmp_path: Path) -> None:
-    seen: list[str] = []
-    svc = _service(tmp_path, batching=True, wait_s=0.02, delay_s=0.05, seen=seen)
+def test_requests_arriving_while_one_runs_are_batched(tmp_path: Path) -> None:
+    svc = _service(tmp_path, delay_s=0.05, batch_wait_timeout_s=0.02)
 
     async def go() -> list[str]:
         first = asyncio.create_task(_rank(svc, "first"))
@@ -108,26 +77,95 @@ def test_requests_arriving_while_one_runs_go_to_the_batcher(tmp_path: Path) -> N
         return [r.request_id for r in [*out, after]]
 
     assert asyncio.run(go()) == ["first", "r0", "r1", "r2", "r3", "r4", "after"]
-    assert seen == ["r0", "r1", "r2", "r3", "r4"]
     assert _batches(svc) == [["first"], ["r0", "r1", "r2", "r3", "r4"], ["after"]]
     assert "rankserve_batch_requests_count 3.0" in svc.metrics_text().decode()
 
 
+def test_batches_form_earliest_deadline_first(tmp_path: Path) -> None:
+    """With room for two requests per batch and one batch at a time, the queued requests leave in
+    deadline order, not arrival order."""
+    svc = _service(tmp_path, delay_s=0.03, batch_wait_timeout_s=0.0, max_concurrent_batches=1,
+                   max_batch_candidates=80)  # recall_n is 40: two requests per batch
+
+    async def go() -> None:
+        first = asyncio.create_task(_rank(svc, "first"))
+        await asyncio.sleep(0.005)
+        queued = [asyncio.create_task(_rank(svc, rid, ms)) for rid, ms in
+                  (("late", 5000), ("soon", 1000), ("later", 6000), ("sooner", 900))]
+        await asyncio.gather(first, *queued)
+
+    asyncio.run(go())
+    assert _batches(svc) == [["first"], ["sooner", "soon"], ["late", "later"]]
+
+
+def test_each_request_keeps_its_own_deadline_in_a_batch(tmp_path: Path) -> None:
+    """A tight request batched with generous ones gets its 504; the generous ones are answered
+    in full, not degraded by the tight one's deadline."""
+    svc = _service(tmp_path, delay_s=0.1, batch_wait_timeout_s=0.02)
+
+    async def go() -> list[RankResponse | BaseException]:
+        first = asyncio.create_task(_rank(svc, "first"))
+        await asyncio.sleep(0.01)
+        mixed = [asyncio.create_task(_rank(svc, rid, ms)) for rid, ms in
+                 (("g1", 5000), ("tight", 150), ("g2", 5000), ("g3", 5000))]
+        return await asyncio.gather(first, *mixed, return_exceptions=True)
+
+    first, g1, tight, g2, g3 = asyncio.run(go())
+    assert isinstance(tight, DeadlineExceededError)
+    for r in (first, g1, g2, g3):
+        assert isinstance(r, RankResponse) and not r.degraded and len(r.items) == 5, r
+    assert sorted(["g1", "tight", "g2", "g3"]) in [sorted(b) for b in _batches(svc)]
+
+
+def test_a_request_that_cannot_meet_its_deadline_is_answered_at_once(tmp_path: Path) -> None:
+    svc = _service(tmp_path, delay_s=0.05, batch_wait_timeout_s=0.0, max_concurrent_batches=1,
+                   max_batch_candidates=40)
+    assert svc.batcher is not None
+    svc.batcher.throughput.rows_per_s = 100.0  # as measured: 2.5 requests of 40 candidates a second
+
+    async def go() -> tuple[float, BaseException | RankResponse]:
+        first = asyncio.create_task(_rank(svc, "first"))
+        await asyncio.sleep(0.005)
+        # ~2 s of queued work (by the estimate), all due before the next request, which would
+        # leave the queue after it and then need its own 0.4 s: 2.4 s, beyond its 2.3 s deadline
+        ahead = [asyncio.create_task(_rank(svc, f"a{i}", 2200)) for i in range(5)]
+        await asyncio.sleep(0.002)  # they are queued now
+        t0 = time.perf_counter()
+        try:
+            res: BaseException | RankResponse = await _rank(svc, "hopeless", 2300)
+        except DeadlineExceededError as err:
+            res = err
+        took = time.perf_counter() - t0
+        await asyncio.gather(first, *ahead, return_exceptions=True)
+        return took, res
+
+    took, res = asyncio.run(go())
+    assert isinstance(res, DeadlineExceededError) and "queue ahead" in res.message, res
+    assert took < 0.05, f"the hopeless request waited {took:.3f} s for its 504"
+    assert all("hopeless" not in b for b in _batches(svc))
+
+
 def test_batching_off_sends_each_request_alone(tmp_path: Path) -> None:
-    seen: list[str] = []
-    svc = _service(tmp_path, batching=False, wait_s=0.05, delay_s=0.02, seen=seen)
+    svc = _service(tmp_path, delay_s=0.02, batching=False)
+    assert svc.batcher is None
 
     async def go() -> list[str]:
         return [r.request_id for r in await asyncio.gather(*(_rank(svc, f"r{i}") for i in range(4)))]
 
     assert asyncio.run(go()) == ["r0", "r1", "r2", "r3"]
     assert sorted(_batches(svc)) == [["r0"], ["r1"], ["r2"], ["r3"]]
-    assert seen == []
 
 
 def test_a_full_queue_sheds_with_retry_after(tmp_path: Path) -> None:
-    svc = _service(tmp_path, batching=True, wait_s=0.01, delay_s=0.0, max_queued_requests=0)
-    with pytest.raises(OverloadedError) as info:
-        asyncio.run(_rank(svc, "x"))
-    assert info.value.headers() == {"Retry-After": "1"}
-    assert "rankserve_shed_total 1.0" in svc.metrics_text().decode()
+    svc = _service(tmp_path, delay_s=0.05, max_queued_requests=2)
+
+    async def go() -> list[RankResponse | BaseException]:
+        return await asyncio.gather(*(_rank(svc, f"r{i}") for i in range(4)), return_exceptions=True)
+
+    out = asyncio.run(go())
+    shed = [r for r in out if isinstance(r, OverloadedError)]
+    assert len(shed) == 2 and all(r.headers()["Retry-After"] >= "1" for r in shed)
+    assert sum(isinstance(r, RankResponse) for r in out) == 2
+    assert "rankserve_shed_total 2.0" in svc.metrics_text().decode()
+    with pytest.raises(ValueError, match="max_queued_requests"):
+        _service(tmp_path / "x", delay_s=0, max_queued_requests=300, max_ongoing_requests=256)

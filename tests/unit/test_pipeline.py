@@ -98,8 +98,12 @@ def test_ranker_down_degrades_to_recall_scores(repo: Path) -> None:
     assert r.degraded and r.recall == "faiss" and len(r.items) == 5
     assert [c[0] for c in client.calls].count("ranker") == 2  # one retry, then degrade
     emb = np.pad(p.tables.user_dense[2], (0, E - D))
-    _, ids = p.recall.index.search(emb[None], 5)
+    sc, ids = p.recall.index.search(emb[None], 5)
     assert [it.item_id for it in r.items] == ids[0].tolist()
+    # the API's score stays in [0, 1]; the recall score rides beside it
+    assert all(0.0 <= it.score <= 1.0 for it in r.items) and r.items[0].score == 1.0
+    np.testing.assert_allclose([it.recall_score for it in r.items], sc[0], rtol=1e-6)
+    assert r.to_json()["items"][0]["recall_score"] == r.items[0].recall_score
 
 
 def test_everything_down_degrades_to_popular(repo: Path) -> None:
@@ -107,6 +111,7 @@ def test_everything_down_degrades_to_popular(repo: Path) -> None:
     (r,) = _run(p, [{"user_id": 2, "k": 3}])
     assert r.degraded and r.recall == "popular"
     assert [it.item_id for it in r.items] == p.recall.popular(3)[1].tolist()
+    assert all(0.0 <= it.score <= 1.0 for it in r.items) and all(it.recall_score is not None for it in r.items)
 
 
 def test_expired_request_fails_alone(repo: Path) -> None:

@@ -22,7 +22,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("serving.triton", "serving.index", "serving.pipeline.features", "serving.metrics"),
     ("serving.pipeline",),
     ("serving.repository",),
-    ("serving.service", "serving.http_api", "serving.grpc_api", "serving.app", "serving.ray_runtime"),
+    ("serving.batching", "serving.service", "serving.http_api", "serving.grpc_api", "serving.app",
+     "serving.ray_runtime"),
     ("serving.tools", "serving.cli"),
 )
 
