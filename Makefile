@@ -7,7 +7,7 @@ EXTRA  ?= cpu
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: serve test install build bench capacity kernel-bench loadtest lint clean
+.PHONY: serve test install build bench capacity chaos kernel-bench loadtest lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: build
 
 capacity: build
 	$(PY) -m serving.cli capacity --p99-ms 50 --peak-rps 2000
+
+chaos: build
+	$(PY) -m serving.cli chaos
 
 kernel-bench: install
 	$(PY) -m kernels.bench

@@ -151,6 +151,15 @@ def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.tools.chaos import resolve_capacity, run_chaos
+
+    _build(settings)
+    args.capacity_rps = resolve_capacity(args)
+    outcomes = run_chaos(settings, args)
+    return 0 if outcomes else 1
+
+
 def _gpu_words() -> str:
     import torch
 
@@ -265,6 +274,11 @@ def _parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("capacity", help="highest open-loop req/s at a p99 target, and units for a peak")
     add_capacity_arguments(ca)
     ca.set_defaults(func=cmd_capacity)
+    from serving.tools.chaos import add_arguments as add_chaos_arguments
+
+    ch = sub.add_parser("chaos", help="faults and overload against the embedded default: one row per scenario")
+    add_chaos_arguments(ch)
+    ch.set_defaults(func=cmd_chaos)
     pu = sub.add_parser("push", help="validate an artifact, add it as a new version, load it, move traffic")
     pu.add_argument("model")
     pu.add_argument("artifact", help="artifact directory (model.pt, golden.npz, meta.json[, item_emb.npy])")

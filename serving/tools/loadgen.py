@@ -40,12 +40,12 @@ __all__ = ["run_load", "run_open_loop"]
 class _Http:
     """POSTs JSON bodies: (status, answer bytes)."""
 
-    def __init__(self, url: str, concurrency: int) -> None:
+    def __init__(self, url: str, concurrency: int, timeout_s: float = 30.0) -> None:
         import aiohttp
 
         self.url = url
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                              timeout=aiohttp.ClientTimeout(total=30))
+                                              timeout=aiohttp.ClientTimeout(total=timeout_s))
 
     async def send(self, body: bytes) -> tuple[int | str, _Answer]:
         async with self._session.post(self.url, data=body, headers={"content-type": "application/json"}) as resp:
@@ -58,11 +58,12 @@ class _Http:
 class _Grpc:
     """Calls rankserve.v1.Ranker/Rank with the JSON bodies as messages: (status, answer message)."""
 
-    def __init__(self, url: str, concurrency: int) -> None:
+    def __init__(self, url: str, concurrency: int, timeout_s: float = 30.0) -> None:
         import grpc
 
         from serving.proto import ranker_pb2, ranker_pb2_grpc
 
+        self._timeout_s = timeout_s
         self._pb2 = ranker_pb2
         self._grpc = grpc
         self._channel = grpc.aio.insecure_channel(url.removeprefix("grpc://"))
@@ -74,7 +75,7 @@ class _Grpc:
         if msg is None:
             msg = self._messages[body] = self._pb2.RankRequest(**json.loads(body))
         try:
-            res = await self._stub.Rank(msg, timeout=30)
+            res = await self._stub.Rank(msg, timeout=self._timeout_s)
         except self._grpc.aio.AioRpcError as err:
             return err.code().name, _JsonAnswer(json.dumps({"error": err.details()}).encode())
         return 200, _GrpcAnswer(res)
@@ -87,6 +88,7 @@ class _Answer(Protocol):
     """An answer, read only as far as the run needs (decoding every answer would load the client)."""
 
     def items(self) -> int: ...
+    def degraded(self) -> bool: ...
     def timings(self) -> dict[str, float]: ...
     def as_json(self) -> Any: ...
 
@@ -97,6 +99,9 @@ class _JsonAnswer:
 
     def items(self) -> int:
         return self.raw.count(b'"item_id"')
+
+    def degraded(self) -> bool:
+        return b'"degraded":true' in self.raw
 
     def timings(self) -> dict[str, float]:
         return {k: float(v) for k, v in json.loads(self.raw).get("timings_ms", {}).items()}
@@ -112,6 +117,9 @@ class _GrpcAnswer:
     def items(self) -> int:
         return len(self.msg.items)
 
+    def degraded(self) -> bool:
+        return bool(self.msg.degraded)
+
     def timings(self) -> dict[str, float]:
         return dict(self.msg.timings_ms)
 
@@ -121,8 +129,8 @@ class _GrpcAnswer:
         return MessageToDict(self.msg, preserving_proto_field_name=True)
 
 
-def _client(url: str, concurrency: int) -> _Http | _Grpc:
-    return _Grpc(url, concurrency) if url.startswith("grpc://") else _Http(url, concurrency)
+def _client(url: str, concurrency: int, timeout_s: float = 30.0) -> _Http | _Grpc:
+    return (_Grpc if url.startswith("grpc://") else _Http)(url, concurrency, timeout_s)
 
 
 def _summary(lat: list[float], status: Counter, wall: float,
@@ -225,28 +233,38 @@ async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_
 
 
 async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_s: float,
-                        max_in_flight: int = 512, warmup_s: float = 1.0, seed: int = 0) -> dict[str, object]:
+                        max_in_flight: int = 512, warmup_s: float = 1.0, seed: int = 0,
+                        timeout_s: float = 30.0, record: list[str] | None = None) -> dict[str, object]:
     """Open-loop load: Poisson arrivals at ``rate`` per second for ``duration_s``; latency is
-    measured from each request's scheduled arrival time."""
-    client = _client(url, max_in_flight)
+    measured from each request's scheduled arrival time. With ``record``, one JSON line per measured
+    request: ``at`` (its arrival, Unix time), ``ms``, ``status``, ``degraded`` and the body's ``timeout_ms``."""
+    client = _client(url, max_in_flight, timeout_s)
     rng = np.random.default_rng(seed)
     lat: list[float] = []
     status: Counter = Counter()
     late: list[float] = []
     tasks: set[asyncio.Task] = set()
+    t0 = time.perf_counter()
+    measure_from = t0 + warmup_s
+    epoch = time.time() - t0  # perf_counter -> wall clock, for records other processes line up with
+    deadline_ms = {b: json.loads(b).get("timeout_ms") for b in set(bodies)} if record is not None else {}
 
     async def one(body: bytes, due: float, measured: bool) -> None:
+        degraded = False
         try:
-            code, _ = await client.send(body)
+            code, answer = await client.send(body)
+            degraded = code == 200 and answer.degraded()
         except Exception as err:  # noqa: BLE001 - every failure is counted, none stops the run
             code = f"error:{type(err).__name__}"
         if measured:
+            ms = (time.perf_counter() - due) * 1000
             status[code] += 1
-            lat.append((time.perf_counter() - due) * 1000)
+            lat.append(ms)
+            if record is not None:
+                record.append(json.dumps({"at": round(epoch + due, 4), "ms": round(ms, 2), "status": code,
+                                          "degraded": degraded, "timeout_ms": deadline_ms.get(body)}))
 
     try:
-        t0 = time.perf_counter()
-        measure_from = t0 + warmup_s
         t_end = measure_from + duration_s
         due, i, arrivals = t0, 0, 0
         while True:
@@ -275,6 +293,8 @@ async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_
                 task.cancel()
                 status["client_timeout"] += 1
                 lat.append(float("inf"))
+                if record is not None:
+                    record.append(json.dumps({"at": None, "ms": None, "status": "client_timeout", "degraded": False}))
         wall = duration_s
     finally:
         await client.close()
@@ -296,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--warmup-s", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="open loop: seed of the arrival times")
-    p.add_argument("--record", type=Path, help="write every request and response as JSON lines here")
+    p.add_argument("--record", type=Path, help="write every request and its outcome as JSON lines here (closed loop: "
+                                              "request and response; open loop: arrival, latency, status)")
     p.add_argument("--stop-file", type=Path, help="stop early once this file exists (duration stays the bound)")
+    p.add_argument("--client-timeout-s", type=float, default=30.0, help="a request unanswered this long fails")
     p.add_argument("--timings", action="store_true",
                    help="closed loop: report the mean of each timings_ms stage the answers carry")
     a = p.parse_args(argv)
@@ -309,13 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         if a.rate <= 0:
             print("--rate must be positive", file=sys.stderr)
             return 2
+        record: list[str] | None = [] if a.record else None
         res = asyncio.run(run_open_loop(a.url, bodies, rate=a.rate, duration_s=a.duration_s,
-                                        max_in_flight=a.concurrency, warmup_s=a.warmup_s, seed=a.seed))
-        print(json.dumps(res))
-        return 0
-    record: list[str] | None = [] if a.record else None
-    res = asyncio.run(run_load(a.url, bodies, concurrency=a.concurrency, duration_s=a.duration_s,
-                               warmup_s=a.warmup_s, record=record, stop_file=a.stop_file, timings=a.timings))
+                                        max_in_flight=a.concurrency, warmup_s=a.warmup_s, seed=a.seed,
+                                        timeout_s=a.client_timeout_s, record=record))
+    else:
+        record = [] if a.record else None
+        res = asyncio.run(run_load(a.url, bodies, concurrency=a.concurrency, duration_s=a.duration_s,
+                                   warmup_s=a.warmup_s, record=record, stop_file=a.stop_file, timings=a.timings))
     if a.record and record is not None:
         a.record.write_text("\n".join(record) + "\n")
     print(json.dumps(res))
