@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from serving.config import ConfigError, Settings
@@ -83,8 +84,10 @@ def serving_app(settings: Settings) -> Iterator[None]:
 
     from serving.app import build_app
     from serving.ray_runtime import Ingress, init_ray, shutdown_ray, start_serve
+    from serving.service import drain_flag
 
     ingress = Ingress.from_settings(settings)
+    drain_flag(settings).unlink(missing_ok=True)  # left by a server that did not stop cleanly
     with triton_endpoint(settings) as url:
         init_ray(settings.ray_address, ingress=ingress)
         try:
@@ -100,16 +103,43 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         summary = _build(settings)
         log.info("models ready: %s", json.dumps(summary.get("quality", {})))
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     with serving_app(settings):
+        # after Ray's start-up, which installs handlers of its own
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         print(f"\nrankserve is serving on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
         if settings.grpc_port:
             print(f"gRPC rankserve.v1.Ranker/Rank on {settings.host}:{settings.grpc_port}")
         print(f"try:\n  {_example_curl(settings)}\n", flush=True)
         stop.wait()
-        print("stopping: draining requests, Ray, Triton ...", flush=True)
+        print(f"stopping: draining requests (at most {settings.drain_timeout_s:g} s), Ray, Triton ...", flush=True)
+        _drain(settings)
     return 0
+
+
+def _drain(settings: Settings) -> None:
+    """Tell the replicas to refuse new requests (503) and wait until those in flight are answered,
+    at most ``settings.drain_timeout_s``."""
+    import httpx
+
+    from serving.service import drain_flag
+    from serving.tools.workload import metric_values
+
+    flag = drain_flag(settings)
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.touch()
+    t_end = time.monotonic() + settings.drain_timeout_s
+    try:
+        while time.monotonic() < t_end:
+            time.sleep(0.1)
+            try:
+                text = httpx.get(f"http://{settings.host}:{settings.port}/metrics", timeout=1).text
+            except httpx.HTTPError:
+                break
+            if metric_values(text, ("rankserve_queue_depth",)).get("rankserve_queue_depth", 0) == 0:
+                break
+    finally:
+        flag.unlink(missing_ok=True)
 
 
 def cmd_build(settings: Settings, args: argparse.Namespace) -> int:

@@ -59,7 +59,10 @@ class Settings(BaseModel):
     max_k: int = Field(1000, ge=1, description="Largest k a request may ask for.")
     recall_n: int = Field(500, ge=1, le=10000, description="Candidates recalled by FAISS when none are given.")
     max_candidates: int = Field(2000, ge=1, description="Most candidates a request may give.")
-    max_exclude: int = Field(5000, ge=0, description="Most item ids a request may exclude.")
+    max_exclude: int = Field(
+        1000, ge=0, le=10000, description="Most item ids a request may exclude (recall asks the index for recall_n "
+                                          "plus the largest exclude list of a batch, within its search limit)."
+    )
     default_timeout_ms: int = Field(2000, ge=1, description="Deadline when the request gives none.")
     max_timeout_ms: int = Field(30000, ge=1, description="Largest deadline a request may ask for.")
 

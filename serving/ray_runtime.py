@@ -73,19 +73,23 @@ class Ingress:
     port: int = 8000
     grpc_port: int = 0
     drain_s: float = 5.0
+    max_message_bytes: int = 256 * 1024
     runtime_dir: Path = Path(tempfile.gettempdir())
 
     @classmethod
     def from_settings(cls, settings: Settings, *, port: int | None = None, grpc_port: int | None = None) -> Ingress:
         return cls(mode=settings.ingress, host=settings.host, port=settings.port if port is None else port,
                    grpc_port=settings.grpc_port if grpc_port is None else grpc_port,
-                   drain_s=settings.drain_timeout_s, runtime_dir=settings.data_dir / "ingress")
+                   drain_s=settings.drain_timeout_s, max_message_bytes=settings.max_body_bytes,
+                   runtime_dir=settings.data_dir / "ingress")
 
     def environment(self) -> dict[str, str]:
         """Ray's variables for this mode; every Ray process reads them when it starts."""
         from serving.net import QUIET_PORTS, free_port
 
         env = {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+               # gRPC servers refuse a message over the HTTP body limit before decoding it
+               "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(self.max_message_bytes),
                # how long a stopping ingress replica keeps taking requests before it drains
                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(min(1.0, self.drain_s))}
         if self.mode == "haproxy":

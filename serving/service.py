@@ -14,11 +14,12 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from serving.batching import DeadlineBatcher
 from serving.config import Settings
-from serving.errors import DeadlineExceededError, OverloadedError, RankserveError
+from serving.errors import BackendUnavailableError, DeadlineExceededError, OverloadedError, RankserveError
 from serving.metrics import Metrics
 from serving.pipeline.assemble import create_pipeline, make_caller
 from serving.pipeline.orchestration import BatchStats, Prepared, RankPipeline
@@ -27,11 +28,23 @@ from serving.repository.watcher import RepositoryWatcher
 from serving.schemas import RankRequest, RankResponse
 from serving.triton.caller import AsyncInferClient
 
-__all__ = ["ReadinessClient", "RankService", "Result"]
+__all__ = ["ReadinessClient", "RankService", "Result", "drain_flag"]
 
 log = logging.getLogger("rankserve")
 
 Result = RankResponse | RankserveError
+
+
+def _discard(task: asyncio.Future[Result]) -> None:
+    """Retrieve an abandoned task's outcome, so that asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+def drain_flag(settings: Settings) -> Path:
+    """The file whose presence tells the replicas behind ``settings.port`` that the server is
+    stopping: they answer new requests 503 and report not ready, and finish those in flight."""
+    return settings.data_dir / "ingress" / f"draining-{settings.port}"
 
 
 class ReadinessClient(AsyncInferClient, Protocol):
@@ -67,6 +80,20 @@ class RankService:
                                        max_concurrent=settings.max_concurrent_batches,
                                        wait_s=settings.batch_wait_timeout_s) if settings.batching else None
         self._pending = 0  # admitted and not yet answered
+        self._drain_flag = drain_flag(settings)
+        self.draining = False
+        self._quiet: dict[str, tuple[float, int]] = {}  # error code -> (last logged, not logged since)
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not yet answered."""
+        return self._pending
+
+    def _check_draining(self) -> bool:
+        if not self.draining and self._drain_flag.exists():  # a stat per request: ~2 us
+            self.draining = True
+            log.warning(json.dumps({"event": "draining", "in_flight": self._pending}))
+        return self.draining
 
     @classmethod
     def create(cls, settings: Settings, client: ReadinessClient) -> RankService:
@@ -96,6 +123,8 @@ class RankService:
         arrival = time.monotonic()
         rid: str | None = None
         try:
+            if self._check_draining():
+                raise BackendUnavailableError("the server is stopping; try again shortly", retry_after_s=1)
             if self._pending >= self.settings.max_queued_requests >= 0:
                 self.metrics.shed.inc()
                 raise OverloadedError(f"{self._pending} requests queued; try again shortly",
@@ -106,8 +135,7 @@ class RankService:
         except RankserveError as err:
             self.metrics.requests.labels(str(err.http_status)).inc()
             if err.http_status >= 500:
-                log.warning(json.dumps({"event": "rank_error", "request_id": rid, "status": err.http_status,
-                                        "error": err.message}))
+                self._log_error(rid, err)
             raise
         except Exception as err:  # a bug, not bad input: answer in the error shape, never a traceback
             log.exception(json.dumps({"event": "rank_internal_error", "request_id": rid, "error": repr(err)}))
@@ -120,17 +148,40 @@ class RankService:
             log.warning(json.dumps({"event": "rank_degraded", "request_id": rid, "recall": result.recall}))
         return result
 
+    def _log_error(self, rid: str | None, err: RankserveError) -> None:
+        """One line per failed request, except sheds and deadlines: under overload those come by
+        the hundred a second, so they are logged at most once a second each, with a count (the
+        metrics count every one)."""
+        if not isinstance(err, (OverloadedError, DeadlineExceededError, BackendUnavailableError)):
+            log.warning(json.dumps({"event": "rank_error", "request_id": rid, "status": err.http_status,
+                                    "error": err.message}))
+            return
+        now = time.monotonic()
+        last, n = self._quiet.get(err.code, (0.0, 0))
+        if now - last >= 1.0:
+            log.warning(json.dumps({"event": "rank_error", "request_id": rid, "status": err.http_status,
+                                    "error": err.message, "same_since_last_line": n}))
+            self._quiet[err.code] = (now, 0)
+        else:
+            self._quiet[err.code] = (last, n + 1)
+
     async def _within_deadline(self, prep: Prepared) -> RankResponse:
+        """The request's answer, or its 504 at its deadline. Not ``asyncio.wait_for``: a Triton call
+        cancelled at the deadline ends as a Triton error, the pipeline degrades it into an answer,
+        and ``wait_for`` would hand that late answer back instead of the timeout."""
         self._pending += 1
         self.metrics.queue_depth.set(self._pending)
+        task = asyncio.ensure_future(self._dispatch(prep))
         try:
-            left = prep.deadline - time.monotonic()
-            result = await asyncio.wait_for(self._dispatch(prep), timeout=max(left, 0.001))
-        except asyncio.TimeoutError as err:
-            raise DeadlineExceededError(f"no answer within {1000 * (prep.deadline - prep.arrival):.0f} ms") from err
+            done, _ = await asyncio.wait({task}, timeout=max(prep.deadline - time.monotonic(), 0.0))
         finally:
             self._pending -= 1
             self.metrics.queue_depth.set(self._pending)
+        if not done:
+            task.cancel()  # nobody waits for this answer any more
+            task.add_done_callback(_discard)
+            raise DeadlineExceededError(f"no answer within {1000 * (prep.deadline - prep.arrival):.0f} ms")
+        result = task.result()
         if isinstance(result, RankserveError):
             raise result
         return result
@@ -165,7 +216,7 @@ class RankService:
     async def readiness(self) -> dict[str, bool]:
         """Index loaded, Triton ready, and every version that takes traffic ready in Triton."""
         recall = self.pipeline.recall
-        checks: dict[str, bool] = {"index": recall.index.n_items > 0}
+        checks: dict[str, bool] = {"accepting": not self._check_draining(), "index": recall.index.n_items > 0}
         try:
             checks["triton"] = bool(await self.client.server_ready())
             checks[f"{recall.model}:{recall.version}"] = bool(await self.client.model_ready(recall.model,

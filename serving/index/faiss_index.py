@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 EXACT_MAX_ITEMS = 20_000
 TUNE_K = 500
+GPU_MAX_K = 2048  # faiss-gpu's largest k (and nprobe) per search
 
 
 def set_search_threads(n: int) -> None:
@@ -57,6 +58,11 @@ class ItemIndex:
     def n_items(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def max_k(self) -> int:
+        """The largest k one search can ask for (faiss-gpu stops at 2048)."""
+        return min(self.n_items, GPU_MAX_K) if self.on_gpu else self.n_items
+
     def _apply_nprobe(self) -> None:
         if self.kind == "ivf":
             if self.on_gpu:
@@ -72,8 +78,8 @@ class ItemIndex:
         return gpu
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores float32 [Q, k'], ids int64 [Q, k']), k' = min(k, n_items); ids -1 pad."""
-        k = max(1, min(int(k), self.n_items))
+        """Top-``k`` (scores float32 [Q, k'], ids int64 [Q, k']), k' = min(k, max_k); ids -1 pad."""
+        k = max(1, min(int(k), self.max_k))
         q = np.ascontiguousarray(queries, dtype=np.float32)
         scores, ids = self.index.search(q, k)
         return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)

@@ -25,6 +25,9 @@ class VectorIndex(Protocol):
     @property
     def n_items(self) -> int: ...
 
+    @property
+    def max_k(self) -> int: ...
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -55,8 +58,9 @@ class RecallStage:
         return out[TOWER_OUTPUT]
 
     def search(self, embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``n`` items per query: (scores float32 [Q, n'], ids int64 [Q, n']); ids -1 pad."""
-        return self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), n)
+        """Top-``n`` items per query, at most the index's ``max_k``: (scores float32 [Q, n'], ids
+        int64 [Q, n']); ids -1 pad. Excludes beyond that limit leave fewer candidates, never an error."""
+        return self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(n, self.index.max_k))
 
     def popular(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most popular items (scores, ids): the recall of last resort."""

@@ -106,6 +106,10 @@ def push(
             registry.set_traffic(model, old)  # pin live before a higher version appears on disk
         t0 = time.perf_counter()
         art = load_artifact(registry, model, artifact)
+        if art.item_emb_path is not None and (canary_percent is not None or shadow_percent is not None):
+            raise PushRefusedError(f"{model} is a user tower: it serves one version at a time, with the item index "
+                                   "built from it, so it has no canary or shadow; push it live (and roll back if "
+                                   "need be)", field="model")
         checks = validate_artifact(art, tables)
         checks["validate_s"] = round(time.perf_counter() - t0, 3)
         new = _write_version(registry, model, art, tables, checks, version)

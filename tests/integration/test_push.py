@@ -357,3 +357,38 @@ def test_cli_push_models_and_rollback(settings, rankserve_url: str, triton, tmp_
     assert refused.returncode == 3 and "refused" in refused.stderr
     assert cli("rollback", "ranker").returncode == 0
     assert registry.traffic("ranker").live == old and registry.traffic("ranker").canary_version is None
+
+
+def test_cli_refuses_model_names_outside_the_repository(settings, tmp_path: Path) -> None:
+    """Names with separators or `..`, and names that resolve to nothing, are refused in one line,
+    before any file is touched (no lock file, no traffic file appears anywhere)."""
+    import os
+
+    root = settings.model_repository.parent
+    (root / "deploy" / "3").mkdir(parents=True, exist_ok=True)  # "../deploy" and its "version 3" exist beside it
+    env = {**os.environ, "RANKSERVE_MODEL_REPOSITORY": str(settings.model_repository),
+           "RANKSERVE_DATA_DIR": str(settings.data_dir)}
+    before = sorted(p.name for p in root.iterdir())
+    for args in (("rollback", "../deploy", "3"), ("rollback", "..", "3"), ("promote", "ranker/../user_tower"),
+                 ("rollback", "no_such_model"), ("push", "../x", str(tmp_path))):
+        out = subprocess.run([sys.executable, "-m", "serving.cli", *args], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 3, (args, out.stderr[-500:])
+        assert "unknown model" in out.stderr and "Traceback" not in out.stderr, out.stderr[-500:]
+    assert sorted(p.name for p in root.iterdir()) == before
+    outside = [p for p in root.rglob("*") if settings.model_repository not in p.parents
+               and p.name in {".push.lock", "traffic.json"}]
+    assert outside == []
+
+
+def test_a_user_tower_canary_or_shadow_is_refused(settings, triton, tmp_path: Path) -> None:
+    """The user tower serves one version at a time (with its index): a canary or shadow of it is
+    refused rather than reported at N% and never served."""
+    registry = ModelRegistry(settings.model_repository)
+    art = _live_artifact(registry, "user_tower", tmp_path / "tower")
+    before = _snapshot(settings.model_repository)
+    for kw in ({"canary_percent": 10.0}, {"shadow_percent": 10.0}):
+        with pytest.raises(PushRefusedError, match="user tower"):
+            push(registry, "user_tower", art, FeatureTables.load(settings.marketplace_path),
+                 TritonClient(triton.grpc_url), **kw)
+    assert _snapshot(settings.model_repository) == before

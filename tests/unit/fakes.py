@@ -38,6 +38,8 @@ class ExactIndex:
     def n_items(self) -> int:
         return int(self.emb.shape[0])
 
+    max_k = 64  # a small search limit, like faiss-gpu's 2048
+
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         s = q @ self.emb.T
         ids = np.argsort(-s, axis=1, kind="stable")[:, :k]

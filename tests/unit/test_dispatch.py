@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from serving.errors import DeadlineExceededError, OverloadedError
+from serving.errors import DeadlineExceededError, OverloadedError, TritonError
 from serving.pipeline.orchestration import BatchStats, Prepared, RankPipeline
 from serving.repository.registry import ModelRegistry
 from serving.schemas import RankRequest, RankResponse
@@ -169,3 +169,24 @@ def test_a_full_queue_sheds_with_retry_after(tmp_path: Path) -> None:
     assert "rankserve_shed_total 2.0" in svc.metrics_text().decode()
     with pytest.raises(ValueError, match="max_queued_requests"):
         _service(tmp_path / "x", delay_s=0, max_queued_requests=300, max_ongoing_requests=256)
+
+
+class _CancelToError(ScoringClient):
+    """Turns cancellation into a Triton error, as the gRPC client does with a cancelled call."""
+
+    async def infer(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().infer(*args, **kwargs)
+        except asyncio.CancelledError:
+            raise TritonError("call cancelled") from None
+
+
+def test_a_deadline_gives_504_even_when_the_cancelled_call_ends_as_an_error(tmp_path: Path) -> None:
+    """At the deadline the request is answered 504, not with the degraded answer the pipeline
+    makes of the cancelled Triton call."""
+    repo = make_repo(tmp_path)
+    client = _CancelToError(delay_s=0.2)
+    pipeline = make_pipeline(repo, client)
+    svc = RankService(pipeline.settings, pipeline, client, ModelRegistry(repo))
+    with pytest.raises(DeadlineExceededError):
+        asyncio.run(_rank(svc, "late", timeout_ms=50))

@@ -143,3 +143,16 @@ def test_top_k_orders_and_breaks_ties_by_position(n: int) -> None:
         got = top_k(s, k)
         want = np.lexsort((np.arange(n), -s))[:k]
         assert got.tolist() == want.tolist()
+
+
+def test_an_exclude_list_beyond_the_index_search_limit_leaves_fewer_candidates_not_an_error(repo: Path) -> None:
+    """The index searches at most ``max_k`` (faiss-gpu: 2048) items; recall_n plus a long exclude
+    list beyond that is clamped, and the answer is still k items, none excluded."""
+    p = _pipeline(repo, ScoringClient())
+    assert p.recall.index.max_k == 64 and p.settings.recall_n == 40
+    _, ids = p.recall.search(np.pad(p.tables.user_dense[4], (0, E - D))[None], 500)
+    assert ids.shape == (1, 64)
+    exclude = ids[0][:50].tolist()  # most of what the search can return
+    (r,) = _run(p, [{"user_id": 4, "k": 10, "exclude": exclude}])
+    got = [it.item_id for it in r.items]
+    assert isinstance(r, RankResponse) and len(got) == 10 and not set(got) & set(exclude)

@@ -1,0 +1,82 @@
+"""One fast case of each `rankserve chaos` scenario, against a `rankserve serve` of its own (the
+session's server is left alone): overload sheds fast, mixed deadlines spare the generous, a
+killed Triton degrades then recovers, a killed replica comes back, SIGTERM drains cleanly."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving.config import Settings
+from serving.pipeline.features import FeatureTables
+from serving.tools import chaos
+from serving.tools.workload import recall_bodies, write_bodies
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[chaos.ChaosServer]:
+    log = tmp_path_factory.mktemp("chaos") / "serve.log"
+    # a small admission bound, so that a load this machine can offer next to the tests overloads it
+    srv = chaos.ChaosServer(settings, log, env={"RANKSERVE_MAX_QUEUED_REQUESTS": "8"}).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def bodies(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    n_users = FeatureTables.load(settings.marketplace_path).n_users
+    return write_bodies(recall_bodies(n_users, 512), tmp_path_factory.mktemp("bodies"))
+
+
+ARGS = argparse.Namespace(capacity_rps=60.0, duration_s=5.0)
+
+
+def test_overload_is_shed_fast_and_admitted_requests_meet_their_deadline(server, bodies: Path,  # noqa: ANN001
+                                                                          tmp_path: Path) -> None:
+    out = chaos._overload(server, bodies, argparse.Namespace(capacity_rps=150.0, duration_s=5.0), tmp_path)
+    print(chaos.markdown([out]))
+    assert out.client_timeouts == 0 and out.other_failures == 0, out
+    assert out.shed_503 > 0 and out.ok > 0, out
+    assert out.details["ok_beyond_deadline"] == 0
+    assert out.details["p99_503_ms"] < 1000  # fast, even on a machine busy with the test suite
+
+
+def test_mixed_deadlines_never_degrade_the_generous(server, bodies: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    out = chaos._deadlines(server, bodies, ARGS, tmp_path)
+    print(chaos.markdown([out]))
+    assert out.details["generous"] > 50
+    assert out.details["generous_degraded"] == 0 and out.details["generous_failed"] == 0, out
+
+
+def test_a_killed_triton_degrades_answers_then_recovers(server, bodies: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    out = chaos._triton_kill(server, bodies, ARGS, tmp_path)
+    print(chaos.markdown([out]))
+    assert out.other_failures == 0 and out.client_timeouts == 0, out
+    assert out.degraded > 0, "the kill was not seen"
+    assert out.recovery_s is not None and out.recovery_s <= 15, out
+    assert server.wait_ready(60)
+
+
+def test_a_killed_replica_is_replaced_and_its_failures_are_bounded(server, bodies: Path,  # noqa: ANN001
+                                                                   tmp_path: Path) -> None:
+    out = chaos._replica_kill(server, bodies, ARGS, tmp_path)
+    print(chaos.markdown([out]))
+    assert out.recovery_s is not None, "answers did not come back"
+    assert out.ok > out.requests / 3, out
+    assert server.wait_ready(120)
+
+
+def test_sigterm_drains_in_flight_requests_and_exits(server, bodies: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    out = chaos._drain(server, bodies, ARGS, tmp_path)
+    print(chaos.markdown([out]))
+    assert out.details["exit_code"] == 0, out
+    assert out.details["exit_s"] < 30, out
+    assert set(out.details["during_drain"]) <= {"200", "503"}, out  # no reset, no other error
+    assert out.other_failures == 0 and out.client_timeouts == 0, out
