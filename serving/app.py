@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from serving.config import ConfigError, Settings
+from serving.config import ConfigError, Settings, node_triton_url
 from serving.grpc_api import GrpcIngress
 from serving.http_api import HttpIngress, api
 from serving.ray_runtime import ingress_deployment
@@ -29,7 +29,8 @@ class RankingReplica(HttpIngress, GrpcIngress):
     def __init__(self, settings: dict[str, Any], triton_url: str) -> None:
         logging.basicConfig(level=logging.INFO)
         s = Settings.model_validate(settings)
-        self.service = RankService.create(s, AsyncTritonClient.for_url(triton_url, s.triton_shared_memory))
+        url = node_triton_url() or triton_url  # the node's own Triton, where the node names one
+        self.service = RankService.create(s, AsyncTritonClient.for_url(url, s.triton_shared_memory), url)
 
     async def __del__(self) -> None:
         """Serve calls this when the replica stops: stop following the repository, release Triton."""
@@ -52,7 +53,10 @@ def app_from_env(args: dict[str, str] | None = None) -> Any:
 
 def build_app(settings: Settings, triton_url: str) -> Any:
     """The bound Serve application for ``serve.run``."""
+    per_node: dict[str, Any] = {"max_replicas_per_node": settings.max_replicas_per_node} \
+        if settings.max_replicas_per_node else {}
     return RankingDeployment.options(
+        **per_node,
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         # a backstop: rankserve's own admission (max_queued_requests) sheds long before this

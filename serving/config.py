@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from serving.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings"]
+__all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings", "node_triton_url"]
 
 ENV_PREFIX = "RANKSERVE_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -100,8 +100,9 @@ class Settings(BaseModel):
     )
 
     # --- batching and load shedding ------------------------------------------------------
-    batching: bool = Field(True, description="Batch requests that arrive while a batch runs (@serve.batch); a request "
-                           "finding the replica idle runs at once. Off: one Triton call per request.")
+    batching: bool = Field(True, description="Batch requests that arrive while a batch runs (deadline-aware, "
+                           "earliest deadline first); a request finding the replica idle runs at once. Off: one "
+                           "Triton call per request.")
     max_batch_candidates: int = Field(
         8192, ge=1, description="Batches are bounded by their total candidates, not their request count."
     )
@@ -110,6 +111,9 @@ class Settings(BaseModel):
         4, ge=1, le=16, description="Batches a replica runs at once (one crossing while another waits on Triton)."
     )
     num_replicas: int = Field(1, ge=1, description="Ranking replicas.")
+    max_replicas_per_node: int = Field(
+        0, ge=0, description="Most replicas on one Ray node (0: no limit); 1 gives each node's Triton one replica."
+    )
     max_ongoing_requests: int = Field(
         256, ge=1, description="Requests Serve lets into a replica at once (its own bound, above rankserve's "
                                "admission bound so that rankserve answers the excess)."
@@ -174,6 +178,17 @@ class Settings(BaseModel):
             shown = values.get(field, "<missing>")
             src = ENV_PREFIX + field.upper() if (ENV_PREFIX + field.upper()) in env else field
             raise ConfigError(f"{src}={shown!r} is invalid: {first['msg']}") from err
+
+
+def node_triton_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """``RANKSERVE_TRITON_URL`` of this process's own environment, if set.
+
+    A Serve replica runs in a worker process of its Ray node, whose environment is that node's
+    (KubeRay: the worker pod's env; a local cluster: the env its ``ray start`` ran with). So a
+    replica reads its node-local Triton here, and prefers it to the URL the driver passed.
+    """
+    env = os.environ if environ is None else environ
+    return env.get(ENV_PREFIX + "TRITON_URL") or None
 
 
 def _coerce(values: dict[str, object]) -> dict[str, object]:

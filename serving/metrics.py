@@ -1,14 +1,23 @@
-"""Prometheus metrics of one replica (served at ``GET /metrics``).
+"""Prometheus metrics of one replica, and their merge across every replica of the service.
 
-Owns: the metric names, their buckets and labels. Must not touch: when they are counted (the
-service does that).
+Owns: the metric names, their buckets and labels, and :func:`merge_expositions`, which sums the
+expositions of all replicas (counters, histograms, gauges; the largest value for the gauges
+listed in ``MAX_GAUGES``) so that ``GET /metrics`` on any replica answers for the whole service.
+Must not touch: when they are counted (the service does that) or where snapshots are kept
+(``serving.repository.nodes``).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterable
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["MAX_GAUGES", "Metrics", "merge_expositions"]
+
+# Gauges whose service-wide value is the largest of the replicas' (a version, not an amount).
+MAX_GAUGES = frozenset({"rankserve_model_version"})
 
 _LAT_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -42,6 +51,51 @@ class Metrics:
         self.model_version = Gauge(
             "rankserve_model_version", "Live version of each model.", ["model"], registry=r
         )
+        self.replicas = Gauge("rankserve_replicas", "Replicas whose metrics this exposition sums.", registry=r)
+        self.replicas.set(1)
+        # shadow comparisons as sums (means = sum / requests), so that they add up across replicas
+        shadow = ["model", "version"]
+        self.shadow_requests = Gauge("rankserve_shadow_requests", "Requests scored by a shadow version.", shadow,
+                                     registry=r)
+        self.shadow_failures = Gauge("rankserve_shadow_failures", "Shadow scorings that failed.", shadow, registry=r)
+        self.shadow_rank_corr = Gauge("rankserve_shadow_rank_correlation_sum",
+                                      "Sum of shadow-vs-live Spearman correlations.", shadow, registry=r)
+        self.shadow_overlap = Gauge("rankserve_shadow_overlap_at_k_sum", "Sum of shadow-vs-live top-k overlaps.",
+                                    shadow, registry=r)
+        self.shadow_abs_diff = Gauge("rankserve_shadow_abs_score_diff_sum",
+                                     "Sum of mean absolute score differences, shadow vs live.", shadow, registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join('{}="{}"'.format(k, v.replace("\\", "\\\\").replace('"', '\\"')) for k, v in sorted(labels.items()))
+    return "{" + inner + "}"
+
+
+def merge_expositions(texts: Iterable[str]) -> str:
+    """One exposition summing several (one per replica); creation timestamps are dropped."""
+    families: dict[str, tuple[str, str]] = {}  # name -> (type, help)
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            if fam.name.endswith("_created"):  # creation timestamps: no sum of them means anything
+                continue
+            families.setdefault(fam.name, (fam.type, fam.documentation))
+            merged = values.setdefault(fam.name, {})
+            for sample in fam.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if fam.name in MAX_GAUGES:
+                    merged[key] = max(merged.get(key, float("-inf")), sample.value)
+                else:
+                    merged[key] = merged.get(key, 0.0) + sample.value
+    lines = []
+    for name, (kind, doc) in families.items():
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
+        lines += [f"{sample}{_labels(dict(labels))} {value!r}" for (sample, labels), value in values[name].items()]
+    return "\n".join(lines) + "\n"

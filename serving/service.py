@@ -17,12 +17,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from serving.batching import DeadlineBatcher
 from serving.config import Settings
 from serving.errors import BackendUnavailableError, DeadlineExceededError, OverloadedError, RankserveError
-from serving.metrics import Metrics
+from serving.metrics import Metrics, merge_expositions
 from serving.pipeline.assemble import create_pipeline, make_caller
 from serving.pipeline.orchestration import BatchStats, Prepared, RankPipeline
+from serving.pipeline.shadow import ShadowStats
+from serving.repository.nodes import live_metrics
 from serving.repository.registry import ModelRegistry
 from serving.repository.watcher import RepositoryWatcher
 from serving.schemas import RankRequest, RankResponse
@@ -39,6 +43,22 @@ def _discard(task: asyncio.Future[Result]) -> None:
     """Retrieve an abandoned task's outcome, so that asyncio does not report it as never retrieved."""
     if not task.cancelled():
         task.exception()
+
+
+def _shadow_sums(exposition: str) -> dict[tuple[str, int], ShadowStats]:
+    """Shadow comparison sums per (model, version) from an exposition of the service's metrics."""
+    fields = {"rankserve_shadow_requests": "requests", "rankserve_shadow_failures": "failures",
+              "rankserve_shadow_rank_correlation_sum": "spearman_sum", "rankserve_shadow_overlap_at_k_sum": "overlap_sum",
+              "rankserve_shadow_abs_score_diff_sum": "mean_abs_score_diff_sum"}
+    out: dict[tuple[str, int], ShadowStats] = {}
+    for fam in text_string_to_metric_families(exposition):
+        attr = fields.get(fam.name)
+        if attr is None:
+            continue
+        for sample in fam.samples:
+            st = out.setdefault((sample.labels["model"], int(sample.labels["version"])), ShadowStats())
+            setattr(st, attr, type(getattr(st, attr))(sample.value))
+    return out
 
 
 def drain_flag(settings: Settings) -> Path:
@@ -96,15 +116,18 @@ class RankService:
         return self.draining
 
     @classmethod
-    def create(cls, settings: Settings, client: ReadinessClient) -> RankService:
-        """The service of one replica: pipeline, repository watcher (started) and metrics."""
+    def create(cls, settings: Settings, client: ReadinessClient, triton_url: str | None = None) -> RankService:
+        """The service of one replica: pipeline, repository watcher (started; it also loads pushed
+        versions into the Triton at ``triton_url``) and metrics."""
         registry = ModelRegistry(settings.model_repository)
         pipeline = create_pipeline(settings, client, registry)
-        watcher = RepositoryWatcher(settings, registry, pipeline, make_caller(settings, client))
+        watcher = RepositoryWatcher(settings, registry, pipeline, make_caller(settings, client), triton_url=triton_url)
+        service = cls(settings, pipeline, client, registry, watcher=watcher)
+        watcher.snapshot = service.replica_metrics
         watcher.start()
         log.info(json.dumps({"event": "replica_ready", "cross_backend": pipeline.crossing.backend,
                              "faiss_gpu": pipeline.recall.index.on_gpu, "batching": settings.batching}))
-        return cls(settings, pipeline, client, registry, watcher=watcher)
+        return service
 
     async def close(self) -> None:
         """Stop following the repository and release the Triton client (the replica is stopping)."""
@@ -227,15 +250,33 @@ class RankService:
             checks["triton"] = False
         return checks
 
-    def metrics_text(self) -> bytes:
-        """Prometheus exposition of this replica's metrics, with the live versions."""
+    def replica_metrics(self) -> bytes:
+        """Prometheus exposition of this replica's own metrics, with the live versions and the
+        shadow comparison sums."""
+        m = self.metrics
         for name, traffic in self.pipeline.traffic_split.items():
-            self.metrics.model_version.labels(name).set(traffic.live)
-        self.metrics.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
-        return self.metrics.render()
+            m.model_version.labels(name).set(traffic.live)
+        m.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
+        for (model, version), st in list(self.pipeline.shadow.stats.items()):
+            labels = (model, str(version))
+            m.shadow_requests.labels(*labels).set(st.requests)
+            m.shadow_failures.labels(*labels).set(st.failures)
+            m.shadow_rank_corr.labels(*labels).set(st.spearman_sum)
+            m.shadow_overlap.labels(*labels).set(st.overlap_sum)
+            m.shadow_abs_diff.labels(*labels).set(st.mean_abs_score_diff_sum)
+        return m.render()
+
+    def metrics_text(self) -> bytes:
+        """The whole service's metrics: this replica's, summed with the snapshots every other live
+        replica publishes beside the model repository (``serving.repository.nodes``)."""
+        others = live_metrics(self.registry.repo, exclude=self.watcher.node_key) if self.watcher else []
+        own = self.replica_metrics().decode()
+        return merge_expositions([own, *others]).encode() if others else own.encode()
 
     async def models_view(self) -> dict[str, Any]:
-        """Every model's versions (state in Triton, quality), traffic split and shadow figures."""
+        """Every model's versions (state in Triton, quality), traffic split and shadow figures
+        (summed over every replica of the service)."""
+        shadow_sums = _shadow_sums(self.metrics_text().decode())
         out = []
         for name in self.registry.models():
             versions = []
@@ -247,7 +288,7 @@ class RankService:
                 meta = self.registry.meta(name, v)
                 versions.append({"version": v, "state": "READY" if ready else "UNAVAILABLE",
                                  "created": meta.get("created"), "quality": meta.get("quality", {})})
-            shadow = {f"v{v}": st.to_json() for (m, v), st in self.pipeline.shadow.stats.items() if m == name}
+            shadow = {f"v{v}": st.to_json() for (m, v), st in shadow_sums.items() if m == name}
             out.append({"name": name, "versions": versions, "traffic": self.registry.traffic(name).to_json(),
                         "shadow": shadow})
         index = self.pipeline.recall.index

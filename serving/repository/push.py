@@ -27,6 +27,7 @@ from serving.errors import PushRefusedError
 from serving.pipeline.features import FeatureTables
 from serving.pipeline.routing import Traffic
 from serving.repository.export import export_version
+from serving.repository.nodes import wait_loaded
 from serving.repository.registry import ModelRegistry
 from serving.repository.validate import Artifact, load_artifact, validate_artifact
 
@@ -87,11 +88,14 @@ def push(
     canary_percent: float | None = None,
     shadow_percent: float | None = None,
     version: int | None = None,
+    nodes_timeout_s: float = 60.0,
 ) -> PushResult:
-    """Validate ``artifact``, write it as a new version, load it, then move traffic.
+    """Validate ``artifact``, write it as a new version, load it in ``triton`` and wait until every
+    live serving node has it ready (``serving.repository.nodes``), then move traffic.
 
     Raises:
-        PushRefusedError: the artifact was refused or Triton could not load it; nothing changed.
+        PushRefusedError: the artifact was refused, or a Triton could not load it in
+            ``nodes_timeout_s``; the version is removed again and traffic is unchanged.
     """
     path = model_dir(registry, model)
     for pct, what in ((canary_percent, "canary"), (shadow_percent, "shadow")):
@@ -114,6 +118,13 @@ def push(
         checks["validate_s"] = round(time.perf_counter() - t0, 3)
         new = _write_version(registry, model, art, tables, checks, version)
         _load_or_retire(triton, path, model, new)
+        try:
+            checks["nodes"] = wait_loaded(registry.repo, model, new, timeout_s=nodes_timeout_s)
+        except PushRefusedError:
+            _retire(path / str(new))
+            with contextlib.suppress(Exception):
+                triton.load_model(model)
+            raise
         traffic = _next_traffic(old, new, canary_percent, shadow_percent)
         registry.set_traffic(model, traffic)
         log.info("pushed %s v%d: traffic %s", model, new, traffic.to_json())

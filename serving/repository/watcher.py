@@ -1,27 +1,45 @@
-"""Follows the model repository into a running pipeline: traffic changes from push, promote and
-rollback, and a new user tower version with its index.
+"""Follows the model repository into a running pipeline and into the node's Triton: traffic
+changes from push, promote and rollback, a new user tower version with its index, and every new
+version loaded into this node's Triton.
 
-Owns: the polling thread of one replica and what it swaps. The ranking traffic split is swapped
-as one dict; a new user tower version comes with its own index as one new recall stage, so a
-batch never pairs one version's user embedding with another version's index.
-Must not touch: the repository's files (read only) or Triton.
+Owns: the polling thread of one replica, what it swaps, and the node's heartbeat
+(``serving.repository.nodes``). The ranking traffic split is swapped as one dict; a new user
+tower version comes with its own index as one new recall stage, so a batch never pairs one
+version's user embedding with another version's index. Each new version on disk is loaded into
+the node-local Triton (so Tritons on other nodes follow a push made anywhere), and the heartbeat
+says which versions are ready there: a push moves traffic only once every live node has them.
+Must not touch: the repository's versions or traffic (read only).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
+from collections.abc import Callable
+from typing import Protocol
 
 from serving.config import Settings
+from serving.errors import RankserveError
 from serving.pipeline.assemble import make_recall
 from serving.pipeline.orchestration import RankPipeline
+from serving.repository.nodes import remove_heartbeat, write_heartbeat
 from serving.repository.registry import ModelRegistry
 from serving.triton.caller import ModelCaller
+from serving.triton.client import TritonClient
 
-__all__ = ["RepositoryWatcher"]
+__all__ = ["LoadingClient", "RepositoryWatcher"]
 
 log = logging.getLogger("rankserve")
+
+
+class LoadingClient(Protocol):
+    """What following the repository needs of Triton (``serving.triton.client.TritonClient``)."""
+
+    def load_model(self, name: str) -> None: ...
+    def model_ready(self, name: str, version: str = "") -> bool: ...
 
 
 class RepositoryWatcher:
@@ -32,28 +50,42 @@ class RepositoryWatcher:
         registry: the repository.
         pipeline: the pipeline to keep current.
         caller: the Triton caller a new recall stage uses.
+        triton_url: this node's Triton, into which new versions are loaded (None: nothing loaded,
+            no heartbeat).
+        snapshot: the replica's metrics exposition, published with each heartbeat.
         interval_s: seconds between checks.
     """
 
     def __init__(self, settings: Settings, registry: ModelRegistry, pipeline: RankPipeline, caller: ModelCaller,
+                 *, triton_url: str | None = None, snapshot: Callable[[], bytes] | None = None,
                  interval_s: float = 1.0) -> None:
         self.settings = settings
         self.registry = registry
         self.pipeline = pipeline
         self.caller = caller
+        self.triton_url = triton_url
+        self.snapshot = snapshot
         self.interval_s = interval_s
+        self.node_key = f"{socket.gethostname()}-{os.getpid()}"
+        self._on_disk: dict[str, list[int]] = {}  # versions last asked of Triton, per model
         self._stamp = self._read_stamp()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="repository-watcher", daemon=True)
+        # two threads: loading a version into Triton takes seconds, and must not hold up applying
+        # a traffic change (which a push makes only once every node has loaded what it names)
+        self._threads = [threading.Thread(target=self._run, name="repository-watcher", daemon=True),
+                         threading.Thread(target=self._follow_loop, name="triton-follower", daemon=True)]
 
     def start(self) -> None:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop checking; waits for a check in progress to end."""
+        """Stop checking (waits for a check in progress) and take this node out of the heartbeats."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout_s)
+        remove_heartbeat(self.registry.repo, self.node_key)
 
     def _read_stamp(self) -> tuple[tuple[str, int, int], ...]:
         out = []
@@ -77,9 +109,39 @@ class RepositoryWatcher:
                              "user_tower": tower}))
         return True
 
+    def follow(self, client: LoadingClient) -> dict[str, list[int]]:
+        """Load versions new on disk into this node's Triton; returns the versions ready there."""
+        ready: dict[str, list[int]] = {}
+        for model in self.registry.models():
+            versions = self.registry.versions(model)
+            try:
+                if versions != self._on_disk.get(model):
+                    client.load_model(model)  # explicit mode: loads the versions on disk, keeps serving the rest
+                    self._on_disk[model] = versions
+                    log.info(json.dumps({"event": "versions_loaded", "model": model, "versions": versions}))
+                ready[model] = [v for v in versions if client.model_ready(model, str(v))]
+            except RankserveError as err:  # Triton down or the load refused: report nothing ready, retry
+                self._on_disk.pop(model, None)
+                log.warning("loading %s into %s: %s", model, self.triton_url, err.message)
+        return ready
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
                 self.check()
             except Exception as err:  # noqa: BLE001 - a bad file must not kill the watcher; keep serving
                 log.warning("repository watcher: %s", err)
+
+    def _follow_loop(self) -> None:
+        if self.triton_url is None:
+            return
+        client = TritonClient(self.triton_url)
+        try:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    write_heartbeat(self.registry.repo, self.node_key, self.triton_url, self.follow(client),
+                                    self.snapshot() if self.snapshot else None)
+                except Exception as err:  # noqa: BLE001 - keep following; the next tick tries again
+                    log.warning("triton follower: %s", err)
+        finally:
+            client.close()

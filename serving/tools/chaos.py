@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,9 +64,10 @@ class Outcome:
     @classmethod
     def from_records(cls, scenario: str, rows: list[dict[str, Any]]) -> Outcome:
         status = Counter(str(r["status"]) for r in rows)
+        timeouts = status["client_timeout"] + status["error:TimeoutError"]  # unanswered within the client's time-out
         return cls(scenario, requests=len(rows), ok=status["200"], degraded=sum(bool(r["degraded"]) for r in rows),
-                   shed_503=status["503"], deadline_504=status["504"], client_timeouts=status["client_timeout"],
-                   other_failures=len(rows) - status["200"] - status["503"] - status["504"] - status["client_timeout"])
+                   shed_503=status["503"], deadline_504=status["504"], client_timeouts=timeouts,
+                   other_failures=len(rows) - status["200"] - status["503"] - status["504"] - timeouts)
 
 
 class ChaosServer:
@@ -81,9 +83,12 @@ class ChaosServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 180.0) -> ChaosServer:
+        cmd = [sys.executable, "-m", "serving.cli", "serve", "--no-build"]
+        setpriv = shutil.which("setpriv")
+        if setpriv:  # Ctrl-C for the server when chaos itself dies: no server outlives its run
+            cmd = [setpriv, "--pdeathsig", "INT", "--", *cmd]
         with open(self.log_path, "wb") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--no-build"], env=self.env,
-                                         stdout=logf, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=logf, stderr=subprocess.STDOUT)
         if not self.wait_ready(timeout_s):
             self.stop()
             raise RuntimeError(f"rankserve did not become ready; see {self.log_path}")

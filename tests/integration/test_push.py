@@ -35,8 +35,10 @@ def _live_artifact(registry: ModelRegistry, model: str, dest: Path) -> Path:
 
 
 def _snapshot(repo: Path) -> dict[str, object]:
+    """Every model's directory listing and traffic file (the nodes' heartbeats, `.nodes/`, change
+    every second and are not the repository's content)."""
     out: dict[str, object] = {}
-    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir()):
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
         names = sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".push.lock"))
         traffic = model_dir / "traffic.json"
         out[model_dir.name] = (names, traffic.read_text() if traffic.exists() else None)

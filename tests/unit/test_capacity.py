@@ -27,7 +27,8 @@ def _unit(limit_rps: float, base_ms: float = 20.0):  # noqa: ANN202
 def test_search_brackets_the_rate_where_p99_meets_the_target() -> None:
     measure, calls = _unit(limit_rps=200.0)
     target = Target(p99_ms=100.0)  # met while 20 / (1 - r/200) <= 100, i.e. r <= 160
-    capacity, steps = search_capacity(measure, target, start_rps=10, max_rps=10_000, growth=1.5, refine=5)
+    capacity, steps = search_capacity(measure, target, start_rps=10, max_rps=10_000, growth=1.5, refine=5,
+                                      confirm=False)
     assert capacity <= 160.0
     growth_fail = next(i for i, s in enumerate(steps) if s.verdict is not None)
     width = steps[growth_fail].rate - steps[growth_fail - 1].rate
@@ -51,7 +52,25 @@ def test_a_unit_that_fails_at_the_start_rate_has_no_capacity() -> None:
     measure, calls = _unit(limit_rps=5.0)
     capacity, steps = search_capacity(measure, Target(p99_ms=100.0), start_rps=10, max_rps=100)
     assert capacity == 0.0
-    assert calls == [10]
+    assert calls == [10, 10]  # a failing rate is confirmed by a second step
+
+
+def test_one_noisy_step_does_not_end_the_search() -> None:
+    """A rate that fails once (a hiccup) and passes when measured again counts as passed."""
+    measure, calls = _unit(limit_rps=200.0)
+    hiccups = {45.0}
+
+    def noisy(rate: float) -> Step:
+        step = measure(rate)
+        if rate in hiccups:
+            hiccups.discard(rate)
+            return Step(**{**step.__dict__, "p99_ms": 500.0, "verdict": None})
+        return step
+
+    capacity, steps = search_capacity(noisy, Target(p99_ms=100.0), start_rps=20, max_rps=1000, growth=1.5, refine=3)
+    assert [s.rate for s in steps][:4] == [20, 30, 45, 45]
+    assert steps[2].verdict is not None and steps[3].verdict is None
+    assert 100 < capacity <= 160
 
 
 def test_search_stops_at_max_rps_when_everything_passes() -> None:
