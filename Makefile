@@ -7,7 +7,7 @@ EXTRA  ?= cpu
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: serve test install build bench capacity chaos kernel-bench loadtest lint clean
+.PHONY: serve test cluster-test install build bench capacity chaos kernel-bench loadtest lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ serve: build
 
 test: lint build
 	$(PY) -m pytest -q tests
+
+cluster-test: build
+	$(PY) -m pytest -q -m "cluster or not cluster" tests/integration/test_cluster.py
 
 bench: build
 	$(PY) -m serving.cli bench

@@ -24,7 +24,7 @@ from serving.files import atomic_write_text
 __all__ = ["FRESH_S", "NodeState", "live_metrics", "live_nodes", "remove_heartbeat", "wait_loaded",
            "write_heartbeat"]
 
-FRESH_S = 5.0  # a node whose heartbeat is older than this is gone (its replica stopped or died)
+FRESH_S = 10.0  # a node whose heartbeat is older than this is gone (its replica stopped or died)
 _DIR = ".nodes"
 
 

@@ -68,6 +68,7 @@ class RepositoryWatcher:
         self.interval_s = interval_s
         self.node_key = f"{socket.gethostname()}-{os.getpid()}"
         self._on_disk: dict[str, list[int]] = {}  # versions last asked of Triton, per model
+        self._ready: dict[str, list[int]] = {}  # versions ready in this node's Triton, as last seen
         self._stamp = self._read_stamp()
         self._stop = threading.Event()
         # two threads: loading a version into Triton takes seconds, and must not hold up applying
@@ -129,6 +130,9 @@ class RepositoryWatcher:
         while not self._stop.wait(self.interval_s):
             try:
                 self.check()
+                if self.triton_url is not None:  # the heartbeat keeps its beat while a load takes seconds
+                    write_heartbeat(self.registry.repo, self.node_key, self.triton_url, self._ready,
+                                    self.snapshot() if self.snapshot else None)
             except Exception as err:  # noqa: BLE001 - a bad file must not kill the watcher; keep serving
                 log.warning("repository watcher: %s", err)
 
@@ -139,8 +143,7 @@ class RepositoryWatcher:
         try:
             while not self._stop.wait(self.interval_s):
                 try:
-                    write_heartbeat(self.registry.repo, self.node_key, self.triton_url, self.follow(client),
-                                    self.snapshot() if self.snapshot else None)
+                    self._ready = self.follow(client)
                 except Exception as err:  # noqa: BLE001 - keep following; the next tick tries again
                     log.warning("triton follower: %s", err)
         finally:
