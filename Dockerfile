@@ -1,11 +1,11 @@
 # rankserve production image: NVIDIA's Triton server base (Triton 2.51 = release 24.10, CUDA 12.6),
-# the project with the `gpu` extra (cupy-cuda12x, faiss-gpu-cu12, numba-cuda), serving the same
-# model_repository/ layout as the embedded default. Not buildable on the project's CI machines
-# (no Docker engine there); see README "Run on a GPU".
+# the project with the `gpu` extra (cupy-cuda12x, faiss-gpu-cu12, numba-cuda), the demo data and
+# models built in (seed repository under /app/seed; the KubeRay manifest copies it once into the
+# shared model repository volume). Not buildable on the project's CI machines (no Docker engine
+# there); tests/unit/test_deploy.py checks it statically. See README "Run on a GPU / on a cluster".
 #
 #   docker build -t rankserve:gpu .
-#   docker run --gpus all -p 8000:8000 -v $PWD/model_repository:/app/model_repository \
-#       -v $PWD/.rankserve:/app/.rankserve rankserve:gpu
+#   docker run --gpus all -p 8000:8000 rankserve:gpu            # one node: Triton + Ray + Serve
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -13,14 +13,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RAY_USAGE_STATS_ENABLED=0 \
     # use the image's own Triton rather than the one in the nvidia-pytriton wheel
     RANKSERVE_TRITON_BIN=/opt/tritonserver/bin/tritonserver \
+    RANKSERVE_TRITON_KIND=gpu \
     RANKSERVE_HOST=0.0.0.0 \
-    RANKSERVE_TRITON_KIND=gpu
+    RANKSERVE_DATA_DIR=/app/.rankserve \
+    RANKSERVE_MODEL_REPOSITORY=/app/model_repository
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY serving ./serving
 COPY kernels ./kernels
 COPY training ./training
+COPY model_repository/README.md ./model_repository/README.md
 
 # A venv whose bin/ comes first on PATH: Triton's python backend stub runs the models in it.
 RUN python3 -m venv /opt/venv \
@@ -28,6 +31,9 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install ".[gpu]"
 ENV PATH=/opt/venv/bin:$PATH
 
-EXPOSE 8000 8001 8002
-# First start builds the demo data and models (on the GPU) unless model_repository/ is mounted.
+# The demo marketplace and both models, trained at build time: the seed repository.
+RUN RANKSERVE_MODEL_REPOSITORY=/app/seed/model_repository rankserve build \
+ && cp -r /app/seed/model_repository/. /app/model_repository/
+
+EXPOSE 8000 9000
 CMD ["rankserve", "serve"]

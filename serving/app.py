@@ -30,6 +30,9 @@ class RankingReplica(HttpIngress, GrpcIngress):
         logging.basicConfig(level=logging.INFO)
         s = Settings.model_validate(settings)
         url = node_triton_url() or triton_url  # the node's own Triton, where the node names one
+        if not url:
+            raise ConfigError("no Triton for this replica: set RANKSERVE_TRITON_URL on every node that runs "
+                              "replicas (its node-local Triton), or pass one when building the application")
         self.service = RankService.create(s, AsyncTritonClient.for_url(url, s.triton_shared_memory), url)
 
     async def __del__(self) -> None:
@@ -43,12 +46,12 @@ RankingDeployment = ingress_deployment(RankingReplica, api, name="rankserve")
 def app_from_env(args: dict[str, str] | None = None) -> Any:
     """Serve application builder for ``serve run serving.app:app_from_env`` and KubeRay.
 
-    Settings come from ``RANKSERVE_*``; ``RANKSERVE_TRITON_URL`` must name the node-local Triton.
+    Settings come from ``RANKSERVE_*`` of the process that builds the application (on KubeRay, the
+    head). Each replica calls the Triton its own node names in ``RANKSERVE_TRITON_URL`` (a worker
+    pod's env); the builder's, if any, is the fallback, so the head needs none.
     """
     settings = Settings.from_env()
-    if not settings.triton_url:
-        raise ConfigError("RANKSERVE_TRITON_URL must name a running Triton when deploying with serve run / KubeRay")
-    return build_app(settings, settings.triton_url)
+    return build_app(settings, settings.triton_url or "")
 
 
 def build_app(settings: Settings, triton_url: str) -> Any:

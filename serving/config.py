@@ -22,7 +22,17 @@ from serving.errors import ConfigError
 __all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings", "node_triton_url"]
 
 ENV_PREFIX = "RANKSERVE_"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _home() -> Path:
+    """Where data and the model repository live by default: the source checkout when rankserve
+    runs from one (an editable install), else the working directory (a wheel in site-packages
+    must not write next to itself)."""
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+
+
+REPO_ROOT = _home()
 
 
 class Settings(BaseModel):

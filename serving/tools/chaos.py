@@ -240,9 +240,15 @@ def _drain(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path)
     closed_at = refused[0] if refused else float("inf")
     served = [r for r in rows if r["at"] is not None and r["at"] < closed_at]
     out = Outcome.from_records("drain", served)
+    # a request sent on an idle keep-alive connection at the instant the listener closes can find
+    # it closed: that is the close itself, not a request the drain dropped; in-flight ones are those
+    # sent while the listener was still answering
+    resets = [r for r in served if str(r["status"]).startswith("error:")]
     out.details = {"exit_s": round(t_exit[0], 2) if t_exit else None, "exit_code": proc.returncode,
                    "drain_s": round(closed_at - fault_at, 2) if refused else None,
                    "during_drain": dict(Counter(str(r["status"]) for r in served if r["at"] >= fault_at)),
+                   "reset_in_flight": sum(r["at"] < closed_at - 0.02 for r in resets),
+                   "reset_at_close": sum(r["at"] >= closed_at - 0.02 for r in resets),
                    "refused_after_close": len(refused)}
     return out
 
