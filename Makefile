@@ -7,7 +7,7 @@ EXTRA  ?= cpu
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: serve test cluster-test install build bench capacity chaos kernel-bench loadtest lint clean
+.PHONY: serve test cluster-test install build bench capacity chaos freshness kernel-bench loadtest lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,14 +31,18 @@ test: lint build
 cluster-test: build
 	$(PY) -m pytest -q -m "cluster or not cluster" tests/integration/test_cluster.py
 
+ITEMS ?=
 bench: build
-	$(PY) -m serving.cli bench
+	$(PY) -m serving.cli bench $(if $(ITEMS),--items $(ITEMS))
 
 capacity: build
 	$(PY) -m serving.cli capacity --p99-ms 50 --peak-rps 2000
 
 chaos: build
 	$(PY) -m serving.cli chaos
+
+freshness: build
+	$(PY) -m serving.cli freshness $(if $(ITEMS),--items $(ITEMS)) --out docs/freshness-cpu$(if $(ITEMS),-$(ITEMS)).json
 
 kernel-bench: install
 	$(PY) -m kernels.bench

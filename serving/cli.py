@@ -25,10 +25,19 @@ __all__ = ["main"]
 log = logging.getLogger("rankserve")
 
 
-def _build(settings: Settings, *, scale: float = 1.0, force: bool = False) -> dict:
+def at_scale(settings: Settings, items: int | None, users: int | None) -> Settings:
+    """The settings of a marketplace of ``items`` items and ``users`` users: its own data and model
+    repository under ``<data_dir>/scales/``, so a large build never overwrites the default one."""
+    if items is None and users is None:
+        return settings
+    home = settings.data_dir / "scales" / f"items{items or 'default'}-users{users or 'default'}"
+    return settings.model_copy(update={"data_dir": home, "model_repository": home / "model_repository"})
+
+
+def _build(settings: Settings, *, items: int | None = None, users: int | None = None, force: bool = False) -> dict:
     from training.build import build
 
-    return build(settings.marketplace_path.parent, settings.model_repository, scale=scale, force=force)
+    return build(settings.marketplace_path.parent, settings.model_repository, items=items, users=users, force=force)
 
 
 @contextlib.contextmanager
@@ -143,7 +152,9 @@ def _drain(settings: Settings) -> None:
 
 
 def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
-    summary = _build(settings, scale=args.scale, force=args.force)
+    scaled = at_scale(settings, args.items, args.users)
+    summary = _build(scaled, items=args.items, users=args.users, force=args.force)
+    summary["data_dir"], summary["model_repository"] = str(scaled.data_dir), str(scaled.model_repository)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -152,7 +163,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from serving.ray_runtime import shutdown_ray
     from serving.tools.bench import run_bench
 
-    _build(settings)
+    settings = at_scale(settings, args.items, args.users)
+    _build(settings, items=args.items, users=args.users)
     levels = [int(x) for x in args.levels.split(",") if x]
     with triton_endpoint(settings) as url:
         try:
@@ -178,6 +190,36 @@ def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
             f"replica(s), one Triton, {_gpu_words()}; load generator on the same machine)")
     with serving_app(settings.model_copy(update={"port": port, "grpc_port": 0})):
         run_capacity(f"http://127.0.0.1:{port}", settings, args, unit=unit)
+    return 0
+
+
+def cmd_freshness(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.net import QUIET_PORTS, free_port
+    from serving.tools.freshness import repository_copy, run_freshness
+
+    settings = at_scale(settings, args.items, None)
+    _build(settings, items=args.items)
+    port = free_port(QUIET_PORTS)
+    scratch = repository_copy(settings.model_repository)  # the benchmark's changes stay out of the real one
+    run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch})
+    unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
+            f"replica(s), {_gpu_words()}), scratch copy of {settings.model_repository}")
+    try:
+        with serving_app(run_settings):
+            run_freshness(f"http://127.0.0.1:{port}", run_settings, args, unit=unit)
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch.parent, ignore_errors=True)
+    return 0
+
+
+def cmd_index_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.tools.index_bench import run_index_bench
+
+    settings = at_scale(settings, args.items, None)
+    _build(settings, items=args.items)
+    run_index_bench(settings, args)
     return 0
 
 
@@ -284,6 +326,37 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_items(settings: Settings, args: argparse.Namespace) -> int:
+    """Block, unblock, add or update items (one atomic, versioned change), or show the catalogue."""
+    from serving.pipeline.features import FeatureTables
+    from serving.repository.catalogue import ChangeLog, read_item_rows
+    from serving.repository.nodes import live_nodes
+
+    changes = ChangeLog(settings.model_repository)
+    base = FeatureTables.load(settings.marketplace_path)
+    if args.action == "status":
+        cat = changes.current(base)
+        print(json.dumps({"catalogue_version": cat.version, "items": cat.tables.n_items, "blocked": cat.n_blocked,
+                          "blocked_ids": sorted(map(int, cat.blocked.nonzero()[0]))[:50],
+                          "nodes": {n.key: n.catalogue_version for n in live_nodes(settings.model_repository)}},
+                         indent=2))
+        return 0
+    if args.action in ("add", "update") and len(args.targets) != 1:
+        raise ConfigError(f"rankserve items {args.action} takes one FILE (JSON array or JSON lines of items)")
+    if args.action == "block":
+        change = changes.append(base, block=args.targets)
+    elif args.action == "unblock":
+        change = changes.append(base, unblock=args.targets)
+    elif args.action == "add":
+        change = changes.append(base, add=read_item_rows(args.targets[0]))
+    else:
+        change = changes.append(base, update=read_item_rows(args.targets[0]))
+    print(json.dumps({"catalogue_version": change.version, "blocked": list(change.block),
+                      "unblocked": list(change.unblock), "added_ids": list(change.added_ids),
+                      "updated_ids": [r["item_id"] for r in change.update]}))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankserve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -291,7 +364,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-build", action="store_true", help="do not build missing demo data/models")
     s.set_defaults(func=cmd_serve)
     b = sub.add_parser("build", help="generate the demo marketplace, train and export the models")
-    b.add_argument("--scale", type=float, default=1.0, help="size multiplier of the demo marketplace")
+    b.add_argument("--items", type=int, help="catalogue size (default: the demo's 50,000); another size builds "
+                                          "into <data dir>/scales/, never over the default")
+    b.add_argument("--users", type=int, help="users (default: the demo's 20,000)")
     b.add_argument("--force", action="store_true", help="rebuild even if built")
     b.set_defaults(func=cmd_build)
     from serving.tools.bench import add_arguments
@@ -309,9 +384,19 @@ def _parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("chaos", help="faults and overload against the embedded default: one row per scenario")
     add_chaos_arguments(ch)
     ch.set_defaults(func=cmd_chaos)
+    from serving.tools.freshness import add_arguments as add_freshness_arguments
+
+    fr = sub.add_parser("freshness", help="catalogue change -> first answer carrying it, under load (100 changes)")
+    add_freshness_arguments(fr)
+    fr.set_defaults(func=cmd_freshness)
+    from serving.tools.index_bench import add_arguments as add_index_arguments
+
+    ib = sub.add_parser("index-bench", help="compare item indexes (exact, IVF-Flat, IVF-PQ, HNSW) on the built catalogue")
+    add_index_arguments(ib)
+    ib.set_defaults(func=cmd_index_bench)
     pu = sub.add_parser("push", help="validate an artifact, add it as a new version, load it, move traffic")
     pu.add_argument("model")
-    pu.add_argument("artifact", help="artifact directory (model.pt, golden.npz, meta.json[, item_emb.npy])")
+    pu.add_argument("artifact", help="artifact directory (model.pt, golden.npz, meta.json[, item_tower.pt])")
     mode = pu.add_mutually_exclusive_group()
     mode.add_argument("--canary", type=float, metavar="PERCENT", help="send this share of users to it")
     mode.add_argument("--shadow", type=float, metavar="PERCENT", help="score this share off the response path")
@@ -324,6 +409,11 @@ def _parser() -> argparse.ArgumentParser:
     rb.add_argument("model")
     rb.add_argument("version", nargs="?", type=int)
     rb.set_defaults(func=cmd_rollback)
+    it = sub.add_parser("items", help="catalogue changes while serving: block, unblock, add, update; status")
+    it.add_argument("action", choices=("block", "unblock", "add", "update", "status"))
+    it.add_argument("targets", nargs="*", metavar="ID|FILE",
+                    help="item ids (block, unblock) or one JSON / JSON-lines file of items (add, update)")
+    it.set_defaults(func=cmd_items)
     mo = sub.add_parser("models", help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)

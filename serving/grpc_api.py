@@ -71,6 +71,7 @@ def response_message(res: RankResponse) -> ranker_pb2.RankResponse:
         recall=res.recall,
         degraded=res.degraded,
         cold_start=res.cold_start,
+        catalogue_version=res.catalogue_version,
         timings_ms={stage: round(ms, 3) for stage, ms in res.timings_ms.items()},
     )
 

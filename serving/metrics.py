@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 __all__ = ["MAX_GAUGES", "Metrics", "merge_expositions"]
 
 # Gauges whose service-wide value is the largest of the replicas' (a version, not an amount).
-MAX_GAUGES = frozenset({"rankserve_model_version"})
+MAX_GAUGES = frozenset({"rankserve_model_version", "rankserve_catalogue_version", "rankserve_catalogue_items",
+                        "rankserve_catalogue_blocked_items"})
 
 _LAT_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -51,6 +52,10 @@ class Metrics:
         self.model_version = Gauge(
             "rankserve_model_version", "Live version of each model.", ["model"], registry=r
         )
+        self.catalogue_version = Gauge("rankserve_catalogue_version", "Catalogue change applied.", registry=r)
+        self.catalogue_items = Gauge("rankserve_catalogue_items", "Items in the catalogue.", registry=r)
+        self.catalogue_blocked = Gauge("rankserve_catalogue_blocked_items", "Items blocked (never returned).",
+                                       registry=r)
         self.replicas = Gauge("rankserve_replicas", "Replicas whose metrics this exposition sums.", registry=r)
         self.replicas.set(1)
         # shadow comparisons as sums (means = sum / requests), so that they add up across replicas

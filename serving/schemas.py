@@ -69,6 +69,7 @@ class RankResponse:
     degraded: bool = False
     cold_start: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
+    catalogue_version: int = 0  # the catalogue change this answer was served with
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -77,6 +78,7 @@ class RankResponse:
             "model": {"name": self.model_name, "version": self.model_version},
             "recall": self.recall,
             "degraded": self.degraded,
+            "catalogue_version": self.catalogue_version,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
         if self.cold_start:

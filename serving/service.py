@@ -257,6 +257,10 @@ class RankService:
         for name, traffic in self.pipeline.traffic_split.items():
             m.model_version.labels(name).set(traffic.live)
         m.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
+        cat = self.pipeline.catalogue
+        m.catalogue_version.set(cat.version)
+        m.catalogue_items.set(cat.tables.n_items)
+        m.catalogue_blocked.set(cat.n_blocked)
         for (model, version), st in list(self.pipeline.shadow.stats.items()):
             labels = (model, str(version))
             m.shadow_requests.labels(*labels).set(st.requests)
@@ -272,6 +276,10 @@ class RankService:
         others = live_metrics(self.registry.repo, exclude=self.watcher.node_key) if self.watcher else []
         own = self.replica_metrics().decode()
         return merge_expositions([own, *others]).encode() if others else own.encode()
+
+    def catalogue_view(self) -> dict[str, int]:
+        cat = self.pipeline.catalogue
+        return {"version": cat.version, "items": cat.tables.n_items, "blocked": cat.n_blocked}
 
     async def models_view(self) -> dict[str, Any]:
         """Every model's versions (state in Triton, quality), traffic split and shadow figures

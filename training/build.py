@@ -1,7 +1,10 @@
 """``rankserve build``: demo marketplace -> trained models -> model repository, cached on disk.
 
-Idempotent: when ``build.json`` records the same seed and scale and the repository holds both
-models, nothing is rebuilt. ``python -m training.build --data-dir .rankserve/data --repo model_repository``.
+Idempotent: when ``build.json`` records the same configuration and the repository holds both
+models, nothing is rebuilt. The summary carries the quality a ranking team reads: AUC against
+the oracle, log loss and calibration (ECE), the index's recall@500 against exact search and its
+memory, and the served pipeline's NDCG@20 against the oracle pipeline.
+``python -m training.build --data-dir .rankserve/data --repo model_repository [--items N --users M]``.
 """
 
 from __future__ import annotations
@@ -40,31 +43,39 @@ def load_built_marketplace(data_dir: Path) -> Marketplace:
     return load(data_dir, MarketConfig(**summary["config"]))
 
 
-def _served_recall(repo: Path, version: int, tables: FeatureTables, seed: int) -> dict[str, Any]:
-    """recall@500 of the index as installed, on 1000 users' tower embeddings (not the tuning ones)."""
+def served_quality(mp: Marketplace, repo: Path, seed: int = 0) -> dict[str, Any]:
+    """Quality of the served artifacts (live versions): the index's recall@500 against exact search
+    on 1,000 users' tower embeddings (not the tuning ones) and its memory, and the pipeline's
+    NDCG@20 against the oracle pipeline."""
     import torch
 
     from serving.index.faiss_index import load_index, recall_at_k, tower_queries
+    from training.quality import pipeline_ndcg
 
-    d = repo / "user_tower" / str(version)
+    reg = ModelRegistry(repo)
+    d = reg.version_dir("user_tower", reg.traffic("user_tower").live)
+    r = reg.version_dir("ranker", reg.traffic("ranker").live)
     index = load_index(d / "items.faiss", use_gpu="off")
     tower = torch.jit.load(str(d / "model.pt"))
-    q = tower_queries(tower, tables.user_cat[: tables.n_users], tables.user_dense[: tables.n_users], n=1000,
-                      seed=seed + 1)
+    q = tower_queries(tower, mp.user_cat, mp.user_dense, n=1000, seed=seed + 1)
     rec = recall_at_k(index, np.load(d / "item_emb.npy"), q, 500)
-    return {"recall_at_500": round(rec, 4), "index_kind": index.kind, "index_nprobe": index.nprobe}
+    ndcg = pipeline_ndcg(mp, tower, index, torch.jit.load(str(r / "model.pt")), reg.cross_spec("ranker", int(r.name)))
+    return {"recall_at_500": round(rec, 4), "index_kind": index.kind, "index_nprobe": index.nprobe,
+            "index_mib": round((d / "items.faiss").stat().st_size / 2**20, 1), **ndcg}
 
 
-def build(data_dir: Path, repo: Path, *, scale: float = 1.0, seed: int = 0, force: bool = False) -> dict[str, Any]:
-    """Generate data, train, export and install both models; returns the build summary."""
+def build(data_dir: Path, repo: Path, *, items: int | None = None, users: int | None = None, seed: int = 0,
+          force: bool = False) -> dict[str, Any]:
+    """Generate data (``items`` items and ``users`` users, default the demo's), train, export and
+    install both models; returns the build summary."""
     data_dir, repo = Path(data_dir), Path(repo)
     summary_path = data_dir / "build.json"
+    cfg = MarketConfig(seed=seed).sized(items=items, users=users)
     if not force and summary_path.is_file() and _built(repo):
         summary = json.loads(summary_path.read_text())
-        if summary.get("seed") == seed and summary.get("scale") == scale:
+        if summary.get("config") == asdict(cfg):
             return {**summary, "cached": True}
     t0 = time.perf_counter()
-    cfg = MarketConfig(seed=seed).scaled(scale)
     mp = generate(cfg)
     save(mp, data_dir)
     t_data = time.perf_counter() - t0
@@ -79,8 +90,8 @@ def build(data_dir: Path, repo: Path, *, scale: float = 1.0, seed: int = 0, forc
         shutil.rmtree(repo / name, ignore_errors=True)
         versions[name] = install_artifact(repo, name, artifacts / name, tables)
         ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
-    models.quality.update(_served_recall(repo, versions["user_tower"], tables, seed))
-    summary = {"seed": seed, "scale": scale, "config": asdict(cfg), "quality": models.quality,
+    models.quality.update(served_quality(mp, repo, seed))
+    summary = {"seed": seed, "config": asdict(cfg), "quality": models.quality,
                "versions": versions, "data_s": round(t_data, 1),
                "build_s": round(time.perf_counter() - t0, 1),
                "impressions": int(mp.imp_click.size), "ctr": round(float(mp.imp_click.mean()), 4)}
@@ -93,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data-dir", type=Path, default=Path(".rankserve/data"))
     p.add_argument("--repo", type=Path, default=Path("model_repository"))
-    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--items", type=int, help="catalogue size (default: the demo's 50,000)")
+    p.add_argument("--users", type=int, help="users (default: the demo's 20,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(build(a.data_dir, a.repo, scale=a.scale, seed=a.seed, force=a.force), indent=2))
+    print(json.dumps(build(a.data_dir, a.repo, items=a.items, users=a.users, seed=a.seed, force=a.force), indent=2))
     return 0
 
 

@@ -39,14 +39,18 @@ class MarketConfig:
     n_price_buckets: int = 10
     noise: float = 0.1
     test_fraction: float = 0.1
+    ctr: float = 0.03  # mean click probability of the logged impressions (real feeds: 1-5%)
     seed: int = 0
 
-    def scaled(self, scale: float) -> MarketConfig:
-        if scale <= 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
-        return MarketConfig(**{**asdict(self), "n_users": max(50, int(self.n_users * scale)),
-                               "n_items": max(100, int(self.n_items * scale)),
-                               "n_shops": max(10, int(self.n_shops * scale))})
+    def sized(self, *, items: int | None = None, users: int | None = None) -> MarketConfig:
+        """The same marketplace with ``items`` items and ``users`` users (shops and brands grow with
+        the catalogue, one shop per 25 items and one brand per 100, as in the default)."""
+        n_items = self.n_items if items is None else int(items)
+        n_users = self.n_users if users is None else int(users)
+        if n_items < 100 or n_users < 50:
+            raise ValueError(f"need at least 100 items and 50 users, got {n_items} and {n_users}")
+        return MarketConfig(**{**asdict(self), "n_items": n_items, "n_users": n_users,
+                               "n_shops": max(10, n_items // 25), "n_brands": max(10, n_items // 100)})
 
 
 @dataclass
@@ -82,6 +86,20 @@ class Marketplace:
 
 def _z(x: np.ndarray) -> np.ndarray:
     return ((x - x.mean()) / (x.std() + 1e-9)).astype(np.float32)
+
+
+def _offset_for_rate(logit: np.ndarray, rate: float) -> float:
+    """The shift of every logit that makes the mean click probability ``rate`` (bisection)."""
+    if not 0 < rate < 1:
+        raise ValueError(f"ctr must be in (0, 1), got {rate}")
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if float(np.mean(1 / (1 + np.exp(-(logit + mid))))) < rate:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def generate(cfg: MarketConfig) -> Marketplace:
@@ -145,6 +163,10 @@ def generate(cfg: MarketConfig) -> Marketplace:
     mp = Marketplace(cfg, user_cat, user_dense, item_cat, item_num, item_dense, u_lat, v_lat, t1, t2, t3,
                      item_bias, imp_user.astype(np.int64), imp_item, np.zeros(0), np.zeros(0), np.zeros(0, bool))
     logit = mp.oracle_logit(mp.imp_user, imp_item)
+    # one offset for every item so that the logged impressions click at the configured rate
+    offset = _offset_for_rate(logit, cfg.ctr)
+    mp.item_bias = (item_bias + offset).astype(np.float32)
+    logit = (logit + offset).astype(np.float32)
     mp.imp_logit = logit
     mp.imp_click = (rng.random(logit.size) < 1 / (1 + np.exp(-logit))).astype(np.float32)
     mp.imp_test = rng.random(logit.size) < cfg.test_fraction

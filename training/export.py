@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serving.index.item_tower import ITEM_TOWER_FILE, index_catalogue
 from serving.pipeline.features import (
     RANKER_INPUTS,
     RANKER_OUTPUT,
@@ -55,7 +56,8 @@ def _golden(module: torch.jit.ScriptModule, names_in: list[str], arrays: list[np
 
 
 def export_artifacts(mp: Marketplace, models: TrainedModels, out: Path, *, seed: int = 0) -> dict[str, Path]:
-    """Write ``out/ranker`` and ``out/user_tower`` artifacts (model.pt, golden.npz, meta.json[, item_emb.npy])."""
+    """Write ``out/ranker`` and ``out/user_tower`` artifacts (model.pt, golden.npz, meta.json; the
+    user tower also ``item_tower.pt``, from which its item index is built over the live catalogue)."""
     rng = np.random.default_rng(seed)
     test = np.nonzero(mp.imp_test)[0]
     rows = rng.choice(test, 64, replace=False)
@@ -80,15 +82,15 @@ def export_artifacts(mp: Marketplace, models: TrainedModels, out: Path, *, seed:
         np.savez(d / "golden.npz", **golden)
         (d / "meta.json").write_text(json.dumps({**meta_common, **extra}, indent=2))
         paths[name] = d
-    np.save(out / "user_tower" / "item_emb.npy", models.item_emb)
+    torch.jit.script(models.item_tower).save(str(out / "user_tower" / ITEM_TOWER_FILE))
     return paths
 
 
 def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTables) -> int:
     """Add an artifact to ``repo`` as a new version (first install; ``rankserve push`` validates and
-    moves traffic). A user tower's FAISS index is built here from its item embeddings, with
-    ``nprobe`` tuned on the tower's own user embeddings."""
-    from serving.index.faiss_index import build_index, save_index, tower_queries
+    moves traffic). A user tower's FAISS index is built here with its item tower over the
+    catalogue, with ``nprobe`` tuned on the tower's own user embeddings."""
+    from serving.index.faiss_index import save_index
 
     module = torch.jit.load(str(artifact / "model.pt"))
     meta = json.loads((artifact / "meta.json").read_text())
@@ -99,12 +101,13 @@ def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTable
         sig = signatures(1, 1, golden[TOWER_INPUTS[1]].shape[1], golden[TOWER_OUTPUT].shape[1])["user_tower"]
     with tempfile.TemporaryDirectory() as tmp:
         extra: dict[str, Path] = {}
-        if (artifact / "item_emb.npy").is_file():
-            queries = tower_queries(module, tables.user_cat[: tables.n_users], tables.user_dense[: tables.n_users])
-            index = build_index(np.load(artifact / "item_emb.npy"), queries=queries)
+        if (artifact / ITEM_TOWER_FILE).is_file():
+            item_tower = torch.jit.load(str(artifact / ITEM_TOWER_FILE))
+            index, emb = index_catalogue(module, item_tower, tables)
             save_index(index, Path(tmp) / "items.faiss")
+            np.save(Path(tmp) / "item_emb.npy", emb)
             extra = {"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json",
-                     "item_emb.npy": artifact / "item_emb.npy"}
+                     "item_emb.npy": Path(tmp) / "item_emb.npy", ITEM_TOWER_FILE: artifact / ITEM_TOWER_FILE}
         return export_version(repo, name, module, sig["inputs"], sig["outputs"],
                               {t.name: golden[t.name] for t in sig["inputs"]}, meta,
                               max_batch_size=sig["max_batch_size"], extra_files=extra)

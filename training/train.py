@@ -15,6 +15,7 @@ from serving.pipeline.features import FeatureTables, ranker_inputs
 from training.data import Marketplace
 from training.metrics import auc
 from training.models import DCNv2Ranker, ItemTower, UserTower
+from training.quality import calibration
 
 __all__ = ["CROSS_SPEC", "TrainedModels", "ranker_cardinalities", "train_all"]
 
@@ -50,8 +51,9 @@ def ranker_cardinalities(mp: Marketplace, spec: CrossSpec) -> list[int]:
 
 
 def train_two_tower(mp: Marketplace, *, epochs: int = 2, batch: int = 1024, seed: int = 0,
-                    temperature: float = 0.05) -> tuple[UserTower, ItemTower]:
-    """In-batch softmax on clicked (user, item) pairs of the training split."""
+                    temperature: float = 0.05, min_steps: int = 400) -> tuple[UserTower, ItemTower]:
+    """In-batch softmax on clicked (user, item) pairs of the training split; at least
+    ``min_steps`` steps (at click rates of a few percent, two epochs of clicks are few steps)."""
     torch.manual_seed(seed)
     D = mp.user_dense.shape[1]
     user = UserTower(_cards(mp.user_cat), D)
@@ -61,6 +63,8 @@ def train_two_tower(mp: Marketplace, *, epochs: int = 2, batch: int = 1024, seed
     uc, ud = torch.from_numpy(mp.user_cat), torch.from_numpy(mp.user_dense)
     ic, inum, idn = torch.from_numpy(mp.item_cat), torch.from_numpy(mp.item_num), torch.from_numpy(mp.item_dense)
     rng = np.random.default_rng(seed)
+    batch = min(batch, max(64, pos.size // 4))
+    epochs = max(epochs, -(-min_steps // max(1, pos.size // batch)))
     for _ in range(epochs):
         perm = rng.permutation(pos)
         for s in range(0, perm.size - batch + 1, batch):
@@ -118,6 +122,7 @@ def train_all(mp: Marketplace, *, seed: int = 0) -> TrainedModels:
     quality = {
         "auc": round(a_model, 4), "oracle_auc": round(a_oracle, 4),
         "auc_fraction": round((a_model - 0.5) / (a_oracle - 0.5), 4),
+        **calibration(scores, mp.imp_click[test]),
         "n_users": int(mp.user_cat.shape[0]), "n_items": int(mp.item_cat.shape[0]),
         "train_two_tower_s": round(t1 - t0, 1), "train_ranker_s": round(t2 - t1, 1),
     }

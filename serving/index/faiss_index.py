@@ -4,14 +4,21 @@ Owns: the item index file format (``items.faiss`` and its ``.json`` sidecar) and
 Must not touch: models, Triton, requests.
 
 Exact ``IndexFlatIP`` for small catalogues, IVF-Flat above ``EXACT_MAX_ITEMS`` with ``nprobe``
-tuned at build time to a recall target against exact search. GPU resources are created at load,
-inside the process that searches, and never pickled.
+tuned at build time to a recall target against exact search (IVF-PQ and HNSW can be built too, to
+compare; ``serving.tools.index_bench`` measured IVF-Flat the one that meets the targets at 1M
+items and takes catalogue changes). GPU resources are created at load, inside the process that
+searches, and never pickled.
+
+Catalogue changes reach a loaded index through :meth:`ItemIndex.upsert` (item ids are row
+numbers: new items take the next ids), under a lock that searches take too. The sidecar records
+the catalogue version whose items the index holds.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,7 @@ import numpy as np
 
 from serving.errors import ConfigError
 
-__all__ = ["EXACT_MAX_ITEMS", "ItemIndex", "build_index", "load_index", "recall_at_k", "save_index",
+__all__ = ["EXACT_MAX_ITEMS", "KINDS", "ItemIndex", "build_index", "load_index", "recall_at_k", "save_index",
            "set_search_threads", "tower_queries"]
 
 log = logging.getLogger(__name__)
@@ -39,19 +46,27 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+
+
 class ItemIndex:
     """An inner-product item index with its search parameters.
 
     Attributes:
-        kind: ``flat`` or ``ivf``; ``nprobe``: IVF lists searched; ``on_gpu``: moved to a GPU.
+        kind: one of :data:`KINDS`; ``nprobe``: IVF lists searched (HNSW: ``efSearch``);
+        ``on_gpu``: moved to a GPU; ``catalogue_version``: the catalogue change its items are at.
     """
 
-    def __init__(self, index: Any, *, kind: str, nprobe: int = 1, on_gpu: bool = False) -> None:
+    def __init__(self, index: Any, *, kind: str, nprobe: int = 1, on_gpu: bool = False,
+                 catalogue_version: int = 0) -> None:
         self.index = index
         self.kind = kind
         self.nprobe = nprobe
         self.on_gpu = on_gpu
+        self.catalogue_version = catalogue_version
         self._gpu_res: Any = None
+        self._cpu: Any = None  # on a GPU: the host copy that changes are made to
+        self._lock = threading.Lock()  # FAISS does not search and add at once safely
         self._apply_nprobe()
 
     @property
@@ -64,28 +79,83 @@ class ItemIndex:
         return min(self.n_items, GPU_MAX_K) if self.on_gpu else self.n_items
 
     def _apply_nprobe(self) -> None:
-        if self.kind == "ivf":
+        if self.kind in ("ivf", "ivfpq"):
             if self.on_gpu:
                 faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", self.nprobe)
             else:
                 faiss.extract_index_ivf(self.index).nprobe = self.nprobe
+        elif self.kind == "hnsw":
+            self.index.hnsw.efSearch = self.nprobe
+
+    def set_nprobe(self, nprobe: int) -> None:
+        self.nprobe = int(nprobe)
+        self._apply_nprobe()
 
     def to_gpu(self) -> ItemIndex:
-        """A copy on GPU 0 (same kind and nprobe)."""
+        """A copy on GPU 0 (same kind and nprobe); changes go to the host copy and are copied over."""
         res = faiss.StandardGpuResources()
-        gpu = ItemIndex(faiss.index_cpu_to_gpu(res, 0, self.index), kind=self.kind, nprobe=self.nprobe, on_gpu=True)
+        gpu = ItemIndex(faiss.index_cpu_to_gpu(res, 0, self.index), kind=self.kind, nprobe=self.nprobe, on_gpu=True,
+                        catalogue_version=self.catalogue_version)
         gpu._gpu_res = res  # keep the resources alive with the index
+        gpu._cpu = self.index
         return gpu
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores float32 [Q, k'], ids int64 [Q, k']), k' = min(k, max_k); ids -1 pad."""
-        k = max(1, min(int(k), self.max_k))
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        scores, ids = self.index.search(q, k)
+        with self._lock:
+            k = max(1, min(int(k), self.max_k))
+            scores, ids = self.index.search(q, k)
         return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, catalogue_version: int) -> None:
+        """Set the vectors of items ``ids`` (existing ones replaced, ids ``n_items``, ``n_items + 1``, ...
+        added) and record ``catalogue_version``.
+
+        Raises:
+            ValueError: new ids that do not follow on, or an index kind that cannot remove (HNSW).
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        host = self._cpu if self.on_gpu else self.index
+        n = int(host.ntotal)
+        new = np.sort(ids[ids >= n])
+        if new.size and not np.array_equal(new, np.arange(n, n + new.size)):
+            raise ValueError(f"new item ids must follow on from {n}, got {new[:5].tolist()}")
+        if self.kind == "hnsw" and (ids < n).any():
+            raise ValueError("an HNSW index cannot replace vectors; rebuild it")
+        if self.kind == "flat":
+            updated = _flat_upserted(host, ids, vectors)
+        else:
+            updated = host  # IVF: remove and add in place, on the host copy
+        with self._lock:
+            if self.kind == "hnsw":  # only additions, in id order (HNSW numbers them itself)
+                updated.add(vectors[np.argsort(ids)])
+            elif self.kind != "flat":
+                old = ids[ids < n]
+                if old.size:
+                    updated.remove_ids(faiss.IDSelectorBatch(old))
+                updated.add_with_ids(vectors, ids)
+            if self.on_gpu:
+                self._cpu = updated
+                self.index = faiss.index_cpu_to_gpu(self._gpu_res, 0, updated)
+            else:
+                self.index = updated
+            self._apply_nprobe()
+            self.catalogue_version = catalogue_version
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("ItemIndex holds FAISS (and maybe GPU) handles: load it inside the process that uses it")
+
+
+def _flat_upserted(flat: Any, ids: np.ndarray, vectors: np.ndarray) -> Any:
+    """A new exact index: ``flat``'s vectors with rows ``ids`` set (ids are row numbers)."""
+    n = int(flat.ntotal)
+    top = max(n, int(ids.max()) + 1)
+    emb = np.zeros((top, flat.d), dtype=np.float32)
+    emb[:n] = flat.reconstruct_n(0, n)
+    emb[ids] = vectors
+    return _exact(emb)
 
 
 def _exact(emb: np.ndarray) -> Any:
@@ -104,40 +174,61 @@ def recall_at_k(ann: ItemIndex, emb: np.ndarray, queries: np.ndarray, k: int) ->
 
 
 def build_index(emb: np.ndarray, *, kind: str = "auto", nlist: int | None = None,
-                queries: np.ndarray | None = None, target_recall: float = 0.97, seed: int = 0) -> ItemIndex:
-    """Build an inner-product index over item embeddings.
+                queries: np.ndarray | None = None, target_recall: float = 0.97, seed: int = 0,
+                catalogue_version: int = 0) -> ItemIndex:
+    """Build an inner-product index over item embeddings (row i is item i).
 
     Args:
-        kind: ``flat``, ``ivf`` or ``auto`` (flat up to ``EXACT_MAX_ITEMS`` items).
-        queries: queries used to tune ``nprobe`` (default: perturbed item embeddings).
-        target_recall: recall@500 against exact search that ``nprobe`` must reach.
+        kind: one of :data:`KINDS`, or ``auto`` (flat up to ``EXACT_MAX_ITEMS`` items, else IVF-Flat).
+        queries: queries used to tune ``nprobe``/``efSearch`` (default: perturbed item embeddings).
+        target_recall: recall@500 against exact search that the search parameter must reach.
+        catalogue_version: the catalogue change ``emb`` embeds.
     """
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     n, d = emb.shape
     if kind == "auto":
         kind = "flat" if n <= EXACT_MAX_ITEMS else "ivf"
     if kind == "flat":
-        return ItemIndex(_exact(emb), kind="flat")
-    if kind != "ivf":
-        raise ValueError(f"kind must be auto, flat or ivf, got {kind!r}")
-    nlist = nlist or int(4 * np.sqrt(n))
-    quantizer = faiss.IndexFlatIP(d)
-    ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf.cp.seed = seed
-    ivf.train(emb)
-    ivf.add(emb)
+        return ItemIndex(_exact(emb), kind="flat", catalogue_version=catalogue_version)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be auto or one of {KINDS}, got {kind!r}")
+    raw = _trained(kind, emb, nlist or int(4 * np.sqrt(n)), seed)
     if queries is None:
         rng = np.random.default_rng(seed)
         queries = emb[rng.choice(n, min(256, n), replace=False)] + rng.normal(0, 0.05, (min(256, n), d))
         queries = queries.astype(np.float32)
-    index = ItemIndex(ivf, kind="ivf", nprobe=1)
-    for nprobe in (4, 8, 16, 32, 64, 128, 256, nlist):
-        index.nprobe = min(nprobe, nlist)
-        index._apply_nprobe()
+    index = ItemIndex(raw, kind=kind, nprobe=1, catalogue_version=catalogue_version)
+    if kind == "hnsw":  # efSearch: candidates kept while searching (at least k)
+        steps = [512, 768, 1024, 1536, 2048]
+    else:
+        lists = int(faiss.extract_index_ivf(raw).nlist)
+        steps = [p for p in (4, 8, 16, 32, 64, 128, 256) if p < lists] + [lists]
+    for p in steps:
+        index.set_nprobe(p)
         if recall_at_k(index, emb, queries, TUNE_K) >= target_recall:
             break
-    log.info("IVF index: %d items, nlist %d, nprobe %d", n, nlist, index.nprobe)
+    log.info("%s index: %d items, search parameter %d", kind, n, index.nprobe)
     return index
+
+
+def _trained(kind: str, emb: np.ndarray, nlist: int, seed: int) -> Any:
+    """An untuned index of ``kind`` holding ``emb`` (ids are row numbers)."""
+    d = emb.shape[1]
+    raw: Any
+    if kind == "hnsw":
+        raw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        raw.hnsw.efConstruction = 80
+        raw.add(emb)
+        return raw
+    quantizer = faiss.IndexFlatIP(d)
+    if kind == "ivf":
+        raw = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    else:  # 8-bit codes of 2 dims each: 4x smaller than IVF-Flat
+        raw = faiss.IndexIVFPQ(quantizer, d, nlist, d // 2, 8, faiss.METRIC_INNER_PRODUCT)
+    raw.cp.seed = seed
+    raw.train(emb)
+    raw.add(emb)
+    return raw
 
 
 def tower_queries(tower: Any, user_cat: np.ndarray, user_dense: np.ndarray, *, n: int = 256,
@@ -154,15 +245,17 @@ def tower_queries(tower: Any, user_cat: np.ndarray, user_dense: np.ndarray, *, n
 
 def save_index(index: ItemIndex, path: Path) -> None:
     """Write the index and a ``<path>.json`` sidecar with its search parameters."""
-    faiss.write_index(index.index, str(path))
-    Path(f"{path}.json").write_text(json.dumps({"kind": index.kind, "nprobe": index.nprobe}))
+    faiss.write_index(index._cpu if index.on_gpu else index.index, str(path))
+    Path(f"{path}.json").write_text(json.dumps({"kind": index.kind, "nprobe": index.nprobe,
+                                                "catalogue_version": index.catalogue_version}))
 
 
 def load_index(path: Path, *, use_gpu: bool | str = "auto") -> ItemIndex:
     """Load an index; move it to the GPU when ``use_gpu`` is ``on``/True, or ``auto`` and one is present."""
     side = Path(f"{path}.json")
     params: dict[str, Any] = json.loads(side.read_text()) if side.is_file() else {"kind": "flat", "nprobe": 1}
-    index = ItemIndex(faiss.read_index(str(path)), kind=str(params["kind"]), nprobe=int(params["nprobe"]))
+    index = ItemIndex(faiss.read_index(str(path)), kind=str(params["kind"]), nprobe=int(params["nprobe"]),
+                      catalogue_version=int(params.get("catalogue_version", 0)))
     want = use_gpu in (True, "on") or (use_gpu == "auto" and gpu_available())
     if want:
         if not gpu_available():

@@ -11,6 +11,8 @@ from kernels import set_cpu_threads
 from serving.config import Settings
 from serving.errors import BackendUnavailableError
 from serving.index.faiss_index import load_index, set_search_threads
+from serving.index.item_tower import ItemEmbedder
+from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.crossing import CrossingStage
 from serving.pipeline.features import FeatureTables
 from serving.pipeline.orchestration import ModelCatalog, RankPipeline
@@ -27,16 +29,19 @@ def make_caller(settings: Settings, client: AsyncInferClient) -> ModelCaller:
     return ModelCaller(client, timeout_s=settings.triton_timeout_s, retries=settings.triton_retries)
 
 
-def make_recall(settings: Settings, catalog: ModelCatalog, tables: FeatureTables, caller: ModelCaller,
+def make_recall(settings: Settings, catalog: ModelCatalog, cat: Catalogue, caller: ModelCaller,
                 version: int) -> RecallStage:
-    """The recall stage of one user tower version, with the item index from the same version."""
+    """The recall stage of one user tower version, with the item index and item tower from the
+    same version. The index holds the catalogue at the change it was built with; the caller brings
+    it up to ``cat`` (``RecallStage.apply``) before using it."""
     tower_dir = catalog.version_dir(settings.user_tower_model, version)
     index = load_index(tower_dir / "items.faiss", use_gpu=settings.faiss_gpu)
-    if index.n_items != tables.n_items:
+    if index.catalogue_version == cat.version and index.n_items != cat.tables.n_items:
         raise BackendUnavailableError(
-            f"index of {settings.user_tower_model} v{version} has {index.n_items} items, catalogue has {tables.n_items}"
+            f"index of {settings.user_tower_model} v{version} has {index.n_items} items, "
+            f"catalogue has {cat.tables.n_items}"
         )
-    return RecallStage(tables, index, caller, settings.user_tower_model, version)
+    return RecallStage(cat.tables, index, caller, settings.user_tower_model, version, ItemEmbedder(tower_dir))
 
 
 def create_pipeline(settings: Settings, client: AsyncInferClient, catalog: ModelCatalog) -> RankPipeline:
@@ -46,7 +51,8 @@ def create_pipeline(settings: Settings, client: AsyncInferClient, catalog: Model
     set_cpu_threads(settings.cpu_threads)
     tables = FeatureTables.load(settings.marketplace_path)
     caller = make_caller(settings, client)
-    recall = make_recall(settings, catalog, tables, caller, catalog.traffic(settings.user_tower_model).live)
+    recall = make_recall(settings, catalog, Catalogue.initial(tables), caller,
+                         catalog.traffic(settings.user_tower_model).live)
     max_rows = read_config(settings.model_repository, settings.ranker_model).max_batch_size
     return RankPipeline(settings, tables, catalog, recall, CrossingStage(tables, settings.cross_backend),
                         RankingStage(caller, max_rows))

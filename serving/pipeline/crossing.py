@@ -31,7 +31,6 @@ class CrossingStage:
     """
 
     def __init__(self, tables: FeatureTables, backend: str = "auto") -> None:
-        self.tables = tables
         try:
             self.crosser: Crosser = get_crosser(backend)
         except KernelBackendError as err:
@@ -40,12 +39,14 @@ class CrossingStage:
         # per array layout and read-only tables are another layout (~1 s on the first request
         # otherwise), and the GPU backends copy the tables to the device here.
         one = np.zeros(1, dtype=np.int64)
-        self.inputs(one, one, CrossSpec(pairs=((0, 0),), buckets=2, dense_dim=tables.user_dense.shape[1]))
+        self.inputs(tables, one, one, CrossSpec(pairs=((0, 0),), buckets=2, dense_dim=tables.user_dense.shape[1]))
         log.info("crossing backend: %s", self.crosser.backend)
 
     @property
     def backend(self) -> str:
         return self.crosser.backend
 
-    def inputs(self, user_rows: np.ndarray, item_rows: np.ndarray, spec: CrossSpec) -> RankerInputs:
-        return ranker_inputs(self.tables, user_rows, item_rows, self.crosser, spec)
+    def inputs(self, tables: FeatureTables, user_rows: np.ndarray, item_rows: np.ndarray,
+               spec: CrossSpec) -> RankerInputs:
+        """Ranker inputs of the pairs, from ``tables`` (the batch's catalogue)."""
+        return ranker_inputs(tables, user_rows, item_rows, self.crosser, spec)

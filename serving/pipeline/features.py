@@ -103,6 +103,20 @@ class FeatureTables:
             # immutable: GPU crossing backends keep one device copy of each read-only table
             table.setflags(write=False)
 
+    def with_items(self, item_cat: np.ndarray, item_num: np.ndarray, item_dense: np.ndarray) -> FeatureTables:
+        """These user tables (shared, not copied) with other item tables (a catalogue change)."""
+        out = object.__new__(FeatureTables)
+        out.n_users, out.n_items = self.n_users, int(item_cat.shape[0])
+        out.user_cat, out.user_dense = self.user_cat, self.user_dense
+        out.item_cat = np.ascontiguousarray(item_cat, dtype=np.int64)
+        out.item_num = np.ascontiguousarray(item_num, dtype=np.float32)
+        out.item_dense = np.ascontiguousarray(item_dense, dtype=np.float32)
+        if not (out.item_cat.shape[0] == out.item_num.shape[0] == out.item_dense.shape[0]):
+            raise ValueError("item tables disagree on the number of rows")
+        for table in (out.item_cat, out.item_num, out.item_dense):
+            table.setflags(write=False)
+        return out
+
     @classmethod
     def load(cls, path: str | Path) -> FeatureTables:
         with np.load(path) as z:

@@ -27,6 +27,7 @@ from serving.errors import (
     TritonError,
     ValidationError,
 )
+from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables, RankerInputs
 from serving.pipeline.recall import VectorIndex
 from serving.pipeline.routing import Traffic, route, user_bucket
@@ -61,6 +62,8 @@ class Recall(Protocol):
     async def embed(self, user_rows: np.ndarray, *, deadline: float) -> np.ndarray: ...
     def search(self, embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]: ...
     def popular(self, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def apply(self, tables: FeatureTables, rows: np.ndarray, catalogue_version: int) -> None: ...
+    def warm(self) -> None: ...
 
 
 class Crossing(Protocol):
@@ -68,7 +71,8 @@ class Crossing(Protocol):
 
     @property
     def backend(self) -> str: ...
-    def inputs(self, user_rows: np.ndarray, item_rows: np.ndarray, spec: CrossSpec) -> RankerInputs: ...
+    def inputs(self, tables: FeatureTables, user_rows: np.ndarray, item_rows: np.ndarray,
+               spec: CrossSpec) -> RankerInputs: ...
 
 
 class Ranking(Protocol):
@@ -123,7 +127,7 @@ class RankPipeline:
 
     Args:
         settings: limits and defaults.
-        tables: user/item features.
+        tables: user/item features (the catalogue before any change).
         catalog: model versions, crossing specs and traffic.
         recall: the recall stage (user tower + index of one version).
         crossing: the crossing stage.
@@ -133,7 +137,7 @@ class RankPipeline:
     def __init__(self, settings: Settings, tables: FeatureTables, catalog: ModelCatalog, recall: Recall,
                  crossing: Crossing, ranking: Ranking) -> None:
         self.settings = settings
-        self.tables = tables
+        self.catalogue = Catalogue.initial(tables)  # swapped whole when a catalogue change arrives
         self.catalog = catalog
         self.recall = recall
         self.crossing = crossing
@@ -171,7 +175,7 @@ class RankPipeline:
         now = time.monotonic() if arrival is None else arrival
         model = req.model or self.settings.ranker_model
         version = route(self.traffic(model), req.user_id)
-        row, cold = self.tables.user_row(req.user_id)
+        row, cold = self.catalogue.tables.user_row(req.user_id)
         candidates = None if req.candidates is None else self._given(req.candidates)
         timeout_ms = req.timeout_ms or self.settings.default_timeout_ms
         return Prepared(
@@ -192,11 +196,12 @@ class RankPipeline:
     def _given(self, ids: list[int]) -> np.ndarray:
         """Given candidates, checked against the catalogue, duplicates dropped, request order kept."""
         cand = np.asarray(ids, dtype=np.int64)
-        unknown = self.tables.unknown_items(cand)
+        tables = self.catalogue.tables
+        unknown = tables.unknown_items(cand)
         if unknown.size:
             shown = ", ".join(map(str, unknown[:5].tolist()))
             raise ValidationError(
-                f"{unknown.size} unknown item id(s) in candidates: {shown} (valid ids are 0..{self.tables.n_items - 1})",
+                f"{unknown.size} unknown item id(s) in candidates: {shown} (valid ids are 0..{tables.n_items - 1})",
                 field="candidates",
             )
         _, first = np.unique(cand, return_index=True)
@@ -207,6 +212,7 @@ class RankPipeline:
         """Rank a batch: one user-tower call, one index search, one crossing launch and chunked
         ranker calls per (model, version), then top-k. Returns one answer or error per request."""
         started = time.monotonic()
+        cat = self.catalogue  # one catalogue for the whole batch
         slots = [_Slot(p) for p in batch]
         for s in slots:
             if started >= s.req.deadline:
@@ -215,32 +221,35 @@ class RankPipeline:
         live = [s for s in slots if s.error is None]
         stats = BatchStats(requests=len(batch))
         t0 = time.perf_counter()
-        await self._recall([s for s in live if s.req.candidates is None])
+        await self._recall(cat, [s for s in live if s.req.candidates is None])
         for s in live:
             if s.req.candidates is not None:
-                s.candidates = _without(s.req.candidates, s.req.exclude)
+                given = _without(s.req.candidates, s.req.exclude)
+                s.candidates = given[cat.servable(given)]
         t_recall = (time.perf_counter() - t0) * 1000
         t_cross = t_rank = 0.0
         groups: dict[tuple[str, int], list[_Slot]] = {}
         for s in live:
             groups.setdefault((s.req.model, s.req.version), []).append(s)
         for (model, version), members in groups.items():
-            cross_ms, rank_ms = await self._score(model, version, members, stats)
+            cross_ms, rank_ms = await self._score(cat, model, version, members, stats)
             t_cross += cross_ms
             t_rank += rank_ms
         stats.degraded = sum(s.degraded for s in live)
         stats.stage_ms = {"recall": t_recall, "cross": t_cross, "rank": t_rank}
         done = time.monotonic()
-        return [s.error or _answer(s, started, done, stats.stage_ms) for s in slots], stats
+        return [s.error or _answer(s, started, done, stats.stage_ms, cat.version) for s in slots], stats
 
-    async def _recall(self, slots: list[_Slot]) -> None:
+    async def _recall(self, cat: Catalogue, slots: list[_Slot]) -> None:
         """Candidates for the requests that gave none: one tower call and one search for all of
-        them, from one recall stage (user tower version and its index always match)."""
+        them, from one recall stage (user tower version and its index always match); blocked
+        items, and items of a later catalogue change, are dropped like excluded ones."""
         if not slots:
             return
         recall = self.recall
         n = self.settings.recall_n
-        extra = max(s.req.exclude.size for s in slots)
+        # ask for more than recall_n: excluded and blocked items are dropped from what comes back
+        extra = max(s.req.exclude.size for s in slots) + min(cat.n_blocked, n)
         rows = np.asarray([s.req.user_row for s in slots], dtype=np.int64)
         try:
             # one call serves them all: it may take until the latest deadline; each request's own
@@ -254,14 +263,15 @@ class RankPipeline:
             sc, ids = np.tile(s1, (len(slots), 1)), np.tile(i1, (len(slots), 1))
             kind, degraded = "popular", True
         for j, s in enumerate(slots):
-            keep = ids[j] >= 0
+            keep = cat.servable(ids[j])
             if s.req.exclude.size:
                 keep &= ~np.isin(ids[j], s.req.exclude)
             s.candidates = ids[j][keep][:n].astype(np.int64)
             s.recall_scores = sc[j][keep][:n].astype(np.float32)
             s.recall, s.degraded = kind, degraded
 
-    async def _score(self, model: str, version: int, members: list[_Slot], stats: BatchStats) -> tuple[float, float]:
+    async def _score(self, cat: Catalogue, model: str, version: int, members: list[_Slot],
+                     stats: BatchStats) -> tuple[float, float]:
         """Cross and rank the candidates of ``members`` with one version; returns (cross, rank) ms."""
         lens = [s.candidates.shape[0] for s in members]
         user_rows = np.repeat(np.asarray([s.req.user_row for s in members], dtype=np.int64), lens)
@@ -269,7 +279,7 @@ class RankPipeline:
         stats.rows += int(item_rows.shape[0])
         t1 = time.perf_counter()
         try:
-            inputs = self.crossing.inputs(user_rows, item_rows, self.catalog.cross_spec(model, version))
+            inputs = self.crossing.inputs(cat.tables, user_rows, item_rows, self.catalog.cross_spec(model, version))
         except RankserveError as err:
             for s in members:
                 s.error = err
@@ -280,7 +290,7 @@ class RankPipeline:
             degraded = False
         except _DEGRADE_ON as err:
             log.warning("ranking %s v%s failed, degrading %d requests: %s", model, version, len(members), err)
-            flat = np.concatenate([self._fallback_scores(s) for s in members])
+            flat = np.concatenate([self._fallback_scores(cat, s) for s in members])
             degraded = True
         t3 = time.perf_counter()
         for s, part in zip(members, np.split(flat, np.cumsum(lens)[:-1]), strict=True):
@@ -290,11 +300,12 @@ class RankPipeline:
             self._maybe_shadow(model, members, inputs)
         return (t2 - t1) * 1000, (t3 - t2) * 1000
 
-    def _fallback_scores(self, s: _Slot) -> np.ndarray:
+    @staticmethod
+    def _fallback_scores(cat: Catalogue, s: _Slot) -> np.ndarray:
         """Degraded scores: the recall score, or item popularity for given candidates."""
         if s.recall_scores is not None:
             return s.recall_scores
-        return self.tables.popularity[s.candidates].astype(np.float32)
+        return cat.tables.popularity[s.candidates].astype(np.float32)
 
     def _maybe_shadow(self, model: str, members: list[_Slot], inputs: RankerInputs) -> None:
         """Score the shadowed share of this group with the shadow version, off the response path."""
@@ -320,7 +331,7 @@ def _unit_interval(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.ones_like(x)
 
 
-def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float]) -> RankResponse:
+def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float], catalogue_version: int) -> RankResponse:
     top = top_k(s.scores, s.req.k)
     if s.degraded:  # recall scores are not click probabilities: rescaled, the raw value beside them
         shown = _unit_interval(s.scores)
@@ -335,6 +346,7 @@ def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float]) -
         recall=s.recall,
         degraded=s.degraded,
         cold_start=s.req.cold_start,
+        catalogue_version=catalogue_version,
         timings_ms={"queue": max(0.0, (started - s.req.arrival) * 1000), **stage_ms,
                     "total": (done - s.req.arrival) * 1000},
     )

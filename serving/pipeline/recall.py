@@ -6,6 +6,7 @@ FAISS itself (any :class:`VectorIndex` will do), the ranking model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from serving.pipeline.features import TOWER_OUTPUT, FeatureTables
 from serving.triton.caller import ModelCaller
 
-__all__ = ["RecallStage", "VectorIndex"]
+__all__ = ["ItemEmbedder", "RecallStage", "VectorIndex"]
 
 
 class VectorIndex(Protocol):
@@ -21,6 +22,7 @@ class VectorIndex(Protocol):
 
     kind: str
     on_gpu: bool
+    catalogue_version: int
 
     @property
     def n_items(self) -> int: ...
@@ -29,6 +31,11 @@ class VectorIndex(Protocol):
     def max_k(self) -> int: ...
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, catalogue_version: int) -> None: ...
+
+
+# (tables, item rows) -> item embeddings float32 [rows, E], with the item tower of one version
+ItemEmbedder = Callable[[FeatureTables, np.ndarray], np.ndarray]
 
 
 class RecallStage:
@@ -39,14 +46,17 @@ class RecallStage:
         index: the item index built from the item tower of the same user tower version.
         caller: Triton model caller.
         model: user tower model name in Triton; ``version``: its version, matching ``index``.
+        embed_items: the item tower of that version, for items a catalogue change adds or updates.
     """
 
-    def __init__(self, tables: FeatureTables, index: VectorIndex, caller: ModelCaller, model: str, version: int) -> None:
+    def __init__(self, tables: FeatureTables, index: VectorIndex, caller: ModelCaller, model: str, version: int,
+                 embed_items: ItemEmbedder | None = None) -> None:
         self.tables = tables
         self.index = index
         self.caller = caller
         self.model = model
         self.version = version
+        self.embed_items = embed_items
         pop = tables.popularity
         self._popular = np.argsort(-pop, kind="stable").astype(np.int64)
         self._popular_scores = pop[self._popular].astype(np.float32)
@@ -61,6 +71,21 @@ class RecallStage:
         """Top-``n`` items per query, at most the index's ``max_k``: (scores float32 [Q, n'], ids
         int64 [Q, n']); ids -1 pad. Excludes beyond that limit leave fewer candidates, never an error."""
         return self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(n, self.index.max_k))
+
+    def apply(self, tables: FeatureTables, rows: np.ndarray, catalogue_version: int) -> None:
+        """Put the items ``rows`` of ``tables`` (added or updated by catalogue changes up to
+        ``catalogue_version``) into the index, embedded with this version's item tower."""
+        if rows.size:
+            if self.embed_items is None:
+                raise RuntimeError(f"{self.model} v{self.version} has no item tower to embed changed items with")
+            self.index.upsert(rows, self.embed_items(tables, rows), catalogue_version)
+        else:
+            self.index.catalogue_version = catalogue_version
+
+    def warm(self) -> None:
+        """Load and run the item tower once, so the first catalogue change does not wait for it."""
+        if self.embed_items is not None:
+            self.embed_items(self.tables, np.zeros(1, dtype=np.int64))
 
     def popular(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most popular items (scores, ids): the recall of last resort."""

@@ -43,7 +43,7 @@ class ModelVersion(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("request_id", "items", "model", "recall", "degraded", "cold_start", "timings_ms")
+    __slots__ = ("request_id", "items", "model", "recall", "degraded", "cold_start", "timings_ms", "catalogue_version")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class RankResponse(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
+    CATALOGUE_VERSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model: ModelVersion
@@ -65,4 +66,5 @@ class RankResponse(_message.Message):
     degraded: bool
     cold_start: bool
     timings_ms: _containers.ScalarMap[str, float]
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model: _Optional[_Union[ModelVersion, _Mapping]] = ..., recall: _Optional[str] = ..., degraded: _Optional[bool] = ..., cold_start: _Optional[bool] = ..., timings_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    catalogue_version: int
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model: _Optional[_Union[ModelVersion, _Mapping]] = ..., recall: _Optional[str] = ..., degraded: _Optional[bool] = ..., cold_start: _Optional[bool] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., catalogue_version: _Optional[int] = ...) -> None: ...

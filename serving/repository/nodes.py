@@ -36,21 +36,23 @@ class NodeState:
     triton: str
     loaded: dict[str, list[int]]
     at: float
+    catalogue_version: int = 0
 
     def has(self, model: str, version: int) -> bool:
         return version in self.loaded.get(model, [])
 
 
 def write_heartbeat(repo: Path, key: str, triton: str, loaded: Mapping[str, Sequence[int]],
-                    metrics: bytes | None = None) -> None:
-    """Record that node ``key`` (its Triton at ``triton``) has ``loaded`` ready, now, and its
-    metrics snapshot when given."""
+                    metrics: bytes | None = None, catalogue_version: int = 0) -> None:
+    """Record that node ``key`` (its Triton at ``triton``) has ``loaded`` ready and serves catalogue
+    change ``catalogue_version``, now, and its metrics snapshot when given."""
     d = Path(repo) / _DIR
     d.mkdir(exist_ok=True)
     if metrics is not None:
         atomic_write_text(d / f"{key}.prom", metrics.decode())
     atomic_write_text(d / f"{key}.json", json.dumps({"triton": triton, "at": time.time(),
-                                                      "loaded": {m: sorted(v) for m, v in loaded.items()}}))
+                                                      "loaded": {m: sorted(v) for m, v in loaded.items()},
+                                                      "catalogue_version": catalogue_version}))
 
 
 def remove_heartbeat(repo: Path, key: str) -> None:
@@ -83,7 +85,8 @@ def live_nodes(repo: Path, *, fresh_s: float = FRESH_S) -> list[NodeState]:
             continue  # being replaced, or written by something else
         if now - float(raw.get("at", 0)) <= fresh_s:
             out.append(NodeState(path.stem, str(raw.get("triton", "")),
-                                 {m: [int(v) for v in vs] for m, vs in raw.get("loaded", {}).items()}, raw["at"]))
+                                 {m: [int(v) for v in vs] for m, vs in raw.get("loaded", {}).items()}, raw["at"],
+                                 int(raw.get("catalogue_version", 0))))
     return out
 
 

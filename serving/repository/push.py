@@ -24,8 +24,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving.errors import PushRefusedError
+from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables
 from serving.pipeline.routing import Traffic
+from serving.repository.catalogue import ChangeLog
 from serving.repository.export import export_version
 from serving.repository.nodes import wait_loaded
 from serving.repository.registry import ModelRegistry
@@ -110,13 +112,14 @@ def push(
             registry.set_traffic(model, old)  # pin live before a higher version appears on disk
         t0 = time.perf_counter()
         art = load_artifact(registry, model, artifact)
-        if art.item_emb_path is not None and (canary_percent is not None or shadow_percent is not None):
+        if art.is_user_tower and (canary_percent is not None or shadow_percent is not None):
             raise PushRefusedError(f"{model} is a user tower: it serves one version at a time, with the item index "
                                    "built from it, so it has no canary or shadow; push it live (and roll back if "
                                    "need be)", field="model")
-        checks = validate_artifact(art, tables)
+        cat = ChangeLog(registry.repo).current(tables)  # the catalogue as changed so far
+        checks = validate_artifact(art, cat.tables)
         checks["validate_s"] = round(time.perf_counter() - t0, 3)
-        new = _write_version(registry, model, art, tables, checks, version)
+        new = _write_version(registry, model, art, cat, checks, version)
         _load_or_retire(triton, path, model, new)
         try:
             checks["nodes"] = wait_loaded(registry.repo, model, new, timeout_s=nodes_timeout_s)
@@ -131,21 +134,23 @@ def push(
         return PushResult(model, new, traffic, checks)
 
 
-def _write_version(registry: ModelRegistry, model: str, art: Artifact, tables: FeatureTables,
+def _write_version(registry: ModelRegistry, model: str, art: Artifact, cat: Catalogue,
                    checks: dict[str, Any], version: int | None) -> int:
     """Export the validated artifact (with the item index a user tower needs) as a new version."""
-    from serving.index.faiss_index import build_index, save_index, tower_queries
+    from serving.index.faiss_index import save_index
+    from serving.index.item_tower import ITEM_TOWER_FILE, index_catalogue
 
     meta = {**art.meta, "validation": checks, "pushed_from": str(art.path)}
     golden_inputs = {t.name: art.golden[t.name] for t in art.inputs}
     with tempfile.TemporaryDirectory() as tmp:
         extra: dict[str, Path] = {}
-        if art.item_emb_path is not None:
-            index_path = Path(tmp) / "items.faiss"
-            queries = tower_queries(art.module, tables.user_cat[: tables.n_users], tables.user_dense[: tables.n_users])
-            save_index(build_index(np.load(art.item_emb_path).astype(np.float32), queries=queries), index_path)
-            extra = {"items.faiss": index_path, "items.faiss.json": Path(f"{index_path}.json"),
-                     "item_emb.npy": art.item_emb_path}
+        if art.is_user_tower:  # the index holds every catalogue change so far
+            index, emb = index_catalogue(art.module, art.item_tower(), cat.tables, catalogue_version=cat.version)
+            save_index(index, Path(tmp) / "items.faiss")
+            np.save(Path(tmp) / "item_emb.npy", emb)
+            meta["catalogue_version"] = cat.version
+            extra = {"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json",
+                     "item_emb.npy": Path(tmp) / "item_emb.npy", ITEM_TOWER_FILE: art.path / ITEM_TOWER_FILE}
         return export_version(registry.repo, model, art.module, art.inputs, art.outputs, golden_inputs, meta,
                               max_batch_size=art.max_batch_size, version=version, extra_files=extra)
 

@@ -9,8 +9,10 @@ An *artifact* is a directory holding what one version needs:
 * ``model.pt``    TorchScript module (positional inputs in ``config.pbtxt`` order);
 * ``golden.npz``  golden inputs and the reference outputs they must give (by tensor name);
 * ``meta.json``   metadata; a ranker records the crossing spec it was trained with (``cross_spec``);
-* ``item_emb.npy`` (user tower only) the item tower's embeddings, from which the item index of
-  the same version is built, so user tower and index always move together.
+* ``item_tower.pt`` (user tower only) the item tower trained with it (TorchScript:
+  ``(item_cat, item_num, item_dense) -> embedding``). The push embeds the catalogue as changed so
+  far with it and builds the version's item index, so user tower and index always move together,
+  and replicas embed items added or updated later with the same tower.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 
 from kernels import CrossSpec, get_crosser
 from serving.errors import PushRefusedError
-from serving.pipeline.features import FeatureTables, ranker_inputs
+from serving.index.item_tower import ITEM_TOWER_FILE
+from serving.pipeline.features import TOWER_OUTPUT, FeatureTables, ranker_inputs
 from serving.repository.export import load_golden
 from serving.repository.registry import ModelRegistry
 from serving.triton.config import TensorSpec, read_config
@@ -47,10 +50,30 @@ class Artifact:
     max_batch_size: int
 
     @property
-    def item_emb_path(self) -> Path | None:
-        """``item_emb.npy`` of a user tower artifact."""
-        p = self.path / "item_emb.npy"
+    def is_user_tower(self) -> bool:
+        """Whether the model gives user embeddings (its output is the tower's)."""
+        return [o.name for o in self.outputs] == [TOWER_OUTPUT]
+
+    @property
+    def item_tower_path(self) -> Path | None:
+        """``item_tower.pt`` of a user tower artifact."""
+        p = self.path / ITEM_TOWER_FILE
         return p if p.is_file() else None
+
+    def item_tower(self) -> Any:
+        """The item tower module (loaded now).
+
+        Raises:
+            PushRefusedError: no item tower, or one that does not load.
+        """
+        import torch
+
+        if self.item_tower_path is None:
+            raise PushRefusedError(f"a user tower artifact must carry its item tower ({ITEM_TOWER_FILE})")
+        try:
+            return torch.jit.load(str(self.item_tower_path), map_location="cpu").eval()
+        except Exception as err:
+            raise PushRefusedError(f"{ITEM_TOWER_FILE} does not load: {err}".splitlines()[0]) from err
 
 
 def load_artifact(registry: ModelRegistry, model: str, path: Path) -> Artifact:
@@ -109,10 +132,10 @@ def validate_artifact(art: Artifact, tables: FeatureTables, *, n_rows: int = 512
     items = rng.integers(0, tables.n_items, n_rows)
     if "cross_spec" in art.meta:
         checks["score_range"] = _check_ranker_rows(art, tables, users, items)
-    elif art.item_emb_path is not None:
-        checks["embedding_dim"] = _check_tower_rows(art, tables, users, art.item_emb_path)
+    elif art.is_user_tower:
+        checks["embedding_dim"] = _check_tower_rows(art, tables, users, items)
     else:
-        raise PushRefusedError("artifact names no crossing spec (ranker) and carries no item_emb.npy (user tower)")
+        raise PushRefusedError("a ranker artifact must name its crossing spec (cross_spec in meta.json)")
     return checks
 
 
@@ -146,13 +169,16 @@ def _check_ranker_rows(art: Artifact, tables: FeatureTables, users: np.ndarray, 
     return [float(scores.min()), float(scores.max())]
 
 
-def _check_tower_rows(art: Artifact, tables: FeatureTables, users: np.ndarray, item_emb_path: Path) -> int:
+def _check_tower_rows(art: Artifact, tables: FeatureTables, users: np.ndarray, items: np.ndarray) -> int:
+    """The user tower and its item tower on real rows: embeddings of one size, finite."""
     feats = tables.tower_inputs(users)
     out = art.outputs[0].name
     emb = _run(art.module, [feats[t.name] for t in art.inputs], [out], "real user rows")[out]
-    item_emb = np.load(item_emb_path)
-    if item_emb.shape != (tables.n_items, emb.shape[1]):
-        raise PushRefusedError(f"item_emb.npy has shape {item_emb.shape}, expected ({tables.n_items}, {emb.shape[1]})")
+    item_in = [tables.item_cat[items], tables.item_num[items], tables.item_dense[items]]
+    item_emb = _run(art.item_tower(), item_in, ["embedding"], f"real item rows ({ITEM_TOWER_FILE})")["embedding"]
+    if item_emb.shape != (items.size, emb.shape[1]):
+        raise PushRefusedError(f"{ITEM_TOWER_FILE} gives embeddings of shape {item_emb.shape[1:]}, the user tower "
+                               f"{emb.shape[1:]}: they must match")
     if not (np.isfinite(emb).all() and np.isfinite(item_emb).all()):
         raise PushRefusedError("user or item embeddings contain NaN or inf")
     return int(emb.shape[1])

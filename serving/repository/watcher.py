@@ -1,6 +1,6 @@
 """Follows the model repository into a running pipeline and into the node's Triton: traffic
-changes from push, promote and rollback, a new user tower version with its index, and every new
-version loaded into this node's Triton.
+changes from push, promote and rollback, a new user tower version with its index, catalogue
+changes, and every new version loaded into this node's Triton.
 
 Owns: the polling thread of one replica, what it swaps, and the node's heartbeat
 (``serving.repository.nodes``). The ranking traffic split is swapped as one dict; a new user
@@ -8,7 +8,11 @@ tower version comes with its own index as one new recall stage, so a batch never
 version's user embedding with another version's index. Each new version on disk is loaded into
 the node-local Triton (so Tritons on other nodes follow a push made anywhere), and the heartbeat
 says which versions are ready there: a push moves traffic only once every live node has them.
-Must not touch: the repository's versions or traffic (read only).
+Catalogue changes (``serving.repository.catalogue``) are checked every ``catalogue_interval_s``:
+the items they add or update are embedded with the live user tower's item tower and put in its
+index first, then the pipeline's catalogue is swapped whole, so an answer carrying change V never
+holds an item blocked in V. Must not touch: the repository's versions, traffic or change log
+(read only).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from typing import Protocol
 from serving.config import Settings
 from serving.errors import RankserveError
 from serving.pipeline.assemble import make_recall
-from serving.pipeline.orchestration import RankPipeline
+from serving.pipeline.catalogue import Catalogue
+from serving.pipeline.orchestration import RankPipeline, Recall
+from serving.repository.catalogue import ChangeLog, apply_change
 from serving.repository.nodes import remove_heartbeat, write_heartbeat
 from serving.repository.registry import ModelRegistry
 from serving.triton.caller import ModelCaller
@@ -53,12 +59,13 @@ class RepositoryWatcher:
         triton_url: this node's Triton, into which new versions are loaded (None: nothing loaded,
             no heartbeat).
         snapshot: the replica's metrics exposition, published with each heartbeat.
-        interval_s: seconds between checks.
+        interval_s: seconds between checks of traffic and versions.
+        catalogue_interval_s: seconds between checks of the catalogue change log.
     """
 
     def __init__(self, settings: Settings, registry: ModelRegistry, pipeline: RankPipeline, caller: ModelCaller,
                  *, triton_url: str | None = None, snapshot: Callable[[], bytes] | None = None,
-                 interval_s: float = 1.0) -> None:
+                 interval_s: float = 1.0, catalogue_interval_s: float = 0.1) -> None:
         self.settings = settings
         self.registry = registry
         self.pipeline = pipeline
@@ -66,6 +73,10 @@ class RepositoryWatcher:
         self.triton_url = triton_url
         self.snapshot = snapshot
         self.interval_s = interval_s
+        self.catalogue_interval_s = catalogue_interval_s
+        self.changes = ChangeLog(registry.repo)
+        self._warmed = False  # the item tower is loaded once catalogue changes arrive
+        self._swap = threading.Lock()  # a catalogue change and a new recall stage are swapped one at a time
         self.node_key = f"{socket.gethostname()}-{os.getpid()}"
         self._on_disk: dict[str, list[int]] = {}  # versions last asked of Triton, per model
         self._ready: dict[str, list[int]] = {}  # versions ready in this node's Triton, as last seen
@@ -74,9 +85,12 @@ class RepositoryWatcher:
         # two threads: loading a version into Triton takes seconds, and must not hold up applying
         # a traffic change (which a push makes only once every node has loaded what it names)
         self._threads = [threading.Thread(target=self._run, name="repository-watcher", daemon=True),
-                         threading.Thread(target=self._follow_loop, name="triton-follower", daemon=True)]
+                         threading.Thread(target=self._follow_loop, name="triton-follower", daemon=True),
+                         threading.Thread(target=self._catalogue_loop, name="catalogue-follower", daemon=True)]
 
     def start(self) -> None:
+        """Catch up with the catalogue changes so far (before the first request), then follow."""
+        self.follow_catalogue()
         for t in self._threads:
             t.start()
 
@@ -105,10 +119,44 @@ class RepositoryWatcher:
         p.refresh_traffic()
         tower = self.registry.traffic(self.settings.user_tower_model).live
         if tower != p.recall.version:
-            p.recall = make_recall(self.settings, self.registry, p.tables, self.caller, tower)
+            with self._swap:
+                recall = make_recall(self.settings, self.registry, p.catalogue, self.caller, tower)
+                if self._warmed:  # this catalogue changes: the new version's item tower is ready at once
+                    self._warm(recall)
+                self._catch_up(recall, p.catalogue)
+                p.recall = recall
         log.info(json.dumps({"event": "traffic_changed", "traffic": {m: t.to_json() for m, t in p.traffic_split.items()},
                              "user_tower": tower}))
         return True
+
+    def follow_catalogue(self) -> int:
+        """Apply the catalogue changes not applied yet; returns how many."""
+        p = self.pipeline
+        changes = self.changes.since(p.catalogue.version)
+        if not changes:
+            return 0
+        with self._swap:
+            cat = p.catalogue
+            for change in changes:
+                cat = apply_change(cat, change)
+            self._catch_up(p.recall, cat)  # the index first: then no answer of this version misses an item
+            p.catalogue = cat
+        log.info(json.dumps({"event": "catalogue_applied", "version": cat.version, "items": cat.tables.n_items,
+                             "blocked": cat.n_blocked, "changes": len(changes)}))
+        return len(changes)
+
+    @staticmethod
+    def _warm(recall: Recall) -> None:
+        try:
+            recall.warm()
+        except Exception as err:  # noqa: BLE001 - only a head start; a change reports the real error
+            log.warning("item tower of %s v%s: %s", recall.model, recall.version, err)
+
+    def _catch_up(self, recall: Recall, cat: Catalogue) -> None:
+        """Bring ``recall``'s index to ``cat``: embed and upsert what changed since its version."""
+        if recall.index.catalogue_version < cat.version:
+            rows = self.changes.embedded_since(recall.index.catalogue_version, cat.version)
+            recall.apply(cat.tables, rows, cat.version)
 
     def follow(self, client: LoadingClient) -> dict[str, list[int]]:
         """Load versions new on disk into this node's Triton; returns the versions ready there."""
@@ -132,9 +180,26 @@ class RepositoryWatcher:
                 self.check()
                 if self.triton_url is not None:  # the heartbeat keeps its beat while a load takes seconds
                     write_heartbeat(self.registry.repo, self.node_key, self.triton_url, self._ready,
-                                    self.snapshot() if self.snapshot else None)
+                                    self.snapshot() if self.snapshot else None, self.pipeline.catalogue.version)
             except Exception as err:  # noqa: BLE001 - a bad file must not kill the watcher; keep serving
                 log.warning("repository watcher: %s", err)
+
+    def _catalogue_loop(self) -> None:
+        last = ""
+        while not self._stop.wait(self.catalogue_interval_s):
+            try:
+                if self.follow_catalogue() and not self._warmed:
+                    # this catalogue changes while serving: load the item tower now (torch takes
+                    # seconds to import, and would slow every request at replica start-up), so
+                    # that items added or updated later are embedded at once
+                    self._warmed = True
+                    threading.Thread(target=self._warm, args=(self.pipeline.recall,), name="item-tower-warm",
+                                     daemon=True).start()
+                last = ""
+            except Exception as err:  # noqa: BLE001 - keep serving the catalogue as it was; retry
+                if repr(err) != last:  # once per distinct failure, not ten times a second
+                    log.warning("catalogue follower: %s", err)
+                last = repr(err)
 
     def _follow_loop(self) -> None:
         if self.triton_url is None:

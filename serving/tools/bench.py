@@ -217,3 +217,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", default="1,8,32", help="comma-separated concurrency levels")
     p.add_argument("--duration-s", type=float, default=8.0, help="measured seconds per point")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
+    p.add_argument("--items", type=int, help="the marketplace of this many items (built first if need be, "
+                                          "into its own folders; default: the demo's)")
+    p.add_argument("--users", type=int, help="its users (default: the demo's)")

@@ -28,7 +28,7 @@ def _live_artifact(registry: ModelRegistry, model: str, dest: Path) -> Path:
     """An artifact made of the live version's own files (a valid push)."""
     src = registry.version_dir(model, registry.traffic(model).live)
     dest.mkdir(parents=True)
-    for name in ("model.pt", "golden.npz", "meta.json", "item_emb.npy"):
+    for name in ("model.pt", "golden.npz", "meta.json", "item_tower.pt"):
         if (src / name).exists():
             shutil.copy(src / name, dest / name)
     return dest
@@ -127,7 +127,7 @@ def test_broken_artifacts_are_refused_and_live_keeps_serving(kind: str, settings
     elif kind == "nan_on_real_rows":
         _rescript(art, _NanOnColdStart(inner))
     elif kind == "scores_out_of_range":
-        _rescript(art, _Scaled(inner, 3.0))
+        _rescript(art, _Scaled(inner, 50.0))  # click probabilities of a few percent, pushed past 1
     elif kind == "version_exists":
         version = registry.versions("ranker")[0]
     client = TritonClient(triton.grpc_url)
@@ -214,16 +214,26 @@ class _Rotated(torch.nn.Module):
         return self.inner(user_cat, user_dense) @ self.rot
 
 
+class _RotatedItems(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, rot: torch.Tensor) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rot = rot
+
+    def forward(self, item_cat: torch.Tensor, item_num: torch.Tensor, item_dense: torch.Tensor) -> torch.Tensor:
+        return self.inner(item_cat, item_num, item_dense) @ self.rot
+
+
 def test_user_tower_and_index_switch_together_under_load(settings, rankserve_url: str, triton,
                                                          tmp_path: Path) -> None:
-    """A rotated tower + rotated item embeddings recall exactly what the old pair recalls; any
+    """A rotated user tower + rotated item tower recall exactly what the old pair recalls; any
     request that paired one version's user embedding with the other's index would differ."""
     registry = ModelRegistry(settings.model_repository)
     tables = FeatureTables.load(settings.marketplace_path)
     client = TritonClient(triton.grpc_url)
     art = _live_artifact(registry, "user_tower", tmp_path / "tower")
-    item_emb = np.load(art / "item_emb.npy")
-    rot = torch.linalg.qr(torch.randn(item_emb.shape[1], item_emb.shape[1], generator=torch.Generator().manual_seed(3)))[0]
+    dim = int(np.load(art / "golden.npz")["embedding"].shape[1])
+    rot = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(3)))[0]
     scripted = torch.jit.script(_Rotated(torch.jit.load(str(art / "model.pt")), rot))
     scripted.save(str(art / "model.pt"))
     with np.load(art / "golden.npz") as z:
@@ -231,7 +241,7 @@ def test_user_tower_and_index_switch_together_under_load(settings, rankserve_url
     with torch.inference_mode():
         g["embedding"] = scripted(torch.from_numpy(g["user_cat"]), torch.from_numpy(g["user_dense"])).numpy()
     np.savez(art / "golden.npz", **g)
-    np.save(art / "item_emb.npy", (item_emb @ rot.numpy()).astype(np.float32))
+    torch.jit.script(_RotatedItems(torch.jit.load(str(art / "item_tower.pt")), rot)).save(str(art / "item_tower.pt"))
 
     baseline = {}
     for u in range(50):
@@ -393,4 +403,34 @@ def test_a_user_tower_canary_or_shadow_is_refused(settings, triton, tmp_path: Pa
         with pytest.raises(PushRefusedError, match="user tower"):
             push(registry, "user_tower", art, FeatureTables.load(settings.marketplace_path),
                  TritonClient(triton.grpc_url), **kw)
+    assert _snapshot(settings.model_repository) == before
+
+
+class _Narrow(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, item_cat: torch.Tensor, item_num: torch.Tensor, item_dense: torch.Tensor) -> torch.Tensor:
+        return self.inner(item_cat, item_num, item_dense)[:, :8]
+
+
+@pytest.mark.parametrize(("kind", "reason"), [("no_item_tower", "must carry its item tower"),
+                                              ("garbage_item_tower", "does not load"),
+                                              ("narrow_item_tower", "must match")])
+def test_a_user_tower_without_a_sound_item_tower_is_refused(kind: str, reason: str, settings, triton,
+                                                            tmp_path: Path) -> None:
+    """Items added while serving are embedded with the live user tower's item tower, so a push
+    must carry one that loads and embeds items into the user tower's space."""
+    registry = ModelRegistry(settings.model_repository)
+    art = _live_artifact(registry, "user_tower", tmp_path / "tower")
+    if kind == "no_item_tower":
+        (art / "item_tower.pt").unlink()
+    elif kind == "garbage_item_tower":
+        (art / "item_tower.pt").write_bytes(b"not a model")
+    else:
+        torch.jit.script(_Narrow(torch.jit.load(str(art / "item_tower.pt")))).save(str(art / "item_tower.pt"))
+    before = _snapshot(settings.model_repository)
+    with pytest.raises(PushRefusedError, match=reason):
+        push(registry, "user_tower", art, FeatureTables.load(settings.marketplace_path), TritonClient(triton.grpc_url))
     assert _snapshot(settings.model_repository) == before

@@ -1,5 +1,7 @@
 """Quality is measured, not assumed: the recorded figures meet their targets, and recomputing them
-from the served artifacts (the ranker's TorchScript, the FAISS index file) gives the same figures."""
+from the served artifacts (the ranker's TorchScript, the FAISS index file, the user tower) and the
+generator's ground truth gives the same figures: AUC, log loss and calibration (ECE; scores are
+click probabilities), recall@500, and the pipeline's NDCG@20 against the oracle pipeline."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from kernels import get_crosser
 from serving.index.faiss_index import load_index, recall_at_k
 from serving.pipeline.features import FeatureTables, ranker_inputs
 from serving.repository.registry import ModelRegistry
-from training.metrics import auc
+from training.build import load_built_marketplace
+from training.metrics import auc, ece, log_loss, ndcg_at_k
+from training.quality import pipeline_ndcg, true_click_prob
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +26,8 @@ def test_recorded_quality_meets_targets(settings) -> None:
     q = json.loads((settings.marketplace_path.parent / "build.json").read_text())["quality"]
     assert q["auc_fraction"] >= 0.9, q
     assert q["recall_at_500"] >= 0.95, q
+    assert q["ece"] <= 0.02 and q["log_loss"] < q["log_loss_base_rate"], q
+    assert 0.01 <= q["ctr"] <= 0.05, q  # clicks as real feeds see them
 
 
 def test_served_ranker_reproduces_its_auc(settings) -> None:
@@ -40,6 +46,30 @@ def test_served_ranker_reproduces_its_auc(settings) -> None:
     a_model, a_oracle = auc(scores, clicks), auc(logits, clicks)
     assert abs(a_model - q["auc"]) < 2e-3 and abs(a_oracle - q["oracle_auc"]) < 2e-3
     assert (a_model - 0.5) / (a_oracle - 0.5) >= 0.9
+    assert ece(scores, clicks) == pytest.approx(q["ece"], abs=1e-4) and ece(scores, clicks) <= 0.02
+    assert log_loss(scores, clicks) == pytest.approx(q["log_loss"], abs=1e-4)
+
+
+def test_served_pipeline_reproduces_its_ndcg(settings) -> None:
+    """The NDCG@20 of recall-then-rank against the oracle that ranks every item by its true click
+    probability, recomputed from the served user tower, index and ranker."""
+    data = settings.marketplace_path.parent
+    q = json.loads((data / "build.json").read_text())["quality"]
+    reg = ModelRegistry(settings.model_repository)
+    tower_dir = reg.version_dir("user_tower", reg.traffic("user_tower").live)
+    v = reg.traffic("ranker").live
+    got = pipeline_ndcg(load_built_marketplace(data), torch.jit.load(str(tower_dir / "model.pt")),
+                        load_index(tower_dir / "items.faiss", use_gpu="off"),
+                        torch.jit.load(str(reg.version_dir("ranker", v) / "model.pt")), reg.cross_spec("ranker", v))
+    assert got["ndcg_at_20"] == pytest.approx(q["ndcg_at_20"], abs=2e-3)
+    assert got["ndcg_at_20_within_recall"] >= got["ndcg_at_20"]
+    assert got["ndcg_at_20"] > 0.2  # far above a random top 20 (recomputed below)
+    mp = load_built_marketplace(data)
+    rng = np.random.default_rng(0)
+    everything = np.arange(mp.item_cat.shape[0])
+    rand = np.mean([ndcg_at_k(true_click_prob(mp, u, rng.choice(everything, 20)), true_click_prob(mp, u, everything), 20)
+                    for u in rng.choice(mp.user_cat.shape[0], 50)])
+    assert got["ndcg_at_20"] > 3 * rand
 
 
 def test_served_index_reproduces_its_recall(settings) -> None:

@@ -33,6 +33,13 @@ class ExactIndex:
 
     def __init__(self, emb: np.ndarray) -> None:
         self.emb = emb
+        self.catalogue_version = 0
+
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, catalogue_version: int) -> None:
+        emb = np.zeros((max(self.n_items, int(ids.max()) + 1), self.emb.shape[1]), dtype=np.float32)
+        emb[: self.n_items] = self.emb
+        emb[ids] = vectors
+        self.emb, self.catalogue_version = emb, catalogue_version
 
     @property
     def n_items(self) -> int:
@@ -96,13 +103,18 @@ def make_tables() -> FeatureTables:
     )
 
 
+def item_embedding(tables: FeatureTables, rows: np.ndarray) -> np.ndarray:
+    """The fake item tower: item dense padded to E (so the fake user tower's dot is the score)."""
+    return np.pad(tables.item_dense[rows], ((0, 0), (0, E - D))).astype(np.float32)
+
+
 def make_pipeline(repo: Path, client: ScoringClient, cls: type[RankPipeline] = RankPipeline,
                   **overrides: Any) -> RankPipeline:
     """The real pipeline on fake Triton and index, with ``overrides`` of the settings."""
     tables = make_tables()
     settings = Settings(model_repository=repo, **{"recall_n": 40, "triton_retries": 1, **overrides})
     caller = ModelCaller(client, timeout_s=1.0, retries=1)
-    index = ExactIndex(np.pad(tables.item_dense, ((0, 0), (0, E - D))))
-    recall = RecallStage(tables, index, caller, "user_tower", 1)
+    index = ExactIndex(item_embedding(tables, np.arange(tables.n_items)))
+    recall = RecallStage(tables, index, caller, "user_tower", 1, item_embedding)
     return cls(settings, tables, ModelRegistry(repo), recall, CrossingStage(tables, "numpy"),
                RankingStage(caller, max_rows=64))

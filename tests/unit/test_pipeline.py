@@ -38,8 +38,8 @@ def _run(p: RankPipeline, reqs: list[dict]) -> list:
 
 
 def _expected_order(p: RankPipeline, user: int, items: np.ndarray) -> np.ndarray:
-    u = p.tables.user_dense[user]
-    s = p.tables.item_dense[items] @ u
+    u = p.catalogue.tables.user_dense[user]
+    s = p.catalogue.tables.item_dense[items] @ u
     return items[np.lexsort((np.arange(items.size), -s))]
 
 
@@ -97,7 +97,7 @@ def test_ranker_down_degrades_to_recall_scores(repo: Path) -> None:
     (r,) = _run(p, [{"user_id": 2, "k": 5}])
     assert r.degraded and r.recall == "faiss" and len(r.items) == 5
     assert [c[0] for c in client.calls].count("ranker") == 2  # one retry, then degrade
-    emb = np.pad(p.tables.user_dense[2], (0, E - D))
+    emb = np.pad(p.catalogue.tables.user_dense[2], (0, E - D))
     sc, ids = p.recall.index.search(emb[None], 5)
     assert [it.item_id for it in r.items] == ids[0].tolist()
     # the API's score stays in [0, 1]; the recall score rides beside it
@@ -150,7 +150,7 @@ def test_an_exclude_list_beyond_the_index_search_limit_leaves_fewer_candidates_n
     list beyond that is clamped, and the answer is still k items, none excluded."""
     p = _pipeline(repo, ScoringClient())
     assert p.recall.index.max_k == 64 and p.settings.recall_n == 40
-    _, ids = p.recall.search(np.pad(p.tables.user_dense[4], (0, E - D))[None], 500)
+    _, ids = p.recall.search(np.pad(p.catalogue.tables.user_dense[4], (0, E - D))[None], 500)
     assert ids.shape == (1, 64)
     exclude = ids[0][:50].tolist()  # most of what the search can return
     (r,) = _run(p, [{"user_id": 4, "k": 10, "exclude": exclude}])

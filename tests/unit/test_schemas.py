@@ -87,7 +87,7 @@ def test_response_json_shape() -> None:
     r = RankResponse("abc", [ScoredItem(17, 0.83)], "ranker", 3, "faiss", timings_ms={"total": 6.4})
     assert r.to_json() == {
         "request_id": "abc", "items": [{"item_id": 17, "score": 0.83}], "model": {"name": "ranker", "version": 3},
-        "recall": "faiss", "degraded": False, "timings_ms": {"total": 6.4},
+        "recall": "faiss", "degraded": False, "catalogue_version": 0, "timings_ms": {"total": 6.4},
     }
     r.cold_start = True
     assert r.to_json()["cold_start"] is True

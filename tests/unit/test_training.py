@@ -23,8 +23,22 @@ def test_generator_is_deterministic_and_matches_the_serving_layout() -> None:
     assert a.user_cat.shape == (300, 3) and a.user_cat.dtype == np.int64 and a.user_cat.min() >= 1
     assert a.item_cat.shape == (400, 4) and a.item_num.shape == (400, 3)
     assert a.user_dense.dtype == a.item_dense.dtype == np.float32
-    assert 0.05 < a.imp_click.mean() < 0.95
+    assert 0.02 < a.imp_click.mean() < 0.04  # the configured 3 % click rate, as real feeds see
     assert not np.array_equal(generate(MarketConfig(**{**TINY.__dict__, "seed": 6})).imp_item, a.imp_item)
+
+
+def test_click_rate_is_configurable_and_popularity_has_a_long_tail() -> None:
+    big = MarketConfig(n_users=2000, n_items=3000, impressions_per_user=30, n_shops=50, seed=1)
+    for ctr in (0.01, 0.05):
+        rate = generate(MarketConfig(**{**big.__dict__, "ctr": ctr})).imp_click.mean()
+        assert abs(rate - ctr) < 0.3 * ctr, (ctr, rate)
+    m = generate(big)
+    shown = np.bincount(m.imp_item, minlength=big.n_items)
+    top = np.sort(shown)[::-1]
+    assert top[: big.n_items // 100].sum() > 0.1 * shown.sum()  # 1 % of items take > 10 % of impressions
+    assert np.median(shown) < 0.7 * shown.mean()  # the typical item is shown less than the average
+    clicks = np.bincount(m.imp_item, weights=m.imp_click, minlength=big.n_items)
+    assert (clicks == 0).mean() > 0.5  # and most items are never clicked
 
 
 def _pairwise_auc(s: np.ndarray, y: np.ndarray) -> float:

@@ -1,0 +1,259 @@
+"""Catalogue changes while the server runs: a versioned, atomic change log beside the repository.
+
+Owns: the change log ``<repository>/catalogue/<version>.json`` (version 1, 2, ... each one change:
+items blocked, unblocked, added or updated), its validation (a bad change is refused whole, and
+nothing is written), and folding changes into a :class:`serving.pipeline.catalogue.Catalogue`.
+Every replica applies new changes within a fraction of a second (``serving.repository.watcher``);
+a push of a user tower embeds the catalogue as changed so far. Must not touch: Triton, requests.
+
+Item ids are row numbers: added items take the next ids, in the order of the change. Feature
+values are in the units of the serving tables (``serving.pipeline.features``): the categorical
+ids ``category``, ``shop``, ``brand``, ``price_bucket`` (>= 1), the standardised numbers
+``log_price``, ``rating``, ``log_popularity``, and ``dense`` (the content vector).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.errors import ValidationError
+from serving.files import atomic_write_text
+from serving.pipeline.catalogue import Catalogue
+from serving.pipeline.features import ITEM_CAT_FIELDS, ITEM_NUM_FIELDS, FeatureTables
+
+__all__ = ["ITEM_FIELDS", "Change", "ChangeLog", "apply_change", "read_item_rows"]
+
+ITEM_FIELDS = (*ITEM_CAT_FIELDS, *ITEM_NUM_FIELDS, "dense")
+_DIR = "catalogue"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One catalogue change; ``add`` and ``update`` rows are dicts of :data:`ITEM_FIELDS` (update
+    rows also name their ``item_id``)."""
+
+    version: int
+    first_id: int  # the id of the first added item (the catalogue's size before this change)
+    block: tuple[int, ...] = ()
+    unblock: tuple[int, ...] = ()
+    add: tuple[dict[str, Any], ...] = ()
+    update: tuple[dict[str, Any], ...] = ()
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "first_id": self.first_id, "at": self.at, "block": list(self.block),
+                "unblock": list(self.unblock), "add": list(self.add), "update": list(self.update)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Change:
+        return cls(int(d["version"]), int(d["first_id"]), tuple(d.get("block", ())), tuple(d.get("unblock", ())),
+                   tuple(d.get("add", ())), tuple(d.get("update", ())), float(d.get("at", 0.0)))
+
+    @property
+    def added_ids(self) -> tuple[int, ...]:
+        return tuple(range(self.first_id, self.first_id + len(self.add)))
+
+    @property
+    def embedded(self) -> tuple[int, ...]:
+        """Items whose embedding this change sets: the added and the updated ones."""
+        return (*self.added_ids, *(int(r["item_id"]) for r in self.update))
+
+
+class ChangeLog:
+    """The change log of one repository."""
+
+    def __init__(self, repo: Path) -> None:
+        self.dir = Path(repo) / _DIR
+
+    def versions(self) -> list[int]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(int(p.stem) for p in self.dir.glob("*.json") if p.stem.isdigit())
+
+    @property
+    def version(self) -> int:
+        """The latest change's version (0: none yet)."""
+        v = self.versions()
+        return v[-1] if v else 0
+
+    def read(self, version: int) -> Change:
+        return Change.from_json(json.loads((self.dir / f"{version:06d}.json").read_text()))
+
+    def since(self, version: int) -> list[Change]:
+        """The changes after ``version``, oldest first."""
+        return [self.read(v) for v in self.versions() if v > version]
+
+    def current(self, base: FeatureTables) -> Catalogue:
+        """The catalogue ``base`` (the built tables) after every change so far."""
+        return self.follow(Catalogue.initial(base))
+
+    def embedded_since(self, version: int, upto: int) -> np.ndarray:
+        """Items whose embedding changed after ``version``, up to change ``upto`` (sorted ids)."""
+        ids = {i for c in self.since(version) if c.version <= upto for i in c.embedded}
+        return np.asarray(sorted(ids), dtype=np.int64)
+
+    def follow(self, cat: Catalogue) -> Catalogue:
+        """``cat`` after the changes it has not seen."""
+        for change in self.since(cat.version):
+            cat = apply_change(cat, change)
+        return cat
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as fd:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # changes queue up: none is lost, none is numbered twice
+            yield
+
+    def append(self, base: FeatureTables, *, block: Sequence[int] = (), unblock: Sequence[int] = (),
+               add: Sequence[dict[str, Any]] = (), update: Sequence[dict[str, Any]] = ()) -> Change:
+        """Validate a change against the catalogue as changed so far and write it as the next version.
+
+        Raises:
+            ValidationError: naming the first problem (unknown or duplicate ids, wrong columns, NaN);
+                nothing is written.
+        """
+        with self._lock():
+            last = self.read(self.version) if self.version else None
+            current = last.first_id + len(last.add) if last else base.n_items
+            change = Change(self.version + 1, current, tuple(_ids(block, current, "block")),
+                            tuple(_ids(unblock, current, "unblock")),
+                            tuple(_rows(add, base, need_id=False)), tuple(_rows(update, base, need_id=True, n=current)))
+            if not (change.block or change.unblock or change.add or change.update):
+                raise ValidationError("the change is empty", field="items")
+            atomic_write_text(self.dir / f"{change.version:06d}.json", json.dumps(change.to_json()))
+            return change
+
+
+def read_item_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Item rows from a JSON array (or ``{"items": [...]}``) or a JSON-lines file.
+
+    Raises:
+        ValidationError: the file is missing or does not parse, with the line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValidationError(f"cannot read {path}: {err.strerror}", field="file") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    data.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValidationError(f"{path} line {n}: not JSON ({err.msg})", field="file") from err
+    if isinstance(data, dict):
+        data = data.get("items", [data])
+    if not isinstance(data, list):
+        raise ValidationError(f"{path}: expected a JSON array of items", field="file")
+    return data
+
+
+def _ids(ids: Sequence[Any], n_items: int, what: str) -> list[int]:
+    out = []
+    for raw in ids:
+        if isinstance(raw, bool) or not isinstance(raw, int) and not (isinstance(raw, str) and raw.isdigit()):
+            raise ValidationError(f"{what}: item id {raw!r} is not an integer", field=what)
+        out.append(int(raw))
+    bad = [i for i in out if not 0 <= i < n_items]
+    if bad:
+        raise ValidationError(f"{what}: unknown item id(s) {bad[:5]} (ids are 0..{n_items - 1})", field=what)
+    if len(set(out)) != len(out):
+        raise ValidationError(f"{what}: duplicate item ids", field=what)
+    return out
+
+
+def _rows(rows: Sequence[dict[str, Any]], base: FeatureTables, *, need_id: bool, n: int = 0) -> list[dict[str, Any]]:
+    """Rows with exactly the item columns (all of them to add; some, and ``item_id``, to update)."""
+    out, seen = [], set()
+    for k, row in enumerate(rows):
+        where = f"row {k + 1}"
+        if not isinstance(row, dict):
+            raise ValidationError(f"{where}: expected an object of item columns", field="items")
+        if not need_id and "item_id" in row:
+            raise ValidationError(f"{where}: new items take the next ids; drop item_id", field="items")
+        cols = set(row) - {"item_id"}
+        unknown = cols - set(ITEM_FIELDS)
+        if unknown:
+            raise ValidationError(f"{where}: unknown column(s) {sorted(unknown)}; columns are {list(ITEM_FIELDS)}",
+                                  field="items")
+        if not need_id and cols != set(ITEM_FIELDS):
+            raise ValidationError(f"{where}: a new item needs every column; missing {sorted(set(ITEM_FIELDS) - cols)}",
+                                  field="items")
+        typed = _typed(row, base, where)
+        if need_id:
+            if "item_id" not in row:
+                raise ValidationError(f"{where}: an update names its item_id", field="items")
+            (item,) = _ids([row["item_id"]], n, "update")
+            if item in seen:
+                raise ValidationError(f"{where}: duplicate item id {item}", field="items")
+            seen.add(item)
+            typed["item_id"] = item
+        out.append(typed)
+    return out
+
+
+def _typed(row: dict[str, Any], base: FeatureTables, where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for col in ITEM_CAT_FIELDS:
+        if col in row:
+            v = row[col]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValidationError(f"{where}: {col} must be an integer id >= 1, got {v!r}", field="items")
+            out[col] = int(v)
+    for col in ITEM_NUM_FIELDS:
+        if col in row:
+            out[col] = _finite(row[col], f"{where}: {col}")
+    if "dense" in row:
+        d = row["dense"]
+        if not isinstance(d, list) or len(d) != base.dense_dim:
+            raise ValidationError(f"{where}: dense must be a list of {base.dense_dim} numbers", field="items")
+        out["dense"] = [_finite(x, f"{where}: dense") for x in d]
+    return out
+
+
+def _finite(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise ValidationError(f"{what} must be a finite number, got {v!r}", field="items")
+    return float(v)
+
+
+def apply_change(cat: Catalogue, change: Change) -> Catalogue:
+    """The catalogue after ``change`` (a new value; ``cat`` is not modified)."""
+    t = cat.tables
+    item_cat, item_num, item_dense = t.item_cat, t.item_num, t.item_dense
+    if change.add or change.update:
+        item_cat, item_num, item_dense = item_cat.copy(), item_num.copy(), item_dense.copy()
+        for row in change.update:
+            i = row["item_id"]
+            for j, col in enumerate(ITEM_CAT_FIELDS):
+                item_cat[i, j] = row.get(col, item_cat[i, j])
+            for j, col in enumerate(ITEM_NUM_FIELDS):
+                item_num[i, j] = row.get(col, item_num[i, j])
+            if "dense" in row:
+                item_dense[i] = row["dense"]
+        if change.add:
+            item_cat = np.vstack([item_cat, [[r[c] for c in ITEM_CAT_FIELDS] for r in change.add]])
+            item_num = np.vstack([item_num, [[r[c] for c in ITEM_NUM_FIELDS] for r in change.add]])
+            item_dense = np.vstack([item_dense, [r["dense"] for r in change.add]])
+        t = t.with_items(item_cat, item_num, item_dense)
+    blocked = np.zeros(t.n_items, dtype=bool)
+    blocked[: cat.blocked.size] = cat.blocked
+    blocked[list(change.block)] = True
+    blocked[list(change.unblock)] = False
+    blocked.setflags(write=False)
+    return Catalogue(t, blocked, change.version)

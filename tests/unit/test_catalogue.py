@@ -1,0 +1,175 @@
+"""Catalogue changes without a server: the change log's validation and numbering, folding changes,
+the pipeline never returning a blocked item, a replica's watcher applying changes (added items
+recallable), and the FAISS index taking upserts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving.errors import ValidationError
+from serving.index.faiss_index import build_index
+from serving.pipeline.catalogue import Catalogue
+from serving.pipeline.features import ITEM_CAT_FIELDS, ITEM_NUM_FIELDS
+from serving.repository.catalogue import ChangeLog, apply_change, read_item_rows
+from serving.repository.registry import ModelRegistry
+from serving.repository.watcher import RepositoryWatcher
+from serving.schemas import RankRequest, RankResponse
+from tests.unit.fakes import N_ITEMS, D, ScoringClient, make_pipeline, make_repo, make_tables
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path)
+
+
+def _item(**over: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {c: 2 for c in ITEM_CAT_FIELDS}
+    row.update({c: 0.5 for c in ITEM_NUM_FIELDS})
+    row["dense"] = [1.0] * D
+    row.update(over)
+    return row
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"block": [N_ITEMS]}, "unknown item id"),
+    ({"block": [-1]}, "unknown item id"),
+    ({"block": [3, 3]}, "duplicate"),
+    ({"block": ["x"]}, "not an integer"),
+    ({"add": [_item(colour=1)]}, "unknown column"),
+    ({"add": [{k: v for k, v in _item().items() if k != "rating"}]}, "missing ['rating']"),
+    ({"add": [_item(rating=math.nan)]}, "finite"),
+    ({"add": [_item(dense=[1.0] * (D + 1))]}, "dense must be a list"),
+    ({"add": [_item(), _item(shop=0)]}, "shop must be an integer id >= 1"),
+    ({"update": [{"item_id": 4, "log_price": 1.0}, {"item_id": 4, "rating": 0.1}]}, "duplicate item id 4"),
+    ({"update": [{"log_price": 1.0}]}, "names its item_id"),
+])
+def test_a_bad_change_is_refused_whole_with_the_reason(repo: Path, change: dict, reason: str) -> None:
+    log = ChangeLog(repo)
+    log.append(make_tables(), block=[1])
+    with pytest.raises(ValidationError) as info:
+        log.append(make_tables(), unblock=[1], **change)
+    assert reason in info.value.message
+    assert log.versions() == [1]  # nothing written: the good part (unblock 1) is not applied either
+    assert log.current(make_tables()).blocked[1]
+    with pytest.raises(ValidationError, match="empty"):
+        log.append(make_tables())
+
+
+def test_changes_fold_into_a_new_catalogue_and_leave_the_old_one_alone(repo: Path) -> None:
+    tables = make_tables()
+    log = ChangeLog(repo)
+    log.append(tables, block=[5, 6])
+    added = log.append(tables, add=[_item(), _item(rating=-1.0)])
+    assert added.added_ids == (N_ITEMS, N_ITEMS + 1)
+    log.append(tables, unblock=[6], update=[{"item_id": 7, "log_price": 2.5}, {"item_id": N_ITEMS, "shop": 9}])
+    v0 = Catalogue.initial(tables)
+    cat = log.follow(v0)
+    assert cat.version == 3 and cat.tables.n_items == N_ITEMS + 2
+    assert cat.blocked[5] and not cat.blocked[6] and cat.n_blocked == 1
+    assert cat.tables.item_num[7, ITEM_NUM_FIELDS.index("log_price")] == pytest.approx(2.5)
+    assert cat.tables.item_cat[N_ITEMS, ITEM_CAT_FIELDS.index("shop")] == 9
+    assert cat.tables.item_num[N_ITEMS + 1, ITEM_NUM_FIELDS.index("rating")] == pytest.approx(-1.0)
+    assert v0.version == 0 and v0.tables.n_items == N_ITEMS and v0.n_blocked == 0  # untouched
+    assert tables.item_num[7, ITEM_NUM_FIELDS.index("log_price")] != pytest.approx(2.5)
+    assert log.embedded_since(0, 3).tolist() == [7, N_ITEMS, N_ITEMS + 1]
+    assert log.embedded_since(2, 3).tolist() == [7, N_ITEMS]
+    assert cat.servable(np.array([5, 6, N_ITEMS + 1, N_ITEMS + 2, -1])).tolist() == [False, True, True, False, False]
+
+
+def test_concurrent_changes_lose_nothing(repo: Path) -> None:
+    """Writers in parallel (each its own log object, as separate processes would be) get distinct
+    versions 1..n and every change is in the catalogue."""
+    tables = make_tables()
+    errors: list[BaseException] = []
+
+    def block(i: int) -> None:
+        try:
+            ChangeLog(repo).append(tables, block=[i])
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=block, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    log = ChangeLog(repo)
+    assert log.versions() == list(range(1, 41))
+    assert sorted(log.current(tables).blocked.nonzero()[0].tolist()) == list(range(40))
+
+
+def test_item_files_are_read_as_json_or_json_lines(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps([_item(), _item()]))
+    (tmp_path / "b.jsonl").write_text(json.dumps(_item()) + "\n\n" + json.dumps(_item()) + "\n")
+    (tmp_path / "c.jsonl").write_text(json.dumps(_item()) + "\n{oops\n")
+    assert len(read_item_rows(tmp_path / "a.json")) == 2
+    assert len(read_item_rows(tmp_path / "b.jsonl")) == 2
+    with pytest.raises(ValidationError, match="line 2"):
+        read_item_rows(tmp_path / "c.jsonl")
+    with pytest.raises(ValidationError, match="cannot read"):
+        read_item_rows(tmp_path / "missing.json")
+
+
+def _rank(p: Any, **req: Any) -> RankResponse:
+    (r,) = asyncio.run(p.run_batch([p.prepare(RankRequest.model_validate({"user_id": 3, "k": 40, **req}))]))[0]
+    assert isinstance(r, RankResponse)
+    return r
+
+
+def test_blocked_items_are_never_returned_recalled_or_given(repo: Path) -> None:
+    p = make_pipeline(repo, ScoringClient())
+    first = [it.item_id for it in _rank(p).items]
+    given = list(range(0, 60))
+    blocked = first[:10] + [0, 1, 2]
+    p.catalogue = apply_change(p.catalogue, ChangeLog(repo).append(p.catalogue.tables, block=blocked))
+    recalled, from_given = _rank(p), _rank(p, candidates=given)
+    assert recalled.catalogue_version == from_given.catalogue_version == 1
+    assert not {it.item_id for it in recalled.items} & set(blocked)
+    assert len(recalled.items) == 40  # blocked items are replaced, not just dropped
+    assert not {it.item_id for it in from_given.items} & set(blocked)
+    assert first[10] in {it.item_id for it in recalled.items}
+
+
+def test_the_watcher_applies_changes_and_added_items_can_be_recalled(repo: Path) -> None:
+    p = make_pipeline(repo, ScoringClient())
+    user = p.catalogue.tables.user_dense[3]
+    w = RepositoryWatcher(p.settings, ModelRegistry(repo), p, p.recall.caller)
+    log = ChangeLog(repo)
+    # an item made to be the user's best match: its dense vector is the user's, scaled up
+    log.append(p.catalogue.tables, add=[_item(dense=(user * 10).tolist())])
+    log.append(p.catalogue.tables, block=[0])
+    assert w.follow_catalogue() == 2 and w.follow_catalogue() == 0
+    assert p.catalogue.version == 2 and p.recall.index.catalogue_version == 2
+    r = _rank(p)
+    assert r.catalogue_version == 2 and r.items[0].item_id == N_ITEMS
+    assert 0 not in {it.item_id for it in r.items}
+
+
+def test_faiss_indexes_take_upserts() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16))
+    emb = centres[rng.integers(0, 20, 4000)] + 0.1 * rng.normal(size=(4000, 16))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    new = rng.normal(size=(3, 16)).astype(np.float32)
+    for kind in ("flat", "ivf", "ivfpq"):
+        index = build_index(emb, kind=kind, nlist=16)
+        index.upsert(np.array([7, 4000, 4001]), new, catalogue_version=5)
+        assert index.n_items == 4002 and index.catalogue_version == 5
+        _, ids = index.search(new, 1)
+        assert ids[:, 0].tolist() == [7, 4000, 4001], kind
+        _, near_old = index.search(emb[7:8], 5)
+        assert 7 not in near_old[0] or kind == "ivfpq"  # the old vector of item 7 is gone
+        with pytest.raises(ValueError, match="follow on"):
+            index.upsert(np.array([5000]), new[:1], catalogue_version=6)
+    hnsw = build_index(emb, kind="hnsw")
+    with pytest.raises(ValueError, match="HNSW"):
+        hnsw.upsert(np.array([3]), new[:1], catalogue_version=1)
