@@ -39,11 +39,15 @@ class RecallStage:
         index: the item index built from the item tower of the same user tower version.
         caller: Triton model caller.
         model: user tower model name in Triton; ``version``: its version, matching ``index``.
+        label: what answers recalled here say they came from (``recall``): ``faiss``, or the
+            kind of another index (``torch_exact``).
     """
 
-    def __init__(self, tables: FeatureTables, index: VectorIndex, caller: ModelCaller, model: str, version: int) -> None:
+    def __init__(self, tables: FeatureTables, index: VectorIndex, caller: ModelCaller, model: str, version: int,
+                 *, label: str = "faiss") -> None:
         self.tables = tables
         self.index = index
+        self.label = label
         self.caller = caller
         self.model = model
         self.version = version
