@@ -25,10 +25,11 @@ __all__ = ["main"]
 log = logging.getLogger("rankserve")
 
 
-def _build(settings: Settings, *, scale: float = 1.0, force: bool = False) -> dict:
+def _build(settings: Settings, *, scale: float = 1.0, force: bool = False, index: bool = True) -> dict:
     from training.build import build
 
-    return build(settings.marketplace_path.parent, settings.model_repository, scale=scale, force=force)
+    return build(settings.marketplace_path.parent, settings.model_repository, scale=scale, force=force,
+                 index=index)
 
 
 @contextlib.contextmanager
@@ -143,7 +144,7 @@ def _drain(settings: Settings) -> None:
 
 
 def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
-    summary = _build(settings, scale=args.scale, force=args.force)
+    summary = _build(settings, scale=args.scale, force=args.force, index=args.index)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -293,6 +294,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="generate the demo marketplace, train and export the models")
     b.add_argument("--scale", type=float, default=1.0, help="size multiplier of the demo marketplace")
     b.add_argument("--force", action="store_true", help="rebuild even if built")
+    b.add_argument("--no-index", dest="index", action="store_false",
+                   help="skip the FAISS index and its recall@500 (for machines without FAISS; serving needs it)")
     b.set_defaults(func=cmd_build)
     from serving.tools.bench import add_arguments
 

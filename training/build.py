@@ -2,6 +2,11 @@
 
 Idempotent: when ``build.json`` records the same seed and scale and the repository holds both
 models, nothing is rebuilt. ``python -m training.build --data-dir .rankserve/data --repo model_repository``.
+
+``--no-index`` (``build(..., index=False)``) skips the FAISS index and its recall@500 figure and
+never imports FAISS: the user tower version then carries its item embeddings alone (exact search
+with torch can use them; ``serving.index.torch_exact``). The summary says so. Serving with the
+default FAISS recall needs the default build.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ __all__ = ["build", "load_built_marketplace"]
 
 log = logging.getLogger(__name__)
 MODELS = ("user_tower", "ranker")
+NO_INDEX = "none: built with --no-index (no FAISS index, no recall@500)"
 
 
 def _built(repo: Path) -> bool:
@@ -55,13 +61,20 @@ def _served_recall(repo: Path, version: int, tables: FeatureTables, seed: int) -
     return {"recall_at_500": round(rec, 4), "index_kind": index.kind, "index_nprobe": index.nprobe}
 
 
-def build(data_dir: Path, repo: Path, *, scale: float = 1.0, seed: int = 0, force: bool = False) -> dict[str, Any]:
-    """Generate data, train, export and install both models; returns the build summary."""
+def build(data_dir: Path, repo: Path, *, scale: float = 1.0, seed: int = 0, force: bool = False,
+          index: bool = True) -> dict[str, Any]:
+    """Generate data, train, export and install both models; returns the build summary.
+
+    Args:
+        index: build the FAISS index and measure its recall@500 (False: neither, FAISS not imported;
+            a cached build without an index is rebuilt when an index is asked for).
+    """
     data_dir, repo = Path(data_dir), Path(repo)
     summary_path = data_dir / "build.json"
     if not force and summary_path.is_file() and _built(repo):
         summary = json.loads(summary_path.read_text())
-        if summary.get("seed") == seed and summary.get("scale") == scale:
+        has_index = summary.get("index", True)  # builds before --no-index always had one
+        if summary.get("seed") == seed and summary.get("scale") == scale and (has_index or not index):
             return {**summary, "cached": True}
     t0 = time.perf_counter()
     cfg = MarketConfig(seed=seed).scaled(scale)
@@ -77,10 +90,14 @@ def build(data_dir: Path, repo: Path, *, scale: float = 1.0, seed: int = 0, forc
     tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
     for name in MODELS:
         shutil.rmtree(repo / name, ignore_errors=True)
-        versions[name] = install_artifact(repo, name, artifacts / name, tables)
+        versions[name] = install_artifact(repo, name, artifacts / name, tables, index=index)
         ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
-    models.quality.update(_served_recall(repo, versions["user_tower"], tables, seed))
-    summary = {"seed": seed, "scale": scale, "config": asdict(cfg), "quality": models.quality,
+    quality: dict[str, Any] = dict(models.quality)
+    if index:
+        quality.update(_served_recall(repo, versions["user_tower"], tables, seed))
+    else:
+        quality.update({"recall_at_500": None, "index_kind": NO_INDEX})
+    summary = {"seed": seed, "scale": scale, "index": index, "config": asdict(cfg), "quality": quality,
                "versions": versions, "data_s": round(t_data, 1),
                "build_s": round(time.perf_counter() - t0, 1),
                "impressions": int(mp.imp_click.size), "ctr": round(float(mp.imp_click.mean()), 4)}
@@ -96,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--no-index", dest="index", action="store_false",
+                   help="no FAISS index and no recall@500 (FAISS not imported)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(build(a.data_dir, a.repo, scale=a.scale, seed=a.seed, force=a.force), indent=2))
+    print(json.dumps(build(a.data_dir, a.repo, scale=a.scale, seed=a.seed, force=a.force, index=a.index), indent=2))
     return 0
 
 

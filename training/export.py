@@ -84,12 +84,11 @@ def export_artifacts(mp: Marketplace, models: TrainedModels, out: Path, *, seed:
     return paths
 
 
-def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTables) -> int:
+def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTables, *, index: bool = True) -> int:
     """Add an artifact to ``repo`` as a new version (first install; ``rankserve push`` validates and
     moves traffic). A user tower's FAISS index is built here from its item embeddings, with
-    ``nprobe`` tuned on the tower's own user embeddings."""
-    from serving.index.faiss_index import build_index, save_index, tower_queries
-
+    ``nprobe`` tuned on the tower's own user embeddings; with ``index=False`` the version gets its
+    item embeddings alone and FAISS is not imported."""
     module = torch.jit.load(str(artifact / "model.pt"))
     meta = json.loads((artifact / "meta.json").read_text())
     golden = load_golden(artifact)
@@ -100,11 +99,14 @@ def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTable
     with tempfile.TemporaryDirectory() as tmp:
         extra: dict[str, Path] = {}
         if (artifact / "item_emb.npy").is_file():
+            extra = {"item_emb.npy": artifact / "item_emb.npy"}
+        if extra and index:
+            from serving.index.faiss_index import build_index, save_index, tower_queries
+
             queries = tower_queries(module, tables.user_cat[: tables.n_users], tables.user_dense[: tables.n_users])
-            index = build_index(np.load(artifact / "item_emb.npy"), queries=queries)
-            save_index(index, Path(tmp) / "items.faiss")
-            extra = {"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json",
-                     "item_emb.npy": artifact / "item_emb.npy"}
+            built = build_index(np.load(artifact / "item_emb.npy"), queries=queries)
+            save_index(built, Path(tmp) / "items.faiss")
+            extra.update({"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json"})
         return export_version(repo, name, module, sig["inputs"], sig["outputs"],
                               {t.name: golden[t.name] for t in sig["inputs"]}, meta,
                               max_batch_size=sig["max_batch_size"], extra_files=extra)
