@@ -84,12 +84,13 @@ def _step_lines(report: dict[str, Any]) -> list[str]:
     v = env.get("versions") or {}
     tri = report.get("triton") or {}
     build = report.get("build") or {}
+    not_run = "skipped (dry run)" if report.get("dry_run") else "not run"
     lines = [f"- machine: {env.get('gpu', 'no GPU (dry run)')}; python {v.get('python')}, torch {v.get('torch')} "
              f"(CUDA {env.get('torch_cuda')}), numpy {v.get('numpy')}, cupy {v.get('cupy-cuda13x') or v.get('cupy-cuda12x')}, "
              f"numba {v.get('numba')}, tritonclient {v.get('tritonclient')}, nvidia-pytriton {v.get('nvidia-pytriton')}",
              f"- build without FAISS: {build.get('wall_s')} s, quality {build.get('quality')}",
-             f"- GPU tests: {(report.get('gpu_tests') or {}).get('summary', 'not run')}",
-             f"- kernel bench: {(report.get('kernel_bench') or {}).get('best', 'not run')}",
+             f"- GPU tests: {(report.get('gpu_tests') or {}).get('summary', not_run)}",
+             f"- kernel bench: {(report.get('kernel_bench') or {}).get('best', not_run)}",
              f"- crossing backend: {env.get('cross_backend')}; recall: exact search with torch on the "
              f"{'CPU' if report.get('dry_run') else 'GPU'} (torch_exact, not FAISS)",
              f"- Triton: instance kinds {tri.get('instance_kinds')}, instances run on {tri.get('instance_devices')}, "
