@@ -212,7 +212,7 @@ def _kernel_bench(run: _Run) -> None:
 
 def _sweep(run: _Run, way: str, make_client: Callable[[], Any]) -> list[dict[str, Any]]:
     """Every (candidates, batch) point of one way that fits the budget, one line each."""
-    from serving.tools.gpu_sweep import make_pipeline, measure_point, recall_requests
+    from serving.tools.gpu_sweep import make_pipeline, measure_point, recall_requests, warm_up
 
     batches = [int(b) for b in run.args.batches.split(",")] if run.args.batches else (
         list(DRY_BATCHES) if run.dry else list(BATCHES))
@@ -224,6 +224,8 @@ def _sweep(run: _Run, way: str, make_client: Callable[[], Any]) -> list[dict[str
             try:
                 pipeline = make_pipeline(run.settings.model_copy(update={"recall_n": n}), client, device=run.device)
                 requests = recall_requests(pipeline.tables.n_users)
+                warm_s = await warm_up(pipeline, requests, batches)
+                run.log.line(f"{way} n={n}: pipeline warmed up on every batch size in {warm_s:.1f} s")
                 for c in batches:
                     duration = run.point_duration()
                     if duration is None:

@@ -8,7 +8,8 @@ starts Triton), files beyond reading the repository and tables.
 
 One point = ``batch`` recall requests of ``candidates`` each, ranked as one batch by
 :meth:`serving.pipeline.orchestration.RankPipeline.run_batch`, one batch at a time, back to back
-for ``duration_s`` after a warm-up; every request of a batch has the batch's latency. Candidates/s counts
+for ``duration_s`` after a warm-up (each pipeline first runs every batch size twice, each point
+then warms up again); every request of a batch has the batch's latency. Candidates/s counts
 the rows ranked over the point's wall time. A request that failed or was answered degraded
 counts as a failure, and a point with failures never makes the headline.
 """
@@ -33,7 +34,8 @@ from serving.triton.caller import AsyncInferClient
 from serving.triton.client import TritonClient
 from serving.triton.inprocess import InProcessClient
 
-__all__ = ["STAGES", "Point", "headline", "make_pipeline", "measure_point", "recall_requests", "score_check"]
+__all__ = ["STAGES", "Point", "headline", "make_pipeline", "measure_point", "recall_requests", "score_check",
+           "warm_up"]
 
 STAGES = ("recall", "cross", "rank")
 SCORE_TOLERANCE = 1e-5
@@ -79,6 +81,17 @@ class Point:
                 "rps": self.requests / self.wall_s, "candidates_per_s": self.rows / self.wall_s,
                 "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
                 "stage_share": {k: round(v, 4) for k, v in shares.items()}}
+
+
+async def warm_up(pipeline: RankPipeline, requests: list[RankRequest], batches: list[int], rounds: int = 2) -> float:
+    """Run ``rounds`` batches of every size in ``batches`` before any point is measured, so that
+    TorchScript has seen each shape (it profiles, then compiles, per shape) and the GPU backends
+    have allocated; returns the seconds it took."""
+    t0 = time.perf_counter()
+    for c in batches:
+        for r in range(rounds):
+            await pipeline.run_batch([pipeline.prepare(requests[(r * c + j) % len(requests)]) for j in range(c)])
+    return time.perf_counter() - t0
 
 
 async def measure_point(pipeline: RankPipeline, requests: list[RankRequest], *, way: str, batch: int,

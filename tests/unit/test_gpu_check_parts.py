@@ -13,7 +13,7 @@ from serving.schemas import RankRequest
 from serving.tools import gpu_carry
 from serving.tools.gpu_check import pytest_counts
 from serving.tools.gpu_report import final_line, markdown
-from serving.tools.gpu_sweep import headline, measure_point
+from serving.tools.gpu_sweep import headline, measure_point, warm_up
 from tests.unit.fakes import ScoringClient, make_pipeline, make_repo
 
 
@@ -31,6 +31,14 @@ def test_measure_point_counts_rows_latency_and_stage_shares(tmp_path: Path) -> N
     assert point["candidates"] == 40 and point["candidates_per_s"] > 0 and point["p99_ms"] >= point["p50_ms"] > 0
     assert set(point["stage_share"]) == {"recall", "cross", "rank", "other"}
     assert abs(sum(point["stage_share"].values()) - 1.0) < 1e-3
+
+
+def test_warm_up_runs_every_batch_size_twice(tmp_path: Path) -> None:
+    client = ScoringClient()
+    p = make_pipeline(make_repo(tmp_path), client)
+    reqs = [RankRequest.model_validate({"user_id": u}) for u in range(5)]
+    assert asyncio.run(warm_up(p, reqs, [1, 3])) > 0
+    assert [rows for model, _, rows in client.calls if model == "user_tower"] == [1, 1, 3, 3]
 
 
 def test_degraded_answers_count_as_failures(tmp_path: Path) -> None:
