@@ -1,4 +1,4 @@
-"""``make gpu-check``: the GPU evidence of issue 13 in one device call of at most ~6 minutes.
+"""``make gpu-check``: the GPU evidence of issue 13 in one device call of about 5 minutes.
 
 Usage. Here, on the CPU machine with the venv: ``python -m serving.tools.gpu_check prepare``
 downloads the wheels the bare device image lacks into ``.whl/`` and prints the one ``device`` call
@@ -48,6 +48,7 @@ from typing import Any
 
 from serving.config import REPO_ROOT, Settings
 from serving.tools import gpu_probe
+from serving.tools.gpu_carry import CHECK_BUDGET_S
 from serving.tools.gpu_report import final_line, markdown
 
 __all__ = ["main", "pytest_counts"]
@@ -125,7 +126,7 @@ def pytest_counts(text: str) -> dict[str, int]:
 
 def _step_timeout(run: _Run, cap_s: float = 120.0) -> float:
     """A fixed step's limit: at most ``cap_s``, and never the time the Triton steps need."""
-    return max(30.0, min(cap_s, run.left_s() - 150.0))
+    return max(30.0, min(cap_s, run.left_s() - 120.0))
 
 
 def _subprocess(run: _Run, title: str, cmd: list[str], timeout_s: float) -> tuple[int, str]:
@@ -366,7 +367,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="report folder (default docs/gpu; dry run: bench/results/gpu-check-dry-run)")
     p.add_argument("--work-dir", type=Path, help="where the demo data and models are built (default: a new temp dir)")
     p.add_argument("--scale", type=float, default=1.0, help="size of the demo marketplace (as rankserve build)")
-    p.add_argument("--budget-s", type=float, default=300.0, help="the check's own time budget; sweep points adapt")
+    p.add_argument("--budget-s", type=float, default=float(CHECK_BUDGET_S),
+                   help="the check's own time budget; sweep points adapt")
     p.add_argument("--duration-s", type=float, help="measured seconds per sweep point (default 3; dry run 0.5)")
     p.add_argument("--batches", help="comma-separated batch sizes (default 1,2,4,8,16,32,64; dry run 1,8)")
     p.add_argument("--kernel-sizes", default="1000,10000,100000,1000000", help="pairs per kernel bench row")
