@@ -318,9 +318,14 @@ def _inprocess(run: _Run) -> None:
     if run.dry:
         run.skip("in-process TorchScript on the GPU", "dry run: the in-process models run on the CPU")
 
+    # as many torch threads as each Triton instance has: the two ways compare like for like, and a
+    # CPU shared with other work does not stall torch's thread pool (two threads on two busy cores
+    # ran the in-process dry run over 30x slower here)
+    threads = run.settings.triton_torch_threads
     run.report.setdefault("pipelines", {})["inprocess"] = {
-        "client": f"InProcessClient (TorchScript on {run.device})",
-        "points": _sweep(run, "inprocess", lambda: InProcessClient(run.settings.model_repository, device=run.device))}
+        "client": f"InProcessClient (TorchScript on {run.device}, {threads} torch thread(s))",
+        "points": _sweep(run, "inprocess", lambda: InProcessClient(run.settings.model_repository, device=run.device,
+                                                                   num_threads=threads))}
 
 
 _STEPS: tuple[tuple[str, Callable[[_Run], None]], ...] = (
