@@ -35,6 +35,7 @@ import asyncio
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -370,7 +371,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the check (default), or prepare the device call's wheels here")
     p.add_argument("--dry-run", action="store_true", help="on a machine without a GPU: GPU steps skipped, saying so")
     p.add_argument("--out", type=Path, help="report folder (default docs/gpu; dry run: bench/results/gpu-check-dry-run)")
-    p.add_argument("--work-dir", type=Path, help="where the demo data and models are built (default: a new temp dir)")
+    p.add_argument("--work-dir", type=Path,
+                   help="where the demo data and models are built (default: a new temp dir, removed at the end)")
     p.add_argument("--scale", type=float, default=1.0, help="size of the demo marketplace (as rankserve build)")
     p.add_argument("--budget-s", type=float, default=float(CHECK_BUDGET_S),
                    help="the check's own time budget; sweep points adapt")
@@ -396,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args.duration_s = args.duration_s or (0.5 if args.dry_run else 3.0)
     args.out = args.out or REPO_ROOT / ("bench/results/gpu-check-dry-run" if args.dry_run else "docs/gpu")
+    own_work_dir = args.work_dir is None  # a temp dir of its own goes at the end; a given one stays
     args.work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="rankserve-gpu-check-"))
     out_log = _Log(Path(args.out) / "gpu-check.log")
     logging.basicConfig(level=logging.INFO, handlers=[logging.FileHandler(out_log.path)],
@@ -411,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         line = _finish(run)
     finally:
         out_log.close()
+        if own_work_dir:
+            shutil.rmtree(args.work_dir, ignore_errors=True)
     return 0 if "scores_match=true" in line and not run.report.get("errors") else 1
 
 
