@@ -1,13 +1,20 @@
 # rankserve: two commands on a fresh machine.
 #   make serve   set up .venv, build demo data + models on first run, start Triton + Ray Serve on :8000
 #   make test    set up .venv, lint (ruff, mypy), build demo data + models on first run, run the whole test suite
+# GPU evidence in one device call (serving/tools/gpu_check.py):
+#   make gpu-check-prepare              here: wheels for the bare device image into .whl/, prints the device call
+#   make gpu-check                      on the device machine (python3 of the image, no venv): the check itself
+#   make gpu-check ARGS=--dry-run       here: the same script, every GPU step skipped and saying so
 PYTHON ?= python3
 VENV   ?= .venv
 EXTRA  ?= cpu
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(EXTRA)
+# the GPU check runs where it is: the venv's python here, the image's python3 on a device machine
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: serve test cluster-test install build bench capacity chaos freshness kernel-bench loadtest lint clean
+.PHONY: serve test cluster-test install build bench capacity chaos freshness kernel-bench loadtest lint clean \
+        gpu-check gpu-check-prepare
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +56,12 @@ kernel-bench: install
 
 loadtest: install
 	$(PY) -m loadtest.run
+
+gpu-check:
+	$(GPU_PY) -m serving.tools.gpu_check $(ARGS)
+
+gpu-check-prepare: install
+	$(PY) -m serving.tools.gpu_check prepare
 
 lint: install
 	$(PY) -m ruff check serving kernels training loadtest tests

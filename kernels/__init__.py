@@ -6,6 +6,7 @@ from kernels.dispatch import (
     KernelBackendError,
     available_backends,
     get_crosser,
+    gpu_unavailable_reason,
     set_cpu_threads,
 )
 from kernels.spec import CrossInputs, CrossOutput, CrossSpec, cross_hash_scalar
@@ -20,5 +21,6 @@ __all__ = [
     "available_backends",
     "cross_hash_scalar",
     "get_crosser",
+    "gpu_unavailable_reason",
     "set_cpu_threads",
 ]

@@ -17,7 +17,8 @@ import numpy as np
 from kernels._numpy import cross_numpy
 from kernels.spec import CrossInputs, CrossOutput, CrossSpec
 
-__all__ = ["BACKENDS", "KernelBackendError", "Crosser", "available_backends", "get_crosser", "set_cpu_threads"]
+__all__ = ["BACKENDS", "KernelBackendError", "Crosser", "available_backends", "get_crosser", "gpu_unavailable_reason",
+           "set_cpu_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,27 @@ class Crosser:
 
     backend: str
     cross: CrossFn
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Why no real CUDA GPU can be used here, or ``None`` when Numba sees one.
+
+    Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) is never counted as a GPU: it runs
+    ``@cuda.jit`` kernels on the CPU, and ``numba.cuda.is_available()`` says True under it.
+    """
+    try:
+        import numba
+        from numba import cuda
+    except ImportError as err:
+        return f"numba CUDA support is not installed ({err})"
+    if getattr(numba.config, "ENABLE_CUDASIM", 0):  # set at import from the environment
+        return "only Numba's CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1): it is not a GPU"
+    try:
+        if cuda.is_available():
+            return None
+    except Exception as err:  # noqa: BLE001 - any driver problem means no usable GPU here
+        return f"no CUDA GPU: {err}"
+    return "no CUDA GPU visible (numba.cuda.is_available() is False)"
 
 
 def _load(name: str, *, allow_simulator: bool = True) -> CrossFn:

@@ -34,10 +34,12 @@ def at_scale(settings: Settings, items: int | None, users: int | None) -> Settin
     return settings.model_copy(update={"data_dir": home, "model_repository": home / "model_repository"})
 
 
-def _build(settings: Settings, *, items: int | None = None, users: int | None = None, force: bool = False) -> dict:
+def _build(settings: Settings, *, items: int | None = None, users: int | None = None, force: bool = False,
+           index: bool = True) -> dict:
     from training.build import build
 
-    return build(settings.marketplace_path.parent, settings.model_repository, items=items, users=users, force=force)
+    return build(settings.marketplace_path.parent, settings.model_repository, items=items, users=users, force=force,
+                 index=index)
 
 
 @contextlib.contextmanager
@@ -153,7 +155,7 @@ def _drain(settings: Settings) -> None:
 
 def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
     scaled = at_scale(settings, args.items, args.users)
-    summary = _build(scaled, items=args.items, users=args.users, force=args.force)
+    summary = _build(scaled, items=args.items, users=args.users, force=args.force, index=args.index)
     summary["data_dir"], summary["model_repository"] = str(scaled.data_dir), str(scaled.model_repository)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -368,6 +370,8 @@ def _parser() -> argparse.ArgumentParser:
                                           "into <data dir>/scales/, never over the default")
     b.add_argument("--users", type=int, help="users (default: the demo's 20,000)")
     b.add_argument("--force", action="store_true", help="rebuild even if built")
+    b.add_argument("--no-index", dest="index", action="store_false",
+                   help="skip the FAISS index and its recall@500 (for machines without FAISS; serving needs it)")
     b.set_defaults(func=cmd_build)
     from serving.tools.bench import add_arguments
 

@@ -5,6 +5,11 @@ models, nothing is rebuilt. The summary carries the quality a ranking team reads
 the oracle, log loss and calibration (ECE), the index's recall@500 against exact search and its
 memory, and the served pipeline's NDCG@20 against the oracle pipeline.
 ``python -m training.build --data-dir .rankserve/data --repo model_repository [--items N --users M]``.
+
+``--no-index`` (``build(..., index=False)``) skips the FAISS index, its recall@500 and the NDCG
+of the served pipeline, and never imports FAISS: the user tower version then carries its item
+embeddings alone (exact search with torch can use them; ``serving.index.torch_exact``). The
+summary says so. Serving with the default FAISS recall needs the default build.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = ["build", "load_built_marketplace"]
 
 log = logging.getLogger(__name__)
 MODELS = ("user_tower", "ranker")
+NO_INDEX = "none: built with --no-index (no FAISS index, no recall@500)"
 
 
 def _built(repo: Path) -> bool:
@@ -65,15 +71,21 @@ def served_quality(mp: Marketplace, repo: Path, seed: int = 0) -> dict[str, Any]
 
 
 def build(data_dir: Path, repo: Path, *, items: int | None = None, users: int | None = None, seed: int = 0,
-          force: bool = False) -> dict[str, Any]:
+          force: bool = False, index: bool = True) -> dict[str, Any]:
     """Generate data (``items`` items and ``users`` users, default the demo's), train, export and
-    install both models; returns the build summary."""
+    install both models; returns the build summary.
+
+    Args:
+        index: build the FAISS index and measure its recall@500 (False: neither, FAISS not imported;
+            a cached build without an index is rebuilt when an index is asked for).
+    """
     data_dir, repo = Path(data_dir), Path(repo)
     summary_path = data_dir / "build.json"
     cfg = MarketConfig(seed=seed).sized(items=items, users=users)
     if not force and summary_path.is_file() and _built(repo):
         summary = json.loads(summary_path.read_text())
-        if summary.get("config") == asdict(cfg):
+        has_index = summary.get("index", True)  # builds before --no-index always had one
+        if summary.get("config") == asdict(cfg) and (has_index or not index):
             return {**summary, "cached": True}
     t0 = time.perf_counter()
     mp = generate(cfg)
@@ -88,10 +100,14 @@ def build(data_dir: Path, repo: Path, *, items: int | None = None, users: int | 
     tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
     for name in MODELS:
         shutil.rmtree(repo / name, ignore_errors=True)
-        versions[name] = install_artifact(repo, name, artifacts / name, tables)
+        versions[name] = install_artifact(repo, name, artifacts / name, tables, index=index)
         ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
-    models.quality.update(served_quality(mp, repo, seed))
-    summary = {"seed": seed, "config": asdict(cfg), "quality": models.quality,
+    quality: dict[str, Any] = dict(models.quality)
+    if index:
+        quality.update(served_quality(mp, repo, seed))
+    else:
+        quality.update({"recall_at_500": None, "index_kind": NO_INDEX})
+    summary = {"seed": seed, "index": index, "config": asdict(cfg), "quality": quality,
                "versions": versions, "data_s": round(t_data, 1),
                "build_s": round(time.perf_counter() - t0, 1),
                "impressions": int(mp.imp_click.size), "ctr": round(float(mp.imp_click.mean()), 4)}
@@ -108,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, help="users (default: the demo's 20,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--no-index", dest="index", action="store_false",
+                   help="no FAISS index and no recall@500 (FAISS not imported)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(build(a.data_dir, a.repo, items=a.items, users=a.users, seed=a.seed, force=a.force), indent=2))
+    print(json.dumps(build(a.data_dir, a.repo, items=a.items, users=a.users, seed=a.seed, force=a.force,
+                           index=a.index), indent=2))
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.index.item_tower import ITEM_TOWER_FILE, index_catalogue
+from serving.index.item_tower import ITEM_TOWER_FILE, embed_items, index_catalogue
 from serving.pipeline.features import (
     RANKER_INPUTS,
     RANKER_OUTPUT,
@@ -86,12 +86,11 @@ def export_artifacts(mp: Marketplace, models: TrainedModels, out: Path, *, seed:
     return paths
 
 
-def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTables) -> int:
+def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTables, *, index: bool = True) -> int:
     """Add an artifact to ``repo`` as a new version (first install; ``rankserve push`` validates and
-    moves traffic). A user tower's FAISS index is built here with its item tower over the
-    catalogue, with ``nprobe`` tuned on the tower's own user embeddings."""
-    from serving.index.faiss_index import save_index
-
+    moves traffic). A user tower's item tower embeds the catalogue here and its FAISS index is
+    built over it, with ``nprobe`` tuned on the tower's own user embeddings; with ``index=False``
+    the version gets its item embeddings alone and FAISS is not imported."""
     module = torch.jit.load(str(artifact / "model.pt"))
     meta = json.loads((artifact / "meta.json").read_text())
     golden = load_golden(artifact)
@@ -103,11 +102,16 @@ def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTable
         extra: dict[str, Path] = {}
         if (artifact / ITEM_TOWER_FILE).is_file():
             item_tower = torch.jit.load(str(artifact / ITEM_TOWER_FILE))
-            index, emb = index_catalogue(module, item_tower, tables)
-            save_index(index, Path(tmp) / "items.faiss")
+            if index:
+                from serving.index.faiss_index import save_index
+
+                built, emb = index_catalogue(module, item_tower, tables)
+                save_index(built, Path(tmp) / "items.faiss")
+                extra = {"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json"}
+            else:
+                emb = embed_items(item_tower, tables)
             np.save(Path(tmp) / "item_emb.npy", emb)
-            extra = {"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json",
-                     "item_emb.npy": Path(tmp) / "item_emb.npy", ITEM_TOWER_FILE: artifact / ITEM_TOWER_FILE}
+            extra.update({"item_emb.npy": Path(tmp) / "item_emb.npy", ITEM_TOWER_FILE: artifact / ITEM_TOWER_FILE})
         return export_version(repo, name, module, sig["inputs"], sig["outputs"],
                               {t.name: golden[t.name] for t in sig["inputs"]}, meta,
                               max_batch_size=sig["max_batch_size"], extra_files=extra)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serving.errors import BackendUnavailableError
-from serving.index.faiss_index import ItemIndex, build_index, tower_queries
 from serving.pipeline.features import FeatureTables
+
+if TYPE_CHECKING:
+    from serving.index.faiss_index import ItemIndex
 
 __all__ = ["ITEM_TOWER_FILE", "ItemEmbedder", "embed_items", "index_catalogue"]
 
@@ -46,6 +48,8 @@ def index_catalogue(user_tower: Any, item_tower: Any, tables: FeatureTables, *,
     """The item index of one user tower version over every item of ``tables`` (the catalogue at
     change ``catalogue_version``), with ``nprobe`` tuned on that tower's user embeddings, and the
     embeddings it holds."""
+    from serving.index.faiss_index import build_index, tower_queries  # FAISS only where an index is built
+
     emb = embed_items(item_tower, tables)
     queries = tower_queries(user_tower, tables.user_cat[: tables.n_users], tables.user_dense[: tables.n_users])
     return build_index(emb, queries=queries, catalogue_version=catalogue_version), emb

@@ -3,6 +3,9 @@
 Owns: the recall stage's factory (a user tower version with the index of the same version) and
 the wiring of the whole pipeline. Must not touch: Ray, HTTP, gRPC; it reads the repository only
 through :class:`serving.pipeline.orchestration.ModelCatalog`.
+
+FAISS is imported only when the index is loaded here: a caller that brings its own index (the GPU
+check's ``torch_exact`` on a machine without FAISS) never imports it.
 """
 
 from __future__ import annotations
@@ -10,14 +13,13 @@ from __future__ import annotations
 from kernels import set_cpu_threads
 from serving.config import Settings
 from serving.errors import BackendUnavailableError
-from serving.index.faiss_index import load_index, set_search_threads
 from serving.index.item_tower import ItemEmbedder
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.crossing import CrossingStage
 from serving.pipeline.features import FeatureTables
 from serving.pipeline.orchestration import ModelCatalog, RankPipeline
 from serving.pipeline.ranking import RankingStage
-from serving.pipeline.recall import RecallStage
+from serving.pipeline.recall import RecallStage, VectorIndex
 from serving.triton.caller import AsyncInferClient, ModelCaller
 from serving.triton.config import read_config
 
@@ -30,29 +32,46 @@ def make_caller(settings: Settings, client: AsyncInferClient) -> ModelCaller:
 
 
 def make_recall(settings: Settings, catalog: ModelCatalog, cat: Catalogue, caller: ModelCaller,
-                version: int) -> RecallStage:
+                version: int, *, index: VectorIndex | None = None) -> RecallStage:
     """The recall stage of one user tower version, with the item index and item tower from the
-    same version. The index holds the catalogue at the change it was built with; the caller brings
-    it up to ``cat`` (``RecallStage.apply``) before using it."""
+    same version: its FAISS index, or ``index`` when the caller built one from that version
+    (labelled by its kind). The index holds the catalogue at the change it was built with; the
+    caller brings it up to ``cat`` (``RecallStage.apply``) before using it."""
+    label = "faiss"
     tower_dir = catalog.version_dir(settings.user_tower_model, version)
-    index = load_index(tower_dir / "items.faiss", use_gpu=settings.faiss_gpu)
+    if index is None:
+        from serving.index.faiss_index import load_index
+
+        index = load_index(tower_dir / "items.faiss", use_gpu=settings.faiss_gpu)
+    else:
+        label = index.kind
     if index.catalogue_version == cat.version and index.n_items != cat.tables.n_items:
         raise BackendUnavailableError(
             f"index of {settings.user_tower_model} v{version} has {index.n_items} items, "
             f"catalogue has {cat.tables.n_items}"
         )
-    return RecallStage(cat.tables, index, caller, settings.user_tower_model, version, ItemEmbedder(tower_dir))
+    return RecallStage(cat.tables, index, caller, settings.user_tower_model, version, ItemEmbedder(tower_dir),
+                       label=label)
 
 
-def create_pipeline(settings: Settings, client: AsyncInferClient, catalog: ModelCatalog) -> RankPipeline:
+def create_pipeline(settings: Settings, client: AsyncInferClient, catalog: ModelCatalog, *,
+                    index: VectorIndex | None = None) -> RankPipeline:
     """Load tables, index and model metadata and wire the stages (in-process; no Ray needed).
-    Native CPU code in this process gets ``settings.cpu_threads`` threads."""
-    set_search_threads(settings.cpu_threads)
+    Native CPU code in this process gets ``settings.cpu_threads`` threads.
+
+    Args:
+        index: the live user tower version's item index, built by the caller; default: its FAISS
+            index, loaded here.
+    """
+    if index is None:
+        from serving.index.faiss_index import set_search_threads
+
+        set_search_threads(settings.cpu_threads)
     set_cpu_threads(settings.cpu_threads)
     tables = FeatureTables.load(settings.marketplace_path)
     caller = make_caller(settings, client)
     recall = make_recall(settings, catalog, Catalogue.initial(tables), caller,
-                         catalog.traffic(settings.user_tower_model).live)
+                         catalog.traffic(settings.user_tower_model).live, index=index)
     max_rows = read_config(settings.model_repository, settings.ranker_model).max_batch_size
     return RankPipeline(settings, tables, catalog, recall, CrossingStage(tables, settings.cross_backend),
                         RankingStage(caller, max_rows))

@@ -58,6 +58,7 @@ class Recall(Protocol):
     model: str
     version: int
     index: VectorIndex
+    label: str
 
     async def embed(self, user_rows: np.ndarray, *, deadline: float) -> np.ndarray: ...
     def search(self, embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]: ...
@@ -256,7 +257,7 @@ class RankPipeline:
             # deadline is enforced where it waits (serving.service), not by the batch
             emb = await recall.embed(rows, deadline=max(s.req.deadline for s in slots))
             sc, ids = recall.search(emb, n + extra)
-            kind, degraded = "faiss", False
+            kind, degraded = recall.label, False
         except _DEGRADE_ON as err:
             log.warning("user tower failed, recalling popular items for %d requests: %s", len(slots), err)
             s1, i1 = recall.popular(n + extra)

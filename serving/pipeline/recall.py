@@ -47,12 +47,15 @@ class RecallStage:
         caller: Triton model caller.
         model: user tower model name in Triton; ``version``: its version, matching ``index``.
         embed_items: the item tower of that version, for items a catalogue change adds or updates.
+        label: what answers recalled here say they came from (``recall``): ``faiss``, or the
+            kind of another index (``torch_exact``).
     """
 
     def __init__(self, tables: FeatureTables, index: VectorIndex, caller: ModelCaller, model: str, version: int,
-                 embed_items: ItemEmbedder | None = None) -> None:
+                 embed_items: ItemEmbedder | None = None, *, label: str = "faiss") -> None:
         self.tables = tables
         self.index = index
+        self.label = label
         self.caller = caller
         self.model = model
         self.version = version

@@ -21,10 +21,17 @@ __all__ = ["InProcessClient"]
 
 
 class InProcessClient:
-    """``infer`` runs ``model_repository/<model>/<version>/model.pt`` with torch, in-process."""
+    """``infer`` runs ``model_repository/<model>/<version>/model.pt`` with torch, in-process.
 
-    def __init__(self, repo: Path, *, num_threads: int | None = None) -> None:
+    Args:
+        repo: the model repository.
+        num_threads: torch intra-op threads of this process (default: torch's).
+        device: where the models run (``cpu``, ``cuda``); inputs and outputs stay NumPy on the host.
+    """
+
+    def __init__(self, repo: Path, *, num_threads: int | None = None, device: str = "cpu") -> None:
         self.repo = Path(repo)
+        self.device = torch.device(device)
         self._models: dict[tuple[str, str], tuple[torch.jit.ScriptModule, list[str]]] = {}
         if num_threads is not None:
             torch.set_num_threads(num_threads)
@@ -34,7 +41,7 @@ class InProcessClient:
         if key not in self._models:
             if not version:
                 version = str(max(int(p.name) for p in (self.repo / model).iterdir() if p.name.isdigit()))
-            module = torch.jit.load(str(self.repo / model / version / "model.pt"), map_location="cpu")
+            module = torch.jit.load(str(self.repo / model / version / "model.pt"), map_location=self.device)
             module.eval()
             names = [t.name for t in read_config(self.repo, model).input]
             self._models[key] = (module, names)
@@ -45,9 +52,9 @@ class InProcessClient:
     ) -> dict[str, np.ndarray]:
         module, names = self._model(model, version)
         with torch.inference_mode():
-            out = module(*[torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names])
+            out = module(*[torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in names])
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        return {name: o.numpy() for name, o in zip(output_names, outs, strict=True)}
+        return {name: o.cpu().numpy() for name, o in zip(output_names, outs, strict=True)}
 
     async def infer(
         self,

@@ -17,6 +17,7 @@ Facts this module relies on (Triton 2.51, python backend; see DESIGN.md):
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import logging
 import os
 import shutil
@@ -39,10 +40,18 @@ log = logging.getLogger(__name__)
 _FATAL_LOG_TEXT = "error while loading shared libraries"
 
 
-def _wheel_dir() -> Path:
-    import pytriton
+def _pytriton_dir() -> Path:
+    """Where the ``nvidia-pytriton`` wheel's ``pytriton`` package lies, found without importing it:
+    its ``__init__`` imports PyTriton's Python API and its needs (zmq, sh, wrapt), none of which
+    rankserve uses (the GPU check carries the wheel without them to a bare image)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonStartError("nvidia-pytriton is not installed: it ships the tritonserver binary")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
-    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+def _wheel_dir() -> Path:
+    return _pytriton_dir() / "tritonserver"
 
 
 def find_tritonserver(override: Path | None = None) -> Path:
@@ -76,9 +85,7 @@ def _prepare_backends(runtime_dir: Path) -> Path:
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
-    import pytriton
-
-    site = Path(pytriton.__file__).resolve().parent.parent
+    site = _pytriton_dir().parent
     libs = [p for p in (libdir, str(site / "nvidia_pytriton.libs")) if p]
     env["LD_LIBRARY_PATH"] = ":".join(libs + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p])
     env["PATH"] = f"{Path(sys.prefix) / 'bin'}:{env.get('PATH', '')}"

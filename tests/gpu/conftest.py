@@ -1,23 +1,18 @@
-"""GPU tests run only where a CUDA GPU is visible; elsewhere they skip with the reason."""
+"""GPU tests run only where a real CUDA GPU is visible; elsewhere they skip with the reason.
+
+Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) is not a GPU: under it these tests skip too
+(``kernels.gpu_unavailable_reason``; ``tests/unit/test_gpu_detection.py`` proves it).
+"""
 
 from __future__ import annotations
 
 import pytest
 
-
-def _gpu_reason() -> str | None:
-    try:
-        from numba import cuda
-
-        if cuda.is_available():
-            return None
-    except Exception as err:  # noqa: BLE001 - any import or driver problem means no GPU here
-        return f"no CUDA GPU: {err}"
-    return "no CUDA GPU visible (numba.cuda.is_available() is False)"
+from kernels import gpu_unavailable_reason
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = _gpu_reason()
+    reason = gpu_unavailable_reason()
     if reason is None:
         return
     for item in items:

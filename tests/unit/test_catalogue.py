@@ -16,6 +16,7 @@ import pytest
 
 from serving.errors import ValidationError
 from serving.index.faiss_index import build_index
+from serving.index.torch_exact import TorchExactIndex
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import ITEM_CAT_FIELDS, ITEM_NUM_FIELDS
 from serving.repository.catalogue import ChangeLog, apply_change, read_item_rows
@@ -170,6 +171,10 @@ def test_faiss_indexes_take_upserts() -> None:
         assert 7 not in near_old[0] or kind == "ivfpq"  # the old vector of item 7 is gone
         with pytest.raises(ValueError, match="follow on"):
             index.upsert(np.array([5000]), new[:1], catalogue_version=6)
+    exact = TorchExactIndex(emb)
+    exact.upsert(np.array([7, 4000, 4001]), new, catalogue_version=5)
+    _, ids = exact.search(new, 1)
+    assert ids[:, 0].tolist() == [7, 4000, 4001] and exact.n_items == 4002 and exact.catalogue_version == 5
     hnsw = build_index(emb, kind="hnsw")
     with pytest.raises(ValueError, match="HNSW"):
         hnsw.upsert(np.array([3]), new[:1], catalogue_version=1)

@@ -156,3 +156,15 @@ def test_an_exclude_list_beyond_the_index_search_limit_leaves_fewer_candidates_n
     (r,) = _run(p, [{"user_id": 4, "k": 10, "exclude": exclude}])
     got = [it.item_id for it in r.items]
     assert isinstance(r, RankResponse) and len(got) == 10 and not set(got) & set(exclude)
+
+
+def test_recall_from_another_index_is_labelled_with_its_kind(repo: Path) -> None:
+    from serving.index.torch_exact import TorchExactIndex
+    from serving.pipeline.assemble import make_caller, make_recall
+
+    p = _pipeline(repo, ScoringClient())
+    index = TorchExactIndex(np.pad(p.catalogue.tables.item_dense, ((0, 0), (0, E - D))))  # the fake tower's space
+    p.recall = make_recall(p.settings, p.catalog, p.catalogue, make_caller(p.settings, ScoringClient()), 1,
+                           index=index)
+    (r,) = _run(p, [{"user_id": 4, "k": 5}])
+    assert r.recall == "torch_exact" and not r.degraded and len(r.items) == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,20 @@ def test_faiss_ivf_recall_and_round_trip(tmp_path) -> None:  # noqa: ANN001
         import pickle
 
         pickle.dumps(back)
+
+
+@pytest.mark.slow
+def test_build_without_an_index_says_so_and_is_not_reused_when_an_index_is_asked_for(tmp_path: Path) -> None:
+    from training.build import NO_INDEX, build
+
+    data, repo = tmp_path / "data", tmp_path / "repo"
+    first = build(data, repo, items=500, users=200, index=False)
+    assert not first["cached"] and first["index"] is False
+    assert first["quality"]["recall_at_500"] is None and first["quality"]["index_kind"] == NO_INDEX
+    tower = repo / "user_tower" / "1"
+    assert (tower / "item_emb.npy").is_file() and not (tower / "items.faiss").exists()
+    assert build(data, repo, items=500, users=200, index=False)["cached"]
+    with_index = build(data, repo, items=500, users=200)
+    assert not with_index["cached"] and with_index["quality"]["recall_at_500"] > 0.9
+    assert (tower / "items.faiss").is_file()
+    assert build(data, repo, items=500, users=200, index=False)["cached"]  # an indexed build serves a no-index request

@@ -9,7 +9,10 @@ parameter that rankserve writes into ``config.pbtxt`` at start-up.
 Thin on purpose: ``initialize`` parses the config once and loads the module; ``execute`` merges
 the requests Triton's dynamic batcher hands over, runs the module ONCE, and splits the result,
 one response per request. Outputs go out through DLPack (``pb_utils.Tensor(name, ndarray)``
-arrives empty with numpy 2). A malformed request fails alone.
+arrives empty with numpy 2), from host memory: a GPU instance copies its outputs to the host once
+per execution rather than handing device tensors to the server (CUDA IPC between the stub and the
+server). A malformed request fails alone. Each instance logs the device it runs on (``runs on``),
+so a ``KIND_GPU`` instance that fell back to the CPU shows in Triton's log.
 """
 
 import json
@@ -33,6 +36,14 @@ class TritonPythonModel:
         torch.set_num_threads(int(threads))
         path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
         self.module = torch.jit.load(str(path), map_location=self.device).eval()
+        line = (f"{args.get('model_name')} v{args['model_version']} runs on {self.device} "
+                f"(instance kind {args.get('model_instance_kind')}, torch {torch.__version__}, "
+                f"cuda available {torch.cuda.is_available()})")
+        logger = getattr(pb_utils, "Logger", None)
+        if logger is not None:
+            logger.log_info(line)
+        else:
+            print(line, flush=True)
 
     def _check(self, request):
         arrays = []
@@ -62,7 +73,7 @@ class TritonPythonModel:
             with torch.inference_mode():
                 out = self.module(*merged)
             outs = out if isinstance(out, (tuple, list)) else (out,)
-            splits = [torch.split(o.contiguous(), sizes) for o in outs]
+            splits = [torch.split(o.detach().cpu().contiguous(), sizes) for o in outs]
             for k, i in enumerate(good):
                 tensors = [pb_utils.Tensor.from_dlpack(name, to_dlpack(s[k].contiguous()))
                            for name, s in zip(self.outputs, splits, strict=True)]
