@@ -24,6 +24,8 @@ __all__ = [
     "PushRefusedError",
     "RankserveError",
     "RouteNotFoundError",
+    "ScenarioNotFoundError",
+    "ScenarioRefusedError",
     "TritonError",
     "TritonStartError",
     "ValidationError",
@@ -87,6 +89,14 @@ class ModelNotFoundError(RankserveError):
     code = "not_found"
 
 
+class ScenarioNotFoundError(RankserveError):
+    """The request names a scenario the server does not serve (404, field ``scenario``)."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+    code = "not_found"
+
+
 class RouteNotFoundError(RankserveError):
     """No such path on the HTTP API (404)."""
 
@@ -143,6 +153,14 @@ class PushRefusedError(RankserveError):
     code = "push_refused"
 
 
+class ScenarioRefusedError(RankserveError):
+    """A scenario file was refused (validate, apply, rollback); nothing changed (422)."""
+
+    http_status = 422
+    grpc_code = "FAILED_PRECONDITION"
+    code = "scenario_refused"
+
+
 class ConfigError(RankserveError, ValueError):
     """A setting (from the environment, a flag or a file) is invalid; raised at start-up."""
 
@@ -167,6 +185,7 @@ ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
         ValidationError,
         PayloadTooLargeError,
         ModelNotFoundError,
+        ScenarioNotFoundError,
         RouteNotFoundError,
         MethodNotAllowedError,
         OverloadedError,
@@ -174,6 +193,7 @@ ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
         DeadlineExceededError,
         TritonError,
         PushRefusedError,
+        ScenarioRefusedError,
         ConfigError,
         TritonStartError,
         RankserveError,

@@ -1,0 +1,301 @@
+"""Scenarios: one declared candidate pipeline per recommendation surface (home feed, similar items,
+a shop's page), served side by side by the same replicas.
+
+Owns: the scenario spec (:class:`ScenarioSpec`, the typed content of a scenario file: its recall
+sources with their counts, the merge and dedupe rule, the filters, the ranker, an optional
+diversity rule and its limits), its validation on its own (unknown keys, values out of range,
+sources or a diversity rule that can never fill ``k``), its resolution against one server
+(:meth:`Scenario.resolve`: the global limits in :class:`serving.config.Settings`, the ranking
+models of the repository, the catalogue's shops and categories), the context a request must give
+(``item_id``, ``shop_id``) and the built-in ``home`` that serves when the repository has none.
+Must not touch: files or YAML (``serving.repository.scenarios`` keeps the versioned files), the
+request path (``serving.pipeline.candidates`` and ``orchestration`` run a scenario).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from serving.config import Settings
+from serving.errors import ScenarioRefusedError
+
+__all__ = ["DEFAULT_SCENARIO", "NAME_PATTERN", "Diversity", "Filters", "Given", "ItemToItem", "Limits", "Merge",
+           "Popular", "Scenario", "ScenarioSpec", "Source", "UserToItem", "builtin_home"]
+
+DEFAULT_SCENARIO = "home"
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,47}$"
+MAX_COUNT = 10_000  # most candidates one source may give (the index's own search limit clamps further)
+
+# Where a ``popular`` source looks, and what ``filters.restrict`` keeps: the request's shop (``shop_id``),
+# or the shop or category of the seed item (``item_id``).
+Scope = Literal["request_shop", "seed_shop", "seed_category"]
+SCOPE_FIELD: dict[str, str] = {"request_shop": "shop", "seed_shop": "shop", "seed_category": "category"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class UserToItem(_Strict):
+    """The user's nearest items in the two-tower index (the user tower's embedding as the query)."""
+
+    kind: Literal["user_to_item"]
+    count: int = Field(ge=1, le=MAX_COUNT, description="Candidates this source gives (after filters).")
+
+
+class ItemToItem(_Strict):
+    """The seed item's nearest items in the same index (the seed's own item embedding as the query)."""
+
+    kind: Literal["item_to_item"]
+    count: int = Field(ge=1, le=MAX_COUNT, description="Candidates this source gives (after filters).")
+
+
+class Popular(_Strict):
+    """The most popular items, overall or within the request's shop or the seed item's shop or category."""
+
+    kind: Literal["popular"]
+    count: int = Field(ge=1, le=MAX_COUNT, description="Candidates this source gives (after filters).")
+    within: Literal["all"] | Scope = "all"
+
+
+class Given(_Strict):
+    """The caller's ``candidates``. ``exclusive``: when the request gives some, they are the only
+    candidates (the other sources do not run); ``merge``: they join the other sources'."""
+
+    kind: Literal["given"]
+    mode: Literal["exclusive", "merge"] = "exclusive"
+    required: bool = Field(default=False, description="The request must give candidates.")
+
+
+Source = Annotated[UserToItem | ItemToItem | Popular | Given, Field(discriminator="kind")]
+
+
+class Merge(_Strict):
+    """How the sources' lists become one: ``interleave`` takes the first of each source, then the
+    second of each, ...; ``concat`` takes each source's list after the previous one's. An item that
+    several sources give is kept once, at its first place (``dedupe: keep_first``, the only rule:
+    an answer holds each item once). The merged list is cut at ``limits.max_candidates``."""
+
+    order: Literal["interleave", "concat"] = "interleave"
+    dedupe: Literal["keep_first"] = "keep_first"
+
+
+class Filters(_Strict):
+    """What candidates may be returned. Always applied besides these: the request's ``exclude``
+    and the catalogue's blocked items."""
+
+    exclude_seed: bool = Field(default=False, description="Never return the seed item (item_id) itself.")
+    restrict: Scope | None = Field(default=None, description="Only items of the request's shop, or of the seed's "
+                                                     "shop or category.")
+
+
+class Diversity(_Strict):
+    """At most ``max_items`` items of one shop (or category) in the answer's top k."""
+
+    per: Literal["shop", "category"]
+    max_items: int = Field(ge=1, le=1000)
+
+
+class Limits(_Strict):
+    """The scenario's limits; each must lie within the server's global one (absent: the global value)."""
+
+    default_k: int | None = Field(default=None, ge=1)
+    max_k: int | None = Field(default=None, ge=1)
+    timeout_ms: int | None = Field(default=None, ge=1, description="Deadline when the request gives none.")
+    max_timeout_ms: int | None = Field(default=None, ge=1)
+    max_candidates: int | None = Field(default=None, ge=1, description="Most candidates ranked per request (the "
+                                                                "merged list is cut there), and most given.")
+
+
+class ScenarioSpec(_Strict):
+    """The content of one scenario file."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = Field("", max_length=500)
+    sources: list[Source] = Field(min_length=1, max_length=8)
+    merge: Merge = Merge()
+    filters: Filters = Filters()
+    ranker: str = Field(min_length=1, max_length=128)
+    diversity: Diversity | None = None
+    limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _check(self) -> ScenarioSpec:
+        keys = [(s.kind, getattr(s, "within", None)) for s in self.sources]
+        if len(set(keys)) != len(keys):
+            raise ValueError("sources: the same source is listed twice")
+        lim = self.limits
+        if lim.default_k is not None and lim.max_k is not None and lim.default_k > lim.max_k:
+            raise ValueError(f"limits: default_k ({lim.default_k}) must be <= max_k ({lim.max_k})")
+        if lim.timeout_ms is not None and lim.max_timeout_ms is not None and lim.timeout_ms > lim.max_timeout_ms:
+            raise ValueError(f"limits: timeout_ms ({lim.timeout_ms}) must be <= max_timeout_ms ({lim.max_timeout_ms})")
+        return self
+
+    @property
+    def given(self) -> Given | None:
+        return next((s for s in self.sources if isinstance(s, Given)), None)
+
+    @property
+    def needs_seed(self) -> bool:
+        """The request must give ``item_id``."""
+        scopes = [getattr(s, "within", None) for s in self.sources] + [self.filters.restrict]
+        return any(isinstance(s, ItemToItem) for s in self.sources) or any(
+            sc in ("seed_shop", "seed_category") for sc in scopes)
+
+    @property
+    def needs_shop(self) -> bool:
+        """The request must give ``shop_id``."""
+        scopes = [getattr(s, "within", None) for s in self.sources] + [self.filters.restrict]
+        return "request_shop" in scopes
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> ScenarioSpec:
+        """Validate a decoded scenario file.
+
+        Raises:
+            ScenarioRefusedError: naming the first problem and where it is.
+        """
+        if not isinstance(data, Mapping):
+            raise ScenarioRefusedError(f"a scenario file is a mapping of keys, got {type(data).__name__}")
+        try:
+            return cls.model_validate(dict(data))
+        except PydanticValidationError as err:
+            raise ScenarioRefusedError(_reason(err)) from err
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("user_to_item", "item_to_item", "popular", "given"):  # the union's tag in the path
+            out += f".{part}" if out else str(part)
+    return out or "file"
+
+
+def _reason(err: PydanticValidationError) -> str:
+    first = err.errors(include_url=False)[0]
+    where, kind = _where(tuple(first["loc"])), first["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {where!r}"
+    if kind == "missing":
+        return f"{where} is required"
+    if kind == "union_tag_invalid":
+        tag = (first.get("ctx") or {}).get("tag")
+        return f"{where}: unknown source kind {tag!r}; sources are user_to_item, item_to_item, popular, given"
+    if kind == "union_tag_not_found":
+        return f"{where}: a source names its kind (user_to_item, item_to_item, popular, given)"
+    return f"{where}: {first['msg']}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A scenario as one server serves it: the spec at ``version`` (0: built in), with its limits
+    resolved against the server's settings."""
+
+    spec: ScenarioSpec
+    version: int
+    default_k: int
+    max_k: int
+    timeout_ms: int
+    max_timeout_ms: int
+    max_candidates: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def source_total(self) -> int:
+        """Candidates the sources give at most (the caller's not counted), cut at ``max_candidates``."""
+        return min(self.max_candidates, sum(getattr(s, "count", 0) for s in self.spec.sources))
+
+    @classmethod
+    def resolve(cls, spec: ScenarioSpec, version: int, settings: Settings, rankers: list[str],
+                groups: Mapping[str, int]) -> Scenario:
+        """``spec`` served by a server with ``settings``, whose ranking models are ``rankers`` and
+        whose catalogue has ``groups`` distinct shops and categories (``{"shop": n, "category": m}``).
+
+        Raises:
+            ScenarioRefusedError: a limit outside the global one, an unknown ranker, or sources or
+                a diversity rule that can never fill ``max_k``.
+        """
+        lim = spec.limits
+        out = cls(spec, version,
+                  default_k=_within("default_k", lim.default_k, settings.default_k, settings.max_k),
+                  max_k=_within("max_k", lim.max_k, settings.max_k, settings.max_k),
+                  timeout_ms=_within("timeout_ms", lim.timeout_ms, settings.default_timeout_ms,
+                                     settings.max_timeout_ms),
+                  max_timeout_ms=_within("max_timeout_ms", lim.max_timeout_ms, settings.max_timeout_ms,
+                                         settings.max_timeout_ms),
+                  max_candidates=_within("max_candidates", lim.max_candidates, settings.max_candidates,
+                                         settings.max_candidates))
+        if out.default_k > out.max_k or out.timeout_ms > out.max_timeout_ms:
+            raise ScenarioRefusedError(f"limits: default_k {out.default_k} / max_k {out.max_k}, timeout_ms "
+                                       f"{out.timeout_ms} / max_timeout_ms {out.max_timeout_ms}: a default above "
+                                       "its maximum (absent limits take the server's global values)")
+        for i, s in enumerate(spec.sources):
+            count = getattr(s, "count", 0)
+            if count > settings.max_candidates:
+                raise ScenarioRefusedError(f"sources[{i}].count: {count} is above the server's max_candidates "
+                                           f"({settings.max_candidates})")
+        if spec.ranker not in rankers:
+            raise ScenarioRefusedError(f"ranker: unknown model {spec.ranker!r}; the repository's ranking models "
+                                       f"are {sorted(rankers)}")
+        out._check_fill(groups)
+        return out
+
+    def _check_fill(self, groups: Mapping[str, int]) -> None:
+        """Refuse sources, limits or a diversity rule that can never fill ``max_k`` items."""
+        spec = self.spec
+        if self.max_candidates < self.max_k:
+            raise ScenarioRefusedError(f"limits: max_candidates ({self.max_candidates}) below max_k ({self.max_k}) "
+                                       "can never fill k")
+        if spec.given is None and self.source_total < self.max_k:
+            raise ScenarioRefusedError(f"sources give at most {self.source_total} candidates: k up to max_k "
+                                       f"({self.max_k}) can never be filled; raise the counts or lower max_k")
+        div = spec.diversity
+        if div is None:
+            return
+        restrict = spec.filters.restrict
+        n = 1 if restrict is not None and SCOPE_FIELD[restrict] == div.per else int(groups.get(div.per, 0))
+        if div.max_items * n < self.max_k:
+            why = (f"every candidate is of one {div.per} (filters.restrict: {restrict})" if n == 1 and restrict
+                   else f"the catalogue has {n} {div.per} value(s)")
+            raise ScenarioRefusedError(f"diversity: at most {div.max_items} item(s) per {div.per} and {why}: "
+                                       f"k up to max_k ({self.max_k}) can never be filled")
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/scenarios`` shows of it."""
+        needs = [f for f, on in (("item_id", self.spec.needs_seed), ("shop_id", self.spec.needs_shop)) if on]
+        return {"name": self.name, "version": self.version, "description": self.spec.description,
+                "ranker": self.spec.ranker, "needs": needs,
+                "sources": [s.model_dump() for s in self.spec.sources], "merge": self.spec.merge.model_dump(),
+                "filters": self.spec.filters.model_dump(),
+                "diversity": self.spec.diversity.model_dump() if self.spec.diversity else None,
+                "limits": {"default_k": self.default_k, "max_k": self.max_k, "timeout_ms": self.timeout_ms,
+                           "max_timeout_ms": self.max_timeout_ms, "max_candidates": self.max_candidates}}
+
+
+def _within(name: str, value: int | None, default: int, cap: int) -> int:
+    if value is None:
+        return default
+    if value > cap:
+        raise ScenarioRefusedError(f"limits.{name}: {value} is above the server's global limit ({cap})")
+    return value
+
+
+def builtin_home(settings: Settings) -> Scenario:
+    """The ``home`` that serves when the repository has none (version 0): the caller's candidates
+    when given, else the user's ``recall_n`` nearest items; the default ranker; the global limits."""
+    spec = ScenarioSpec(name=DEFAULT_SCENARIO, description="built in: user-to-item recall, or the caller's "
+                        "candidates", sources=[Given(kind="given"), UserToItem(kind="user_to_item",
+                                                                              count=settings.recall_n)],
+                        ranker=settings.ranker_model)
+    return Scenario(spec, 0, settings.default_k, settings.max_k, settings.default_timeout_ms,
+                    settings.max_timeout_ms, settings.max_candidates)
