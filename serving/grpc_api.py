@@ -36,8 +36,8 @@ SERVICER_FUNCTION = "serving.proto.ranker_pb2_grpc.add_RankerServicer_to_server"
 ERROR_CODE_KEY = "rankserve-error-code"
 ERROR_FIELD_KEY = "rankserve-error-field"
 
-_OPTIONAL = ("user_id", "k", "timeout_ms")
-_STRINGS = ("request_id", "model")
+_OPTIONAL = ("user_id", "k", "timeout_ms", "item_id", "shop_id")
+_STRINGS = ("request_id", "model", "scenario")
 
 
 def request_payload(msg: ranker_pb2.RankRequest, max_bytes: int) -> dict[str, Any]:
@@ -72,6 +72,8 @@ def response_message(res: RankResponse) -> ranker_pb2.RankResponse:
         degraded=res.degraded,
         cold_start=res.cold_start,
         catalogue_version=res.catalogue_version,
+        scenario=res.scenario,
+        scenario_version=res.scenario_version,
         timings_ms={stage: round(ms, 3) for stage, ms in res.timings_ms.items()},
     )
 

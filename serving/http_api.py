@@ -1,6 +1,7 @@
 """The HTTP/JSON wire format of the v1 API: routes, body limits, the error shape.
 
-Owns: the FastAPI routes (``/v1/rank``, ``/v1/models``, ``/v1/catalogue``, ``/healthz``, ``/readyz``, ``/metrics``),
+Owns: the FastAPI routes (``/v1/rank``, ``/v1/models``, ``/v1/scenarios``, ``/v1/catalogue``, ``/healthz``,
+``/readyz``, ``/metrics``),
 reading a body within the size limit, and turning errors into ``{"error": {...}}`` with their
 status. The routes are methods of :class:`HttpIngress`, a mixin the Serve deployment inherits.
 Must not touch: ranking logic (``serving.service``), Ray.
@@ -96,6 +97,11 @@ class HttpIngress:
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         return await self.service.models_view()
+
+    @api.get("/v1/scenarios")
+    async def scenarios(self) -> dict[str, Any]:
+        """The scenarios this replica serves, each at its live version, and the versions on disk."""
+        return self.service.scenarios_view()
 
     @api.get("/v1/catalogue")
     async def catalogue(self) -> dict[str, Any]:

@@ -14,27 +14,33 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["MAX_GAUGES", "Metrics", "merge_expositions"]
+__all__ = ["MAX_GAUGES", "NO_SCENARIO", "Metrics", "merge_expositions"]
 
 # Gauges whose service-wide value is the largest of the replicas' (a version, not an amount).
 MAX_GAUGES = frozenset({"rankserve_model_version", "rankserve_catalogue_version", "rankserve_catalogue_items",
-                        "rankserve_catalogue_blocked_items"})
+                        "rankserve_catalogue_blocked_items", "rankserve_scenario_version"})
+# The ``scenario`` label of a request that named no served scenario (bad body, unknown name): client
+# strings never become label values.
+NO_SCENARIO = "none"
 
 _LAT_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _ROW_BUCKETS = (100, 500, 1000, 2000, 4000, 8192, 16384, 32768)
+_SCENARIO_BUCKETS = (1, 2, 3, 4, 8)
 
 
 class Metrics:
-    """Per-stage latency histograms, batch sizes, queue depth, degraded/shed counts, model versions."""
+    """Per-stage latency histograms, batch sizes, queue depth, degraded/shed counts, model and
+    scenario versions; requests and their latency by scenario."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("rankserve_requests", "Ranking requests by HTTP status.", ["status"], registry=r)
+        self.requests = Counter("rankserve_requests", "Ranking requests by HTTP status and scenario.",
+                                ["status", "scenario"], registry=r)
         self.latency_ms = Histogram(
-            "rankserve_request_latency_ms", "End-to-end latency inside the replica.", buckets=_LAT_BUCKETS_MS,
-            registry=r,
+            "rankserve_request_latency_ms", "End-to-end latency inside the replica, by scenario.", ["scenario"],
+            buckets=_LAT_BUCKETS_MS, registry=r,
         )
         self.stage_ms = Histogram(
             "rankserve_stage_latency_ms", "Latency of one pipeline stage per batch.", ["stage"],
@@ -46,12 +52,19 @@ class Metrics:
         self.batch_rows = Histogram(
             "rankserve_batch_candidates", "Candidates scored per formed batch.", buckets=_ROW_BUCKETS, registry=r
         )
+        self.batch_scenarios = Histogram(
+            "rankserve_ranker_call_scenarios", "Scenarios whose requests one model version scored together in a "
+            "batch (above 1: scenarios sharing a ranker batched together at Triton).", buckets=_SCENARIO_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge("rankserve_queue_depth", "Requests admitted and not yet answered.", registry=r)
         self.degraded = Counter("rankserve_degraded", "Answers ranked without the ranking model.", registry=r)
         self.shed = Counter("rankserve_shed", "Requests refused with 503 by load shedding.", registry=r)
         self.model_version = Gauge(
             "rankserve_model_version", "Live version of each model.", ["model"], registry=r
         )
+        self.scenario_version = Gauge("rankserve_scenario_version", "Live version of each scenario (0: built in).",
+                                      ["scenario"], registry=r)
         self.catalogue_version = Gauge("rankserve_catalogue_version", "Catalogue change applied.", registry=r)
         self.catalogue_items = Gauge("rankserve_catalogue_items", "Items in the catalogue.", registry=r)
         self.catalogue_blocked = Gauge("rankserve_catalogue_blocked_items", "Items blocked (never returned).",

@@ -29,7 +29,8 @@ _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_e
 
 
 class RankRequest(BaseModel):
-    """``POST /v1/rank`` body. Only ``user_id`` is required; limits are checked against settings."""
+    """``POST /v1/rank`` body. Only ``user_id`` is required; limits are checked against settings here,
+    and against the scenario's own (within them) when the pipeline resolves the scenario."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
@@ -40,6 +41,9 @@ class RankRequest(BaseModel):
     request_id: StrictStr | None = Field(None, max_length=128)
     model: StrictStr | None = Field(None, min_length=1, max_length=128)
     timeout_ms: StrictInt | None = Field(None, ge=1)
+    scenario: StrictStr | None = Field(None, min_length=1, max_length=64)  # None: "home"
+    item_id: Int64 | None = None  # context: the seed item (item-to-item scenarios)
+    shop_id: Int64 | None = None  # context: the shop whose page asks (shop scenarios)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class RankResponse:
     cold_start: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
     catalogue_version: int = 0  # the catalogue change this answer was served with
+    scenario: str = "home"
+    scenario_version: int = 0  # the version of the scenario file it was served with (0: built in)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -79,6 +85,8 @@ class RankResponse:
             "recall": self.recall,
             "degraded": self.degraded,
             "catalogue_version": self.catalogue_version,
+            "scenario": self.scenario,
+            "scenario_version": self.scenario_version,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
         if self.cold_start:

@@ -2,7 +2,7 @@
 
 Owns: what happens to a ranking request between the wire format and the pipeline (shed or admit,
 deadline, idle dispatch or batching, counting the outcome), the readiness checks, the
-``/v1/models`` view and the metrics. HTTP (``serving.http_api``), gRPC (``serving.grpc_api``)
+``/v1/models`` and ``/v1/scenarios`` views and the metrics. HTTP (``serving.http_api``), gRPC (``serving.grpc_api``)
 and the Serve deployment (``serving.app``) are thin wrappers around one :class:`RankService`.
 Must not touch: wire formats, Ray (the batcher comes in as a function), files.
 """
@@ -22,12 +22,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.batching import DeadlineBatcher
 from serving.config import Settings
 from serving.errors import BackendUnavailableError, DeadlineExceededError, OverloadedError, RankserveError
-from serving.metrics import Metrics, merge_expositions
+from serving.metrics import NO_SCENARIO, Metrics, merge_expositions
 from serving.pipeline.assemble import create_pipeline, make_caller
 from serving.pipeline.orchestration import BatchStats, Prepared, RankPipeline
+from serving.pipeline.scenario import DEFAULT_SCENARIO
 from serving.pipeline.shadow import ShadowStats
 from serving.repository.nodes import live_metrics
 from serving.repository.registry import ModelRegistry
+from serving.repository.scenarios import ScenarioStore
 from serving.repository.watcher import RepositoryWatcher
 from serving.schemas import RankRequest, RankResponse
 from serving.triton.caller import AsyncInferClient
@@ -145,6 +147,7 @@ class RankService:
         """
         arrival = time.monotonic()
         rid: str | None = None
+        scenario = NO_SCENARIO  # the metrics' label: a served scenario's name, never a client's string
         try:
             if self._check_draining():
                 raise BackendUnavailableError("the server is stopping; try again shortly", retry_after_s=1)
@@ -152,20 +155,22 @@ class RankService:
                 self.metrics.shed.inc()
                 raise OverloadedError(f"{self._pending} requests queued; try again shortly",
                                       retry_after_s=self._drain_estimate_s())
-            prep = self.pipeline.prepare(await read(), arrival=arrival)
+            req = await read()
+            scenario = self.pipeline.scenario(req.scenario).name
+            prep = self.pipeline.prepare(req, arrival=arrival)
             rid = prep.request_id
             result = await self._within_deadline(prep)
         except RankserveError as err:
-            self.metrics.requests.labels(str(err.http_status)).inc()
+            self.metrics.requests.labels(str(err.http_status), scenario).inc()
             if err.http_status >= 500:
                 self._log_error(rid, err)
             raise
         except Exception as err:  # a bug, not bad input: answer in the error shape, never a traceback
             log.exception(json.dumps({"event": "rank_internal_error", "request_id": rid, "error": repr(err)}))
-            self.metrics.requests.labels("500").inc()
+            self.metrics.requests.labels("500", scenario).inc()
             raise RankserveError("internal error; see the server log") from err
-        self.metrics.requests.labels("200").inc()
-        self.metrics.latency_ms.observe((time.monotonic() - arrival) * 1000)
+        self.metrics.requests.labels("200", scenario).inc()
+        self.metrics.latency_ms.labels(scenario).observe((time.monotonic() - arrival) * 1000)
         if result.degraded:
             self.metrics.degraded.inc()
             log.warning(json.dumps({"event": "rank_degraded", "request_id": rid, "recall": result.recall}))
@@ -234,6 +239,8 @@ class RankService:
         self.metrics.batch_rows.observe(stats.rows)
         for stage, ms in stats.stage_ms.items():
             self.metrics.stage_ms.labels(stage).observe(ms)
+        for n in stats.group_scenarios:
+            self.metrics.batch_scenarios.observe(n)
 
     # -- operations ---------------------------------------------------------------------
     async def readiness(self) -> dict[str, bool]:
@@ -257,6 +264,8 @@ class RankService:
         for name, traffic in self.pipeline.traffic_split.items():
             m.model_version.labels(name).set(traffic.live)
         m.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
+        for name, sc in list(self.pipeline.scenarios.items()):
+            m.scenario_version.labels(name).set(sc.version)
         cat = self.pipeline.catalogue
         m.catalogue_version.set(cat.version)
         m.catalogue_items.set(cat.tables.n_items)
@@ -276,6 +285,17 @@ class RankService:
         others = live_metrics(self.registry.repo, exclude=self.watcher.node_key) if self.watcher else []
         own = self.replica_metrics().decode()
         return merge_expositions([own, *others]).encode() if others else own.encode()
+
+    def scenarios_view(self) -> dict[str, Any]:
+        """The scenarios this replica serves (each at its live version, limits resolved), with the
+        versions the repository holds and those it would not serve here."""
+        on_disk = {row["name"]: row for row in ScenarioStore(self.registry.repo).listing()}
+        out = []
+        for name, sc in sorted(self.pipeline.scenarios.items()):
+            row = on_disk.get(name, {})
+            out.append({**sc.describe(), "versions": row.get("versions", []), "history": row.get("history", [])})
+        refused = self.watcher.refused_scenarios if self.watcher else {}
+        return {"default": DEFAULT_SCENARIO, "scenarios": out, "refused": refused}
 
     def catalogue_view(self) -> dict[str, int]:
         cat = self.pipeline.catalogue

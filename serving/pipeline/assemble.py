@@ -10,6 +10,8 @@ check's ``torch_exact`` on a machine without FAISS) never imports it.
 
 from __future__ import annotations
 
+import numpy as np
+
 from kernels import set_cpu_threads
 from serving.config import Settings
 from serving.errors import BackendUnavailableError
@@ -50,8 +52,12 @@ def make_recall(settings: Settings, catalog: ModelCatalog, cat: Catalogue, calle
             f"index of {settings.user_tower_model} v{version} has {index.n_items} items, "
             f"catalogue has {cat.tables.n_items}"
         )
+    emb_file = tower_dir / "item_emb.npy"  # the embeddings the index was built from: item-to-item queries
+    vectors = np.load(emb_file) if emb_file.is_file() else None
+    if vectors is not None and vectors.shape[0] != index.n_items:
+        vectors = None  # not the index's items: no item-to-item rather than wrong neighbours
     return RecallStage(cat.tables, index, caller, settings.user_tower_model, version, ItemEmbedder(tower_dir),
-                       label=label)
+                       label=label, item_vectors=vectors)
 
 
 def create_pipeline(settings: Settings, client: AsyncInferClient, catalog: ModelCatalog, *,

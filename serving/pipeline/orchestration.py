@@ -1,9 +1,13 @@
-"""The ranking pipeline over a batch of requests: recall -> features -> crossing -> ranking -> top-k.
+"""The ranking pipeline over a batch of requests: candidates -> features -> crossing -> ranking -> top-k.
 
-Owns: resolving a validated request (:meth:`RankPipeline.prepare`) and running a batch of them
-(:meth:`RankPipeline.run_batch`), one record per request. Each request fails alone: its error
-takes its place in the output list. Must not touch: HTTP, gRPC, Ray, admission or files; the
-model repository is seen through :class:`ModelCatalog`.
+Owns: resolving a validated request under its scenario (:meth:`RankPipeline.prepare`: the
+scenario, its limits and context, the model and version) and running a batch of them
+(:meth:`RankPipeline.run_batch`), one record per request. A batch mixes scenarios: candidates are
+found per request (one tower call and one search for all that need them), then every request
+scored by the same (model, version) goes to Triton together, whatever its scenario. Each request
+fails alone: its error takes its place in the output list. Must not touch: HTTP, gRPC, Ray,
+admission or files; the model repository is seen through :class:`ModelCatalog`, the scenarios
+arrive whole through :meth:`RankPipeline.set_scenarios`.
 """
 
 from __future__ import annotations
@@ -20,27 +24,24 @@ import numpy as np
 from kernels import CrossSpec
 from serving.config import Settings
 from serving.errors import (
-    BackendUnavailableError,
     DeadlineExceededError,
     ModelNotFoundError,
     RankserveError,
-    TritonError,
+    ScenarioNotFoundError,
     ValidationError,
 )
+from serving.pipeline.candidates import DEGRADE_ON, Ask, CandidateStage, Recall
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables, RankerInputs
-from serving.pipeline.recall import VectorIndex
 from serving.pipeline.routing import Traffic, route, user_bucket
+from serving.pipeline.scenario import DEFAULT_SCENARIO, Scenario, builtin_home
 from serving.pipeline.shadow import ShadowScorer
-from serving.pipeline.topk import top_k
+from serving.pipeline.topk import diverse_top_k, top_k
 from serving.schemas import RankRequest, RankResponse, ScoredItem
 
 __all__ = ["BatchStats", "Crossing", "ModelCatalog", "Prepared", "RankPipeline", "Ranking", "Recall"]
 
 log = logging.getLogger(__name__)
-
-# Failures of a model call after which a request is answered degraded rather than with an error.
-_DEGRADE_ON = (TritonError, BackendUnavailableError, DeadlineExceededError)
 
 
 class ModelCatalog(Protocol):
@@ -50,21 +51,6 @@ class ModelCatalog(Protocol):
     def traffic(self, model: str) -> Traffic: ...
     def cross_spec(self, model: str, version: int) -> CrossSpec: ...
     def version_dir(self, model: str, version: int) -> Path: ...
-
-
-class Recall(Protocol):
-    """The recall stage (``serving.pipeline.recall.RecallStage``)."""
-
-    model: str
-    version: int
-    index: VectorIndex
-    label: str
-
-    async def embed(self, user_rows: np.ndarray, *, deadline: float) -> np.ndarray: ...
-    def search(self, embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]: ...
-    def popular(self, n: int) -> tuple[np.ndarray, np.ndarray]: ...
-    def apply(self, tables: FeatureTables, rows: np.ndarray, catalogue_version: int) -> None: ...
-    def warm(self) -> None: ...
 
 
 class Crossing(Protocol):
@@ -84,7 +70,7 @@ class Ranking(Protocol):
 
 @dataclass
 class Prepared:
-    """A validated request, resolved against the tables and the traffic split."""
+    """A validated request, resolved against its scenario, the tables and the traffic split."""
 
     request_id: str
     user_id: int
@@ -93,11 +79,18 @@ class Prepared:
     k: int
     model: str
     version: int
-    candidates: np.ndarray | None  # int64, unique, in request order; None: recall
+    candidates: np.ndarray | None  # the caller's: int64, unique, in request order; None: none given
     exclude: np.ndarray  # int64
     arrival: float  # time.monotonic()
     deadline: float
     cost: int  # rows this request adds to a batch (batches are bounded by total candidates)
+    scenario: Scenario | None = None  # None: the built-in home
+    seed: int | None = None  # item_id
+    shop: int | None = None  # shop_id
+
+    def ask(self, default: Scenario) -> Ask:
+        return Ask(self.scenario or default, self.user_row, self.seed, self.shop, self.candidates, self.exclude,
+                   self.deadline)
 
 
 @dataclass
@@ -121,6 +114,7 @@ class BatchStats:
     rows: int = 0
     degraded: int = 0
     stage_ms: dict[str, float] = field(default_factory=dict)
+    group_scenarios: list[int] = field(default_factory=list)  # scenarios per (model, version) sent to Triton
 
 
 class RankPipeline:
@@ -143,7 +137,10 @@ class RankPipeline:
         self.recall = recall
         self.crossing = crossing
         self.ranking = ranking
+        self.candidates = CandidateStage()
         self._traffic: dict[str, Traffic] = {}
+        self.home = builtin_home(settings)
+        self.scenarios: dict[str, Scenario] = {DEFAULT_SCENARIO: self.home}  # swapped whole
         self.shadow = ShadowScorer(lambda m, v, x, d: ranking.score(m, v, x, deadline=d))
         self.refresh_traffic()
 
@@ -166,36 +163,92 @@ class RankPipeline:
                 f"unknown model {model!r}; served: {sorted(self._traffic)}", field="model"
             ) from None
 
-    def prepare(self, req: RankRequest, *, arrival: float | None = None) -> Prepared:
-        """Resolve a validated request; checks that need the tables (unknown items, model).
+    def set_scenarios(self, scenarios: dict[str, Scenario]) -> None:
+        """Serve these scenarios from now on (swapped whole); without a ``home``, the built-in one."""
+        self.scenarios = {DEFAULT_SCENARIO: self.home, **scenarios}
+
+    def scenario(self, name: str | None) -> Scenario:
+        """The served scenario ``name`` (None: ``home``).
 
         Raises:
-            ValidationError: unknown candidate ids (422).
+            ScenarioNotFoundError: not served here (404).
+        """
+        try:
+            return self.scenarios[name or DEFAULT_SCENARIO]
+        except KeyError:
+            raise ScenarioNotFoundError(f"unknown scenario {name!r}; served: {sorted(self.scenarios)}",
+                                        field="scenario") from None
+
+    def prepare(self, req: RankRequest, *, arrival: float | None = None) -> Prepared:
+        """Resolve a validated request under its scenario; checks that need the scenario or the
+        tables (limits, context, unknown items, model).
+
+        Raises:
+            ScenarioNotFoundError: unknown scenario (404).
+            ValidationError: beyond the scenario's limits, missing or unknown context, unknown
+                candidate ids, candidates the scenario does not take (422).
             ModelNotFoundError: unknown model (404).
         """
         now = time.monotonic() if arrival is None else arrival
-        model = req.model or self.settings.ranker_model
+        sc = self.scenario(req.scenario)
+        model = req.model or sc.spec.ranker  # a request's model overrides the scenario's ranker
         version = route(self.traffic(model), req.user_id)
         row, cold = self.catalogue.tables.user_row(req.user_id)
+        k, timeout_ms = _within_limits(req, sc)
+        seed, shop = self._context(req, sc)
         candidates = None if req.candidates is None else self._given(req.candidates)
-        timeout_ms = req.timeout_ms or self.settings.default_timeout_ms
+        given = sc.spec.given
+        if given is not None and given.required and candidates is None:
+            raise ValidationError(f"scenario {sc.name!r} ranks the caller's candidates: give candidates",
+                                  field="candidates")
+        if candidates is not None and given is not None and given.mode == "exclusive":
+            cost = int(candidates.shape[0])
+        else:
+            extra = 0 if candidates is None else int(candidates.shape[0])
+            cost = min(sc.source_total + extra, sc.max_candidates)
         return Prepared(
             request_id=req.request_id or uuid.uuid4().hex,
             user_id=req.user_id,
             user_row=row,
             cold_start=cold,
-            k=req.k or self.settings.default_k,
+            k=k,
             model=model,
             version=version,
             candidates=candidates,
             exclude=np.asarray(req.exclude, dtype=np.int64),
             arrival=now,
             deadline=now + timeout_ms / 1000.0,
-            cost=int(candidates.shape[0]) if candidates is not None else self.settings.recall_n,
+            cost=cost,
+            scenario=sc,
+            seed=seed,
+            shop=shop,
         )
 
+    def _context(self, req: RankRequest, sc: Scenario) -> tuple[int | None, int | None]:
+        """The seed item and the shop the scenario needs, checked against the catalogue (context the
+        scenario does not use is ignored)."""
+        cat = self.catalogue
+        seed = shop = None
+        if sc.spec.needs_seed:
+            if req.item_id is None:
+                raise ValidationError(f"scenario {sc.name!r} needs item_id (the seed item)", field="item_id")
+            if cat.tables.unknown_items(np.asarray([req.item_id])).size:
+                raise ValidationError(f"unknown item_id {req.item_id} (valid ids are 0..{cat.tables.n_items - 1})",
+                                      field="item_id")
+            seed = req.item_id
+        elif sc.spec.filters.exclude_seed and req.item_id is not None:
+            seed = req.item_id  # only excluded: any id will do
+        if sc.spec.needs_shop:
+            if req.shop_id is None:
+                raise ValidationError(f"scenario {sc.name!r} needs shop_id", field="shop_id")
+            if not cat.has_group("shop", req.shop_id):
+                raise ValidationError(f"shop_id {req.shop_id} has no items in the catalogue", field="shop_id")
+            shop = req.shop_id
+        return seed, shop
+
     def _given(self, ids: list[int]) -> np.ndarray:
-        """Given candidates, checked against the catalogue, duplicates dropped, request order kept."""
+        """Given candidates, checked against the catalogue, duplicates dropped, request order kept
+        (the pipeline checked that the scenario takes them)."""
         cand = np.asarray(ids, dtype=np.int64)
         tables = self.catalogue.tables
         unknown = tables.unknown_items(cand)
@@ -222,54 +275,25 @@ class RankPipeline:
         live = [s for s in slots if s.error is None]
         stats = BatchStats(requests=len(batch))
         t0 = time.perf_counter()
-        await self._recall(cat, [s for s in live if s.req.candidates is None])
-        for s in live:
-            if s.req.candidates is not None:
-                given = _without(s.req.candidates, s.req.exclude)
-                s.candidates = given[cat.servable(given)]
+        # one recall stage for the batch: user tower version and its index always match; blocked
+        # items, and items of a later catalogue change, are dropped like excluded ones
+        found = await self.candidates.find(cat, self.recall, [s.req.ask(self.home) for s in live])
+        for s, f in zip(live, found, strict=True):
+            s.candidates, s.recall_scores, s.recall, s.degraded = f.ids, f.fallback, f.label, f.degraded
         t_recall = (time.perf_counter() - t0) * 1000
         t_cross = t_rank = 0.0
-        groups: dict[tuple[str, int], list[_Slot]] = {}
+        groups: dict[tuple[str, int], list[_Slot]] = {}  # by model version only: scenarios share Triton calls
         for s in live:
             groups.setdefault((s.req.model, s.req.version), []).append(s)
         for (model, version), members in groups.items():
+            stats.group_scenarios.append(len({(s.req.scenario or self.home).name for s in members}))
             cross_ms, rank_ms = await self._score(cat, model, version, members, stats)
             t_cross += cross_ms
             t_rank += rank_ms
         stats.degraded = sum(s.degraded for s in live)
         stats.stage_ms = {"recall": t_recall, "cross": t_cross, "rank": t_rank}
         done = time.monotonic()
-        return [s.error or _answer(s, started, done, stats.stage_ms, cat.version) for s in slots], stats
-
-    async def _recall(self, cat: Catalogue, slots: list[_Slot]) -> None:
-        """Candidates for the requests that gave none: one tower call and one search for all of
-        them, from one recall stage (user tower version and its index always match); blocked
-        items, and items of a later catalogue change, are dropped like excluded ones."""
-        if not slots:
-            return
-        recall = self.recall
-        n = self.settings.recall_n
-        # ask for more than recall_n: excluded and blocked items are dropped from what comes back
-        extra = max(s.req.exclude.size for s in slots) + min(cat.n_blocked, n)
-        rows = np.asarray([s.req.user_row for s in slots], dtype=np.int64)
-        try:
-            # one call serves them all: it may take until the latest deadline; each request's own
-            # deadline is enforced where it waits (serving.service), not by the batch
-            emb = await recall.embed(rows, deadline=max(s.req.deadline for s in slots))
-            sc, ids = recall.search(emb, n + extra)
-            kind, degraded = recall.label, False
-        except _DEGRADE_ON as err:
-            log.warning("user tower failed, recalling popular items for %d requests: %s", len(slots), err)
-            s1, i1 = recall.popular(n + extra)
-            sc, ids = np.tile(s1, (len(slots), 1)), np.tile(i1, (len(slots), 1))
-            kind, degraded = "popular", True
-        for j, s in enumerate(slots):
-            keep = cat.servable(ids[j])
-            if s.req.exclude.size:
-                keep &= ~np.isin(ids[j], s.req.exclude)
-            s.candidates = ids[j][keep][:n].astype(np.int64)
-            s.recall_scores = sc[j][keep][:n].astype(np.float32)
-            s.recall, s.degraded = kind, degraded
+        return [s.error or _answer(s, cat, self.home, started, done, stats.stage_ms) for s in slots], stats
 
     async def _score(self, cat: Catalogue, model: str, version: int, members: list[_Slot],
                      stats: BatchStats) -> tuple[float, float]:
@@ -289,7 +313,7 @@ class RankPipeline:
         try:
             flat = await self.ranking.score(model, version, inputs, deadline=max(s.req.deadline for s in members))
             degraded = False
-        except _DEGRADE_ON as err:
+        except DEGRADE_ON as err:
             log.warning("ranking %s v%s failed, degrading %d requests: %s", model, version, len(members), err)
             flat = np.concatenate([self._fallback_scores(cat, s) for s in members])
             degraded = True
@@ -322,8 +346,25 @@ class RankPipeline:
         self.shadow.submit(model, traffic.shadow_version, inputs.rows(rows), live, members[0].req.deadline + 5.0)
 
 
-def _without(ids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
-    return ids[~np.isin(ids, exclude)] if exclude.size else ids
+def _within_limits(req: RankRequest, sc: Scenario) -> tuple[int, int]:
+    """The request's ``k`` and ``timeout_ms`` under the scenario's limits (defaults when absent).
+
+    Raises:
+        ValidationError: beyond the scenario's maximum (422).
+    """
+    if req.k is not None and req.k > sc.max_k:
+        raise ValidationError(f"k must be in [1, {sc.max_k}] for scenario {sc.name!r}, got {req.k}", field="k")
+    if req.timeout_ms is not None and req.timeout_ms > sc.max_timeout_ms:
+        raise ValidationError(f"timeout_ms must be in [1, {sc.max_timeout_ms}] for scenario {sc.name!r}, "
+                              f"got {req.timeout_ms}", field="timeout_ms")
+    if req.candidates is not None:
+        given = sc.spec.given
+        if given is None:
+            raise ValidationError(f"scenario {sc.name!r} takes no candidates", field="candidates")
+        if len(req.candidates) > sc.max_candidates:
+            raise ValidationError(f"at most {sc.max_candidates} candidates per request for scenario {sc.name!r}, "
+                                  f"got {len(req.candidates)}", field="candidates")
+    return req.k or sc.default_k, req.timeout_ms or sc.timeout_ms
 
 
 def _unit_interval(x: np.ndarray) -> np.ndarray:
@@ -332,8 +373,14 @@ def _unit_interval(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.ones_like(x)
 
 
-def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float], catalogue_version: int) -> RankResponse:
-    top = top_k(s.scores, s.req.k)
+def _answer(s: _Slot, cat: Catalogue, home: Scenario, started: float, done: float,
+            stage_ms: dict[str, float]) -> RankResponse:
+    sc = s.req.scenario or home
+    div = sc.spec.diversity
+    if div is None:
+        top = top_k(s.scores, s.req.k)
+    else:
+        top = diverse_top_k(s.scores, s.req.k, cat.group_of(s.candidates, div.per), div.max_items)
     if s.degraded:  # recall scores are not click probabilities: rescaled, the raw value beside them
         shown = _unit_interval(s.scores)
         items = [ScoredItem(int(s.candidates[j]), float(shown[j]), float(s.scores[j])) for j in top]
@@ -347,7 +394,9 @@ def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float], c
         recall=s.recall,
         degraded=s.degraded,
         cold_start=s.req.cold_start,
-        catalogue_version=catalogue_version,
+        catalogue_version=cat.version,
+        scenario=sc.name,
+        scenario_version=sc.version,
         timings_ms={"queue": max(0.0, (started - s.req.arrival) * 1000), **stage_ms,
                     "total": (done - s.req.arrival) * 1000},
     )

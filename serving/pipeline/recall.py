@@ -1,7 +1,10 @@
-"""Recall stage: user tower embedding (Triton), then top-N from the item index, with a popularity fallback.
+"""Recall stage: user tower embedding (Triton), then top-N from the item index, with a popularity
+fallback; and a seed item's nearest items in the same index (item-to-item).
 
-Owns: finding candidates for users who gave none. Must not touch: files (the index comes loaded),
-FAISS itself (any :class:`VectorIndex` will do), the ranking model.
+Owns: the index searches that find candidates, and the item embeddings the index holds (the
+queries of item-to-item recall, kept current with catalogue changes as the index is). Must not
+touch: files (the index and embeddings come loaded), FAISS itself (any :class:`VectorIndex` will
+do), the ranking model, which sources a scenario asks for (``serving.pipeline.candidates``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.errors import BackendUnavailableError
 from serving.pipeline.features import TOWER_OUTPUT, FeatureTables
 from serving.triton.caller import ModelCaller
 
@@ -49,10 +53,13 @@ class RecallStage:
         embed_items: the item tower of that version, for items a catalogue change adds or updates.
         label: what answers recalled here say they came from (``recall``): ``faiss``, or the
             kind of another index (``torch_exact``).
+        item_vectors: the item embeddings ``index`` holds (row i: item i), the queries of
+            item-to-item recall; None: this version has none and item-to-item is unavailable.
     """
 
     def __init__(self, tables: FeatureTables, index: VectorIndex, caller: ModelCaller, model: str, version: int,
-                 embed_items: ItemEmbedder | None = None, *, label: str = "faiss") -> None:
+                 embed_items: ItemEmbedder | None = None, *, label: str = "faiss",
+                 item_vectors: np.ndarray | None = None) -> None:
         self.tables = tables
         self.index = index
         self.label = label
@@ -60,6 +67,7 @@ class RecallStage:
         self.model = model
         self.version = version
         self.embed_items = embed_items
+        self._vectors = None if item_vectors is None else np.ascontiguousarray(item_vectors, dtype=np.float32)
         pop = tables.popularity
         self._popular = np.argsort(-pop, kind="stable").astype(np.int64)
         self._popular_scores = pop[self._popular].astype(np.float32)
@@ -75,13 +83,32 @@ class RecallStage:
         int64 [Q, n']); ids -1 pad. Excludes beyond that limit leave fewer candidates, never an error."""
         return self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(n, self.index.max_k))
 
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The item embeddings of ``ids`` float32 [len(ids), E], as the index holds them.
+
+        Raises:
+            BackendUnavailableError: this version carries no item embeddings.
+        """
+        vec = self._vectors
+        if vec is None:
+            raise BackendUnavailableError(f"{self.model} v{self.version} carries no item embeddings "
+                                          "(item_emb.npy): item-to-item recall is unavailable")
+        return vec[np.asarray(ids, dtype=np.int64)]
+
     def apply(self, tables: FeatureTables, rows: np.ndarray, catalogue_version: int) -> None:
         """Put the items ``rows`` of ``tables`` (added or updated by catalogue changes up to
         ``catalogue_version``) into the index, embedded with this version's item tower."""
         if rows.size:
             if self.embed_items is None:
                 raise RuntimeError(f"{self.model} v{self.version} has no item tower to embed changed items with")
-            self.index.upsert(rows, self.embed_items(tables, rows), catalogue_version)
+            emb = self.embed_items(tables, rows)
+            self.index.upsert(rows, emb, catalogue_version)
+            if self._vectors is not None:  # a new array, swapped whole: searches in flight keep theirs
+                vec = np.zeros((max(self._vectors.shape[0], int(rows.max()) + 1), self._vectors.shape[1]),
+                               dtype=np.float32)
+                vec[: self._vectors.shape[0]] = self._vectors
+                vec[rows] = emb
+                self._vectors = vec
         else:
             self.index.catalogue_version = catalogue_version
 

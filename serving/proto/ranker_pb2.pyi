@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RankRequest(_message.Message):
-    __slots__ = ("user_id", "k", "candidates", "exclude", "request_id", "model", "timeout_ms")
+    __slots__ = ("user_id", "k", "candidates", "exclude", "request_id", "model", "timeout_ms", "scenario", "item_id", "shop_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,9 @@ class RankRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SHOP_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: int
     k: int
     candidates: _containers.RepeatedScalarFieldContainer[int]
@@ -22,7 +25,10 @@ class RankRequest(_message.Message):
     request_id: str
     model: str
     timeout_ms: int
-    def __init__(self, user_id: _Optional[int] = ..., k: _Optional[int] = ..., candidates: _Optional[_Iterable[int]] = ..., exclude: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    scenario: str
+    item_id: int
+    shop_id: int
+    def __init__(self, user_id: _Optional[int] = ..., k: _Optional[int] = ..., candidates: _Optional[_Iterable[int]] = ..., exclude: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., scenario: _Optional[str] = ..., item_id: _Optional[int] = ..., shop_id: _Optional[int] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "score", "recall_score")
@@ -43,7 +49,7 @@ class ModelVersion(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("request_id", "items", "model", "recall", "degraded", "cold_start", "timings_ms", "catalogue_version")
+    __slots__ = ("request_id", "items", "model", "recall", "degraded", "cold_start", "timings_ms", "catalogue_version", "scenario", "scenario_version")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +65,8 @@ class RankResponse(_message.Message):
     COLD_START_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     CATALOGUE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_VERSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model: ModelVersion
@@ -67,4 +75,6 @@ class RankResponse(_message.Message):
     cold_start: bool
     timings_ms: _containers.ScalarMap[str, float]
     catalogue_version: int
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model: _Optional[_Union[ModelVersion, _Mapping]] = ..., recall: _Optional[str] = ..., degraded: _Optional[bool] = ..., cold_start: _Optional[bool] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., catalogue_version: _Optional[int] = ...) -> None: ...
+    scenario: str
+    scenario_version: int
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model: _Optional[_Union[ModelVersion, _Mapping]] = ..., recall: _Optional[str] = ..., degraded: _Optional[bool] = ..., cold_start: _Optional[bool] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., catalogue_version: _Optional[int] = ..., scenario: _Optional[str] = ..., scenario_version: _Optional[int] = ...) -> None: ...

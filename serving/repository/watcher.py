@@ -1,6 +1,6 @@
 """Follows the model repository into a running pipeline and into the node's Triton: traffic
 changes from push, promote and rollback, a new user tower version with its index, catalogue
-changes, and every new version loaded into this node's Triton.
+changes, scenario changes, and every new version loaded into this node's Triton.
 
 Owns: the polling thread of one replica, what it swaps, and the node's heartbeat
 (``serving.repository.nodes``). The ranking traffic split is swapped as one dict; a new user
@@ -11,8 +11,12 @@ says which versions are ready there: a push moves traffic only once every live n
 Catalogue changes (``serving.repository.catalogue``) are checked every ``catalogue_interval_s``:
 the items they add or update are embedded with the live user tower's item tower and put in its
 index first, then the pipeline's catalogue is swapped whole, so an answer carrying change V never
-holds an item blocked in V. Must not touch: the repository's versions, traffic or change log
-(read only).
+holds an item blocked in V. Scenarios (``serving.repository.scenarios``) are checked every
+``catalogue_interval_s`` too: when ``live.json`` was replaced, every live scenario is validated
+against this replica (its settings, the repository's rankers, its catalogue) and the whole set is
+swapped into the pipeline at once; a scenario whose new version this replica refuses keeps the
+version it had, with a warning. Must not touch: the repository's versions, traffic, change log or
+scenario files (read only).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from serving.pipeline.orchestration import RankPipeline, Recall
 from serving.repository.catalogue import ChangeLog, apply_change
 from serving.repository.nodes import remove_heartbeat, write_heartbeat
 from serving.repository.registry import ModelRegistry
+from serving.repository.scenarios import ScenarioStore
 from serving.triton.caller import ModelCaller
 from serving.triton.client import TritonClient
 
@@ -60,7 +65,8 @@ class RepositoryWatcher:
             no heartbeat).
         snapshot: the replica's metrics exposition, published with each heartbeat.
         interval_s: seconds between checks of traffic and versions.
-        catalogue_interval_s: seconds between checks of the catalogue change log.
+        catalogue_interval_s: seconds between checks of the catalogue change log, and of the
+            scenarios' ``live.json``.
     """
 
     def __init__(self, settings: Settings, registry: ModelRegistry, pipeline: RankPipeline, caller: ModelCaller,
@@ -75,6 +81,9 @@ class RepositoryWatcher:
         self.interval_s = interval_s
         self.catalogue_interval_s = catalogue_interval_s
         self.changes = ChangeLog(registry.repo)
+        self.scenarios = ScenarioStore(registry.repo)
+        self._scenario_stamp: tuple[int, int] | None = None
+        self._scenarios_refused: dict[str, str] = {}
         self._warmed = False  # the item tower is loaded once catalogue changes arrive
         self._swap = threading.Lock()  # a catalogue change and a new recall stage are swapped one at a time
         self.node_key = f"{socket.gethostname()}-{os.getpid()}"
@@ -86,11 +95,13 @@ class RepositoryWatcher:
         # a traffic change (which a push makes only once every node has loaded what it names)
         self._threads = [threading.Thread(target=self._run, name="repository-watcher", daemon=True),
                          threading.Thread(target=self._follow_loop, name="triton-follower", daemon=True),
-                         threading.Thread(target=self._catalogue_loop, name="catalogue-follower", daemon=True)]
+                         threading.Thread(target=self._catalogue_loop, name="catalogue-follower", daemon=True),
+                         threading.Thread(target=self._scenario_loop, name="scenario-follower", daemon=True)]
 
     def start(self) -> None:
-        """Catch up with the catalogue changes so far (before the first request), then follow."""
+        """Catch up with the catalogue changes and scenarios so far (before the first request), then follow."""
         self.follow_catalogue()
+        self.follow_scenarios()
         for t in self._threads:
             t.start()
 
@@ -140,10 +151,35 @@ class RepositoryWatcher:
             for change in changes:
                 cat = apply_change(cat, change)
             self._catch_up(p.recall, cat)  # the index first: then no answer of this version misses an item
-            p.catalogue = cat
+            p.catalogue = cat.warm()
         log.info(json.dumps({"event": "catalogue_applied", "version": cat.version, "items": cat.tables.n_items,
                              "blocked": cat.n_blocked, "changes": len(changes)}))
         return len(changes)
+
+    @property
+    def refused_scenarios(self) -> dict[str, str]:
+        """Scenarios whose live version this replica refused, with the reason."""
+        return dict(self._scenarios_refused)
+
+    def follow_scenarios(self) -> bool:
+        """Serve the live scenarios when ``live.json`` changed; True when it had."""
+        stamp = self.scenarios.stamp()
+        if stamp == self._scenario_stamp:
+            return False
+        p = self.pipeline
+        served, refused = self.scenarios.live(self.settings, self.registry, p.catalogue.group_counts())
+        # a new version this replica refuses leaves the one it served in place
+        kept = {n: sc for n, sc in p.scenarios.items() if n in refused and sc.version > 0}
+        p.set_scenarios({**kept, **served})
+        self._scenario_stamp = stamp
+        for name, why in refused.items():
+            if self._scenarios_refused.get(name) != why:
+                log.warning(json.dumps({"event": "scenario_refused", "scenario": name, "reason": why,
+                                        "serving": kept[name].version if name in kept else None}))
+        self._scenarios_refused = refused
+        log.info(json.dumps({"event": "scenarios_applied",
+                             "scenarios": {n: sc.version for n, sc in sorted(p.scenarios.items())}}))
+        return True
 
     @staticmethod
     def _warm(recall: Recall) -> None:
@@ -199,6 +235,17 @@ class RepositoryWatcher:
             except Exception as err:  # noqa: BLE001 - keep serving the catalogue as it was; retry
                 if repr(err) != last:  # once per distinct failure, not ten times a second
                     log.warning("catalogue follower: %s", err)
+                last = repr(err)
+
+    def _scenario_loop(self) -> None:
+        last = ""
+        while not self._stop.wait(self.catalogue_interval_s):
+            try:
+                self.follow_scenarios()
+                last = ""
+            except Exception as err:  # noqa: BLE001 - keep serving the scenarios as they were; retry
+                if repr(err) != last:
+                    log.warning("scenario follower: %s", err)
                 last = repr(err)
 
     def _follow_loop(self) -> None:

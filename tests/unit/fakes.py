@@ -115,6 +115,6 @@ def make_pipeline(repo: Path, client: ScoringClient, cls: type[RankPipeline] = R
     settings = Settings(model_repository=repo, **{"recall_n": 40, "triton_retries": 1, **overrides})
     caller = ModelCaller(client, timeout_s=1.0, retries=1)
     index = ExactIndex(item_embedding(tables, np.arange(tables.n_items)))
-    recall = RecallStage(tables, index, caller, "user_tower", 1, item_embedding)
+    recall = RecallStage(tables, index, caller, "user_tower", 1, item_embedding, item_vectors=index.emb)
     return cls(settings, tables, ModelRegistry(repo), recall, CrossingStage(tables, "numpy"),
                RankingStage(caller, max_rows=64))

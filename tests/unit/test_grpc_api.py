@@ -24,6 +24,8 @@ def test_only_fields_that_are_set_reach_the_payload() -> None:
                                  timeout_ms=250)
     assert grpc_api.request_payload(msg, 1024) == {"user_id": 0, "k": 5, "candidates": [3, 1], "exclude": [9],
                                                    "request_id": "r1", "model": "ranker", "timeout_ms": 250}
+    ctx = ranker_pb2.RankRequest(user_id=1, scenario="similar", item_id=0, shop_id=12)
+    assert grpc_api.request_payload(ctx, 1024) == {"user_id": 1, "scenario": "similar", "item_id": 0, "shop_id": 12}
 
 
 def test_messages_get_the_http_apis_validation_and_its_field_names() -> None:
@@ -51,9 +53,11 @@ def test_an_oversized_message_is_refused_before_validation() -> None:
 
 def test_an_answer_becomes_the_same_content_as_its_json() -> None:
     res = RankResponse(request_id="abc", items=[ScoredItem(17, 0.83), ScoredItem(3, 0.5)], model_name="ranker",
-                       model_version=3, recall="faiss", cold_start=True, timings_ms={"rank": 4.12345, "total": 6.4})
+                       model_version=3, recall="faiss", cold_start=True, timings_ms={"rank": 4.12345, "total": 6.4},
+                       scenario="shop", scenario_version=4)
     msg = grpc_api.response_message(res)
     body = res.to_json()
+    assert (msg.scenario, msg.scenario_version) == (body["scenario"], body["scenario_version"]) == ("shop", 4)
     assert msg.request_id == body["request_id"] and msg.recall == body["recall"]
     assert [(it.item_id, it.score) for it in msg.items] == [(it["item_id"], it["score"]) for it in body["items"]]
     assert (msg.model.name, msg.model.version) == (body["model"]["name"], body["model"]["version"])

@@ -25,9 +25,10 @@ def test_minimal_request_takes_defaults() -> None:
 
 def test_full_request() -> None:
     req = _parse({"user_id": 1, "k": 3, "candidates": [1, 2], "exclude": [5], "request_id": "abc",
-                  "model": "ranker", "timeout_ms": 100})
+                  "model": "ranker", "timeout_ms": 100, "scenario": "similar", "item_id": 7, "shop_id": 9})
     assert (req.k, req.candidates, req.exclude, req.request_id, req.model, req.timeout_ms) == (
         3, [1, 2], [5], "abc", "ranker", 100)
+    assert (req.scenario, req.item_id, req.shop_id) == ("similar", 7, 9)
 
 
 BAD = [
@@ -58,6 +59,10 @@ BAD = [
     ({"user_id": 1, "request_id": "x" * 129}, ValidationError, 422, "request_id"),
     ({"user_id": 1, "model": ""}, ValidationError, 422, "model"),
     ({"user_id": 1, "surprise": 1}, ValidationError, 422, "surprise"),
+    ({"user_id": 1, "scenario": ""}, ValidationError, 422, "scenario"),
+    ({"user_id": 1, "scenario": 3}, InvalidArgumentError, 400, "scenario"),
+    ({"user_id": 1, "item_id": "7"}, InvalidArgumentError, 400, "item_id"),
+    ({"user_id": 1, "shop_id": 2**63}, ValidationError, 422, "shop_id"),
     (b'{"user_id": NaN}', InvalidArgumentError, 400, "user_id"),
     (b'{"user_id": 1, "k": Infinity}', InvalidArgumentError, 400, "k"),
     (b"[" * 5000 + b"]" * 5000, PayloadTooLargeError, 413, "body"),
@@ -84,10 +89,12 @@ def test_deep_nesting_within_size_limit_is_a_clean_400() -> None:
 
 
 def test_response_json_shape() -> None:
-    r = RankResponse("abc", [ScoredItem(17, 0.83)], "ranker", 3, "faiss", timings_ms={"total": 6.4})
+    r = RankResponse("abc", [ScoredItem(17, 0.83)], "ranker", 3, "faiss", timings_ms={"total": 6.4},
+                     scenario="similar", scenario_version=2)
     assert r.to_json() == {
         "request_id": "abc", "items": [{"item_id": 17, "score": 0.83}], "model": {"name": "ranker", "version": 3},
-        "recall": "faiss", "degraded": False, "catalogue_version": 0, "timings_ms": {"total": 6.4},
+        "recall": "faiss", "degraded": False, "catalogue_version": 0, "scenario": "similar", "scenario_version": 2,
+        "timings_ms": {"total": 6.4},
     }
     r.cold_start = True
     assert r.to_json()["cold_start"] is True
