@@ -1,4 +1,5 @@
-"""``rankserve`` command line: build, serve, bench, capacity, and the model repository workflow.
+"""``rankserve`` command line: build, serve, bench, capacity, the model repository workflow, catalogue
+changes and scenarios.
 
 Owns: argument parsing, start-up contexts (Triton configured or embedded, Ray, Serve) and
 turning refusals into one-line messages with an exit status. Must not touch: ranking logic.
@@ -39,7 +40,7 @@ def _build(settings: Settings, *, items: int | None = None, users: int | None = 
     from training.build import build
 
     return build(settings.marketplace_path.parent, settings.model_repository, items=items, users=users, force=force,
-                 index=index)
+                 index=index, settings=settings)
 
 
 @contextlib.contextmanager
@@ -216,6 +217,28 @@ def cmd_freshness(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.net import QUIET_PORTS, free_port
+    from serving.tools.freshness import repository_copy
+    from serving.tools.scenario_freshness import run_scenario_freshness
+
+    _build(settings)
+    port = free_port(QUIET_PORTS)
+    scratch = repository_copy(settings.model_repository)  # the benchmark's scenario versions stay out of the real one
+    run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch,
+                                               "num_replicas": args.replicas})
+    unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {args.replicas} Serve replica(s), "
+            f"{_gpu_words()}), scratch copy of {settings.model_repository}")
+    try:
+        with serving_app(run_settings):
+            run_scenario_freshness(f"http://127.0.0.1:{port}", run_settings, args, unit=unit)
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch.parent, ignore_errors=True)
+    return 0
+
+
 def cmd_index_bench(settings: Settings, args: argparse.Namespace) -> int:
     from serving.tools.index_bench import run_index_bench
 
@@ -359,6 +382,55 @@ def cmd_items(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scenarios(settings: Settings, args: argparse.Namespace) -> int:
+    """Validate, apply, list or roll back scenario files (``serving.repository.scenarios``)."""
+    from pathlib import Path
+
+    from serving.errors import ScenarioRefusedError
+    from serving.pipeline.features import FeatureTables
+    from serving.repository.catalogue import ChangeLog
+    from serving.repository.registry import ModelRegistry
+    from serving.repository.scenarios import ScenarioStore
+
+    store = ScenarioStore(settings.model_repository)
+    if args.action == "list":
+        print(json.dumps({"scenarios": store.listing(), "served": _served_scenarios(settings)}, indent=2))
+        return 0
+    if len(args.targets) != 1:
+        what = "NAME" if args.action == "rollback" else "FILE"
+        raise ConfigError(f"rankserve scenarios {args.action} takes one {what}")
+    registry = ModelRegistry(settings.model_repository)
+    groups = ChangeLog(settings.model_repository).current(FeatureTables.load(settings.marketplace_path)).group_counts()
+    if args.action == "rollback":
+        sc = store.rollback(args.targets[0], settings, registry, groups)
+    else:
+        path = Path(args.targets[0])
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ScenarioRefusedError(f"cannot read {path}: {err}") from err
+        if args.action == "validate":
+            sc = store.check(text, settings, registry, groups)
+            print(json.dumps({"valid": True, "scenario": sc.name, "next_version": max(store.versions(sc.name),
+                                                                                       default=0) + 1,
+                              **{k: v for k, v in sc.describe().items() if k in ("needs", "limits", "ranker")}}))
+            return 0
+        sc = store.apply(text, settings, registry, groups)
+    print(json.dumps({"scenario": sc.name, "version": sc.version, "live": True}))
+    return 0
+
+
+def _served_scenarios(settings: Settings) -> dict[str, int] | None:
+    """What the running server serves (scenario -> version), or None when it is not reachable."""
+    try:
+        import httpx
+
+        body = httpx.get(f"http://{settings.host}:{settings.port}/v1/scenarios", timeout=3).json()
+        return {row["name"]: row["version"] for row in body["scenarios"]}
+    except Exception:  # noqa: BLE001 - the server may be down; the repository still answers
+        return None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankserve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -418,6 +490,17 @@ def _parser() -> argparse.ArgumentParser:
     it.add_argument("targets", nargs="*", metavar="ID|FILE",
                     help="item ids (block, unblock) or one JSON / JSON-lines file of items (add, update)")
     it.set_defaults(func=cmd_items)
+    sc = sub.add_parser("scenarios", help="scenario files: validate FILE, apply FILE (live on every replica), list, "
+                                          "rollback NAME")
+    sc.add_argument("action", choices=("validate", "apply", "list", "rollback"))
+    sc.add_argument("targets", nargs="*", metavar="FILE|NAME", help="a scenario file (validate, apply) or a "
+                                                                    "scenario's name (rollback)")
+    sc.set_defaults(func=cmd_scenarios)
+    from serving.tools.scenario_freshness import add_arguments as add_scenario_freshness_arguments
+
+    sf = sub.add_parser("scenario-freshness", help="scenario apply -> first answer carrying it, under load")
+    add_scenario_freshness_arguments(sf)
+    sf.set_defaults(func=cmd_scenario_freshness)
     mo = sub.add_parser("models", help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)

@@ -21,6 +21,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ from serving.config import Settings
 from serving.pipeline.features import ITEM_CAT_FIELDS, ITEM_NUM_FIELDS, FeatureTables
 from serving.repository.catalogue import ChangeLog
 
-__all__ = ["add_arguments", "freshness_report", "repository_copy", "run_freshness"]
+__all__ = ["add_arguments", "closed_loop", "first_answer_delays", "freshness_report", "repository_copy",
+           "run_freshness"]
 
 
 def repository_copy(repo: Path) -> Path:
@@ -41,16 +43,17 @@ def repository_copy(repo: Path) -> Path:
     return dest
 
 
-async def _load(url: str, users: np.ndarray, stop: asyncio.Event, seen: list[tuple[float, int]],
-                tally: dict[str, int], concurrency: int) -> None:
+async def closed_loop(url: str, bodies: list[dict[str, Any]], stop: asyncio.Event, tally: dict[str, int],
+                      concurrency: int, on_answer: Callable[[float, dict[str, Any]], None]) -> None:
+    """``concurrency`` requests in flight, cycling through ``bodies``, until ``stop`` is set; each
+    answer goes to ``on_answer(arrival time, answer)``; ``tally`` counts ``ok`` and ``failed``."""
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
         async def worker(i: int) -> None:
             n = i
             while not stop.is_set():
                 n += concurrency
-                body = {"user_id": int(users[n % users.size]), "k": 20}
                 try:
-                    r = await client.post(f"{url}/v1/rank", json=body)
+                    r = await client.post(f"{url}/v1/rank", json=bodies[n % len(bodies)])
                 except httpx.HTTPError:
                     tally["failed"] += 1
                     continue
@@ -58,12 +61,12 @@ async def _load(url: str, users: np.ndarray, stop: asyncio.Event, seen: list[tup
                     tally["failed"] += 1
                     continue
                 tally["ok"] += 1
-                seen.append((time.monotonic(), int(r.json()["catalogue_version"])))
+                on_answer(time.monotonic(), r.json())
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
 
 
-def _delays(written: list[tuple[int, float]], seen: list[tuple[float, int]]) -> list[float]:
+def first_answer_delays(written: list[tuple[int, float]], seen: list[tuple[float, int]]) -> list[float]:
     """Per change: seconds from its file in place to the first answer carrying it (or later)."""
     seen = sorted(seen)
     t = np.asarray([s[0] for s in seen])
@@ -82,7 +85,9 @@ async def _run(url: str, settings: Settings, *, changes: int, gap_s: float, conc
     users = rng.integers(0, base.n_users, 5000)
     stop, tally = asyncio.Event(), {"ok": 0, "failed": 0}
     seen: list[tuple[float, int]] = []
-    load = asyncio.create_task(_load(url, users, stop, seen, tally, concurrency))
+    bodies = [{"user_id": int(u), "k": 20} for u in users]
+    load = asyncio.create_task(closed_loop(url, bodies, stop, tally, concurrency,
+                                           lambda t, a: seen.append((t, int(a["catalogue_version"])))))
     popular = np.argsort(-base.popularity)[:2000]
     # a replica loads its item tower on the first change it sees (not at start-up, where importing
     # torch would slow every request): one change first, as a catalogue that changes has had
@@ -113,7 +118,7 @@ async def _run(url: str, settings: Settings, *, changes: int, gap_s: float, conc
     wall = time.monotonic() - t0
     stop.set()
     await load
-    return {"delays": _delays(written, seen), "kinds": kinds, "requests": tally["ok"] + tally["failed"], "failed": tally["failed"],
+    return {"delays": first_answer_delays(written, seen), "kinds": kinds, "requests": tally["ok"] + tally["failed"], "failed": tally["failed"],
             "rps": (tally["ok"] - ok0) / wall, "concurrency": concurrency, "gap_s": gap_s}
 
 

@@ -1,0 +1,126 @@
+"""``rankserve scenario-freshness``: how long a scenario apply takes to reach the answers, under load.
+
+Owns: the scenario freshness benchmark and its report. Must not touch: the server's internals.
+
+The server runs on a copy of the model repository (the benchmark's versions never reach the
+user's scenarios). Requests of every live scenario (``home``, ``similar`` with a seed item,
+``shop`` with a shop) run closed loop at ``concurrency`` throughout, each answer recorded with the
+time it arrived, its scenario and the scenario version it carries. ``applies`` new versions are
+applied one after another, as ``rankserve scenarios apply`` applies them, in turn to each
+scenario, each moving that scenario's ``default_k`` by one (the answers' length shows the new
+version at work). An apply's delay runs from the moment it returns (its version live in the
+repository) to the arrival of the first answer of that scenario carrying its version or a later
+one. Alongside: the load's request rate and failures, which must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from serving.config import Settings
+from serving.pipeline.catalogue import Catalogue
+from serving.pipeline.features import FeatureTables
+from serving.repository.registry import ModelRegistry
+from serving.repository.scenarios import ScenarioStore
+from serving.tools.freshness import closed_loop, first_answer_delays
+
+__all__ = ["add_arguments", "mixed_bodies", "run_scenario_freshness", "scenario_freshness_report"]
+
+
+def mixed_bodies(tables: FeatureTables, scenarios: list[str], n: int = 3000, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` requests spread over ``scenarios``, each with the context it may need: a seed item and
+    its shop (so a shop scenario asks about a shop that has items)."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, tables.n_users, n)
+    items = rng.integers(0, tables.n_items, n)
+    shops = tables.item_cat[items, 1]
+    return [{"user_id": int(u), "scenario": scenarios[i % len(scenarios)], "item_id": int(it), "shop_id": int(sh)}
+            for i, (u, it, sh) in enumerate(zip(users, items, shops, strict=True))]
+
+
+def _next_text(store: ScenarioStore, name: str, step: int) -> str:
+    """The live file of ``name`` with its ``default_k`` one lower (even steps) or back (odd)."""
+    live = next(r["live"] for r in store.listing() if r["name"] == name)
+    data = yaml.safe_load(store.text(name, live))
+    limits = data.setdefault("limits", {})
+    k = int(limits.get("default_k") or 20)
+    limits["default_k"] = max(1, k - 1) if step % 2 == 0 else k + 1
+    return str(yaml.safe_dump(data, sort_keys=False))
+
+
+async def _run(url: str, settings: Settings, *, applies: int, gap_s: float, concurrency: int) -> dict[str, Any]:
+    store = ScenarioStore(settings.model_repository)
+    registry = ModelRegistry(settings.model_repository)
+    tables = FeatureTables.load(settings.marketplace_path)
+    groups = Catalogue.initial(tables).group_counts()
+    names = store.names()
+    if not names:
+        raise RuntimeError(f"no scenarios in {settings.model_repository}: run rankserve build")
+    stop, tally = asyncio.Event(), {"ok": 0, "failed": 0}
+    seen: dict[str, list[tuple[float, int]]] = {n: [] for n in names}
+    load = asyncio.create_task(closed_loop(
+        url, mixed_bodies(tables, names), stop, tally, concurrency,
+        lambda t, a: seen.setdefault(a["scenario"], []).append((t, int(a["scenario_version"])))))
+    await asyncio.sleep(3.0)
+    written: list[tuple[str, int, float]] = []
+    t0, ok0 = time.monotonic(), tally["ok"]
+    for i in range(applies):
+        name = names[i % len(names)]
+        text = _next_text(store, name, i // len(names))
+        sc = await asyncio.to_thread(store.apply, text, settings, registry, groups)
+        written.append((name, sc.version, time.monotonic()))
+        await asyncio.sleep(gap_s)
+    await asyncio.sleep(1.0)
+    wall = time.monotonic() - t0
+    stop.set()
+    await load
+    delays = {n: first_answer_delays([(v, t) for m, v, t in written if m == n], seen[n]) for n in names}
+    order = {n: 0 for n in names}
+    flat = []
+    for m, _, _ in written:  # back in the order they were applied
+        flat.append(delays[m][order[m]])
+        order[m] += 1
+    return {"delays": flat, "scenarios": [m for m, _, _ in written], "requests": tally["ok"] + tally["failed"],
+            "failed": tally["failed"], "rps": (tally["ok"] - ok0) / wall, "concurrency": concurrency, "gap_s": gap_s}
+
+
+def scenario_freshness_report(raw: dict[str, Any], *, target_s: float = 2.0, unit: str = "") -> dict[str, Any]:
+    d = np.asarray(raw["delays"])
+    names = np.asarray(raw["scenarios"])
+    by = {n: {"p50_s": round(float(np.median(d[names == n])), 3), "max_s": round(float(d[names == n].max()), 3)}
+          for n in dict.fromkeys(raw["scenarios"])}
+    return {"applies": int(d.size), "p50_s": round(float(np.median(d)), 3), "p90_s": round(float(np.quantile(d, 0.9)), 3),
+            "max_s": round(float(d.max()), 3), "by_scenario": by, "target_s": target_s,
+            "meets_target": bool(d.max() <= target_s),
+            "load": {"requests": raw["requests"], "failed": raw["failed"], "rps": round(raw["rps"], 1),
+                     "concurrency": raw["concurrency"]},
+            "gap_between_applies_s": raw["gap_s"], "unit": unit}
+
+
+def run_scenario_freshness(url: str, settings: Settings, args: argparse.Namespace, *, unit: str) -> dict[str, Any]:
+    raw = asyncio.run(_run(url, settings, applies=args.applies, gap_s=args.gap_s, concurrency=args.concurrency))
+    rep = scenario_freshness_report(raw, unit=unit)
+    print(json.dumps(rep, indent=2))
+    print(f"scenario freshness: {rep['applies']} applies under {rep['load']['rps']} req/s "
+          f"({rep['load']['failed']} failed of {rep['load']['requests']}): apply -> first answer carrying it "
+          f"p50 {rep['p50_s'] * 1000:.0f} ms, p90 {rep['p90_s'] * 1000:.0f} ms, max {rep['max_s'] * 1000:.0f} ms "
+          f"(target <= {rep['target_s']:g} s: {'met' if rep['meets_target'] else 'MISSED'})")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rep, indent=2) + "\n")
+    return rep
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--applies", type=int, default=30, help="scenario versions to apply and time")
+    p.add_argument("--gap-s", type=float, default=0.5, help="seconds between applies")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight throughout")
+    p.add_argument("--replicas", type=int, default=1, help="Serve replicas (each follows the scenarios itself)")
+    p.add_argument("--out", type=Path, help="write the report as JSON here")
