@@ -1,9 +1,12 @@
-"""``rankserve build``: demo marketplace -> trained models -> model repository, cached on disk.
+"""``rankserve build``: demo marketplace -> trained models -> model repository, cached on disk,
+with the three demo scenarios (``training/scenarios/``: ``home``, ``similar``, ``shop``).
 
 Idempotent: when ``build.json`` records the same configuration and the repository holds both
-models, nothing is rebuilt. The summary carries the quality a ranking team reads: AUC against
-the oracle, log loss and calibration (ECE), the index's recall@500 against exact search and its
-memory, and the served pipeline's NDCG@20 against the oracle pipeline.
+models, nothing is rebuilt (scenarios missing from an older build are added, and measured). The
+summary carries the quality a ranking team reads: AUC against the oracle, log loss and
+calibration (ECE), the index's recall@500 against exact search and its memory, the served
+pipeline's NDCG@20 against the oracle pipeline, and each scenario's NDCG@20 against the oracle
+restricted to its candidate rule (``training.scenario_quality``).
 ``python -m training.build --data-dir .rankserve/data --repo model_repository [--items N --users M]``.
 
 ``--no-index`` (``build(..., index=False)``) skips the FAISS index, its recall@500 and the NDCG
@@ -26,17 +29,22 @@ from typing import Any
 
 import numpy as np
 
+from serving.config import Settings
+from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry, Traffic
+from serving.repository.scenarios import ScenarioStore
 from training.data import MarketConfig, Marketplace, generate, load, save
 from training.export import export_artifacts, install_artifact
 from training.train import train_all
 
-__all__ = ["build", "load_built_marketplace"]
+__all__ = ["DEMO_SCENARIOS", "build", "install_scenarios", "load_built_marketplace"]
 
 log = logging.getLogger(__name__)
 MODELS = ("user_tower", "ranker")
 NO_INDEX = "none: built with --no-index (no FAISS index, no recall@500)"
+# The demo scenario files, applied in this order (each becomes version 1 of its scenario).
+DEMO_SCENARIOS = tuple(Path(__file__).resolve().parent / "scenarios" / f"{n}.yaml" for n in ("home", "similar", "shop"))
 
 
 def _built(repo: Path) -> bool:
@@ -70,22 +78,53 @@ def served_quality(mp: Marketplace, repo: Path, seed: int = 0) -> dict[str, Any]
             "index_mib": round((d / "items.faiss").stat().st_size / 2**20, 1), **ndcg}
 
 
+def install_scenarios(repo: Path, settings: Settings, tables: FeatureTables) -> dict[str, int]:
+    """Replace the repository's scenarios with the demo ones; returns their versions."""
+    store = ScenarioStore(repo)
+    store.remove_all()
+    groups = Catalogue.initial(tables).group_counts()
+    registry = ModelRegistry(repo)
+    return {sc.name: sc.version for sc in (store.apply(f.read_text(), settings, registry, groups)
+                                           for f in DEMO_SCENARIOS)}
+
+
+def _scenario_quality(data_dir: Path, repo: Path, settings: Settings, mp: Marketplace | None = None) -> dict[str, Any]:
+    from training.scenario_quality import scenario_ndcg
+
+    mp = mp or load_built_marketplace(data_dir)
+    return scenario_ndcg(mp, settings.model_copy(update={"model_repository": repo, "data_dir": data_dir.parent}))
+
+
+def _add_scenarios(summary: dict[str, Any], data_dir: Path, repo: Path, settings: Settings) -> dict[str, Any]:
+    """A cached build from before scenarios: install the demo ones and measure them."""
+    install_scenarios(repo, settings, FeatureTables.load(data_dir / "marketplace.npz"))
+    summary["quality"]["scenarios"] = _scenario_quality(data_dir, repo, settings)
+    (data_dir / "build.json").write_text(json.dumps(summary, indent=2))
+    log.info("build: scenarios %s", json.dumps(summary["quality"]["scenarios"]))
+    return summary
+
+
 def build(data_dir: Path, repo: Path, *, items: int | None = None, users: int | None = None, seed: int = 0,
-          force: bool = False, index: bool = True) -> dict[str, Any]:
+          force: bool = False, index: bool = True, settings: Settings | None = None) -> dict[str, Any]:
     """Generate data (``items`` items and ``users`` users, default the demo's), train, export and
-    install both models; returns the build summary.
+    install both models and the demo scenarios; returns the build summary.
 
     Args:
-        index: build the FAISS index and measure its recall@500 (False: neither, FAISS not imported;
-            a cached build without an index is rebuilt when an index is asked for).
+        index: build the FAISS index and measure its recall@500 and the NDCGs (False: none of
+            them, FAISS not imported; a cached build without an index is rebuilt when an index is
+            asked for).
+        settings: the limits the scenarios are checked against (default: the defaults).
     """
     data_dir, repo = Path(data_dir), Path(repo)
+    settings = settings or Settings.model_validate({"model_repository": repo})
     summary_path = data_dir / "build.json"
     cfg = MarketConfig(seed=seed).sized(items=items, users=users)
     if not force and summary_path.is_file() and _built(repo):
         summary = json.loads(summary_path.read_text())
         has_index = summary.get("index", True)  # builds before --no-index always had one
         if summary.get("config") == asdict(cfg) and (has_index or not index):
+            if has_index and ("scenarios" not in summary["quality"] or not ScenarioStore(repo).names()):
+                summary = _add_scenarios(summary, data_dir, repo, settings)
             return {**summary, "cached": True}
     t0 = time.perf_counter()
     mp = generate(cfg)
@@ -102,9 +141,11 @@ def build(data_dir: Path, repo: Path, *, items: int | None = None, users: int | 
         shutil.rmtree(repo / name, ignore_errors=True)
         versions[name] = install_artifact(repo, name, artifacts / name, tables, index=index)
         ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
+    install_scenarios(repo, settings, tables)
     quality: dict[str, Any] = dict(models.quality)
     if index:
         quality.update(served_quality(mp, repo, seed))
+        quality["scenarios"] = _scenario_quality(data_dir, repo, settings, mp)
     else:
         quality.update({"recall_at_500": None, "index_kind": NO_INDEX})
     summary = {"seed": seed, "index": index, "config": asdict(cfg), "quality": quality,
