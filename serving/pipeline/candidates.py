@@ -98,14 +98,15 @@ class CandidateStage:
                 out[i] = Found(ids, None, "given")
         todo = [i for i, f in enumerate(out) if f is None]
         listed: dict[tuple[int, int], _Listed] = {}
-        extra = min(cat.n_blocked, 10_000) + 1 + max((asks[i].exclude.size for i in todo), default=0)
+        # ask each source for more than its count: the filters drop excluded and blocked items, and the seed
+        extra = 1 + max((asks[i].exclude.size for i in todo), default=0)
         await self._user_to_item(cat, recall, asks, todo, listed, extra)
         self._item_to_item(cat, recall, asks, todo, listed, extra)
         for i in todo:
             a = asks[i]
             for j, src in enumerate(a.scenario.spec.sources):
                 if isinstance(src, Popular):
-                    listed[i, j] = _popular(cat, a, src.within, src.count + extra)
+                    listed[i, j] = _popular(cat, a, src.within, _ask_for(cat, src.count, extra))
                 elif isinstance(src, Given) and a.given is not None:
                     listed[i, j] = _Listed(cat.tables.popularity[a.given].astype(np.float32), a.given, "given")
             out[i] = _merge(cat, a, [(src, listed.get((i, j))) for j, src in enumerate(a.scenario.spec.sources)])
@@ -119,7 +120,7 @@ class CandidateStage:
                 if isinstance(s, UserToItem)]
         if not want:
             return
-        n = max(c for _, _, c in want) + extra
+        n = _ask_for(cat, max(c for _, _, c in want), extra)
         rows = np.asarray([asks[i].user_row for i, _, _ in want], dtype=np.int64)
         try:
             # one call serves them all: it may take until the latest deadline; each request's own
@@ -143,7 +144,7 @@ class CandidateStage:
         if not want:
             return
         seeds = np.asarray([asks[i].seed for i, _, _ in want], dtype=np.int64)
-        n = max(c for _, _, c in want) + extra
+        n = _ask_for(cat, max(c for _, _, c in want), extra)
         try:
             sc, ids = recall.search(recall.vectors(seeds), n)
         except DEGRADE_ON as err:
@@ -154,6 +155,12 @@ class CandidateStage:
             return
         for r, (i, j, _) in enumerate(want):
             listed[i, j] = _Listed(sc[r], ids[r], recall.label)
+
+
+def _ask_for(cat: Catalogue, count: int, extra: int) -> int:
+    """How many items to ask a source for so that ``count`` are left after the filters, as far as
+    excluded and blocked items go (a restriction to a shop or category may leave fewer)."""
+    return count + extra + min(cat.n_blocked, count)
 
 
 def _scope_value(cat: Catalogue, a: Ask, scope: str) -> int:
