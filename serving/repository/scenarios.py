@@ -29,10 +29,11 @@ import yaml
 from serving.config import Settings
 from serving.errors import RankserveError, ScenarioRefusedError
 from serving.files import atomic_write_text
+from serving.pipeline.orchestration import RankPipeline
 from serving.pipeline.scenario import NAME_PATTERN, Scenario, ScenarioSpec
 from serving.repository.registry import ModelRegistry
 
-__all__ = ["ScenarioStore", "parse_scenario", "ranking_models"]
+__all__ = ["ScenarioStore", "parse_scenario", "ranking_models", "use_live_scenarios"]
 
 _DIR = "scenarios"
 _LIVE = "live.json"
@@ -238,3 +239,12 @@ class ScenarioStore:
             for d in self.dir.iterdir():
                 if d.is_dir():
                     shutil.rmtree(d)
+
+
+def use_live_scenarios(pipeline: RankPipeline, registry: ModelRegistry) -> dict[str, str]:
+    """Serve the repository's live scenarios in ``pipeline``, once (an in-process pipeline: the
+    benchmark's floor, the quality figures, tests; replicas follow them with their watcher).
+    Returns the scenarios refused here, with the reason."""
+    served, refused = ScenarioStore(registry.repo).live(pipeline.settings, registry, pipeline.catalogue.group_counts())
+    pipeline.set_scenarios(served)
+    return refused

@@ -40,7 +40,7 @@ from serving.triton.caller import AsyncInferClient
 
 __all__ = ["run_bench"]
 
-_BATCH_METRICS = ("rankserve_batch_requests_sum", "rankserve_batch_requests_count")
+_BATCH_METRICS = ("rankserve_batch_requests_sum", "rankserve_batch_requests_count", "rankserve_batch_candidates_sum")
 STAGES = ("queue", "recall", "cross", "rank")
 
 
@@ -50,6 +50,7 @@ def _pipeline_floor(settings: Settings, client: AsyncInferClient, bodies: list[d
     back to back for ``duration_s`` (after 1 s of warm-up); latency is the batch's."""
     from serving.pipeline.assemble import create_pipeline
     from serving.repository.registry import ModelRegistry
+    from serving.repository.scenarios import use_live_scenarios
     from serving.schemas import RankRequest
 
     reqs = [RankRequest.model_validate(b) for b in bodies]
@@ -82,7 +83,9 @@ def _pipeline_floor(settings: Settings, client: AsyncInferClient, bodies: list[d
                 "stage_ms": {"client": float(arr.mean()), "queue": 0.0, **{s: float(np.mean(v)) for s, v in stage.items()}}}
 
     async def go() -> list[dict[str, Any]]:
-        pipeline = create_pipeline(settings, client, ModelRegistry(settings.model_repository))
+        registry = ModelRegistry(settings.model_repository)
+        pipeline = create_pipeline(settings, client, registry)
+        use_live_scenarios(pipeline, registry)  # the floor runs the scenarios the server runs
         try:
             return [await level(pipeline, c) for c in levels]
         finally:
@@ -100,7 +103,9 @@ def _served_point(url: str, bodies_file: Path, c: int, duration_s: float, recall
     n = after.get("rankserve_batch_requests_count", 0) - before.get("rankserve_batch_requests_count", 0)
     s = after.get("rankserve_batch_requests_sum", 0) - before.get("rankserve_batch_requests_sum", 0)
     res["mean_batch"] = s / n if n else 0.0
-    res["candidates_per_s"] = res["rps"] * recall_n
+    rows = after.get("rankserve_batch_candidates_sum", 0) - before.get("rankserve_batch_candidates_sum", 0)
+    # the candidates the server scored per request (a scenario's merged sources may give fewer than recall_n)
+    res["candidates_per_s"] = res["rps"] * (rows / s if s else recall_n)
     return res
 
 

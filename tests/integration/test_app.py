@@ -13,6 +13,7 @@ import pytest
 from serving.config import Settings
 from serving.pipeline.assemble import create_pipeline
 from serving.repository.registry import ModelRegistry
+from serving.repository.scenarios import use_live_scenarios
 from serving.schemas import RankRequest
 from serving.triton.inprocess import InProcessClient
 
@@ -136,8 +137,9 @@ def test_concurrent_requests_are_batched(rankserve_url: str) -> None:
 
 def test_served_scores_equal_in_process_model(rankserve_url: str, settings: Settings) -> None:
     """The HTTP answer equals the same pipeline run in-process on the TorchScript models."""
-    pipeline = create_pipeline(settings, InProcessClient(settings.model_repository),
-                               ModelRegistry(settings.model_repository))
+    registry = ModelRegistry(settings.model_repository)
+    pipeline = create_pipeline(settings, InProcessClient(settings.model_repository), registry)
+    assert use_live_scenarios(pipeline, registry) == {}  # the scenarios the server serves
     for payload in ({"user_id": 77, "k": 30}, {"user_id": 5, "k": 8, "candidates": list(range(100, 160))}):
         served = _rank(rankserve_url, payload).json()
         prep = pipeline.prepare(RankRequest.model_validate(payload))
