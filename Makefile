@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(EXTRA)
 # the GPU check runs where it is: the venv's python here, the image's python3 on a device machine
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: serve test cluster-test install build bench capacity chaos freshness kernel-bench loadtest lint clean \
+.PHONY: serve test cluster-test install build bench capacity chaos freshness scenario-freshness kernel-bench loadtest lint clean \
         gpu-check gpu-check-prepare
 
 $(STAMP): pyproject.toml
@@ -50,6 +50,9 @@ chaos: build
 
 freshness: build
 	$(PY) -m serving.cli freshness $(if $(ITEMS),--items $(ITEMS)) --out docs/freshness-cpu$(if $(ITEMS),-$(ITEMS)).json
+
+scenario-freshness: build
+	$(PY) -m serving.cli scenario-freshness --out docs/scenario-freshness-cpu.json
 
 kernel-bench: install
 	$(PY) -m kernels.bench
