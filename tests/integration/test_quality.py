@@ -1,7 +1,8 @@
 """Quality is measured, not assumed: the recorded figures meet their targets, and recomputing them
-from the served artifacts (the ranker's TorchScript, the FAISS index file, the user tower) and the
-generator's ground truth gives the same figures: AUC, log loss and calibration (ECE; scores are
-click probabilities), recall@500, and the pipeline's NDCG@20 against the oracle pipeline."""
+from the served artifacts (the ranker's TorchScript, the FAISS index file, the user tower, the
+scenario files) and the generator's ground truth gives the same figures: AUC, log loss and
+calibration (ECE; scores are click probabilities), recall@500, the pipeline's NDCG@20 against the
+oracle pipeline, and each scenario's NDCG@20 against the oracle restricted to its candidate rule."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from serving.repository.registry import ModelRegistry
 from training.build import load_built_marketplace
 from training.metrics import auc, ece, log_loss, ndcg_at_k
 from training.quality import pipeline_ndcg, true_click_prob
+from training.scenario_quality import scenario_ndcg
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +86,18 @@ def test_served_index_reproduces_its_recall(settings) -> None:
         q = tower(torch.from_numpy(tables.user_cat[users]), torch.from_numpy(tables.user_dense[users])).numpy()
     assert index.n_items == emb.shape[0] == tables.n_items
     assert recall_at_k(index, emb, q, 500) >= 0.95
+
+
+def test_scenarios_reproduce_their_ndcg(settings) -> None:
+    """Each demo scenario run in-process (its sources, filters, diversity rule and the served
+    models and index) against the oracle restricted to the same candidate rule
+    (``training.scenario_quality``): the build's figures again, and ranking beats k random
+    admitted items in every scenario."""
+    data = settings.marketplace_path.parent
+    recorded = json.loads((data / "build.json").read_text())["quality"]["scenarios"]
+    assert set(recorded) == {"home", "similar", "shop"}
+    got = scenario_ndcg(load_built_marketplace(data), settings, {n: r["version"] for n, r in recorded.items()})
+    for name, r in recorded.items():
+        assert got[name]["ndcg_at_20"] == pytest.approx(r["ndcg_at_20"], abs=2e-3), name
+        assert got[name]["ndcg_at_20_random"] == pytest.approx(r["ndcg_at_20_random"], abs=2e-3), name
+        assert got[name]["ndcg_at_20"] > got[name]["ndcg_at_20_random"] + 0.05, (name, got[name])
