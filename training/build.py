@@ -32,7 +32,7 @@ from training.data import MarketConfig, Marketplace, generate, load, save
 from training.export import export_artifacts, install_artifact
 from training.train import train_all
 
-__all__ = ["build", "load_built_marketplace"]
+__all__ = ["build", "load_built_marketplace", "recompute_quality"]
 
 log = logging.getLogger(__name__)
 MODELS = ("user_tower", "ranker")
@@ -68,6 +68,20 @@ def served_quality(mp: Marketplace, repo: Path, seed: int = 0) -> dict[str, Any]
     ndcg = pipeline_ndcg(mp, tower, index, torch.jit.load(str(r / "model.pt")), reg.cross_spec("ranker", int(r.name)))
     return {"recall_at_500": round(rec, 4), "index_kind": index.kind, "index_nprobe": index.nprobe,
             "index_mib": round((d / "items.faiss").stat().st_size / 2**20, 1), **ndcg}
+
+
+def recompute_quality(data_dir: Path, repo: Path) -> dict[str, Any]:
+    """The build's quality figures recomputed from the served (live) artifacts: the ranker's AUC,
+    log loss and ECE, the index's recall@500 and the pipeline's NDCG@20."""
+    import torch
+
+    from training.quality import ranker_quality
+
+    mp = load_built_marketplace(data_dir)
+    reg = ModelRegistry(repo)
+    v = reg.traffic("ranker").live
+    ranker = torch.jit.load(str(reg.version_dir("ranker", v) / "model.pt"))
+    return {**ranker_quality(mp, ranker, reg.cross_spec("ranker", v)), **served_quality(mp, repo)}
 
 
 def build(data_dir: Path, repo: Path, *, items: int | None = None, users: int | None = None, seed: int = 0,

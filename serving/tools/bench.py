@@ -148,6 +148,7 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
     from serving.triton.inprocess import InProcessClient
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    quality = _quality(settings)
     bodies = recall_bodies(FeatureTables.load(settings.marketplace_path).n_users, 4096)
     bodies_file = write_bodies(bodies)
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in ("floor", "triton_floor", "framework", "rankserve",
@@ -160,13 +161,27 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
     _serve_configs(settings, triton_url, bodies_file, levels, duration_s, results)
     ratios = _ratios(results, levels)
     report = {"levels": levels, "duration_s": duration_s, "recall_n": settings.recall_n, "ingress": settings.ingress,
-              "results": results, "ratios": ratios}
+              "quality": quality, "results": results, "ratios": ratios}
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     md = _markdown(results, ratios) + "\n" + _stage_table(results, [levels[0], levels[-1]])
     (out_dir / "bench.md").write_text(md)
     print(md)
     print("ratios: " + " ".join(f"{k}={v:.3f}" for k, v in ratios.items() if k != "concurrency"))
     return report
+
+
+def _quality(settings: Settings) -> dict[str, Any]:
+    """The marketplace's quality, recomputed from the served artifacts (beside what the build
+    recorded), so that each benchmark says what its catalogue and models are."""
+    from training.build import recompute_quality
+
+    data = settings.marketplace_path.parent
+    quality = recompute_quality(data, settings.model_repository)
+    recorded = json.loads((data / "build.json").read_text())["quality"]
+    keys = ("auc_fraction", "log_loss", "ece", "recall_at_500", "index_kind", "index_nprobe", "index_mib", "ndcg_at_20")
+    print(f"quality of the served artifacts ({recorded['n_items']:,} items, {recorded['n_users']:,} users): "
+          + ", ".join(f"{k} {quality[k]} (build: {recorded.get(k)})" for k in keys), flush=True)
+    return {**quality, "n_items": recorded["n_items"], "n_users": recorded["n_users"]}
 
 
 def _ratios(results: dict[str, list[dict[str, Any]]], levels: list[int]) -> dict[str, float]:
