@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from serving.errors import ConfigError
+from serving.terminal import task
 
 __all__ = ["EXACT_MAX_ITEMS", "ItemIndex", "build_index", "load_index", "recall_at_k", "save_index",
            "set_search_threads", "tower_queries"]
@@ -121,21 +122,28 @@ def build_index(emb: np.ndarray, *, kind: str = "auto", nlist: int | None = None
     if kind != "ivf":
         raise ValueError(f"kind must be auto, flat or ivf, got {kind!r}")
     nlist = nlist or int(4 * np.sqrt(n))
-    quantizer = faiss.IndexFlatIP(d)
-    ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf.cp.seed = seed
-    ivf.train(emb)
-    ivf.add(emb)
-    if queries is None:
-        rng = np.random.default_rng(seed)
-        queries = emb[rng.choice(n, min(256, n), replace=False)] + rng.normal(0, 0.05, (min(256, n), d))
-        queries = queries.astype(np.float32)
-    index = ItemIndex(ivf, kind="ivf", nprobe=1)
-    for nprobe in (4, 8, 16, 32, 64, 128, 256, nlist):
-        index.nprobe = min(nprobe, nlist)
-        index._apply_nprobe()
-        if recall_at_k(index, emb, queries, TUNE_K) >= target_recall:
-            break
+    tries = (4, 8, 16, 32, 64, 128, 256, nlist)
+    with task("FAISS index", total=2 + len(tries)) as bar:
+        bar.describe("FAISS index: k-means")
+        quantizer = faiss.IndexFlatIP(d)
+        ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.seed = seed
+        ivf.train(emb)
+        bar.advance()
+        ivf.add(emb)
+        bar.advance()
+        if queries is None:
+            rng = np.random.default_rng(seed)
+            queries = emb[rng.choice(n, min(256, n), replace=False)] + rng.normal(0, 0.05, (min(256, n), d))
+            queries = queries.astype(np.float32)
+        index = ItemIndex(ivf, kind="ivf", nprobe=1)
+        for nprobe in tries:
+            bar.describe(f"FAISS index: nprobe {min(nprobe, nlist)}")
+            index.nprobe = min(nprobe, nlist)
+            index._apply_nprobe()
+            bar.advance()
+            if recall_at_k(index, emb, queries, TUNE_K) >= target_recall:
+                break
     log.info("IVF index: %d items, nlist %d, nprobe %d", n, nlist, index.nprobe)
     return index
 
