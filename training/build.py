@@ -1,7 +1,9 @@
 """``rankserve build``: demo marketplace -> trained models -> model repository, cached on disk.
 
 Idempotent: when ``build.json`` records the same seed and scale and the repository holds both
-models, nothing is rebuilt. ``python -m training.build --data-dir .rankserve/data --repo model_repository``.
+models, nothing is rebuilt; a cache that is damaged or from another version is refused with how
+to rebuild it, and so is a build this machine has no room for (``training.preflight``). Progress
+bars show on a terminal. ``python -m training.build --data-dir .rankserve/data --repo model_repository``.
 """
 
 from __future__ import annotations
@@ -18,21 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from serving import __version__
 from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry, Traffic
+from serving.terminal import progress, task
 from training.data import MarketConfig, Marketplace, generate, load, save
 from training.export import export_artifacts, install_artifact
+from training.preflight import BUILD_FORMAT, MODELS, plan
 from training.train import train_all
 
 __all__ = ["build", "load_built_marketplace"]
 
 log = logging.getLogger(__name__)
-MODELS = ("user_tower", "ranker")
-
-
-def _built(repo: Path) -> bool:
-    """Both models have a config and at least one version."""
-    return all((repo / m / "config.pbtxt").is_file() and ModelRegistry(repo).versions(m) for m in MODELS)
 
 
 def load_built_marketplace(data_dir: Path) -> Marketplace:
@@ -56,37 +55,52 @@ def _served_recall(repo: Path, version: int, tables: FeatureTables, seed: int) -
 
 
 def build(data_dir: Path, repo: Path, *, scale: float = 1.0, seed: int = 0, force: bool = False) -> dict[str, Any]:
-    """Generate data, train, export and install both models; returns the build summary."""
+    """Generate data, train, export and install both models; returns the build summary.
+
+    Raises:
+        BuildCacheError: the cache is damaged or from another version (``force`` rebuilds it).
+        InsufficientResourcesError: too little free memory or disk for a build at ``scale``.
+    """
     data_dir, repo = Path(data_dir), Path(repo)
-    summary_path = data_dir / "build.json"
-    if not force and summary_path.is_file() and _built(repo):
-        summary = json.loads(summary_path.read_text())
-        if summary.get("seed") == seed and summary.get("scale") == scale:
-            return {**summary, "cached": True}
+    cached = plan(data_dir, repo, scale=scale, seed=seed, force=force)
+    if cached is not None:
+        return {**cached, "cached": True}
+    with progress():
+        summary = _build(data_dir, repo, scale=scale, seed=seed)
+    (data_dir / "build.json").write_text(json.dumps(summary, indent=2))
+    log.info("build: %s", json.dumps(summary))
+    return {**summary, "cached": False}
+
+
+def _build(data_dir: Path, repo: Path, *, scale: float, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg = MarketConfig(seed=seed).scaled(scale)
+    (data_dir / "build.json").unlink(missing_ok=True)  # no summary names a half-written cache
     mp = generate(cfg)
     save(mp, data_dir)
     t_data = time.perf_counter() - t0
     models = train_all(mp, seed=seed)
-    artifacts = data_dir / "artifacts" / f"seed{seed}"
-    shutil.rmtree(artifacts, ignore_errors=True)
-    export_artifacts(mp, models, artifacts, seed=seed)
-    repo.mkdir(parents=True, exist_ok=True)
-    versions = {}
-    tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
-    for name in MODELS:
-        shutil.rmtree(repo / name, ignore_errors=True)
-        versions[name] = install_artifact(repo, name, artifacts / name, tables)
-        ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
-    models.quality.update(_served_recall(repo, versions["user_tower"], tables, seed))
-    summary = {"seed": seed, "scale": scale, "config": asdict(cfg), "quality": models.quality,
-               "versions": versions, "data_s": round(t_data, 1),
-               "build_s": round(time.perf_counter() - t0, 1),
-               "impressions": int(mp.imp_click.size), "ctr": round(float(mp.imp_click.mean()), 4)}
-    summary_path.write_text(json.dumps(summary, indent=2))
-    log.info("build: %s", json.dumps(summary))
-    return {**summary, "cached": False}
+    with task("export models", total=2 + len(MODELS)) as bar:
+        artifacts = data_dir / "artifacts" / f"seed{seed}"
+        shutil.rmtree(artifacts, ignore_errors=True)
+        export_artifacts(mp, models, artifacts, seed=seed)
+        bar.advance()
+        repo.mkdir(parents=True, exist_ok=True)
+        versions = {}
+        tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
+        for name in MODELS:
+            bar.describe(f"install {name}")
+            shutil.rmtree(repo / name, ignore_errors=True)
+            versions[name] = install_artifact(repo, name, artifacts / name, tables)
+            ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
+            bar.advance()
+        bar.describe("measure recall@500")
+        models.quality.update(_served_recall(repo, versions["user_tower"], tables, seed))
+        bar.advance()
+    return {"format": BUILD_FORMAT, "rankserve": __version__, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seed": seed, "scale": scale, "config": asdict(cfg), "quality": models.quality,
+            "versions": versions, "data_s": round(t_data, 1), "build_s": round(time.perf_counter() - t0, 1),
+            "impressions": int(mp.imp_click.size), "ctr": round(float(mp.imp_click.mean()), 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
