@@ -467,6 +467,7 @@ def _output(settings: Settings, args: argparse.Namespace) -> Iterator[None]:
     on the terminal; everything else (rankserve's INFO log, Ray's actor logs, FAISS's loader,
     uvicorn, native libraries, child processes) in a log file under ``settings.log_dir``, with
     rankserve's own warnings also on the terminal. Verbose, or any other command: all on the terminal."""
+    from serving.errors import SetupError
     from serving.startup import new_log_path
     from serving.terminal import ConsoleHandler, quiet
 
@@ -483,7 +484,11 @@ def _output(settings: Settings, args: argparse.Namespace) -> Iterator[None]:
         root.addHandler(handler)
         yield
         return
-    args.log_path = new_log_path(settings.log_dir, args.command)
+    try:
+        args.log_path = new_log_path(settings.log_dir, args.command)
+    except OSError as err:
+        raise SetupError(f"cannot write the log under {settings.log_dir}: {err.strerror or err}",
+                         hint="set RANKSERVE_DATA_DIR to a directory this user may write") from err
     with quiet(args.log_path):
         to_file = logging.StreamHandler(sys.stderr)  # descriptor 2 is the log file now
         to_file.setFormatter(fmt)

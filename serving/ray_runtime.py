@@ -201,7 +201,7 @@ def _port_error(err: Exception, ingress: Ingress) -> PortInUseError | None:
     port = int(found.group(1))
     setting = "RANKSERVE_GRPC_PORT" if port == ingress.grpc_port else "RANKSERVE_PORT"
     return PortInUseError(f"port {ingress.host}:{port} is in use by another process",
-                          hint=f"stop that process, or set {setting} to a free port ({setting}=<port> make serve)")
+                          hint=f"set {setting} to a free port (e.g. {setting}=<port> make serve) or stop that process")
 
 
 def _write_haproxy_error_page(ingress: Ingress, timeout_s: float = 30.0) -> None:

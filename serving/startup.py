@@ -73,8 +73,7 @@ def check_ports(settings: Settings) -> None:
             spare = next(p for p in range(port + 1, 65536) if p not in taken and not port_in_use(settings.host, p))
             raise PortInUseError(
                 f"the {what} port {settings.host}:{port} is in use" + (f" by {holder}" if holder else ""),
-                hint=f"stop that process, or set {setting} to a free port: {setting}={spare} make serve "
-                     f"(or {setting}={spare} rankserve serve)")
+                hint=f"set {setting} to a free port (e.g. {setting}={spare} make serve) or stop that process")
 
 
 def new_log_path(log_dir: Path, command: str) -> Path:
@@ -153,7 +152,8 @@ def summary_lines(settings: Settings, build: dict[str, Any], served: dict[str, A
     ranker, ranker_words = _live(models, settings.ranker_model)
     tower, tower_words = _live(models, settings.user_tower_model)
     cfg = build.get("config") or {}
-    data = f"data seed {build.get('seed')} scale {build.get('scale'):g} ({cfg.get('n_items', 0):,} items)"
+    built = f", built {str(build['built_at'])[:10]}" if build.get("built_at") else ""
+    data = f"data seed {build.get('seed')} scale {build.get('scale'):g} ({cfg.get('n_items', 0):,} items{built})"
     quality = _quality(build, models, ranker, tower)
     base = f"http://{settings.host}:{settings.port}"
     rows = [

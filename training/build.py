@@ -80,7 +80,7 @@ def _build(data_dir: Path, repo: Path, *, scale: float, seed: int) -> dict[str, 
     save(mp, data_dir)
     t_data = time.perf_counter() - t0
     models = train_all(mp, seed=seed)
-    with task("export models", total=2 + len(MODELS)) as bar:
+    with task("export and install models", total=2 + len(MODELS)) as bar:
         artifacts = data_dir / "artifacts" / f"seed{seed}"
         shutil.rmtree(artifacts, ignore_errors=True)
         export_artifacts(mp, models, artifacts, seed=seed)
@@ -97,6 +97,7 @@ def _build(data_dir: Path, repo: Path, *, scale: float, seed: int) -> dict[str, 
         bar.describe("measure recall@500")
         models.quality.update(_served_recall(repo, versions["user_tower"], tables, seed))
         bar.advance()
+        bar.describe(f"models installed, recall {models.quality['recall_at_500']:.3f}")
     return {"format": BUILD_FORMAT, "rankserve": __version__, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seed": seed, "scale": scale, "config": asdict(cfg), "quality": models.quality,
             "versions": versions, "data_s": round(t_data, 1), "build_s": round(time.perf_counter() - t0, 1),

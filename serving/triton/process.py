@@ -218,7 +218,7 @@ class TritonProcess:
         """``what`` happened; the error carries the tail of Triton's log and where the rest is."""
         return TritonStartError(
             f"Triton did not start: {what}", details=self.error_tail(),
-            hint=f"Triton's whole log: {self.log_path}. A model that does not load: `rankserve build --force` "
+            hint=f"Triton's whole log: {self.log_path}. A model that does not load: rankserve build --force "
                  "rebuilds the demo models; RANKSERVE_TRITON_URL=host:port uses a running Triton instead.")
 
     def _fatal_log_line(self) -> str | None:

@@ -81,7 +81,8 @@ def test_serve_shows_one_screen_and_sends_the_rest_to_its_log_file() -> None:
         screen = term.text[term.text.index("rankserve is serving"):]
         rows = dict(re.findall(r"^  (models|backends|HTTP|gRPC|metrics|logs) +(.+)$", screen, re.M))
         assert set(rows) == {"models", "backends", "HTTP", "gRPC", "metrics", "logs"}, screen
-        assert re.match(r"data seed \d+ scale [\d.]+ \([\d,]+ items\) · ranker v\d+ · user_tower v\d+ · "
+        assert re.match(r"data seed \d+ scale [\d.]+ \([\d,]+ items(, built \d{4}-\d\d-\d\d)?\) · ranker v\d+ · "
+                        r"user_tower v\d+ · "
                         r"AUC 0\.\d{3} \(oracle 0\.\d{3}\) · recall@500 [01]\.\d{3}$", rows["models"]), rows["models"]
         assert re.match(r"crossing \w+ · FAISS (CPU|GPU) \((ivf|flat)\) · Triton embedded, (CPU|GPU) instances",
                         rows["backends"]), rows["backends"]

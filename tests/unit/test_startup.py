@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,3 +99,33 @@ def test_the_cli_imports_nothing_an_old_python_cannot() -> None:
         ours = {t for t in tops if t.split(".")[0] == "serving"}
         assert ours <= {"serving.errors", "serving.startup"}, (module, ours)
         assert all(t.split(".")[0] in sys.stdlib_module_names | {"serving", "__future__"} for t in tops), tops
+
+
+def _cli(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_a_bug_is_one_line_on_the_terminal_and_its_traceback_in_the_log(tmp_path: Path) -> None:
+    """A failure rankserve did not foresee (here a command that raises) still ends in one line, which
+    names the log file holding its traceback."""
+    code = ("import sys, serving.cli as cli\n"
+            "def cmd_build(settings, args):\n    raise RuntimeError('an unforeseen failure')\n"
+            "cli.cmd_build = cmd_build\nsys.exit(cli.main(['build']))\n")
+    proc = _cli(code, {"RANKSERVE_DATA_DIR": str(tmp_path)})
+    first, second = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert first == "rankserve build: unexpected error: RuntimeError: an unforeseen failure"
+    log = Path(second.split("its traceback is in ")[1].split(";")[0])
+    assert log.parent == tmp_path / "logs" and "Traceback" in log.read_text() and "an unforeseen failure" in \
+        log.read_text()
+
+
+def test_a_data_dir_that_cannot_hold_the_log_is_a_set_up_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    proc = _cli("import sys, serving.cli as cli; sys.exit(cli.main(['build']))",
+                {"RANKSERVE_DATA_DIR": str(tmp_path / "file")})
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr
+    first, hint = proc.stderr.strip().splitlines()
+    assert first.startswith(f"rankserve build: cannot write the log under {tmp_path / 'file' / 'logs'}")
+    assert hint == "  set RANKSERVE_DATA_DIR to a directory this user may write"
