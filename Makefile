@@ -28,7 +28,7 @@ install: $(STAMP)
 build: install
 	@$(PY) -m serving.cli build
 
-serve: build
+serve: install  # rankserve serve builds on first run itself (progress bars, then the summary screen)
 	@$(PY) -m serving.cli serve
 
 test: lint build
