@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["MAX_GAUGES", "Metrics", "merge_expositions"]
 
-# Gauges whose service-wide value is the largest of the replicas' (a version, not an amount).
-MAX_GAUGES = frozenset({"rankserve_model_version", "rankserve_catalogue_version", "rankserve_catalogue_items",
-                        "rankserve_catalogue_blocked_items"})
+# Gauges whose service-wide value is the largest of the replicas' (a version or a share, not an amount).
+MAX_GAUGES = frozenset({"rankserve_model_version", "rankserve_model_traffic_percent", "rankserve_catalogue_version",
+                        "rankserve_catalogue_items", "rankserve_catalogue_blocked_items"})
 
 _LAT_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -26,7 +26,8 @@ _ROW_BUCKETS = (100, 500, 1000, 2000, 4000, 8192, 16384, 32768)
 
 
 class Metrics:
-    """Per-stage latency histograms, batch sizes, queue depth, degraded/shed counts, model versions."""
+    """Per-stage latency histograms, batch sizes, queue depth, degraded/shed counts, model versions
+    and the traffic split."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -56,6 +57,10 @@ class Metrics:
         self.catalogue_items = Gauge("rankserve_catalogue_items", "Items in the catalogue.", registry=r)
         self.catalogue_blocked = Gauge("rankserve_catalogue_blocked_items", "Items blocked (never returned).",
                                        registry=r)
+        self.traffic_percent = Gauge(
+            "rankserve_model_traffic_percent", "Share of requests each model version scores, by role: live, canary, "
+            "shadow (a copy scored off the response path).", ["model", "version", "role"], registry=r
+        )
         self.replicas = Gauge("rankserve_replicas", "Replicas whose metrics this exposition sums.", registry=r)
         self.replicas.set(1)
         # shadow comparisons as sums (means = sum / requests), so that they add up across replicas

@@ -1,8 +1,10 @@
 """``rankserve build``: demo marketplace -> trained models -> model repository, cached on disk.
 
 Idempotent: when ``build.json`` records the same configuration and the repository holds both
-models, nothing is rebuilt. The summary carries the quality a ranking team reads: AUC against
-the oracle, log loss and calibration (ECE), the index's recall@500 against exact search and its
+models, nothing is rebuilt; a cache that is damaged or from another version is refused with how
+to rebuild it, and so is a build this machine has no room for (``training.preflight``). Progress
+bars show on a terminal. The summary carries the quality a ranking team reads: AUC against the
+oracle, log loss and calibration (ECE), the index's recall@500 against exact search and its
 memory, and the served pipeline's NDCG@20 against the oracle pipeline.
 ``python -m training.build --data-dir .rankserve/data --repo model_repository [--items N --users M]``.
 
@@ -26,22 +28,19 @@ from typing import Any
 
 import numpy as np
 
+from serving import __version__
 from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry, Traffic
+from serving.terminal import progress, task
 from training.data import MarketConfig, Marketplace, generate, load, save
 from training.export import export_artifacts, install_artifact
+from training.preflight import BUILD_FORMAT, MODELS, plan
 from training.train import train_all
 
 __all__ = ["build", "load_built_marketplace", "recompute_quality"]
 
 log = logging.getLogger(__name__)
-MODELS = ("user_tower", "ranker")
 NO_INDEX = "none: built with --no-index (no FAISS index, no recall@500)"
-
-
-def _built(repo: Path) -> bool:
-    """Both models have a config and at least one version."""
-    return all((repo / m / "config.pbtxt").is_file() and ModelRegistry(repo).versions(m) for m in MODELS)
 
 
 def load_built_marketplace(data_dir: Path) -> Marketplace:
@@ -92,42 +91,57 @@ def build(data_dir: Path, repo: Path, *, items: int | None = None, users: int | 
     Args:
         index: build the FAISS index and measure its recall@500 (False: neither, FAISS not imported;
             a cached build without an index is rebuilt when an index is asked for).
+
+    Raises:
+        BuildCacheError: the cache is damaged or from another version (``force`` rebuilds it).
+        InsufficientResourcesError: too little free memory or disk for the build.
     """
     data_dir, repo = Path(data_dir), Path(repo)
-    summary_path = data_dir / "build.json"
     cfg = MarketConfig(seed=seed).sized(items=items, users=users)
-    if not force and summary_path.is_file() and _built(repo):
-        summary = json.loads(summary_path.read_text())
-        has_index = summary.get("index", True)  # builds before --no-index always had one
-        if summary.get("config") == asdict(cfg) and (has_index or not index):
-            return {**summary, "cached": True}
+    cached = plan(data_dir, repo, config=asdict(cfg), index=index, force=force)
+    if cached is not None:
+        return {**cached, "cached": True}
+    with progress():
+        summary = _build(data_dir, repo, cfg, index=index)
+    (data_dir / "build.json").write_text(json.dumps(summary, indent=2))
+    log.info("build: %s", json.dumps(summary))
+    return {**summary, "cached": False}
+
+
+def _build(data_dir: Path, repo: Path, cfg: MarketConfig, *, index: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
+    seed = cfg.seed
+    (data_dir / "build.json").unlink(missing_ok=True)  # no summary names a half-written cache
     mp = generate(cfg)
     save(mp, data_dir)
     t_data = time.perf_counter() - t0
     models = train_all(mp, seed=seed)
-    artifacts = data_dir / "artifacts" / f"seed{seed}"
-    shutil.rmtree(artifacts, ignore_errors=True)
-    export_artifacts(mp, models, artifacts, seed=seed)
-    repo.mkdir(parents=True, exist_ok=True)
-    versions = {}
-    tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
-    for name in MODELS:
-        shutil.rmtree(repo / name, ignore_errors=True)
-        versions[name] = install_artifact(repo, name, artifacts / name, tables, index=index)
-        ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
-    quality: dict[str, Any] = dict(models.quality)
-    if index:
-        quality.update(served_quality(mp, repo, seed))
-    else:
-        quality.update({"recall_at_500": None, "index_kind": NO_INDEX})
-    summary = {"seed": seed, "index": index, "config": asdict(cfg), "quality": quality,
-               "versions": versions, "data_s": round(t_data, 1),
-               "build_s": round(time.perf_counter() - t0, 1),
-               "impressions": int(mp.imp_click.size), "ctr": round(float(mp.imp_click.mean()), 4)}
-    summary_path.write_text(json.dumps(summary, indent=2))
-    log.info("build: %s", json.dumps(summary))
-    return {**summary, "cached": False}
+    with task("export and install models", total=2 + len(MODELS)) as bar:
+        artifacts = data_dir / "artifacts" / f"seed{seed}"
+        shutil.rmtree(artifacts, ignore_errors=True)
+        export_artifacts(mp, models, artifacts, seed=seed)
+        bar.advance()
+        repo.mkdir(parents=True, exist_ok=True)
+        versions = {}
+        tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
+        for name in MODELS:
+            bar.describe(f"install {name}")
+            shutil.rmtree(repo / name, ignore_errors=True)
+            versions[name] = install_artifact(repo, name, artifacts / name, tables, index=index)
+            ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
+            bar.advance()
+        quality: dict[str, Any] = dict(models.quality)
+        if index:
+            bar.describe("measure recall@500 and NDCG@20")
+            quality.update(served_quality(mp, repo, seed))
+            bar.describe(f"models installed, recall {quality['recall_at_500']:.3f}")
+        else:
+            quality.update({"recall_at_500": None, "index_kind": NO_INDEX})
+        bar.advance()
+    return {"format": BUILD_FORMAT, "rankserve": __version__, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seed": seed, "index": index, "config": asdict(cfg), "quality": quality,
+            "versions": versions, "data_s": round(t_data, 1), "build_s": round(time.perf_counter() - t0, 1),
+            "impressions": int(mp.imp_click.size), "ctr": round(float(mp.imp_click.mean()), 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
