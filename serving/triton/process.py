@@ -32,7 +32,7 @@ from types import TracebackType
 
 from serving.errors import TritonStartError
 from serving.net import free_port
-from serving.triton.config import apply_instance_settings
+from serving.triton.config import apply_instance_settings, refresh_runners
 
 __all__ = ["TritonProcess", "TritonStartError", "find_tritonserver"]
 
@@ -163,6 +163,9 @@ class TritonProcess:
         if rewritten:
             log.info("config.pbtxt instance settings (kind %s, %d torch threads) written for %s",
                      self.kind, self.torch_threads, rewritten)
+        refreshed = refresh_runners(self.repo, self.models)
+        if refreshed:
+            log.info("model.py runner of this rankserve written into %s", refreshed)
         cmd = [
             str(binary),
             f"--model-repository={self.repo}",
