@@ -16,7 +16,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RANKSERVE_TRITON_KIND=gpu \
     RANKSERVE_HOST=0.0.0.0 \
     RANKSERVE_DATA_DIR=/app/.rankserve \
-    RANKSERVE_MODEL_REPOSITORY=/app/model_repository
+    RANKSERVE_MODEL_REPOSITORY=/app/model_repository \
+    # a container's logs belong on stdout (docker logs, kubectl logs), not in a file inside it
+    RANKSERVE_VERBOSE=true
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -16,7 +16,13 @@ GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 .PHONY: serve test cluster-test install build bench capacity chaos freshness scenario-freshness kernel-bench loadtest lint clean \
         gpu-check gpu-check-prepare
 
+# pyproject's requires-python (>=3.10,<3.14), checked before a venv is made from $(PYTHON)
+PYTHON_OK := import sys; ok = (3, 10) <= sys.version_info[:2] < (3, 14); v = "%d.%d.%d" % sys.version_info[:3]; \
+	ok or sys.stderr.write("rankserve runs on Python 3.10 to 3.13; $(PYTHON) is Python " + v + \
+	". Pick another: make serve PYTHON=python3.13\n"); sys.exit(0 if ok else 1)
+
 $(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -c '$(PYTHON_OK)'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# One resolve for everything: protobuf / grpcio-reflection pins only hold when solved together.
@@ -27,10 +33,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 build: install
-	$(PY) -m serving.cli build
+	@$(PY) -m serving.cli build
 
-serve: build
-	$(PY) -m serving.cli serve
+serve: install  # rankserve serve builds on first run itself (progress bars, then the summary screen)
+	@$(PY) -m serving.cli serve
 
 test: lint build
 	$(PY) -m pytest -q tests

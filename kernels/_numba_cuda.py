@@ -19,6 +19,11 @@ from kernels.spec import CrossInputs, CrossOutput, CrossSpec
 
 __all__ = ["LAST_TRANSFER_BYTES", "cross_device", "cross_numba_cuda"]
 
+if not hasattr(np, "row_stack"):
+    # numba-cuda 0.30 reads np.row_stack when it compiles its first kernel; NumPy 2.4 removed that
+    # alias of np.vstack (the device image has numba-cuda 0.30.4 with numpy 2.5: every launch failed)
+    np.row_stack = np.vstack  # type: ignore[attr-defined]
+
 _hash = cuda.jit(device=True)(_scalar.cross_hash_u64)
 LAST_TRANSFER_BYTES = {"h2d": 0, "d2h": 0}
 _THREADS = 256

@@ -1,8 +1,10 @@
 """``rankserve`` command line: build, serve, bench, capacity, the model repository workflow, catalogue
 changes and scenarios.
 
-Owns: argument parsing, start-up contexts (Triton configured or embedded, Ray, Serve) and
-turning refusals into one-line messages with an exit status. Must not touch: ranking logic.
+Owns: argument parsing, start-up contexts (Triton configured or embedded, Ray, Serve), what
+``build`` and ``serve`` show on the terminal (progress, the summary screen; everything else in a
+log file unless verbose) and turning errors into one or two lines that say what to do, with the
+error's exit status (no traceback unless verbose). Must not touch: ranking logic.
 """
 
 from __future__ import annotations
@@ -16,14 +18,24 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from serving.config import ConfigError, Settings
-from serving.errors import RankserveError
+# Standard library and serving.errors / serving.startup only: an unsupported Python must reach
+# check_python() in main() before anything that needs a newer one is imported.
+from serving.errors import ConfigError, RankserveError
+from serving.startup import check_python, example_curl
+
+if TYPE_CHECKING:
+    from serving.config import Settings
 
 __all__ = ["main"]
 
 log = logging.getLogger("rankserve")
+_OWN_LOGGERS = ("rankserve", "serving", "training", "kernels")
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def at_scale(settings: Settings, items: int | None, users: int | None) -> Settings:
@@ -36,11 +48,38 @@ def at_scale(settings: Settings, items: int | None, users: int | None) -> Settin
 
 
 def _build(settings: Settings, *, items: int | None = None, users: int | None = None, force: bool = False,
-           index: bool = True) -> dict:
+           index: bool = True) -> dict[str, Any]:
+    """The build's summary: the cache when it can be used, else a new build. The cache and this
+    machine's room are checked before torch or FAISS is loaded."""
+    from dataclasses import asdict
+
+    from training.data import MarketConfig
+    from training.preflight import plan, scenarios_missing
+
+    data_dir = settings.marketplace_path.parent
+    config = asdict(MarketConfig().sized(items=items, users=users))
+    cached = plan(data_dir, settings.model_repository, config=config, index=index, force=force)
+    if cached is not None and not scenarios_missing(cached, settings.model_repository):
+        return {**cached, "cached": True}
     from training.build import build
 
-    return build(settings.marketplace_path.parent, settings.model_repository, items=items, users=users, force=force,
-                 index=index, settings=settings)
+    if cached is not None:  # a cache from before scenarios: the build adds them, without training again
+        return build(data_dir, settings.model_repository, items=items, users=users, index=index, settings=settings)
+    return build(data_dir, settings.model_repository, items=items, users=users, force=True, index=index,
+                 settings=settings)
+
+
+def _built(settings: Settings) -> dict[str, Any]:
+    """The summary of what is built (for ``serve --no-build``), checked like a cache about to be used."""
+    from serving.errors import BuildCacheError
+    from training.preflight import read_summary, verify_cache
+
+    data_dir = settings.marketplace_path.parent
+    summary = read_summary(data_dir)
+    if summary is None:
+        raise BuildCacheError(f"nothing is built in {data_dir}", hint="run rankserve build, or serve without --no-build")
+    verify_cache(data_dir, settings.model_repository)
+    return summary
 
 
 @contextlib.contextmanager
@@ -81,17 +120,11 @@ def running_triton_url(settings: Settings) -> str | None:
     return str(info["grpc_url"])
 
 
-def _example_curl(settings: Settings) -> str:
-    body = json.dumps({"user_id": 42, "k": 5})
-    return (f"curl -s -X POST http://{settings.host}:{settings.port}/v1/rank "
-            f"-H 'content-type: application/json' -d '{body}'")
-
-
 @contextlib.contextmanager
-def serving_app(settings: Settings) -> Iterator[None]:
+def serving_app(settings: Settings) -> Iterator[str]:
     """Triton (configured or embedded), Ray, the ingress (``settings.ingress`` on ``settings.port``
-    and ``settings.grpc_port``) and the rankserve application, up for the ``with`` body; Ray and
-    the embedded Triton stop after it."""
+    and ``settings.grpc_port``) and the rankserve application, up for the ``with`` body, which
+    gets the Triton URL the replicas call; Ray and the embedded Triton stop after it."""
     from ray import serve
 
     from serving.app import build_app
@@ -105,28 +138,68 @@ def serving_app(settings: Settings) -> Iterator[None]:
         try:
             start_serve(ingress)
             serve.run(build_app(settings, url), name="rankserve", route_prefix="/")
-            yield
+            yield url
         finally:
             shutdown_ray()
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    if not args.no_build:
-        summary = _build(settings)
-        log.info("models ready: %s", json.dumps(summary.get("quality", {})))
+    from serving.startup import check_ports
+    from serving.terminal import console, status
+
+    check_ports(settings)  # before anything starts: a taken port stops start-up at once
+    build = _built(settings) if args.no_build else _build(settings)
     stop = threading.Event()
-    with serving_app(settings):
-        # after Ray's start-up, which installs handlers of its own
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        print(f"\nrankserve is serving on http://{settings.host}:{settings.port}  (Ctrl-C stops everything)")
-        if settings.grpc_port:
-            print(f"gRPC rankserve.v1.Ranker/Rank on {settings.host}:{settings.grpc_port}")
-        print(f"try:\n  {_example_curl(settings)}\n", flush=True)
+    out = console()
+    with contextlib.ExitStack() as running:
+        with status("starting Triton, Ray and the rankserve replicas ..."):
+            triton_url = running.enter_context(serving_app(settings))
+            # after Ray's start-up, which installs handlers of its own
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            served = _served_view(settings)
+        _show_summary(settings, build, served, triton_url, args.log_path)
         stop.wait()
-        print(f"stopping: draining requests (at most {settings.drain_timeout_s:g} s), Ray, Triton ...", flush=True)
+        out.print(f"stopping: draining requests (at most {settings.drain_timeout_s:g} s), then Ray, HAProxy and "
+                  "Triton ...")
         _drain(settings)
+    out.print("stopped: nothing of rankserve is left running")
     return 0
+
+
+def _served_view(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
+    """``GET /v1/models`` through the ingress once the service is ready (``{}`` if it does not
+    answer within ``timeout_s``: the summary then says so)."""
+    import httpx
+
+    base = f"http://{settings.host}:{settings.port}"
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                view: dict[str, Any] = httpx.get(f"{base}/v1/models", timeout=10).json()
+                return view
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.25)
+    return {}
+
+
+def _show_summary(settings: Settings, build: dict[str, Any], served: dict[str, Any], triton_url: str,
+                  log_path: Path | None) -> None:
+    """The start-up screen: what serves, on which backends, where, and a request to try."""
+    from rich.text import Text
+
+    from serving.startup import summary_lines
+    from serving.terminal import console
+
+    out = console()
+    ready = "is serving" if served else "started, but did not answer /readyz within 60 s"
+    out.print(f"\n[bold]rankserve {ready}[/] on [bold]http://{settings.host}:{settings.port}[/]  "
+              "(Ctrl-C stops everything)\n")
+    for label, text in summary_lines(settings, build, served, triton_url=triton_url, log_path=log_path):
+        out.print(Text.assemble((f"  {label:<10}", "bold"), text), soft_wrap=True)
+    out.print(Text.assemble(("\n  try\n", "bold"), f"  {example_curl(settings)}\n"), soft_wrap=True)
 
 
 def _drain(settings: Settings) -> None:
@@ -155,10 +228,31 @@ def _drain(settings: Settings) -> None:
 
 
 def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.terminal import console
+
     scaled = at_scale(settings, args.items, args.users)
     summary = _build(scaled, items=args.items, users=args.users, force=args.force, index=args.index)
     summary["data_dir"], summary["model_repository"] = str(scaled.data_dir), str(scaled.model_repository)
-    print(json.dumps(summary, indent=2, default=str))
+    if args.json:
+        console().print(json.dumps(summary, indent=2, default=str), markup=False, highlight=False, soft_wrap=True)
+        return 0
+    q = summary.get("quality", {})
+    versions = ", ".join(f"{m} v{v}" for m, v in summary.get("versions", {}).items())
+    how = "already built" if summary.get("cached") else f"built in {summary.get('build_s', 0):g} s"
+    recall = q.get("recall_at_500")
+    console().print(f"{how}: {q.get('n_items', 0):,} items, {q.get('n_users', 0):,} users, click rate "
+                    f"{summary.get('ctr', float('nan')):.1%} · {versions} · AUC {q.get('auc', float('nan')):.3f} "
+                    f"(oracle {q.get('oracle_auc', float('nan')):.3f}) · ECE {q.get('ece', float('nan')):.4f} · "
+                    f"recall@500 {'-' if recall is None else f'{recall:.3f}'} · NDCG@20 "
+                    f"{q.get('ndcg_at_20', float('nan')):.3f}  ({scaled.marketplace_path.parent / 'build.json'})",
+                    markup=False, highlight=False, soft_wrap=True)
+    scenarios = q.get("scenarios") or {}
+    if scenarios:
+        console().print("scenarios, NDCG@20 against the oracle restricted to each one's candidate rule (k random "
+                        "admitted items): " + " · ".join(f"{n} v{r['version']} {r['ndcg_at_20']:.3f} "
+                                                         f"({r['ndcg_at_20_random']:.3f})"
+                                                         for n, r in sorted(scenarios.items())),
+                        markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -433,44 +527,50 @@ def _served_scenarios(settings: Settings) -> dict[str, int] | None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankserve", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="everything on the terminal (third-party logs, tracebacks); also RANKSERVE_VERBOSE=1")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="build if needed, start Triton + Ray Serve, serve /v1/rank")
+    s = sub.add_parser("serve", parents=[common], help="build if needed, start Triton + Ray Serve, serve /v1/rank")
     s.add_argument("--no-build", action="store_true", help="do not build missing demo data/models")
-    s.set_defaults(func=cmd_serve)
-    b = sub.add_parser("build", help="generate the demo marketplace, train and export the models")
+    s.set_defaults(func=cmd_serve, quiet=True)
+    b = sub.add_parser("build", parents=[common], help="generate the demo marketplace, train and export the models")
     b.add_argument("--items", type=int, help="catalogue size (default: the demo's 50,000); another size builds "
                                           "into <data dir>/scales/, never over the default")
     b.add_argument("--users", type=int, help="users (default: the demo's 20,000)")
-    b.add_argument("--force", action="store_true", help="rebuild even if built")
+    b.add_argument("--force", action="store_true", help="rebuild even if built (a damaged cache too)")
     b.add_argument("--no-index", dest="index", action="store_false",
                    help="skip the FAISS index and its recall@500 (for machines without FAISS; serving needs it)")
-    b.set_defaults(func=cmd_build)
+    b.add_argument("--json", action="store_true", help="print the whole build summary as JSON")
+    b.set_defaults(func=cmd_build, quiet=True)
     from serving.tools.bench import add_arguments
 
-    be = sub.add_parser("bench", help="floor vs framework vs rankserve (batching on/off) at fixed concurrency")
+    be = sub.add_parser("bench", parents=[common], help="floor vs framework vs rankserve (batching on/off) at fixed concurrency")
     add_arguments(be)
     be.set_defaults(func=cmd_bench)
     from serving.tools.capacity import add_arguments as add_capacity_arguments
 
-    ca = sub.add_parser("capacity", help="highest open-loop req/s at a p99 target, and units for a peak")
+    ca = sub.add_parser("capacity", parents=[common], help="highest open-loop req/s at a p99 target, and units for a peak")
     add_capacity_arguments(ca)
     ca.set_defaults(func=cmd_capacity)
     from serving.tools.chaos import add_arguments as add_chaos_arguments
 
-    ch = sub.add_parser("chaos", help="faults and overload against the embedded default: one row per scenario")
+    ch = sub.add_parser("chaos", parents=[common], help="faults and overload against the embedded default: one row per scenario")
     add_chaos_arguments(ch)
     ch.set_defaults(func=cmd_chaos)
     from serving.tools.freshness import add_arguments as add_freshness_arguments
 
-    fr = sub.add_parser("freshness", help="catalogue change -> first answer carrying it, under load (100 changes)")
+    fr = sub.add_parser("freshness", parents=[common],
+                        help="catalogue change -> first answer carrying it, under load (100 changes)")
     add_freshness_arguments(fr)
     fr.set_defaults(func=cmd_freshness)
     from serving.tools.index_bench import add_arguments as add_index_arguments
 
-    ib = sub.add_parser("index-bench", help="compare item indexes (exact, IVF-Flat, IVF-PQ, HNSW) on the built catalogue")
+    ib = sub.add_parser("index-bench", parents=[common],
+                        help="compare item indexes (exact, IVF-Flat, IVF-PQ, HNSW) on the built catalogue")
     add_index_arguments(ib)
     ib.set_defaults(func=cmd_index_bench)
-    pu = sub.add_parser("push", help="validate an artifact, add it as a new version, load it, move traffic")
+    pu = sub.add_parser("push", parents=[common], help="validate an artifact, add it as a new version, load it, move traffic")
     pu.add_argument("model")
     pu.add_argument("artifact", help="artifact directory (model.pt, golden.npz, meta.json[, item_tower.pt])")
     mode = pu.add_mutually_exclusive_group()
@@ -478,51 +578,136 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--shadow", type=float, metavar="PERCENT", help="score this share off the response path")
     pu.add_argument("--version", type=int, help="version number (default: next)")
     pu.set_defaults(func=cmd_push)
-    pr = sub.add_parser("promote", help="make the canary or shadow version live")
+    pr = sub.add_parser("promote", parents=[common], help="make the canary or shadow version live")
     pr.add_argument("model")
     pr.set_defaults(func=cmd_promote)
-    rb = sub.add_parser("rollback", help="send all traffic back to an earlier version")
+    rb = sub.add_parser("rollback", parents=[common], help="send all traffic back to an earlier version")
     rb.add_argument("model")
     rb.add_argument("version", nargs="?", type=int)
     rb.set_defaults(func=cmd_rollback)
-    it = sub.add_parser("items", help="catalogue changes while serving: block, unblock, add, update; status")
+    it = sub.add_parser("items", parents=[common],
+                        help="catalogue changes while serving: block, unblock, add, update; status")
     it.add_argument("action", choices=("block", "unblock", "add", "update", "status"))
     it.add_argument("targets", nargs="*", metavar="ID|FILE",
                     help="item ids (block, unblock) or one JSON / JSON-lines file of items (add, update)")
     it.set_defaults(func=cmd_items)
-    sc = sub.add_parser("scenarios", help="scenario files: validate FILE, apply FILE (live on every replica), list, "
-                                          "rollback NAME")
-    sc.add_argument("action", choices=("validate", "apply", "list", "rollback"))
-    sc.add_argument("targets", nargs="*", metavar="FILE|NAME", help="a scenario file (validate, apply) or a "
-                                                                    "scenario's name (rollback)")
-    sc.set_defaults(func=cmd_scenarios)
-    from serving.tools.scenario_freshness import add_arguments as add_scenario_freshness_arguments
-
-    sf = sub.add_parser("scenario-freshness", help="scenario apply -> first answer carrying it, under load")
-    add_scenario_freshness_arguments(sf)
-    sf.set_defaults(func=cmd_scenario_freshness)
-    mo = sub.add_parser("models", help="versions, Triton state, traffic split, quality and shadow figures")
+    _scenario_parsers(sub, common)
+    mo = sub.add_parser("models", parents=[common], help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)
     return p
 
 
+def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``rankserve scenarios`` and ``rankserve scenario-freshness``."""
+    from serving.tools.scenario_freshness import add_arguments
+
+    sc = sub.add_parser("scenarios", parents=[common], help="scenario files: validate FILE, apply FILE (live on every "
+                                                            "replica), list, rollback NAME")
+    sc.add_argument("action", choices=("validate", "apply", "list", "rollback"))
+    sc.add_argument("targets", nargs="*", metavar="FILE|NAME", help="a scenario file (validate, apply) or a "
+                                                                    "scenario's name (rollback)")
+    sc.set_defaults(func=cmd_scenarios)
+    sf = sub.add_parser("scenario-freshness", parents=[common],
+                        help="scenario apply -> first answer carrying it, under load")
+    add_arguments(sf)
+    sf.set_defaults(func=cmd_scenario_freshness)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        check_python()
+    except RankserveError as err:
+        return _report("rankserve", err, verbose=False)
     args = _parser().parse_args(argv)
+    from serving.config import Settings
+
     try:
         settings = Settings.from_env()
     except ConfigError as err:
-        print(f"rankserve: configuration error: {err}", file=sys.stderr)
-        return 2
+        return _report("rankserve", err, verbose=args.verbose)
+    if args.verbose:
+        settings = settings.model_copy(update={"verbose": True})
+    args.log_path = None
     try:
-        return int(args.func(settings, args))
-    except ConfigError as err:
-        print(f"rankserve {args.command}: configuration error: {err.message}", file=sys.stderr)
-        return 2
+        with _output(settings, args):
+            return int(args.func(settings, args))
     except RankserveError as err:
-        print(f"rankserve {args.command}: refused: {err.message}", file=sys.stderr)
-        return 3
+        return _report(f"rankserve {args.command}", err, verbose=settings.verbose, log_path=args.log_path)
+    except KeyboardInterrupt:
+        print(f"rankserve {args.command}: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - a bug: one line here, the traceback in the log
+        if settings.verbose or args.log_path is None:
+            traceback.print_exception(err)
+        print(f"rankserve {args.command}: unexpected error: {type(err).__name__}: {err}", file=sys.stderr)
+        if args.log_path is not None and not settings.verbose:
+            print(f"  its traceback is in {args.log_path}; --verbose shows it here", file=sys.stderr)
+        return 1
+
+
+def _report(prefix: str, err: RankserveError, *, verbose: bool, log_path: Path | None = None) -> int:
+    """One or two lines for a refusal: what went wrong (and its cause's last lines), what to do."""
+    from serving.errors import PortInUseError, SetupError
+
+    if verbose:
+        traceback.print_exception(err)
+    label = "" if isinstance(err, (SetupError, PortInUseError)) else (
+        "configuration error: " if isinstance(err, ConfigError) else "refused: ")
+    lines = [f"{prefix}: {label}{err.message}"]
+    if err.details:
+        lines += ["    " + ln for ln in err.details.splitlines()[-10:]]
+    if err.hint:
+        lines.append(f"  {err.hint}")
+    print("\n".join(lines), file=sys.stderr)
+    return err.exit_status
+
+
+@contextlib.contextmanager
+def _output(settings: Settings, args: argparse.Namespace) -> Iterator[None]:
+    """Where a command's output goes. ``build`` and ``serve`` (``quiet``): rankserve's own screen
+    on the terminal; everything else (rankserve's INFO log, Ray's actor logs, FAISS's loader,
+    uvicorn, native libraries, child processes) in a log file under ``settings.log_dir``, with
+    rankserve's own warnings also on the terminal. Verbose, or any other command: all on the terminal."""
+    from serving.errors import SetupError
+    from serving.startup import new_log_path
+    from serving.terminal import ConsoleHandler, quiet
+
+    fmt = logging.Formatter(_LOG_FORMAT)
+    root = logging.getLogger()
+    if not getattr(args, "quiet", False):
+        logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+        yield
+        return
+    root.setLevel(logging.INFO)
+    if settings.verbose:
+        handler = ConsoleHandler(stderr=True)
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+        yield
+        return
+    try:
+        args.log_path = new_log_path(settings.log_dir, args.command)
+    except OSError as err:
+        raise SetupError(f"cannot write the log under {settings.log_dir}: {err.strerror or err}",
+                         hint="set RANKSERVE_DATA_DIR to a directory this user may write") from err
+    with quiet(args.log_path):
+        to_file = logging.StreamHandler(sys.stderr)  # descriptor 2 is the log file now
+        to_file.setFormatter(fmt)
+        own = ConsoleHandler(logging.WARNING, stderr=True)
+        own.addFilter(lambda record: record.name.split(".")[0] in _OWN_LOGGERS
+                      and not getattr(record, "log_file_only", False))
+        own.setFormatter(logging.Formatter("rankserve: %(levelname)s: %(message)s"))
+        root.addHandler(to_file)
+        root.addHandler(own)
+        try:
+            yield
+        except BaseException:
+            log.exception("rankserve %s stopped on this error", args.command, extra={"log_file_only": True})
+            raise
+        finally:
+            root.removeHandler(own)
+            root.removeHandler(to_file)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,13 @@ class Settings(BaseModel):
     # --- Ray -----------------------------------------------------------------------------
     ray_address: str = Field("local", description="Ray cluster address; 'local' starts one.")
 
+    # --- the terminal --------------------------------------------------------------------
+    verbose: bool = Field(
+        False, description="rankserve build and serve show everything on the terminal: their own INFO log, "
+                            "Ray's actor logs, FAISS, Triton start-up and uvicorn (otherwise in a log file under "
+                            "data_dir/logs), and a set-up error's traceback. The --verbose flag does the same.",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.default_k > self.max_k:
@@ -158,6 +165,10 @@ class Settings(BaseModel):
     @property
     def triton_runtime_dir(self) -> Path:
         return self.data_dir / "triton-runtime"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
 
     @property
     def marketplace_path(self) -> Path:

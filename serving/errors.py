@@ -14,36 +14,57 @@ from typing import Any
 __all__ = [
     "ERROR_TABLE",
     "BackendUnavailableError",
+    "BuildCacheError",
     "ConfigError",
     "DeadlineExceededError",
+    "InsufficientResourcesError",
     "InvalidArgumentError",
     "MethodNotAllowedError",
     "ModelNotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PortInUseError",
     "PushRefusedError",
     "RankserveError",
     "RouteNotFoundError",
     "ScenarioNotFoundError",
     "ScenarioRefusedError",
+    "SetupError",
     "TritonError",
     "TritonStartError",
+    "UnsupportedPythonError",
     "ValidationError",
 ]
 
 
 class RankserveError(Exception):
-    """Root of rankserve's errors. Subclasses set ``http_status``, ``grpc_code`` and ``code``."""
+    """Root of rankserve's errors. Subclasses set ``http_status``, ``grpc_code``, ``code`` and
+    ``exit_status`` (what the ``rankserve`` command exits with when it stops on this error).
+
+    Args:
+        message: one line saying what went wrong.
+        field: the request field at fault (request errors).
+        retry_after_s: when a client may retry (load shedding).
+        hint: one line saying what to do about it (set-up errors; the command prints it).
+        details: lines that show the cause, e.g. the tail of a server's log (printed indented).
+    """
 
     http_status: int = 500
     grpc_code: str = "INTERNAL"  # name of a grpc.StatusCode member
     code: str = "internal"
+    exit_status: int = 3
 
-    def __init__(self, message: str, *, field: str | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, retry_after_s: float | None = None,
+                 hint: str | None = None, details: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.retry_after_s = retry_after_s
+        self.hint = hint
+        self.details = details
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.details}" if self.details else self.message
 
     def to_body(self) -> dict[str, Any]:
         err: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -167,14 +188,49 @@ class ConfigError(RankserveError, ValueError):
     http_status = 500
     grpc_code = "INTERNAL"
     code = "config_error"
+    exit_status = 2
 
 
-class TritonStartError(RankserveError):
-    """The embedded Triton exited or did not become ready; the message carries its log's tail."""
+class PortInUseError(ConfigError):
+    """A port rankserve is configured to listen on is taken; the hint names the setting to change."""
+
+    code = "port_in_use"
+
+
+class SetupError(RankserveError):
+    """This machine or its files are not ready to build or serve (exit status 4): the hint says
+    what to do. Raised before anything starts, or after what started was stopped."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+    code = "setup_error"
+    exit_status = 4
+
+
+class TritonStartError(SetupError):
+    """The embedded Triton exited or did not become ready; ``details`` carries its log's tail."""
 
     http_status = 503
     grpc_code = "UNAVAILABLE"
     code = "triton_start"
+
+
+class BuildCacheError(SetupError):
+    """The build cache (demo data, build summary) is damaged or was written by another version."""
+
+    code = "build_cache"
+
+
+class InsufficientResourcesError(SetupError):
+    """Too little free memory or disk for the build at the asked scale."""
+
+    code = "insufficient_resources"
+
+
+class UnsupportedPythonError(SetupError):
+    """The running Python is outside the versions rankserve supports (pyproject ``requires-python``)."""
+
+    code = "unsupported_python"
 
 
 # One table: exception class -> (HTTP status, gRPC status code name). Built from the classes.
@@ -195,7 +251,12 @@ ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
         PushRefusedError,
         ScenarioRefusedError,
         ConfigError,
+        PortInUseError,
+        SetupError,
         TritonStartError,
+        BuildCacheError,
+        InsufficientResourcesError,
+        UnsupportedPythonError,
         RankserveError,
     )
 }

@@ -16,9 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["MAX_GAUGES", "NO_SCENARIO", "Metrics", "merge_expositions"]
 
-# Gauges whose service-wide value is the largest of the replicas' (a version, not an amount).
-MAX_GAUGES = frozenset({"rankserve_model_version", "rankserve_catalogue_version", "rankserve_catalogue_items",
-                        "rankserve_catalogue_blocked_items", "rankserve_scenario_version"})
+# Gauges whose service-wide value is the largest of the replicas' (a version or a share, not an amount).
+MAX_GAUGES = frozenset({"rankserve_model_version", "rankserve_model_traffic_percent", "rankserve_catalogue_version",
+                        "rankserve_catalogue_items", "rankserve_catalogue_blocked_items",
+                        "rankserve_scenario_version"})
 # The ``scenario`` label of a request that named no served scenario (bad body, unknown name): client
 # strings never become label values.
 NO_SCENARIO = "none"
@@ -30,8 +31,8 @@ _SCENARIO_BUCKETS = (1, 2, 3, 4, 8)
 
 
 class Metrics:
-    """Per-stage latency histograms, batch sizes, queue depth, degraded/shed counts, model and
-    scenario versions; requests and their latency by scenario."""
+    """Per-stage latency histograms, batch sizes, queue depth, degraded/shed counts, model versions
+    and the traffic split, scenario versions; requests and their latency by scenario."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -69,6 +70,10 @@ class Metrics:
         self.catalogue_items = Gauge("rankserve_catalogue_items", "Items in the catalogue.", registry=r)
         self.catalogue_blocked = Gauge("rankserve_catalogue_blocked_items", "Items blocked (never returned).",
                                        registry=r)
+        self.traffic_percent = Gauge(
+            "rankserve_model_traffic_percent", "Share of requests each model version scores, by role: live, canary, "
+            "shadow (a copy scored off the response path).", ["model", "version", "role"], registry=r
+        )
         self.replicas = Gauge("rankserve_replicas", "Replicas whose metrics this exposition sums.", registry=r)
         self.replicas.set(1)
         # shadow comparisons as sums (means = sum / requests), so that they add up across replicas

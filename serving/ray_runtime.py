@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from serving.config import Settings
+from serving.errors import PortInUseError
 from serving.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -132,6 +135,8 @@ def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus
 
     if ray.is_initialized():
         return
+    if not sys.stdout.isatty():  # actors' lines relayed to a file or a pipe: no colour codes in them
+        os.environ["RAY_COLOR_PREFIX"] = "0"
     if address == "local":
         _apply_local_env()
         os.environ.update((ingress or Ingress()).environment())
@@ -170,11 +175,33 @@ def start_serve(ingress: Ingress) -> None:
     port = free_port(QUIET_PORTS) if direct else ingress.port
     grpc_port = (free_port(QUIET_PORTS) if direct else ingress.grpc_port) if ingress.grpc_port else 0
     grpc = gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER_FUNCTION]) if grpc_port else None
-    serve.start(http_options={"host": ingress.host, "port": port}, grpc_options=grpc)
+    try:
+        serve.start(http_options={"host": ingress.host, "port": port}, grpc_options=grpc)
+    except RuntimeError as err:  # Ray's error for a port taken after rankserve checked it (a race)
+        taken = _port_error(err, ingress)
+        if taken is None:
+            raise
+        raise taken from err
     if ingress.mode == "haproxy":
         _write_haproxy_error_page(ingress)
     log.info("serve: %s ingress, http %s:%d, grpc %s", ingress.mode, ingress.host, ingress.port,
              ingress.grpc_port or "off")
+
+
+_BIND_FAILURE = re.compile(r"(?:cannot bind socket \(Address already in use\) for \[|Failed to bind to address ')"
+                           r"[^\]']*:(\d+)")
+
+
+def _port_error(err: Exception, ingress: Ingress) -> PortInUseError | None:
+    """The ingress's bind failure (HAProxy's or Serve's proxy's) as a :class:`PortInUseError` that
+    names the setting to change; ``None`` for any other error."""
+    found = _BIND_FAILURE.search(str(err))
+    if not found:
+        return None
+    port = int(found.group(1))
+    setting = "RANKSERVE_GRPC_PORT" if port == ingress.grpc_port else "RANKSERVE_PORT"
+    return PortInUseError(f"port {ingress.host}:{port} is in use by another process",
+                          hint=f"set {setting} to a free port (e.g. {setting}=<port> make serve) or stop that process")
 
 
 def _write_haproxy_error_page(ingress: Ingress, timeout_s: float = 30.0) -> None:

@@ -258,12 +258,20 @@ class RankService:
         return checks
 
     def replica_metrics(self) -> bytes:
-        """Prometheus exposition of this replica's own metrics, with the live versions and the
-        shadow comparison sums."""
+        """Prometheus exposition of this replica's own metrics, with the live versions, the traffic
+        split and the shadow comparison sums."""
         m = self.metrics
+        m.traffic_percent.clear()  # versions that left the traffic split leave the exposition too
         for name, traffic in self.pipeline.traffic_split.items():
             m.model_version.labels(name).set(traffic.live)
-        m.model_version.labels(self.settings.user_tower_model).set(self.pipeline.recall.version)
+            m.traffic_percent.labels(name, str(traffic.live), "live").set(100.0 - traffic.canary_percent)
+            if traffic.canary_version is not None:
+                m.traffic_percent.labels(name, str(traffic.canary_version), "canary").set(traffic.canary_percent)
+            if traffic.shadow_version is not None:
+                m.traffic_percent.labels(name, str(traffic.shadow_version), "shadow").set(traffic.shadow_percent)
+        tower = self.settings.user_tower_model, str(self.pipeline.recall.version)
+        m.model_version.labels(tower[0]).set(self.pipeline.recall.version)
+        m.traffic_percent.labels(*tower, "live").set(100.0)
         for name, sc in list(self.pipeline.scenarios.items()):
             m.scenario_version.labels(name).set(sc.version)
         cat = self.pipeline.catalogue

@@ -2,8 +2,10 @@
 with the three demo scenarios (``training/scenarios/``: ``home``, ``similar``, ``shop``).
 
 Idempotent: when ``build.json`` records the same configuration and the repository holds both
-models, nothing is rebuilt (scenarios missing from an older build are added, and measured). The
-summary carries the quality a ranking team reads: AUC against the oracle, log loss and
+models, nothing is rebuilt (scenarios missing from an older build are added, and measured); a
+cache that is damaged or from another version is refused with how to rebuild it, and so is a
+build this machine has no room for (``training.preflight``). Progress bars show on a terminal.
+The summary carries the quality a ranking team reads: AUC against the oracle, log loss and
 calibration (ECE), the index's recall@500 against exact search and its memory, the served
 pipeline's NDCG@20 against the oracle pipeline, and each scenario's NDCG@20 against the oracle
 restricted to its candidate rule (``training.scenario_quality``).
@@ -29,27 +31,24 @@ from typing import Any
 
 import numpy as np
 
+from serving import __version__
 from serving.config import Settings
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry, Traffic
 from serving.repository.scenarios import ScenarioStore
+from serving.terminal import progress, task
 from training.data import MarketConfig, Marketplace, generate, load, save
 from training.export import export_artifacts, install_artifact
+from training.preflight import BUILD_FORMAT, MODELS, plan, scenarios_missing
 from training.train import train_all
 
-__all__ = ["DEMO_SCENARIOS", "build", "install_scenarios", "load_built_marketplace"]
+__all__ = ["DEMO_SCENARIOS", "build", "install_scenarios", "load_built_marketplace", "recompute_quality"]
 
 log = logging.getLogger(__name__)
-MODELS = ("user_tower", "ranker")
 NO_INDEX = "none: built with --no-index (no FAISS index, no recall@500)"
 # The demo scenario files, applied in this order (each becomes version 1 of its scenario).
 DEMO_SCENARIOS = tuple(Path(__file__).resolve().parent / "scenarios" / f"{n}.yaml" for n in ("home", "similar", "shop"))
-
-
-def _built(repo: Path) -> bool:
-    """Both models have a config and at least one version."""
-    return all((repo / m / "config.pbtxt").is_file() and ModelRegistry(repo).versions(m) for m in MODELS)
 
 
 def load_built_marketplace(data_dir: Path) -> Marketplace:
@@ -76,6 +75,20 @@ def served_quality(mp: Marketplace, repo: Path, seed: int = 0) -> dict[str, Any]
     ndcg = pipeline_ndcg(mp, tower, index, torch.jit.load(str(r / "model.pt")), reg.cross_spec("ranker", int(r.name)))
     return {"recall_at_500": round(rec, 4), "index_kind": index.kind, "index_nprobe": index.nprobe,
             "index_mib": round((d / "items.faiss").stat().st_size / 2**20, 1), **ndcg}
+
+
+def recompute_quality(data_dir: Path, repo: Path) -> dict[str, Any]:
+    """The build's quality figures recomputed from the served (live) artifacts: the ranker's AUC,
+    log loss and ECE, the index's recall@500 and the pipeline's NDCG@20."""
+    import torch
+
+    from training.quality import ranker_quality
+
+    mp = load_built_marketplace(data_dir)
+    reg = ModelRegistry(repo)
+    v = reg.traffic("ranker").live
+    ranker = torch.jit.load(str(reg.version_dir("ranker", v) / "model.pt"))
+    return {**ranker_quality(mp, ranker, reg.cross_spec("ranker", v)), **served_quality(mp, repo)}
 
 
 def install_scenarios(repo: Path, settings: Settings, tables: FeatureTables) -> dict[str, int]:
@@ -114,47 +127,65 @@ def build(data_dir: Path, repo: Path, *, items: int | None = None, users: int | 
             them, FAISS not imported; a cached build without an index is rebuilt when an index is
             asked for).
         settings: the limits the scenarios are checked against (default: the defaults).
+
+    Raises:
+        BuildCacheError: the cache is damaged or from another version (``force`` rebuilds it).
+        InsufficientResourcesError: too little free memory or disk for the build.
     """
     data_dir, repo = Path(data_dir), Path(repo)
     settings = settings or Settings.model_validate({"model_repository": repo})
-    summary_path = data_dir / "build.json"
     cfg = MarketConfig(seed=seed).sized(items=items, users=users)
-    if not force and summary_path.is_file() and _built(repo):
-        summary = json.loads(summary_path.read_text())
-        has_index = summary.get("index", True)  # builds before --no-index always had one
-        if summary.get("config") == asdict(cfg) and (has_index or not index):
-            if has_index and ("scenarios" not in summary["quality"] or not ScenarioStore(repo).names()):
-                summary = _add_scenarios(summary, data_dir, repo, settings)
-            return {**summary, "cached": True}
+    cached = plan(data_dir, repo, config=asdict(cfg), index=index, force=force)
+    if cached is not None:
+        if scenarios_missing(cached, repo):
+            cached = _add_scenarios(cached, data_dir, repo, settings)
+        return {**cached, "cached": True}
+    with progress():
+        summary = _build(data_dir, repo, cfg, index=index, settings=settings)
+    (data_dir / "build.json").write_text(json.dumps(summary, indent=2))
+    log.info("build: %s", json.dumps(summary))
+    return {**summary, "cached": False}
+
+
+def _build(data_dir: Path, repo: Path, cfg: MarketConfig, *, index: bool, settings: Settings) -> dict[str, Any]:
     t0 = time.perf_counter()
+    seed = cfg.seed
+    (data_dir / "build.json").unlink(missing_ok=True)  # no summary names a half-written cache
     mp = generate(cfg)
     save(mp, data_dir)
     t_data = time.perf_counter() - t0
     models = train_all(mp, seed=seed)
-    artifacts = data_dir / "artifacts" / f"seed{seed}"
-    shutil.rmtree(artifacts, ignore_errors=True)
-    export_artifacts(mp, models, artifacts, seed=seed)
-    repo.mkdir(parents=True, exist_ok=True)
-    versions = {}
-    tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
-    for name in MODELS:
-        shutil.rmtree(repo / name, ignore_errors=True)
-        versions[name] = install_artifact(repo, name, artifacts / name, tables, index=index)
-        ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
-    install_scenarios(repo, settings, tables)
-    quality: dict[str, Any] = dict(models.quality)
-    if index:
-        quality.update(served_quality(mp, repo, seed))
-        quality["scenarios"] = _scenario_quality(data_dir, repo, settings, mp)
-    else:
-        quality.update({"recall_at_500": None, "index_kind": NO_INDEX})
-    summary = {"seed": seed, "index": index, "config": asdict(cfg), "quality": quality,
-               "versions": versions, "data_s": round(t_data, 1),
-               "build_s": round(time.perf_counter() - t0, 1),
-               "impressions": int(mp.imp_click.size), "ctr": round(float(mp.imp_click.mean()), 4)}
-    summary_path.write_text(json.dumps(summary, indent=2))
-    log.info("build: %s", json.dumps(summary))
-    return {**summary, "cached": False}
+    with task("export and install models", total=3 + len(MODELS)) as bar:
+        artifacts = data_dir / "artifacts" / f"seed{seed}"
+        shutil.rmtree(artifacts, ignore_errors=True)
+        export_artifacts(mp, models, artifacts, seed=seed)
+        bar.advance()
+        repo.mkdir(parents=True, exist_ok=True)
+        versions = {}
+        tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
+        for name in MODELS:
+            bar.describe(f"install {name}")
+            shutil.rmtree(repo / name, ignore_errors=True)
+            versions[name] = install_artifact(repo, name, artifacts / name, tables, index=index)
+            ModelRegistry(repo).set_traffic(name, Traffic(live=versions[name]))
+            bar.advance()
+        install_scenarios(repo, settings, tables)
+        quality: dict[str, Any] = dict(models.quality)
+        if index:
+            bar.describe("measure recall@500 and NDCG@20")
+            quality.update(served_quality(mp, repo, seed))
+            bar.advance()
+            bar.describe("measure each scenario's NDCG@20")
+            quality["scenarios"] = _scenario_quality(data_dir, repo, settings, mp)
+            bar.describe(f"models installed, recall {quality['recall_at_500']:.3f}")
+        else:
+            quality.update({"recall_at_500": None, "index_kind": NO_INDEX})
+            bar.advance()
+        bar.advance()
+    return {"format": BUILD_FORMAT, "rankserve": __version__, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seed": seed, "index": index, "config": asdict(cfg), "quality": quality,
+            "versions": versions, "data_s": round(t_data, 1), "build_s": round(time.perf_counter() - t0, 1),
+            "impressions": int(mp.imp_click.size), "ctr": round(float(mp.imp_click.mean()), 4)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,13 @@ the user's category affinity with item popularity, as production logs do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from serving.terminal import task
 
 __all__ = ["MarketConfig", "Marketplace", "generate", "load", "save"]
 
@@ -104,6 +107,11 @@ def _offset_for_rate(logit: np.ndarray, rate: float) -> float:
 
 def generate(cfg: MarketConfig) -> Marketplace:
     """Generate the marketplace (deterministic for ``cfg.seed``)."""
+    with task("marketplace data", total=cfg.n_categories + 2) as bar:
+        return _generate(cfg, bar.advance)
+
+
+def _generate(cfg: MarketConfig, advance: Callable[[], None]) -> Marketplace:
     rng = np.random.default_rng(cfg.seed)
     D = cfg.dim
     s = D ** -0.25  # <u, v> of two N(0, s^2) vectors has unit variance
@@ -134,6 +142,7 @@ def generate(cfg: MarketConfig) -> Marketplace:
     t2 = rng.normal(0, 0.5, (cfg.n_ages + 1, cfg.n_price_buckets + 1)).astype(np.float32)
     t3 = rng.normal(0, 0.4, (cfg.n_devices + 1, cfg.n_brands + 1)).astype(np.float32)
     item_bias = (0.3 * item_num[:, 1] + 0.3 * item_num[:, 2] - 2.2).astype(np.float32)
+    advance()
     # logging policy: category by the user's affinity (softmax of <u, centroid>), item by popularity
     n_imp = cfg.impressions_per_user
     aff = u_lat @ centroids[1:].T.astype(np.float32) * 3.0
@@ -148,6 +157,7 @@ def generate(cfg: MarketConfig) -> Marketplace:
     weights = np.sqrt(popularity[order])
     imp_item = np.empty(U * n_imp, dtype=np.int64)
     for c in range(1, cfg.n_categories + 1):
+        advance()
         sel = np.nonzero(chosen_cat == c)[0]
         lo, hi = starts[c], starts[c + 1]
         if sel.size == 0:
@@ -170,6 +180,7 @@ def generate(cfg: MarketConfig) -> Marketplace:
     mp.imp_logit = logit
     mp.imp_click = (rng.random(logit.size) < 1 / (1 + np.exp(-logit))).astype(np.float32)
     mp.imp_test = rng.random(logit.size) < cfg.test_fraction
+    advance()
     return mp
 
 

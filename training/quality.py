@@ -19,7 +19,7 @@ from serving.pipeline.topk import top_k
 from training.data import Marketplace
 from training.metrics import ece, log_loss, ndcg_at_k
 
-__all__ = ["calibration", "pipeline_ndcg", "true_click_prob"]
+__all__ = ["calibration", "pipeline_ndcg", "ranker_quality", "true_click_prob"]
 
 
 def true_click_prob(mp: Marketplace, user: int, items: np.ndarray) -> np.ndarray:
@@ -63,3 +63,18 @@ def pipeline_ndcg(mp: Marketplace, tower: Any, index: Any, ranker: Any, spec: Cr
         within.append(ndcg_at_k(true_click_prob(mp, int(u), served), truth_cand, k))
     return {f"ndcg_at_{k}": round(float(np.mean(full)), 4), f"ndcg_at_{k}_within_recall": round(float(np.mean(within)), 4),
             "ndcg_users": int(users.size)}
+
+
+def ranker_quality(mp: Marketplace, ranker: Any, spec: CrossSpec) -> dict[str, float]:
+    """AUC (and the oracle's), log loss and ECE of a served ranker on the held-out impressions."""
+    from training.metrics import auc
+
+    tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
+    test = np.nonzero(mp.imp_test)[0]
+    feats = ranker_inputs(tables, mp.imp_user[test], mp.imp_item[test], get_crosser("auto"), spec)
+    with torch.inference_mode():
+        scores = ranker(torch.from_numpy(feats.cat), torch.from_numpy(feats.dense)).numpy().reshape(-1)
+    clicks = mp.imp_click[test]
+    a_model, a_oracle = auc(scores, clicks), auc(mp.imp_logit[test], clicks)
+    return {"auc": round(a_model, 4), "oracle_auc": round(a_oracle, 4),
+            "auc_fraction": round((a_model - 0.5) / (a_oracle - 0.5), 4), **calibration(scores, clicks)}

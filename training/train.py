@@ -12,6 +12,7 @@ from torch import nn
 
 from kernels import CrossSpec, get_crosser
 from serving.pipeline.features import FeatureTables, ranker_inputs
+from serving.terminal import task
 from training.data import Marketplace
 from training.metrics import auc
 from training.models import DCNv2Ranker, ItemTower, UserTower
@@ -64,18 +65,22 @@ def train_two_tower(mp: Marketplace, *, epochs: int = 2, batch: int = 1024, seed
     ic, inum, idn = torch.from_numpy(mp.item_cat), torch.from_numpy(mp.item_num), torch.from_numpy(mp.item_dense)
     rng = np.random.default_rng(seed)
     batch = min(batch, max(64, pos.size // 4))
-    epochs = max(epochs, -(-min_steps // max(1, pos.size // batch)))
-    for _ in range(epochs):
-        perm = rng.permutation(pos)
-        for s in range(0, perm.size - batch + 1, batch):
-            b = perm[s:s + batch]
-            u = torch.from_numpy(mp.imp_user[b])
-            i = torch.from_numpy(mp.imp_item[b])
-            logits = user(uc[u], ud[u]) @ item(ic[i], inum[i], idn[i]).T / temperature
-            loss = nn.functional.cross_entropy(logits, torch.arange(b.size))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    steps = pos.size // batch
+    epochs = max(epochs, -(-min_steps // max(1, steps)))
+    with task("train two-tower", total=epochs * steps) as bar:
+        for epoch in range(epochs):
+            bar.describe(f"train two-tower {epoch + 1}/{epochs}")
+            perm = rng.permutation(pos)
+            for s in range(0, steps * batch, batch):
+                b = perm[s:s + batch]
+                u = torch.from_numpy(mp.imp_user[b])
+                i = torch.from_numpy(mp.imp_item[b])
+                logits = user(uc[u], ud[u]) @ item(ic[i], inum[i], idn[i]).T / temperature
+                loss = nn.functional.cross_entropy(logits, torch.arange(b.size))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                bar.advance()
     return user.eval(), item.eval()
 
 
@@ -83,22 +88,28 @@ def train_ranker(mp: Marketplace, spec: CrossSpec, *, epochs: int = 3, batch: in
                  seed: int = 0) -> tuple[DCNv2Ranker, np.ndarray, np.ndarray]:
     """BCE on all training impressions; inputs built by ``serving.pipeline.features.ranker_inputs``."""
     torch.manual_seed(seed)
-    tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
-    feats = ranker_inputs(tables, mp.imp_user, mp.imp_item, get_crosser("auto"), spec)
-    model = DCNv2Ranker(ranker_cardinalities(mp, spec), feats.dense.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     train = np.nonzero(~mp.imp_test)[0]
-    cat, dense = torch.from_numpy(feats.cat), torch.from_numpy(feats.dense)
-    y = torch.from_numpy(mp.imp_click).unsqueeze(1)
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        perm = torch.from_numpy(rng.permutation(train))
-        for s in range(0, perm.numel(), batch):
-            b = perm[s:s + batch]
-            loss = nn.functional.binary_cross_entropy_with_logits(model.logit(cat[b], dense[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    steps = -(-train.size // batch)
+    with task("train ranker", total=1 + epochs * steps) as bar:
+        bar.describe("train ranker: crossing")
+        tables = FeatureTables(mp.user_cat, mp.user_dense, mp.item_cat, mp.item_num, mp.item_dense)
+        feats = ranker_inputs(tables, mp.imp_user, mp.imp_item, get_crosser("auto"), spec)
+        bar.advance()
+        model = DCNv2Ranker(ranker_cardinalities(mp, spec), feats.dense.shape[1])
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+        cat, dense = torch.from_numpy(feats.cat), torch.from_numpy(feats.dense)
+        y = torch.from_numpy(mp.imp_click).unsqueeze(1)
+        rng = np.random.default_rng(seed)
+        for epoch in range(epochs):
+            bar.describe(f"train ranker {epoch + 1}/{epochs}")
+            perm = torch.from_numpy(rng.permutation(train))
+            for s in range(0, perm.numel(), batch):
+                b = perm[s:s + batch]
+                loss = nn.functional.binary_cross_entropy_with_logits(model.logit(cat[b], dense[b]), y[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                bar.advance()
     return model.eval(), feats.cat, feats.dense
 
 

@@ -26,6 +26,7 @@ import faiss
 import numpy as np
 
 from serving.errors import ConfigError
+from serving.terminal import task
 
 __all__ = ["EXACT_MAX_ITEMS", "KINDS", "ItemIndex", "build_index", "load_index", "recall_at_k", "save_index",
            "set_search_threads", "tower_queries"]
@@ -192,21 +193,26 @@ def build_index(emb: np.ndarray, *, kind: str = "auto", nlist: int | None = None
         return ItemIndex(_exact(emb), kind="flat", catalogue_version=catalogue_version)
     if kind not in KINDS:
         raise ValueError(f"kind must be auto or one of {KINDS}, got {kind!r}")
-    raw = _trained(kind, emb, nlist or int(4 * np.sqrt(n)), seed)
-    if queries is None:
-        rng = np.random.default_rng(seed)
-        queries = emb[rng.choice(n, min(256, n), replace=False)] + rng.normal(0, 0.05, (min(256, n), d))
-        queries = queries.astype(np.float32)
-    index = ItemIndex(raw, kind=kind, nprobe=1, catalogue_version=catalogue_version)
-    if kind == "hnsw":  # efSearch: candidates kept while searching (at least k)
-        steps = [512, 768, 1024, 1536, 2048]
-    else:
-        lists = int(faiss.extract_index_ivf(raw).nlist)
-        steps = [p for p in (4, 8, 16, 32, 64, 128, 256) if p < lists] + [lists]
-    for p in steps:
-        index.set_nprobe(p)
-        if recall_at_k(index, emb, queries, TUNE_K) >= target_recall:
-            break
+    with task(f"FAISS index ({kind})", total=3) as bar:
+        bar.describe(f"FAISS index ({kind}): training")
+        raw = _trained(kind, emb, nlist or int(4 * np.sqrt(n)), seed)
+        bar.advance()
+        if queries is None:
+            rng = np.random.default_rng(seed)
+            queries = emb[rng.choice(n, min(256, n), replace=False)] + rng.normal(0, 0.05, (min(256, n), d))
+            queries = queries.astype(np.float32)
+        index = ItemIndex(raw, kind=kind, nprobe=1, catalogue_version=catalogue_version)
+        if kind == "hnsw":  # efSearch: candidates kept while searching (at least k)
+            steps = [512, 768, 1024, 1536, 2048]
+        else:
+            lists = int(faiss.extract_index_ivf(raw).nlist)
+            steps = [p for p in (4, 8, 16, 32, 64, 128, 256) if p < lists] + [lists]
+        for p in steps:
+            bar.describe(f"FAISS index ({kind}): search parameter {p}")
+            index.set_nprobe(p)
+            if recall_at_k(index, emb, queries, TUNE_K) >= target_recall:
+                break
+        bar.advance(2)
     log.info("%s index: %d items, search parameter %d", kind, n, index.nprobe)
     return index
 

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serving.files import version_dirs
-from serving.triton.config import TensorSpec, model_config, read_config, signature, write_config
+from serving.triton.config import RUNNER, TensorSpec, model_config, read_config, signature, write_config
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["MODEL_PY", "export_version", "load_golden"]
 
-MODEL_PY = Path(__file__).resolve().parent.parent / "triton" / "_model" / "model.py"
+MODEL_PY = RUNNER
 
 
 def load_golden(version_dir: Path) -> dict[str, np.ndarray]:

@@ -17,9 +17,11 @@ Configurations (each measured in this one run, 500 recalled candidates per reque
 The load generator (``serving.tools.loadgen``) runs in its own process. A per-stage table splits
 each request's mean latency into queue, recall, cross, rank (the server's own ``timings_ms``) and
 ingress and other (what the client saw beyond the server's total), at the lowest and highest
-concurrency, beside the floors' stage times. Output: JSON, markdown, and a last line
+concurrency, beside the floors' stage times. Output: JSON, markdown, a plot (``bench.png``:
+throughput and p99 against concurrency, one line per configuration, floors dashed) and a last line
 ``ratios: vs_floor=.. vs_triton_floor=.. vs_framework=.. batching_gain=.. grpc_vs_http=.. p50_c1_ms=..``
-(at concurrency 32, the last at 1).
+(at concurrency 32, the last at 1). ``python -m serving.tools.bench --plot bench.json`` draws a
+report's plot again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +38,11 @@ import numpy as np
 
 from serving.config import Settings
 from serving.net import QUIET_PORTS, free_port
+from serving.tools.plots import plot_bench
 from serving.tools.workload import recall_bodies, run_loadgen, scrape, write_bodies
 from serving.triton.caller import AsyncInferClient
 
-__all__ = ["run_bench"]
+__all__ = ["main", "run_bench"]
 
 _BATCH_METRICS = ("rankserve_batch_requests_sum", "rankserve_batch_requests_count", "rankserve_batch_candidates_sum")
 STAGES = ("queue", "recall", "cross", "rank")
@@ -153,6 +157,7 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
     from serving.triton.inprocess import InProcessClient
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    quality = _quality(settings)
     bodies = recall_bodies(FeatureTables.load(settings.marketplace_path).n_users, 4096)
     bodies_file = write_bodies(bodies)
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in ("floor", "triton_floor", "framework", "rankserve",
@@ -165,13 +170,29 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
     _serve_configs(settings, triton_url, bodies_file, levels, duration_s, results)
     ratios = _ratios(results, levels)
     report = {"levels": levels, "duration_s": duration_s, "recall_n": settings.recall_n, "ingress": settings.ingress,
-              "results": results, "ratios": ratios}
+              "quality": quality, "results": results, "ratios": ratios}
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     md = _markdown(results, ratios) + "\n" + _stage_table(results, [levels[0], levels[-1]])
     (out_dir / "bench.md").write_text(md)
+    plot_bench(report, out_dir / "bench.png")
     print(md)
+    print(f"plot: {out_dir / 'bench.png'}")
     print("ratios: " + " ".join(f"{k}={v:.3f}" for k, v in ratios.items() if k != "concurrency"))
     return report
+
+
+def _quality(settings: Settings) -> dict[str, Any]:
+    """The marketplace's quality, recomputed from the served artifacts (beside what the build
+    recorded), so that each benchmark says what its catalogue and models are."""
+    from training.build import recompute_quality
+
+    data = settings.marketplace_path.parent
+    quality = recompute_quality(data, settings.model_repository)
+    recorded = json.loads((data / "build.json").read_text())["quality"]
+    keys = ("auc_fraction", "log_loss", "ece", "recall_at_500", "index_kind", "index_nprobe", "index_mib", "ndcg_at_20")
+    print(f"quality of the served artifacts ({recorded['n_items']:,} items, {recorded['n_users']:,} users): "
+          + ", ".join(f"{k} {quality[k]} (build: {recorded.get(k)})" for k in keys), flush=True)
+    return {**quality, "n_items": recorded["n_items"], "n_users": recorded["n_users"]}
 
 
 def _ratios(results: dict[str, list[dict[str, Any]]], levels: list[int]) -> dict[str, float]:
@@ -225,3 +246,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=int, help="the marketplace of this many items (built first if need be, "
                                           "into its own folders; default: the demo's)")
     p.add_argument("--users", type=int, help="its users (default: the demo's)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serving.tools.bench --plot bench.json [--out bench.png]``: draw a report's plot again."""
+    p = argparse.ArgumentParser(prog="python -m serving.tools.bench", description=main.__doc__)
+    p.add_argument("--plot", type=Path, required=True, help="a bench.json report (rankserve bench, make bench)")
+    p.add_argument("--out", type=Path, help="the PNG to write (default: beside the report, .png)")
+    a = p.parse_args(argv)
+    out = a.out or a.plot.with_suffix(".png")
+    plot_bench(json.loads(a.plot.read_text()), out)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

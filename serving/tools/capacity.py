@@ -14,6 +14,9 @@ One unit is what answered the load: the embedded default on this machine (one Tr
 replica), or, with ``--url``, whatever serves that address. Units needed for a peak:
 ``ceil(peak / (capacity * (1 - headroom)))``, on the assumption, stated in the report, that
 units scale out independently (each node its own Triton and replicas, as in the KubeRay manifest).
+Besides the JSON and markdown report it draws ``capacity.png``: latency against offered rate with
+the p99 target and the chosen capacity marked (``python -m serving.tools.capacity --plot
+capacity.json`` draws a report's plot again).
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from serving.config import Settings
+from serving.tools.plots import plot_capacity
 from serving.tools.workload import recall_bodies, run_loadgen, write_bodies
 
-__all__ = ["Step", "Target", "measure_rate", "plan_units", "search_capacity"]
+__all__ = ["Step", "Target", "main", "measure_rate", "plan_units", "search_capacity"]
 
 
 @dataclass(frozen=True)
@@ -206,5 +211,23 @@ def run_capacity(url: str, settings: Settings, args: argparse.Namespace, *, unit
     (args.out / "capacity.json").write_text(json.dumps(rep, indent=2))
     md = markdown(rep)
     (args.out / "capacity.md").write_text(md)
+    plot_capacity(rep, args.out / "capacity.png")
     print(md)
+    print(f"plot: {args.out / 'capacity.png'}")
     return rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serving.tools.capacity --plot capacity.json [--out capacity.png]``: draw a report's plot again."""
+    p = argparse.ArgumentParser(prog="python -m serving.tools.capacity", description=main.__doc__)
+    p.add_argument("--plot", type=Path, required=True, help="a capacity.json report (rankserve capacity)")
+    p.add_argument("--out", type=Path, help="the PNG to write (default: beside the report, .png)")
+    a = p.parse_args(argv)
+    out = a.out or a.plot.with_suffix(".png")
+    plot_capacity(json.loads(a.plot.read_text()), out)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -77,7 +77,8 @@ class ChaosServer:
         self.port = free_port(QUIET_PORTS)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        own = {"RANKSERVE_PORT": str(self.port), "RANKSERVE_GRPC_PORT": "0",
+        # RANKSERVE_VERBOSE: the whole server log in log_path (Ray's, Triton's), not only its screen
+        own = {"RANKSERVE_PORT": str(self.port), "RANKSERVE_GRPC_PORT": "0", "RANKSERVE_VERBOSE": "true",
                "RANKSERVE_DATA_DIR": str(settings.data_dir), "RANKSERVE_MODEL_REPOSITORY": str(settings.model_repository)}
         self.env = {**os.environ, **(env or {}), **own}
         self.proc: subprocess.Popen[bytes] | None = None

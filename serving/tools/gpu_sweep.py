@@ -145,7 +145,7 @@ def score_check(settings: Settings, triton_url: str, *, rows: int = 4096,
     """Triton's ranker scores and user tower embeddings for real feature rows against the same
     TorchScript versions run on the CPU in this process (and ``gpu_client``'s, when given): the
     largest absolute difference of each, and whether Triton's are all within ``SCORE_TOLERANCE``
-    (``match``; ``inprocess_gpu_match`` likewise for ``gpu_client``)."""
+    (``match``; ``inprocess_gpu_match`` likewise for ``gpu_client``), with the share of rows off."""
     registry = ModelRegistry(settings.model_repository)
     tables = FeatureTables.load(settings.marketplace_path)
     rng = np.random.default_rng(1)
@@ -164,8 +164,9 @@ def score_check(settings: Settings, triton_url: str, *, rows: int = 4096,
     try:
         for model, version, name, inputs in cases:
             want = cpu.infer_sync(model, inputs, [name], version=str(version))[name]
-            diffs = {"triton_max_abs_diff": _max_diff(served.infer(model, inputs, [name], version=str(version))[name],
-                                                      want)}
+            got = served.infer(model, inputs, [name], version=str(version))[name]
+            diffs = {"triton_max_abs_diff": _max_diff(got, want),
+                     "triton_rows_off": _rows_off(got, want)}
             if gpu_client is not None:
                 diffs["inprocess_gpu_max_abs_diff"] = _max_diff(
                     gpu_client.infer_sync(model, inputs, [name], version=str(version))[name], want)
@@ -177,6 +178,14 @@ def score_check(settings: Settings, triton_url: str, *, rows: int = 4096,
         out["inprocess_gpu_match"] = all(m["inprocess_gpu_max_abs_diff"] <= SCORE_TOLERANCE
                                          for m in out["models"].values())
     return out
+
+
+def _rows_off(got: np.ndarray, want: np.ndarray) -> float:
+    """The share of rows with any value beyond ``SCORE_TOLERANCE``."""
+    if got.size != want.size:
+        return 1.0
+    off = np.abs(got.reshape(want.shape).astype(np.float64) - want) > SCORE_TOLERANCE
+    return round(float(off.reshape(len(want), -1).any(axis=1).mean()), 4)
 
 
 def _max_diff(got: np.ndarray, want: np.ndarray) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -56,18 +57,21 @@ def _memory_mib(index: ItemIndex) -> float:
 
 
 def compare_indexes(emb: np.ndarray, tune_q: np.ndarray, test_q: np.ndarray, *, kinds: list[str],
-                    target_recall: float, repeats: int, k: int = 500) -> list[dict[str, Any]]:
+                    target_recall: float, repeats: int, threads: int, k: int = 500) -> list[dict[str, Any]]:
     rows = []
-    for kind in kinds:
+    for spec in kinds:  # "ivf", or "ivf@16384": IVF with that many lists (default 4 sqrt(n))
+        kind, _, lists = spec.partition("@")
+        set_search_threads(os.cpu_count() or 1)  # builds use every core, as rankserve build does
         t0 = time.perf_counter()
-        index = build_index(emb, kind=kind, queries=tune_q, target_recall=target_recall)
+        index = build_index(emb, kind=kind, queries=tune_q, target_recall=target_recall, nlist=int(lists or 0) or None)
         build_s = time.perf_counter() - t0
+        set_search_threads(threads)  # searches as a replica runs them
         p50_1, p99_1 = _latency(index, test_q, 1, repeats, k)
         p50_32, p99_32 = _latency(index, test_q, 32, max(20, repeats // 8), k)
-        rows.append({"kind": kind, "search_param": index.nprobe, "recall_at_500": round(recall_at_k(index, emb, test_q, k), 4),
+        rows.append({"kind": spec, "search_param": index.nprobe, "recall_at_500": round(recall_at_k(index, emb, test_q, k), 4),
                      "p50_ms_1": round(p50_1, 2), "p99_ms_1": round(p99_1, 2), "p50_ms_32": round(p50_32, 2),
                      "p99_ms_32": round(p99_32, 2), "memory_mib": round(_memory_mib(index), 1),
-                     "build_s": round(build_s, 1), "takes_changes": kind != "hnsw"})
+                     "build_s": round(build_s, 1), "takes_changes": kind != "hnsw", "threads": threads})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -95,10 +99,9 @@ def run_index_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
     tower = torch.jit.load(str(d / "model.pt"))
     tune_q = tower_queries(tower, user_cat, user_dense, n=256, seed=0)
     test_q = tower_queries(tower, user_cat, user_dense, n=1000, seed=1)
-    set_search_threads(args.threads)
-    torch.set_num_threads(args.threads)
     kinds = [k for k in args.kinds.split(",") if k]
-    rows = compare_indexes(emb, tune_q, test_q, kinds=kinds, target_recall=args.target_recall, repeats=args.repeats)
+    rows = compare_indexes(emb, tune_q, test_q, kinds=kinds, target_recall=args.target_recall, repeats=args.repeats,
+                           threads=args.threads)
     targets = {"recall_at_500": 0.95, "p99_ms_1": 5.0, "p99_ms_32": 20.0}
     report = {"items": int(emb.shape[0]), "dim": int(emb.shape[1]), "threads": args.threads, "targets": targets,
               "rows": rows, "chosen": _choose(rows, targets)}
@@ -122,7 +125,8 @@ def _markdown(rep: dict[str, Any]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=int, help="the marketplace of this many items (built if need be)")
-    p.add_argument("--kinds", default="flat,ivf,ivfpq,hnsw", help="indexes to compare")
+    p.add_argument("--kinds", default="flat,ivf,ivfpq,hnsw",
+                   help="indexes to compare; ivf@N: IVF-Flat with N lists (default 4 sqrt(items))")
     p.add_argument("--target-recall", type=float, default=0.96, help="recall@500 the search parameter is tuned to")
     p.add_argument("--threads", type=int, default=1, help="FAISS threads (a replica's RANKSERVE_CPU_THREADS, default 1)")
     p.add_argument("--repeats", type=int, default=400, help="searches timed per point")

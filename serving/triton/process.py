@@ -20,6 +20,7 @@ import atexit
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,13 +32,14 @@ from types import TracebackType
 
 from serving.errors import TritonStartError
 from serving.net import free_port
-from serving.triton.config import apply_instance_settings
+from serving.triton.config import apply_instance_settings, refresh_runners
 
 __all__ = ["TritonProcess", "TritonStartError", "find_tritonserver"]
 
 log = logging.getLogger(__name__)
 
 _FATAL_LOG_TEXT = "error while loading shared libraries"
+_ERROR_LINE = re.compile(r"^(E\d{4} |error: )")
 
 
 def _pytriton_dir() -> Path:
@@ -58,7 +60,9 @@ def find_tritonserver(override: Path | None = None) -> Path:
     """Path of the ``tritonserver`` binary: ``override`` (``Settings.triton_bin``), else the wheel's."""
     path = Path(override) if override else _wheel_dir() / "bin" / "tritonserver"
     if not path.is_file():
-        raise TritonStartError(f"tritonserver not found at {path} (RANKSERVE_TRITON_BIN)")
+        raise TritonStartError(f"tritonserver not found at {path}",
+                               hint="set RANKSERVE_TRITON_BIN to a tritonserver binary, or leave it unset for "
+                                    "the one in the nvidia-pytriton wheel")
     return path
 
 
@@ -69,7 +73,8 @@ def _prepare_backends(runtime_dir: Path) -> Path:
     stub_src = src / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
         "triton_python_backend_stub"
     if not stub_src.is_file():
-        raise TritonStartError(f"no python backend stub for Python {sys.version_info[:2]} in {src}")
+        raise TritonStartError(f"no python backend stub for Python {sys.version_info.major}.{sys.version_info.minor} "
+                               f"in {src}", hint="run rankserve on a Python the wheel has a stub for (3.10 to 3.13)")
     stub_dst = dst / "python" / "triton_python_backend_stub"
     if not stub_dst.is_file() or stub_dst.stat().st_size != stub_src.stat().st_size:
         tmp = runtime_dir / ".backends-tmp"
@@ -143,6 +148,13 @@ class TritonProcess:
         except OSError:
             return "<no log>"
 
+    def error_tail(self, n: int = 10) -> str:
+        """Up to ``n`` lines of the log from its last error line (Triton's ``E1130 ...`` or
+        ``error: ...``) on, else its last ``n`` lines."""
+        lines = self.log_tail(400).splitlines()
+        errors = [i for i, ln in enumerate(lines) if _ERROR_LINE.match(ln)]
+        return "\n".join(lines[errors[-1]:errors[-1] + n] if errors else lines[-n:])
+
     def start(self) -> TritonProcess:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         backends = _prepare_backends(self.runtime_dir)
@@ -151,6 +163,9 @@ class TritonProcess:
         if rewritten:
             log.info("config.pbtxt instance settings (kind %s, %d torch threads) written for %s",
                      self.kind, self.torch_threads, rewritten)
+        refreshed = refresh_runners(self.repo, self.models)
+        if refreshed:
+            log.info("model.py runner of this rankserve written into %s", refreshed)
         cmd = [
             str(binary),
             f"--model-repository={self.repo}",
@@ -193,11 +208,11 @@ class TritonProcess:
             while time.monotonic() < t_end:
                 if self._proc is None or self._proc.poll() is not None:
                     code = None if self._proc is None else self._proc.returncode
-                    raise TritonStartError(f"tritonserver exited with {code}; log tail:\n{self.log_tail()}")
+                    raise self._start_error(f"tritonserver exited with {code}")
                 fatal = self._fatal_log_line()
                 if fatal:
                     self.stop()
-                    raise TritonStartError(f"tritonserver cannot become ready ({fatal}); log tail:\n{self.log_tail()}")
+                    raise self._start_error(f"tritonserver cannot become ready ({fatal})")
                 try:
                     if client.server_ready() and all(client.model_ready(m) for m in self.models):
                         return
@@ -207,7 +222,14 @@ class TritonProcess:
         finally:
             client.close()
         self.stop()
-        raise TritonStartError(f"tritonserver not ready after {self.ready_timeout_s} s; log tail:\n{self.log_tail()}")
+        raise self._start_error(f"tritonserver not ready after {self.ready_timeout_s:g} s")
+
+    def _start_error(self, what: str) -> TritonStartError:
+        """``what`` happened; the error carries the tail of Triton's log and where the rest is."""
+        return TritonStartError(
+            f"Triton did not start: {what}", details=self.error_tail(),
+            hint=f"Triton's whole log: {self.log_path}. A model that does not load: rankserve build --force "
+                 "rebuilds the demo models; RANKSERVE_TRITON_URL=host:port uses a running Triton instead.")
 
     def _fatal_log_line(self) -> str | None:
         """A log line after which Triton never becomes ready although it keeps running.

@@ -62,6 +62,7 @@ def test_capacity_search_against_the_server(rankserve_url: str, tmp_path: Path) 
     assert rep["capacity_rps"] == rep["steps"][-1]["offered_rps"] > 3
     assert rep["units_for_peak"] == math.ceil(100 / (rep["capacity_rps"] * 0.7))
     assert "Capacity:" in (out / "capacity.md").read_text()
+    assert (out / "capacity.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_capacity_refuses_non_loopback_hosts() -> None:

@@ -101,10 +101,12 @@ def test_broken_model_fails_fast_with_tritons_log(tmp_path: Path) -> None:
                                                   'output { name: "y" data_type: TYPE_FP32 dims: 1 }\n')
     (repo / "broken" / "1" / "model.py").write_text("raise RuntimeError('this model cannot load')\n")
     server = TritonProcess(repo, runtime_dir=tmp_path / "rt", ready_timeout_s=120)
-    with pytest.raises(TritonStartError, match="log tail"):
+    with pytest.raises(TritonStartError, match="Triton did not start") as info:
         server.start()
     assert not server.alive()
     assert os.path.exists(server.log_path)
+    assert "this model cannot load" in (info.value.details or ""), info.value.details  # the log's tail
+    assert str(server.log_path) in (info.value.hint or "")
 
 
 def test_a_stub_that_cannot_load_fails_fast_instead_of_hanging(triton: TritonProcess, tmp_path: Path,

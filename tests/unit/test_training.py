@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,4 +118,14 @@ def test_build_without_an_index_says_so_and_is_not_reused_when_an_index_is_asked
     with_index = build(data, repo, items=500, users=200)
     assert not with_index["cached"] and with_index["quality"]["recall_at_500"] > 0.9
     assert (tower / "items.faiss").is_file()
+    assert set(with_index["quality"]["scenarios"]) == {"home", "similar", "shop"}
     assert build(data, repo, items=500, users=200, index=False)["cached"]  # an indexed build serves a no-index request
+    # a cache from before scenarios: they are added and measured, the models are not trained again
+    summary = json.loads((data / "build.json").read_text())
+    del summary["quality"]["scenarios"]
+    (data / "build.json").write_text(json.dumps(summary))
+    shutil.rmtree(repo / "scenarios")
+    again = build(data, repo, items=500, users=200)
+    assert again["cached"] and again["built_at"] == with_index["built_at"]
+    assert again["quality"]["scenarios"] == with_index["quality"]["scenarios"]
+    assert (repo / "scenarios" / "live.json").is_file()

@@ -13,11 +13,13 @@ from tritonclient.grpc import model_config_pb2
 from serving.repository.export import export_version, load_golden
 from serving.repository.registry import ModelRegistry
 from serving.triton.config import (
+    RUNNER,
     TORCH_THREADS_PARAMETER,
     TensorSpec,
     apply_instance_settings,
     model_config,
     read_config,
+    refresh_runners,
     resolve_kind,
     write_config,
 )
@@ -75,6 +77,25 @@ def test_instance_kind_and_threads_are_decided_where_triton_starts(tmp_path: Pat
     assert (tmp_path / "ranker" / "config.pbtxt").stat().st_mtime_ns == mtime
     assert apply_instance_settings(tmp_path, ["ranker"], kind="cpu", torch_threads=1) == ["ranker"]
     assert [g.kind for g in read_config(tmp_path, "ranker").instance_group] == [kinds.KIND_CPU]
+
+
+def test_start_up_gives_old_runner_copies_this_runner_and_leaves_a_model_s_own_code(tmp_path: Path) -> None:
+    """A repository built by an earlier rankserve carries that version's runner in each version
+    (one read inputs with as_numpy(), wrong under NumPy 2): start-up replaces those copies, and
+    only those."""
+    runner = RUNNER.read_text()
+    old = runner.replace("from_dlpack(t.to_dlpack())", "torch.from_numpy(t.as_numpy())")
+    assert old != runner
+    for model, version, text in (("ranker", "1", old), ("ranker", "2", runner), ("user_tower", "1", old),
+                                 ("custom", "1", "# a python model of the team's own\n")):
+        (tmp_path / model / version).mkdir(parents=True)
+        (tmp_path / model / version / "model.py").write_text(text)
+    assert refresh_runners(tmp_path, ["ranker", "user_tower", "custom"]) == ["ranker/1", "user_tower/1"]
+    assert all((tmp_path / m / v / "model.py").read_text() == runner
+               for m, v in (("ranker", "1"), ("ranker", "2"), ("user_tower", "1")))
+    assert (tmp_path / "custom" / "1" / "model.py").read_text().startswith("# a python model")
+    assert refresh_runners(tmp_path, ["ranker", "user_tower", "custom"]) == []
+    assert not list(tmp_path.rglob(".model.py.tmp"))
 
 
 def test_bad_values_are_refused() -> None:

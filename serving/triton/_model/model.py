@@ -6,6 +6,11 @@ Runs inside Triton's python stub, not in rankserve: it imports nothing of rankse
 environment. Dtypes come from Triton's own table, torch threads from the ``torch_threads``
 parameter that rankserve writes into ``config.pbtxt`` at start-up.
 
+Inputs come in through DLPack, never ``as_numpy()``: with NumPy 2 in the stub's environment,
+``as_numpy()`` returned arrays that did not hold the request's values (every served score wrong,
+on the GPU and the CPU alike; the stub is built against NumPy 1), which ``gpu_check``'s score check
+found on the device image (numpy 2.5) and a NumPy 2 environment reproduces here.
+
 Thin on purpose: ``initialize`` parses the config once and loads the module; ``execute`` merges
 the requests Triton's dynamic batcher hands over, runs the module ONCE, and splits the result,
 one response per request. Outputs go out through DLPack (``pb_utils.Tensor(name, ndarray)``
@@ -21,13 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from torch.utils.dlpack import to_dlpack
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+
+def _torch_dtype(triton_type):
+    """The torch dtype of a config's ``TYPE_*`` (through NumPy's dtype object, never its arrays)."""
+    return torch.from_numpy(np.empty(0, pb_utils.triton_string_to_numpy(triton_type))).dtype
 
 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
-        self.inputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"]), [int(d) for d in t["dims"]])
+        self.inputs = [(t["name"], _torch_dtype(t["data_type"]), [int(d) for d in t["dims"]])
                        for t in cfg["input"]]
         self.outputs = [t["name"] for t in cfg["output"]]
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
@@ -37,7 +47,7 @@ class TritonPythonModel:
         path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
         self.module = torch.jit.load(str(path), map_location=self.device).eval()
         line = (f"{args.get('model_name')} v{args['model_version']} runs on {self.device} "
-                f"(instance kind {args.get('model_instance_kind')}, torch {torch.__version__}, "
+                f"(instance kind {args.get('model_instance_kind')}, torch {torch.__version__}, numpy {np.__version__}, "
                 f"cuda available {torch.cuda.is_available()})")
         logger = getattr(pb_utils, "Logger", None)
         if logger is not None:
@@ -46,16 +56,16 @@ class TritonPythonModel:
             print(line, flush=True)
 
     def _check(self, request):
-        arrays = []
+        tensors = []
         for name, dtype, dims in self.inputs:
             t = pb_utils.get_input_tensor_by_name(request, name)
             if t is None:
                 raise ValueError(f"missing input {name!r}")
-            a = t.as_numpy()
-            if a.dtype != dtype or a.ndim != len(dims) + 1 or list(a.shape[1:]) != dims:
-                raise ValueError(f"input {name!r} is {a.dtype}{list(a.shape)}, expected {np.dtype(dtype)}[-1, {dims}]")
-            arrays.append(a)
-        return arrays
+            x = from_dlpack(t.to_dlpack())
+            if x.dtype != dtype or x.dim() != len(dims) + 1 or list(x.shape[1:]) != dims:
+                raise ValueError(f"input {name!r} is {x.dtype}{list(x.shape)}, expected {dtype}[-1, {dims}]")
+            tensors.append(x)
+        return tensors
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -68,8 +78,7 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err)))
         if good:
             sizes = [p[0].shape[0] for p in parts]
-            merged = [torch.from_numpy(np.concatenate([p[j] for p in parts])).to(self.device)
-                      for j in range(len(self.inputs))]
+            merged = [torch.cat([p[j] for p in parts]).to(self.device) for j in range(len(self.inputs))]
             with torch.inference_mode():
                 out = self.module(*merged)
             outs = out if isinstance(out, (tuple, list)) else (out,)
