@@ -58,7 +58,7 @@ freshness: build
 	$(PY) -m serving.cli freshness $(if $(ITEMS),--items $(ITEMS)) --out docs/freshness-cpu$(if $(ITEMS),-$(ITEMS)).json
 
 scenario-freshness: build
-	$(PY) -m serving.cli scenario-freshness --out docs/scenario-freshness-cpu.json
+	$(PY) -m serving.cli scenario-freshness $(if $(REPLICAS),--replicas $(REPLICAS)) --out docs/scenario-freshness-cpu$(if $(REPLICAS),-$(REPLICAS)replicas).json
 
 kernel-bench: install
 	$(PY) -m kernels.bench

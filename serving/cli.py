@@ -325,12 +325,12 @@ def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
             f"{_gpu_words()}), scratch copy of {settings.model_repository}")
     try:
         with serving_app(run_settings):
-            run_scenario_freshness(f"http://127.0.0.1:{port}", run_settings, args, unit=unit)
+            rep = run_scenario_freshness(f"http://127.0.0.1:{port}", run_settings, args, unit=unit)
     finally:
         import shutil
 
         shutil.rmtree(scratch.parent, ignore_errors=True)
-    return 0
+    return 0 if rep["load"]["failed"] == 0 else 1  # a failed request during applies is a failed run
 
 
 def cmd_index_bench(settings: Settings, args: argparse.Namespace) -> int:

@@ -324,3 +324,23 @@ def test_the_spec_says_what_context_a_request_needs() -> None:
     cat = ScenarioSpec.from_mapping({"name": "c", "ranker": "r", "sources": [
         {"kind": "popular", "count": 5, "within": "seed_category"}]})
     assert cat.needs_seed and not cat.needs_shop
+
+
+def test_scenario_freshness_reports_the_first_answer_and_every_replica() -> None:
+    """Two replicas: one serves v2 at once, the other answers v1 for 0.8 s more. The first answer
+    carrying v2 comes 0.1 s after the apply; every replica serves it 0.8 s after it."""
+    from serving.tools.freshness import first_answer_delays
+    from serving.tools.scenario_freshness import last_old_answer_delays, scenario_freshness_report
+
+    seen = [(9.9, 1), (10.1, 2), (10.3, 1), (10.8, 1), (10.9, 2), (11.0, 2)]
+    written = [(2, 10.0)]
+    assert first_answer_delays(written, seen) == [pytest.approx(0.1)]
+    assert last_old_answer_delays(written, seen) == [pytest.approx(0.8)]
+    assert last_old_answer_delays([(1, 9.0)], seen) == [0.0]  # nothing older than v1 answered
+    raw = {"delays": [0.1, 0.3], "everywhere": [0.8, 2.5], "scenarios": ["home", "shop"], "requests": 100,
+           "failed": 0, "rps": 50.0, "concurrency": 8, "gap_s": 0.5}
+    rep = scenario_freshness_report(raw, target_s=2.0)
+    assert (rep["max_s"], rep["everywhere"]["max_s"], rep["meets_target"]) == (0.3, 2.5, False)
+    assert rep["by_scenario"]["home"] == {"p50_s": 0.1, "p90_s": 0.1, "max_s": 0.1, "everywhere_max_s": 0.8}
+    assert scenario_freshness_report({**raw, "everywhere": [0.8, 1.5]})["meets_target"]
+    assert not scenario_freshness_report({**raw, "everywhere": [0.8, 1.5], "failed": 1})["meets_target"]
