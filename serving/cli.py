@@ -248,10 +248,10 @@ def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
                     markup=False, highlight=False, soft_wrap=True)
     scenarios = q.get("scenarios") or {}
     if scenarios:
-        console().print("scenarios, NDCG@20 against the oracle restricted to each one's candidate rule (k random "
-                        "admitted items): " + " · ".join(f"{n} v{r['version']} {r['ndcg_at_20']:.3f} "
-                                                         f"({r['ndcg_at_20_random']:.3f})"
-                                                         for n, r in sorted(scenarios.items())),
+        console().print("scenarios, NDCG@20 against the oracle restricted to each one's candidate rule (random "
+                        "order of its candidates; of the oracle's items): " + " · ".join(
+                            f"{n} v{r['version']} {r['ndcg_at_20']:.3f} ({r.get('ndcg_at_20_random_candidates', 0):.3f}; "
+                            f"{r['ndcg_at_20_random']:.3f})" for n, r in sorted(scenarios.items())),
                         markup=False, highlight=False, soft_wrap=True)
     return 0
 

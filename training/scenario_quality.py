@@ -18,8 +18,12 @@ The oracle ranks, by that gain, every item the scenario's candidate rule admits 
 * the sources' sets are united, then the filters apply (``restrict``, ``exclude_seed``).
 
 An item the pipeline returns that the oracle does not admit gains 0 (for ``similar``: an item the
-learned embeddings call similar that is not). Beside each figure: the NDCG of k random admitted
-items in random order, what ranking adds.
+learned embeddings call similar that is not). Beside each figure, two baselines over the same
+users and contexts: ``random_candidates``, k of the pipeline's own candidates (its sources,
+merged and filtered) picked at random, what the ranker adds to the recall; and ``random``, k
+random items of those the oracle admits, what ranking nothing but truly admitted items would
+give (above the served figure when recall misses the rule's true items, as item-to-item recall
+from the two-tower embeddings does for ``similar``: they are trained for user-item affinity).
 """
 
 from __future__ import annotations
@@ -76,22 +80,25 @@ def _admitted(mp: Marketplace, sc: Scenario, seed: int, shop: int) -> np.ndarray
     return np.flatnonzero(ok)
 
 
-def _answers(pipeline: Any, reqs: list[RankRequest], batch: int = 25) -> list[RankResponse]:
-    out: list[RankResponse] = []
+def _answers(pipeline: Any, reqs: list[RankRequest], batch: int = 25) -> list[tuple[RankResponse, np.ndarray]]:
+    """Each request's answer, with the candidates the pipeline ranked for it."""
+    out: list[tuple[RankResponse, np.ndarray]] = []
     for lo in range(0, len(reqs), batch):
         preps = [pipeline.prepare(r) for r in reqs[lo: lo + batch]]
         results, _ = asyncio.run(pipeline.run_batch(preps))
-        for r in results:
+        found = asyncio.run(pipeline.candidates.find(pipeline.catalogue, pipeline.recall,
+                                                     [p.ask(pipeline.home) for p in preps]))
+        for r, f in zip(results, found, strict=True):
             if not isinstance(r, RankResponse):
                 raise RuntimeError(f"the in-process pipeline failed a quality request: {r}")
-            out.append(r)
+            out.append((r, f.ids))
     return out
 
 
 def scenario_ndcg(mp: Marketplace, settings: Settings, versions: dict[str, int] | None = None, *,
                   n_users: int = 200, k: int = 20, seed: int = 2) -> dict[str, dict[str, float]]:
     """NDCG@``k`` of every scenario (the live versions, or ``versions``) against its oracle, with
-    the random baseline, over ``n_users`` users of ``mp`` served from ``settings.model_repository``."""
+    the two random baselines, over ``n_users`` users of ``mp`` served from ``settings.model_repository``."""
     from serving.pipeline.assemble import create_pipeline
     from serving.repository.registry import ModelRegistry
     from serving.repository.scenarios import ScenarioStore
@@ -111,14 +118,19 @@ def scenario_ndcg(mp: Marketplace, settings: Settings, versions: dict[str, int] 
     for name, sc in sorted(scenarios.items()):
         reqs = [RankRequest.model_validate({"user_id": int(u), "scenario": name, "k": k, "item_id": int(s),
                                             "shop_id": int(h)}) for u, s, h in zip(users, seeds, shops, strict=True)]
-        served, rand = [], []
-        for u, s, h, ans in zip(users, seeds, shops, _answers(pipeline, reqs), strict=True):
+        served, rand, rand_cand = [], [], []
+        for u, s, h, (ans, cands) in zip(users, seeds, shops, _answers(pipeline, reqs), strict=True):
             admitted = _admitted(mp, sc, int(s), int(h))
             truth = true_click_prob(mp, int(u), admitted)
+
+            def gain(ids: np.ndarray, u: int = int(u), admitted: np.ndarray = admitted) -> np.ndarray:
+                return true_click_prob(mp, u, ids) * np.isin(ids, admitted)
+
             got = np.asarray([it.item_id for it in ans.items], dtype=np.int64)
-            gain = true_click_prob(mp, int(u), got) * np.isin(got, admitted)
-            served.append(ndcg_at_k(gain, truth, k))
+            served.append(ndcg_at_k(gain(got), truth, k))
             rand.append(ndcg_at_k(rng.permutation(truth)[:k], truth, k))
+            rand_cand.append(ndcg_at_k(gain(rng.permutation(cands)[:k]), truth, k))
         out[name] = {"version": sc.version, f"ndcg_at_{k}": round(float(np.mean(served)), 4),
+                     f"ndcg_at_{k}_random_candidates": round(float(np.mean(rand_cand)), 4),
                      f"ndcg_at_{k}_random": round(float(np.mean(rand)), 4), "users": int(users.size)}
     return out

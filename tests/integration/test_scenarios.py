@@ -32,7 +32,7 @@ SHOP, CATEGORY = 1, 0  # columns of item_cat
 
 
 def _rank(url: str, **body: Any) -> httpx.Response:
-    return httpx.post(f"{url}/v1/rank", json={"timeout_ms": 10000, **body}, timeout=30)
+    return httpx.post(f"{url}/v1/rank", json={"timeout_ms": 5000, **body}, timeout=30)  # the demo scenarios allow up to 5 s
 
 
 def _cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
@@ -149,9 +149,9 @@ def test_apply_under_load_goes_live_with_no_failed_request_and_rolls_back(settin
     shops = _big_shops(tables, 20)
     lines = []
     for u in range(60):
-        lines.append({"user_id": u, "scenario": "similar", "item_id": 1000 + 7 * u, "timeout_ms": 10000})
-        lines.append({"user_id": u, "scenario": "shop", "shop_id": shops[u % len(shops)], "timeout_ms": 10000})
-        lines.append({"user_id": u, "timeout_ms": 10000})
+        lines.append({"user_id": u, "scenario": "similar", "item_id": 1000 + 7 * u, "timeout_ms": 5000})
+        lines.append({"user_id": u, "scenario": "shop", "shop_id": shops[u % len(shops)], "timeout_ms": 5000})
+        lines.append({"user_id": u, "timeout_ms": 5000})
     (tmp_path / "bodies.jsonl").write_text("\n".join(json.dumps(b) for b in lines))
     record = tmp_path / "record.jsonl"
     load = subprocess.Popen([sys.executable, "-m", "serving.tools.loadgen", "--url", f"{rankserve_url}/v1/rank",
