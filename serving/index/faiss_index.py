@@ -206,7 +206,7 @@ def build_index(emb: np.ndarray, *, kind: str = "auto", nlist: int | None = None
             steps = [512, 768, 1024, 1536, 2048]
         else:
             lists = int(faiss.extract_index_ivf(raw).nlist)
-            steps = [p for p in (4, 8, 16, 32, 64, 128, 256) if p < lists] + [lists]
+            steps = [p for p in nprobe_steps(lists) if p < lists] + [lists]
         for p in steps:
             bar.describe(f"FAISS index ({kind}): search parameter {p}")
             index.set_nprobe(p)
@@ -215,6 +215,17 @@ def build_index(emb: np.ndarray, *, kind: str = "auto", nlist: int | None = None
         bar.advance(2)
     log.info("%s index: %d items, search parameter %d", kind, n, index.nprobe)
     return index
+
+
+def nprobe_steps(lists: int) -> list[int]:
+    """IVF lists to search, tried in turn until recall reaches its target: 4, 6, 8, 12, 16, 24, ...
+    (each about 1.5x the last, so the one chosen costs at most ~1.5x the least that would do),
+    up to ``lists``."""
+    out, p = [], 4
+    while p < lists:
+        out += [p, p * 3 // 2]
+        p *= 2
+    return [q for q in out if q < lists]
 
 
 def _trained(kind: str, emb: np.ndarray, nlist: int, seed: int) -> Any:

@@ -28,7 +28,7 @@ import numpy as np
 
 from serving.errors import ValidationError
 from serving.files import atomic_write_text
-from serving.pipeline.catalogue import Catalogue
+from serving.pipeline.catalogue import Catalogue, Room, grown
 from serving.pipeline.features import ITEM_CAT_FIELDS, ITEM_NUM_FIELDS, FeatureTables
 
 __all__ = ["ITEM_FIELDS", "Change", "ChangeLog", "apply_change", "read_item_rows"]
@@ -233,27 +233,45 @@ def _finite(v: Any, what: str) -> float:
 
 
 def apply_change(cat: Catalogue, change: Change) -> Catalogue:
-    """The catalogue after ``change`` (a new value; ``cat`` is not modified)."""
+    """The catalogue after ``change`` (a new value; ``cat`` and its tables are not modified).
+
+    Only the item tables a change touches are rewritten, and added items are appended into spare
+    rows (``serving.pipeline.catalogue.grown``), so a change costs what it changes, not the size of
+    the catalogue."""
     t = cat.tables
-    item_cat, item_num, item_dense = t.item_cat, t.item_num, t.item_dense
+    rooms = dict(cat.rooms)
     if change.add or change.update:
-        item_cat, item_num, item_dense = item_cat.copy(), item_num.copy(), item_dense.copy()
-        for row in change.update:
-            i = row["item_id"]
-            for j, col in enumerate(ITEM_CAT_FIELDS):
-                item_cat[i, j] = row.get(col, item_cat[i, j])
-            for j, col in enumerate(ITEM_NUM_FIELDS):
-                item_num[i, j] = row.get(col, item_num[i, j])
-            if "dense" in row:
-                item_dense[i] = row["dense"]
-        if change.add:
-            item_cat = np.vstack([item_cat, [[r[c] for c in ITEM_CAT_FIELDS] for r in change.add]])
-            item_num = np.vstack([item_num, [[r[c] for c in ITEM_NUM_FIELDS] for r in change.add]])
-            item_dense = np.vstack([item_dense, [r["dense"] for r in change.add]])
-        t = t.with_items(item_cat, item_num, item_dense)
+        tables: dict[str, tuple[np.ndarray, Sequence[str]]] = {
+            "item_cat": (t.item_cat, ITEM_CAT_FIELDS), "item_num": (t.item_num, ITEM_NUM_FIELDS)}
+        new: dict[str, np.ndarray] = {}
+        for name, (table, cols) in tables.items():
+            updates: dict[int, np.ndarray] = {}
+            for row in change.update:
+                if any(c in row for c in cols):
+                    i = row["item_id"]
+                    cur = updates.setdefault(i, table[i].copy())
+                    for j, c in enumerate(cols):
+                        if c in row:
+                            cur[j] = row[c]
+            added = np.asarray([[r[c] for c in cols] for r in change.add], dtype=table.dtype).reshape(-1, len(cols))
+            new[name] = _changed(table, name, rooms, added, updates)
+        dense_updates = {row["item_id"]: np.asarray(row["dense"], dtype=np.float32)
+                         for row in change.update if "dense" in row}
+        added = np.asarray([r["dense"] for r in change.add], dtype=np.float32).reshape(-1, t.item_dense.shape[1])
+        new["item_dense"] = _changed(t.item_dense, "item_dense", rooms, added, dense_updates)
+        t = t.with_items(new["item_cat"], new["item_num"], new["item_dense"])
     blocked = np.zeros(t.n_items, dtype=bool)
     blocked[: cat.blocked.size] = cat.blocked
     blocked[list(change.block)] = True
     blocked[list(change.unblock)] = False
     blocked.setflags(write=False)
-    return Catalogue(t, blocked, change.version)
+    return Catalogue(t, blocked, change.version, rooms)
+
+
+def _changed(table: np.ndarray, name: str, rooms: dict[str, Room], added: np.ndarray,
+             updates: dict[int, np.ndarray]) -> np.ndarray:
+    """``table`` with ``updates`` and ``added``; itself when neither (``rooms`` is updated)."""
+    if not updates and not added.size:
+        return table
+    view, rooms[name] = grown(table, rooms.get(name), added, updates)
+    return view

@@ -38,7 +38,7 @@ import numpy as np
 
 from serving.config import Settings
 from serving.net import QUIET_PORTS, free_port
-from serving.tools.plots import plot_bench
+from serving.tools.plots import plot_bench, redraw
 from serving.tools.workload import recall_bodies, run_loadgen, scrape, write_bodies
 from serving.triton.caller import AsyncInferClient
 
@@ -250,14 +250,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m serving.tools.bench --plot bench.json [--out bench.png]``: draw a report's plot again."""
-    p = argparse.ArgumentParser(prog="python -m serving.tools.bench", description=main.__doc__)
-    p.add_argument("--plot", type=Path, required=True, help="a bench.json report (rankserve bench, make bench)")
-    p.add_argument("--out", type=Path, help="the PNG to write (default: beside the report, .png)")
-    a = p.parse_args(argv)
-    out = a.out or a.plot.with_suffix(".png")
-    plot_bench(json.loads(a.plot.read_text()), out)
-    print(out)
-    return 0
+    return redraw("python -m serving.tools.bench", main.__doc__, plot_bench, "bench.json", argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.config import Settings
-from serving.tools.plots import plot_capacity
+from serving.tools.plots import plot_capacity, redraw
 from serving.tools.workload import recall_bodies, run_loadgen, write_bodies
 
 __all__ = ["Step", "Target", "main", "measure_rate", "plan_units", "search_capacity"]
@@ -219,14 +219,7 @@ def run_capacity(url: str, settings: Settings, args: argparse.Namespace, *, unit
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m serving.tools.capacity --plot capacity.json [--out capacity.png]``: draw a report's plot again."""
-    p = argparse.ArgumentParser(prog="python -m serving.tools.capacity", description=main.__doc__)
-    p.add_argument("--plot", type=Path, required=True, help="a capacity.json report (rankserve capacity)")
-    p.add_argument("--out", type=Path, help="the PNG to write (default: beside the report, .png)")
-    a = p.parse_args(argv)
-    out = a.out or a.plot.with_suffix(".png")
-    plot_capacity(json.loads(a.plot.read_text()), out)
-    print(out)
-    return 0
+    return redraw("python -m serving.tools.capacity", main.__doc__, plot_capacity, "capacity.json", argv)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,22 +206,21 @@ def _deadlines(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: P
     return out
 
 
-def _triton_kill(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path) -> Outcome:
-    pid = server.pid_of("tritonserver")
-    rows, fault_at = _with_fault(server, bodies, 0.5 * a.capacity_rps, a.duration_s + 10, work, "triton_kill",
-                                 2.0, lambda: os.kill(pid, signal.SIGKILL))
-    out = Outcome.from_records("triton_kill", rows)
-    out.recovery_s = _recovery_s(rows, fault_at)
-    return out
+def _kill(name: str, process: str, tail_s: float) -> Callable[[ChaosServer, Path, argparse.Namespace, Path], Outcome]:
+    """A scenario: SIGKILL the server's ``process`` 2 s into load at half capacity, then keep the
+    load on for ``duration_s + tail_s`` in all; records the recovery time."""
+    def run(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path) -> Outcome:
+        pid = server.pid_of(process)
+        rows, fault_at = _with_fault(server, bodies, 0.5 * a.capacity_rps, a.duration_s + tail_s, work, name,
+                                     2.0, lambda: os.kill(pid, signal.SIGKILL))
+        out = Outcome.from_records(name, rows)
+        out.recovery_s = _recovery_s(rows, fault_at)
+        return out
+    return run
 
 
-def _replica_kill(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path) -> Outcome:
-    pid = server.pid_of("ray::ServeReplica")
-    rows, fault_at = _with_fault(server, bodies, 0.5 * a.capacity_rps, a.duration_s + 15, work, "replica_kill",
-                                 2.0, lambda: os.kill(pid, signal.SIGKILL))
-    out = Outcome.from_records("replica_kill", rows)
-    out.recovery_s = _recovery_s(rows, fault_at)
-    return out
+_triton_kill = _kill("triton_kill", "tritonserver", 10)
+_replica_kill = _kill("replica_kill", "ray::ServeReplica", 15)
 
 
 def _drain(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path) -> Outcome:

@@ -9,10 +9,13 @@ anything is measured.
 
 from __future__ import annotations
 
+import argparse
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BENCH_LABELS", "plot_bench", "plot_capacity"]
+__all__ = ["BENCH_LABELS", "plot_bench", "plot_capacity", "redraw"]
 
 # configuration -> (legend label, is a floor: drawn dashed)
 BENCH_LABELS: dict[str, tuple[str, bool]] = {
@@ -96,3 +99,16 @@ def plot_capacity(rep: dict[str, Any], path: Path | None = None) -> Any:
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+def redraw(prog: str, doc: str | None, plot: Callable[[dict[str, Any], Path], Any], what: str,
+           argv: list[str] | None) -> int:
+    """``python -m <prog> --plot report.json [--out report.png]``: draw a committed report's plot again."""
+    p = argparse.ArgumentParser(prog=prog, description=doc)
+    p.add_argument("--plot", type=Path, required=True, help=f"a {what} report")
+    p.add_argument("--out", type=Path, help="the PNG to write (default: beside the report, .png)")
+    a = p.parse_args(argv)
+    out = a.out or a.plot.with_suffix(".png")
+    plot(json.loads(a.plot.read_text()), out)
+    print(out)
+    return 0

@@ -85,6 +85,34 @@ def test_changes_fold_into_a_new_catalogue_and_leave_the_old_one_alone(repo: Pat
     assert cat.servable(np.array([5, 6, N_ITEMS + 1, N_ITEMS + 2, -1])).tolist() == [False, True, True, False, False]
 
 
+def test_a_change_costs_what_it_changes_and_every_older_catalogue_keeps_its_tables(repo: Path) -> None:
+    """Adds go into spare rows of the newest catalogue's buffer (no copy of the item tables); an
+    update copies only the table it touches; no change writes into memory an older catalogue (or
+    a GPU copy of its tables) reads; a second change from the same older catalogue copies."""
+    tables = make_tables()
+    log = ChangeLog(repo)
+    frozen = {n: getattr(tables, n).copy() for n in ("item_cat", "item_num", "item_dense")}
+    v1 = apply_change(Catalogue.initial(tables), log.append(tables, add=[_item()]))
+    v2 = apply_change(v1, log.append(v1.tables, add=[_item(rating=-1.0), _item(rating=-2.0)]))
+    for name in ("item_cat", "item_num", "item_dense"):  # appended in place: one buffer for v1 and v2
+        assert np.shares_memory(getattr(v1.tables, name), getattr(v2.tables, name))
+        assert not getattr(v2.tables, name).flags.writeable
+    v3 = apply_change(v2, log.append(v2.tables, update=[{"item_id": 3, "log_price": 9.0}]))
+    assert not np.shares_memory(v3.tables.item_num, v2.tables.item_num)  # copied on write
+    assert np.shares_memory(v3.tables.item_cat, v2.tables.item_cat)  # untouched: shared
+    assert v3.tables.item_num[3, ITEM_NUM_FIELDS.index("log_price")] == pytest.approx(9.0)
+    assert v2.tables.item_num[3, ITEM_NUM_FIELDS.index("log_price")] != pytest.approx(9.0)
+    branch = apply_change(v1, log.append(v1.tables, add=[_item(rating=5.0)]))  # v1 is no longer the newest
+    assert branch.tables.item_num[N_ITEMS + 1, ITEM_NUM_FIELDS.index("rating")] == pytest.approx(5.0)
+    assert v2.tables.item_num[N_ITEMS + 1, ITEM_NUM_FIELDS.index("rating")] == pytest.approx(-1.0)
+    assert (v1.tables.n_items, v2.tables.n_items, v3.tables.n_items, branch.tables.n_items) == \
+        (N_ITEMS + 1, N_ITEMS + 3, N_ITEMS + 3, N_ITEMS + 2)
+    for name, before in frozen.items():
+        np.testing.assert_array_equal(getattr(tables, name), before)
+        np.testing.assert_array_equal(getattr(v3.tables, name)[:N_ITEMS][np.arange(N_ITEMS) != 3],
+                                      before[np.arange(N_ITEMS) != 3])
+
+
 def test_concurrent_changes_lose_nothing(repo: Path) -> None:
     """Writers in parallel (each its own log object, as separate processes would be) get distinct
     versions 1..n and every change is in the catalogue."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from serving.index.faiss_index import build_index, load_index, recall_at_k, save_index
+from serving.index.faiss_index import build_index, load_index, nprobe_steps, recall_at_k, save_index
 from training.data import MarketConfig, generate
 from training.metrics import auc
 from training.models import DCNv2Ranker, UserTower
@@ -102,6 +102,15 @@ def test_faiss_ivf_recall_and_round_trip(tmp_path) -> None:  # noqa: ANN001
         import pickle
 
         pickle.dumps(back)
+
+
+def test_nprobe_is_tuned_in_steps_of_about_1_5x_up_to_every_list() -> None:
+    """A fine ladder (a choice costs at most ~1.5x the least that would reach the recall target),
+    with no jump: 16,384 lists once went from nprobe 256 straight to all of them (exact search)."""
+    steps = nprobe_steps(16_384)
+    assert steps[:6] == [4, 6, 8, 12, 16, 24] and steps[-1] == 12_288
+    assert all(1.3 <= b / a <= 1.5 for a, b in itertools.pairwise(steps))
+    assert nprobe_steps(5) == [4] and nprobe_steps(4) == []
 
 
 @pytest.mark.slow
