@@ -151,7 +151,7 @@ class RepositoryWatcher:
             for change in changes:
                 cat = apply_change(cat, change)
             self._catch_up(p.recall, cat)  # the index first: then no answer of this version misses an item
-            p.catalogue = cat.warm()
+            p.catalogue = cat.warm(previous=p.catalogue)
         log.info(json.dumps({"event": "catalogue_applied", "version": cat.version, "items": cat.tables.n_items,
                              "blocked": cat.n_blocked, "changes": len(changes)}))
         return len(changes)

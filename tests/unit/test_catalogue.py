@@ -206,3 +206,92 @@ def test_faiss_indexes_take_upserts() -> None:
     hnsw = build_index(emb, kind="hnsw")
     with pytest.raises(ValueError, match="HNSW"):
         hnsw.upsert(np.array([3]), new[:1], catalogue_version=1)
+
+
+def test_popularity_orders_carried_across_changes_equal_orders_sorted_again() -> None:
+    """A replica takes out only what a change moved (added items, new popularity, shop or
+    category) and puts it in its new place in the previous catalogue's orders; the result is the
+    full sort's, ties by id, at every step, groups emptied and new ones included."""
+    from serving.pipeline.catalogue import GROUP_FIELDS, _carry_orders
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    shop, category = ITEM_CAT_FIELDS.index("shop"), ITEM_CAT_FIELDS.index("category")
+    item_cat = np.stack([rng.integers(1, 9, n), rng.integers(1, 60, n), rng.integers(1, 20, n),
+                         rng.integers(1, 5, n)], axis=1)
+    item_num = rng.normal(size=(n, len(ITEM_NUM_FIELDS))).astype(np.float32)
+    pop = ITEM_NUM_FIELDS.index("log_popularity")
+    item_num[:, pop] = np.round(item_num[:, pop], 1)  # many ties, as zipf popularity has
+    item_num[:6, pop] = [0.0, -0.0, 0.0, -0.0, 0.0, -0.0]
+    tables = make_tables().with_items(item_cat, item_num, np.zeros((n, D), np.float32))
+    cat = Catalogue.initial(tables).warm()
+    for step in range(8):
+        t = cat.tables
+        ic, num = t.item_cat.copy(), t.item_num.copy()
+        moved = rng.choice(t.n_items, 15, replace=False)
+        num[moved[:5], pop] = np.round(rng.normal(size=5), 1)
+        ic[moved[5:10], shop] = rng.integers(1, 70, 5)  # some into shops that had no items
+        ic[moved[10:], category] = rng.integers(1, 10, 5)
+        if step == 3:  # a shop closes: its items move to another, leaving it empty
+            ic[ic[:, shop] == 7, shop] = 8
+        k = 20 + step
+        ic = np.concatenate([ic, ic[rng.choice(t.n_items, k)]])
+        num = np.concatenate([num, np.round(rng.normal(size=(k, num.shape[1])), 1).astype(np.float32)])
+        changed = t.with_items(ic, num, np.zeros((ic.shape[0], D), np.float32))
+        assert _carry_orders(cat._orders, t, changed) is not None  # the carried path, not a sort
+        carried = Catalogue(changed, np.zeros(changed.n_items, bool), step + 1).warm(previous=cat)._orders
+        again = Catalogue(changed, np.zeros(changed.n_items, bool), step + 1).warm()._orders
+        assert np.array_equal(again.by_pop, np.argsort(-changed.popularity, kind="stable"))
+        assert np.array_equal(carried.by_pop, again.by_pop) and np.array_equal(carried.keys, again.keys)
+        for g in GROUP_FIELDS:
+            for field in ("order", "keys", "values", "starts"):
+                assert np.array_equal(getattr(carried.grouped[g], field), getattr(again.grouped[g], field)), \
+                    (step, g, field)
+        cat = Catalogue(changed, np.zeros(changed.n_items, bool), step + 1).warm(previous=cat)
+        assert 7 not in cat._orders.grouped["shop"].values or step < 3
+    # two new items into one gap: the least popular of shop a (its end), the most popular of shop b (its start)
+    t = cat.tables
+    a, b = cat._orders.grouped["shop"].values[:2]
+    ic = np.concatenate([t.item_cat, t.item_cat[:2]])
+    ic[-2:, shop] = [a, b]
+    num = np.concatenate([t.item_num, t.item_num[:2]])
+    num[-2:, pop] = [-100.0, 100.0]
+    changed = t.with_items(ic, num, np.zeros((ic.shape[0], D), np.float32))
+    carried = Catalogue(changed, np.zeros(changed.n_items, bool), 9).warm(previous=cat)._orders.grouped["shop"]
+    again = Catalogue(changed, np.zeros(changed.n_items, bool), 9).warm()._orders.grouped["shop"]
+    assert np.array_equal(carried.order, again.order)
+    blocked_only = Catalogue(cat.tables, np.ones(cat.tables.n_items, bool), 99).warm(previous=cat)
+    assert blocked_only._orders is cat._orders  # same tables: nothing to place
+
+
+def test_popularity_orders_follow_changes_folded_as_a_replica_folds_them(repo: Path) -> None:
+    """Through ``apply_change``: adds appended into spare rows (the orders skip comparing the
+    unchanged rows), then an update of popularity and shop, then a block; each carried order is
+    the full sort's."""
+    from serving.pipeline.catalogue import _extends
+
+    tables = make_tables()
+    log = ChangeLog(repo)
+    cat = Catalogue.initial(tables).warm()
+    pop, shop = ITEM_NUM_FIELDS.index("log_popularity"), ITEM_CAT_FIELDS.index("shop")
+    changes = [dict(add=[_item(log_popularity=9.0, shop=1), _item(log_popularity=-9.0, shop=999)]),
+               dict(add=[_item(log_popularity=0.5, shop=2)]),
+               dict(update=[{"item_id": 3, "log_popularity": 7.0}, {"item_id": N_ITEMS, "shop": 5}]),
+               dict(block=[4])]
+    for i, change in enumerate(changes):
+        new = apply_change(cat, log.append(cat.tables, **change))
+        appended = _extends(new.tables.item_num, cat.tables.item_num) and _extends(new.tables.item_cat,
+                                                                                   cat.tables.item_cat)
+        # the second add went into the spare rows the first made, a block keeps the tables: no row compared
+        assert appended == (i in (1, 3))
+        carried = Catalogue(new.tables, new.blocked, new.version).warm(previous=cat)._orders
+        again = Catalogue(new.tables, new.blocked, new.version).warm()._orders
+        assert np.array_equal(carried.by_pop, again.by_pop)
+        for g in carried.grouped:
+            assert np.array_equal(carried.grouped[g].order, again.grouped[g].order)
+            assert np.array_equal(carried.grouped[g].values, again.grouped[g].values)
+        cat = new.warm(previous=cat)
+    assert cat.popular(1)[1].tolist() == [N_ITEMS]  # the most popular: the first added
+    assert cat.tables.item_num[3, pop] == pytest.approx(7.0) and cat.popular(2)[1].tolist() == [N_ITEMS, 3]
+    assert cat.popular(5, "shop", 999)[1].tolist() == [N_ITEMS + 1] and cat.has_group("shop", 5)
+    assert cat.tables.item_cat[N_ITEMS, shop] == 5 and N_ITEMS in cat.popular(50, "shop", 5)[1]
