@@ -32,7 +32,7 @@ from serving.config import Settings
 from serving.pipeline.features import ITEM_CAT_FIELDS, ITEM_NUM_FIELDS, FeatureTables
 from serving.repository.catalogue import ChangeLog
 
-__all__ = ["add_arguments", "closed_loop", "first_answer_delays", "freshness_report", "repository_copy",
+__all__ = ["add_arguments", "closed_loop", "first_answer_delays", "freshness_report", "publish", "repository_copy",
            "run_freshness"]
 
 
@@ -144,16 +144,21 @@ def freshness_report(raw: dict[str, Any], *, target_s: float = 2.0, unit: str = 
             "gap_between_changes_s": raw["gap_s"], "unit": unit}
 
 
+def publish(rep: dict[str, Any], summary: str, out: Path | None) -> None:
+    """Print a report (JSON, then its one-line summary) and write it to ``out`` when given."""
+    print(json.dumps(rep, indent=2))
+    print(summary)
+    if out:
+        Path(out).write_text(json.dumps(rep, indent=2) + "\n")
+
+
 def run_freshness(url: str, settings: Settings, args: argparse.Namespace, *, unit: str) -> dict[str, Any]:
     raw = asyncio.run(_run(url, settings, changes=args.changes, gap_s=args.gap_s, concurrency=args.concurrency))
     rep = freshness_report(raw, unit=unit)
-    print(json.dumps(rep, indent=2))
-    print(f"freshness: {rep['changes']} changes under {rep['load']['rps']} req/s ({rep['load']['failed']} failed): "
-          f"change -> first answer carrying it p50 {rep['p50_s'] * 1000:.0f} ms, p90 {rep['p90_s'] * 1000:.0f} ms, "
-          f"max {rep['max_s'] * 1000:.0f} ms (target <= {rep['target_s']:g} s: "
-          f"{'met' if rep['meets_target'] else 'MISSED'})")
-    if args.out:
-        Path(args.out).write_text(json.dumps(rep, indent=2) + "\n")
+    publish(rep, f"freshness: {rep['changes']} changes under {rep['load']['rps']} req/s ({rep['load']['failed']} failed): "
+            f"change -> first answer carrying it p50 {rep['p50_s'] * 1000:.0f} ms, p90 {rep['p90_s'] * 1000:.0f} ms, "
+            f"max {rep['max_s'] * 1000:.0f} ms (target <= {rep['target_s']:g} s: "
+            f"{'met' if rep['meets_target'] else 'MISSED'})", args.out)
     return rep
 
 

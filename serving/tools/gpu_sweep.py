@@ -180,15 +180,17 @@ def score_check(settings: Settings, triton_url: str, *, rows: int = 4096,
     return out
 
 
+def _abs_diff(got: np.ndarray, want: np.ndarray) -> np.ndarray | None:
+    """|got - want| per value, in ``want``'s shape; None when the sizes differ."""
+    return None if got.size != want.size else np.abs(got.reshape(want.shape).astype(np.float64) - want)
+
+
 def _rows_off(got: np.ndarray, want: np.ndarray) -> float:
     """The share of rows with any value beyond ``SCORE_TOLERANCE``."""
-    if got.size != want.size:
-        return 1.0
-    off = np.abs(got.reshape(want.shape).astype(np.float64) - want) > SCORE_TOLERANCE
-    return round(float(off.reshape(len(want), -1).any(axis=1).mean()), 4)
+    d = _abs_diff(got, want)
+    return 1.0 if d is None else round(float((d > SCORE_TOLERANCE).reshape(len(want), -1).any(axis=1).mean()), 4)
 
 
 def _max_diff(got: np.ndarray, want: np.ndarray) -> float:
-    if got.size != want.size:
-        return float("inf")
-    return float(np.max(np.abs(got.reshape(want.shape).astype(np.float64) - want)))
+    d = _abs_diff(got, want)
+    return float("inf") if d is None else float(d.max())

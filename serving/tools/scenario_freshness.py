@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
-from serving.tools.freshness import closed_loop, first_answer_delays
+from serving.tools.freshness import closed_loop, first_answer_delays, publish
 
 __all__ = ["add_arguments", "last_old_answer_delays", "mixed_bodies", "run_scenario_freshness",
            "scenario_freshness_report"]
@@ -135,15 +134,12 @@ def scenario_freshness_report(raw: dict[str, Any], *, target_s: float = 2.0, uni
 def run_scenario_freshness(url: str, settings: Settings, args: argparse.Namespace, *, unit: str) -> dict[str, Any]:
     raw = asyncio.run(_run(url, settings, applies=args.applies, gap_s=args.gap_s, concurrency=args.concurrency))
     rep = scenario_freshness_report(raw, unit=unit)
-    print(json.dumps(rep, indent=2))
-    print(f"scenario freshness: {rep['applies']} applies under {rep['load']['rps']} req/s "
-          f"({rep['load']['failed']} failed of {rep['load']['requests']}): apply -> first answer carrying it "
-          f"p50 {rep['p50_s'] * 1000:.0f} ms, p90 {rep['p90_s'] * 1000:.0f} ms, max {rep['max_s'] * 1000:.0f} ms; "
-          f"on every replica (no older version answered after): p50 {rep['everywhere']['p50_s'] * 1000:.0f} ms, "
-          f"p90 {rep['everywhere']['p90_s'] * 1000:.0f} ms, max {rep['everywhere']['max_s'] * 1000:.0f} ms "
-          f"(target <= {rep['target_s']:g} s with 0 failed: {'met' if rep['meets_target'] else 'MISSED'})")
-    if args.out:
-        Path(args.out).write_text(json.dumps(rep, indent=2) + "\n")
+    publish(rep, f"scenario freshness: {rep['applies']} applies under {rep['load']['rps']} req/s "
+            f"({rep['load']['failed']} failed of {rep['load']['requests']}): apply -> first answer carrying it "
+            f"p50 {rep['p50_s'] * 1000:.0f} ms, p90 {rep['p90_s'] * 1000:.0f} ms, max {rep['max_s'] * 1000:.0f} ms; "
+            f"on every replica (no older version answered after): p50 {rep['everywhere']['p50_s'] * 1000:.0f} ms, "
+            f"p90 {rep['everywhere']['p90_s'] * 1000:.0f} ms, max {rep['everywhere']['max_s'] * 1000:.0f} ms "
+            f"(target <= {rep['target_s']:g} s with 0 failed: {'met' if rep['meets_target'] else 'MISSED'})", args.out)
     return rep
 
 
