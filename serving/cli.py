@@ -160,7 +160,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             served = _served_view(settings)
         _show_summary(settings, build, served, triton_url, args.log_path)
         stop.wait()
-        out.print(f"stopping: draining requests (at most {settings.drain_timeout_s:g} s), then Ray, HAProxy and "
+        out.print(f"stopping: draining requests (at most {settings.drain_timeout_s:g} s), then HAProxy, Ray and "
                   "Triton ...")
         _drain(settings)
     out.print("stopped: nothing of rankserve is left running")
@@ -204,9 +204,11 @@ def _show_summary(settings: Settings, build: dict[str, Any], served: dict[str, A
 
 def _drain(settings: Settings) -> None:
     """Tell the replicas to refuse new requests (503) and wait until those in flight are answered,
-    at most ``settings.drain_timeout_s``."""
+    then close the ingress's listeners, letting it answer what it still holds; all within
+    ``settings.drain_timeout_s`` (at least 1 s for the ingress)."""
     import httpx
 
+    from serving.ray_runtime import Ingress
     from serving.service import drain_flag
     from serving.tools.workload import metric_values
 
@@ -223,6 +225,8 @@ def _drain(settings: Settings) -> None:
                 break
             if metric_values(text, ("rankserve_queue_depth",)).get("rankserve_queue_depth", 0) == 0:
                 break
+        # after the replicas, the listeners: Ray's shutdown would kill HAProxy with a request in it
+        Ingress.from_settings(settings).stop_accepting(max(1.0, t_end - time.monotonic()))
     finally:
         flag.unlink(missing_ok=True)
 

@@ -1,0 +1,88 @@
+"""The local Ray start: a raylet that never registers costs one more start, not the server, and
+what the failed start left running is stopped (other children, like Triton, are left alone)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from serving import ray_runtime
+
+_SLEEP = "import time; time.sleep(60)"
+
+
+def _child(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", _SLEEP, *args])
+
+
+def test_orphans_of_a_failed_start_are_stopped_and_other_children_are_not(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    orphan = _child(f"--log-dir={tmp_path}/ray/session_2026-11-30_00-00-00_1/logs")
+    other = _child("--model-repository=/tmp/elsewhere")
+    try:
+        time.sleep(0.2)  # both have exec'd: their command lines are the ones above
+        assert ray_runtime.stop_orphaned_ray_processes(timeout_s=5) == 1
+        assert orphan.wait(timeout=5) is not None
+        assert other.poll() is None
+    finally:
+        for p in (orphan, other):
+            p.kill()
+            p.wait()
+
+
+class _FlakyInit:
+    def __init__(self, failures: int, message: str) -> None:
+        self.failures, self.message, self.calls = failures, message, 0
+
+    def __call__(self, **_: Any) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise Exception(self.message)  # noqa: TRY002 - Ray's own type for this failure
+
+
+@pytest.fixture
+def no_ray_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "127.0.0.1")
+    monkeypatch.setattr(ray_runtime, "stop_orphaned_ray_processes", lambda: 0)
+    monkeypatch.setattr(ray_runtime, "_apply_local_env", lambda: None)
+    saved = dict(os.environ)  # init_ray sets the ingress's variables: none of them outlive the test
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+TIMEOUT = "The current node timed out during startup. This could happen because some of the raylet failed"
+
+
+def test_a_raylet_that_does_not_register_gets_one_more_start(no_ray_start, monkeypatch) -> None:  # noqa: ANN001
+    import ray
+
+    init = _FlakyInit(1, TIMEOUT)
+    monkeypatch.setattr(ray, "init", init)
+    ray_runtime.init_ray("local")
+    assert init.calls == 2
+
+
+def test_a_second_failure_or_another_error_is_raised(no_ray_start, monkeypatch) -> None:  # noqa: ANN001
+    import ray
+
+    twice = _FlakyInit(2, TIMEOUT)
+    monkeypatch.setattr(ray, "init", twice)
+    with pytest.raises(Exception, match="timed out during startup"):
+        ray_runtime.init_ray("local")
+    assert twice.calls == 2
+
+    other = _FlakyInit(1, "something else")
+    monkeypatch.setattr(ray, "init", other)
+    with pytest.raises(Exception, match="something else"):
+        ray_runtime.init_ray("local")
+    assert other.calls == 1
