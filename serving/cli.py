@@ -144,10 +144,11 @@ def serving_app(settings: Settings) -> Iterator[str]:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.startup import check_ports
+    from serving.startup import check_ports, check_ray_address
     from serving.terminal import console, status
 
     check_ports(settings)  # before anything starts: a taken port stops start-up at once
+    check_ray_address(settings)  # and a cluster that does not answer, instead of Ray's long retries
     build = _built(settings) if args.no_build else _build(settings)
     stop = threading.Event()
     out = console()
@@ -168,8 +169,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _served_view(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
-    """``GET /v1/models`` through the ingress once the service is ready (``{}`` if it does not
-    answer within ``timeout_s``: the summary then says so)."""
+    """``GET /v1/models`` (with ``GET /v1/scenarios`` under ``scenarios``) through the ingress once
+    the service is ready (``{}`` if it does not answer within ``timeout_s``: the summary then says so)."""
     import httpx
 
     base = f"http://{settings.host}:{settings.port}"
@@ -178,6 +179,7 @@ def _served_view(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
         try:
             if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
                 view: dict[str, Any] = httpx.get(f"{base}/v1/models", timeout=10).json()
+                view["scenarios"] = httpx.get(f"{base}/v1/scenarios", timeout=10).json()
                 return view
         except (httpx.HTTPError, ValueError):
             pass

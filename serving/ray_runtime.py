@@ -162,12 +162,14 @@ class Ingress:
 
 
 # A local raylet now and then never registers (about 3 starts in 160 on this 2-core machine, with no
-# log of its own: it dies before logging starts); Ray then gives up after 30 s. A second start works.
+# log of its own: it dies before logging starts), or a GCS never writes its port file; Ray gives
+# up after 30 s either way. A second start works.
 _LOCAL_START_ATTEMPTS = 2
+_START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 
 
 def _is_node_start_timeout(err: Exception) -> bool:
-    return "timed out during startup" in str(err)
+    return any(t in str(err) for t in _START_TIMEOUTS)
 
 
 def stop_orphaned_ray_processes(timeout_s: float = 10.0) -> int:
@@ -219,7 +221,7 @@ def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus
                     configure_logging=True,
                 )
                 break
-            except Exception as err:  # Ray raises a bare Exception when its raylet does not register
+            except Exception as err:  # a bare Exception (raylet) or a RuntimeError (GCS port file)
                 if attempt == _LOCAL_START_ATTEMPTS or not _is_node_start_timeout(err):
                     raise
                 stopped = stop_orphaned_ray_processes()

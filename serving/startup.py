@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving.errors import ConfigError, PortInUseError, UnsupportedPythonError
+from serving.errors import ConfigError, PortInUseError, SetupError, UnsupportedPythonError
 
 if TYPE_CHECKING:
     from serving.config import Settings
 
-__all__ = ["SUPPORTED_PYTHON", "check_ports", "check_python", "example_curl", "new_log_path", "summary_lines"]
+__all__ = ["SUPPORTED_PYTHON", "check_ports", "check_python", "check_ray_address", "example_curl", "new_log_path", "summary_lines"]
 
 # pyproject.toml: requires-python = ">=3.10,<3.14" (tests/unit/test_startup.py keeps them equal)
 SUPPORTED_PYTHON = ((3, 10), (3, 14))
@@ -76,6 +76,46 @@ def check_ports(settings: Settings) -> None:
                 hint=f"set {setting} to a free port (e.g. {setting}={spare} make serve) or stop that process")
 
 
+# Ray's default ports: a bare host:port is a cluster's GCS, ray://host:port its client server
+_RAY_CLIENT_PORT = 10001
+_RAY_GCS_PORT = 6379
+
+
+def check_ray_address(settings: Settings, timeout_s: float = 3.0) -> None:
+    """A configured Ray cluster answers on its address (``local`` and ``auto`` are Ray's to
+    resolve): checked before anything starts, since ``ray.init`` retries an address that nothing
+    answers on for minutes.
+
+    Raises:
+        ConfigError: the address cannot be parsed.
+        SetupError: nothing accepts a connection there within ``timeout_s``.
+    """
+    import socket
+
+    address = settings.ray_address.strip()
+    if address in ("", "local", "auto"):
+        return
+    rest, default_port = (address[len("ray://"):], _RAY_CLIENT_PORT) if address.startswith("ray://") else (
+        address, _RAY_GCS_PORT)
+    host, _, port_text = rest.rpartition(":") if ":" in rest else (rest, "", str(default_port))
+    try:
+        port = int(port_text)
+        if not host or not 0 < port < 65536:
+            raise ValueError(port_text)
+    except ValueError as err:
+        raise ConfigError(f"RANKSERVE_RAY_ADDRESS={address!r} is not a Ray address",
+                          hint="use host:port (a cluster's GCS), ray://host:port, auto, or local to start "
+                               "one on this machine") from err
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        why = f"no answer within {timeout_s:g} s" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise SetupError(f"no Ray cluster answers at {address} ({why.lower()})",
+                         hint="start that cluster (ray start --head) or set RANKSERVE_RAY_ADDRESS=local to "
+                              "start one on this machine") from err
+
+
 def new_log_path(log_dir: Path, command: str) -> Path:
     """A fresh log file for one run of ``command`` under ``log_dir``; the oldest beyond the
     newest 20 of that command are removed."""
@@ -122,6 +162,20 @@ def _quality(build: dict[str, Any], models: dict[str, dict[str, Any]], ranker: i
     return " · ".join(parts)
 
 
+def _scenarios(view: dict[str, Any]) -> str:
+    """``GET /v1/scenarios`` in one line: each scenario at its version, the default marked, the
+    context it needs, and those the repository holds but this server refused."""
+    words = []
+    for sc in view.get("scenarios", []):
+        needs = f" (needs {', '.join(sc['needs'])})" if sc.get("needs") else ""
+        default = " (default)" if sc["name"] == view.get("default") else ""
+        words.append(f"{sc['name']} v{sc['version']}{default}{needs}")
+    refused = view.get("refused") or {}
+    if refused:
+        words.append("refused: " + ", ".join(sorted(refused)))
+    return " · ".join(words)
+
+
 def _backends(settings: Settings, served: dict[str, Any], triton_url: str) -> str:
     from serving.triton.config import read_config
 
@@ -146,7 +200,8 @@ def summary_lines(settings: Settings, build: dict[str, Any], served: dict[str, A
 
     Args:
         build: the build's summary (``build.json``).
-        served: ``GET /v1/models`` of the running service (empty when it did not answer).
+        served: ``GET /v1/models`` of the running service, with ``GET /v1/scenarios`` under
+            ``scenarios`` (empty when it did not answer).
         triton_url: the Triton the replicas call.
         log_path: where third-party output went (``None``: on this terminal).
     """
@@ -162,6 +217,7 @@ def summary_lines(settings: Settings, build: dict[str, Any], served: dict[str, A
     rows = [
         ("models", " · ".join(x for x in (data, ranker_words, tower_words, quality) if x)),
         ("backends", _backends(settings, served, triton_url) if served else "(the service did not answer /v1/models)"),
+        ("scenarios", _scenarios(served.get("scenarios") or {}) or "(the service did not answer /v1/scenarios)"),
         ("HTTP", f"{base}/v1/rank  ({settings.ingress} ingress, {settings.num_replicas} replica(s))"),
         ("gRPC", f"{settings.host}:{settings.grpc_port}  rankserve.v1.Ranker/Rank" if settings.grpc_port
          else "off (RANKSERVE_GRPC_PORT=9000 turns it on)"),

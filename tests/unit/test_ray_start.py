@@ -22,6 +22,9 @@ def _child(*args: str) -> subprocess.Popen[bytes]:
 
 
 def test_orphans_of_a_failed_start_are_stopped_and_other_children_are_not(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as after a failed ray.init (the suite may hold one)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     orphan = _child(f"--log-dir={tmp_path}/ray/session_2026-11-30_00-00-00_1/logs")
     other = _child("--model-repository=/tmp/elsewhere")
@@ -63,10 +66,11 @@ def no_ray_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 TIMEOUT = "The current node timed out during startup. This could happen because some of the raylet failed"
 
 
-def test_a_raylet_that_does_not_register_gets_one_more_start(no_ray_start, monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("message", [TIMEOUT, "Timed out waiting for file /tmp/ray/session_x/gcs_server_port_ab12"])
+def test_a_raylet_or_gcs_that_does_not_start_gets_one_more_start(no_ray_start, monkeypatch, message: str) -> None:  # noqa: ANN001
     import ray
 
-    init = _FlakyInit(1, TIMEOUT)
+    init = _FlakyInit(1, message)
     monkeypatch.setattr(ray, "init", init)
     ray_runtime.init_ray("local")
     assert init.calls == 2
@@ -86,3 +90,18 @@ def test_a_second_failure_or_another_error_is_raised(no_ray_start, monkeypatch) 
     with pytest.raises(Exception, match="something else"):
         ray_runtime.init_ray("local")
     assert other.calls == 1
+
+
+def test_a_connected_driver_stops_nothing(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    live = _child(f"--log-dir={tmp_path}/ray/session_2026-11-30_00-00-00_1/logs")
+    try:
+        time.sleep(0.2)
+        assert ray_runtime.stop_orphaned_ray_processes(timeout_s=1) == 0
+        assert live.poll() is None  # the session it is connected to is not an orphan
+    finally:
+        live.kill()
+        live.wait()

@@ -78,17 +78,22 @@ def test_the_summary_says_what_serves_where(tmp_path: Path) -> None:
     served = {"models": [{"name": "ranker", "traffic": {"live": 2, "canary": {"version": 3, "percent": 10.0}},
                           "versions": [{"version": 2, "quality": {"auc": 0.861, "oracle_auc": 0.869}}]},
                          {"name": "user_tower", "traffic": {"live": 1}, "versions": []}],
-              "cross_backend": "numba_cpu", "faiss": {"kind": "ivf", "on_gpu": False}}
+              "cross_backend": "numba_cpu", "faiss": {"kind": "ivf", "on_gpu": False},
+              "scenarios": {"default": "home", "refused": {"cart": "limits.max_k: 900 is above the server's global limit"},
+                            "scenarios": [{"name": "home", "version": 1, "needs": []},
+                                          {"name": "similar", "version": 2, "needs": ["item_id"]}]}}
     rows = dict(summary_lines(settings, build, served, triton_url="127.0.0.1:8001", log_path=tmp_path / "x.log"))
     assert rows["models"] == ("data seed 0: 50,000 items, 20,000 users, click rate 3.1% · ranker v2, canary v3 10% · user_tower v1 · "
                               "AUC 0.861 (oracle 0.869) · recall@500 0.993")
     assert rows["backends"].startswith("crossing numba_cpu · FAISS CPU (ivf) · Triton embedded")
+    assert rows["scenarios"] == "home v1 (default) · similar v2 (needs item_id) · refused: cart"
     assert rows["HTTP"].startswith("http://127.0.0.1:8123/v1/rank")
     assert rows["gRPC"].startswith("127.0.0.1:9123")
     assert rows["metrics"].startswith("http://127.0.0.1:8123/metrics")
     assert rows["logs"].startswith(str(tmp_path / "x.log"))
     off = dict(summary_lines(settings.model_copy(update={"grpc_port": 0}), build, {}, triton_url="", log_path=None))
     assert off["gRPC"].startswith("off") and "did not answer" in off["backends"]
+    assert "did not answer /v1/scenarios" in off["scenarios"]
 
 
 def test_the_cli_imports_nothing_an_old_python_cannot() -> None:
@@ -129,3 +134,23 @@ def test_a_data_dir_that_cannot_hold_the_log_is_a_set_up_error(tmp_path: Path) -
     first, hint = proc.stderr.strip().splitlines()
     assert first.startswith(f"rankserve build: cannot write the log under {tmp_path / 'file' / 'logs'}")
     assert hint == "  set RANKSERVE_DATA_DIR to a directory this user may write"
+
+
+def test_a_ray_address_that_nothing_answers_on_is_a_set_up_error_before_anything_starts() -> None:
+    from serving.errors import ConfigError, SetupError
+    from serving.startup import check_ray_address
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        up = listening.getsockname()[1]
+        check_ray_address(Settings.from_env({}, ray_address=f"127.0.0.1:{up}"))
+        check_ray_address(Settings.from_env({}, ray_address=f"ray://127.0.0.1:{up}"))
+    check_ray_address(Settings.from_env({}, ray_address="local"))  # Ray's own to resolve
+    closed = free_port()
+    for address in (f"127.0.0.1:{closed}", f"ray://127.0.0.1:{closed}"):
+        with pytest.raises(SetupError, match=re.escape(f"no Ray cluster answers at {address} (connection refused)")) as err:
+            check_ray_address(Settings.from_env({}, ray_address=address))
+        assert "RANKSERVE_RAY_ADDRESS=local" in (err.value.hint or "")
+    with pytest.raises(ConfigError, match="is not a Ray address"):
+        check_ray_address(Settings.from_env({}, ray_address="head:port"))
