@@ -153,19 +153,26 @@ class LocalCluster:
             except ProcessLookupError:
                 pass
 
-    def stop(self) -> None:
-        """Every process of this cluster (not other Ray clusters on the machine), then the Tritons."""
+    def left_running(self) -> list[int]:
+        """The processes of this cluster still alive (not other Ray clusters on the machine): Ray's
+        (their command lines name its temp dir) and each node's HAProxy (its command line names
+        only this cluster's ingress folder; a killed HAProxy manager leaves it behind)."""
         import psutil
 
+        marks = (str(self.temp_dir), str(Ingress.from_settings(self.settings).haproxy_dir))
+        return [p.pid for p in psutil.process_iter(["cmdline"])
+                if p.pid != os.getpid() and any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+
+    def stop(self) -> None:
+        """Every process of this cluster, then the Tritons."""
         for _ in range(3):
-            mine = [p for p in psutil.process_iter(["cmdline"]) if str(self.temp_dir) in " ".join(p.info["cmdline"] or [])
-                    and p.pid != os.getpid()]
+            mine = self.left_running()
             if not mine:
                 break
-            for p in mine:
+            for pid in mine:
                 try:
-                    p.send_signal(signal.SIGKILL)
-                except psutil.NoSuchProcess:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
                     pass
             time.sleep(0.5)
         for node in self.nodes:

@@ -44,6 +44,7 @@ def cluster(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield c
     finally:
         c.stop()
+    assert c.left_running() == [], "a process of the cluster outlived its stop"
 
 
 def _url(c: LocalCluster, node: int = 0) -> str:
