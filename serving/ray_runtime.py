@@ -172,21 +172,27 @@ def _is_node_start_timeout(err: Exception) -> bool:
     return any(t in str(err) for t in _START_TIMEOUTS)
 
 
-def stop_orphaned_ray_processes(timeout_s: float = 10.0) -> int:
-    """Stop this process's child processes that belong to a Ray session (``/tmp/ray/session_*``)
-    that it is not connected to: what a failed ``ray.init`` leaves running (GCS, monitor, log
-    monitor). Other children (Triton) are left alone. Returns how many were stopped."""
+def stop_orphaned_ray_processes(timeout_s: float = 10.0) -> list[str]:
+    """Stop this process's child processes that a failed ``ray.init`` left: those of a Ray session
+    (``/tmp/ray/session_*``) it is not connected to (GCS, monitor, log monitor), and forks that
+    never reached ``exec`` (their command line is still this process's own: a child stuck between
+    Ray's fork and exec). Other children (Triton) are left alone. Returns what was stopped, as
+    ``name[pid]`` (``fork[pid]`` for the forks), for the log."""
     import psutil
     import ray
     from ray._common.utils import get_default_ray_temp_dir
 
     if ray.is_initialized():
-        return 0
+        return []
     marker = os.path.join(get_default_ray_temp_dir(), "session_")
-    orphans = []
-    for child in psutil.Process().children(recursive=True):
+    me = psutil.Process()
+    own_cmdline = me.cmdline()
+    orphans, names = [], []
+    for child in me.children(recursive=True):
         try:
-            if any(marker in arg for arg in child.cmdline()):
+            cmdline = child.cmdline()
+            if any(marker in arg for arg in cmdline) or cmdline == own_cmdline:
+                names.append(f"{'fork' if cmdline == own_cmdline else child.name()}[{child.pid}]")
                 child.terminate()
                 orphans.append(child)
         except psutil.NoSuchProcess:
@@ -194,7 +200,7 @@ def stop_orphaned_ray_processes(timeout_s: float = 10.0) -> int:
     _, alive = psutil.wait_procs(orphans, timeout=timeout_s)
     for child in alive:
         child.kill()
-    return len(orphans)
+    return names
 
 
 def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus: int | None = None) -> None:
@@ -225,8 +231,8 @@ def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus
                 if attempt == _LOCAL_START_ATTEMPTS or not _is_node_start_timeout(err):
                     raise
                 stopped = stop_orphaned_ray_processes()
-                log.warning("ray: the local node did not start (%s); stopped %d process(es) it left, starting "
-                            "it again", err, stopped)
+                log.warning("ray: the local node did not start (%s); stopped what it left (%s), starting it "
+                            "again", err, ", ".join(stopped) or "nothing")
         node_ip = ray.util.get_node_ip_address()
         if node_ip != "127.0.0.1":
             log.warning("ray: local node listens on %s, not loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1?)", node_ip)

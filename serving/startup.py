@@ -1,9 +1,10 @@
 """What ``rankserve serve`` checks before it starts anything, and the screen it shows once serving.
 
 Owns: the supported Python versions (the mirror of pyproject's ``requires-python``, checked
-before anything else imports), the check that the configured ports are free, where a command's
-log file goes, and the start-up summary (data and model versions with their quality, the chosen
-backends, the addresses, the example request). Must not touch: starting or stopping servers
+before anything else imports), the checks that the configured ports are free and that a configured
+Ray cluster answers, where a command's log file goes, and the start-up summary (data and model
+versions with their quality, the chosen backends, the scenarios, the addresses, the example
+request). Must not touch: starting or stopping servers
 (the CLI's), ranking. Imports only the standard library and ``serving.errors`` at the top, so
 that an unsupported Python reaches :func:`check_python` before anything fails to import.
 """

@@ -3,13 +3,16 @@ what the failed start left running is stopped (other children, like Triton, are 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from serving import ray_runtime
@@ -30,7 +33,8 @@ def test_orphans_of_a_failed_start_are_stopped_and_other_children_are_not(tmp_pa
     other = _child("--model-repository=/tmp/elsewhere")
     try:
         time.sleep(0.2)  # both have exec'd: their command lines are the ones above
-        assert ray_runtime.stop_orphaned_ray_processes(timeout_s=5) == 1
+        stopped = ray_runtime.stop_orphaned_ray_processes(timeout_s=5)
+        assert stopped == [f"python[{orphan.pid}]"] or stopped == [f"{Path(sys.executable).name}[{orphan.pid}]"], stopped
         assert orphan.wait(timeout=5) is not None
         assert other.poll() is None
     finally:
@@ -55,7 +59,7 @@ def no_ray_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "127.0.0.1")
-    monkeypatch.setattr(ray_runtime, "stop_orphaned_ray_processes", lambda: 0)
+    monkeypatch.setattr(ray_runtime, "stop_orphaned_ray_processes", lambda: [])
     monkeypatch.setattr(ray_runtime, "_apply_local_env", lambda: None)
     saved = dict(os.environ)  # init_ray sets the ingress's variables: none of them outlive the test
     yield
@@ -100,8 +104,26 @@ def test_a_connected_driver_stops_nothing(tmp_path, monkeypatch) -> None:  # noq
     live = _child(f"--log-dir={tmp_path}/ray/session_2026-11-30_00-00-00_1/logs")
     try:
         time.sleep(0.2)
-        assert ray_runtime.stop_orphaned_ray_processes(timeout_s=1) == 0
+        assert ray_runtime.stop_orphaned_ray_processes(timeout_s=1) == []
         assert live.poll() is None  # the session it is connected to is not an orphan
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_fork_that_never_reached_exec_is_stopped(monkeypatch) -> None:  # noqa: ANN001
+    """A child stuck between fork and exec still carries this process's command line."""
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    pid = os.fork()
+    if pid == 0:  # the child: neither exec nor exit, as one stuck in a pre-exec hook
+        time.sleep(60)
+        os._exit(0)
+    try:
+        assert ray_runtime.stop_orphaned_ray_processes(timeout_s=5) == [f"fork[{pid}]"]
+        assert not psutil.pid_exists(pid)  # stopped and reaped
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
