@@ -264,8 +264,10 @@ def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from serving.ray_runtime import shutdown_ray
+    from serving.startup import check_ray_address
     from serving.tools.bench import run_bench
 
+    check_ray_address(settings)  # before a build of minutes, not after it
     settings = at_scale(settings, args.items, args.users)
     _build(settings, items=args.items, users=args.users)
     levels = [int(x) for x in args.levels.split(",") if x]

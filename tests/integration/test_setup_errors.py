@@ -86,12 +86,13 @@ def test_a_port_in_use_names_the_setting_to_change(setting: str) -> None:
     assert time.monotonic() - t0 < 60  # refused before anything started
 
 
-def test_a_ray_cluster_that_does_not_answer_is_refused_at_once_naming_the_setting() -> None:
+@pytest.mark.parametrize("command", [("serve", "--no-build"), ("bench",)])
+def test_a_ray_cluster_that_does_not_answer_is_refused_at_once_naming_the_setting(command: tuple[str, ...]) -> None:
     t0 = time.monotonic()
     nobody = free_port(QUIET_PORTS)
-    proc = rankserve("serve", "--no-build", env={**_ports(), "RANKSERVE_RAY_ADDRESS": f"127.0.0.1:{nobody}"})
+    proc = rankserve(*command, env={**_ports(), "RANKSERVE_RAY_ADDRESS": f"127.0.0.1:{nobody}"})
     first, hint = _short_answer(proc, 4)
-    assert f"no Ray cluster answers at 127.0.0.1:{nobody} (connection refused)" in first
+    assert first == f"rankserve {command[0]}: no Ray cluster answers at 127.0.0.1:{nobody} (connection refused)"
     assert "RANKSERVE_RAY_ADDRESS=local" in hint
     assert time.monotonic() - t0 < 60  # not Ray's minutes of retries
 
