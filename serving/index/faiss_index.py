@@ -1,6 +1,7 @@
 """The one module that imports FAISS: build, save, load (GPU when present) and search the item index.
 
-Owns: the item index file format (``items.faiss`` and its ``.json`` sidecar) and its search.
+Owns: the item index file format (``items.faiss`` and its ``.json`` sidecar) and its search, and
+exact inner-product search over a plain table (``exact_nearest``: item-to-item by content).
 Must not touch: models, Triton, requests.
 
 Exact ``IndexFlatIP`` for small catalogues, IVF-Flat above ``EXACT_MAX_ITEMS`` with ``nprobe``
@@ -28,8 +29,8 @@ import numpy as np
 from serving.errors import ConfigError
 from serving.terminal import task
 
-__all__ = ["EXACT_MAX_ITEMS", "KINDS", "ItemIndex", "build_index", "load_index", "recall_at_k", "save_index",
-           "set_search_threads", "tower_queries"]
+__all__ = ["EXACT_MAX_ITEMS", "KINDS", "ItemIndex", "build_index", "exact_nearest", "load_index", "recall_at_k",
+           "save_index", "set_search_threads", "tower_queries"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,16 @@ GPU_MAX_K = 2048  # faiss-gpu's largest k (and nprobe) per search
 def set_search_threads(n: int) -> None:
     """OpenMP threads of FAISS in this process (searches of a whole batch run on them)."""
     faiss.omp_set_num_threads(n)
+
+
+def exact_nearest(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows of ``base`` with the largest inner product with each query, best first:
+    ``(scores, ids)``, each ``[len(queries), k]``. Exact, with no index to keep (FAISS's
+    brute-force search: BLAS and a heap per query), so ``base`` may change between calls."""
+    k = min(k, base.shape[0])
+    scores, ids = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
+                            np.ascontiguousarray(base, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
+    return scores, ids.astype(np.int64)
 
 
 def gpu_available() -> bool:

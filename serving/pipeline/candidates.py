@@ -138,9 +138,17 @@ class CandidateStage:
     @staticmethod
     def _item_to_item(cat: Catalogue, recall: Recall, asks: list[Ask], todo: list[int],
                       listed: dict[tuple[int, int], _Listed], extra: int) -> None:
-        """Every item-to-item source of the batch: one index search with the seeds' own embeddings."""
-        want = [(i, j, s.count) for i in todo for j, s in enumerate(asks[i].scenario.spec.sources)
-                if isinstance(s, ItemToItem) and asks[i].seed is not None]
+        """Every item-to-item source of the batch: one index search with the seeds' own embeddings
+        (``space: embedding``), one exact search of the content vectors (``space: content``)."""
+        wanted = [(i, j, s.count, s.space) for i in todo for j, s in enumerate(asks[i].scenario.spec.sources)
+                  if isinstance(s, ItemToItem) and asks[i].seed is not None]
+        content = [(i, j, c) for i, j, c, space in wanted if space == "content"]
+        if content:
+            sc, ids = cat.content_nearest(np.asarray([asks[i].seed for i, _, _ in content], dtype=np.int64),
+                                          _ask_for(cat, max(c for _, _, c in content), extra))
+            for r, (i, j, _) in enumerate(content):
+                listed[i, j] = _Listed(sc[r], ids[r], "content")
+        want = [(i, j, c) for i, j, c, space in wanted if space == "embedding"]
         if not want:
             return
         seeds = np.asarray([asks[i].seed for i, _, _ in want], dtype=np.int64)

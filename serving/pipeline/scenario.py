@@ -49,10 +49,15 @@ class UserToItem(_Strict):
 
 
 class ItemToItem(_Strict):
-    """The seed item's nearest items in the same index (the seed's own item embedding as the query)."""
+    """The seed item's nearest items. ``embedding``: in the two-tower index, the seed's own item
+    embedding as the query (trained for user-item affinity). ``content``: by inner product of the
+    items' content vectors (``dense``), exact over the catalogue as it is now."""
 
     kind: Literal["item_to_item"]
     count: int = Field(ge=1, le=MAX_COUNT, description="Candidates this source gives (after filters).")
+    space: Literal["embedding", "content"] = Field(
+        default="embedding", description="Which vectors 'nearest' is measured in: the two-tower item "
+        "embeddings (the index) or the items' content vectors.")
 
 
 class Popular(_Strict):

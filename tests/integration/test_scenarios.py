@@ -24,7 +24,6 @@ import yaml
 
 from serving.pipeline.features import FeatureTables
 from serving.proto import ranker_pb2, ranker_pb2_grpc
-from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
 
 pytestmark = pytest.mark.integration
@@ -67,14 +66,13 @@ def test_each_demo_scenario_serves_its_candidate_rule(settings, rankserve_url: s
         body = r.json()
         ids = [it["item_id"] for it in body["items"]]
         assert (body["scenario"], body["scenario_version"], len(ids)) == ("similar", 1, 12)
-        assert seed not in ids and body["recall"] == "faiss" and not body["degraded"]
+        assert seed not in ids and body["recall"] == "content" and not body["degraded"]
         shops = tables.item_cat[ids, SHOP].tolist()
         assert max(shops.count(s) for s in shops) <= 3  # the diversity rule
-        # neighbours of the seed: closer to it in the item index's space than a random item is
-        reg = ModelRegistry(settings.model_repository)
-        emb = np.load(reg.version_dir("user_tower", reg.traffic("user_tower").live) / "item_emb.npy")
-        sims = emb[ids] @ emb[seed]
-        assert float(np.median(sims)) > float(np.quantile(emb[np.arange(0, emb.shape[0], 97)] @ emb[seed], 0.99))
+        # neighbours of the seed (similar.yaml: space content): closer to it in content than a random item is
+        dense = tables.item_dense
+        sims = dense[ids] @ dense[seed]
+        assert float(np.median(sims)) > float(np.quantile(dense[np.arange(0, dense.shape[0], 97)] @ dense[seed], 0.99))
     for shop in _big_shops(tables, 3):
         body = _rank(rankserve_url, user_id=3, scenario="shop", shop_id=shop, k=12).json()
         ids = [it["item_id"] for it in body["items"]]
@@ -226,6 +224,8 @@ def _runs(versions: list[int], shortest: int = 4) -> list[int]:
      "every candidate is of one shop"),
     ("name: similar\nsources: [{kind: item_to_item, count: 50}]\nranker: ranker\nrerank: true\n",
      "unknown key 'rerank'"),
+    ("name: similar\nsources: [{kind: item_to_item, count: 50, space: colour}]\nranker: ranker\n",
+     "space"),
     ("name: similar\nsources:\n  - kind: item_to_item\n   count: 50\n", "the YAML does not parse"),
 ])
 def test_bad_scenario_files_are_refused_with_the_reason_and_nothing_changes(settings, rankserve_url: str,

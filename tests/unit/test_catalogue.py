@@ -295,3 +295,23 @@ def test_popularity_orders_follow_changes_folded_as_a_replica_folds_them(repo: P
     assert cat.tables.item_num[3, pop] == pytest.approx(7.0) and cat.popular(2)[1].tolist() == [N_ITEMS, 3]
     assert cat.popular(5, "shop", 999)[1].tolist() == [N_ITEMS + 1] and cat.has_group("shop", 5)
     assert cat.tables.item_cat[N_ITEMS, shop] == 5 and N_ITEMS in cat.popular(50, "shop", 5)[1]
+
+
+def test_content_neighbours_are_exact_and_follow_changes(repo: Path) -> None:
+    """Item-to-item by content: the largest inner products of the content vectors, as NumPy
+    finds them, over the catalogue as it is now (an added item counts at once, unindexed)."""
+    tables = make_tables()
+    cat = Catalogue.initial(tables)
+    seeds = np.array([7, 0, N_ITEMS - 1])
+    scores, ids = cat.content_nearest(seeds, 12)
+    ref = tables.item_dense[seeds] @ tables.item_dense.T
+    for r in range(seeds.size):
+        want = np.sort(ref[r])[::-1][:12]
+        np.testing.assert_allclose(scores[r], want, rtol=1e-5)
+        np.testing.assert_allclose(ref[r][ids[r]], want, rtol=1e-5)
+    assert cat.content_nearest(seeds, 10 * N_ITEMS)[1].shape == (3, N_ITEMS)  # at most every item
+    log = ChangeLog(repo)
+    twin = (tables.item_dense[7] * 10).tolist()  # an added item made the seed's nearest
+    log.append(tables, add=[_item(dense=twin)])
+    cat = log.follow(cat)
+    assert cat.content_nearest(np.array([7]), 3)[1][0][0] == N_ITEMS
