@@ -191,9 +191,15 @@ def stop_orphaned_ray_processes(timeout_s: float = 10.0) -> list[str]:
     for child in me.children(recursive=True):
         try:
             cmdline = child.cmdline()
-            if any(marker in arg for arg in cmdline) or cmdline == own_cmdline:
-                names.append(f"{'fork' if cmdline == own_cmdline else child.name()}[{child.pid}]")
-                child.terminate()
+            fork = cmdline == own_cmdline
+            if fork or any(marker in arg for arg in cmdline):
+                names.append(f"{'fork' if fork else child.name()}[{child.pid}]")
+                # a fork runs this process's code and signal handlers (Ray's turn SIGTERM into
+                # SystemExit): it is killed outright
+                if fork:
+                    child.kill()
+                else:
+                    child.terminate()
                 orphans.append(child)
         except psutil.NoSuchProcess:
             continue

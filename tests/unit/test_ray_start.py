@@ -28,7 +28,7 @@ def test_orphans_of_a_failed_start_are_stopped_and_other_children_are_not(tmp_pa
     import ray
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as after a failed ray.init (the suite may hold one)
-    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # and the suite's own Ray session is not an orphan
     orphan = _child(f"--log-dir={tmp_path}/ray/session_2026-11-30_00-00-00_1/logs")
     other = _child("--model-repository=/tmp/elsewhere")
     try:
@@ -111,15 +111,18 @@ def test_a_connected_driver_stops_nothing(tmp_path, monkeypatch) -> None:  # noq
         live.wait()
 
 
-def test_a_fork_that_never_reached_exec_is_stopped(monkeypatch) -> None:  # noqa: ANN001
+def test_a_fork_that_never_reached_exec_is_stopped(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """A child stuck between fork and exec still carries this process's command line."""
     import ray
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # the suite's own Ray session (if any) is not an orphan
     pid = os.fork()
     if pid == 0:  # the child: neither exec nor exit, as one stuck in a pre-exec hook
-        time.sleep(60)
-        os._exit(0)
+        try:  # whatever happens here (the suite's Ray driver turns SIGTERM into SystemExit), never pytest again
+            time.sleep(60)
+        finally:
+            os._exit(0)
     try:
         assert ray_runtime.stop_orphaned_ray_processes(timeout_s=5) == [f"fork[{pid}]"]
         assert not psutil.pid_exists(pid)  # stopped and reaped
