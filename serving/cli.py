@@ -144,9 +144,13 @@ def serving_app(settings: Settings) -> Iterator[str]:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.ray_runtime import Ingress
     from serving.startup import check_ports, check_ray_address
     from serving.terminal import console, status
 
+    for pid in Ingress.from_settings(settings).stop_orphans():
+        log.warning("stopped HAProxy pid %d, left on port %d by a rankserve that did not stop cleanly", pid,
+                    settings.port)
     check_ports(settings)  # before anything starts: a taken port stops start-up at once
     check_ray_address(settings)  # and a cluster that does not answer, instead of Ray's long retries
     build = _built(settings) if args.no_build else _build(settings)

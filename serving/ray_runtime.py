@@ -128,6 +128,38 @@ class Ingress:
         # the admin socket's path must stay short (108 bytes): one directory per ingress port
         return Path(tempfile.gettempdir()) / f"rankserve-haproxy-{self.port}"
 
+    def _haproxy_processes(self) -> list[Any]:
+        """This machine's HAProxy processes of this ingress (their config lies in its folder)."""
+        import psutil
+
+        mine = []
+        for p in psutil.process_iter(["name", "cmdline"]):
+            cmdline = p.info["cmdline"] or []
+            if (p.info["name"] or "").startswith("haproxy") and any(str(self.haproxy_dir) in a for a in cmdline):
+                mine.append(p)
+        return mine
+
+    def stop_orphans(self, timeout_s: float = 5.0) -> list[int]:
+        """Stop this ingress's HAProxy processes that no Ray process owns any more: a Ray cluster
+        that died abruptly (``rankserve serve`` SIGKILLed) leaves its HAProxy listening on the
+        port, since Ray's HAProxy manager starts it without a parent-death signal. Called before
+        the ports are checked; returns the pids stopped."""
+        import psutil
+
+        orphans = []
+        for p in self._haproxy_processes():
+            try:
+                parent = p.parent()
+                if parent is None or not parent.name().startswith("ray::"):
+                    p.terminate()
+                    orphans.append(p)
+            except psutil.NoSuchProcess:
+                continue
+        _, alive = psutil.wait_procs(orphans, timeout=timeout_s)
+        for p in alive:
+            p.kill()
+        return [p.pid for p in orphans]
+
     def stop_accepting(self, timeout_s: float) -> int:
         """Close this machine's ingress listeners gracefully, before Ray stops the ingress.
 
@@ -143,14 +175,12 @@ class Ingress:
         if self.mode != "haproxy":
             return 0
         mine = []
-        for p in psutil.process_iter(["name", "cmdline"]):
-            cmdline = p.info["cmdline"] or []
-            if (p.info["name"] or "").startswith("haproxy") and any(str(self.haproxy_dir) in a for a in cmdline):
-                try:
-                    p.send_signal(signal.SIGUSR1)
-                    mine.append(p)
-                except psutil.NoSuchProcess:
-                    continue
+        for p in self._haproxy_processes():
+            try:
+                p.send_signal(signal.SIGUSR1)
+                mine.append(p)
+            except psutil.NoSuchProcess:
+                continue
         t0 = time.monotonic()
         _, alive = psutil.wait_procs(mine, timeout=timeout_s)
         log.info("ingress: %d HAProxy process(es) soft-stopped, %d exited in %.2f s", len(mine),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -130,3 +131,39 @@ def test_a_fork_that_never_reached_exec_is_stopped(tmp_path, monkeypatch) -> Non
         with contextlib.suppress(ProcessLookupError, ChildProcessError):
             os.kill(pid, 9)
             os.waitpid(pid, 0)
+
+
+def _orphaned_haproxy(ingress: ray_runtime.Ingress, port: int) -> int:
+    """A real HAProxy listening on ``port`` with its config in ``ingress``'s folder, whose parent
+    has exited (as when Ray's HAProxy manager dies with its cluster)."""
+    from ray.serve._private.haproxy import get_haproxy_binary
+
+    cfg = ingress.haproxy_dir / "node" / "haproxy.cfg"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text("defaults\n  mode http\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n"
+                   f"frontend api\n  bind 127.0.0.1:{port}\n")
+    out = subprocess.run(["sh", "-c", f'"{get_haproxy_binary()}" -db -f "{cfg}" >/dev/null 2>&1 & echo $!'],
+                         capture_output=True, text=True, check=True, timeout=30)
+    return int(out.stdout.strip())
+
+
+def test_an_orphaned_haproxy_of_this_port_is_stopped_and_others_are_not() -> None:
+    from serving.net import QUIET_PORTS, free_port, port_in_use
+
+    mine, other = (ray_runtime.Ingress(port=free_port(QUIET_PORTS)) for _ in range(2))
+    pids = [_orphaned_haproxy(mine, mine.port), _orphaned_haproxy(other, other.port)]
+    try:
+        t_end = time.monotonic() + 10
+        while not (port_in_use("127.0.0.1", mine.port) and port_in_use("127.0.0.1", other.port)):
+            assert time.monotonic() < t_end, "HAProxy did not start"
+            time.sleep(0.05)
+        assert mine.stop_orphans() == [pids[0]]
+        assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE
+        assert not port_in_use("127.0.0.1", mine.port)  # the port is free for the new server
+        assert psutil.pid_exists(pids[1]) and port_in_use("127.0.0.1", other.port)  # another port's: left alone
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        for ingress in (mine, other):
+            shutil.rmtree(ingress.haproxy_dir, ignore_errors=True)
