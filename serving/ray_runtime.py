@@ -8,6 +8,7 @@ Must not touch: ranking.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -155,9 +156,7 @@ class Ingress:
                     orphans.append(p)
             except psutil.NoSuchProcess:
                 continue
-        _, alive = psutil.wait_procs(orphans, timeout=timeout_s)
-        for p in alive:
-            p.kill()
+        _kill_stragglers(orphans, timeout_s)
         return [p.pid for p in orphans]
 
     def stop_accepting(self, timeout_s: float) -> int:
@@ -233,10 +232,18 @@ def stop_orphaned_ray_processes(timeout_s: float = 10.0) -> list[str]:
                 orphans.append(child)
         except psutil.NoSuchProcess:
             continue
-    _, alive = psutil.wait_procs(orphans, timeout=timeout_s)
-    for child in alive:
-        child.kill()
+    _kill_stragglers(orphans, timeout_s)
     return names
+
+
+def _kill_stragglers(signalled: list[Any], timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` for processes already told to stop; SIGKILL those still alive."""
+    import psutil
+
+    _, alive = psutil.wait_procs(signalled, timeout=timeout_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus: int | None = None) -> None:
