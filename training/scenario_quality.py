@@ -17,13 +17,13 @@ The oracle ranks, by that gain, every item the scenario's candidate rule admits 
   latent space (inner product, as the index ranks the learned embeddings): truly similar items;
 * the sources' sets are united, then the filters apply (``restrict``, ``exclude_seed``).
 
-An item the pipeline returns that the oracle does not admit gains 0 (for ``similar``: an item the
-learned embeddings call similar that is not). Beside each figure, two baselines over the same
-users and contexts: ``random_candidates``, k of the pipeline's own candidates (its sources,
-merged and filtered) picked at random, what the ranker adds to the recall; and ``random``, k
-random items of those the oracle admits, what ranking nothing but truly admitted items would
-give (above the served figure when recall misses the rule's true items, as item-to-item recall
-from the two-tower embeddings does for ``similar``: they are trained for user-item affinity).
+An item the pipeline returns that the oracle does not admit gains 0 (for ``similar``: an item its
+recall calls similar that is not). Beside each figure, two baselines over the same users and
+contexts: ``random_candidates``, k of the pipeline's own candidates (its sources, merged and
+filtered) picked at random, what the ranker adds to the recall; and ``random``, k random items of
+those the oracle admits, what ranking nothing but truly admitted items would give (above the
+served figure when recall misses the rule's true items, as item-to-item recall from the two-tower
+embeddings, ``space: embedding``, does for ``similar``: they are trained for user-item affinity).
 """
 
 from __future__ import annotations

@@ -35,8 +35,12 @@ class Room:
 
     def holds(self, table: np.ndarray) -> bool:
         """Whether ``table`` is this buffer's newest view (so rows after it are free)."""
-        return (self.used == table.shape[0] and
-                self.buf.__array_interface__["data"][0] == table.__array_interface__["data"][0])
+        return self.used == table.shape[0] and _same_start(self.buf, table)
+
+
+def _same_start(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a`` and ``b`` begin at the same address (views of one buffer from its first row)."""
+    return bool(a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def grown(table: np.ndarray, room: Room | None, rows: np.ndarray,
@@ -237,8 +241,7 @@ def _carry_orders(prev: _Orders, before: FeatureTables, tables: FeatureTables) -
 def _extends(table: np.ndarray, before: np.ndarray) -> bool:
     """``table`` starts with ``before``'s rows in the same memory (a buffer ``grown`` appended to;
     rows a view covers are never written again)."""
-    return (table.strides == before.strides and table.shape[1:] == before.shape[1:] and
-            table.__array_interface__["data"][0] == before.__array_interface__["data"][0])
+    return table.strides == before.strides and table.shape[1:] == before.shape[1:] and _same_start(table, before)
 
 
 def _carry_group(prev: _Grouped, old_groups: np.ndarray, old_keys: np.ndarray, new_groups: np.ndarray,
