@@ -14,19 +14,18 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Standard library and serving.errors / serving.startup only: an unsupported Python must reach
+# Standard library and serving.errors / serving.startup / serving.stopping only: an unsupported Python must reach
 # check_python() in main() before anything that needs a newer one is imported.
 from serving.errors import ConfigError, RankserveError
 from serving.startup import check_python, example_curl
+from serving.stopping import StopSignals
 
 if TYPE_CHECKING:
     from serving.config import Settings
@@ -82,6 +81,48 @@ def _built(settings: Settings) -> dict[str, Any]:
     return summary
 
 
+def api_headers(settings: Settings) -> dict[str, str]:
+    """The headers of the command's own calls to a running server: its API key, when it has one."""
+    return {"authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+
+
+@contextlib.contextmanager
+def serve_key(settings: Settings) -> Iterator[Settings]:
+    """With auth=keys, an admin key of this ``serve`` process for its own calls (the screen's
+    views, the drain's queue depth), added at start and revoked at stop; ``settings`` carry it."""
+    if settings.auth_mode != "keys":
+        yield settings
+        return
+    import socket
+
+    from pydantic import SecretStr
+
+    from serving.auth import add_key, list_keys, revoke_key
+
+    path = settings.keys_file
+    for entry in list_keys(path):  # those of a serve that did not stop cleanly
+        pid = entry.name.rsplit("-", 1)[-1]
+        if entry.name.startswith(f"serve-{socket.gethostname()}-") and pid.isdigit() and not _alive(int(pid)):
+            revoke_key(path, entry.name)
+    name = f"serve-{socket.gethostname()}-{os.getpid()}"
+    key = add_key(path, name, "admin")
+    try:
+        yield settings.model_copy(update={"api_key": SecretStr(key)})
+    finally:
+        with contextlib.suppress(RankserveError):
+            revoke_key(path, name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def triton_endpoint(settings: Settings) -> Iterator[str]:
     """Yield the gRPC URL of Triton: the configured one, or an embedded server started here and
@@ -121,10 +162,11 @@ def running_triton_url(settings: Settings) -> str | None:
 
 
 @contextlib.contextmanager
-def serving_app(settings: Settings) -> Iterator[str]:
+def serving_app(settings: Settings, stop: StopSignals | None = None) -> Iterator[str]:
     """Triton (configured or embedded), Ray, the ingress (``settings.ingress`` on ``settings.port``
     and ``settings.grpc_port``) and the rankserve application, up for the ``with`` body, which
-    gets the Triton URL the replicas call; Ray and the embedded Triton stop after it."""
+    gets the Triton URL the replicas call; Ray and the embedded Triton stop after it (Serve's own
+    graceful stop skipped when ``stop`` was forced)."""
     from ray import serve
 
     from serving.app import build_app
@@ -134,13 +176,16 @@ def serving_app(settings: Settings) -> Iterator[str]:
     ingress = Ingress.from_settings(settings)
     drain_flag(settings).unlink(missing_ok=True)  # left by a server that did not stop cleanly
     with triton_endpoint(settings) as url:
-        init_ray(settings.ray_address, ingress=ingress)
         try:
+            init_ray(settings.ray_address, ingress=ingress, token_file=settings.ray_token_file)
+            if stop is not None:  # from here on a Ctrl-C drains what is starting rather than abandoning it
+                stop.serving()
             start_serve(ingress)
             serve.run(build_app(settings, url), name="rankserve", route_prefix="/")
             yield url
         finally:
-            shutdown_ray()
+            forced = stop is not None and stop.forced
+            shutdown_ray(serve_timeout_s=0 if forced else settings.drain_timeout_s + 5)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -154,36 +199,46 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     check_ports(settings)  # before anything starts: a taken port stops start-up at once
     check_ray_address(settings)  # and a cluster that does not answer, instead of Ray's long retries
     build = _built(settings) if args.no_build else _build(settings)
-    stop = threading.Event()
+    stop = StopSignals()
+    stop.install()
     out = console()
-    with contextlib.ExitStack() as running:
-        with status("starting Triton, Ray and the rankserve replicas ..."):
-            triton_url = running.enter_context(serving_app(settings))
-            # after Ray's start-up, which installs handlers of its own
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            served = _served_view(settings)
-        _show_summary(settings, build, served, triton_url, args.log_path)
-        stop.wait()
-        out.print(f"stopping: draining requests (at most {settings.drain_timeout_s:g} s), then HAProxy, Ray and "
-                  "Triton ...")
-        _drain(settings)
+    try:
+        with contextlib.ExitStack() as running:
+            settings = running.enter_context(serve_key(settings))
+            with status("starting Triton, Ray and the rankserve replicas ..."):
+                triton_url = running.enter_context(serving_app(settings, stop))
+                served = _served_view(settings, stop)
+            if not stop.asked:
+                _show_summary(settings, build, served, triton_url, args.log_path)
+            stop.wait()
+            out.print(f"stopping: draining requests (at most {settings.drain_timeout_s:g} s), then HAProxy, Ray "
+                      "and Triton ... (Ctrl-C again stops at once)")
+            _drain(settings)
+    except KeyboardInterrupt:  # ForcedStop, or Ray's own KeyboardInterrupt when it came inside ray.get
+        if not stop.forced:
+            raise
+        out.print("stopped at once, without waiting for requests in flight: nothing of rankserve is left running")
+        return 130
+    finally:
+        stop.restore()
     out.print("stopped: nothing of rankserve is left running")
     return 0
 
 
-def _served_view(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
+def _served_view(settings: Settings, stop: StopSignals, timeout_s: float = 60.0) -> dict[str, Any]:
     """``GET /v1/models`` (with ``GET /v1/scenarios`` under ``scenarios``) through the ingress once
-    the service is ready (``{}`` if it does not answer within ``timeout_s``: the summary then says so)."""
+    the service is ready (``{}`` if it does not answer within ``timeout_s``, or a stop was asked:
+    the summary then says so)."""
     import httpx
 
     base = f"http://{settings.host}:{settings.port}"
     t_end = time.monotonic() + timeout_s
-    while time.monotonic() < t_end:
+    while time.monotonic() < t_end and not stop.asked:
         try:
             if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                view: dict[str, Any] = httpx.get(f"{base}/v1/models", timeout=10).json()
-                view["scenarios"] = httpx.get(f"{base}/v1/scenarios", timeout=10).json()
+                headers = api_headers(settings)
+                view: dict[str, Any] = httpx.get(f"{base}/v1/models", headers=headers, timeout=10).json()
+                view["scenarios"] = httpx.get(f"{base}/v1/scenarios", headers=headers, timeout=10).json()
                 return view
         except (httpx.HTTPError, ValueError):
             pass
@@ -226,7 +281,8 @@ def _drain(settings: Settings) -> None:
         while time.monotonic() < t_end:
             time.sleep(0.1)
             try:
-                text = httpx.get(f"http://{settings.host}:{settings.port}/metrics", timeout=1).text
+                text = httpx.get(f"http://{settings.host}:{settings.port}/metrics", headers=api_headers(settings),
+                                 timeout=1).text
             except httpx.HTTPError:
                 break
             if metric_values(text, ("rankserve_queue_depth",)).get("rankserve_queue_depth", 0) == 0:
@@ -425,7 +481,8 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     try:
         import httpx
 
-        live = httpx.get(f"http://{settings.host}:{settings.port}/v1/models", timeout=3).json()
+        live = httpx.get(f"http://{settings.host}:{settings.port}/v1/models", headers=api_headers(settings),
+                         timeout=3).json()
     except Exception:  # noqa: BLE001 - the server may be down; the repository still answers
         log.info("server not reachable; showing the repository only")
     served = {m["name"]: m for m in live.get("models", [])}
@@ -526,12 +583,39 @@ def cmd_scenarios(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """API keys: add (the key is printed once, alone on the last line), list, revoke."""
+    from serving.auth import add_key, list_keys, revoke_key
+
+    path = settings.keys_file
+    if args.keys_action == "add":
+        key = add_key(path, args.name, args.role)
+        print(f"added key {args.name!r} with role {args.role} (only its hash is stored: this is the one time the key "
+              f"is shown; every replica accepts it within a second, and RANKSERVE_AUTH=keys makes servers ask for it):")
+        print(key)
+        return 0
+    if args.keys_action == "revoke":
+        gone = revoke_key(path, args.name)
+        print(f"revoked key {gone.name!r} (role {gone.role}): every replica refuses it within a second")
+        return 0
+    rows = [{"name": e.name, "role": e.role, "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created))}
+            for e in list_keys(path)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<32} {'role':<6} created   ({path}; auth {settings.auth_mode})")
+    for r in rows:
+        print(f"{r['name']:<32} {r['role']:<6} {r['created']}")
+    return 0
+
+
 def _served_scenarios(settings: Settings) -> dict[str, int] | None:
     """What the running server serves (scenario -> version), or None when it is not reachable."""
     try:
         import httpx
 
-        body = httpx.get(f"http://{settings.host}:{settings.port}/v1/scenarios", timeout=3).json()
+        body = httpx.get(f"http://{settings.host}:{settings.port}/v1/scenarios", headers=api_headers(settings),
+                         timeout=3).json()
         return {row["name"]: row["version"] for row in body["scenarios"]}
     except Exception:  # noqa: BLE001 - the server may be down; the repository still answers
         return None
@@ -604,10 +688,27 @@ def _parser() -> argparse.ArgumentParser:
                     help="item ids (block, unblock) or one JSON / JSON-lines file of items (add, update)")
     it.set_defaults(func=cmd_items)
     _scenario_parsers(sub, common)
+    _keys_parser(sub, common)
     mo = sub.add_parser("models", parents=[common], help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)
     return p
+
+
+def _keys_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``rankserve keys add NAME --role rank|admin``, ``keys list``, ``keys revoke NAME``."""
+    from serving.auth import ROLES
+
+    ke = sub.add_parser("keys", parents=[common], help="API keys for RANKSERVE_AUTH=keys: add, list, revoke")
+    actions = ke.add_subparsers(dest="keys_action", required=True)
+    add = actions.add_parser("add", help="make a key; it is printed once, alone on the last line")
+    add.add_argument("name", help="who or what holds the key (letters, digits, '_', '.', '-')")
+    add.add_argument("--role", required=True, choices=ROLES, help="rank: /v1/rank; admin: everything")
+    lst = actions.add_parser("list", help="the keys' names, roles and creation times")
+    lst.add_argument("--json", action="store_true")
+    rev = actions.add_parser("revoke", help="remove a key: every replica refuses it within a second")
+    rev.add_argument("name")
+    ke.set_defaults(func=cmd_keys)
 
 
 def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from serving.errors import ConfigError
 
@@ -51,6 +51,15 @@ class Settings(BaseModel):
         0, ge=0, le=65535,
         description="Port of the gRPC API (rankserve.v1.Ranker/Rank); 0: no gRPC. Each replica's gRPC server "
                     "then binds every interface (Ray 2.60 has no host option for it), so the default leaves it off.",
+    )
+    auth: Literal["off", "keys"] | None = Field(
+        None, description="Who may call the API. keys: an API key (rankserve keys add) in 'Authorization: Bearer' "
+                          "(gRPC: 'authorization' metadata), role rank for /v1/rank, admin for everything; /healthz "
+                          "and /readyz stay open. off: no key. Unset: off, allowed only while host is loopback.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="The key the rankserve command sends to a running server with auth=keys (rankserve "
+                          "models, scenarios list, ...).",
     )
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest accepted request body (HTTP and gRPC).")
     ingress: Literal["haproxy", "direct", "proxy"] = Field(
@@ -133,6 +142,22 @@ class Settings(BaseModel):
                                "503 with Retry-After (-1: unbounded)."
     )
     replica_num_cpus: float = Field(0.0, ge=0, description="CPUs Ray reserves per replica.")
+    ingress_max_conn_per_replica: int = Field(
+        64, ge=1, description="haproxy ingress: requests HAProxy lets into one replica at once; more wait in "
+                              "HAProxy's queue, and beyond that HAProxy answers 503 itself, before any Python runs.",
+    )
+    ingress_max_queue_per_replica: int = Field(
+        64, ge=0, description="haproxy ingress: requests that may wait in HAProxy for one replica; the next one "
+                              "gets 503 with Retry-After at once.",
+    )
+    ingress_queue_timeout_ms: int = Field(
+        500, ge=1, le=60000, description="haproxy ingress: longest wait in HAProxy's queue before a 503.",
+    )
+    read_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="Longest time a client may take to send its request (headers and body): "
+                                       "HAProxy answers 408 after it (and holds the slow body itself: no replica "
+                                       "waits for it); a replica reading a body directly stops after it too.",
+    )
 
     access_log: bool = Field(
         False, description="Ray Serve's access log line per request (rankserve logs errors and degraded answers "
@@ -156,6 +181,14 @@ class Settings(BaseModel):
         if self.max_queued_requests >= self.max_ongoing_requests:
             raise ValueError(f"max_queued_requests ({self.max_queued_requests}) must be < max_ongoing_requests "
                              f"({self.max_ongoing_requests}), so that rankserve, not Serve, answers the excess")
+        if self.auth is None and not _is_loopback_host(self.host):
+            raise ValueError(f"host {self.host!r} serves the API beyond loopback with no API keys: set "
+                             f"{ENV_PREFIX}AUTH=keys (rankserve keys add NAME --role rank), or {ENV_PREFIX}AUTH=off "
+                             "to serve without keys")
+        if 0 <= self.max_queued_requests < self.ingress_max_conn_per_replica:
+            raise ValueError(f"ingress_max_conn_per_replica ({self.ingress_max_conn_per_replica}) must be <= "
+                             f"max_queued_requests ({self.max_queued_requests}), so that HAProxy, not the replica, "
+                             "refuses the excess")
         if self.default_timeout_ms > self.max_timeout_ms:
             raise ValueError(
                 f"default_timeout_ms ({self.default_timeout_ms}) must be <= max_timeout_ms ({self.max_timeout_ms})"
@@ -165,6 +198,21 @@ class Settings(BaseModel):
     @property
     def triton_runtime_dir(self) -> Path:
         return self.data_dir / "triton-runtime"
+
+    @property
+    def auth_mode(self) -> Literal["off", "keys"]:
+        """``auth`` with its default resolved (off, which only a loopback host allows unset)."""
+        return self.auth or "off"
+
+    @property
+    def keys_file(self) -> Path:
+        """The API keys (hashes only), beside the model repository: shared by the CLI and every replica."""
+        return self.model_repository / ".keys.json"
+
+    @property
+    def ray_token_file(self) -> Path:
+        """The local Ray cluster's auth token (made at its first start, readable by this user only)."""
+        return self.data_dir / "ray" / "auth_token"
 
     @property
     def log_dir(self) -> Path:
@@ -195,7 +243,9 @@ class Settings(BaseModel):
             return cls.model_validate(_coerce(values))
         except ValidationError as err:
             first = err.errors()[0]
-            field = str(first["loc"][0]) if first["loc"] else "?"
+            if not first["loc"]:  # a check across settings: its message names them
+                raise ConfigError(str(first["msg"]).removeprefix("Value error, ")) from err
+            field = str(first["loc"][0])
             shown = values.get(field, "<missing>")
             src = ENV_PREFIX + field.upper() if (ENV_PREFIX + field.upper()) in env else field
             raise ConfigError(f"{src}={shown!r} is invalid: {first['msg']}") from err
@@ -212,10 +262,21 @@ def node_triton_url(environ: Mapping[str, str] | None = None) -> str | None:
     return env.get(ENV_PREFIX + "TRITON_URL") or None
 
 
+def _is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _coerce(values: dict[str, object]) -> dict[str, object]:
     # Environment values are strings; an empty RANKSERVE_TRITON_URL or _TRITON_BIN means "the default".
     out = dict(values)
-    for name in ("triton_url", "triton_bin"):
+    for name in ("triton_url", "triton_bin", "auth", "api_key"):
         if out.get(name) == "":
             out[name] = None
     return out

@@ -1,7 +1,11 @@
-"""Files of the model repository that several layers write or list: one way to do each.
+"""Files that several layers write or list: one way to do each.
 
-Owns: atomic replacement of a small text file (traffic files, ``config.pbtxt``) and the listing of
-a model's numbered version directories. Must not touch: anything of rankserve (bottom layer).
+Owns: durable, atomic replacement of a small file (traffic files, ``config.pbtxt``, scenario and
+key files): written to a temporary file, fsynced, renamed over the old one, and the folder
+fsynced, so that after a crash the file is the old one or the new one, never empty; the sweep of
+temporary files a crash left; private folders (mode 0700, owned by this user, not a link); and
+the listing of a model's numbered version directories. Must not touch: anything of rankserve
+(bottom layer).
 """
 
 from __future__ import annotations
@@ -10,19 +14,81 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "version_dirs"]
+__all__ = ["TEMP_MARK", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "private_dir", "sweep_temporary",
+           "version_dirs"]
+
+TEMP_MARK = ".tmp-"  # temporary files are named ".<name>.tmp-<random>" beside the file they become
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new entry in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` in one rename: readers see the old file or the new one.
+    ``durable``: so does a reader after a crash (file and folder fsynced); off only for files
+    rewritten every second whose loss costs nothing (heartbeats)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str, *, mode: int = 0o644, durable: bool = True) -> None:
+    """:func:`atomic_write_bytes` of ``text`` (UTF-8)."""
+    atomic_write_bytes(path, text.encode(), mode=mode, durable=durable)
+
+
+def sweep_temporary(folder: Path, *, older_than_s: float = 60.0) -> list[Path]:
+    """Remove the temporary files a crashed writer left in ``folder`` (and below); returns them.
+    Only those older than ``older_than_s``: a writer of another process may be using a new one."""
+    import time
+
+    if not folder.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    swept = []
+    for p in folder.rglob(f".*{TEMP_MARK}*"):
+        try:
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+                swept.append(p)
+        except FileNotFoundError:
+            continue
+    return swept
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only this user may use: made with mode 0700, or, when it exists,
+    checked to be a real folder (not a link) owned by this user, and made 0700.
+
+    Raises:
+        PermissionError: it exists as a link, or belongs to another user.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(path)
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise PermissionError(f"{path} exists but is not a folder of this user (uid {os.getuid()}): remove it")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
 
 
 def version_dirs(model_dir: Path) -> dict[int, Path]:

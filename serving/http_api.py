@@ -9,7 +9,7 @@ Must not touch: ranking logic (``serving.service``), Ray.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -75,7 +75,7 @@ class HttpIngress:
             return parse_rank_request(await read_body(request, settings.max_body_bytes), settings)
 
         try:
-            result = await self.service.rank(read)
+            result = await self.service.rank(read, request.headers.get("authorization"))
         except RankserveError as err:
             return error_response(err)
         return JSONResponse(result.to_json())
@@ -90,20 +90,33 @@ class HttpIngress:
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
+    def _admin(self, request: Request, view: Callable[[], Response]) -> Response:
+        """An operations view, for a caller with an admin key (auth=keys); else its 401 or 403."""
+        try:
+            self.service.access.check(request.headers.get("authorization"), "admin")
+            return view()
+        except RankserveError as err:
+            return error_response(err)
+
     @api.get("/metrics")
-    async def metrics(self) -> Response:
-        return Response(self.service.metrics_text(), media_type="text/plain; version=0.0.4")
+    async def metrics(self, request: Request) -> Response:
+        return self._admin(request, lambda: Response(self.service.metrics_text(),
+                                                     media_type="text/plain; version=0.0.4"))
 
     @api.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        return await self.service.models_view()
+    async def models(self, request: Request) -> Response:
+        try:
+            self.service.access.check(request.headers.get("authorization"), "admin")
+        except RankserveError as err:
+            return error_response(err)
+        return JSONResponse(await self.service.models_view())  # the one view that waits (on Triton)
 
     @api.get("/v1/scenarios")
-    async def scenarios(self) -> dict[str, Any]:
+    async def scenarios(self, request: Request) -> Response:
         """The scenarios this replica serves, each at its live version, and the versions on disk."""
-        return self.service.scenarios_view()
+        return self._admin(request, lambda: JSONResponse(self.service.scenarios_view()))
 
     @api.get("/v1/catalogue")
-    async def catalogue(self) -> dict[str, Any]:
+    async def catalogue(self, request: Request) -> Response:
         """The catalogue this replica serves: its change version, item count and blocked count."""
-        return self.service.catalogue_view()
+        return self._admin(request, lambda: JSONResponse(self.service.catalogue_view()))

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.auth import Access
 from serving.batching import DeadlineBatcher
 from serving.config import Settings
 from serving.errors import BackendUnavailableError, DeadlineExceededError, OverloadedError, RankserveError
@@ -105,6 +106,7 @@ class RankService:
         self._drain_flag = drain_flag(settings)
         self.draining = False
         self._quiet: dict[str, tuple[float, int]] = {}  # error code -> (last logged, not logged since)
+        self.access = Access(settings.auth_mode, settings.keys_file)
 
     @property
     def pending(self) -> int:
@@ -138,9 +140,10 @@ class RankService:
         await self.client.close()
 
     # -- ranking ------------------------------------------------------------------------
-    async def rank(self, read: Callable[[], Awaitable[RankRequest]]) -> RankResponse:
-        """Shed or admit, read and validate the request, run it through the (batched) pipeline
-        within its deadline; count the outcome whichever protocol it came by.
+    async def rank(self, read: Callable[[], Awaitable[RankRequest]], authorization: str | None = None) -> RankResponse:
+        """Check the caller's key (``authorization``: ``Bearer <key>``), shed or admit, read and
+        validate the request, run it through the (batched) pipeline within its deadline; count the
+        outcome whichever protocol it came by.
 
         Raises:
             RankserveError: with its status; anything else is logged and becomes an internal error.
@@ -149,6 +152,7 @@ class RankService:
         rid: str | None = None
         scenario = NO_SCENARIO  # the metrics' label: a served scenario's name, never a client's string
         try:
+            self.access.check(authorization, "rank")
             if self._check_draining():
                 raise BackendUnavailableError("the server is stopping; try again shortly", retry_after_s=1)
             if self._pending >= self.settings.max_queued_requests >= 0:

@@ -61,7 +61,7 @@ def rankserve_url(settings, triton) -> Iterator[str]:  # noqa: ANN001
     from serving.ray_runtime import Ingress, init_ray, shutdown_ray, start_serve
 
     ingress = Ingress.from_settings(settings)
-    init_ray("local", ingress=ingress)
+    init_ray("local", ingress=ingress, token_file=settings.ray_token_file)
     try:
         start_serve(ingress)
         serve.run(build_app(settings, triton.grpc_url), name="rankserve", route_prefix="/")

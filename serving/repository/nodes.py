@@ -49,8 +49,8 @@ def write_heartbeat(repo: Path, key: str, triton: str, loaded: Mapping[str, Sequ
     d = Path(repo) / _DIR
     d.mkdir(exist_ok=True)
     if metrics is not None:
-        atomic_write_text(d / f"{key}.prom", metrics.decode())
-    atomic_write_text(d / f"{key}.json", json.dumps({"triton": triton, "at": time.time(),
+        atomic_write_text(d / f"{key}.prom", metrics.decode(), durable=False)
+    atomic_write_text(d / f"{key}.json", durable=False, text=json.dumps({"triton": triton, "at": time.time(),
                                                       "loaded": {m: sorted(v) for m, v in loaded.items()},
                                                       "catalogue_version": catalogue_version}))
 

@@ -19,12 +19,12 @@ PACKAGES = ("serving", "kernels", "training", "loadtest")
 # Layers, bottom first: a module may import from its own layer and those below, never above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("serving.config", "serving.errors", "serving.schemas", "serving.files", "serving.net", "serving.proto",
-     "serving.terminal"),
+     "serving.terminal", "serving.stopping"),
     ("serving.triton", "serving.index", "serving.pipeline.features", "serving.metrics"),
     ("serving.pipeline",),
     ("serving.repository",),
     ("serving.batching", "serving.service", "serving.http_api", "serving.grpc_api", "serving.app",
-     "serving.ray_runtime"),
+     "serving.ray_runtime", "serving.ray_hardening"),
     ("serving.tools", "serving.startup", "serving.cli"),
 )
 
