@@ -29,6 +29,7 @@ from serving.stopping import StopSignals
 
 if TYPE_CHECKING:
     from serving.config import Settings
+    from serving.triton.client import TritonEndpoint
 
 __all__ = ["main"]
 
@@ -98,11 +99,12 @@ def serve_key(settings: Settings) -> Iterator[Settings]:
     from pydantic import SecretStr
 
     from serving.auth import add_key, list_keys, revoke_key
+    from serving.files import pid_alive
 
     path = settings.keys_file
     for entry in list_keys(path):  # those of a serve that did not stop cleanly
         pid = entry.name.rsplit("-", 1)[-1]
-        if entry.name.startswith(f"serve-{socket.gethostname()}-") and pid.isdigit() and not _alive(int(pid)):
+        if entry.name.startswith(f"serve-{socket.gethostname()}-") and pid.isdigit() and not pid_alive(int(pid)):
             revoke_key(path, entry.name)
     name = f"serve-{socket.gethostname()}-{os.getpid()}"
     key = add_key(path, name, "admin")
@@ -113,24 +115,19 @@ def serve_key(settings: Settings) -> Iterator[Settings]:
             revoke_key(path, name)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
-def triton_endpoint(settings: Settings) -> Iterator[str]:
-    """Yield the gRPC URL of Triton: the configured one, or an embedded server started here and
-    restarted whenever it goes down."""
+def triton_endpoint(settings: Settings) -> Iterator[TritonEndpoint]:
+    """Yield Triton's gRPC address and key: the configured one, or an embedded server started here
+    and restarted whenever it goes down (its address and key also in ``endpoint.json``, readable by
+    this user only, for the commands that load models into it)."""
+    from serving.triton.client import TritonEndpoint
+
     if settings.triton_url:
         log.info("using Triton at %s (nothing launched)", settings.triton_url)
-        yield settings.triton_url
+        yield TritonEndpoint(settings.triton_url, settings.triton_key.get_secret_value() if settings.triton_key
+                             else None)
         return
+    from serving.files import atomic_write_text
     from serving.triton.process import TritonProcess
     from serving.triton.supervisor import TritonSupervisor
 
@@ -139,30 +136,34 @@ def triton_endpoint(settings: Settings) -> Iterator[str]:
                        binary=settings.triton_bin, kind=settings.triton_kind,
                        torch_threads=settings.triton_torch_threads) as triton, TritonSupervisor(triton):
         log.info("embedded Triton ready at %s (metrics %s), supervised", triton.grpc_url, triton.metrics_url)
-        endpoint_file.write_text(json.dumps({"grpc_url": triton.grpc_url, "pid": os.getpid()}))
+        atomic_write_text(endpoint_file, json.dumps({"grpc_url": triton.grpc_url, "key": triton.key,
+                                                     "pid": os.getpid()}), mode=0o600)
         try:
-            yield triton.grpc_url
+            yield TritonEndpoint(triton.grpc_url, triton.key)
         finally:
             endpoint_file.unlink(missing_ok=True)
 
 
-def running_triton_url(settings: Settings) -> str | None:
-    """gRPC URL of the configured Triton, or of the embedded one a running ``rankserve serve`` started."""
+def running_triton(settings: Settings) -> TritonEndpoint | None:
+    """The configured Triton, or the embedded one a running ``rankserve serve`` started (None: none)."""
+    from serving.files import pid_alive
+    from serving.triton.client import TritonEndpoint
+
     if settings.triton_url:
-        return settings.triton_url
+        return TritonEndpoint(settings.triton_url, settings.triton_key.get_secret_value() if settings.triton_key
+                              else None)
     endpoint_file = settings.triton_runtime_dir / "endpoint.json"
-    if not endpoint_file.is_file():
-        return None
-    info = json.loads(endpoint_file.read_text())
     try:
-        os.kill(int(info["pid"]), 0)
+        info = json.loads(endpoint_file.read_text())
+        if pid_alive(int(info["pid"])):
+            return TritonEndpoint(str(info["grpc_url"]), info.get("key"))
     except (OSError, KeyError, ValueError):
-        return None
-    return str(info["grpc_url"])
+        pass
+    return None
 
 
 @contextlib.contextmanager
-def serving_app(settings: Settings, stop: StopSignals | None = None) -> Iterator[str]:
+def serving_app(settings: Settings, stop: StopSignals | None = None) -> Iterator[TritonEndpoint]:
     """Triton (configured or embedded), Ray, the ingress (``settings.ingress`` on ``settings.port``
     and ``settings.grpc_port``) and the rankserve application, up for the ``with`` body, which
     gets the Triton URL the replicas call; Ray and the embedded Triton stop after it (Serve's own
@@ -175,14 +176,14 @@ def serving_app(settings: Settings, stop: StopSignals | None = None) -> Iterator
 
     ingress = Ingress.from_settings(settings)
     drain_flag(settings).unlink(missing_ok=True)  # left by a server that did not stop cleanly
-    with triton_endpoint(settings) as url:
+    with triton_endpoint(settings) as triton:
         try:
             init_ray(settings.ray_address, ingress=ingress, token_file=settings.ray_token_file)
             if stop is not None:  # from here on a Ctrl-C drains what is starting rather than abandoning it
                 stop.serving()
             start_serve(ingress)
-            serve.run(build_app(settings, url), name="rankserve", route_prefix="/")
-            yield url
+            serve.run(build_app(settings, triton), name="rankserve", route_prefix="/")
+            yield triton
         finally:
             forced = stop is not None and stop.forced
             shutdown_ray(serve_timeout_s=0 if forced else settings.drain_timeout_s + 5)
@@ -206,10 +207,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as running:
             settings = running.enter_context(serve_key(settings))
             with status("starting Triton, Ray and the rankserve replicas ..."):
-                triton_url = running.enter_context(serving_app(settings, stop))
+                triton = running.enter_context(serving_app(settings, stop))
                 served = _served_view(settings, stop)
             if not stop.asked:
-                _show_summary(settings, build, served, triton_url, args.log_path)
+                _show_summary(settings, build, served, triton.url, args.log_path)
             stop.wait()
             out.print(f"stopping: draining requests (at most {settings.drain_timeout_s:g} s), then HAProxy, Ray "
                       "and Triton ... (Ctrl-C again stops at once)")
@@ -331,9 +332,9 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     settings = at_scale(settings, args.items, args.users)
     _build(settings, items=args.items, users=args.users)
     levels = [int(x) for x in args.levels.split(",") if x]
-    with triton_endpoint(settings) as url:
+    with triton_endpoint(settings) as triton:
         try:
-            run_bench(settings, url, levels=levels, duration_s=args.duration_s, out_dir=args.out)
+            run_bench(settings, triton, levels=levels, duration_s=args.duration_s, out_dir=args.out)
         finally:
             shutdown_ray()
     return 0
@@ -442,13 +443,8 @@ def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
     from serving.repository.push import ModelLoader, push
     from serving.repository.registry import ModelRegistry
 
-    url = running_triton_url(settings)
-    if url is None:
-        triton: ModelLoader = _NoTriton()
-    else:
-        from serving.triton.client import TritonClient
-
-        triton = TritonClient(url)
+    endpoint = running_triton(settings)
+    triton: ModelLoader = _NoTriton() if endpoint is None else endpoint.client()
     result = push(ModelRegistry(settings.model_repository), args.model, Path(args.artifact),
                   FeatureTables.load(settings.marketplace_path), triton,
                   canary_percent=args.canary, shadow_percent=args.shadow, version=args.version)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from serving.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings", "node_triton_url"]
+__all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings", "node_triton"]
 
 ENV_PREFIX = "RANKSERVE_"
 
@@ -89,6 +89,11 @@ class Settings(BaseModel):
     ranker_model: str = Field("ranker", min_length=1, description="Default ranking model in Triton.")
     user_tower_model: str = Field("user_tower", min_length=1, description="User tower model in Triton.")
     triton_url: str | None = Field(None, description="gRPC host:port of an existing Triton; none launches one.")
+    triton_key: SecretStr | None = Field(
+        None, description="The key of an existing Triton's restricted protocols (model loads, shared memory: "
+                          "--grpc-restricted-protocol=model-repository,shared-memory:rankserve-triton-key=<key>); "
+                          "the Triton rankserve launches gets a random one per start.",
+    )
     triton_bin: Path | None = Field(
         None, description="tritonserver binary of the embedded Triton; none: the one in the nvidia-pytriton wheel."
     )
@@ -251,15 +256,16 @@ class Settings(BaseModel):
             raise ConfigError(f"{src}={shown!r} is invalid: {first['msg']}") from err
 
 
-def node_triton_url(environ: Mapping[str, str] | None = None) -> str | None:
-    """``RANKSERVE_TRITON_URL`` of this process's own environment, if set.
+def node_triton(environ: Mapping[str, str] | None = None) -> tuple[str, str | None] | None:
+    """``RANKSERVE_TRITON_URL`` (and ``RANKSERVE_TRITON_KEY``) of this process's own environment, if set.
 
     A Serve replica runs in a worker process of its Ray node, whose environment is that node's
     (KubeRay: the worker pod's env; a local cluster: the env its ``ray start`` ran with). So a
-    replica reads its node-local Triton here, and prefers it to the URL the driver passed.
+    replica reads its node-local Triton here, and prefers it to the one the driver passed.
     """
     env = os.environ if environ is None else environ
-    return env.get(ENV_PREFIX + "TRITON_URL") or None
+    url = env.get(ENV_PREFIX + "TRITON_URL")
+    return (url, env.get(ENV_PREFIX + "TRITON_KEY") or None) if url else None
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -276,7 +282,7 @@ def _is_loopback_host(host: str) -> bool:
 def _coerce(values: dict[str, object]) -> dict[str, object]:
     # Environment values are strings; an empty RANKSERVE_TRITON_URL or _TRITON_BIN means "the default".
     out = dict(values)
-    for name in ("triton_url", "triton_bin", "auth", "api_key"):
+    for name in ("triton_url", "triton_key", "triton_bin", "auth", "api_key"):
         if out.get(name) == "":
             out[name] = None
     return out

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["TEMP_MARK", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "private_dir", "sweep_temporary",
+__all__ = ["TEMP_MARK", "atomic_write_bytes", "pid_alive", "atomic_write_text", "fsync_dir", "private_dir", "sweep_temporary",
            "version_dirs"]
 
 TEMP_MARK = ".tmp-"  # temporary files are named ".<name>.tmp-<random>" beside the file they become
@@ -96,3 +96,15 @@ def version_dirs(model_dir: Path) -> dict[int, Path]:
     if not model_dir.is_dir():
         return {}
     return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` (the writer named in a file or a shared-memory region's name) runs.
+    Another user's process counts as alive: not ours to clean up after."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -34,6 +34,7 @@ from serving.repository.scenarios import ScenarioStore
 from serving.repository.watcher import RepositoryWatcher
 from serving.schemas import RankRequest, RankResponse
 from serving.triton.caller import AsyncInferClient
+from serving.triton.client import TritonEndpoint
 
 __all__ = ["ReadinessClient", "RankService", "Result", "drain_flag"]
 
@@ -120,12 +121,12 @@ class RankService:
         return self.draining
 
     @classmethod
-    def create(cls, settings: Settings, client: ReadinessClient, triton_url: str | None = None) -> RankService:
+    def create(cls, settings: Settings, client: ReadinessClient, triton: TritonEndpoint | None = None) -> RankService:
         """The service of one replica: pipeline, repository watcher (started; it also loads pushed
-        versions into the Triton at ``triton_url``) and metrics."""
+        versions into ``triton``) and metrics."""
         registry = ModelRegistry(settings.model_repository)
         pipeline = create_pipeline(settings, client, registry)
-        watcher = RepositoryWatcher(settings, registry, pipeline, make_caller(settings, client), triton_url=triton_url)
+        watcher = RepositoryWatcher(settings, registry, pipeline, make_caller(settings, client), triton=triton)
         service = cls(settings, pipeline, client, registry, watcher=watcher)
         watcher.snapshot = service.replica_metrics
         watcher.start()

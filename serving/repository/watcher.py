@@ -39,7 +39,7 @@ from serving.repository.nodes import remove_heartbeat, write_heartbeat
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
 from serving.triton.caller import ModelCaller
-from serving.triton.client import TritonClient
+from serving.triton.client import TritonEndpoint
 
 __all__ = ["LoadingClient", "RepositoryWatcher"]
 
@@ -61,7 +61,7 @@ class RepositoryWatcher:
         registry: the repository.
         pipeline: the pipeline to keep current.
         caller: the Triton caller a new recall stage uses.
-        triton_url: this node's Triton, into which new versions are loaded (None: nothing loaded,
+        triton: this node's Triton, into which new versions are loaded (None: nothing loaded,
             no heartbeat).
         snapshot: the replica's metrics exposition, published with each heartbeat.
         interval_s: seconds between checks of traffic and versions.
@@ -70,13 +70,14 @@ class RepositoryWatcher:
     """
 
     def __init__(self, settings: Settings, registry: ModelRegistry, pipeline: RankPipeline, caller: ModelCaller,
-                 *, triton_url: str | None = None, snapshot: Callable[[], bytes] | None = None,
+                 *, triton: TritonEndpoint | None = None, snapshot: Callable[[], bytes] | None = None,
                  interval_s: float = 1.0, catalogue_interval_s: float = 0.1) -> None:
         self.settings = settings
         self.registry = registry
         self.pipeline = pipeline
         self.caller = caller
-        self.triton_url = triton_url
+        self.triton = triton
+        self.triton_url = triton.url if triton is not None else None
         self.snapshot = snapshot
         self.interval_s = interval_s
         self.catalogue_interval_s = catalogue_interval_s
@@ -249,9 +250,9 @@ class RepositoryWatcher:
                 last = repr(err)
 
     def _follow_loop(self) -> None:
-        if self.triton_url is None:
+        if self.triton is None:
             return
-        client = TritonClient(self.triton_url)
+        client = self.triton.client()
         try:
             while not self._stop.wait(self.interval_s):
                 try:

@@ -17,10 +17,12 @@ Facts this module relies on (Triton 2.51, python backend; see DESIGN.md):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -31,7 +33,9 @@ from pathlib import Path
 from types import TracebackType
 
 from serving.errors import TritonStartError
+from serving.files import pid_alive
 from serving.net import free_port
+from serving.triton.client import KEY_HEADER
 from serving.triton.config import apply_instance_settings, refresh_runners
 
 __all__ = ["TritonProcess", "TritonStartError", "find_tritonserver"]
@@ -87,6 +91,28 @@ def _prepare_backends(runtime_dir: Path) -> Path:
     return dst
 
 
+_STUB_REGION = "rankserve-triton-"  # + the pid of the rankserve process that started the Triton, "-"
+
+
+def stub_region_prefix(pid: int | None = None) -> str:
+    """The prefix of the python backend's ``/dev/shm`` regions of Tritons this process starts."""
+    return f"{_STUB_REGION}{os.getpid() if pid is None else pid}-"
+
+
+def sweep_stub_regions(shm_dir: Path = Path("/dev/shm")) -> list[Path]:
+    """Remove the python backend's regions of Tritons whose starter is gone (Triton dies with its
+    starter: ``setpriv --pdeathsig``); returns what was removed."""
+    gone = []
+    for path in shm_dir.glob(f"{_STUB_REGION}*"):
+        pid = path.name[len(_STUB_REGION):].split("-", 1)[0]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            gone.append(path)
+    return gone
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -127,6 +153,9 @@ class TritonProcess:
         self.kind = kind
         self.torch_threads = torch_threads
         self.log_path = self.runtime_dir / f"triton-{self.grpc_port}.log"
+        # the restricted-protocol key of this Triton (model loads, shared memory): the same across
+        # the supervisor's restarts, so clients holding it keep working
+        self.key = secrets.token_urlsafe(24)
         self._proc: subprocess.Popen[bytes] | None = None
         self._atexit = False
 
@@ -166,6 +195,10 @@ class TritonProcess:
         refreshed = refresh_runners(self.repo, self.models)
         if refreshed:
             log.info("model.py runner of this rankserve written into %s", refreshed)
+        swept = sweep_stub_regions()
+        if swept:
+            log.info("removed %d shared-memory region(s) of Tritons that are gone", len(swept))
+        restricted = f"model-repository,shared-memory:{KEY_HEADER}={self.key}"
         cmd = [
             str(binary),
             f"--model-repository={self.repo}",
@@ -176,6 +209,12 @@ class TritonProcess:
             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
             "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+            # loading models and mapping memory need this Triton's key: another process that
+            # reaches its ports (another container of the pod, say) can only infer
+            f"--grpc-restricted-protocol={restricted}", f"--http-restricted-api={restricted}",
+            # the python backend's regions named after this process, so that those of a Triton
+            # that was killed are found and removed at the next start
+            f"--backend-config=python,shm-region-prefix-name={stub_region_prefix()}",
             "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
             # config.pbtxt files are written complete (serving.triton.config); auto-completion would
             # start one more python stub per model load (start + load of both models: 5.5 -> 3.1 s)
