@@ -128,13 +128,18 @@ def triton_endpoint(settings: Settings) -> Iterator[TritonEndpoint]:
                              else None)
         return
     from serving.files import atomic_write_text
+    from serving.repository.loading import load_all
+    from serving.repository.registry import ModelRegistry
     from serving.triton.process import TritonProcess
     from serving.triton.supervisor import TritonSupervisor
 
+    registry = ModelRegistry(settings.model_repository)
     endpoint_file = settings.triton_runtime_dir / "endpoint.json"
     with TritonProcess(settings.model_repository, runtime_dir=settings.triton_runtime_dir,
                        binary=settings.triton_bin, kind=settings.triton_kind,
-                       torch_threads=settings.triton_torch_threads) as triton, TritonSupervisor(triton):
+                       torch_threads=settings.triton_torch_threads,
+                       load=lambda c: load_all(c, registry, settings.triton_keep_versions)) as triton, \
+            TritonSupervisor(triton):
         log.info("embedded Triton ready at %s (metrics %s), supervised", triton.grpc_url, triton.metrics_url)
         atomic_write_text(endpoint_file, json.dumps({"grpc_url": triton.grpc_url, "key": triton.key,
                                                      "pid": os.getpid()}), mode=0o600)
@@ -579,6 +584,34 @@ def cmd_scenarios(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Check every version folder of the repository against its recorded digests."""
+    from serving.repository.loading import config_findings
+    from serving.repository.registry import ModelRegistry
+    from serving.triton.digests import verify_repository
+
+    registry = ModelRegistry(settings.model_repository)
+    found = verify_repository(settings.model_repository)
+    configs = {m: config_findings(registry, m) for m in registry.models()}
+    bad = {k: v for k, v in found.items() if v}
+    if args.json:
+        print(json.dumps({"repository": str(settings.model_repository),
+                          "versions": {k: [str(f) for f in v] for k, v in found.items()},
+                          "configs": {m: list(p) for m, p in configs.items()}}, indent=2))
+    else:
+        for key, findings in found.items():
+            print(f"{key:<20} {'ok' if not findings else 'FAILED'}")
+            for f in findings:
+                print(f"    {key}/{f}")
+        for model, problems in configs.items():
+            for problem in problems:
+                print(f"{model:<20} FAILED\n    {model}/{problem}")
+        failed = len(bad) + sum(1 for p in configs.values() if p)
+        print(f"{len(found) - len(bad)} of {len(found)} version(s) verified in {settings.model_repository}"
+              + (f"; {failed} failed: they are never loaded" if failed else ""))
+    return 1 if bad or any(configs.values()) else 0
+
+
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     """API keys: add (the key is printed once, alone on the last line), list, revoke."""
     from serving.auth import add_key, list_keys, revoke_key
@@ -685,6 +718,10 @@ def _parser() -> argparse.ArgumentParser:
     it.set_defaults(func=cmd_items)
     _scenario_parsers(sub, common)
     _keys_parser(sub, common)
+    ve = sub.add_parser("verify", parents=[common], help="check every model version's files against the digests "
+                                                          "recorded when it was written; non-zero exit on any difference")
+    ve.add_argument("--json", action="store_true")
+    ve.set_defaults(func=cmd_verify)
     mo = sub.add_parser("models", parents=[common], help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)

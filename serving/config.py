@@ -109,6 +109,11 @@ class Settings(BaseModel):
         "auto", description="Send large model inputs to Triton through system shared memory (/dev/shm); "
                             "auto: when Triton is on loopback (the same host).",
     )
+    triton_keep_versions: int = Field(
+        2, ge=1, le=100, description="Versions of each model Triton keeps loaded besides those the traffic split "
+                                      "names (live, canary, shadow), newest first; the others stay on disk, "
+                                      "unloaded, and a rollback loads them again before traffic moves.",
+    )
     triton_timeout_s: float = Field(5.0, gt=0, description="Timeout of one Triton call.")
     triton_retries: int = Field(1, ge=0, le=5, description="Retries of a failed Triton call before degrading.")
 

@@ -53,10 +53,11 @@ def _inputs(mod: Any, inputs: Mapping[str, np.ndarray]) -> list[Any]:
 # key of the Triton (``serving.triton.process``): other processes that reach Triton's ports cannot
 # load a model into it or map its memory.
 KEY_HEADER = "rankserve-triton-key"
+_GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton's gRPC server reads restricted-protocol headers under it
 
 
 def _key_headers(key: str | None) -> dict[str, str] | None:
-    return {KEY_HEADER: key} if key else None
+    return {_GRPC_HEADER_PREFIX + KEY_HEADER: key} if key else None
 
 
 @dataclass(frozen=True)

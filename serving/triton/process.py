@@ -29,14 +29,20 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from serving.errors import TritonStartError
 from serving.files import pid_alive
 from serving.net import free_port
 from serving.triton.client import KEY_HEADER
-from serving.triton.config import apply_instance_settings, refresh_runners
+from serving.triton.config import apply_instance_settings
+from serving.triton.digests import refresh_runners
+
+if TYPE_CHECKING:
+    from serving.triton.client import TritonClient
 
 __all__ = ["TritonProcess", "TritonStartError", "find_tritonserver"]
 
@@ -136,11 +142,16 @@ class TritonProcess:
         binary: the ``tritonserver`` to run (default: the wheel's).
         kind: instance kind of every model (``auto``, ``cpu``, ``gpu``), written into the configs at start.
         torch_threads: torch threads per model instance, written into the configs at start.
+        load: loads ``models`` into the started server (its client holds this Triton's key),
+            after every start, restarts included: what the repository layer checked
+            (``serving.repository.loading``). None: Triton loads ``models`` itself, every version
+            on disk (``--load-model``).
     """
 
     def __init__(self, repo: Path, *, runtime_dir: Path, models: list[str] | None = None, grpc_port: int = 0,
                  http_port: int = 0, metrics_port: int = 0, ready_timeout_s: float = 180.0,
-                 binary: Path | None = None, kind: str = "auto", torch_threads: int = 1) -> None:
+                 binary: Path | None = None, kind: str = "auto", torch_threads: int = 1,
+                 load: Callable[[TritonClient], None] | None = None) -> None:
         self.repo = Path(repo).resolve()
         self.runtime_dir = Path(runtime_dir).resolve()
         self.models = models if models is not None else sorted(
@@ -152,6 +163,7 @@ class TritonProcess:
         self.binary = binary
         self.kind = kind
         self.torch_threads = torch_threads
+        self.load = load
         self.log_path = self.runtime_dir / f"triton-{self.grpc_port}.log"
         # the restricted-protocol key of this Triton (model loads, shared memory): the same across
         # the supervisor's restarts, so clients holding it keep working
@@ -203,7 +215,7 @@ class TritonProcess:
             str(binary),
             f"--model-repository={self.repo}",
             "--model-control-mode=explicit",
-            *[f"--load-model={m}" for m in self.models],
+            *([] if self.load is not None else [f"--load-model={m}" for m in self.models]),
             f"--backend-directory={backends}",
             "--http-address=127.0.0.1", f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
@@ -238,13 +250,22 @@ class TritonProcess:
         return self
 
     def wait_ready(self) -> None:
-        """Poll readiness; fail fast with Triton's log if the process exits."""
+        """Poll readiness (after ``load``, once the server answers); fail fast with Triton's log if
+        the process exits. An error of ``load`` stops the server and is raised as it is."""
         from serving.triton.client import TritonClient
 
         t_end = time.monotonic() + self.ready_timeout_s
-        client = TritonClient(self.grpc_url)
+        client = TritonClient(self.grpc_url, self.key)
+        loaded = self.load is None
         try:
             while time.monotonic() < t_end:
+                if not loaded and self._answers(client):
+                    loaded = True
+                    try:
+                        self.load(client)  # type: ignore[misc]
+                    except BaseException:
+                        self.stop()
+                        raise
                 if self._proc is None or self._proc.poll() is not None:
                     code = None if self._proc is None else self._proc.returncode
                     raise self._start_error(f"tritonserver exited with {code}")
@@ -262,6 +283,13 @@ class TritonProcess:
             client.close()
         self.stop()
         raise self._start_error(f"tritonserver not ready after {self.ready_timeout_s:g} s")
+
+    @staticmethod
+    def _answers(client: TritonClient) -> bool:
+        try:
+            return client.server_live()
+        except Exception:  # noqa: BLE001 - not listening yet
+            return False
 
     def _start_error(self, what: str) -> TritonStartError:
         """``what`` happened; the error carries the tail of Triton's log and where the rest is."""

@@ -19,10 +19,10 @@ from serving.triton.config import (
     apply_instance_settings,
     model_config,
     read_config,
-    refresh_runners,
     resolve_kind,
     write_config,
 )
+from serving.triton.digests import refresh_runners
 
 IN = [TensorSpec("cat", "INT64", (3,)), TensorSpec("dense", "FP32", (4,))]
 OUT = [TensorSpec("score", "FP32", (1,))]
