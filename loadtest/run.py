@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serving.metrics import metric_values
 from serving.net import is_loopback
-from serving.tools.workload import metric_values
 
 __all__ = ["main", "parse_batch_metrics"]
 

@@ -214,9 +214,9 @@ def _drain(settings: Settings) -> None:
     ``settings.drain_timeout_s`` (at least 1 s for the ingress)."""
     import httpx
 
+    from serving.metrics import metric_values
     from serving.ray_runtime import Ingress
     from serving.service import drain_flag
-    from serving.tools.workload import metric_values
 
     flag = drain_flag(settings)
     flag.parent.mkdir(parents=True, exist_ok=True)

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from serving.config import Settings
+from serving.metrics import metric_values
 from serving.pipeline.features import FeatureTables
 from serving.repository.nodes import live_nodes
 from serving.repository.push import push, rollback
 from serving.repository.registry import ModelRegistry
 from serving.tools.cluster import LocalCluster
-from serving.tools.workload import metric_values
 from serving.triton.client import TritonClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
