@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import yaml
 
+from benchmarks.freshness import closed_loop, first_answer_delays, publish
 from serving.config import Settings
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
-from serving.tools.freshness import closed_loop, first_answer_delays, publish
 
 __all__ = ["add_arguments", "last_old_answer_delays", "mixed_bodies", "run_scenario_freshness",
            "scenario_freshness_report"]
