@@ -25,6 +25,8 @@ COPY pyproject.toml README.md ./
 COPY serving ./serving
 COPY kernels ./kernels
 COPY training ./training
+COPY loadtest ./loadtest
+COPY benchmarks ./benchmarks
 COPY model_repository/README.md ./model_repository/README.md
 
 # A venv whose bin/ comes first on PATH: Triton's python backend stub runs the models in it.

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = logging.getLogger("rankserve")
-_OWN_LOGGERS = ("rankserve", "serving", "training", "kernels")
+_OWN_LOGGERS = ("rankserve", "serving", "training", "kernels", "loadtest", "benchmarks")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -214,9 +214,9 @@ def _drain(settings: Settings) -> None:
     ``settings.drain_timeout_s`` (at least 1 s for the ingress)."""
     import httpx
 
+    from serving.metrics import metric_values
     from serving.ray_runtime import Ingress
     from serving.service import drain_flag
-    from serving.tools.workload import metric_values
 
     flag = drain_flag(settings)
     flag.parent.mkdir(parents=True, exist_ok=True)
@@ -267,9 +267,9 @@ def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from benchmarks.bench import run_bench
     from serving.ray_runtime import shutdown_ray
     from serving.startup import check_ray_address
-    from serving.tools.bench import run_bench
 
     check_ray_address(settings)  # before a build of minutes, not after it
     settings = at_scale(settings, args.items, args.users)
@@ -284,8 +284,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
+    from benchmarks.capacity import run_capacity
     from serving.net import QUIET_PORTS, free_port, is_loopback
-    from serving.tools.capacity import run_capacity
 
     if args.url:
         if not is_loopback(args.url):
@@ -303,8 +303,8 @@ def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_freshness(settings: Settings, args: argparse.Namespace) -> int:
+    from benchmarks.freshness import repository_copy, run_freshness
     from serving.net import QUIET_PORTS, free_port
-    from serving.tools.freshness import repository_copy, run_freshness
 
     settings = at_scale(settings, args.items, None)
     _build(settings, items=args.items)
@@ -324,9 +324,9 @@ def cmd_freshness(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
+    from benchmarks.freshness import repository_copy
+    from benchmarks.scenario_freshness import run_scenario_freshness
     from serving.net import QUIET_PORTS, free_port
-    from serving.tools.freshness import repository_copy
-    from serving.tools.scenario_freshness import run_scenario_freshness
 
     _build(settings)
     port = free_port(QUIET_PORTS)
@@ -346,7 +346,7 @@ def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_index_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.tools.index_bench import run_index_bench
+    from benchmarks.index_bench import run_index_bench
 
     settings = at_scale(settings, args.items, None)
     _build(settings, items=args.items)
@@ -355,7 +355,7 @@ def cmd_index_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.tools.chaos import resolve_capacity, run_chaos
+    from benchmarks.chaos import resolve_capacity, run_chaos
 
     _build(settings)
     args.capacity_rps = resolve_capacity(args)
@@ -555,28 +555,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the FAISS index and its recall@500 (for machines without FAISS; serving needs it)")
     b.add_argument("--json", action="store_true", help="print the whole build summary as JSON")
     b.set_defaults(func=cmd_build, quiet=True)
-    from serving.tools.bench import add_arguments
+    from benchmarks.bench import add_arguments
 
     be = sub.add_parser("bench", parents=[common], help="floor vs framework vs rankserve (batching on/off) at fixed concurrency")
     add_arguments(be)
     be.set_defaults(func=cmd_bench)
-    from serving.tools.capacity import add_arguments as add_capacity_arguments
+    from benchmarks.capacity import add_arguments as add_capacity_arguments
 
     ca = sub.add_parser("capacity", parents=[common], help="highest open-loop req/s at a p99 target, and units for a peak")
     add_capacity_arguments(ca)
     ca.set_defaults(func=cmd_capacity)
-    from serving.tools.chaos import add_arguments as add_chaos_arguments
+    from benchmarks.chaos import add_arguments as add_chaos_arguments
 
     ch = sub.add_parser("chaos", parents=[common], help="faults and overload against the embedded default: one row per scenario")
     add_chaos_arguments(ch)
     ch.set_defaults(func=cmd_chaos)
-    from serving.tools.freshness import add_arguments as add_freshness_arguments
+    from benchmarks.freshness import add_arguments as add_freshness_arguments
 
     fr = sub.add_parser("freshness", parents=[common],
                         help="catalogue change -> first answer carrying it, under load (100 changes)")
     add_freshness_arguments(fr)
     fr.set_defaults(func=cmd_freshness)
-    from serving.tools.index_bench import add_arguments as add_index_arguments
+    from benchmarks.index_bench import add_arguments as add_index_arguments
 
     ib = sub.add_parser("index-bench", parents=[common],
                         help="compare item indexes (exact, IVF-Flat, IVF-PQ, HNSW) on the built catalogue")
@@ -612,7 +612,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """``rankserve scenarios`` and ``rankserve scenario-freshness``."""
-    from serving.tools.scenario_freshness import add_arguments
+    from benchmarks.scenario_freshness import add_arguments
 
     sc = sub.add_parser("scenarios", parents=[common], help="scenario files: validate FILE, apply FILE (live on every "
                                                             "replica), list, rollback NAME")

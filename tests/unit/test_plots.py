@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.tools.plots import BENCH_LABELS, plot_bench, plot_capacity
+from benchmarks.plots import BENCH_LABELS, plot_bench, plot_capacity
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = json.loads((ROOT / "docs" / "bench-cpu.json").read_text())
@@ -50,7 +50,7 @@ def test_capacity_plot_marks_the_target_and_the_capacity() -> None:
 @pytest.mark.parametrize(("module", "report"), [("bench", "bench-cpu.json"), ("capacity", "capacity-cpu.json")])
 def test_a_committed_report_is_drawn_again_from_the_command_line(module: str, report: str, tmp_path: Path) -> None:
     out = tmp_path / "plot.png"
-    proc = subprocess.run([sys.executable, "-m", f"serving.tools.{module}", "--plot", str(ROOT / "docs" / report),
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--plot", str(ROOT / "docs" / report),
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000

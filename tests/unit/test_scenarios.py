@@ -329,8 +329,8 @@ def test_the_spec_says_what_context_a_request_needs() -> None:
 def test_scenario_freshness_reports_the_first_answer_and_every_replica() -> None:
     """Two replicas: one serves v2 at once, the other answers v1 for 0.8 s more. The first answer
     carrying v2 comes 0.1 s after the apply; every replica serves it 0.8 s after it."""
-    from serving.tools.freshness import first_answer_delays
-    from serving.tools.scenario_freshness import last_old_answer_delays, scenario_freshness_report
+    from benchmarks.freshness import first_answer_delays
+    from benchmarks.scenario_freshness import last_old_answer_delays, scenario_freshness_report
 
     seen = [(9.9, 1), (10.1, 2), (10.3, 1), (10.8, 1), (10.9, 2), (11.0, 2)]
     written = [(2, 10.0)]

@@ -27,12 +27,19 @@ from typing import Any
 import numpy as np
 import yaml
 
+from benchmarks.freshness import (
+    add_timing_arguments,
+    first_answer_delays,
+    load_figures,
+    publish,
+    spread_ms,
+    timed_changes,
+)
 from serving.config import Settings
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
-from serving.tools.freshness import closed_loop, first_answer_delays, publish
 
 __all__ = ["add_arguments", "last_old_answer_delays", "mixed_bodies", "run_scenario_freshness",
            "scenario_freshness_report"]
@@ -80,24 +87,18 @@ async def _run(url: str, settings: Settings, *, applies: int, gap_s: float, conc
     names = store.names()
     if not names:
         raise RuntimeError(f"no scenarios in {settings.model_repository}: run rankserve build")
-    stop, tally = asyncio.Event(), {"ok": 0, "failed": 0}
     seen: dict[str, list[tuple[float, int]]] = {n: [] for n in names}
-    load = asyncio.create_task(closed_loop(
-        url, mixed_bodies(tables, names), stop, tally, concurrency,
-        lambda t, a: seen.setdefault(a["scenario"], []).append((t, int(a["scenario_version"])))))
-    await asyncio.sleep(3.0)
     written: list[tuple[str, int, float]] = []
-    t0, ok0 = time.monotonic(), tally["ok"]
-    for i in range(applies):
+
+    async def apply(i: int) -> None:
         name = names[i % len(names)]
         text = _next_text(store, name, i // len(names))
         sc = await asyncio.to_thread(store.apply, text, settings, registry, groups)
         written.append((name, sc.version, time.monotonic()))
-        await asyncio.sleep(gap_s)
-    await asyncio.sleep(1.0)
-    wall = time.monotonic() - t0
-    stop.set()
-    await load
+
+    load = await timed_changes(
+        url, mixed_bodies(tables, names), lambda t, a: seen.setdefault(a["scenario"], []).append(
+            (t, int(a["scenario_version"]))), apply, changes=applies, gap_s=gap_s, concurrency=concurrency, settle_s=3.0)
     first = {n: first_answer_delays([(v, t) for m, v, t in written if m == n], seen[n]) for n in names}
     last_old = {n: last_old_answer_delays([(v, t) for m, v, t in written if m == n], seen[n]) for n in names}
     order = {n: 0 for n in names}
@@ -106,9 +107,7 @@ async def _run(url: str, settings: Settings, *, applies: int, gap_s: float, conc
         flat.append(first[m][order[m]])
         everywhere.append(max(first[m][order[m]], last_old[m][order[m]]))
         order[m] += 1
-    return {"delays": flat, "everywhere": everywhere, "scenarios": [m for m, _, _ in written],
-            "requests": tally["ok"] + tally["failed"], "failed": tally["failed"], "rps": (tally["ok"] - ok0) / wall,
-            "concurrency": concurrency, "gap_s": gap_s}
+    return {"delays": flat, "everywhere": everywhere, "scenarios": [m for m, _, _ in written], **load}
 
 
 def scenario_freshness_report(raw: dict[str, Any], *, target_s: float = 2.0, unit: str = "") -> dict[str, Any]:
@@ -126,26 +125,23 @@ def scenario_freshness_report(raw: dict[str, Any], *, target_s: float = 2.0, uni
           for n in dict.fromkeys(raw["scenarios"])}
     return {"applies": int(d.size), **pct(d), "everywhere": pct(e), "by_scenario": by, "target_s": target_s,
             "meets_target": bool(e.max() <= target_s and raw["failed"] == 0),
-            "load": {"requests": raw["requests"], "failed": raw["failed"], "rps": round(raw["rps"], 1),
-                     "concurrency": raw["concurrency"]},
-            "gap_between_applies_s": raw["gap_s"], "unit": unit}
+            "load": load_figures(raw), "gap_between_applies_s": raw["gap_s"], "unit": unit}
 
 
 def run_scenario_freshness(url: str, settings: Settings, args: argparse.Namespace, *, unit: str) -> dict[str, Any]:
-    raw = asyncio.run(_run(url, settings, applies=args.applies, gap_s=args.gap_s, concurrency=args.concurrency))
-    rep = scenario_freshness_report(raw, unit=unit)
-    publish(rep, f"scenario freshness: {rep['applies']} applies under {rep['load']['rps']} req/s "
+    return publish(_run(url, settings, applies=args.applies, gap_s=args.gap_s, concurrency=args.concurrency),
+                   scenario_freshness_report, _summary, unit=unit, out=args.out)
+
+
+def _summary(rep: dict[str, Any]) -> str:
+    return (f"scenario freshness: {rep['applies']} applies under {rep['load']['rps']} req/s "
             f"({rep['load']['failed']} failed of {rep['load']['requests']}): apply -> first answer carrying it "
-            f"p50 {rep['p50_s'] * 1000:.0f} ms, p90 {rep['p90_s'] * 1000:.0f} ms, max {rep['max_s'] * 1000:.0f} ms; "
-            f"on every replica (no older version answered after): p50 {rep['everywhere']['p50_s'] * 1000:.0f} ms, "
-            f"p90 {rep['everywhere']['p90_s'] * 1000:.0f} ms, max {rep['everywhere']['max_s'] * 1000:.0f} ms "
-            f"(target <= {rep['target_s']:g} s with 0 failed: {'met' if rep['meets_target'] else 'MISSED'})", args.out)
-    return rep
+            f"{spread_ms(rep)}; on every replica (no older version answered after): {spread_ms(rep['everywhere'])} "
+            f"(target <= {rep['target_s']:g} s with 0 failed: {'met' if rep['meets_target'] else 'MISSED'})")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--applies", type=int, default=30, help="scenario versions to apply and time")
-    p.add_argument("--gap-s", type=float, default=0.5, help="seconds between applies")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight throughout")
+    add_timing_arguments(p, count="applies", default=30, what="scenario versions to apply and time", gap_s=0.5,
+                         load="requests")
     p.add_argument("--replicas", type=int, default=1, help="Serve replicas (each follows the scenarios itself)")
     p.add_argument("--out", type=Path, help="write the report as JSON here")

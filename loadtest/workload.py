@@ -1,8 +1,10 @@
-"""What the measuring tools share: request bodies, the load generator as a process, metric scrapes.
+"""What the benchmarks share of load generation: request bodies, the load generator as a process,
+metric scrapes.
 
-Owns: the benchmark's request bodies and their file, running ``serving.tools.loadgen`` in its own
-process (closed loop or open loop) and reading its result, and reading counters from a
-Prometheus ``/metrics`` page. Must not touch: servers (the tools start them), the pipeline.
+Owns: the benchmarks' request bodies and their file, running ``loadtest.loadgen`` in its own
+process (closed loop or open loop) and reading its result, and scraping counters from a server's
+``/metrics`` page (read by :func:`serving.metrics.metric_values`). Must not touch: servers (the
+benchmarks start them), the pipeline.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["metric_values", "recall_bodies", "run_loadgen", "scrape", "write_bodies"]
+from serving.metrics import metric_values
+
+__all__ = ["recall_bodies", "run_loadgen", "scrape", "write_bodies"]
 
 
 def recall_bodies(n_users: int, n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -35,10 +38,10 @@ def write_bodies(bodies: list[dict[str, Any]], directory: Path | None = None) ->
 
 def run_loadgen(url: str, bodies_file: Path, *, duration_s: float, concurrency: int, warmup_s: float = 1.5,
                 rate: float | None = None, seed: int = 0, timings: bool = False) -> dict[str, Any]:
-    """One ``serving.tools.loadgen`` run in its own process; closed loop (with ``timings``: the
+    """One ``loadtest.loadgen`` run in its own process; closed loop (with ``timings``: the
     mean of each server stage too), or open loop at ``rate``/s (``concurrency`` then caps the
     requests in flight). Returns its JSON summary."""
-    cmd = [sys.executable, "-m", "serving.tools.loadgen", "--url", url, "--bodies", str(bodies_file),
+    cmd = [sys.executable, "-m", "loadtest.loadgen", "--url", url, "--bodies", str(bodies_file),
            "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", str(warmup_s)]
     if rate is not None:
         cmd += ["--rate", f"{rate:.3f}", "--seed", str(seed)]
@@ -49,17 +52,6 @@ def run_loadgen(url: str, bodies_file: Path, *, duration_s: float, concurrency: 
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
-
-
-def metric_values(text: str, names: tuple[str, ...] = ()) -> dict[str, float]:
-    """Samples of a Prometheus text page by sample name (labels dropped: the last sample of a name
-    wins), optionally only those in ``names``."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if not names or sample.name in names:
-                out[sample.name] = float(sample.value)
-    return out
 
 
 def scrape(url: str, names: tuple[str, ...] = ()) -> dict[str, float]:

@@ -1,37 +1,50 @@
-"""``make gpu-check``: the GPU evidence of issue 13 in one device call of about 5 minutes.
+"""``make gpu-check``: the GPU evidence (the kernels, Triton and the pipeline on a real GPU) in one
+device call of about 5 minutes, and the wheels that call carries to the bare device image.
 
-Usage. Here, on the CPU machine with the venv: ``python -m serving.tools.gpu_check prepare``
+Usage. Here, on the CPU machine with the venv: ``python -m benchmarks.gpu.check prepare``
 downloads the wheels the bare device image lacks into ``.whl/`` and prints the one ``device`` call
-to make (``serving.tools.gpu_carry``); ``python -m serving.tools.gpu_check --dry-run`` runs this
-whole script with every GPU step skipped, saying so. There, on the device machine (bare image,
-wheels installed into ``/tmp/site`` by that call): ``python3 -m serving.tools.gpu_check --out
-"$OUT"`` (``make gpu-check`` runs it with ``ARGS``). Then copy ``gpu-check.{log,json,md}`` into
-``docs/gpu/`` and commit them.
+to make; ``python -m benchmarks.gpu.check --dry-run`` runs this whole script with every GPU step
+skipped, saying so. There, on the device machine (bare image, wheels installed into ``/tmp/site``
+by that call): ``python3 -m benchmarks.gpu.check --out "$OUT"`` (``make gpu-check`` runs it with
+``ARGS``). Then copy ``gpu-check.{log,json,md}`` into ``docs/gpu/`` and commit them.
 
-Owns: the check's steps, its time budget, its report (``gpu-check.log``, ``.json``, ``.md``) and
-the last line it prints::
+Owns: the check's steps, its time budget, its report files (``gpu-check.log``, ``.json``, ``.md``;
+their wording is ``benchmarks.gpu.report``'s) and the last line it prints::
 
     gpu-check: triton=KIND_GPU scores_match=true pipeline_inprocess_cand_per_s=.. pipeline_triton_cand_per_s=.. p99_ms=..
 
-Must not touch: the user's demo data or model repository (it builds into a work dir of its own),
-FAISS or Ray (the device image has neither; the report says whether either was imported).
+and the carry: which wheels travel (``CARRY``), downloading them for the device's Python and
+platform, slimming the ``nvidia-pytriton`` wheel to the device's Python, checking what travels
+against the 64 MiB limit, and the device call's command line. Must not touch: the user's demo data
+or model repository (it builds into a work dir of its own), FAISS or Ray (the device image has
+neither; the report says whether either was imported), the repository's tracked files (``prepare``
+writes only the ignored wheel folder, ``.whl/``, and a download cache).
 
 Steps: the environment (versions, GPU, crossing backend); the demo build without FAISS
 (``training.build.build(index=False)``); ``pytest tests/gpu``; ``python -m kernels.bench``;
 Triton (``TritonProcess``, ``kind="gpu"``) with the served scores checked against TorchScript on the
 CPU within 1e-5 and the GPU's memory and utilisation read while it serves; then the pipeline
-(``serving.tools.gpu_sweep``) at 500 and 2,000 candidates per request and batch sizes 1 to 64,
+(``benchmarks.gpu.probe``) at 500 and 2,000 candidates per request and batch sizes 1 to 64,
 through Triton over gRPC and in-process (torch on the GPU, CuPy crossing), both with exact recall
 on the GPU by torch (``torch_exact``: not FAISS). ``p99_ms`` on the last line is the p99 of the
 Triton headline point: the most candidates/s at p99 <= ``--p99-target-ms`` (else the most overall).
 A failed step is reported and the others still run; points that do not fit the time budget are
 skipped with a line each.
+
+What the device image lacks: pydantic (settings and request schemas), tritonclient and its JSON
+parser, the ``tritonserver`` binary (nvidia-pytriton). grpcio and protobuf travel too, since
+tritonclient 2.73's generated code refuses grpcio < 1.81.1 and its protobuf gencode is 6.x, and the
+image's versions of both are not on record. The versions are the ones installed here, where the
+tests run. ``nvidia-pytriton`` (55 MB) is slimmed to the device's Python: the python-backend stubs
+for other Pythons and the libpython 3.13 only the 3.13 stub links are left out (about 16 MB);
+everything else, ``RECORD`` included, is the wheel's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import re
@@ -41,18 +54,19 @@ import sys
 import tempfile
 import time
 import traceback
+import zipfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gpu import probe
+from benchmarks.gpu.report import final_line, markdown
 from serving.config import REPO_ROOT, Settings
-from serving.tools import gpu_probe
-from serving.tools.gpu_carry import CHECK_BUDGET_S
-from serving.tools.gpu_report import final_line, markdown
 
-__all__ = ["main", "pytest_counts"]
+__all__ = ["CARRY", "DEVICE_PYTHON", "LIMIT_BYTES", "device_command", "main", "prepare", "pytest_counts",
+           "slim_pytriton", "travelling_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +75,134 @@ CANDIDATES = (500, 2000)
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 DRY_BATCHES = (1, 8)
 _RESERVE_S = 20.0  # kept for stopping Triton and writing the report
+DEVICE_PYTHON = "3.12"
+LIMIT_BYTES = 64 * 2**20
+CARRY = ("nvidia-pytriton", "tritonclient", "python-rapidjson", "grpcio", "protobuf", "pydantic", "pydantic-core",
+         "typing-inspection", "annotated-types", "typing-extensions")
+PLATFORMS = ("manylinux_2_35_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64", "manylinux_2_28_x86_64",
+             "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64")
+# Seconds: the check's own budget, the device call's limit (pip install, Triton's stop and the
+# report fit in the difference), and what a device machine takes to start.
+CHECK_BUDGET_S = 270
+CALL_TIMEOUT_S = 360
+_STUBS = re.compile(r"^pytriton/tritonserver/python_backend_stubs/(?P<py>\d+\.\d+)/")
+_LIBPYTHON = re.compile(r"^nvidia_pytriton\.libs/libpython3-[0-9a-f]+\.(?P<minor>\d+)\.so")
+
+
+def pins() -> list[str]:
+    """``name==version`` of each carried distribution, as installed in this environment."""
+    out = []
+    for name in CARRY:
+        try:
+            out.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError as err:
+            raise SystemExit(f"gpu-check prepare: {name} is not installed here; run it with the venv's python") from err
+    return out
+
+
+def download(cache: Path, requirements: list[str]) -> list[Path]:
+    """``pip download`` exactly ``requirements`` (no dependencies) for CPython 3.12 on manylinux x86_64."""
+    cache.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+           "--python-version", DEVICE_PYTHON, "--implementation", "cp", "-d", str(cache)]
+    for platform in PLATFORMS:
+        cmd += ["--platform", platform]
+    subprocess.run(cmd + requirements, check=True)
+    wheels = []
+    for req in requirements:
+        name, version = req.split("==")
+        stem = re.sub(r"[-_.]+", "_", name).lower()
+        found = [p for p in cache.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-")]
+        if len(found) != 1:
+            raise SystemExit(f"gpu-check prepare: expected one wheel of {req} in {cache}, found {found}")
+        wheels.append(found[0])
+    return wheels
+
+
+def slim_pytriton(src: Path, dst: Path, python: str = DEVICE_PYTHON) -> list[str]:
+    """Copy the ``nvidia-pytriton`` wheel without the stubs of other Pythons and the bundled
+    libpython of another minor version; ``RECORD`` loses their lines. Returns what was left out."""
+    minor = python.split(".")[1]
+    dropped: list[str] = []
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            stub, lib = _STUBS.match(info.filename), _LIBPYTHON.match(info.filename)
+            if (stub and stub.group("py") != python) or (lib and lib.group("minor") != minor):
+                dropped.append(info.filename)
+        for info in zin.infolist():
+            if info.filename in dropped:
+                continue
+            data = zin.read(info)
+            if info.filename.endswith(".dist-info/RECORD"):
+                gone = set(dropped)
+                data = "".join(ln for ln in data.decode().splitlines(keepends=True)
+                               if ln.split(",", 1)[0] not in gone).encode()
+            zout.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)  # keeps modes (executables)
+    return dropped
+
+
+def travelling_bytes(root: Path) -> int:
+    """Bytes of what a device call sends besides the carried paths: tracked and untracked files
+    that git does not ignore, and ``shared/`` where the checkout has one."""
+    out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         capture_output=True, check=True).stdout.decode()
+    files = {root / f for f in out.split("\0") if f}
+    if (root / "shared").is_dir():
+        files |= {p for p in (root / "shared").rglob("*") if p.is_file()}
+    return sum(p.stat().st_size for p in files if p.is_file() and not p.is_symlink())
+
+
+def device_command(budget_s: float = CHECK_BUDGET_S, dest: str = ".whl") -> str:
+    """The device call's command: install the carried wheels into /tmp/site, then the check,
+    its report written under ``$OUT``."""
+    return (f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "
+            f"{dest}/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONUNBUFFERED=1; "
+            f"python3 -m benchmarks.gpu.check --out \"$OUT\" --budget-s {budget_s:.0f}")
+
+
+def _ignored(root: Path, dest: Path) -> bool:
+    sample = dest.relative_to(root) / "probe.whl"
+    return subprocess.run(["git", "-C", str(root), "check-ignore", "-q", str(sample)], check=False).returncode == 0
+
+
+def prepare(root: Path, dest: Path, *, budget_s: float = CHECK_BUDGET_S, cache: Path | None = None) -> int:
+    """Fill ``dest`` with the carried wheels, check the size of what travels, print the device call."""
+    if not _ignored(root, dest):
+        print(f"gpu-check prepare: {dest} is not ignored by git; add /{dest.name}/ to .gitignore first", file=sys.stderr)
+        return 1
+    cache = cache or Path(tempfile.gettempdir()) / "rankserve-gpu-wheels"
+    wheels = download(cache, pins())
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for whl in wheels:
+        if whl.name.startswith("nvidia_pytriton-"):
+            dropped = slim_pytriton(whl, dest / whl.name)
+            print(f"nvidia-pytriton slimmed to Python {DEVICE_PYTHON}: {len(dropped)} files left out "
+                  f"({(whl.stat().st_size - (dest / whl.name).stat().st_size) / 2**20:.1f} MiB)")
+        else:
+            shutil.copy2(whl, dest / whl.name)
+    carried = sum(p.stat().st_size for p in dest.iterdir())
+    tree = travelling_bytes(root)
+    total = carried + tree
+    for p in sorted(dest.iterdir()):
+        print(f"  {p.stat().st_size / 2**20:6.2f} MiB  {p.name}")
+    print(f"carry: wheels {carried / 2**20:.1f} MiB + working tree {tree / 2**20:.1f} MiB = {total / 2**20:.1f} MiB "
+          f"(limit {LIMIT_BYTES / 2**20:.0f} MiB), measured in {root}")
+    if total > LIMIT_BYTES:
+        print("gpu-check prepare: over the device call's limit; nothing to run", file=sys.stderr)
+        return 1
+    command = device_command(budget_s, dest.name)
+    call = {"command": command, "carry": [dest.name], "timeout_s": CALL_TIMEOUT_S}
+    print("device call (the `run` tool; the device sends the checkout the session started in, so run "
+          "`prepare` there):")
+    print(json.dumps(call, indent=2))
+    print(f"command: {len(command)} characters (limit 2000). Expected: about {(budget_s + 30) / 60:.1f} min (pip "
+          f"install about 30 s, then the check's own budget of {budget_s:.0f} s), plus 1-2 min for the machine's "
+          f"start. With the {CALL_TIMEOUT_S} s limit, a start and two runs fit in the 15 min of device time: rerun "
+          "at once if needed, else give the machine back. Afterwards copy gpu-check.log, .json and .md from the "
+          "returned files into docs/gpu/ and commit them.")
+    return 0
 
 
 class _Log:
@@ -147,7 +289,7 @@ def _environment(run: _Run) -> None:
 
     from kernels import KernelBackendError, get_crosser, gpu_unavailable_reason
 
-    env: dict[str, Any] = {"versions": gpu_probe.versions(), "numba_gpu": gpu_unavailable_reason() or "visible"}
+    env: dict[str, Any] = {"versions": probe.versions(), "numba_gpu": gpu_unavailable_reason() or "visible"}
     libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
     env["libpython_for_triton_stub"] = {"libdir": libdir, "soname": soname,
                                         "present": bool(libdir and soname and (Path(libdir) / soname).exists())}
@@ -156,7 +298,7 @@ def _environment(run: _Run) -> None:
     env["torch_cuda"] = torch.version.cuda
     if not run.dry:
         env["gpu"] = torch.cuda.get_device_name(0)
-        env["nvidia_smi"] = gpu_probe.nvidia_smi()
+        env["nvidia_smi"] = probe.nvidia_smi()
     backend = "auto"
     if run.dry:
         run.skip("cupy crossing", "dry run: CuPy needs a GPU; the fastest CPU backend crosses instead")
@@ -215,8 +357,6 @@ def _kernel_bench(run: _Run) -> None:
 
 def _sweep(run: _Run, way: str, make_client: Callable[[], Any]) -> list[dict[str, Any]]:
     """Every (candidates, batch) point of one way that fits the budget, one line each."""
-    from serving.tools.gpu_sweep import make_pipeline, measure_point, recall_requests, warm_up
-
     batches = [int(b) for b in run.args.batches.split(",")] if run.args.batches else (
         list(DRY_BATCHES) if run.dry else list(BATCHES))
     points: list[dict[str, Any]] = []
@@ -225,16 +365,17 @@ def _sweep(run: _Run, way: str, make_client: Callable[[], Any]) -> list[dict[str
         for n in CANDIDATES:
             client = make_client()
             try:
-                pipeline = make_pipeline(run.settings.model_copy(update={"recall_n": n}), client, device=run.device)
-                requests = recall_requests(pipeline.catalogue.tables.n_users)
-                warm_s = await warm_up(pipeline, requests, batches)
+                pipeline = probe.make_pipeline(run.settings.model_copy(update={"recall_n": n}), client,
+                                               device=run.device)
+                requests = probe.recall_requests(pipeline.catalogue.tables.n_users)
+                warm_s = await probe.warm_up(pipeline, requests, batches)
                 run.log.line(f"{way} n={n}: pipeline warmed up on every batch size in {warm_s:.1f} s")
                 for c in batches:
                     duration = run.point_duration()
                     if duration is None:
                         run.skip(f"{way} {n} candidates batch {c}", f"time budget ({run.left_s():.0f} s left)")
                         continue
-                    p = (await measure_point(pipeline, requests, way=way, batch=c, duration_s=duration,
+                    p = (await probe.measure_point(pipeline, requests, way=way, batch=c, duration_s=duration,
                                              warmup_s=duration / 2)).to_json()
                     points.append(p)
                     run.log.line(f"{way} n={n} batch={c}: {p['candidates_per_s']:,.0f} cand/s, p50 {p['p50_ms']:.2f} ms, "
@@ -247,7 +388,6 @@ def _sweep(run: _Run, way: str, make_client: Callable[[], Any]) -> list[dict[str
 
 
 def _triton(run: _Run) -> None:
-    from serving.tools.gpu_sweep import score_check
     from serving.triton.client import AsyncTritonClient
     from serving.triton.inprocess import InProcessClient
     from serving.triton.process import TritonProcess
@@ -261,7 +401,7 @@ def _triton(run: _Run) -> None:
         run.skip("torch_exact recall on the GPU", "dry run: exact search with torch runs on the CPU")
         run.skip("in-process GPU scores vs CPU", "dry run: no GPU model to compare")
     else:
-        info["memory_before_mib"] = gpu_probe.gpu_memory_used_mib()
+        info["memory_before_mib"] = probe.gpu_memory_used_mib()
     triton = TritonProcess(s.model_repository, runtime_dir=s.triton_runtime_dir, binary=s.triton_bin,
                            kind=info["kind_requested"], torch_threads=s.triton_torch_threads,
                            ready_timeout_s=max(60.0, min(150.0, run.left_s() - 60.0)))
@@ -271,9 +411,9 @@ def _triton(run: _Run) -> None:
             info["start_s"] = round(time.monotonic() - t0, 1)
             _triton_readings(run, triton, info)
             gpu_client = None if run.dry else InProcessClient(s.model_repository, device="cuda")
-            info["score_check"] = score_check(s, triton.grpc_url, gpu_client=gpu_client)
+            info["score_check"] = probe.score_check(s, triton.grpc_url, gpu_client=gpu_client)
             run.log.line(f"score check: match={info['score_check']['match']} {info['score_check']['models']}")
-            sampler = None if run.dry else gpu_probe.GpuSampler()
+            sampler = None if run.dry else probe.GpuSampler()
             with sampler or nullcontext():
                 run.report.setdefault("pipelines", {})["triton"] = {
                     "client": "AsyncTritonClient over gRPC", "points": _sweep(
@@ -296,10 +436,10 @@ def _triton_readings(run: _Run, triton: Any, info: dict[str, Any]) -> None:
     kinds = {m: [name(g.kind) for g in read_config(run.settings.model_repository, m).instance_group]
              for m in triton.models}
     info["instance_kinds"] = {m: k[0] if len(set(k)) == 1 else k for m, k in kinds.items()}
-    info["instance_devices"] = gpu_probe.instance_devices(triton.log_path.read_text(errors="replace"))
+    info["instance_devices"] = probe.instance_devices(triton.log_path.read_text(errors="replace"))
     if not run.dry:
-        info["memory_loaded_mib"] = gpu_probe.gpu_memory_used_mib()
-        info["compute_apps"] = gpu_probe.compute_apps()
+        info["memory_loaded_mib"] = probe.gpu_memory_used_mib()
+        info["compute_apps"] = probe.compute_apps()
 
 
 def _gpu_used(info: dict[str, Any]) -> bool:
@@ -366,7 +506,7 @@ def _finish(run: _Run) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m serving.tools.gpu_check", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu.check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", nargs="?", choices=("run", "prepare"), default="run",
                    help="run the check (default), or prepare the device call's wheels here")
@@ -389,8 +529,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.action == "prepare":
-        from serving.tools.gpu_carry import prepare
-
         return prepare(REPO_ROOT, REPO_ROOT / args.dest, budget_s=args.budget_s)
     if not args.dry_run:
         import torch

@@ -3,7 +3,7 @@ and how many units a given peak needs.
 
 Owns: the capacity search, its report and the plan. Must not touch: the server's internals.
 
-Load is open loop (``serving.tools.loadgen --rate``): requests arrive as a Poisson process whatever the
+Load is open loop (``loadtest.loadgen --rate``): requests arrive as a Poisson process whatever the
 server does, and latency runs from each request's scheduled arrival, so queueing is counted (a
 closed loop at fixed concurrency hides it). The search raises the rate by ``growth`` while a
 step passes, then bisects between the last rate that passed and the first that failed. A step
@@ -15,7 +15,7 @@ replica), or, with ``--url``, whatever serves that address. Units needed for a p
 ``ceil(peak / (capacity * (1 - headroom)))``, on the assumption, stated in the report, that
 units scale out independently (each node its own Triton and replicas, as in the KubeRay manifest).
 Besides the JSON and markdown report it draws ``capacity.png``: latency against offered rate with
-the p99 target and the chosen capacity marked (``python -m serving.tools.capacity --plot
+the p99 target and the chosen capacity marked (``python -m benchmarks.capacity --plot
 capacity.json`` draws a report's plot again).
 """
 
@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.plots import plot_capacity, redraw
+from loadtest.workload import recall_bodies, run_loadgen, write_bodies
 from serving.config import Settings
-from serving.tools.plots import plot_capacity, redraw
-from serving.tools.workload import recall_bodies, run_loadgen, write_bodies
 
 __all__ = ["Step", "Target", "main", "measure_rate", "plan_units", "search_capacity"]
 
@@ -134,7 +134,7 @@ def plan_units(capacity_rps: float, peak_rps: float, headroom: float) -> int:
 
 def measure_rate(url: str, bodies_file: Path, rate: float, duration_s: float, warmup_s: float = 2.0,
                  max_in_flight: int = 512) -> Step:
-    """One open-loop step by ``serving.tools.loadgen`` in its own process (its ``rate`` is the one asked
+    """One open-loop step by ``loadtest.loadgen`` in its own process (its ``rate`` is the one asked
     for, not the generator's rounded echo of it, so the search can find its steps again)."""
     res = run_loadgen(url, bodies_file, duration_s=duration_s, concurrency=max_in_flight, warmup_s=warmup_s,
                       rate=rate, seed=round(rate * 1000))
@@ -218,8 +218,8 @@ def run_capacity(url: str, settings: Settings, args: argparse.Namespace, *, unit
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m serving.tools.capacity --plot capacity.json [--out capacity.png]``: draw a report's plot again."""
-    return redraw("python -m serving.tools.capacity", main.__doc__, plot_capacity, "capacity.json", argv)
+    """``python -m benchmarks.capacity --plot capacity.json [--out capacity.png]``: draw a report's plot again."""
+    return redraw("python -m benchmarks.capacity", main.__doc__, plot_capacity, "capacity.json", argv)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ Configurations (each measured in this one run, 500 recalled candidates per reque
 5. ``rankserve_grpc`` the same deployment over gRPC (``rankserve.v1.Ranker/Rank``);
 6. ``no_batching``    HTTP with batching off (one Triton call per request).
 
-The load generator (``serving.tools.loadgen``) runs in its own process. A per-stage table splits
+The load generator (``loadtest.loadgen``) runs in its own process. A per-stage table splits
 each request's mean latency into queue, recall, cross, rank (the server's own ``timings_ms``) and
 ingress and other (what the client saw beyond the server's total), at the lowest and highest
 concurrency, beside the floors' stage times. Output: JSON, markdown, a plot (``bench.png``:
 throughput and p99 against concurrency, one line per configuration, floors dashed) and a last line
 ``ratios: vs_floor=.. vs_triton_floor=.. vs_framework=.. batching_gain=.. grpc_vs_http=.. p50_c1_ms=..``
-(at concurrency 32, the last at 1). ``python -m serving.tools.bench --plot bench.json`` draws a
+(at concurrency 32, the last at 1). ``python -m benchmarks.bench --plot bench.json`` draws a
 report's plot again.
 """
 
@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.plots import plot_bench, redraw
+from loadtest.workload import recall_bodies, run_loadgen, scrape, write_bodies
 from serving.config import Settings
 from serving.net import QUIET_PORTS, free_port
-from serving.tools.plots import plot_bench, redraw
-from serving.tools.workload import recall_bodies, run_loadgen, scrape, write_bodies
 from serving.triton.caller import AsyncInferClient
 
 __all__ = ["main", "run_bench"]
@@ -118,9 +118,9 @@ def _serve_configs(settings: Settings, triton_url: str, bodies_file: Path, level
     """The framework floor and rankserve (HTTP, gRPC, batching off) through ``settings.ingress``."""
     from ray import serve
 
+    from benchmarks.framework import EmptyDeployment
     from serving.app import build_app
     from serving.ray_runtime import Ingress, init_ray, shutdown_ray, start_serve
-    from serving.tools.framework import EmptyDeployment
 
     ingress = Ingress.from_settings(settings, port=free_port(QUIET_PORTS), grpc_port=free_port(QUIET_PORTS))
     init_ray(settings.ray_address, ingress=ingress)
@@ -249,8 +249,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m serving.tools.bench --plot bench.json [--out bench.png]``: draw a report's plot again."""
-    return redraw("python -m serving.tools.bench", main.__doc__, plot_bench, "bench.json", argv)
+    """``python -m benchmarks.bench --plot bench.json [--out bench.png]``: draw a report's plot again."""
+    return redraw("python -m benchmarks.bench", main.__doc__, plot_bench, "bench.json", argv)
 
 
 if __name__ == "__main__":

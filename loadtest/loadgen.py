@@ -3,7 +3,7 @@
 Owns: sending load (closed or open loop) to a loopback target and summarising what came back.
 Must not touch: the server.
 
-``python -m serving.tools.loadgen --url URL --concurrency 32 --duration-s 10 --bodies FILE`` keeps
+``python -m loadtest.loadgen --url URL --concurrency 32 --duration-s 10 --bodies FILE`` keeps
 ``concurrency`` requests in flight for ``duration_s`` seconds (closed loop), cycling through the
 JSON bodies in ``FILE`` (one per line), and prints one JSON object: requests/s, latency
 percentiles and status counts.

@@ -1,7 +1,7 @@
 """``rankserve chaos``: the embedded default under faults and overload, one row per scenario.
 
 Owns: starting ``rankserve serve`` as a child process on free loopback ports, loading it open loop
-(``serving.tools.loadgen``, every request's outcome recorded), injecting each fault, and the table
+(``loadtest.loadgen``, every request's outcome recorded), injecting each fault, and the table
 that says what clients saw. Must not touch: the server's internals (faults come from outside, as
 in production: signals to processes).
 
@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from loadtest.workload import recall_bodies, write_bodies
 from serving.config import Settings
 from serving.net import QUIET_PORTS, free_port
-from serving.tools.workload import recall_bodies, write_bodies
 
 __all__ = ["ChaosServer", "Outcome", "SCENARIOS", "run_chaos"]
 
@@ -144,7 +144,7 @@ class _Load:
     @classmethod
     def start(cls, url: str, bodies: Path, rate: float, duration_s: float, record: Path,
               timeout_s: float = 10.0) -> _Load:
-        cmd = [sys.executable, "-m", "serving.tools.loadgen", "--url", f"{url}/v1/rank", "--bodies", str(bodies),
+        cmd = [sys.executable, "-m", "loadtest.loadgen", "--url", f"{url}/v1/rank", "--bodies", str(bodies),
                "--rate", f"{rate:.2f}", "--duration-s", str(duration_s), "--warmup-s", "0", "--concurrency", "1024",
                "--client-timeout-s", str(timeout_s), "--record", str(record)]
         return cls(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), record)

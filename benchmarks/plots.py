@@ -3,7 +3,7 @@
 Owns: the two plots (throughput and p99 against concurrency, one line per configuration with the
 floors dashed; latency against offered rate with the p99 target and the chosen capacity marked),
 drawn headless with matplotlib from the tools' own JSON reports, so a committed report can be
-drawn again (``python -m serving.tools.bench --plot docs/bench-cpu.json``). Must not touch: how
+drawn again (``python -m benchmarks.bench --plot docs/bench-cpu.json``). Must not touch: how
 anything is measured.
 """
 

@@ -1,7 +1,7 @@
 """The GPU check's report: its last line and its markdown table, from the report dictionary.
 
 Owns: the wording of ``gpu-check:`` (the one line a caller parses) and of ``gpu-check.md``.
-Must not touch: measuring or any process (``serving.tools.gpu_check`` fills the report).
+Must not touch: measuring or any process (``benchmarks.gpu.check`` fills the report).
 
 ``triton=`` on the last line is read from the instance groups Triton was started with and from the
 instances' own words: ``KIND_GPU`` only when both models' instances ran on CUDA and the GPU showed
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.tools.gpu_sweep import STAGES, headline
+from benchmarks.gpu.probe import STAGES, headline
 
 __all__ = ["final_line", "markdown"]
 
