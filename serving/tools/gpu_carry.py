@@ -5,7 +5,7 @@ slimming the ``nvidia-pytriton`` wheel to the device's Python, checking what tra
 64 MiB limit, and the device call's command line. Must not touch: the repository's tracked files;
 it writes only the ignored wheel folder (``.whl/``) and a download cache.
 
-What the image lacks (``/work/.library/device/KINDS.md``): pydantic (settings and request
+What the bare device image lacks: pydantic (settings and request
 schemas), tritonclient and its JSON parser, the ``tritonserver`` binary (nvidia-pytriton). grpcio
 and protobuf travel too, since tritonclient 2.73's generated code refuses grpcio < 1.81.1 and its
 protobuf gencode is 6.x, and the image's versions of both are not on record. The versions are the

@@ -1,4 +1,4 @@
-"""``make gpu-check``: the GPU evidence of issue 13 in one device call of about 5 minutes.
+"""``make gpu-check``: the GPU evidence in one device call of about 5 minutes.
 
 Usage. Here, on the CPU machine with the venv: ``python -m serving.tools.gpu_check prepare``
 downloads the wheels the bare device image lacks into ``.whl/`` and prints the one ``device`` call
