@@ -2,7 +2,7 @@
 # the project with the `gpu` extra (cupy-cuda12x, faiss-gpu-cu12, numba-cuda), the demo data and
 # models built in (seed repository under /app/seed; the KubeRay manifest copies it once into the
 # shared model repository volume). Not buildable on the project's CI machines (no Docker engine
-# there); tests/unit/test_deploy.py checks it statically. See README "Run on a GPU / on a cluster".
+# there); tests/unit/test_deploy.py checks it statically. See docs/operations/gpu.md.
 #
 #   docker build -t rankserve:gpu .
 #   docker run --gpus all -p 8000:8000 rankserve:gpu            # one node: Triton + Ray + Serve

@@ -72,6 +72,11 @@ gpu-check:
 gpu-check-prepare: install
 	$(PY) -m benchmarks.gpu.check prepare
 
+# the generated reference pages (a unit test fails when one is out of date)
+.PHONY: docs
+docs: install
+	$(PY) -m serving.config > docs/reference/settings.md
+
 lint: install
 	$(PY) -m ruff check serving kernels training loadtest benchmarks tests
 	$(PY) -m mypy

@@ -11,7 +11,7 @@ Each node's ``ray start`` runs with its own environment, which its Ray workers i
 how a replica learns its node-local Triton (``RANKSERVE_TRITON_URL``), as a KubeRay worker pod
 does from its container env. Ray refuses a second node on one machine unless
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1``, and then gcs_server and the raylets listen on every
-interface: keep such a cluster short-lived (``docs/scale-out.md``).
+interface: keep such a cluster short-lived (docs/operations/scale-out.md).
 """
 
 from __future__ import annotations

@@ -312,7 +312,7 @@ def cmd_freshness(settings: Settings, args: argparse.Namespace) -> int:
     scratch = repository_copy(settings.model_repository)  # the benchmark's changes stay out of the real one
     run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch})
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
-            f"replica(s), {_gpu_words()}), scratch copy of {settings.model_repository}")
+            f"replica(s), {_gpu_words()}), scratch copy of the model repository")
     try:
         with serving_app(run_settings):
             run_freshness(f"http://127.0.0.1:{port}", run_settings, args, unit=unit)
@@ -334,7 +334,7 @@ def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
     run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch,
                                                "num_replicas": args.replicas})
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {args.replicas} Serve replica(s), "
-            f"{_gpu_words()}), scratch copy of {settings.model_repository}")
+            f"{_gpu_words()}), scratch copy of the model repository")
     try:
         with serving_app(run_settings):
             rep = run_scenario_freshness(f"http://127.0.0.1:{port}", run_settings, args, unit=unit)

@@ -500,7 +500,7 @@ def _finish(run: _Run) -> str:
     (out / "gpu-check.md").write_text(markdown(run.report, goal_cand_per_s=GOAL_CAND_PER_S,
                                                p99_target_ms=run.args.p99_target_ms))
     run.log.line(f"imports: faiss {run.report['imports']['faiss']}, ray {run.report['imports']['ray']}; "
-                 f"wall {run.report['wall_s']} s; wrote {out}/gpu-check.{{log,json,md}}")
+                 f"wall {run.report['wall_s']} s; wrote gpu-check.{{log,json,md}} into --out")
     run.log.line(line)
     return line
 

@@ -3,7 +3,7 @@
 Owns: the ``tritonserver`` child process (binary, backends, environment, ports, readiness, stop).
 Must not touch: model files (beyond the instance settings of ``config.pbtxt`` at start) or requests.
 
-Facts this module relies on (Triton 2.51, python backend; see DESIGN.md):
+Facts this module relies on (Triton 2.51, python backend, each verified by running it):
 
 * the python backend stub for the running interpreter must sit in ``backends/python/`` as
   ``triton_python_backend_stub``; we copy the wheel's ``backends/`` into a runtime dir we own;

@@ -1,6 +1,6 @@
 """The bench and capacity plots, drawn from the committed real runs (docs/*-cpu.json): every
 configuration is a line with the report's own figures, floors dashed; the capacity plot marks the
-p99 target and the chosen capacity; the README shows both pictures."""
+p99 target and the chosen capacity; the measurement pages show both pictures."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_a_committed_report_is_drawn_again_from_the_command_line(module: str, re
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
 
 
-def test_the_readme_shows_both_pictures() -> None:
-    readme = (ROOT / "README.md").read_text()
-    for picture in ("docs/bench-cpu.png", "docs/capacity-cpu.png"):
-        assert f"]({picture})" in readme and (ROOT / picture).is_file()
+@pytest.mark.parametrize(("page", "picture"), [("docs/measurements/serving.md", "../bench-cpu.png"),
+                                               ("docs/operations/capacity.md", "../capacity-cpu.png")])
+def test_the_docs_show_both_pictures(page: str, picture: str) -> None:
+    assert f"]({picture})" in (ROOT / page).read_text() and (ROOT / page).parent.joinpath(picture).is_file()

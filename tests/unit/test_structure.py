@@ -2,7 +2,7 @@
 between packages, short functions.
 
 These read the source, not the behaviour: each fails on the first change that breaks a rule the
-restructuring set (README "Layout").
+restructuring set (docs/architecture.md, "Layout").
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def _package(module: str) -> str:
 def test_every_rankserve_variable_is_a_declared_setting() -> None:
     declared = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     used: dict[str, set[str]] = {}
-    for path in _sources("Dockerfile", "Makefile", "deploy/rayservice.yaml", "README.md"):
+    docs = [str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md")]
+    for path in _sources("Dockerfile", "Makefile", "deploy/rayservice.yaml", "README.md", *docs):
         for name in re.findall(rf"\b{ENV_PREFIX}[A-Z0-9_]*[A-Z0-9]\b", path.read_text()):
             used.setdefault(name, set()).add(str(path.relative_to(ROOT)))
     unknown = {name: sorted(where) for name, where in used.items() if name not in declared}
