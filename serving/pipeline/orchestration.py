@@ -1,7 +1,7 @@
 """The ranking pipeline over a batch of requests: candidates -> features -> crossing -> ranking -> top-k.
 
 Owns: resolving a validated request under its scenario (:meth:`RankPipeline.prepare`: the
-scenario, its limits and context, the model and version) and running a batch of them
+scenario, the request's limits checked once against it, its context, the model and version) and running a batch of them
 (:meth:`RankPipeline.run_batch`), one record per request. A batch mixes scenarios: candidates are
 found per request (one tower call and one search for all that need them), then every request
 scored by the same (model, version) goes to Triton together, whatever its scenario. Each request
@@ -191,10 +191,10 @@ class RankPipeline:
         """
         now = time.monotonic() if arrival is None else arrival
         sc = self.scenario(req.scenario)
+        k, timeout_ms = _within_limits(req, sc, self.settings)
         model = req.model or sc.spec.ranker  # a request's model overrides the scenario's ranker
         version = route(self.traffic(model), req.user_id)
         row, cold = self.catalogue.tables.user_row(req.user_id)
-        k, timeout_ms = _within_limits(req, sc)
         seed, shop = self._context(req, sc)
         candidates = None if req.candidates is None else self._given(req.candidates)
         given = sc.spec.given
@@ -248,7 +248,7 @@ class RankPipeline:
 
     def _given(self, ids: list[int]) -> np.ndarray:
         """Given candidates, checked against the catalogue, duplicates dropped, request order kept
-        (the pipeline checked that the scenario takes them)."""
+        (the limits checked that the scenario takes them)."""
         cand = np.asarray(ids, dtype=np.int64)
         tables = self.catalogue.tables
         unknown = tables.unknown_items(cand)
@@ -346,24 +346,35 @@ class RankPipeline:
         self.shadow.submit(model, traffic.shadow_version, inputs.rows(rows), live, members[0].req.deadline + 5.0)
 
 
-def _within_limits(req: RankRequest, sc: Scenario) -> tuple[int, int]:
-    """The request's ``k`` and ``timeout_ms`` under the scenario's limits (defaults when absent).
+def _within_limits(req: RankRequest, sc: Scenario, settings: Settings) -> tuple[int, int]:
+    """The request's ``k`` and ``timeout_ms`` under the scenario's limits (defaults when absent):
+    the one check of the request's limits. A scenario's limits lie within the global ones; a
+    message names the scenario where its limit is below the global one.
 
     Raises:
-        ValidationError: beyond the scenario's maximum (422).
+        ValidationError: beyond a limit (422).
     """
+    def where(limit: int, cap: int) -> str:
+        return f" for scenario {sc.name!r}" if limit < cap else ""
+
     if req.k is not None and req.k > sc.max_k:
-        raise ValidationError(f"k must be in [1, {sc.max_k}] for scenario {sc.name!r}, got {req.k}", field="k")
-    if req.timeout_ms is not None and req.timeout_ms > sc.max_timeout_ms:
-        raise ValidationError(f"timeout_ms must be in [1, {sc.max_timeout_ms}] for scenario {sc.name!r}, "
-                              f"got {req.timeout_ms}", field="timeout_ms")
+        raise ValidationError(f"k must be in [1, {sc.max_k}]{where(sc.max_k, settings.max_k)}, got {req.k}",
+                              field="k")
     if req.candidates is not None:
-        given = sc.spec.given
-        if given is None:
+        if not req.candidates:
+            raise ValidationError("candidates must not be empty (omit it to use recall)", field="candidates")
+        if sc.spec.given is None:
             raise ValidationError(f"scenario {sc.name!r} takes no candidates", field="candidates")
         if len(req.candidates) > sc.max_candidates:
-            raise ValidationError(f"at most {sc.max_candidates} candidates per request for scenario {sc.name!r}, "
-                                  f"got {len(req.candidates)}", field="candidates")
+            raise ValidationError(f"at most {sc.max_candidates} candidates per request"
+                                  f"{where(sc.max_candidates, settings.max_candidates)}, got {len(req.candidates)}",
+                                  field="candidates")
+    if len(req.exclude) > settings.max_exclude:
+        raise ValidationError(f"at most {settings.max_exclude} exclude ids, got {len(req.exclude)}", field="exclude")
+    if req.timeout_ms is not None and req.timeout_ms > sc.max_timeout_ms:
+        raise ValidationError(f"timeout_ms must be in [1, {sc.max_timeout_ms}]"
+                              f"{where(sc.max_timeout_ms, settings.max_timeout_ms)}, got {req.timeout_ms}",
+                              field="timeout_ms")
     return req.k or sc.default_k, req.timeout_ms or sc.timeout_ms
 
 

@@ -240,6 +240,11 @@ def test_request_context_and_limits_are_checked_per_scenario(repo: Path) -> None
         with pytest.raises(cls) as info:
             p.prepare(RankRequest.model_validate({"user_id": 1, **extra}))
         assert info.value.field == field, (extra, info.value.message)
+    for extra, message in (({"k": 21}, "k must be in [1, 20] for scenario 'similar', got 21"),
+                           ({"timeout_ms": 2000}, "timeout_ms must be in [1, 1000] for scenario 'similar', got 2000"),
+                           ({"candidates": [1]}, "scenario 'similar' takes no candidates")):
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            p.prepare(RankRequest.model_validate({"user_id": 1, "scenario": "similar", "item_id": 1, **extra}))
     prep = p.prepare(RankRequest(user_id=1, scenario="similar", item_id=1), arrival=100.0)
     assert (prep.k, prep.deadline, prep.seed, prep.cost) == (8, 100.5, 1, 30)
     home = p.prepare(RankRequest(user_id=1, k=500, shop_id=3))  # context a scenario does not use is ignored
