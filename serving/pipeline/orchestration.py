@@ -30,12 +30,14 @@ from serving.errors import (
     ScenarioNotFoundError,
     ValidationError,
 )
-from serving.pipeline.candidates import DEGRADE_ON, Ask, CandidateStage, Recall
+from serving.pipeline.candidates import CandidateStage, Wanted
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables, RankerInputs
+from serving.pipeline.recall import Recall
 from serving.pipeline.routing import Traffic, route, user_bucket
 from serving.pipeline.scenario import DEFAULT_SCENARIO, Scenario, builtin_home
 from serving.pipeline.shadow import ShadowScorer
+from serving.pipeline.sources import DEGRADE_ON, Ask
 from serving.pipeline.topk import diverse_top_k, top_k
 from serving.schemas import RankRequest, RankResponse, ScoredItem
 
@@ -88,9 +90,10 @@ class Prepared:
     seed: int | None = None  # item_id
     shop: int | None = None  # shop_id
 
-    def ask(self, default: Scenario) -> Ask:
-        return Ask(self.scenario or default, self.user_row, self.seed, self.shop, self.candidates, self.exclude,
-                   self.deadline)
+    def wanted(self, default: Scenario) -> Wanted:
+        """What it asks of the candidate stage (``default``: its scenario when it has none)."""
+        return Wanted(self.scenario or default, Ask(self.user_row, self.seed, self.shop, self.candidates,
+                                                    self.exclude, self.deadline))
 
 
 @dataclass
@@ -277,7 +280,7 @@ class RankPipeline:
         t0 = time.perf_counter()
         # one recall stage for the batch: user tower version and its index always match; blocked
         # items, and items of a later catalogue change, are dropped like excluded ones
-        found = await self.candidates.find(cat, self.recall, [s.req.ask(self.home) for s in live])
+        found = await self.candidates.find(cat, self.recall, [s.req.wanted(self.home) for s in live])
         for s, f in zip(live, found, strict=True):
             s.candidates, s.recall_scores, s.recall, s.degraded = f.ids, f.fallback, f.label, f.degraded
         t_recall = (time.perf_counter() - t0) * 1000
