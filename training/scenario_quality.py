@@ -103,10 +103,10 @@ def _answers(pipeline: Any, reqs: list[RankRequest], batch: int = 25) -> list[tu
     """Each request's answer, with the candidates the pipeline ranked for it."""
     out: list[tuple[RankResponse, np.ndarray]] = []
     for lo in range(0, len(reqs), batch):
-        preps = [pipeline.prepare(r) for r in reqs[lo: lo + batch]]
+        live = pipeline.live
+        preps = [pipeline.prepare(r, live=live) for r in reqs[lo: lo + batch]]
         results, _ = asyncio.run(pipeline.run_batch(preps))
-        found = asyncio.run(pipeline.candidates.find(pipeline.catalogue, pipeline.recall,
-                                                     [p.wanted(pipeline.home) for p in preps]))
+        found = asyncio.run(pipeline.candidates.find(live.catalogue, live.recall, [p.wanted() for p in preps]))
         for r, f in zip(results, found, strict=True):
             if not isinstance(r, RankResponse):
                 raise RuntimeError(f"the in-process pipeline failed a quality request: {r}")

@@ -184,7 +184,8 @@ def test_recall_from_another_index_is_labelled_with_its_kind(repo: Path) -> None
 
     p = _pipeline(repo, ScoringClient())
     index = TorchExactIndex(np.pad(p.catalogue.tables.item_dense, ((0, 0), (0, E - D))))  # the fake tower's space
-    p.recall = make_recall(p.settings, p.catalog, p.catalogue, make_caller(p.settings, ScoringClient()), 1,
-                           index=index)
+    recall = make_recall(p.settings, p.repository, p.catalogue, make_caller(p.settings, ScoringClient()), 1,
+                         index=index)
+    p.cell.publish(lambda state: state.replace(recall=recall))
     (r,) = _run(p, [{"user_id": 4, "k": 5}])
     assert r.recall == "torch_exact" and not r.degraded and len(r.items) == 5
