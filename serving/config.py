@@ -84,6 +84,18 @@ class Settings(BaseModel):
     default_timeout_ms: int = Field(2000, ge=1, description="Deadline when the request gives none.")
     max_timeout_ms: int = Field(30000, ge=1, description="Largest deadline a request may ask for.")
 
+    # --- following the model repository -------------------------------------------------
+    follow_interval_s: float = Field(
+        0.1, gt=0, le=60, description="Seconds between a replica's checks of the model repository: traffic splits, "
+                                      "the user tower's live version, catalogue changes and scenarios (each "
+                                      "followed on its own thread).",
+    )
+    heartbeat_interval_s: float = Field(
+        1.0, gt=0, le=5, description="Seconds between a replica's heartbeats (the versions ready in its node's "
+                                     "Triton, its metrics snapshot) and its checks for new versions to load into "
+                                     "that Triton; a node silent for 10 s counts as gone.",
+    )
+
     # --- models --------------------------------------------------------------------------
     ranker_model: str = Field("ranker", min_length=1, description="Default ranking model in Triton.")
     user_tower_model: str = Field("user_tower", min_length=1, description="User tower model in Triton.")

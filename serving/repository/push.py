@@ -3,7 +3,7 @@
 Owns: ``rankserve push``, ``promote`` and ``rollback``: the per-model lock, the order of steps,
 and the traffic change at the end. A refused artifact leaves the repository and the live version
 untouched. Must not touch: the serving process (replicas follow ``traffic.json`` themselves,
-``serving.repository.watcher``).
+``serving.repository.followers``).
 
 ``training.export`` writes artifacts (see ``serving.repository.validate`` for their layout).
 """
