@@ -2,7 +2,7 @@
 # the project with the `gpu` extra (cupy-cuda12x, faiss-gpu-cu12, numba-cuda), the demo data and
 # models built in (seed repository under /app/seed; the KubeRay manifest copies it once into the
 # shared model repository volume). Not buildable on the project's CI machines (no Docker engine
-# there); tests/unit/test_deploy.py checks it statically. See README "Run on a GPU / on a cluster".
+# there); tests/unit/test_deploy.py checks it statically. See docs/operations/gpu.md.
 #
 #   docker build -t rankserve:gpu .
 #   docker run --gpus all -p 8000:8000 rankserve:gpu            # one node: Triton + Ray + Serve
@@ -25,6 +25,8 @@ COPY pyproject.toml README.md ./
 COPY serving ./serving
 COPY kernels ./kernels
 COPY training ./training
+COPY loadtest ./loadtest
+COPY benchmarks ./benchmarks
 COPY model_repository/README.md ./model_repository/README.md
 
 # A venv whose bin/ comes first on PATH: Triton's python backend stub runs the models in it.

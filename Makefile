@@ -1,7 +1,7 @@
 # rankserve: two commands on a fresh machine.
 #   make serve   set up .venv, build demo data + models on first run, start Triton + Ray Serve on :8000
 #   make test    set up .venv, lint (ruff, mypy), build demo data + models on first run, run the whole test suite
-# GPU evidence in one device call (serving/tools/gpu_check.py):
+# GPU evidence in one device call (benchmarks/gpu/check.py):
 #   make gpu-check-prepare              here: wheels for the bare device image into .whl/, prints the device call
 #   make gpu-check                      on the device machine (python3 of the image, no venv): the check itself
 #   make gpu-check ARGS=--dry-run       here: the same script, every GPU step skipped and saying so
@@ -67,13 +67,18 @@ loadtest: install
 	$(PY) -m loadtest.run
 
 gpu-check:
-	$(GPU_PY) -m serving.tools.gpu_check $(ARGS)
+	$(GPU_PY) -m benchmarks.gpu.check $(ARGS)
 
 gpu-check-prepare: install
-	$(PY) -m serving.tools.gpu_check prepare
+	$(PY) -m benchmarks.gpu.check prepare
+
+# the generated reference pages (a unit test fails when one is out of date)
+.PHONY: docs
+docs: install
+	$(PY) -m serving.config > docs/reference/settings.md
 
 lint: install
-	$(PY) -m ruff check serving kernels training loadtest tests
+	$(PY) -m ruff check serving kernels training loadtest benchmarks tests
 	$(PY) -m mypy
 
 clean:

@@ -1,4 +1,4 @@
-"""Draws docs/scale-out.png, the scale-out topology of docs/scale-out.md: `python docs/topology.py`."""
+"""Draws docs/scale-out.png, the scale-out topology of docs/operations/scale-out.md: `python docs/topology.py`."""
 
 from pathlib import Path
 
@@ -34,7 +34,7 @@ def main(out: Path = Path(__file__).with_name("scale-out.png")) -> None:
         box(ax, x0 + 0.2, 2.6, 2.2, 1.0, "rankserve replica\nadmission, EDF batcher,\nrecall, crossing (CuPy)",
             "#ffd")
         box(ax, x0 + 2.8, 2.6, 2.0, 1.0, "Triton sidecar\nuser tower, ranker\n(KIND_GPU)", "#fdd")
-        box(ax, x0 + 0.2, 1.4, 4.6, 0.7, "watcher: loads pushed versions into this Triton,\n"
+        box(ax, x0 + 0.2, 1.4, 4.6, 0.7, "followers: load pushed versions into this Triton,\n"
                                         "heartbeat + metrics snapshot beside the repository", "#eee")
         arrow(ax, (x0 + 1.3, 4.0), (x0 + 1.3, 3.6), "HTTP/gRPC")
         arrow(ax, (x0 + 2.4, 3.1), (x0 + 2.8, 3.1), "")

@@ -1,6 +1,7 @@
 """What a load-test answer must satisfy (API contract v1), as one plain function for both protocols.
 
-No locust import here: the checks are unit-tested on their own.
+Owns: the contract check of one answer and how many items a request's answer must hold. Must not
+touch: sending requests or locust (no locust import here: the checks are unit-tested on their own).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@
 ``RankingUser`` posts JSON to ``/v1/rank``; ``RankingGrpcUser`` calls ``rankserve.v1.Ranker/Rank``
 at ``--grpc-target``; locust runs the class named on its command line. Run through
 ``python -m loadtest.run [--protocol grpc]`` (headless, bounded, report and plots).
+
+Owns: the request mix and the two locust user classes. Must not touch: the report (``loadtest.run``)
+or what a right answer is (``loadtest.checks``).
 """
 
 from __future__ import annotations

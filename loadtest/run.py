@@ -7,6 +7,9 @@ report (``summary.json``, ``summary.md``) and plots (PNG).
 Locust runs as its own process (it monkey-patches with gevent and cannot share a process with
 Ray). While it runs, the server's ``/metrics`` is sampled every second for the batch sizes the
 server actually forms. Exits non-zero when any request failed or locust failed.
+
+Owns: running locust as its own process, sampling the server's metrics meanwhile, the report and
+its plots. Must not touch: the server (loopback targets only, and only through its API).
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serving.metrics import metric_values
 from serving.net import is_loopback
-from serving.tools.workload import metric_values
 
 __all__ = ["main", "parse_batch_metrics"]
 

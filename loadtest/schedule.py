@@ -1,4 +1,7 @@
-"""Load schedules as pure functions (no locust import), wrapped by ``loadtest/shapes.py``."""
+"""Load schedules as pure functions (no locust import), wrapped by ``loadtest/shapes.py``.
+
+Owns: how many users run at each moment of a constant, step or spike run. Must not touch: locust.
+"""
 
 from __future__ import annotations
 

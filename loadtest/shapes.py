@@ -1,4 +1,7 @@
-"""Locust load shapes: ``--shape step`` (ramp to saturation) and ``--shape spike``."""
+"""Locust load shapes: ``--shape step`` (ramp to saturation) and ``--shape spike``.
+
+Owns: the locust shape class that follows ``loadtest.schedule``. Must not touch: the request mix.
+"""
 
 from __future__ import annotations
 

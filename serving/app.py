@@ -4,7 +4,7 @@ Owns: the Serve deployment (its options, its HTTP and gRPC ingress by inheritanc
 gives the service) and the application builders for ``serve.run``, ``serve run`` and KubeRay
 (``serving.app:app_from_env``). Must not touch: ranking, admission or wire formats.
 
-Topology (measured, see README "Topology"): the HTTP ingress and the batched pipeline live in
+Topology (measured, see docs/architecture.md, "Topology"): the HTTP ingress and the batched pipeline live in
 ONE deployment, so a request crosses the ingress and nothing else; each extra handle hop costs
 milliseconds on a small machine. Scale out by adding replicas of this deployment.
 """

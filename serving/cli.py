@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = logging.getLogger("rankserve")
-_OWN_LOGGERS = ("rankserve", "serving", "training", "kernels")
+_OWN_LOGGERS = ("rankserve", "serving", "training", "kernels", "loadtest", "benchmarks")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -128,7 +128,7 @@ def triton_endpoint(settings: Settings) -> Iterator[TritonEndpoint]:
                              else None)
         return
     from serving.files import atomic_write_text
-    from serving.repository.loading import load_all
+    from serving.repository.loading import startup_loader
     from serving.repository.registry import ModelRegistry
     from serving.triton.process import TritonProcess
     from serving.triton.supervisor import TritonSupervisor
@@ -138,7 +138,7 @@ def triton_endpoint(settings: Settings) -> Iterator[TritonEndpoint]:
     with TritonProcess(settings.model_repository, runtime_dir=settings.triton_runtime_dir,
                        binary=settings.triton_bin, kind=settings.triton_kind,
                        torch_threads=settings.triton_torch_threads,
-                       load=lambda c: load_all(c, registry, settings.triton_keep_versions)) as triton, \
+                       load=startup_loader(registry, settings.triton_keep_versions)) as triton, \
             TritonSupervisor(triton):
         log.info("embedded Triton ready at %s (metrics %s), supervised", triton.grpc_url, triton.metrics_url)
         atomic_write_text(endpoint_file, json.dumps({"grpc_url": triton.grpc_url, "key": triton.key,
@@ -275,9 +275,9 @@ def _drain(settings: Settings) -> None:
     ``settings.drain_timeout_s`` (at least 1 s for the ingress)."""
     import httpx
 
+    from serving.metrics import metric_values
     from serving.ray_runtime import Ingress
     from serving.service import drain_flag
-    from serving.tools.workload import metric_values
 
     flag = drain_flag(settings)
     flag.parent.mkdir(parents=True, exist_ok=True)
@@ -329,9 +329,9 @@ def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from benchmarks.bench import run_bench
     from serving.ray_runtime import shutdown_ray
     from serving.startup import check_ray_address
-    from serving.tools.bench import run_bench
 
     check_ray_address(settings)  # before a build of minutes, not after it
     settings = at_scale(settings, args.items, args.users)
@@ -346,8 +346,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
+    from benchmarks.capacity import run_capacity
     from serving.net import QUIET_PORTS, free_port, is_loopback
-    from serving.tools.capacity import run_capacity
 
     if args.url:
         if not is_loopback(args.url):
@@ -365,8 +365,8 @@ def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_freshness(settings: Settings, args: argparse.Namespace) -> int:
+    from benchmarks.freshness import repository_copy, run_freshness
     from serving.net import QUIET_PORTS, free_port
-    from serving.tools.freshness import repository_copy, run_freshness
 
     settings = at_scale(settings, args.items, None)
     _build(settings, items=args.items)
@@ -374,7 +374,7 @@ def cmd_freshness(settings: Settings, args: argparse.Namespace) -> int:
     scratch = repository_copy(settings.model_repository)  # the benchmark's changes stay out of the real one
     run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch})
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
-            f"replica(s), {_gpu_words()}), scratch copy of {settings.model_repository}")
+            f"replica(s), {_gpu_words()}), scratch copy of the model repository")
     try:
         with serving_app(run_settings):
             run_freshness(f"http://127.0.0.1:{port}", run_settings, args, unit=unit)
@@ -386,9 +386,9 @@ def cmd_freshness(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
+    from benchmarks.freshness import repository_copy
+    from benchmarks.scenario_freshness import run_scenario_freshness
     from serving.net import QUIET_PORTS, free_port
-    from serving.tools.freshness import repository_copy
-    from serving.tools.scenario_freshness import run_scenario_freshness
 
     _build(settings)
     port = free_port(QUIET_PORTS)
@@ -396,7 +396,7 @@ def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
     run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch,
                                                "num_replicas": args.replicas})
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {args.replicas} Serve replica(s), "
-            f"{_gpu_words()}), scratch copy of {settings.model_repository}")
+            f"{_gpu_words()}), scratch copy of the model repository")
     try:
         with serving_app(run_settings):
             rep = run_scenario_freshness(f"http://127.0.0.1:{port}", run_settings, args, unit=unit)
@@ -408,7 +408,7 @@ def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_index_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.tools.index_bench import run_index_bench
+    from benchmarks.index_bench import run_index_bench
 
     settings = at_scale(settings, args.items, None)
     _build(settings, items=args.items)
@@ -417,7 +417,7 @@ def cmd_index_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.tools.chaos import resolve_capacity, run_chaos
+    from benchmarks.chaos import resolve_capacity, run_chaos
 
     _build(settings)
     args.capacity_rps = resolve_capacity(args)
@@ -434,7 +434,7 @@ def _gpu_words() -> str:
 class _NoTriton:
     """Stands for Triton when none is running: versions load when the server next starts."""
 
-    def load_model(self, name: str) -> None:
+    def load_model(self, name: str, config: str | None = None) -> None:
         log.warning("no running Triton found: %s will be loaded when rankserve serve starts", name)
 
     def model_ready(self, name: str, version: str = "") -> bool:
@@ -452,7 +452,8 @@ def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
     triton: ModelLoader = _NoTriton() if endpoint is None else endpoint.client()
     result = push(ModelRegistry(settings.model_repository), args.model, Path(args.artifact),
                   FeatureTables.load(settings.marketplace_path), triton,
-                  canary_percent=args.canary, shadow_percent=args.shadow, version=args.version)
+                  canary_percent=args.canary, shadow_percent=args.shadow, version=args.version,
+                  keep_others=settings.triton_keep_versions)
     print(json.dumps({"model": result.model, "version": result.version, "traffic": result.traffic.to_json(),
                       "checks": result.checks}, indent=2))
     return 0
@@ -467,10 +468,13 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.repository.push import rollback
+    from serving.repository.push import ModelLoader, rollback
     from serving.repository.registry import ModelRegistry
 
-    print(json.dumps(rollback(ModelRegistry(settings.model_repository), args.model, args.version).to_json()))
+    endpoint = running_triton(settings)
+    triton: ModelLoader = _NoTriton() if endpoint is None else endpoint.client()
+    print(json.dumps(rollback(ModelRegistry(settings.model_repository), args.model, args.version, triton,
+                              keep_others=settings.triton_keep_versions).to_json()))
     return 0
 
 
@@ -668,28 +672,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the FAISS index and its recall@500 (for machines without FAISS; serving needs it)")
     b.add_argument("--json", action="store_true", help="print the whole build summary as JSON")
     b.set_defaults(func=cmd_build, quiet=True)
-    from serving.tools.bench import add_arguments
+    from benchmarks.bench import add_arguments
 
     be = sub.add_parser("bench", parents=[common], help="floor vs framework vs rankserve (batching on/off) at fixed concurrency")
     add_arguments(be)
     be.set_defaults(func=cmd_bench)
-    from serving.tools.capacity import add_arguments as add_capacity_arguments
+    from benchmarks.capacity import add_arguments as add_capacity_arguments
 
     ca = sub.add_parser("capacity", parents=[common], help="highest open-loop req/s at a p99 target, and units for a peak")
     add_capacity_arguments(ca)
     ca.set_defaults(func=cmd_capacity)
-    from serving.tools.chaos import add_arguments as add_chaos_arguments
+    from benchmarks.chaos import add_arguments as add_chaos_arguments
 
     ch = sub.add_parser("chaos", parents=[common], help="faults and overload against the embedded default: one row per scenario")
     add_chaos_arguments(ch)
     ch.set_defaults(func=cmd_chaos)
-    from serving.tools.freshness import add_arguments as add_freshness_arguments
+    from benchmarks.freshness import add_arguments as add_freshness_arguments
 
     fr = sub.add_parser("freshness", parents=[common],
                         help="catalogue change -> first answer carrying it, under load (100 changes)")
     add_freshness_arguments(fr)
     fr.set_defaults(func=cmd_freshness)
-    from serving.tools.index_bench import add_arguments as add_index_arguments
+    from benchmarks.index_bench import add_arguments as add_index_arguments
 
     ib = sub.add_parser("index-bench", parents=[common],
                         help="compare item indexes (exact, IVF-Flat, IVF-PQ, HNSW) on the built catalogue")
@@ -746,7 +750,7 @@ def _keys_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """``rankserve scenarios`` and ``rankserve scenario-freshness``."""
-    from serving.tools.scenario_freshness import add_arguments
+    from benchmarks.scenario_freshness import add_arguments
 
     sc = sub.add_parser("scenarios", parents=[common], help="scenario files: validate FILE, apply FILE (live on every "
                                                             "replica), list, rollback NAME")

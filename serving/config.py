@@ -4,22 +4,27 @@ Owns: every ``RANKSERVE_*`` variable. Each is a field of :class:`Settings` with 
 and description; the environment overrides a field by its upper-case name
 (``RANKSERVE_RECALL_N=300``). A value that does not parse fails at start-up with the variable,
 the value and what was expected. This is the only module that reads ``RANKSERVE_*`` from the
-environment (``tests/unit/test_config.py`` fails on any other read).
+environment (``tests/unit/test_config.py`` fails on any other read). The settings page
+(``docs/reference/settings.md``) is generated from the fields: ``python -m serving.config`` prints it.
 Must not touch: anything but the bottom layer (errors).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from serving.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings", "node_triton"]
+__all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings", "node_triton", "settings_reference"]
 
 ENV_PREFIX = "RANKSERVE_"
 
@@ -76,7 +81,10 @@ class Settings(BaseModel):
     # --- API limits ----------------------------------------------------------------------
     default_k: int = Field(20, ge=1, description="k when the request gives none.")
     max_k: int = Field(1000, ge=1, description="Largest k a request may ask for.")
-    recall_n: int = Field(500, ge=1, le=10000, description="Candidates recalled by FAISS when none are given.")
+    recall_n: int = Field(
+        500, ge=1, le=10000, description="Candidates the built-in home scenario recalls from the item index when "
+                                         "none are given (a scenario file names its own counts).",
+    )
     max_candidates: int = Field(2000, ge=1, description="Most candidates a request may give.")
     max_exclude: int = Field(
         1000, ge=0, le=10000, description="Most item ids a request may exclude (recall asks the index for recall_n "
@@ -84,6 +92,18 @@ class Settings(BaseModel):
     )
     default_timeout_ms: int = Field(2000, ge=1, description="Deadline when the request gives none.")
     max_timeout_ms: int = Field(30000, ge=1, description="Largest deadline a request may ask for.")
+
+    # --- following the model repository -------------------------------------------------
+    follow_interval_s: float = Field(
+        0.1, gt=0, le=60, description="Seconds between a replica's checks of the model repository: traffic splits, "
+                                      "the user tower's live version, catalogue changes and scenarios (each "
+                                      "followed on its own thread).",
+    )
+    heartbeat_interval_s: float = Field(
+        1.0, gt=0, le=5, description="Seconds between a replica's heartbeats (the versions ready in its node's "
+                                     "Triton, its metrics snapshot) and its checks for new versions to load into "
+                                     "that Triton; a node silent for 10 s counts as gone.",
+    )
 
     # --- models --------------------------------------------------------------------------
     ranker_model: str = Field("ranker", min_length=1, description="Default ranking model in Triton.")
@@ -291,3 +311,76 @@ def _coerce(values: dict[str, object]) -> dict[str, object]:
         if out.get(name) == "":
             out[name] = None
     return out
+
+
+_PAGE_HEAD = f"""# Settings
+
+Every setting is an environment variable with the `{ENV_PREFIX}` prefix, declared with its type,
+limits, default and description in `serving/config.py` (`Settings`). A value that does not parse or
+is out of range, an unknown `{ENV_PREFIX}*` name, or settings that contradict each other
+(`default_k` above `max_k`, `default_timeout_ms` above `max_timeout_ms`, `max_queued_requests` not
+below `max_ongoing_requests`) stop start-up with one line naming the variable, its value and what
+was expected. Booleans take `true`/`false` (or `1`/`0`); an empty `{ENV_PREFIX}TRITON_URL` or
+`{ENV_PREFIX}TRITON_BIN` means its default. `<home>` is the source checkout when rankserve runs from
+one, else the working directory.
+
+This page is generated from `Settings`, in declaration order: `make docs` (or
+`python -m serving.config > docs/reference/settings.md`) writes it again, and a unit test fails
+when it is out of date.
+
+| variable | type and allowed values | default | description |
+|---|---|---|---|
+"""
+
+_BOUNDS = ((annotated_types.Ge, "ge", ">="), (annotated_types.Gt, "gt", ">"), (annotated_types.Le, "le", "<="),
+           (annotated_types.Lt, "lt", "<"))
+_TYPE_NAMES: dict[Any, str] = {int: "integer", float: "number", str: "string", Path: "path", bool: "`true` or `false`"}
+
+
+def settings_reference() -> str:
+    """The settings page: one Markdown table row per setting, in declaration order.
+
+    Machine-independent (a default under :data:`REPO_ROOT` is shown as ``<home>/...``), so the
+    committed ``docs/reference/settings.md`` equals it on every checkout.
+    """
+    rows = [f"| `{ENV_PREFIX}{name.upper()}` | {_allowed(info)} | {_default(info.default)} | "
+            f"{_cell(info.description or '')} |" for name, info in Settings.model_fields.items()]
+    return _PAGE_HEAD + "\n".join(rows) + "\n"
+
+
+def _allowed(info: FieldInfo) -> str:
+    """The type and allowed values of one setting, e.g. ``integer, >= 1, <= 65535``."""
+    kind: Any = info.annotation
+    optional = False
+    if get_origin(kind) in (Union, types.UnionType) and type(None) in get_args(kind):
+        optional = True
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    if get_origin(kind) is Literal:
+        text = " \\| ".join(f"`{value}`" for value in get_args(kind))
+    else:
+        text = _TYPE_NAMES.get(kind) or str(getattr(kind, "__name__", kind))
+    for meta in info.metadata:
+        for cls, attr, sign in _BOUNDS:
+            if isinstance(meta, cls):
+                text += f", {sign} {getattr(meta, attr)}"
+        if isinstance(meta, annotated_types.MinLen):
+            text += ", not empty" if meta.min_length == 1 else f", at least {meta.min_length} characters"
+    return text + (", optional" if optional else "")
+
+
+def _default(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, Path) and value.is_relative_to(REPO_ROOT):
+        return f"`<home>/{value.relative_to(REPO_ROOT).as_posix()}`"
+    return f"`{value}`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_reference())

@@ -2,8 +2,8 @@
 
 Owns: conversion, and the ``Rank`` method of :class:`GrpcIngress` (a mixin the Serve deployment
 inherits). A request message becomes the same payload an HTTP body decodes to, so both protocols
-share one validation (:func:`serving.schemas.validate_rank_request`) with the same messages and
-field names; a :class:`RankResponse` becomes a response message; an error becomes its gRPC
+share one validation (:func:`serving.schemas.validate_rank_request`, the size limit by
+:func:`serving.schemas.check_size`) with the same messages and field names; a :class:`RankResponse` becomes a response message; an error becomes its gRPC
 status from the one error table (``serving.errors``). Must not touch: ranking logic, Ray.
 """
 
@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import grpc
 
-from serving.errors import PayloadTooLargeError, RankserveError
+from serving.errors import RankserveError
 from serving.proto import ranker_pb2
-from serving.schemas import RankRequest, RankResponse, validate_rank_request
+from serving.schemas import RankRequest, RankResponse, check_size, validate_rank_request
 from serving.service import RankService
 
 __all__ = [
@@ -49,9 +49,7 @@ def request_payload(msg: ranker_pb2.RankRequest, max_bytes: int) -> dict[str, An
     Raises:
         PayloadTooLargeError: the serialised message exceeds ``max_bytes`` (the HTTP body limit).
     """
-    size = msg.ByteSize()
-    if size > max_bytes:
-        raise PayloadTooLargeError(f"request is {size} bytes, the limit is {max_bytes}", field="request")
+    check_size(msg.ByteSize(), max_bytes, what="request", field="request")
     payload: dict[str, Any] = {name: getattr(msg, name) for name in _OPTIONAL if msg.HasField(name)}
     if msg.candidates:
         payload["candidates"] = list(msg.candidates)
@@ -113,10 +111,10 @@ class GrpcIngress:
     async def Rank(self, request: ranker_pb2.RankRequest,  # noqa: N802 - the gRPC method's name
                    grpc_context: GrpcContext) -> ranker_pb2.RankResponse:
         """gRPC: the same rules as HTTP; errors as statuses with code and field in trailing metadata."""
-        settings = self.service.settings
+        limit = self.service.settings.max_body_bytes
 
         async def read() -> RankRequest:
-            return validate_rank_request(request_payload(request, settings.max_body_bytes), settings)
+            return validate_rank_request(request_payload(request, limit))
 
         try:
             result = await self.service.rank(read, _metadata(grpc_context, "authorization"))

@@ -15,14 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.errors import (
-    InvalidArgumentError,
-    MethodNotAllowedError,
-    PayloadTooLargeError,
-    RankserveError,
-    RouteNotFoundError,
-)
-from serving.schemas import RankRequest, parse_rank_request
+from serving.errors import InvalidArgumentError, MethodNotAllowedError, RankserveError, RouteNotFoundError
+from serving.schemas import RankRequest, check_size, parse_rank_request
 from serving.service import RankService
 
 __all__ = ["HttpIngress", "api", "error_response", "read_body"]
@@ -50,13 +44,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         PayloadTooLargeError: declared or streamed size over the limit (413).
     """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body is {declared} bytes, the limit is {limit}", field="body")
+    if declared is not None and declared.isdigit():
+        check_size(int(declared), limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes", field="body")
+        check_size(size, limit, so_far=True)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -69,10 +62,10 @@ class HttpIngress:
     @api.post("/v1/rank")
     async def rank(self, request: Request) -> Response:
         """``POST /v1/rank``."""
-        settings = self.service.settings
+        limit = self.service.settings.max_body_bytes
 
         async def read() -> RankRequest:
-            return parse_rank_request(await read_body(request, settings.max_body_bytes), settings)
+            return parse_rank_request(await read_body(request, limit))
 
         try:
             result = await self.service.rank(read, request.headers.get("authorization"))

@@ -1,7 +1,11 @@
 """Request and response schemas of the v1 ranking API, and their validation.
 
-Owns: the request's fields, limits and error messages (shared by HTTP and gRPC) and the answer's
-JSON. Must not touch: anything above the bottom layer.
+Owns: the request's fields and their types and ranges, the size limit of a request (one check for
+HTTP and gRPC, :func:`check_size`), the translation of pydantic's errors into rankserve's (one for
+requests and scenario files, :func:`first_problem`), and the answer's JSON. The limits of settings
+and scenario (``k``, ``candidates``, ``exclude``, ``timeout_ms``) are checked once, against the
+request's scenario, in ``serving.pipeline.orchestration``. Must not touch: anything above the bottom
+layer.
 
 Wire formats stay out of the stages: the ingress turns HTTP JSON (or gRPC) into a
 :class:`RankRequest` with :func:`parse_rank_request`, and a :class:`RankResponse` back with
@@ -17,20 +21,21 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
-from serving.config import Settings
 from serving.errors import InvalidArgumentError, PayloadTooLargeError, ValidationError
 
-__all__ = ["RankRequest", "RankResponse", "ScoredItem", "parse_rank_request", "validate_rank_request"]
+__all__ = ["Problem", "RankRequest", "RankResponse", "ScoredItem", "check_size", "first_problem", "parse_rank_request",
+           "validate_rank_request"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
-_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_long", "too_short",
-                 "string_too_long", "string_too_short"}
+# pydantic error types refused 422 (well-formed but out of range, unknown or missing); the rest 400
+_UNPROCESSABLE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_long", "too_short",
+                  "string_too_long", "string_too_short", "extra_forbidden", "missing"}
 
 
 class RankRequest(BaseModel):
-    """``POST /v1/rank`` body. Only ``user_id`` is required; limits are checked against settings here,
-    and against the scenario's own (within them) when the pipeline resolves the scenario."""
+    """``POST /v1/rank`` body. Only ``user_id`` is required; the limits are checked against the
+    scenario's (within the global ones) when the pipeline resolves the scenario."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
@@ -94,67 +99,78 @@ class RankResponse:
         return out
 
 
-def _field_name(loc: tuple[Any, ...]) -> str:
-    name = ""
-    for part in loc:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or "body"
+@dataclass(frozen=True)
+class Problem:
+    """The first problem pydantic found in a payload, in rankserve's words."""
+
+    where: str  # its path: ``k``, ``candidates[1]``, ``sources[0].count``
+    kind: str  # pydantic's error type
+    message: str
 
 
-def validate_rank_request(payload: Any, settings: Settings) -> RankRequest:
-    """Validate a decoded JSON payload against the schema and the configured limits.
+def first_problem(err: PydanticValidationError, *, noun: str = "field", root: str = "body") -> Problem:
+    """The first problem of ``err`` with its path (``root`` when it is the payload's as a whole):
+    ``unknown {noun} 'x'``, ``x is required``, or ``x: <pydantic's message>``. Requests and
+    scenario files are refused through this one translation."""
+    first = err.errors(include_url=False)[0]
+    where = ""
+    for part in first["loc"]:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    where = where or root
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = f"unknown {noun} {where!r}"
+    elif kind == "missing":
+        message = f"{where} is required"
+    else:
+        message = f"{where}: {first['msg']}"
+    return Problem(where, kind, message)
+
+
+def check_size(size: int, limit: int, *, what: str = "request body", field: str = "body",
+               so_far: bool = False) -> None:
+    """The size limit of a request, HTTP body or gRPC message (``settings.max_body_bytes``).
+
+    Args:
+        size: its size in bytes, or (``so_far``) the bytes read of it until now.
+
+    Raises:
+        PayloadTooLargeError: over the limit (413).
+    """
+    if size <= limit:
+        return
+    if so_far:
+        raise PayloadTooLargeError(f"{what} exceeds the limit of {limit} bytes", field=field)
+    raise PayloadTooLargeError(f"{what} is {size} bytes, the limit is {limit}", field=field)
+
+
+def validate_rank_request(payload: Any) -> RankRequest:
+    """Validate a decoded JSON payload against the schema (types and ranges; the limits of
+    settings and scenario are checked where the scenario is resolved, ``RankPipeline.prepare``).
 
     Raises:
         InvalidArgumentError: wrong shape or types (400).
-        ValidationError: out-of-range values or limits exceeded (422).
+        ValidationError: out-of-range values, unknown or missing fields (422).
     """
     if not isinstance(payload, dict):
         raise InvalidArgumentError(f"request body must be a JSON object, got {type(payload).__name__}", field="body")
     try:
-        req = RankRequest.model_validate(payload)
+        return RankRequest.model_validate(payload)
     except PydanticValidationError as err:
-        first = err.errors(include_url=False)[0]
-        fld = _field_name(tuple(first["loc"]))
-        kind = first["type"]
-        if kind == "extra_forbidden":
-            raise ValidationError(f"unknown field {fld!r}", field=fld) from err
-        if kind == "missing":
-            raise ValidationError(f"{fld} is required", field=fld) from err
-        cls = ValidationError if kind in _RANGE_ERRORS else InvalidArgumentError
-        raise cls(f"{fld}: {first['msg']}", field=fld) from err
-    if req.k is not None and req.k > settings.max_k:
-        raise ValidationError(f"k must be in [1, {settings.max_k}], got {req.k}", field="k")
-    if req.candidates is not None:
-        if len(req.candidates) == 0:
-            raise ValidationError("candidates must not be empty (omit it to use recall)", field="candidates")
-        if len(req.candidates) > settings.max_candidates:
-            raise ValidationError(
-                f"at most {settings.max_candidates} candidates per request, got {len(req.candidates)}",
-                field="candidates",
-            )
-    if len(req.exclude) > settings.max_exclude:
-        raise ValidationError(f"at most {settings.max_exclude} exclude ids, got {len(req.exclude)}", field="exclude")
-    if req.timeout_ms is not None and req.timeout_ms > settings.max_timeout_ms:
-        raise ValidationError(
-            f"timeout_ms must be in [1, {settings.max_timeout_ms}], got {req.timeout_ms}", field="timeout_ms"
-        )
-    return req
+        p = first_problem(err)
+        cls = ValidationError if p.kind in _UNPROCESSABLE else InvalidArgumentError
+        raise cls(p.message, field=p.where) from err
 
 
-def parse_rank_request(body: bytes, settings: Settings) -> RankRequest:
-    """Decode and validate an HTTP body.
+def parse_rank_request(body: bytes) -> RankRequest:
+    """Decode and validate an HTTP body (its size was checked as it was read, :func:`check_size`).
 
     Raises:
-        PayloadTooLargeError: the body exceeds ``max_body_bytes`` (413).
         InvalidArgumentError: not JSON, or wrong types (400).
         ValidationError: out-of-range values (422).
     """
-    if len(body) > settings.max_body_bytes:
-        raise PayloadTooLargeError(
-            f"request body is {len(body)} bytes, the limit is {settings.max_body_bytes}", field="body"
-        )
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: also an integer of 4,300+ digits
         raise InvalidArgumentError(f"request body is not valid JSON: {err}", field="body") from err
-    return validate_rank_request(payload, settings)
+    return validate_rank_request(payload)

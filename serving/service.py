@@ -28,10 +28,10 @@ from serving.pipeline.assemble import create_pipeline, make_caller
 from serving.pipeline.orchestration import BatchStats, Prepared, RankPipeline
 from serving.pipeline.scenario import DEFAULT_SCENARIO
 from serving.pipeline.shadow import ShadowStats
+from serving.repository.followers import ReplicaFollowers
 from serving.repository.nodes import live_metrics
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
-from serving.repository.watcher import RepositoryWatcher
 from serving.schemas import RankRequest, RankResponse
 from serving.triton.caller import AsyncInferClient
 from serving.triton.client import TritonEndpoint
@@ -86,20 +86,20 @@ class RankService:
         pipeline: the ranking pipeline.
         client: Triton, for readiness and model state.
         registry: the model repository, for the models view.
-        watcher: follows the repository (stopped by :meth:`close`).
+        followers: follow the repository into the pipeline (stopped by :meth:`close`).
 
     With ``settings.batching`` requests go through a :class:`serving.batching.DeadlineBatcher`;
     without, each runs alone.
     """
 
     def __init__(self, settings: Settings, pipeline: RankPipeline, client: ReadinessClient, registry: ModelRegistry,
-                 *, watcher: RepositoryWatcher | None = None) -> None:
+                 *, followers: ReplicaFollowers | None = None) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.client = client
         self.registry = registry
         self.metrics = Metrics()
-        self.watcher = watcher
+        self.followers = followers
         self.batcher = DeadlineBatcher(self.run_batch, max_cost=settings.max_batch_candidates,
                                        max_concurrent=settings.max_concurrent_batches,
                                        wait_s=settings.batch_wait_timeout_s) if settings.batching else None
@@ -122,22 +122,22 @@ class RankService:
 
     @classmethod
     def create(cls, settings: Settings, client: ReadinessClient, triton: TritonEndpoint | None = None) -> RankService:
-        """The service of one replica: pipeline, repository watcher (started; it also loads pushed
-        versions into ``triton``) and metrics."""
+        """The service of one replica: pipeline, its followers of the repository (started; they also
+        load pushed versions into ``triton``) and metrics."""
         registry = ModelRegistry(settings.model_repository)
         pipeline = create_pipeline(settings, client, registry)
-        watcher = RepositoryWatcher(settings, registry, pipeline, make_caller(settings, client), triton=triton)
-        service = cls(settings, pipeline, client, registry, watcher=watcher)
-        watcher.snapshot = service.replica_metrics
-        watcher.start()
+        service = cls(settings, pipeline, client, registry)
+        service.followers = ReplicaFollowers(settings, registry, pipeline.cell, make_caller(settings, client),
+                                             triton=triton, metrics=service.replica_metrics)
+        service.followers.start()
         log.info(json.dumps({"event": "replica_ready", "cross_backend": pipeline.crossing.backend,
                              "faiss_gpu": pipeline.recall.index.on_gpu, "batching": settings.batching}))
         return service
 
     async def close(self) -> None:
         """Stop following the repository and release the Triton client (the replica is stopping)."""
-        if self.watcher is not None:
-            self.watcher.stop()
+        if self.followers is not None:
+            self.followers.stop()
         await self.client.close()
 
     # -- ranking ------------------------------------------------------------------------
@@ -161,8 +161,9 @@ class RankService:
                 raise OverloadedError(f"{self._pending} requests queued; try again shortly",
                                       retry_after_s=self._drain_estimate_s())
             req = await read()
-            scenario = self.pipeline.scenario(req.scenario).name
-            prep = self.pipeline.prepare(req, arrival=arrival)
+            live = self.pipeline.live  # one snapshot for the request, from its scenario to its answer
+            scenario = live.scenario(req.scenario).name
+            prep = self.pipeline.prepare(req, arrival=arrival, live=live)
             rid = prep.request_id
             result = await self._within_deadline(prep)
         except RankserveError as err:
@@ -250,13 +251,14 @@ class RankService:
     # -- operations ---------------------------------------------------------------------
     async def readiness(self) -> dict[str, bool]:
         """Index loaded, Triton ready, and every version that takes traffic ready in Triton."""
-        recall = self.pipeline.recall
+        live = self.pipeline.live
+        recall = live.recall
         checks: dict[str, bool] = {"accepting": not self._check_draining(), "index": recall.index.n_items > 0}
         try:
             checks["triton"] = bool(await self.client.server_ready())
             checks[f"{recall.model}:{recall.version}"] = bool(await self.client.model_ready(recall.model,
                                                                                              str(recall.version)))
-            for name, traffic in self.pipeline.traffic_split.items():
+            for name, traffic in live.traffic.items():
                 checks[f"{name}:{traffic.live}"] = bool(await self.client.model_ready(name, str(traffic.live)))
         except RankserveError:
             checks["triton"] = False
@@ -266,20 +268,21 @@ class RankService:
         """Prometheus exposition of this replica's own metrics, with the live versions, the traffic
         split and the shadow comparison sums."""
         m = self.metrics
+        live = self.pipeline.live
         m.traffic_percent.clear()  # versions that left the traffic split leave the exposition too
-        for name, traffic in self.pipeline.traffic_split.items():
+        for name, traffic in live.traffic.items():
             m.model_version.labels(name).set(traffic.live)
             m.traffic_percent.labels(name, str(traffic.live), "live").set(100.0 - traffic.canary_percent)
             if traffic.canary_version is not None:
                 m.traffic_percent.labels(name, str(traffic.canary_version), "canary").set(traffic.canary_percent)
             if traffic.shadow_version is not None:
                 m.traffic_percent.labels(name, str(traffic.shadow_version), "shadow").set(traffic.shadow_percent)
-        tower = self.settings.user_tower_model, str(self.pipeline.recall.version)
-        m.model_version.labels(tower[0]).set(self.pipeline.recall.version)
+        tower = self.settings.user_tower_model, str(live.recall.version)
+        m.model_version.labels(tower[0]).set(live.recall.version)
         m.traffic_percent.labels(*tower, "live").set(100.0)
-        for name, sc in list(self.pipeline.scenarios.items()):
+        for name, sc in live.scenarios.items():
             m.scenario_version.labels(name).set(sc.version)
-        cat = self.pipeline.catalogue
+        cat = live.catalogue
         m.catalogue_version.set(cat.version)
         m.catalogue_items.set(cat.tables.n_items)
         m.catalogue_blocked.set(cat.n_blocked)
@@ -295,7 +298,7 @@ class RankService:
     def metrics_text(self) -> bytes:
         """The whole service's metrics: this replica's, summed with the snapshots every other live
         replica publishes beside the model repository (``serving.repository.nodes``)."""
-        others = live_metrics(self.registry.repo, exclude=self.watcher.node_key) if self.watcher else []
+        others = live_metrics(self.registry.repo, exclude=self.followers.node_key) if self.followers else []
         own = self.replica_metrics().decode()
         return merge_expositions([own, *others]).encode() if others else own.encode()
 
@@ -304,10 +307,10 @@ class RankService:
         versions the repository holds and those it would not serve here."""
         on_disk = {row["name"]: row for row in ScenarioStore(self.registry.repo).listing()}
         out = []
-        for name, sc in sorted(self.pipeline.scenarios.items()):
+        for name, sc in sorted(self.pipeline.live.scenarios.items()):
             row = on_disk.get(name, {})
             out.append({**sc.describe(), "versions": row.get("versions", []), "history": row.get("history", [])})
-        refused = self.watcher.refused_scenarios if self.watcher else {}
+        refused = self.followers.refused_scenarios if self.followers else {}
         return {"default": DEFAULT_SCENARIO, "scenarios": out, "refused": refused}
 
     def catalogue_view(self) -> dict[str, int]:

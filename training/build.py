@@ -38,22 +38,17 @@ from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry, Traffic
 from serving.repository.scenarios import ScenarioStore
 from serving.terminal import progress, task
-from training.data import MarketConfig, Marketplace, generate, load, save
+from training.data import MarketConfig, Marketplace, generate, load_built_marketplace, save
 from training.export import export_artifacts, install_artifact
 from training.preflight import BUILD_FORMAT, MODELS, plan, scenarios_missing
 from training.train import train_all
 
-__all__ = ["DEMO_SCENARIOS", "build", "install_scenarios", "load_built_marketplace", "recompute_quality"]
+__all__ = ["DEMO_SCENARIOS", "build", "install_scenarios", "recompute_quality"]
 
 log = logging.getLogger(__name__)
 NO_INDEX = "none: built with --no-index (no FAISS index, no recall@500)"
 # The demo scenario files, applied in this order (each becomes version 1 of its scenario).
 DEMO_SCENARIOS = tuple(Path(__file__).resolve().parent / "scenarios" / f"{n}.yaml" for n in ("home", "similar", "shop"))
-
-
-def load_built_marketplace(data_dir: Path) -> Marketplace:
-    summary = json.loads((data_dir / "build.json").read_text())
-    return load(data_dir, MarketConfig(**summary["config"]))
 
 
 def served_quality(mp: Marketplace, repo: Path, seed: int = 0) -> dict[str, Any]:

@@ -14,6 +14,7 @@ the user's category affinity with item popularity, as production logs do.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 from serving.terminal import task
 
-__all__ = ["MarketConfig", "Marketplace", "generate", "load", "save"]
+__all__ = ["MarketConfig", "Marketplace", "generate", "load", "load_built_marketplace", "save"]
 
 
 @dataclass(frozen=True)
@@ -201,3 +202,9 @@ def load(data_dir: Path, cfg: MarketConfig) -> Marketplace:
         return Marketplace(cfg, m["user_cat"], m["user_dense"], m["item_cat"], m["item_num"], m["item_dense"],
                            t["u_lat"], t["v_lat"], t["t1"], t["t2"], t["t3"], t["item_bias"],
                            i["user"], i["item"], i["click"], i["logit"], i["test"])
+
+
+def load_built_marketplace(data_dir: Path) -> Marketplace:
+    """The marketplace a build wrote into ``data_dir``, at the configuration its ``build.json`` records."""
+    summary = json.loads((data_dir / "build.json").read_text())
+    return load(data_dir, MarketConfig(**summary["config"]))

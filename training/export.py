@@ -27,8 +27,8 @@ from serving.pipeline.features import (
 )
 from serving.repository.export import export_version, load_golden
 from serving.triton.config import TensorSpec
-from training.data import Marketplace
-from training.train import TrainedModels
+from training.data import Marketplace, load_built_marketplace
+from training.train import TrainedModels, train_all
 
 __all__ = ["export_artifacts", "install_artifact", "signatures"]
 
@@ -119,8 +119,6 @@ def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTable
 
 def main(argv: list[str] | None = None) -> int:
     from serving.config import Settings
-    from training.build import load_built_marketplace
-    from training.train import train_all
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, required=True)

@@ -8,13 +8,16 @@ seed item is one the user was shown (the product page they look at), the shop is
 another.
 
 The gain of an item is its true click probability for the user (the generator's click model).
-The oracle ranks, by that gain, every item the scenario's candidate rule admits in truth:
+The oracle ranks, by that gain, every item the scenario's candidate rule admits in truth, as each
+source kind declares it (``serving.pipeline.sources.SourceSpec.admits`` over this module's ground
+truth):
 
 * a user-to-item or an overall ``popular`` source admits any item (so ``home``'s oracle ranks
   the whole catalogue, as the pipeline NDCG of ``training.quality`` does);
 * a ``popular`` source within a shop or category admits that shop's or category's items;
 * an ``item_to_item`` source admits the ``count`` items nearest the seed in the generator's true
   latent space (inner product, as the index ranks the learned embeddings): truly similar items;
+* the caller's candidates (``given``) admit nothing of their own;
 * the sources' sets are united, then the filters apply (``restrict``, ``exclude_seed``).
 
 An item the pipeline returns that the oracle does not admit gains 0 (for ``similar``: an item its
@@ -35,7 +38,8 @@ import numpy as np
 
 from serving.config import Settings
 from serving.pipeline.features import ITEM_CAT_FIELDS
-from serving.pipeline.scenario import SCOPE_FIELD, ItemToItem, Popular, Scenario
+from serving.pipeline.scenario import Scenario
+from serving.pipeline.sources import SCOPE_FIELD
 from serving.schemas import RankRequest, RankResponse
 from training.data import Marketplace
 from training.metrics import ndcg_at_k
@@ -54,27 +58,42 @@ def _contexts(mp: Marketplace, users: np.ndarray, rng: np.random.Generator) -> t
     return seeds, shops
 
 
+class _Truth:
+    """The generator's ground truth around one request (a :class:`serving.pipeline.sources.Truth`):
+    what each source's rule admits, as masks over every item."""
+
+    def __init__(self, mp: Marketplace, seed: int, shop: int) -> None:
+        self.mp, self.seed, self.shop = mp, seed, shop
+
+    def everything(self) -> np.ndarray:
+        return np.ones(self.mp.item_cat.shape[0], dtype=bool)
+
+    def nothing(self) -> np.ndarray:
+        return np.zeros(self.mp.item_cat.shape[0], dtype=bool)
+
+    def within(self, scope: str) -> np.ndarray:
+        col = ITEM_CAT_FIELDS.index(SCOPE_FIELD[scope])
+        value = self.shop if scope == "request_shop" else self.mp.item_cat[self.seed, col]
+        return np.asarray(self.mp.item_cat[:, col] == value)
+
+    def nearest_seed(self, count: int) -> np.ndarray:
+        """The ``count`` items nearest the seed in the true latent space (the seed itself not one)."""
+        near = self.mp.v_lat @ self.mp.v_lat[self.seed]
+        near[self.seed] = -np.inf
+        ok = self.nothing()
+        ok[np.argpartition(-near, count)[:count]] = True
+        return ok
+
+
 def _admitted(mp: Marketplace, sc: Scenario, seed: int, shop: int) -> np.ndarray:
-    """Item ids the scenario's candidate rule admits in truth (see the module's docstring)."""
-    n = mp.item_cat.shape[0]
-    ok = np.zeros(n, dtype=bool)
-
-    def scope(name: str) -> np.ndarray:
-        col = mp.item_cat[:, ITEM_CAT_FIELDS.index(SCOPE_FIELD[name])]
-        value = shop if name == "request_shop" else mp.item_cat[seed, ITEM_CAT_FIELDS.index(SCOPE_FIELD[name])]
-        return np.asarray(col == value)
-
+    """Item ids the scenario's candidate rule admits in truth (see the module's docstring): the
+    union of what its sources admit (each source says, :meth:`SourceSpec.admits`), then its filters."""
+    truth = _Truth(mp, seed, shop)
+    ok = truth.nothing()
     for src in sc.spec.sources:
-        if isinstance(src, ItemToItem):
-            near = mp.v_lat @ mp.v_lat[seed]
-            near[seed] = -np.inf
-            ok[np.argpartition(-near, src.count)[: src.count]] = True
-        elif isinstance(src, Popular) and src.within != "all":
-            ok |= scope(src.within)
-        elif src.kind != "given":
-            ok[:] = True
+        ok |= src.admits(truth)
     if sc.spec.filters.restrict:
-        ok &= scope(sc.spec.filters.restrict)
+        ok &= truth.within(sc.spec.filters.restrict)
     if sc.spec.filters.exclude_seed:
         ok[seed] = False
     return np.flatnonzero(ok)
@@ -84,10 +103,10 @@ def _answers(pipeline: Any, reqs: list[RankRequest], batch: int = 25) -> list[tu
     """Each request's answer, with the candidates the pipeline ranked for it."""
     out: list[tuple[RankResponse, np.ndarray]] = []
     for lo in range(0, len(reqs), batch):
-        preps = [pipeline.prepare(r) for r in reqs[lo: lo + batch]]
+        live = pipeline.live
+        preps = [pipeline.prepare(r, live=live) for r in reqs[lo: lo + batch]]
         results, _ = asyncio.run(pipeline.run_batch(preps))
-        found = asyncio.run(pipeline.candidates.find(pipeline.catalogue, pipeline.recall,
-                                                     [p.ask(pipeline.home) for p in preps]))
+        found = asyncio.run(pipeline.candidates.find(live.catalogue, live.recall, [p.wanted() for p in preps]))
         for r, f in zip(results, found, strict=True):
             if not isinstance(r, RankResponse):
                 raise RuntimeError(f"the in-process pipeline failed a quality request: {r}")

@@ -6,7 +6,7 @@ Must not touch: models, Triton, requests.
 
 Exact ``IndexFlatIP`` for small catalogues, IVF-Flat above ``EXACT_MAX_ITEMS`` with ``nprobe``
 tuned at build time to a recall target against exact search (IVF-PQ and HNSW can be built too, to
-compare; ``serving.tools.index_bench`` measured IVF-Flat the one that meets the targets at 1M
+compare; ``benchmarks.index_bench`` measured IVF-Flat the one that meets the targets at 1M
 items and takes catalogue changes). GPU resources are created at load, inside the process that
 searches, and never pickled.
 

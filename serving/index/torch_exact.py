@@ -6,7 +6,7 @@ exists for machines without it), models, Triton, requests.
 
 It is exact search, not an approximate index: recall@N against exact search is 1 by definition.
 Used where FAISS is missing, e.g. the GPU check on a device image that has torch but no faiss
-(``serving.tools.gpu_check``). Anything that reports on it says ``torch_exact``, never FAISS.
+(``benchmarks.gpu.check``). Anything that reports on it says ``torch_exact``, never FAISS.
 """
 
 from __future__ import annotations

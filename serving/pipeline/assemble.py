@@ -2,7 +2,7 @@
 
 Owns: the recall stage's factory (a user tower version with the index of the same version) and
 the wiring of the whole pipeline. Must not touch: Ray, HTTP, gRPC; it reads the repository only
-through :class:`serving.pipeline.orchestration.ModelCatalog`.
+through :class:`serving.pipeline.orchestration.ModelRepository`.
 
 FAISS is imported only when the index is loaded here: a caller that brings its own index (the GPU
 check's ``torch_exact`` on a machine without FAISS) never imports it.
@@ -19,7 +19,7 @@ from serving.index.item_tower import ItemEmbedder
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.crossing import CrossingStage
 from serving.pipeline.features import FeatureTables
-from serving.pipeline.orchestration import ModelCatalog, RankPipeline
+from serving.pipeline.orchestration import ModelRepository, RankPipeline
 from serving.pipeline.ranking import RankingStage
 from serving.pipeline.recall import RecallStage, VectorIndex
 from serving.triton.caller import AsyncInferClient, ModelCaller
@@ -33,14 +33,14 @@ def make_caller(settings: Settings, client: AsyncInferClient) -> ModelCaller:
     return ModelCaller(client, timeout_s=settings.triton_timeout_s, retries=settings.triton_retries)
 
 
-def make_recall(settings: Settings, catalog: ModelCatalog, cat: Catalogue, caller: ModelCaller,
+def make_recall(settings: Settings, repository: ModelRepository, cat: Catalogue, caller: ModelCaller,
                 version: int, *, index: VectorIndex | None = None) -> RecallStage:
     """The recall stage of one user tower version, with the item index and item tower from the
     same version: its FAISS index, or ``index`` when the caller built one from that version
     (labelled by its kind). The index holds the catalogue at the change it was built with; the
     caller brings it up to ``cat`` (``RecallStage.apply``) before using it."""
     label = "faiss"
-    tower_dir = catalog.version_dir(settings.user_tower_model, version)
+    tower_dir = repository.version_dir(settings.user_tower_model, version)
     if index is None:
         from serving.index.faiss_index import load_index
 
@@ -60,7 +60,7 @@ def make_recall(settings: Settings, catalog: ModelCatalog, cat: Catalogue, calle
                        label=label, item_vectors=vectors)
 
 
-def create_pipeline(settings: Settings, client: AsyncInferClient, catalog: ModelCatalog, *,
+def create_pipeline(settings: Settings, client: AsyncInferClient, repository: ModelRepository, *,
                     index: VectorIndex | None = None) -> RankPipeline:
     """Load tables, index and model metadata and wire the stages (in-process; no Ray needed).
     Native CPU code in this process gets ``settings.cpu_threads`` threads.
@@ -76,8 +76,8 @@ def create_pipeline(settings: Settings, client: AsyncInferClient, catalog: Model
     set_cpu_threads(settings.cpu_threads)
     tables = FeatureTables.load(settings.marketplace_path)
     caller = make_caller(settings, client)
-    recall = make_recall(settings, catalog, Catalogue.initial(tables), caller,
-                         catalog.traffic(settings.user_tower_model).live, index=index)
+    recall = make_recall(settings, repository, Catalogue.initial(tables), caller,
+                         repository.traffic(settings.user_tower_model).live, index=index)
     max_rows = read_config(settings.model_repository, settings.ranker_model).max_batch_size
-    return RankPipeline(settings, tables, catalog, recall, CrossingStage(tables, settings.cross_backend),
+    return RankPipeline(settings, tables, repository, recall, CrossingStage(tables, settings.cross_backend),
                         RankingStage(caller, max_rows))

@@ -1,13 +1,16 @@
 """The ranking pipeline over a batch of requests: candidates -> features -> crossing -> ranking -> top-k.
 
-Owns: resolving a validated request under its scenario (:meth:`RankPipeline.prepare`: the
-scenario, its limits and context, the model and version) and running a batch of them
-(:meth:`RankPipeline.run_batch`), one record per request. A batch mixes scenarios: candidates are
-found per request (one tower call and one search for all that need them), then every request
-scored by the same (model, version) goes to Triton together, whatever its scenario. Each request
-fails alone: its error takes its place in the output list. Must not touch: HTTP, gRPC, Ray,
-admission or files; the model repository is seen through :class:`ModelCatalog`, the scenarios
-arrive whole through :meth:`RankPipeline.set_scenarios`.
+Owns: resolving a validated request against one snapshot of the live state
+(:meth:`RankPipeline.prepare`: the scenario, the request's limits checked against it, its context,
+the model and version) and running a batch of them (:meth:`RankPipeline.run_batch`), one record
+per request. A request carries the snapshot it was resolved against, and its answer is computed
+from that snapshot alone; a batch whose requests hold different snapshots (a swap between two
+prepares) runs each group on its own. A batch mixes scenarios: candidates are found per request
+(one tower call and one search for all that need them), then every request scored by the same
+(model, version) goes to Triton together, whatever its scenario. Each request fails alone: its
+error takes its place in the output list. Must not touch: HTTP, gRPC, Ray, admission or files; the
+model repository is seen through :class:`ModelRepository`, new live state arrives whole through
+:attr:`RankPipeline.cell` (``serving.pipeline.state``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -23,28 +27,25 @@ import numpy as np
 
 from kernels import CrossSpec
 from serving.config import Settings
-from serving.errors import (
-    DeadlineExceededError,
-    ModelNotFoundError,
-    RankserveError,
-    ScenarioNotFoundError,
-    ValidationError,
-)
-from serving.pipeline.candidates import DEGRADE_ON, Ask, CandidateStage, Recall
+from serving.errors import DeadlineExceededError, RankserveError, ValidationError
+from serving.pipeline.candidates import CandidateStage, Wanted
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables, RankerInputs
-from serving.pipeline.routing import Traffic, route, user_bucket
-from serving.pipeline.scenario import DEFAULT_SCENARIO, Scenario, builtin_home
+from serving.pipeline.recall import Recall
+from serving.pipeline.routing import Traffic, read_split, route, user_bucket
+from serving.pipeline.scenario import Scenario, builtin_home
 from serving.pipeline.shadow import ShadowScorer
+from serving.pipeline.sources import DEGRADE_ON, Ask
+from serving.pipeline.state import LiveCell, LiveState
 from serving.pipeline.topk import diverse_top_k, top_k
 from serving.schemas import RankRequest, RankResponse, ScoredItem
 
-__all__ = ["BatchStats", "Crossing", "ModelCatalog", "Prepared", "RankPipeline", "Ranking", "Recall"]
+__all__ = ["BatchStats", "Crossing", "ModelRepository", "Prepared", "RankPipeline", "Ranking", "Recall"]
 
 log = logging.getLogger(__name__)
 
 
-class ModelCatalog(Protocol):
+class ModelRepository(Protocol):
     """What the pipeline reads of the model repository (``serving.repository.registry.ModelRegistry``)."""
 
     def models(self) -> list[str]: ...
@@ -70,7 +71,8 @@ class Ranking(Protocol):
 
 @dataclass
 class Prepared:
-    """A validated request, resolved against its scenario, the tables and the traffic split."""
+    """A validated request, resolved against one snapshot of the live state: its scenario, the
+    tables and the traffic split."""
 
     request_id: str
     user_id: int
@@ -84,13 +86,15 @@ class Prepared:
     arrival: float  # time.monotonic()
     deadline: float
     cost: int  # rows this request adds to a batch (batches are bounded by total candidates)
-    scenario: Scenario | None = None  # None: the built-in home
+    scenario: Scenario
+    live: LiveState  # the snapshot it was resolved against: its answer is computed from it
     seed: int | None = None  # item_id
     shop: int | None = None  # shop_id
 
-    def ask(self, default: Scenario) -> Ask:
-        return Ask(self.scenario or default, self.user_row, self.seed, self.shop, self.candidates, self.exclude,
-                   self.deadline)
+    def wanted(self) -> Wanted:
+        """What it asks of the candidate stage."""
+        return Wanted(self.scenario, Ask(self.user_row, self.seed, self.shop, self.candidates, self.exclude,
+                                         self.deadline))
 
 
 @dataclass
@@ -123,65 +127,60 @@ class RankPipeline:
     Args:
         settings: limits and defaults.
         tables: user/item features (the catalogue before any change).
-        catalog: model versions, crossing specs and traffic.
+        repository: model versions, crossing specs and traffic.
         recall: the recall stage (user tower + index of one version).
         crossing: the crossing stage.
         ranking: the ranking stage.
     """
 
-    def __init__(self, settings: Settings, tables: FeatureTables, catalog: ModelCatalog, recall: Recall,
+    def __init__(self, settings: Settings, tables: FeatureTables, repository: ModelRepository, recall: Recall,
                  crossing: Crossing, ranking: Ranking) -> None:
         self.settings = settings
-        self.catalogue = Catalogue.initial(tables)  # swapped whole when a catalogue change arrives
-        self.catalog = catalog
-        self.recall = recall
+        self.repository = repository
         self.crossing = crossing
         self.ranking = ranking
         self.candidates = CandidateStage()
-        self._traffic: dict[str, Traffic] = {}
         self.home = builtin_home(settings)
-        self.scenarios: dict[str, Scenario] = {DEFAULT_SCENARIO: self.home}  # swapped whole
+        # everything followed, swapped whole (serving.repository.followers publish into it)
+        self.cell = LiveCell(LiveState.first(read_split(repository, settings.user_tower_model), recall,
+                                             Catalogue.initial(tables), self.home))
         self.shadow = ShadowScorer(lambda m, v, x, d: ranking.score(m, v, x, deadline=d))
-        self.refresh_traffic()
 
-    # -- per request, before batching ---------------------------------------------------
-    def refresh_traffic(self) -> None:
-        """Re-read the traffic split of every ranking model (after a push or rollback)."""
-        tower = self.settings.user_tower_model
-        self._traffic = {m: self.catalog.traffic(m) for m in self.catalog.models() if m != tower}
+    # -- the live state -----------------------------------------------------------------
+    @property
+    def live(self) -> LiveState:
+        """The current snapshot of everything followed (read it once, use that one)."""
+        return self.cell.current
 
     @property
-    def traffic_split(self) -> dict[str, Traffic]:
-        """Current traffic split of every ranking model."""
-        return dict(self._traffic)
+    def catalogue(self) -> Catalogue:
+        """The current snapshot's catalogue."""
+        return self.cell.current.catalogue
 
-    def traffic(self, model: str) -> Traffic:
-        try:
-            return self._traffic[model]
-        except KeyError:
-            raise ModelNotFoundError(
-                f"unknown model {model!r}; served: {sorted(self._traffic)}", field="model"
-            ) from None
+    @property
+    def recall(self) -> Recall:
+        """The current snapshot's recall stage (user tower version and its index)."""
+        return self.cell.current.recall
 
-    def set_scenarios(self, scenarios: dict[str, Scenario]) -> None:
-        """Serve these scenarios from now on (swapped whole); without a ``home``, the built-in one."""
-        self.scenarios = {DEFAULT_SCENARIO: self.home, **scenarios}
+    @property
+    def scenarios(self) -> Mapping[str, Scenario]:
+        """The current snapshot's scenarios."""
+        return self.cell.current.scenarios
 
-    def scenario(self, name: str | None) -> Scenario:
-        """The served scenario ``name`` (None: ``home``).
+    @property
+    def traffic_split(self) -> Mapping[str, Traffic]:
+        """The current snapshot's traffic split of every ranking model."""
+        return self.cell.current.traffic
 
-        Raises:
-            ScenarioNotFoundError: not served here (404).
-        """
-        try:
-            return self.scenarios[name or DEFAULT_SCENARIO]
-        except KeyError:
-            raise ScenarioNotFoundError(f"unknown scenario {name!r}; served: {sorted(self.scenarios)}",
-                                        field="scenario") from None
+    def set_scenarios(self, scenarios: Mapping[str, Scenario]) -> None:
+        """Serve these scenarios from now on (a new snapshot); without a ``home``, the built-in one."""
+        self.cell.publish(lambda state: state.with_scenarios(scenarios))
 
-    def prepare(self, req: RankRequest, *, arrival: float | None = None) -> Prepared:
-        """Resolve a validated request under its scenario; checks that need the scenario or the
-        tables (limits, context, unknown items, model).
+    # -- per request, before batching ---------------------------------------------------
+    def prepare(self, req: RankRequest, *, arrival: float | None = None, live: LiveState | None = None) -> Prepared:
+        """Resolve a validated request against one snapshot (``live``; default: the current one)
+        under its scenario; checks that need the scenario or the tables (limits, context, unknown
+        items, model).
 
         Raises:
             ScenarioNotFoundError: unknown scenario (404).
@@ -190,13 +189,15 @@ class RankPipeline:
             ModelNotFoundError: unknown model (404).
         """
         now = time.monotonic() if arrival is None else arrival
-        sc = self.scenario(req.scenario)
+        state = self.live if live is None else live
+        sc = state.scenario(req.scenario)
+        k, timeout_ms = _within_limits(req, sc, self.settings)
         model = req.model or sc.spec.ranker  # a request's model overrides the scenario's ranker
-        version = route(self.traffic(model), req.user_id)
-        row, cold = self.catalogue.tables.user_row(req.user_id)
-        k, timeout_ms = _within_limits(req, sc)
-        seed, shop = self._context(req, sc)
-        candidates = None if req.candidates is None else self._given(req.candidates)
+        version = route(state.split(model), req.user_id)
+        cat = state.catalogue
+        row, cold = cat.tables.user_row(req.user_id)
+        seed, shop = _context(cat, req, sc)
+        candidates = None if req.candidates is None else _given(cat, req.candidates)
         given = sc.spec.given
         if given is not None and given.required and candidates is None:
             raise ValidationError(f"scenario {sc.name!r} ranks the caller's candidates: give candidates",
@@ -206,105 +207,62 @@ class RankPipeline:
         else:
             extra = 0 if candidates is None else int(candidates.shape[0])
             cost = min(sc.source_total + extra, sc.max_candidates)
-        return Prepared(
-            request_id=req.request_id or uuid.uuid4().hex,
-            user_id=req.user_id,
-            user_row=row,
-            cold_start=cold,
-            k=k,
-            model=model,
-            version=version,
-            candidates=candidates,
-            exclude=np.asarray(req.exclude, dtype=np.int64),
-            arrival=now,
-            deadline=now + timeout_ms / 1000.0,
-            cost=cost,
-            scenario=sc,
-            seed=seed,
-            shop=shop,
-        )
-
-    def _context(self, req: RankRequest, sc: Scenario) -> tuple[int | None, int | None]:
-        """The seed item and the shop the scenario needs, checked against the catalogue (context the
-        scenario does not use is ignored)."""
-        cat = self.catalogue
-        seed = shop = None
-        if sc.spec.needs_seed:
-            if req.item_id is None:
-                raise ValidationError(f"scenario {sc.name!r} needs item_id (the seed item)", field="item_id")
-            if cat.tables.unknown_items(np.asarray([req.item_id])).size:
-                raise ValidationError(f"unknown item_id {req.item_id} (valid ids are 0..{cat.tables.n_items - 1})",
-                                      field="item_id")
-            seed = req.item_id
-        elif sc.spec.filters.exclude_seed and req.item_id is not None:
-            seed = req.item_id  # only excluded: any id will do
-        if sc.spec.needs_shop:
-            if req.shop_id is None:
-                raise ValidationError(f"scenario {sc.name!r} needs shop_id", field="shop_id")
-            if not cat.has_group("shop", req.shop_id):
-                raise ValidationError(f"shop_id {req.shop_id} has no items in the catalogue", field="shop_id")
-            shop = req.shop_id
-        return seed, shop
-
-    def _given(self, ids: list[int]) -> np.ndarray:
-        """Given candidates, checked against the catalogue, duplicates dropped, request order kept
-        (the pipeline checked that the scenario takes them)."""
-        cand = np.asarray(ids, dtype=np.int64)
-        tables = self.catalogue.tables
-        unknown = tables.unknown_items(cand)
-        if unknown.size:
-            shown = ", ".join(map(str, unknown[:5].tolist()))
-            raise ValidationError(
-                f"{unknown.size} unknown item id(s) in candidates: {shown} (valid ids are 0..{tables.n_items - 1})",
-                field="candidates",
-            )
-        _, first = np.unique(cand, return_index=True)
-        return cand[np.sort(first)]
+        return Prepared(request_id=req.request_id or uuid.uuid4().hex, user_id=req.user_id, user_row=row,
+                        cold_start=cold, k=k, model=model, version=version, candidates=candidates,
+                        exclude=np.asarray(req.exclude, dtype=np.int64), arrival=now,
+                        deadline=now + timeout_ms / 1000.0, cost=cost, scenario=sc, live=state, seed=seed, shop=shop)
 
     # -- per batch ----------------------------------------------------------------------
     async def run_batch(self, batch: list[Prepared]) -> tuple[list[RankResponse | RankserveError], BatchStats]:
-        """Rank a batch: one user-tower call, one index search, one crossing launch and chunked
-        ranker calls per (model, version), then top-k. Returns one answer or error per request."""
+        """Rank a batch: per snapshot its requests hold (almost always one), one user-tower call,
+        one index search, one crossing launch and chunked ranker calls per (model, version), then
+        top-k. Returns one answer or error per request."""
         started = time.monotonic()
-        cat = self.catalogue  # one catalogue for the whole batch
         slots = [_Slot(p) for p in batch]
         for s in slots:
             if started >= s.req.deadline:
                 s.error = DeadlineExceededError(f"deadline passed after {1000 * (started - s.req.arrival):.1f} ms "
                                                 "in queue")
         live = [s for s in slots if s.error is None]
-        stats = BatchStats(requests=len(batch))
-        t0 = time.perf_counter()
-        # one recall stage for the batch: user tower version and its index always match; blocked
-        # items, and items of a later catalogue change, are dropped like excluded ones
-        found = await self.candidates.find(cat, self.recall, [s.req.ask(self.home) for s in live])
-        for s, f in zip(live, found, strict=True):
-            s.candidates, s.recall_scores, s.recall, s.degraded = f.ids, f.fallback, f.label, f.degraded
-        t_recall = (time.perf_counter() - t0) * 1000
-        t_cross = t_rank = 0.0
-        groups: dict[tuple[str, int], list[_Slot]] = {}  # by model version only: scenarios share Triton calls
+        stats = BatchStats(requests=len(batch), stage_ms=dict.fromkeys(("recall", "cross", "rank"), 0.0))
+        snapshots: dict[LiveState, list[_Slot]] = {}  # by identity: a swap between two prepares splits a batch
         for s in live:
-            groups.setdefault((s.req.model, s.req.version), []).append(s)
-        for (model, version), members in groups.items():
-            stats.group_scenarios.append(len({(s.req.scenario or self.home).name for s in members}))
-            cross_ms, rank_ms = await self._score(cat, model, version, members, stats)
-            t_cross += cross_ms
-            t_rank += rank_ms
+            snapshots.setdefault(s.req.live, []).append(s)
+        for state, members in snapshots.items():
+            await self._run_on(state, members, stats)
         stats.degraded = sum(s.degraded for s in live)
-        stats.stage_ms = {"recall": t_recall, "cross": t_cross, "rank": t_rank}
         done = time.monotonic()
-        return [s.error or _answer(s, cat, self.home, started, done, stats.stage_ms) for s in slots], stats
+        return [s.error or _answer(s, started, done, stats.stage_ms) for s in slots], stats
 
-    async def _score(self, cat: Catalogue, model: str, version: int, members: list[_Slot],
+    async def _run_on(self, state: LiveState, members: list[_Slot], stats: BatchStats) -> None:
+        """Find, cross and rank the candidates of ``members``, all resolved against ``state``."""
+        t0 = time.perf_counter()
+        # one recall stage for them: user tower version and its index always match; blocked
+        # items, and items of a later catalogue change, are dropped like excluded ones
+        found = await self.candidates.find(state.catalogue, state.recall, [s.req.wanted() for s in members])
+        for s, f in zip(members, found, strict=True):
+            s.candidates, s.recall_scores, s.recall, s.degraded = f.ids, f.fallback, f.label, f.degraded
+        stats.stage_ms["recall"] += (time.perf_counter() - t0) * 1000
+        groups: dict[tuple[str, int], list[_Slot]] = {}  # by model version only: scenarios share Triton calls
+        for s in members:
+            groups.setdefault((s.req.model, s.req.version), []).append(s)
+        for (model, version), group in groups.items():
+            stats.group_scenarios.append(len({s.req.scenario.name for s in group}))
+            cross_ms, rank_ms = await self._score(state, model, version, group, stats)
+            stats.stage_ms["cross"] += cross_ms
+            stats.stage_ms["rank"] += rank_ms
+
+    async def _score(self, state: LiveState, model: str, version: int, members: list[_Slot],
                      stats: BatchStats) -> tuple[float, float]:
         """Cross and rank the candidates of ``members`` with one version; returns (cross, rank) ms."""
+        cat = state.catalogue
         lens = [s.candidates.shape[0] for s in members]
         user_rows = np.repeat(np.asarray([s.req.user_row for s in members], dtype=np.int64), lens)
         item_rows = np.concatenate([s.candidates for s in members])
         stats.rows += int(item_rows.shape[0])
         t1 = time.perf_counter()
         try:
-            inputs = self.crossing.inputs(cat.tables, user_rows, item_rows, self.catalog.cross_spec(model, version))
+            inputs = self.crossing.inputs(cat.tables, user_rows, item_rows, self.repository.cross_spec(model, version))
         except RankserveError as err:
             for s in members:
                 s.error = err
@@ -315,26 +273,18 @@ class RankPipeline:
             degraded = False
         except DEGRADE_ON as err:
             log.warning("ranking %s v%s failed, degrading %d requests: %s", model, version, len(members), err)
-            flat = np.concatenate([self._fallback_scores(cat, s) for s in members])
+            flat = np.concatenate([_fallback_scores(cat, s) for s in members])
             degraded = True
         t3 = time.perf_counter()
         for s, part in zip(members, np.split(flat, np.cumsum(lens)[:-1]), strict=True):
             s.scores = part
             s.degraded = s.degraded or degraded
         if not any(s.degraded for s in members):
-            self._maybe_shadow(model, members, inputs)
+            self._maybe_shadow(state.traffic.get(model), model, members, inputs)
         return (t2 - t1) * 1000, (t3 - t2) * 1000
 
-    @staticmethod
-    def _fallback_scores(cat: Catalogue, s: _Slot) -> np.ndarray:
-        """Degraded scores: the recall score, or item popularity for given candidates."""
-        if s.recall_scores is not None:
-            return s.recall_scores
-        return cat.tables.popularity[s.candidates].astype(np.float32)
-
-    def _maybe_shadow(self, model: str, members: list[_Slot], inputs: RankerInputs) -> None:
+    def _maybe_shadow(self, traffic: Traffic | None, model: str, members: list[_Slot], inputs: RankerInputs) -> None:
         """Score the shadowed share of this group with the shadow version, off the response path."""
-        traffic = self._traffic.get(model)
         if traffic is None or traffic.shadow_version is None:
             return
         offsets = np.concatenate([[0], np.cumsum([s.candidates.shape[0] for s in members])])
@@ -346,25 +296,81 @@ class RankPipeline:
         self.shadow.submit(model, traffic.shadow_version, inputs.rows(rows), live, members[0].req.deadline + 5.0)
 
 
-def _within_limits(req: RankRequest, sc: Scenario) -> tuple[int, int]:
-    """The request's ``k`` and ``timeout_ms`` under the scenario's limits (defaults when absent).
+def _within_limits(req: RankRequest, sc: Scenario, settings: Settings) -> tuple[int, int]:
+    """The request's ``k`` and ``timeout_ms`` under the scenario's limits (defaults when absent):
+    the one check of the request's limits. A scenario's limits lie within the global ones; a
+    message names the scenario where its limit is below the global one.
 
     Raises:
-        ValidationError: beyond the scenario's maximum (422).
+        ValidationError: beyond a limit (422).
     """
+    def where(limit: int, cap: int) -> str:
+        return f" for scenario {sc.name!r}" if limit < cap else ""
+
     if req.k is not None and req.k > sc.max_k:
-        raise ValidationError(f"k must be in [1, {sc.max_k}] for scenario {sc.name!r}, got {req.k}", field="k")
-    if req.timeout_ms is not None and req.timeout_ms > sc.max_timeout_ms:
-        raise ValidationError(f"timeout_ms must be in [1, {sc.max_timeout_ms}] for scenario {sc.name!r}, "
-                              f"got {req.timeout_ms}", field="timeout_ms")
+        raise ValidationError(f"k must be in [1, {sc.max_k}]{where(sc.max_k, settings.max_k)}, got {req.k}",
+                              field="k")
     if req.candidates is not None:
-        given = sc.spec.given
-        if given is None:
+        if not req.candidates:
+            raise ValidationError("candidates must not be empty (omit it to use recall)", field="candidates")
+        if sc.spec.given is None:
             raise ValidationError(f"scenario {sc.name!r} takes no candidates", field="candidates")
         if len(req.candidates) > sc.max_candidates:
-            raise ValidationError(f"at most {sc.max_candidates} candidates per request for scenario {sc.name!r}, "
-                                  f"got {len(req.candidates)}", field="candidates")
+            raise ValidationError(f"at most {sc.max_candidates} candidates per request"
+                                  f"{where(sc.max_candidates, settings.max_candidates)}, got {len(req.candidates)}",
+                                  field="candidates")
+    if len(req.exclude) > settings.max_exclude:
+        raise ValidationError(f"at most {settings.max_exclude} exclude ids, got {len(req.exclude)}", field="exclude")
+    if req.timeout_ms is not None and req.timeout_ms > sc.max_timeout_ms:
+        raise ValidationError(f"timeout_ms must be in [1, {sc.max_timeout_ms}]"
+                              f"{where(sc.max_timeout_ms, settings.max_timeout_ms)}, got {req.timeout_ms}",
+                              field="timeout_ms")
     return req.k or sc.default_k, req.timeout_ms or sc.timeout_ms
+
+
+def _context(cat: Catalogue, req: RankRequest, sc: Scenario) -> tuple[int | None, int | None]:
+    """The seed item and the shop the scenario needs, checked against the catalogue (context the
+    scenario does not use is ignored)."""
+    seed = shop = None
+    if sc.spec.needs_seed:
+        if req.item_id is None:
+            raise ValidationError(f"scenario {sc.name!r} needs item_id (the seed item)", field="item_id")
+        if cat.tables.unknown_items(np.asarray([req.item_id])).size:
+            raise ValidationError(f"unknown item_id {req.item_id} (valid ids are 0..{cat.tables.n_items - 1})",
+                                  field="item_id")
+        seed = req.item_id
+    elif sc.spec.filters.exclude_seed and req.item_id is not None:
+        seed = req.item_id  # only excluded: any id will do
+    if sc.spec.needs_shop:
+        if req.shop_id is None:
+            raise ValidationError(f"scenario {sc.name!r} needs shop_id", field="shop_id")
+        if not cat.has_group("shop", req.shop_id):
+            raise ValidationError(f"shop_id {req.shop_id} has no items in the catalogue", field="shop_id")
+        shop = req.shop_id
+    return seed, shop
+
+
+def _given(cat: Catalogue, ids: list[int]) -> np.ndarray:
+    """Given candidates, checked against the catalogue, duplicates dropped, request order kept
+    (the limits checked that the scenario takes them)."""
+    cand = np.asarray(ids, dtype=np.int64)
+    tables = cat.tables
+    unknown = tables.unknown_items(cand)
+    if unknown.size:
+        shown = ", ".join(map(str, unknown[:5].tolist()))
+        raise ValidationError(
+            f"{unknown.size} unknown item id(s) in candidates: {shown} (valid ids are 0..{tables.n_items - 1})",
+            field="candidates",
+        )
+    _, first = np.unique(cand, return_index=True)
+    return cand[np.sort(first)]
+
+
+def _fallback_scores(cat: Catalogue, s: _Slot) -> np.ndarray:
+    """Degraded scores: the recall score, or item popularity for given candidates."""
+    if s.recall_scores is not None:
+        return s.recall_scores
+    return cat.tables.popularity[s.candidates].astype(np.float32)
 
 
 def _unit_interval(x: np.ndarray) -> np.ndarray:
@@ -373,9 +379,8 @@ def _unit_interval(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.ones_like(x)
 
 
-def _answer(s: _Slot, cat: Catalogue, home: Scenario, started: float, done: float,
-            stage_ms: dict[str, float]) -> RankResponse:
-    sc = s.req.scenario or home
+def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float]) -> RankResponse:
+    sc, cat = s.req.scenario, s.req.live.catalogue
     div = sc.spec.diversity
     if div is None:
         top = top_k(s.scores, s.req.k)

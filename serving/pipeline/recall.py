@@ -18,7 +18,7 @@ from serving.errors import BackendUnavailableError
 from serving.pipeline.features import TOWER_OUTPUT, FeatureTables
 from serving.triton.caller import ModelCaller
 
-__all__ = ["ItemEmbedder", "RecallStage", "VectorIndex"]
+__all__ = ["ItemEmbedder", "Recall", "RecallStage", "VectorIndex"]
 
 
 class VectorIndex(Protocol):
@@ -40,6 +40,22 @@ class VectorIndex(Protocol):
 
 # (tables, item rows) -> item embeddings float32 [rows, E], with the item tower of one version
 ItemEmbedder = Callable[[FeatureTables, np.ndarray], np.ndarray]
+
+
+class Recall(Protocol):
+    """What the sources and the live state see of the recall stage (:class:`RecallStage`)."""
+
+    model: str
+    version: int
+    index: VectorIndex
+    label: str
+
+    async def embed(self, user_rows: np.ndarray, *, deadline: float) -> np.ndarray: ...
+    def search(self, embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def vectors(self, ids: np.ndarray) -> np.ndarray: ...
+    def popular(self, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def apply(self, tables: FeatureTables, rows: np.ndarray, catalogue_version: int) -> None: ...
+    def warm(self) -> None: ...
 
 
 class RecallStage:

@@ -1,18 +1,21 @@
 """Which model version scores whom: the traffic split and the stable user bucket.
 
-Owns: the :class:`Traffic` value (its JSON is the repository's ``traffic.json``) and the routing
-rule (canary by a stable hash of ``user_id``). Must not touch: files (``serving.repository``
+Owns: the :class:`Traffic` value (its JSON is the repository's ``traffic.json``), the split of
+every ranking model as one read-only mapping (:func:`read_split`) and the routing rule (canary by
+a stable hash of ``user_id``). Must not touch: files (``serving.repository``
 reads and writes them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Protocol
 
 from kernels import cross_hash_scalar
 
-__all__ = ["Traffic", "route", "user_bucket"]
+__all__ = ["Traffic", "TrafficFiles", "read_split", "route", "user_bucket"]
 
 
 def user_bucket(user_id: int) -> float:
@@ -72,3 +75,15 @@ def route(traffic: Traffic, user_id: int) -> int:
     if traffic.canary_version is not None and user_bucket(user_id) < traffic.canary_percent:
         return traffic.canary_version
     return traffic.live
+
+
+class TrafficFiles(Protocol):
+    """Where traffic splits are read (``serving.repository.registry.ModelRegistry``)."""
+
+    def models(self) -> list[str]: ...
+    def traffic(self, model: str) -> Traffic: ...
+
+
+def read_split(files: TrafficFiles, user_tower: str) -> Mapping[str, Traffic]:
+    """The traffic split of every ranking model (every model but the user tower), read-only."""
+    return MappingProxyType({m: files.traffic(m) for m in files.models() if m != user_tower})

@@ -2,7 +2,8 @@
 a shop's page), served side by side by the same replicas.
 
 Owns: the scenario spec (:class:`ScenarioSpec`, the typed content of a scenario file: its recall
-sources with their counts, the merge and dedupe rule, the filters, the ranker, an optional
+sources, each validated by the spec of the kind it names (``serving.pipeline.sources``, where a
+new kind is registered), the merge and dedupe rule, the filters, the ranker, an optional
 diversity rule and its limits), its validation on its own (unknown keys, values out of range,
 sources or a diversity rule that can never fill ``k``), its resolution against one server
 (:meth:`Scenario.resolve`: the global limits in :class:`serving.config.Settings`, the ranking
@@ -18,69 +19,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, PlainValidator, SerializeAsAny, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from serving.config import Settings
 from serving.errors import ScenarioRefusedError
+from serving.pipeline.sources import (
+    SCOPE_FIELD,
+    SCOPE_NEEDS,
+    Given,
+    Scope,
+    SourceSpec,
+    Strict,
+    UserToItem,
+    source_spec,
+)
+from serving.schemas import first_problem
 
-__all__ = ["DEFAULT_SCENARIO", "NAME_PATTERN", "Diversity", "Filters", "Given", "ItemToItem", "Limits", "Merge",
-           "Popular", "Scenario", "ScenarioSpec", "Source", "UserToItem", "builtin_home"]
+__all__ = ["DEFAULT_SCENARIO", "NAME_PATTERN", "Diversity", "Filters", "Limits", "Merge", "Scenario", "ScenarioSpec",
+           "builtin_home"]
 
 DEFAULT_SCENARIO = "home"
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,47}$"
-MAX_COUNT = 10_000  # most candidates one source may give (the index's own search limit clamps further)
 
-# Where a ``popular`` source looks, and what ``filters.restrict`` keeps: the request's shop (``shop_id``),
-# or the shop or category of the seed item (``item_id``).
-Scope = Literal["request_shop", "seed_shop", "seed_category"]
-SCOPE_FIELD: dict[str, str] = {"request_shop": "shop", "seed_shop": "shop", "seed_category": "category"}
+# One source of the file, validated by the spec of the kind it names (``serving.pipeline.sources``).
+Source = Annotated[SerializeAsAny[SourceSpec], PlainValidator(source_spec)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class UserToItem(_Strict):
-    """The user's nearest items in the two-tower index (the user tower's embedding as the query)."""
-
-    kind: Literal["user_to_item"]
-    count: int = Field(ge=1, le=MAX_COUNT, description="Candidates this source gives (after filters).")
-
-
-class ItemToItem(_Strict):
-    """The seed item's nearest items. ``embedding``: in the two-tower index, the seed's own item
-    embedding as the query (trained for user-item affinity). ``content``: by inner product of the
-    items' content vectors (``dense``), exact over the catalogue as it is now."""
-
-    kind: Literal["item_to_item"]
-    count: int = Field(ge=1, le=MAX_COUNT, description="Candidates this source gives (after filters).")
-    space: Literal["embedding", "content"] = Field(
-        default="embedding", description="Which vectors 'nearest' is measured in: the two-tower item "
-        "embeddings (the index) or the items' content vectors.")
-
-
-class Popular(_Strict):
-    """The most popular items, overall or within the request's shop or the seed item's shop or category."""
-
-    kind: Literal["popular"]
-    count: int = Field(ge=1, le=MAX_COUNT, description="Candidates this source gives (after filters).")
-    within: Literal["all"] | Scope = "all"
-
-
-class Given(_Strict):
-    """The caller's ``candidates``. ``exclusive``: when the request gives some, they are the only
-    candidates (the other sources do not run); ``merge``: they join the other sources'."""
-
-    kind: Literal["given"]
-    mode: Literal["exclusive", "merge"] = "exclusive"
-    required: bool = Field(default=False, description="The request must give candidates.")
-
-
-Source = Annotated[UserToItem | ItemToItem | Popular | Given, Field(discriminator="kind")]
-
-
-class Merge(_Strict):
+class Merge(Strict):
     """How the sources' lists become one: ``interleave`` takes the first of each source, then the
     second of each, ...; ``concat`` takes each source's list after the previous one's. An item that
     several sources give is kept once, at its first place (``dedupe: keep_first``, the only rule:
@@ -90,7 +56,7 @@ class Merge(_Strict):
     dedupe: Literal["keep_first"] = "keep_first"
 
 
-class Filters(_Strict):
+class Filters(Strict):
     """What candidates may be returned. Always applied besides these: the request's ``exclude``
     and the catalogue's blocked items."""
 
@@ -99,14 +65,14 @@ class Filters(_Strict):
                                                      "shop or category.")
 
 
-class Diversity(_Strict):
+class Diversity(Strict):
     """At most ``max_items`` items of one shop (or category) in the answer's top k."""
 
     per: Literal["shop", "category"]
     max_items: int = Field(ge=1, le=1000)
 
 
-class Limits(_Strict):
+class Limits(Strict):
     """The scenario's limits; each must lie within the server's global one (absent: the global value)."""
 
     default_k: int | None = Field(default=None, ge=1)
@@ -117,7 +83,7 @@ class Limits(_Strict):
                                                                 "merged list is cut there), and most given.")
 
 
-class ScenarioSpec(_Strict):
+class ScenarioSpec(Strict):
     """The content of one scenario file."""
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -131,7 +97,7 @@ class ScenarioSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ScenarioSpec:
-        keys = [(s.kind, getattr(s, "within", None)) for s in self.sources]
+        keys = [s.key for s in self.sources]
         if len(set(keys)) != len(keys):
             raise ValueError("sources: the same source is listed twice")
         lim = self.limits
@@ -143,20 +109,24 @@ class ScenarioSpec(_Strict):
 
     @property
     def given(self) -> Given | None:
+        """The ``given`` source, if the scenario takes the caller's candidates."""
         return next((s for s in self.sources if isinstance(s, Given)), None)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The request context the sources and the filters need (``item_id``, ``shop_id``)."""
+        restrict = self.filters.restrict
+        return frozenset().union(*(s.needs for s in self.sources), [SCOPE_NEEDS[restrict]] if restrict else [])
 
     @property
     def needs_seed(self) -> bool:
         """The request must give ``item_id``."""
-        scopes = [getattr(s, "within", None) for s in self.sources] + [self.filters.restrict]
-        return any(isinstance(s, ItemToItem) for s in self.sources) or any(
-            sc in ("seed_shop", "seed_category") for sc in scopes)
+        return "item_id" in self.needs
 
     @property
     def needs_shop(self) -> bool:
         """The request must give ``shop_id``."""
-        scopes = [getattr(s, "within", None) for s in self.sources] + [self.filters.restrict]
-        return "request_shop" in scopes
+        return "shop_id" in self.needs
 
     @classmethod
     def from_mapping(cls, data: Any) -> ScenarioSpec:
@@ -170,32 +140,7 @@ class ScenarioSpec(_Strict):
         try:
             return cls.model_validate(dict(data))
         except PydanticValidationError as err:
-            raise ScenarioRefusedError(_reason(err)) from err
-
-
-def _where(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part not in ("user_to_item", "item_to_item", "popular", "given"):  # the union's tag in the path
-            out += f".{part}" if out else str(part)
-    return out or "file"
-
-
-def _reason(err: PydanticValidationError) -> str:
-    first = err.errors(include_url=False)[0]
-    where, kind = _where(tuple(first["loc"])), first["type"]
-    if kind == "extra_forbidden":
-        return f"unknown key {where!r}"
-    if kind == "missing":
-        return f"{where} is required"
-    if kind == "union_tag_invalid":
-        tag = (first.get("ctx") or {}).get("tag")
-        return f"{where}: unknown source kind {tag!r}; sources are user_to_item, item_to_item, popular, given"
-    if kind == "union_tag_not_found":
-        return f"{where}: a source names its kind (user_to_item, item_to_item, popular, given)"
-    return f"{where}: {first['msg']}"
+            raise ScenarioRefusedError(first_problem(err, noun="key", root="file").message) from err
 
 
 @dataclass(frozen=True)
@@ -218,7 +163,7 @@ class Scenario:
     @property
     def source_total(self) -> int:
         """Candidates the sources give at most (the caller's not counted), cut at ``max_candidates``."""
-        return min(self.max_candidates, sum(getattr(s, "count", 0) for s in self.spec.sources))
+        return min(self.max_candidates, sum(s.gives or 0 for s in self.spec.sources))
 
     @classmethod
     def resolve(cls, spec: ScenarioSpec, version: int, settings: Settings, rankers: list[str],
@@ -245,7 +190,7 @@ class Scenario:
                                        f"{out.timeout_ms} / max_timeout_ms {out.max_timeout_ms}: a default above "
                                        "its maximum (absent limits take the server's global values)")
         for i, s in enumerate(spec.sources):
-            count = getattr(s, "count", 0)
+            count = s.gives or 0
             if count > settings.max_candidates:
                 raise ScenarioRefusedError(f"sources[{i}].count: {count} is above the server's max_candidates "
                                            f"({settings.max_candidates})")

@@ -3,7 +3,7 @@
 Owns: the change log ``<repository>/catalogue/<version>.json`` (version 1, 2, ... each one change:
 items blocked, unblocked, added or updated), its validation (a bad change is refused whole, and
 nothing is written), and folding changes into a :class:`serving.pipeline.catalogue.Catalogue`.
-Every replica applies new changes within a fraction of a second (``serving.repository.watcher``);
+Every replica applies new changes within a fraction of a second (``serving.repository.followers``);
 a push of a user tower embeds the catalogue as changed so far. Must not touch: Triton, requests.
 
 Item ids are row numbers: added items take the next ids, in the order of the change. Feature

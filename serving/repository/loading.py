@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,7 +28,8 @@ from serving.repository.registry import ModelRegistry
 from serving.triton.config import TORCH_THREADS_PARAMETER, read_config
 from serving.triton.digests import Finding, clear_bytecode, verify_version
 
-__all__ = ["Loader", "LoadPlan", "config_findings", "load_all", "load_checked", "plan_versions"]
+__all__ = ["Loader", "LoadPlan", "config_findings", "load_all", "load_checked", "plan_versions", "startup_loader",
+           "wanted_versions"]
 
 log = logging.getLogger("rankserve")
 
@@ -76,14 +78,21 @@ def config_findings(registry: ModelRegistry, model: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def plan_versions(registry: ModelRegistry, model: str, keep_others: int) -> LoadPlan:
-    """The versions of ``model`` to load: the traffic split's (live, canary, shadow, preparing) and
-    the ``keep_others`` newest others, each checked against its digests."""
+def wanted_versions(registry: ModelRegistry, model: str, keep_others: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(wanted, needed): the versions of ``model`` Triton should hold, unchecked (cheap: a follower
+    asks every second), and of them those the traffic split needs."""
     on_disk = registry.versions(model)
     traffic = registry.traffic(model) if on_disk else None
     needed = tuple(sorted(set(traffic.loaded_versions()) & set(on_disk))) if traffic is not None else ()
     others = [v for v in reversed(on_disk) if v not in needed][:keep_others]
-    wanted = sorted({*needed, *others})
+    return tuple(sorted({*needed, *others})), needed
+
+
+def plan_versions(registry: ModelRegistry, model: str, keep_others: int) -> LoadPlan:
+    """The versions of ``model`` to load: the traffic split's (live, canary, shadow, preparing) and
+    the ``keep_others`` newest others, each checked against its digests."""
+    on_disk = registry.versions(model)
+    wanted, needed = wanted_versions(registry, model, keep_others)
     problems = config_findings(registry, model) if on_disk else ()
     refused: dict[int, list[Finding]] = {}
     for v in wanted:
@@ -135,3 +144,9 @@ def load_all(client: Loader, registry: ModelRegistry, keep_others: int,
         IntegrityError: the first model whose needed versions fail their check (nothing of it loaded).
     """
     return [load_checked(client, registry, m, keep_others) for m in (models or registry.models())]
+
+
+def startup_loader(registry: ModelRegistry, keep_others: int) -> Callable[[Loader], list[LoadPlan]]:
+    """What a Triton that rankserve starts loads after each start (``TritonProcess(load=...)``):
+    every model, checked, as :func:`load_all`."""
+    return lambda client: load_all(client, registry, keep_others)

@@ -1,7 +1,7 @@
 """Which serving nodes follow the repository, and which versions their Tritons have loaded.
 
 Owns: the heartbeat files ``<repo>/.nodes/<key>.json`` (one per replica: its Triton and the
-versions ready there, rewritten every second by its watcher) and waiting on them, and beside
+versions ready there, rewritten every second by its heartbeat follower) and waiting on them, and beside
 each the replica's metrics snapshot ``<key>.prom`` (its Prometheus exposition), which any
 replica merges to answer ``/metrics`` for the whole service. A push writes a
 version, then waits until every live node reports it loaded before it moves traffic, so a canary

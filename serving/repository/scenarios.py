@@ -8,7 +8,7 @@ it against one server (:meth:`serving.pipeline.scenario.Scenario.resolve`: the g
 repository's ranking models, the catalogue), ``apply`` and ``rollback`` under one lock (applies at
 the same moment each get their own version; none is lost), and the live set a replica serves.
 A refused file changes nothing. Replicas follow ``live.json`` within a fraction of a second
-(``serving.repository.watcher``). Must not touch: Triton, requests, the pipeline's stages.
+(``serving.repository.followers``). Must not touch: Triton, requests, the pipeline's stages.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class ScenarioStore:
 
 def use_live_scenarios(pipeline: RankPipeline, registry: ModelRegistry) -> dict[str, str]:
     """Serve the repository's live scenarios in ``pipeline``, once (an in-process pipeline: the
-    benchmark's floor, the quality figures, tests; replicas follow them with their watcher).
+    benchmark's floor, the quality figures, tests; replicas follow them with their followers).
     Returns the scenarios refused here, with the reason."""
     served, refused = ScenarioStore(registry.repo).live(pipeline.settings, registry, pipeline.catalogue.group_counts())
     pipeline.set_scenarios(served)

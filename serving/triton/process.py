@@ -3,7 +3,7 @@
 Owns: the ``tritonserver`` child process (binary, backends, environment, ports, readiness, stop).
 Must not touch: model files (beyond the instance settings of ``config.pbtxt`` at start) or requests.
 
-Facts this module relies on (Triton 2.51, python backend; see DESIGN.md):
+Facts this module relies on (Triton 2.51, python backend, each verified by running it):
 
 * the python backend stub for the running interpreter must sit in ``backends/python/`` as
   ``triton_python_backend_stub``; we copy the wheel's ``backends/`` into a runtime dir we own;
@@ -151,7 +151,7 @@ class TritonProcess:
     def __init__(self, repo: Path, *, runtime_dir: Path, models: list[str] | None = None, grpc_port: int = 0,
                  http_port: int = 0, metrics_port: int = 0, ready_timeout_s: float = 180.0,
                  binary: Path | None = None, kind: str = "auto", torch_threads: int = 1,
-                 load: Callable[[TritonClient], None] | None = None) -> None:
+                 load: Callable[[TritonClient], object] | None = None) -> None:
         self.repo = Path(repo).resolve()
         self.runtime_dir = Path(runtime_dir).resolve()
         self.models = models if models is not None else sorted(

@@ -6,7 +6,7 @@ client makes them) or tensor meanings.
 
 A region is written by the client and read by a Triton on the same host, which saves the
 protobuf encoding and decoding of every input byte (measured here: a 5,000-row ranker call
-11.7 -> 8.6 ms, ``docs/measurements.md``).
+11.7 -> 8.6 ms, ``docs/measurements/tuning.md``).
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ def test_readme_api_example_runs_as_written(rankserve_url: str) -> None:
 
 def test_local_cluster_listens_on_loopback_only(rankserve_url: str, settings: Settings) -> None:
     """Every port the embedded default opens (Ray, Serve, HAProxy, Triton) is on loopback, except
-    those Ray Serve 2.60 binds to every interface with no host option (README "Two commands"):
+    those Ray Serve 2.60 binds to every interface with no host option (docs/operations/running.md, "What listens where"):
     HAProxy's stats and Prometheus listeners, the fallback gRPC proxy behind HAProxy, and each
     replica's gRPC servers (inter-deployment, and its own rankserve.v1.Ranker server when gRPC is
     on). The HTTP and gRPC API ports themselves are loopback. ``ray`` is imported before

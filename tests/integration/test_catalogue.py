@@ -65,7 +65,7 @@ def _start_load(url: str, tmp: Path, users: list[int], given: list[int]) -> tupl
     lines += [json.dumps({"user_id": u, "k": 50, "candidates": given, "timeout_ms": 10000}) for u in users[:10]]
     bodies.write_text("\n".join(lines))
     record = tmp / "record.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "serving.tools.loadgen", "--url", f"{url}/v1/rank", "--bodies",
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest.loadgen", "--url", f"{url}/v1/rank", "--bodies",
                              str(bodies), "--concurrency", "4", "--duration-s", "120", "--warmup-s", "0",
                              "--record", str(record), "--stop-file", str(tmp / "stop")],
                             stdout=subprocess.PIPE, text=True)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import chaos
+from loadtest.workload import recall_bodies, write_bodies
 from serving.config import Settings
 from serving.pipeline.features import FeatureTables
-from serving.tools import chaos
-from serving.tools.workload import recall_bodies, write_bodies
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,13 +20,13 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.cluster import LocalCluster
 from serving.config import Settings
+from serving.metrics import metric_values
 from serving.pipeline.features import FeatureTables
 from serving.repository.nodes import live_nodes
 from serving.repository.push import push, rollback
 from serving.repository.registry import ModelRegistry
-from serving.tools.cluster import LocalCluster
-from serving.tools.workload import metric_values
 from serving.triton.client import TritonClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -75,7 +75,7 @@ def _load(url: str, tmp: Path, n_users: int, duration_s: float = 90) -> tuple[su
     bodies.write_text("\n".join(json.dumps({"user_id": int(u), "k": 10, "timeout_ms": 10000})
                                 for u in rng.integers(0, n_users, 300)))
     record = tmp / "record.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "serving.tools.loadgen", "--url", f"{url}/v1/rank", "--bodies",
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest.loadgen", "--url", f"{url}/v1/rank", "--bodies",
                              str(bodies), "--concurrency", "4", "--duration-s", str(duration_s), "--warmup-s", "0",
                              "--record", str(record), "--stop-file", str(tmp / "stop")],
                             stdout=subprocess.PIPE, text=True)

@@ -24,7 +24,7 @@ FINAL = re.compile(r"gpu-check: dry_run=true triton=KIND_CPU scores_match=true p
 
 def test_dry_run_runs_what_a_cpu_can_and_says_what_it_skipped(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
-    cmd = [sys.executable, "-m", "serving.tools.gpu_check", "--dry-run", "--items", "10000", "--users", "4000", "--duration-s", "0.3",
+    cmd = [sys.executable, "-m", "benchmarks.gpu.check", "--dry-run", "--items", "10000", "--users", "4000", "--duration-s", "0.3",
            "--out", str(out), "--work-dir", str(work)]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     lines = res.stdout.strip().splitlines()

@@ -153,7 +153,7 @@ def _start_load(url: str, tmp: Path, duration_s: float = 120) -> tuple[subproces
               for u in range(20)]
     bodies.write_text("\n".join(lines))
     record = tmp / "record.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "serving.tools.loadgen", "--url", f"{url}/v1/rank", "--bodies",
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest.loadgen", "--url", f"{url}/v1/rank", "--bodies",
                              str(bodies), "--concurrency", "4", "--duration-s", str(duration_s), "--warmup-s", "0",
                              "--record", str(record), "--stop-file", str(tmp / "stop")],
                             stdout=subprocess.PIPE, text=True)

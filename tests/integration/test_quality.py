@@ -16,7 +16,7 @@ from kernels import get_crosser
 from serving.index.faiss_index import load_index, recall_at_k
 from serving.pipeline.features import FeatureTables, ranker_inputs
 from serving.repository.registry import ModelRegistry
-from training.build import load_built_marketplace
+from training.data import load_built_marketplace
 from training.metrics import auc, ece, log_loss, ndcg_at_k
 from training.quality import pipeline_ndcg, true_click_prob
 from training.scenario_quality import scenario_ndcg

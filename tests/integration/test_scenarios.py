@@ -152,7 +152,7 @@ def test_apply_under_load_goes_live_with_no_failed_request_and_rolls_back(settin
         lines.append({"user_id": u, "timeout_ms": 5000})
     (tmp_path / "bodies.jsonl").write_text("\n".join(json.dumps(b) for b in lines))
     record = tmp_path / "record.jsonl"
-    load = subprocess.Popen([sys.executable, "-m", "serving.tools.loadgen", "--url", f"{rankserve_url}/v1/rank",
+    load = subprocess.Popen([sys.executable, "-m", "loadtest.loadgen", "--url", f"{rankserve_url}/v1/rank",
                              "--bodies", str(tmp_path / "bodies.jsonl"), "--concurrency", "4", "--duration-s", "120",
                              "--warmup-s", "0", "--record", str(record), "--stop-file", str(tmp_path / "stop")],
                             stdout=subprocess.PIPE, text=True)

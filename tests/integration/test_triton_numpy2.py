@@ -29,7 +29,7 @@ import json, sys
 from pathlib import Path
 import numpy
 from serving.config import Settings
-from serving.tools.gpu_sweep import score_check
+from benchmarks.gpu.probe import score_check
 from serving.triton.process import TritonProcess
 repo, runtime = Path(sys.argv[1]), Path(sys.argv[2])
 settings = Settings.from_env(model_repository=repo)

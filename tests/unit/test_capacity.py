@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from serving.tools.capacity import Step, Target, markdown, plan_units, report, search_capacity
+from benchmarks.capacity import Step, Target, markdown, plan_units, report, search_capacity
 
 
 def _unit(limit_rps: float, base_ms: float = 20.0):  # noqa: ANN202

@@ -1,6 +1,6 @@
 """Catalogue changes without a server: the change log's validation and numbering, folding changes,
-the pipeline never returning a blocked item, a replica's watcher applying changes (added items
-recallable), and the FAISS index taking upserts."""
+the pipeline never returning a blocked item, a replica's catalogue follower applying changes (added
+items recallable), and the FAISS index taking upserts."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from serving.index.torch_exact import TorchExactIndex
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import ITEM_CAT_FIELDS, ITEM_NUM_FIELDS
 from serving.repository.catalogue import ChangeLog, apply_change, read_item_rows
-from serving.repository.registry import ModelRegistry
-from serving.repository.watcher import RepositoryWatcher
+from serving.repository.followers import CatalogueFollower
 from serving.schemas import RankRequest, RankResponse
 from tests.unit.fakes import N_ITEMS, D, ScoringClient, make_pipeline, make_repo, make_tables
 
@@ -159,7 +158,8 @@ def test_blocked_items_are_never_returned_recalled_or_given(repo: Path) -> None:
     first = [it.item_id for it in _rank(p).items]
     given = list(range(0, 60))
     blocked = first[:10] + [0, 1, 2]
-    p.catalogue = apply_change(p.catalogue, ChangeLog(repo).append(p.catalogue.tables, block=blocked))
+    changed = apply_change(p.catalogue, ChangeLog(repo).append(p.catalogue.tables, block=blocked))
+    p.cell.publish(lambda state: state.replace(catalogue=changed))
     recalled, from_given = _rank(p), _rank(p, candidates=given)
     assert recalled.catalogue_version == from_given.catalogue_version == 1
     assert not {it.item_id for it in recalled.items} & set(blocked)
@@ -168,15 +168,15 @@ def test_blocked_items_are_never_returned_recalled_or_given(repo: Path) -> None:
     assert first[10] in {it.item_id for it in recalled.items}
 
 
-def test_the_watcher_applies_changes_and_added_items_can_be_recalled(repo: Path) -> None:
+def test_the_follower_applies_changes_and_added_items_can_be_recalled(repo: Path) -> None:
     p = make_pipeline(repo, ScoringClient())
     user = p.catalogue.tables.user_dense[3]
-    w = RepositoryWatcher(p.settings, ModelRegistry(repo), p, p.recall.caller)
     log = ChangeLog(repo)
+    follower = CatalogueFollower(p.cell, log, threading.Event())
     # an item made to be the user's best match: its dense vector is the user's, scaled up
     log.append(p.catalogue.tables, add=[_item(dense=(user * 10).tolist())])
     log.append(p.catalogue.tables, block=[0])
-    assert w.follow_catalogue() == 2 and w.follow_catalogue() == 0
+    assert follower.catch_up() == 2 and follower.catch_up() == 0 and follower.poll() is False
     assert p.catalogue.version == 2 and p.recall.index.catalogue_version == 2
     r = _rank(p)
     assert r.catalogue_version == 2 and r.items[0].item_id == N_ITEMS

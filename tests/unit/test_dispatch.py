@@ -194,17 +194,19 @@ def test_a_deadline_gives_504_even_when_the_cancelled_call_ends_as_an_error(tmp_
 
 def test_metrics_show_the_versions_in_traffic_and_drop_those_that_left(tmp_path: Path) -> None:
     from serving.pipeline.routing import Traffic
+    from serving.repository.followers import TrafficFollower
 
     svc = _service(tmp_path, delay_s=0.0)
     registry = ModelRegistry(svc.registry.repo)
+    traffic = TrafficFollower(registry, svc.pipeline.cell, "user_tower")
     registry.set_traffic("ranker", Traffic(live=1, canary_version=2, canary_percent=10.0))
-    svc.pipeline.refresh_traffic()
+    assert traffic.poll()
     text = svc.metrics_text().decode()
     assert 'rankserve_model_traffic_percent{model="ranker",role="live",version="1"} 90.0' in text
     assert 'rankserve_model_traffic_percent{model="ranker",role="canary",version="2"} 10.0' in text
     assert 'rankserve_model_traffic_percent{model="user_tower",role="live",version="1"} 100.0' in text
     registry.set_traffic("ranker", Traffic(live=1))  # the canary rolled back: v2 leaves the split
-    svc.pipeline.refresh_traffic()
+    assert traffic.poll()
     text = svc.metrics_text().decode()
     assert 'rankserve_model_traffic_percent{model="ranker",role="live",version="1"} 100.0' in text
     assert 'role="canary"' not in text and 'version="2"' not in text

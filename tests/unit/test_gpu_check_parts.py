@@ -9,11 +9,11 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+from benchmarks.gpu import check
+from benchmarks.gpu.check import pytest_counts
+from benchmarks.gpu.probe import headline, measure_point, warm_up
+from benchmarks.gpu.report import final_line, markdown
 from serving.schemas import RankRequest
-from serving.tools import gpu_carry
-from serving.tools.gpu_check import pytest_counts
-from serving.tools.gpu_report import final_line, markdown
-from serving.tools.gpu_sweep import headline, measure_point, warm_up
 from tests.unit.fakes import ScoringClient, make_pipeline, make_repo
 
 
@@ -106,7 +106,7 @@ def _fake_pytriton(path: Path) -> None:
 def test_slim_pytriton_keeps_the_device_python_only(tmp_path: Path) -> None:
     src, dst = tmp_path / "src.whl", tmp_path / "dst.whl"
     _fake_pytriton(src)
-    dropped = gpu_carry.slim_pytriton(src, dst, python="3.12")
+    dropped = check.slim_pytriton(src, dst, python="3.12")
     assert sorted(dropped) == ["nvidia_pytriton.libs/libpython3-419a3a08.13.so.1.0",
                                "pytriton/tritonserver/python_backend_stubs/3.13/triton_python_backend_stub"]
     with zipfile.ZipFile(dst) as z:
@@ -124,17 +124,17 @@ def test_travelling_bytes_counts_tracked_and_untracked_not_ignored(tmp_path: Pat
     (tmp_path / "a.txt").write_bytes(b"a" * 100)
     (tmp_path / ".whl").mkdir()
     (tmp_path / ".whl" / "big.whl").write_bytes(b"w" * 5000)
-    assert gpu_carry.travelling_bytes(tmp_path) == 100 + len("/.whl/\n")
-    assert gpu_carry._ignored(tmp_path, tmp_path / ".whl")
+    assert check.travelling_bytes(tmp_path) == 100 + len("/.whl/\n")
+    assert check._ignored(tmp_path, tmp_path / ".whl")
 
 
 def test_device_command_installs_the_wheels_first_and_fits() -> None:
-    cmd = gpu_carry.device_command()
+    cmd = check.device_command()
     assert cmd.startswith("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
                           "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site")
     assert '--out "$OUT"' in cmd and len(cmd) <= 2000
-    assert gpu_carry.CALL_TIMEOUT_S > gpu_carry.CHECK_BUDGET_S + 60
+    assert check.CALL_TIMEOUT_S > check.CHECK_BUDGET_S + 60
 
 
 def test_every_carried_distribution_is_installed_here() -> None:
-    assert [p.split("==")[0] for p in gpu_carry.pins()] == list(gpu_carry.CARRY)
+    assert [p.split("==")[0] for p in check.pins()] == list(check.CARRY)

@@ -9,7 +9,6 @@ import grpc
 import pytest
 
 from serving import grpc_api
-from serving.config import Settings
 from serving.errors import ERROR_TABLE, OverloadedError, PayloadTooLargeError, ValidationError
 from serving.proto import ranker_pb2
 from serving.proto.generate import generate
@@ -29,18 +28,18 @@ def test_only_fields_that_are_set_reach_the_payload() -> None:
 
 
 def test_messages_get_the_http_apis_validation_and_its_field_names() -> None:
-    settings = Settings()
+    """The schema's checks; the limits (k, candidates, exclude, timeout_ms against settings and
+    scenario) are the pipeline's, for both protocols (tests/unit/test_pipeline.py)."""
     with pytest.raises(ValidationError, match="user_id is required") as err:
-        validate_rank_request(grpc_api.request_payload(ranker_pb2.RankRequest(k=3), 1024), settings)
+        validate_rank_request(grpc_api.request_payload(ranker_pb2.RankRequest(k=3), 1024))
     assert err.value.field == "user_id"
     for msg, fld in ((ranker_pb2.RankRequest(user_id=1, k=0), "k"),
-                     (ranker_pb2.RankRequest(user_id=1, k=1001), "k"),
-                     (ranker_pb2.RankRequest(user_id=1, candidates=range(2001)), "candidates"),
-                     (ranker_pb2.RankRequest(user_id=1, timeout_ms=-1), "timeout_ms")):
+                     (ranker_pb2.RankRequest(user_id=1, timeout_ms=-1), "timeout_ms"),
+                     (ranker_pb2.RankRequest(user_id=1, request_id="x" * 129), "request_id")):
         with pytest.raises(ValidationError) as err:
-            validate_rank_request(grpc_api.request_payload(msg, 1 << 20), settings)
+            validate_rank_request(grpc_api.request_payload(msg, 1 << 20))
         assert err.value.field == fld
-    req = validate_rank_request(grpc_api.request_payload(ranker_pb2.RankRequest(user_id=7), 1024), settings)
+    req = validate_rank_request(grpc_api.request_payload(ranker_pb2.RankRequest(user_id=7), 1024))
     assert req.user_id == 7 and req.k is None and req.candidates is None and req.exclude == []
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
-from serving.tools.loadgen import run_load, run_open_loop
+from loadtest.loadgen import run_load, run_open_loop
 
 SERVICE_S = 0.04
 

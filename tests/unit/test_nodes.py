@@ -1,6 +1,6 @@
-"""Nodes follow the repository: each replica's watcher loads new versions into its node's Triton
-and heartbeats what is ready; a push waits for every live node (no server: fakes of the small
-Triton client surface the watcher uses)."""
+"""Nodes follow the repository: each replica's Triton follower loads new versions into its node's
+Triton and its heartbeat says what is ready; a push waits for every live node (no server: fakes of
+the small Triton client surface the follower uses)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import pytest
 
 from serving.errors import BackendUnavailableError, PushRefusedError
 from serving.repository import nodes
+from serving.repository.followers import HeartbeatFollower, TritonFollower
 from serving.repository.registry import ModelRegistry
-from serving.repository.watcher import RepositoryWatcher
-from serving.triton.caller import ModelCaller
 from tests.unit.fakes import ScoringClient, make_pipeline, make_repo
 
 
 class _Triton:
-    """The sync client surface the watcher uses: load_model and model_ready."""
+    """The sync client surface the follower uses: load_model and model_ready."""
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
@@ -61,22 +60,27 @@ def test_a_push_waits_for_every_live_node_and_names_the_laggards(tmp_path: Path)
     assert nodes.wait_loaded(tmp_path / "nowhere", "ranker", 2, timeout_s=0.1) == []  # nothing serving
 
 
-def test_the_watcher_loads_new_versions_into_its_triton_and_reports_them(tmp_path: Path) -> None:
+def test_the_follower_loads_new_versions_into_its_triton_and_the_heartbeat_reports_them(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
     pipeline = make_pipeline(repo, ScoringClient())
     registry = ModelRegistry(repo)
-    watcher = RepositoryWatcher(pipeline.settings, registry, pipeline, ModelCaller(ScoringClient(), timeout_s=1,
-                                                                                   retries=0), triton_url="127.0.0.1:1")
     triton = _Triton(registry)
-    assert watcher.follow(triton) == {"ranker": [1], "user_tower": [1]}
-    assert watcher.follow(triton) == {"ranker": [1], "user_tower": [1]}
+    follower = TritonFollower(registry, triton, "127.0.0.1:1")
+    heartbeat = HeartbeatFollower(registry, "node-a", follower, pipeline.cell, lambda: b"# metrics\n")
+    assert follower.load() == {"ranker": [1], "user_tower": [1]}
+    assert follower.poll() is True and follower.poll() is False
     assert triton.loads == ["ranker", "user_tower"]  # nothing new: no second load
+    assert heartbeat.poll() and nodes.live_nodes(repo)[0].loaded == {"ranker": [1], "user_tower": [1]}
     (repo / "ranker" / "2").mkdir()
     (repo / "ranker" / "2" / "meta.json").write_text(json.dumps({}))
-    assert watcher.follow(triton)["ranker"] == [1, 2]
+    assert follower.load()["ranker"] == [1, 2]
     assert triton.loads == ["ranker", "user_tower", "ranker"]
     triton.down = True
-    assert watcher.follow(triton) == {}
+    assert follower.poll() is True and follower.ready == {}
+    heartbeat.poll()
+    (node,) = nodes.live_nodes(repo)
+    assert (node.key, node.triton, node.loaded) == ("node-a", "127.0.0.1:1", {})
+    assert nodes.live_metrics(repo) == ["# metrics\n"]
     triton.down = False
-    assert watcher.follow(triton)["ranker"] == [1, 2]
+    assert follower.load()["ranker"] == [1, 2]
     assert triton.loads[-2:] == ["ranker", "user_tower"]  # Triton came back: loaded again

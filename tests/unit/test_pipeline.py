@@ -91,6 +91,26 @@ def test_unknown_items_and_models_are_refused(repo: Path) -> None:
         p.prepare(RankRequest(user_id=1, model="nope"))
 
 
+LIMITS = [({"k": 51}, "k", "k must be in [1, 50], got 51"),
+          ({"candidates": []}, "candidates", "candidates must not be empty (omit it to use recall)"),
+          ({"candidates": [1, 2, 3, 4, 5, 6]}, "candidates", "at most 5 candidates per request, got 6"),
+          ({"exclude": [1, 2, 3, 4]}, "exclude", "at most 3 exclude ids, got 4"),
+          ({"timeout_ms": 1001}, "timeout_ms", "timeout_ms must be in [1, 1000], got 1001")]
+
+
+@pytest.mark.parametrize(("extra", "field", "message"), LIMITS, ids=[f[1] + str(i) for i, f in enumerate(LIMITS)])
+def test_limits_are_checked_once_against_the_scenario(repo: Path, extra: dict, field: str, message: str) -> None:
+    """The built-in home's limits are the global ones: the messages name no scenario (one that
+    sets a lower limit is named, test_scenarios.py). For HTTP and gRPC alike: both prepare here."""
+    p = _pipeline(repo, ScoringClient(), max_candidates=5, max_k=50, max_exclude=3, max_timeout_ms=1000,
+                  default_timeout_ms=500)
+    with pytest.raises(ValidationError) as info:
+        p.prepare(RankRequest.model_validate({"user_id": 1, **extra}))
+    assert (info.value.field, info.value.message, info.value.http_status) == (field, message, 422)
+    at_limit = {"k": 50, "candidates": [1, 2, 3, 4, 5], "exclude": [1, 2, 3], "timeout_ms": 1000}[field]
+    assert p.prepare(RankRequest.model_validate({"user_id": 1, field: at_limit})).user_id == 1
+
+
 def test_ranker_down_degrades_to_recall_scores(repo: Path) -> None:
     client = ScoringClient(fail={"ranker"})
     p = _pipeline(repo, client)
@@ -164,7 +184,8 @@ def test_recall_from_another_index_is_labelled_with_its_kind(repo: Path) -> None
 
     p = _pipeline(repo, ScoringClient())
     index = TorchExactIndex(np.pad(p.catalogue.tables.item_dense, ((0, 0), (0, E - D))))  # the fake tower's space
-    p.recall = make_recall(p.settings, p.catalog, p.catalogue, make_caller(p.settings, ScoringClient()), 1,
-                           index=index)
+    recall = make_recall(p.settings, p.repository, p.catalogue, make_caller(p.settings, ScoringClient()), 1,
+                         index=index)
+    p.cell.publish(lambda state: state.replace(recall=recall))
     (r,) = _run(p, [{"user_id": 4, "k": 5}])
     assert r.recall == "torch_exact" and not r.degraded and len(r.items) == 5

@@ -1,6 +1,6 @@
 """The bench and capacity plots, drawn from the committed real runs (docs/*-cpu.json): every
 configuration is a line with the report's own figures, floors dashed; the capacity plot marks the
-p99 target and the chosen capacity; the README shows both pictures."""
+p99 target and the chosen capacity; the measurement pages show both pictures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.tools.plots import BENCH_LABELS, plot_bench, plot_capacity
+from benchmarks.plots import BENCH_LABELS, plot_bench, plot_capacity
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = json.loads((ROOT / "docs" / "bench-cpu.json").read_text())
@@ -50,13 +50,13 @@ def test_capacity_plot_marks_the_target_and_the_capacity() -> None:
 @pytest.mark.parametrize(("module", "report"), [("bench", "bench-cpu.json"), ("capacity", "capacity-cpu.json")])
 def test_a_committed_report_is_drawn_again_from_the_command_line(module: str, report: str, tmp_path: Path) -> None:
     out = tmp_path / "plot.png"
-    proc = subprocess.run([sys.executable, "-m", f"serving.tools.{module}", "--plot", str(ROOT / "docs" / report),
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--plot", str(ROOT / "docs" / report),
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
 
 
-def test_the_readme_shows_both_pictures() -> None:
-    readme = (ROOT / "README.md").read_text()
-    for picture in ("docs/bench-cpu.png", "docs/capacity-cpu.png"):
-        assert f"]({picture})" in readme and (ROOT / picture).is_file()
+@pytest.mark.parametrize(("page", "picture"), [("docs/measurements/serving.md", "../bench-cpu.png"),
+                                               ("docs/operations/capacity.md", "../capacity-cpu.png")])
+def test_the_docs_show_both_pictures(page: str, picture: str) -> None:
+    assert f"]({picture})" in (ROOT / page).read_text() and (ROOT / page).parent.joinpath(picture).is_file()

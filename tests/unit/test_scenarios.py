@@ -1,7 +1,7 @@
 """Scenarios without a server: the file's validation (every refusal with its reason, nothing
 written), versions, live pointer and rollback, each demo scenario's candidate rule in the real
 pipeline on fake Triton, the request's context and limits, scenarios sharing a ranker batched
-into the same Triton calls, a replica's watcher following applies, and the metrics' label."""
+into the same Triton calls, a replica's scenario follower following applies, and the metrics' label."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from serving.errors import ModelNotFoundError, ScenarioNotFoundError, ScenarioRe
 from serving.metrics import Metrics, merge_expositions
 from serving.pipeline.orchestration import RankPipeline
 from serving.pipeline.scenario import Scenario, ScenarioSpec
+from serving.repository.followers import ScenarioFollower
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore, parse_scenario
-from serving.repository.watcher import RepositoryWatcher
 from serving.schemas import RankRequest, RankResponse
 from tests.unit.fakes import SPEC, ScoringClient, make_pipeline, make_repo
 from training.build import DEMO_SCENARIOS
@@ -79,15 +79,15 @@ def _run(p: RankPipeline, reqs: list[dict]) -> list:
 
 
 # -- the file --------------------------------------------------------------------------------
-def test_the_demo_scenarios_are_valid_and_the_readme_shows_home_as_built() -> None:
+def test_the_demo_scenarios_are_valid_and_the_docs_show_home_as_built() -> None:
     settings = Settings()
     for path in DEMO_SCENARIOS:
         spec = parse_scenario(path.read_text())
         assert spec.name == path.stem
         sc = Scenario.resolve(spec, 1, settings, ["ranker"], {"shop": 2000, "category": 30})
         assert sc.max_k <= settings.max_k and sc.source_total >= sc.max_k or spec.given is not None
-    readme = (ROOT / "README.md").read_text()
-    shown = re.search(r"```yaml\n(.*?)```", readme[readme.index("## Scenarios"):], re.S)
+    page = (ROOT / "docs" / "reference" / "scenarios.md").read_text()
+    shown = re.search(r"```yaml\n(.*?)```", page[page.index("## The file"):], re.S)
     assert shown is not None and shown.group(1) == DEMO_SCENARIOS[0].read_text()
     assert settings.max_k >= 1000  # home's max_k is the global one
 
@@ -240,6 +240,11 @@ def test_request_context_and_limits_are_checked_per_scenario(repo: Path) -> None
         with pytest.raises(cls) as info:
             p.prepare(RankRequest.model_validate({"user_id": 1, **extra}))
         assert info.value.field == field, (extra, info.value.message)
+    for extra, message in (({"k": 21}, "k must be in [1, 20] for scenario 'similar', got 21"),
+                           ({"timeout_ms": 2000}, "timeout_ms must be in [1, 1000] for scenario 'similar', got 2000"),
+                           ({"candidates": [1]}, "scenario 'similar' takes no candidates")):
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            p.prepare(RankRequest.model_validate({"user_id": 1, "scenario": "similar", "item_id": 1, **extra}))
     prep = p.prepare(RankRequest(user_id=1, scenario="similar", item_id=1), arrival=100.0)
     assert (prep.k, prep.deadline, prep.seed, prep.cost) == (8, 100.5, 1, 30)
     home = p.prepare(RankRequest(user_id=1, k=500, shop_id=3))  # context a scenario does not use is ignored
@@ -277,27 +282,27 @@ def test_scenarios_that_share_a_ranker_are_batched_into_the_same_triton_calls(re
     assert [c[0] for c in client.calls].count("user_tower") == 1
 
 
-def test_the_watcher_follows_applies_and_keeps_what_it_cannot_serve(repo: Path) -> None:
+def test_the_follower_follows_applies_and_keeps_what_it_cannot_serve(repo: Path) -> None:
     p = make_pipeline(repo, ScoringClient())
     registry = ModelRegistry(repo)
-    watcher = RepositoryWatcher(p.settings, registry, p, None)  # type: ignore[arg-type] - no recall swap here
     store = ScenarioStore(repo)
+    watcher = ScenarioFollower(p.settings, registry, p.cell, store)
     args = (p.settings, registry, p.catalogue.group_counts())
-    assert watcher.follow_scenarios() is False and set(p.scenarios) == {"home"}
+    assert watcher.poll() is False and set(p.scenarios) == {"home"}
     store.apply(SIMILAR, *args)
-    assert watcher.follow_scenarios() is True and p.scenarios["similar"].version == 1
-    assert watcher.follow_scenarios() is False
+    assert watcher.poll() is True and p.scenarios["similar"].version == 1
+    assert watcher.poll() is False
     # a version this replica's settings refuse (max_k above its own) leaves v1 serving
     wide = Settings(model_repository=repo, max_k=50)
     wider = SIMILAR.replace("max_k: 20", "max_k: 40").replace("30", "40")
     store.apply(wider, wide, registry, p.catalogue.group_counts())
     p.settings = p.settings.model_copy(update={"max_k": 30})
     watcher.settings = p.settings
-    assert watcher.follow_scenarios() is True
-    assert p.scenarios["similar"].version == 1 and "similar" in watcher.refused_scenarios
+    assert watcher.poll() is True
+    assert p.scenarios["similar"].version == 1 and "similar" in watcher.refused
     store.rollback("similar", *args)
-    watcher.follow_scenarios()
-    assert p.scenarios["similar"].version == 1 and watcher.refused_scenarios == {}
+    watcher.poll()
+    assert p.scenarios["similar"].version == 1 and watcher.refused == {}
 
 
 def test_metrics_carry_the_scenario_and_merge_across_replicas() -> None:
@@ -329,8 +334,8 @@ def test_the_spec_says_what_context_a_request_needs() -> None:
 def test_scenario_freshness_reports_the_first_answer_and_every_replica() -> None:
     """Two replicas: one serves v2 at once, the other answers v1 for 0.8 s more. The first answer
     carrying v2 comes 0.1 s after the apply; every replica serves it 0.8 s after it."""
-    from serving.tools.freshness import first_answer_delays
-    from serving.tools.scenario_freshness import last_old_answer_delays, scenario_freshness_report
+    from benchmarks.freshness import first_answer_delays
+    from benchmarks.scenario_freshness import last_old_answer_delays, scenario_freshness_report
 
     seen = [(9.9, 1), (10.1, 2), (10.3, 1), (10.8, 1), (10.9, 2), (11.0, 2)]
     written = [(2, 10.0)]
