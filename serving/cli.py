@@ -28,6 +28,8 @@ from serving.startup import check_python, example_curl
 from serving.stopping import StopSignals
 
 if TYPE_CHECKING:
+    import httpx
+
     from serving.config import Settings
     from serving.triton.client import TritonEndpoint
 
@@ -82,9 +84,21 @@ def _built(settings: Settings) -> dict[str, Any]:
     return summary
 
 
-def api_headers(settings: Settings) -> dict[str, str]:
-    """The headers of the command's own calls to a running server: its API key, when it has one."""
-    return {"authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+def api_get(settings: Settings, path: str, *, timeout_s: float) -> httpx.Response:
+    """``GET path`` of the running server on this machine, as the command's own call: with its API
+    key when it has one, over TLS when the server serves it (a loopback server's certificate is
+    not checked: it is this machine's own server, and a self-signed certificate names no address).
+
+    Raises:
+        httpx.HTTPError: it does not answer.
+    """
+    import httpx
+
+    from serving.net import is_loopback
+
+    headers = {"authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+    verify = not (settings.tls_cert_file and (is_loopback(settings.api_url) or settings.host in ("0.0.0.0", "::")))
+    return httpx.get(settings.api_url + path, headers=headers, timeout=timeout_s, verify=verify)
 
 
 @contextlib.contextmanager
@@ -237,14 +251,12 @@ def _served_view(settings: Settings, stop: StopSignals, timeout_s: float = 60.0)
     the summary then says so)."""
     import httpx
 
-    base = f"http://{settings.host}:{settings.port}"
     t_end = time.monotonic() + timeout_s
     while time.monotonic() < t_end and not stop.asked:
         try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                headers = api_headers(settings)
-                view: dict[str, Any] = httpx.get(f"{base}/v1/models", headers=headers, timeout=10).json()
-                view["scenarios"] = httpx.get(f"{base}/v1/scenarios", headers=headers, timeout=10).json()
+            if api_get(settings, "/readyz", timeout_s=5).status_code == 200:
+                view: dict[str, Any] = api_get(settings, "/v1/models", timeout_s=10).json()
+                view["scenarios"] = api_get(settings, "/v1/scenarios", timeout_s=10).json()
                 return view
         except (httpx.HTTPError, ValueError):
             pass
@@ -287,8 +299,7 @@ def _drain(settings: Settings) -> None:
         while time.monotonic() < t_end:
             time.sleep(0.1)
             try:
-                text = httpx.get(f"http://{settings.host}:{settings.port}/metrics", headers=api_headers(settings),
-                                 timeout=1).text
+                text = api_get(settings, "/metrics", timeout_s=1).text
             except httpx.HTTPError:
                 break
             if metric_values(text, ("rankserve_queue_depth",)).get("rankserve_queue_depth", 0) == 0:
@@ -484,10 +495,8 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     reg = ModelRegistry(settings.model_repository)
     live: dict = {}
     try:
-        import httpx
 
-        live = httpx.get(f"http://{settings.host}:{settings.port}/v1/models", headers=api_headers(settings),
-                         timeout=3).json()
+        live = api_get(settings, "/v1/models", timeout_s=3).json()
     except Exception:  # noqa: BLE001 - the server may be down; the repository still answers
         log.info("server not reachable; showing the repository only")
     served = {m["name"]: m for m in live.get("models", [])}
@@ -645,10 +654,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 def _served_scenarios(settings: Settings) -> dict[str, int] | None:
     """What the running server serves (scenario -> version), or None when it is not reachable."""
     try:
-        import httpx
 
-        body = httpx.get(f"http://{settings.host}:{settings.port}/v1/scenarios", headers=api_headers(settings),
-                         timeout=3).json()
+        body = api_get(settings, "/v1/scenarios", timeout_s=3).json()
         return {row["name"]: row["version"] for row in body["scenarios"]}
     except Exception:  # noqa: BLE001 - the server may be down; the repository still answers
         return None

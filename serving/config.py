@@ -66,6 +66,11 @@ class Settings(BaseModel):
         None, description="The key the rankserve command sends to a running server with auth=keys (rankserve "
                           "models, scenarios list, ...).",
     )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM file holding the server's certificate chain and private key: the haproxy ingress "
+                          "serves HTTPS, and gRPC over TLS, on port and grpc_port (behind it, replicas stay on the "
+                          "node's address). None: plain HTTP.",
+    )
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest accepted request body (HTTP and gRPC).")
     ingress: Literal["haproxy", "direct", "proxy"] = Field(
         "haproxy", description="How requests reach the replicas: haproxy (Ray Serve's HAProxy ingress on port and "
@@ -215,10 +220,8 @@ class Settings(BaseModel):
             raise ValueError(f"host {self.host!r} serves the API beyond loopback with no API keys: set "
                              f"{ENV_PREFIX}AUTH=keys (rankserve keys add NAME --role rank), or {ENV_PREFIX}AUTH=off "
                              "to serve without keys")
-        if 0 <= self.max_queued_requests < self.ingress_max_conn_per_replica:
-            raise ValueError(f"ingress_max_conn_per_replica ({self.ingress_max_conn_per_replica}) must be <= "
-                             f"max_queued_requests ({self.max_queued_requests}), so that HAProxy, not the replica, "
-                             "refuses the excess")
+        if self.tls_cert_file is not None and self.ingress != "haproxy":
+            raise ValueError(f"tls_cert_file is served by the haproxy ingress; ingress is {self.ingress!r}")
         if self.default_timeout_ms > self.max_timeout_ms:
             raise ValueError(
                 f"default_timeout_ms ({self.default_timeout_ms}) must be <= max_timeout_ms ({self.max_timeout_ms})"
@@ -233,6 +236,11 @@ class Settings(BaseModel):
     def auth_mode(self) -> Literal["off", "keys"]:
         """``auth`` with its default resolved (off, which only a loopback host allows unset)."""
         return self.auth or "off"
+
+    @property
+    def api_url(self) -> str:
+        """The API's base address as a client on this machine reaches it (https with a certificate)."""
+        return f"{'https' if self.tls_cert_file else 'http'}://{self.host}:{self.port}"
 
     @property
     def keys_file(self) -> Path:
@@ -307,7 +315,7 @@ def _is_loopback_host(host: str) -> bool:
 def _coerce(values: dict[str, object]) -> dict[str, object]:
     # Environment values are strings; an empty RANKSERVE_TRITON_URL or _TRITON_BIN means "the default".
     out = dict(values)
-    for name in ("triton_url", "triton_key", "triton_bin", "auth", "api_key"):
+    for name in ("triton_url", "triton_key", "triton_bin", "auth", "api_key", "tls_cert_file"):
         if out.get(name) == "":
             out[name] = None
     return out

@@ -50,6 +50,7 @@ class IngressLimits:
     max_queue_per_replica: int = 64
     queue_timeout_ms: int = 500
     read_timeout_s: float = 5.0
+    tls_cert_file: str | None = None  # PEM (certificate chain and key): HTTPS and gRPC over TLS on the API ports
 
 
 def write_limits(haproxy_dir: Path, limits: IngressLimits) -> Path:
@@ -87,8 +88,12 @@ def _substitutions(limits: IngressLimits) -> list[tuple[str, str, int]]:
          f"defaults\n    mode http\n    timeout http-request {read_s}s\n"
          f"    timeout queue {limits.queue_timeout_ms}ms\n", 1),
         ("frontend http_frontend\n    bind {{ config.frontend_host }}:{{ config.frontend_port }}\n",
-         "frontend http_frontend\n    bind {{ config.frontend_host }}:{{ config.frontend_port }}\n"
-         "    option http-buffer-request\n", 1),
+         "frontend http_frontend\n    bind {{ config.frontend_host }}:{{ config.frontend_port }}"
+         + (f" ssl crt {limits.tls_cert_file} alpn h2,http/1.1" if limits.tls_cert_file else "")
+         + "\n    option http-buffer-request\n", 1),
+        ("    bind {{ config.grpc_frontend_host }}:{{ config.grpc_frontend_port }} proto h2\n",
+         "    bind {{ config.grpc_frontend_host }}:{{ config.grpc_frontend_port }}"
+         + (f" ssl crt {limits.tls_cert_file} alpn h2" if limits.tls_cert_file else "") + " proto h2\n", 1),
         ("{{ hc.default_server_directive }}\n", "{{ hc.default_server_directive }}" + server_limits + "\n", 3),
         # Serve's listing of applications answers anyone: rankserve's gRPC port serves Rank only
         ("    acl is_list_applications path /ray.serve.RayServeAPIService/ListApplications\n",

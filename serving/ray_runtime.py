@@ -115,10 +115,13 @@ class Ingress:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, port: int | None = None, grpc_port: int | None = None) -> Ingress:
-        limits = IngressLimits(max_conn_per_replica=settings.ingress_max_conn_per_replica,
+        admitted = settings.max_queued_requests  # HAProxy lets in no more than a replica admits: it refuses the rest
+        limits = IngressLimits(max_conn_per_replica=min(settings.ingress_max_conn_per_replica, admitted)
+                               if admitted >= 0 else settings.ingress_max_conn_per_replica,
                                max_queue_per_replica=settings.ingress_max_queue_per_replica,
                                queue_timeout_ms=settings.ingress_queue_timeout_ms,
-                               read_timeout_s=settings.read_timeout_s)
+                               read_timeout_s=settings.read_timeout_s,
+                               tls_cert_file=str(settings.tls_cert_file.resolve()) if settings.tls_cert_file else None)
         return cls(mode=settings.ingress, host=settings.host, port=settings.port if port is None else port,
                    grpc_port=settings.grpc_port if grpc_port is None else grpc_port,
                    drain_s=settings.drain_timeout_s, max_message_bytes=settings.max_body_bytes,
@@ -302,9 +305,10 @@ def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus
             token = ensure_ray_token(token_file or Path.home() / ".ray" / "auth_token")
             os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
         _refresh_auth_config()
-        if os.environ["RAY_AUTH_MODE"].lower() != "token":
+        mode = os.environ.get("RAY_AUTH_MODE", "token")
+        if mode.lower() != "token":
             log.warning("ray: token auth is off (RAY_AUTH_MODE=%s): any host that reaches a replica's gRPC port "
-                        "may run code in it", os.environ["RAY_AUTH_MODE"])
+                        "may run code in it", mode)
         os.environ.update((ingress or Ingress()).environment())
         for attempt in range(1, _LOCAL_START_ATTEMPTS + 1):
             try:

@@ -129,8 +129,8 @@ def new_log_path(log_dir: Path, command: str) -> Path:
 
 def example_curl(settings: Settings) -> str:
     body = json.dumps({"user_id": 42, "k": 5})
-    key = " -H \"Authorization: Bearer $RANKSERVE_KEY\"" if settings.auth_mode == "keys" else ""
-    return (f"curl -s -X POST http://{settings.host}:{settings.port}/v1/rank "
+    key = " -H \"Authorization: Bearer $RANKSERVE_API_KEY\"" if settings.auth_mode == "keys" else ""
+    return (f"curl -s{'k' if settings.tls_cert_file else ''} -X POST {settings.api_url}/v1/rank "
             f"-H 'content-type: application/json'{key} -d '{body}'")
 
 
@@ -232,7 +232,7 @@ def summary_lines(settings: Settings, build: dict[str, Any], served: dict[str, A
     data = (f"data seed {build.get('seed')}: {cfg.get('n_items', 0):,} items, {cfg.get('n_users', 0):,} users, "
             f"click rate {build.get('ctr', 0):.1%}{built}")
     quality = _quality(build, models, ranker, tower)
-    base = f"http://{settings.host}:{settings.port}"
+    base = settings.api_url
     rows = [
         ("models", " · ".join(x for x in (data, ranker_words, tower_words, quality) if x)),
         ("backends", _backends(settings, served, triton_url) if served else "(the service did not answer /v1/models)"),

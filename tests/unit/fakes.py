@@ -16,6 +16,7 @@ from serving.config import Settings
 from serving.errors import TritonError
 from serving.pipeline.crossing import CrossingStage
 from serving.pipeline.features import FeatureTables
+from serving.triton.digests import record_digests
 from serving.pipeline.orchestration import RankPipeline
 from serving.pipeline.ranking import RankingStage
 from serving.pipeline.recall import RecallStage
@@ -89,8 +90,9 @@ def make_repo(root: Path) -> Path:
     """A repository with ``ranker`` (crossing spec SPEC) and ``user_tower``, version 1 each."""
     for name, meta in (("ranker", {"cross_spec": json.loads(SPEC.to_json())}), ("user_tower", {})):
         (root / name / "1").mkdir(parents=True)
-        (root / name / "config.pbtxt").write_text(f'name: "{name}"\n')
+        (root / name / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\n')
         (root / name / "1" / "meta.json").write_text(json.dumps(meta))
+        record_digests(root / name / "1")  # as every version is written
     return root
 
 

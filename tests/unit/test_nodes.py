@@ -14,6 +14,7 @@ from serving.errors import BackendUnavailableError, PushRefusedError
 from serving.repository import nodes
 from serving.repository.followers import HeartbeatFollower, TritonFollower
 from serving.repository.registry import ModelRegistry
+from serving.triton.digests import record_digests
 from tests.unit.fakes import ScoringClient, make_pipeline, make_repo
 
 
@@ -26,11 +27,12 @@ class _Triton:
         self.loaded: dict[str, set[int]] = {}
         self.down = False
 
-    def load_model(self, name: str) -> None:
+    def load_model(self, name: str, config: str | None = None) -> None:
         if self.down:
             raise BackendUnavailableError("Triton unreachable")
         self.loads.append(name)
-        self.loaded[name] = set(self.registry.versions(name))
+        asked = json.loads(config)["version_policy"]["specific"]["versions"] if config else self.registry.versions(name)
+        self.loaded[name] = {int(v) for v in asked}
 
     def model_ready(self, name: str, version: str = "") -> bool:
         if self.down:
@@ -73,6 +75,7 @@ def test_the_follower_loads_new_versions_into_its_triton_and_the_heartbeat_repor
     assert heartbeat.poll() and nodes.live_nodes(repo)[0].loaded == {"ranker": [1], "user_tower": [1]}
     (repo / "ranker" / "2").mkdir()
     (repo / "ranker" / "2" / "meta.json").write_text(json.dumps({}))
+    record_digests(repo / "ranker" / "2")
     assert follower.load()["ranker"] == [1, 2]
     assert triton.loads == ["ranker", "user_tower", "ranker"]
     triton.down = True

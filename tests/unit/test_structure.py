@@ -21,7 +21,7 @@ PACKAGES = ("serving", "kernels", "training", "loadtest", "benchmarks")
 # Layers, bottom first: a module may import from its own layer and those below, never above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("kernels", "serving.config", "serving.errors", "serving.schemas", "serving.files", "serving.net",
-     "serving.proto", "serving.terminal", "serving.stopping"),
+     "serving.proto", "serving.terminal", "serving.stopping", "serving.auth"),
     ("serving.triton", "serving.index", "serving.pipeline.features", "serving.metrics"),
     ("serving.pipeline",),
     ("serving.repository",),
