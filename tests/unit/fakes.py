@@ -16,12 +16,12 @@ from serving.config import Settings
 from serving.errors import TritonError
 from serving.pipeline.crossing import CrossingStage
 from serving.pipeline.features import FeatureTables
-from serving.triton.digests import record_digests
 from serving.pipeline.orchestration import RankPipeline
 from serving.pipeline.ranking import RankingStage
 from serving.pipeline.recall import RecallStage
 from serving.repository.registry import ModelRegistry
 from serving.triton.caller import ModelCaller
+from serving.triton.digests import record_digests
 
 N_USERS, N_ITEMS, D, E = 50, 300, 4, 8
 SPEC = CrossSpec(pairs=((0, 0), (1, 1)), buckets=97, dense_dim=D)

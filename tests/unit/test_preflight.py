@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.triton.digests import record_digests
-
 from serving.errors import BuildCacheError, InsufficientResourcesError
+from serving.triton.digests import record_digests
 from training import preflight
 from training.preflight import (
     BUILD_FORMAT,
