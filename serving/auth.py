@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from serving.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
-from serving.files import atomic_write_text
+from serving.files import read_state, write_state
 
 __all__ = ["KEYS_FILE", "ROLES", "Access", "KeyEntry", "KeyRing", "Role", "add_key", "keys_path", "list_keys", "revoke_key"]
 
@@ -72,19 +72,13 @@ class KeyRing:
             ConfigError: the file is damaged (not JSON, wrong fields): the caller keeps its last
                 good ring.
         """
+        stamp = cls.stamp_of(path)
         try:
-            st = path.stat()
-            text = path.read_text()
-        except FileNotFoundError:
-            return cls((), None)
-        try:
-            rows = json.loads(text)["keys"]
-            entries = tuple(KeyEntry(str(r["name"]), _role(r["role"]), str(r["sha256"]), float(r["created"]))
-                            for r in rows)
-        except (ValueError, KeyError, TypeError) as err:
+            entries = read_state(path, _entries)
+        except ValueError as err:
             raise ConfigError(f"keys file {path} is damaged ({err}); fix it or remove it and add the keys again") \
                 from err
-        return cls(entries, (st.st_mtime_ns, st.st_size, st.st_ino))
+        return cls(entries or (), stamp)
 
     @staticmethod
     def stamp_of(path: Path) -> tuple[int, int, int] | None:
@@ -115,6 +109,12 @@ class KeyRing:
         return found
 
 
+def _entries(text: str) -> tuple[KeyEntry, ...]:
+    return tuple(KeyEntry(str(r["name"]), _role(r["role"]), str(r["sha256"]), float(r["created"]))
+                 for r in json.loads(text)["keys"])
+
+
+
 def _role(value: object) -> Role:
     if value not in ROLES:
         raise ValueError(f"role must be one of {list(ROLES)}, got {value!r}")
@@ -124,7 +124,7 @@ def _role(value: object) -> Role:
 def _write(path: Path, entries: list[KeyEntry]) -> None:
     rows = [{"name": e.name, "role": e.role, "sha256": e.sha256, "created": e.created} for e in entries]
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"keys": rows}, indent=1) + "\n", mode=0o600)
+    write_state(path, json.dumps({"keys": rows}, indent=1) + "\n", mode=0o600)
 
 
 def _locked_entries(path: Path) -> list[KeyEntry]:

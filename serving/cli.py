@@ -147,7 +147,7 @@ def triton_endpoint(settings: Settings) -> Iterator[TritonEndpoint]:
     from serving.triton.process import TritonProcess
     from serving.triton.supervisor import TritonSupervisor
 
-    registry = ModelRegistry(settings.model_repository)
+    registry = ModelRegistry.of(settings)
     endpoint_file = settings.triton_runtime_dir / "endpoint.json"
     with TritonProcess(settings.model_repository, runtime_dir=settings.triton_runtime_dir,
                        binary=settings.triton_bin, kind=settings.triton_kind,
@@ -208,6 +208,16 @@ def serving_app(settings: Settings, stop: StopSignals | None = None) -> Iterator
             shutdown_ray(serve_timeout_s=0 if forced else settings.drain_timeout_s + 5)
 
 
+def _sweep_temporary(settings: Settings) -> None:
+    """Remove what writers that crashed left half-written in the repository and the state folder."""
+    from serving.files import sweep_temporary
+
+    for folder in (settings.model_repository, settings.nodes_dir):
+        swept = sweep_temporary(folder)
+        if swept:
+            log.info("removed %d temporary file(s) left by a crashed writer under %s", len(swept), folder)
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from serving.ray_runtime import Ingress
     from serving.startup import check_ports, check_ray_address
@@ -217,6 +227,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log.warning("stopped HAProxy pid %d, left on port %d by a rankserve that did not stop cleanly", pid,
                     settings.port)
     check_ports(settings)  # before anything starts: a taken port stops start-up at once
+    _sweep_temporary(settings)
     check_ray_address(settings)  # and a cluster that does not answer, instead of Ray's long retries
     build = _built(settings) if args.no_build else _build(settings)
     stop = StopSignals()
@@ -461,7 +472,7 @@ def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
 
     endpoint = running_triton(settings)
     triton: ModelLoader = _NoTriton() if endpoint is None else endpoint.client()
-    result = push(ModelRegistry(settings.model_repository), args.model, Path(args.artifact),
+    result = push(ModelRegistry.of(settings), args.model, Path(args.artifact),
                   FeatureTables.load(settings.marketplace_path), triton,
                   canary_percent=args.canary, shadow_percent=args.shadow, version=args.version,
                   keep_others=settings.triton_keep_versions)
@@ -474,7 +485,7 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     from serving.repository.push import promote
     from serving.repository.registry import ModelRegistry
 
-    print(json.dumps(promote(ModelRegistry(settings.model_repository), args.model).to_json()))
+    print(json.dumps(promote(ModelRegistry.of(settings), args.model).to_json()))
     return 0
 
 
@@ -484,7 +495,7 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
     endpoint = running_triton(settings)
     triton: ModelLoader = _NoTriton() if endpoint is None else endpoint.client()
-    print(json.dumps(rollback(ModelRegistry(settings.model_repository), args.model, args.version, triton,
+    print(json.dumps(rollback(ModelRegistry.of(settings), args.model, args.version, triton,
                               keep_others=settings.triton_keep_versions).to_json()))
     return 0
 
@@ -492,7 +503,7 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from serving.repository.registry import ModelRegistry
 
-    reg = ModelRegistry(settings.model_repository)
+    reg = ModelRegistry.of(settings)
     live: dict = {}
     try:
 
@@ -540,7 +551,7 @@ def cmd_items(settings: Settings, args: argparse.Namespace) -> int:
         cat = changes.current(base)
         print(json.dumps({"catalogue_version": cat.version, "items": cat.tables.n_items, "blocked": cat.n_blocked,
                           "blocked_ids": sorted(map(int, cat.blocked.nonzero()[0]))[:50],
-                          "nodes": {n.key: n.catalogue_version for n in live_nodes(settings.model_repository)}},
+                          "nodes": {n.key: n.catalogue_version for n in live_nodes(settings.nodes_dir)}},
                          indent=2))
         return 0
     if args.action in ("add", "update") and len(args.targets) != 1:
@@ -576,7 +587,7 @@ def cmd_scenarios(settings: Settings, args: argparse.Namespace) -> int:
     if len(args.targets) != 1:
         what = "NAME" if args.action == "rollback" else "FILE"
         raise ConfigError(f"rankserve scenarios {args.action} takes one {what}")
-    registry = ModelRegistry(settings.model_repository)
+    registry = ModelRegistry.of(settings)
     groups = ChangeLog(settings.model_repository).current(FeatureTables.load(settings.marketplace_path)).group_counts()
     if args.action == "rollback":
         sc = store.rollback(args.targets[0], settings, registry, groups)
@@ -603,7 +614,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     from serving.repository.registry import ModelRegistry
     from serving.triton.digests import verify_repository
 
-    registry = ModelRegistry(settings.model_repository)
+    registry = ModelRegistry.of(settings)
     found = verify_repository(settings.model_repository)
     configs = {m: config_findings(registry, m) for m in registry.models()}
     bad = {k: v for k, v in found.items() if v}

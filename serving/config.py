@@ -48,6 +48,12 @@ class Settings(BaseModel):
     # --- where things live -------------------------------------------------------------
     data_dir: Path = Field(REPO_ROOT / ".rankserve", description="Demo data, build cache, Triton runtime dir.")
     model_repository: Path = Field(REPO_ROOT / "model_repository", description="Triton model repository.")
+    state_dir: Path | None = Field(
+        None, description="Where replicas write while serving (heartbeats and metrics snapshots under nodes/): a "
+                          "writable volume of its own on a cluster, shared by the replicas and the command, so that "
+                          "the model versions can be mounted read-only. None: beside the versions "
+                          "(<model_repository>/.nodes).",
+    )
 
     # --- HTTP ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the HTTP and gRPC ingress binds.")
@@ -238,6 +244,11 @@ class Settings(BaseModel):
         return self.auth or "off"
 
     @property
+    def nodes_dir(self) -> Path:
+        """The replicas' heartbeats and metrics snapshots (``serving.repository.nodes``)."""
+        return self.state_dir / "nodes" if self.state_dir else self.model_repository / ".nodes"
+
+    @property
     def api_url(self) -> str:
         """The API's base address as a client on this machine reaches it (https with a certificate)."""
         return f"{'https' if self.tls_cert_file else 'http'}://{self.host}:{self.port}"
@@ -315,7 +326,7 @@ def _is_loopback_host(host: str) -> bool:
 def _coerce(values: dict[str, object]) -> dict[str, object]:
     # Environment values are strings; an empty RANKSERVE_TRITON_URL or _TRITON_BIN means "the default".
     out = dict(values)
-    for name in ("triton_url", "triton_key", "triton_bin", "auth", "api_key", "tls_cert_file"):
+    for name in ("triton_url", "triton_key", "triton_bin", "auth", "api_key", "tls_cert_file", "state_dir"):
         if out.get(name) == "":
             out[name] = None
     return out

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["TEMP_MARK", "atomic_write_bytes", "pid_alive", "atomic_write_text", "fsync_dir", "private_dir", "sweep_temporary",
+__all__ = ["TEMP_MARK", "atomic_write_bytes", "last_good", "pid_alive", "read_state", "report_damage", "write_state", "atomic_write_text", "fsync_dir", "private_dir", "sweep_temporary",
            "version_dirs"]
 
 TEMP_MARK = ".tmp-"  # temporary files are named ".<name>.tmp-<random>" beside the file they become
@@ -68,7 +70,7 @@ def sweep_temporary(folder: Path, *, older_than_s: float = 60.0) -> list[Path]:
             if p.is_file() and p.stat().st_mtime < cutoff:
                 p.unlink()
                 swept.append(p)
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile, or a read-only mount: not ours to clean
             continue
     return swept
 
@@ -108,3 +110,56 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+T = TypeVar("T")
+_GOOD = ".good"  # beside a state file: its last copy known to read back (``.<name>.good``)
+
+
+def last_good(path: Path) -> Path:
+    """Where :func:`write_state` keeps the copy of ``path`` that :func:`read_state` falls back on."""
+    return path.with_name(f".{path.name}{_GOOD}")
+
+
+def write_state(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Replace the state file ``path`` (a traffic split, a scenario pointer, the keys) durably, and
+    keep the same text as its last good copy: a file damaged later (a disk that filled up under
+    another writer, a hand edit) never leaves a reader without a state to fall back on."""
+    atomic_write_text(path, text, mode=mode)
+    atomic_write_text(last_good(path), text, mode=mode)
+
+
+_damage_seen: set[str] = set()
+
+
+def report_damage(line: str) -> None:
+    """One warning per damaged state file and reason (replicas read state files every poll)."""
+    import json
+    import logging
+
+    if line not in _damage_seen:
+        _damage_seen.add(line)
+        logging.getLogger("rankserve").warning(json.dumps({"event": "state_file_damaged", "reason": line}))
+
+
+def read_state(path: Path, parse: Callable[[str], T], *,
+               on_damage: Callable[[str], None] = report_damage) -> T | None:
+    """``parse`` of the state file ``path`` (None when there is none). A file that does not parse
+    (empty, truncated, not what it should hold) is refused: ``on_damage`` gets one line saying
+    so (default: a warning, once), and its last good copy is read instead.
+
+    Raises:
+        ValueError: neither the file nor its last good copy parses.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return parse(text)
+    except (ValueError, KeyError, TypeError) as err:
+        good = last_good(path)
+        if not good.is_file():
+            raise ValueError(f"{path} is damaged ({err}) and has no last good copy") from err
+        on_damage(f"{path} is damaged ({err or 'empty'}); using its last good copy")
+        return parse(good.read_text())

@@ -9,13 +9,20 @@ Must not touch: ranking logic (``serving.service``), Ray.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.errors import InvalidArgumentError, MethodNotAllowedError, RankserveError, RouteNotFoundError
+from serving.errors import (
+    InvalidArgumentError,
+    MethodNotAllowedError,
+    RankserveError,
+    RequestTimeoutError,
+    RouteNotFoundError,
+)
 from serving.schemas import RankRequest, check_size, parse_rank_request
 from serving.service import RankService
 
@@ -37,21 +44,31 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse(err.to_body(), status_code=exc.status_code)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed ``limit`` bytes.
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` bytes, or when it has
+    not all arrived within ``timeout_s`` (a client trickling its body holds no more than that; behind
+    the haproxy ingress, HAProxy has already read the whole request).
 
     Raises:
         PayloadTooLargeError: declared or streamed size over the limit (413).
+        RequestTimeoutError: the body did not arrive in time (408).
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         check_size(int(declared), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        check_size(size, limit, so_far=True)
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def chunks() -> bytes:
+        parts, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            check_size(size, limit, so_far=True)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    try:
+        return await asyncio.wait_for(chunks(), timeout_s)
+    except asyncio.TimeoutError as err:
+        raise RequestTimeoutError(f"the request body did not arrive within {timeout_s:g} s", field="body") from err
 
 
 class HttpIngress:
@@ -62,10 +79,10 @@ class HttpIngress:
     @api.post("/v1/rank")
     async def rank(self, request: Request) -> Response:
         """``POST /v1/rank``."""
-        limit = self.service.settings.max_body_bytes
+        limit, timeout_s = self.service.settings.max_body_bytes, self.service.settings.read_timeout_s
 
         async def read() -> RankRequest:
-            return parse_rank_request(await read_body(request, limit))
+            return parse_rank_request(await read_body(request, limit, timeout_s))
 
         try:
             result = await self.service.rank(read, request.headers.get("authorization"))

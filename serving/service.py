@@ -124,7 +124,7 @@ class RankService:
     def create(cls, settings: Settings, client: ReadinessClient, triton: TritonEndpoint | None = None) -> RankService:
         """The service of one replica: pipeline, its followers of the repository (started; they also
         load pushed versions into ``triton``) and metrics."""
-        registry = ModelRegistry(settings.model_repository)
+        registry = ModelRegistry.of(settings)
         pipeline = create_pipeline(settings, client, registry)
         service = cls(settings, pipeline, client, registry)
         service.followers = ReplicaFollowers(settings, registry, pipeline.cell, make_caller(settings, client),
@@ -298,7 +298,7 @@ class RankService:
     def metrics_text(self) -> bytes:
         """The whole service's metrics: this replica's, summed with the snapshots every other live
         replica publishes beside the model repository (``serving.repository.nodes``)."""
-        others = live_metrics(self.registry.repo, exclude=self.followers.node_key) if self.followers else []
+        others = live_metrics(self.registry.heartbeats, exclude=self.followers.node_key) if self.followers else []
         own = self.replica_metrics().decode()
         return merge_expositions([own, *others]).encode() if others else own.encode()
 

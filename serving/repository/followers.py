@@ -37,6 +37,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -48,9 +49,9 @@ from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.recall import Recall
 from serving.pipeline.routing import read_split
 from serving.pipeline.state import LiveCell, LiveState
-from serving.repository.catalogue import ChangeLog, apply_change
+from serving.repository.catalogue import ChangeLog, CompactedError, apply_change
 from serving.repository.loading import load_checked, wanted_versions
-from serving.repository.nodes import remove_heartbeat, write_heartbeat
+from serving.repository.nodes import prune_heartbeats, remove_heartbeat, write_heartbeat
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
 from serving.triton.caller import ModelCaller
@@ -61,6 +62,7 @@ __all__ = ["CatalogueFollower", "Follower", "FollowerRunner", "HeartbeatFollower
            "poll_logged", "warm_item_tower"]
 
 log = logging.getLogger("rankserve")
+_PRUNE_EVERY_S = 60.0  # how often a replica removes the heartbeats of replicas long gone
 
 
 class Follower(Protocol):
@@ -236,15 +238,20 @@ class CatalogueFollower:
     cell: LiveCell
     changes: ChangeLog
     warm: threading.Event
+    base: Catalogue  # the built catalogue: where a replica starts again when the log was compacted past it
     name = "catalogue"
 
     def catch_up(self) -> int:
         """Apply the changes not applied yet (at start, before the first request); returns how many."""
         before = self.cell.current.catalogue
-        changes = self.changes.since(before.version)
+        try:
+            changes = self.changes.since(before.version)
+            cat = before
+        except CompactedError as err:  # folded past this replica's version: from the built catalogue
+            log.warning(json.dumps({"event": "catalogue_compacted", "reason": str(err)}))
+            changes, cat = self.changes.since(self.base.version), self.base
         if not changes:
             return 0
-        cat = before
         for change in changes:
             cat = apply_change(cat, change)
         cat = cat.warm(previous=before)
@@ -350,7 +357,8 @@ class TritonFollower:
 @dataclass
 class HeartbeatFollower:
     """Writes this node's heartbeat: its Triton, the versions ready there, the catalogue change it
-    serves and the replica's metrics snapshot (``metrics``)."""
+    serves and the replica's metrics snapshot (``metrics``); now and then removes the heartbeats of
+    replicas long gone (``serving.repository.nodes.prune_heartbeats``)."""
 
     registry: ModelRegistry
     node_key: str
@@ -358,11 +366,18 @@ class HeartbeatFollower:
     cell: LiveCell
     metrics: Callable[[], bytes] | None = None
     name = "heartbeat"
+    _pruned_at: float = field(default=0.0, init=False)
 
     def poll(self) -> bool:
         ready: Mapping[str, Sequence[int]] = self.triton.ready
-        write_heartbeat(self.registry.repo, self.node_key, self.triton.url, ready,
+        write_heartbeat(self.registry.heartbeats, self.node_key, self.triton.url, ready,
                         self.metrics() if self.metrics else None, self.cell.current.catalogue.version)
+        now = time.monotonic()
+        if now - self._pruned_at >= _PRUNE_EVERY_S:
+            self._pruned_at = now
+            gone = prune_heartbeats(self.registry.heartbeats)
+            if gone:
+                log.info(json.dumps({"event": "heartbeats_pruned", "nodes": gone}))
         return True
 
 
@@ -385,7 +400,7 @@ class ReplicaFollowers:
         self.node_key = f"{socket.gethostname()}-{os.getpid()}"
         changes = ChangeLog(registry.repo)
         warm = threading.Event()
-        self.catalogue = CatalogueFollower(cell, changes, warm)
+        self.catalogue = CatalogueFollower(cell, changes, warm, cell.current.catalogue)
         self.scenarios = ScenarioFollower(settings, registry, cell, ScenarioStore(registry.repo))
         self.runner = FollowerRunner()
         for f in (TrafficFollower(registry, cell, settings.user_tower_model),
@@ -415,4 +430,4 @@ class ReplicaFollowers:
         self.runner.stop(timeout_s)
         if self._client is not None:
             self._client.close()
-        remove_heartbeat(self.registry.repo, self.node_key)
+        remove_heartbeat(self.registry.heartbeats, self.node_key)

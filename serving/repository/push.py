@@ -124,7 +124,7 @@ def push(
         new = _write_version(registry, model, art, cat, checks, version)
         _load_or_retire(triton, registry, model, new, keep_others)
         try:
-            checks["nodes"] = wait_loaded(registry.repo, model, new, timeout_s=nodes_timeout_s)
+            checks["nodes"] = wait_loaded(registry.heartbeats, model, new, timeout_s=nodes_timeout_s)
         except PushRefusedError:
             _retire(path / str(new))
             with contextlib.suppress(Exception):
@@ -255,7 +255,7 @@ def _prepare(registry: ModelRegistry, model: str, current: Traffic, target: int,
             if target not in plan.load:
                 raise PushRefusedError(f"{model} version {target} cannot be loaded: {plan.describe()}",
                                        field="version")
-        wait_loaded(registry.repo, model, target, timeout_s=nodes_timeout_s)
+        wait_loaded(registry.heartbeats, model, target, timeout_s=nodes_timeout_s)
     except BaseException:
         registry.set_traffic(model, current)  # nothing moved
         raise

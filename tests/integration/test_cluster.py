@@ -54,14 +54,14 @@ def _url(c: LocalCluster, node: int = 0) -> str:
 def _wait_for_replicas(c: LocalCluster, n: int, timeout_s: float = 180) -> None:
     t_end = time.monotonic() + timeout_s
     while time.monotonic() < t_end:
-        if len(live_nodes(c.settings.model_repository)) >= n:
+        if len(live_nodes(c.settings.nodes_dir)) >= n:
             try:
                 if httpx.get(f"{_url(c)}/readyz", timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
         time.sleep(1)
-    raise AssertionError(f"{n} replicas did not come up: {live_nodes(c.settings.model_repository)}")
+    raise AssertionError(f"{n} replicas did not come up: {live_nodes(c.settings.nodes_dir)}")
 
 
 def _inferences(triton_metrics_url: str) -> float:
@@ -91,7 +91,7 @@ def _finish(proc: subprocess.Popen[str], record: Path, tmp: Path) -> tuple[dict,
 def test_each_node_serves_through_its_own_triton_and_a_push_reaches_both(cluster: LocalCluster,
                                                                         tmp_path: Path) -> None:
     c = cluster
-    nodes = live_nodes(c.settings.model_repository)
+    nodes = live_nodes(c.settings.nodes_dir)
     assert sorted(n.triton for n in nodes) == sorted(n.triton.grpc_url for n in c.nodes), nodes
     before = [_inferences(n.triton.metrics_url) for n in c.nodes]
     for i in range(60):  # through both nodes' HAProxy
