@@ -162,4 +162,7 @@ def read_state(path: Path, parse: Callable[[str], T], *,
         if not good.is_file():
             raise ValueError(f"{path} is damaged ({err}) and has no last good copy") from err
         on_damage(f"{path} is damaged ({err or 'empty'}); using its last good copy")
-        return parse(good.read_text())
+        try:
+            return parse(good.read_text())
+        except (ValueError, KeyError, TypeError) as again:
+            raise ValueError(f"{path} and its last good copy are damaged ({again})") from again

@@ -55,12 +55,12 @@ class Change:
     add: tuple[dict[str, Any], ...] = ()
     update: tuple[dict[str, Any], ...] = ()
     at: float = field(default_factory=time.time)
-    since: int = 0  # a compacted change stands for every change after ``since`` up to ``version``
+    since: int = -1  # a compacted change stands for every change after ``since`` up to ``version`` (-1: version - 1)
 
     def to_json(self) -> dict[str, Any]:
         out = {"version": self.version, "first_id": self.first_id, "at": self.at, "block": list(self.block),
                "unblock": list(self.unblock), "add": list(self.add), "update": list(self.update)}
-        if self.since:
+        if self.since != self.version - 1:  # a compacted change: the changes it stands for
             out["since"] = self.since
         return out
 
@@ -69,6 +69,10 @@ class Change:
         return cls(int(d["version"]), int(d["first_id"]), tuple(d.get("block", ())), tuple(d.get("unblock", ())),
                    tuple(d.get("add", ())), tuple(d.get("update", ())), float(d.get("at", 0.0)),
                    int(d.get("since", d["version"] - 1)))
+
+    def __post_init__(self) -> None:
+        if self.since < 0:
+            object.__setattr__(self, "since", self.version - 1)
 
     @property
     def first_version(self) -> int:

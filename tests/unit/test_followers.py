@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.files import last_good
 from serving.index.faiss_index import build_index, save_index
 from serving.pipeline.assemble import make_caller
 from serving.pipeline.catalogue import Catalogue
@@ -100,6 +101,7 @@ def test_a_failing_follower_keeps_the_old_snapshot_and_the_others_keep_working(
     assert scenarios.poll() and p.live.scenarios["similar"].version == 1
     before = p.live
     store.live_path.write_text("{ damaged")  # not through apply: what a broken disk or hand edit leaves
+    last_good(store.live_path).write_text("{ damaged too")  # and its last good copy with it: the follower fails
     runner = FollowerRunner()
     runner.add(scenarios, 0.01)
     runner.add(TrafficFollower(registry, p.cell, "user_tower"), 0.01)

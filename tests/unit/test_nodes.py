@@ -72,7 +72,7 @@ def test_the_follower_loads_new_versions_into_its_triton_and_the_heartbeat_repor
     assert follower.load() == {"ranker": [1], "user_tower": [1]}
     assert follower.poll() is True and follower.poll() is False
     assert triton.loads == ["ranker", "user_tower"]  # nothing new: no second load
-    assert heartbeat.poll() and nodes.live_nodes(repo)[0].loaded == {"ranker": [1], "user_tower": [1]}
+    assert heartbeat.poll() and nodes.live_nodes(registry.heartbeats)[0].loaded == {"ranker": [1], "user_tower": [1]}
     (repo / "ranker" / "2").mkdir()
     (repo / "ranker" / "2" / "meta.json").write_text(json.dumps({}))
     record_digests(repo / "ranker" / "2")
@@ -81,9 +81,9 @@ def test_the_follower_loads_new_versions_into_its_triton_and_the_heartbeat_repor
     triton.down = True
     assert follower.poll() is True and follower.ready == {}
     heartbeat.poll()
-    (node,) = nodes.live_nodes(repo)
+    (node,) = nodes.live_nodes(registry.heartbeats)
     assert (node.key, node.triton, node.loaded) == ("node-a", "127.0.0.1:1", {})
-    assert nodes.live_metrics(repo) == ["# metrics\n"]
+    assert nodes.live_metrics(registry.heartbeats) == ["# metrics\n"]
     triton.down = False
     assert follower.load()["ranker"] == [1, 2]
     assert triton.loads[-2:] == ["ranker", "user_tower"]  # Triton came back: loaded again
