@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -49,7 +50,7 @@ class _Http:
 
     async def send(self, body: bytes) -> tuple[int | str, _Answer]:
         async with self._session.post(self.url, data=body, headers={"content-type": "application/json"}) as resp:
-            return resp.status, _JsonAnswer(await resp.read())
+            return resp.status, _JsonAnswer(await resp.read(), resp.headers.get("Retry-After"))
 
     async def close(self) -> None:
         await self._session.close()
@@ -87,15 +88,27 @@ class _Grpc:
 class _Answer(Protocol):
     """An answer, read only as far as the run needs (decoding every answer would load the client)."""
 
+    retry_after: str | None
+
     def items(self) -> int: ...
     def degraded(self) -> bool: ...
+    def version(self) -> int | None: ...
     def timings(self) -> dict[str, float]: ...
     def as_json(self) -> Any: ...
 
 
+_VERSION = re.compile(rb'"model":\{"name":"[^"]*","version":(\d+)\}')
+
+
 class _JsonAnswer:
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, retry_after: str | None = None) -> None:
         self.raw = raw
+        self.retry_after = retry_after
+
+    def version(self) -> int | None:
+        """The model version that scored the answer."""
+        m = _VERSION.search(self.raw)
+        return int(m.group(1)) if m else None
 
     def items(self) -> int:
         return self.raw.count(b'"item_id"')
@@ -113,6 +126,10 @@ class _JsonAnswer:
 class _GrpcAnswer:
     def __init__(self, msg: Any) -> None:
         self.msg = msg
+        self.retry_after: str | None = None
+
+    def version(self) -> int | None:
+        return int(self.msg.model.version)
 
     def items(self) -> int:
         return len(self.msg.items)
@@ -250,10 +267,12 @@ async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_
     deadline_ms = {b: json.loads(b).get("timeout_ms") for b in set(bodies)} if record is not None else {}
 
     async def one(body: bytes, due: float, measured: bool) -> None:
-        degraded = False
+        degraded, version, retry_after = False, None, None
         try:
             code, answer = await client.send(body)
             degraded = code == 200 and answer.degraded()
+            if record is not None:
+                version, retry_after = (answer.version() if code == 200 else None), answer.retry_after
         except Exception as err:  # noqa: BLE001 - every failure is counted, none stops the run
             code = f"error:{type(err).__name__}"
         if measured:
@@ -262,7 +281,8 @@ async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_
             lat.append(ms)
             if record is not None:
                 record.append(json.dumps({"at": round(epoch + due, 4), "ms": round(ms, 2), "status": code,
-                                          "degraded": degraded, "timeout_ms": deadline_ms.get(body)}))
+                                          "degraded": degraded, "timeout_ms": deadline_ms.get(body),
+                                          "version": version, "retry_after": retry_after}))
 
     try:
         t_end = measure_from + duration_s
