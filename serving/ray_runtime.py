@@ -168,7 +168,7 @@ class Ingress:
     def haproxy_dir(self) -> Path:
         # the admin socket's path must stay short (108 bytes): one directory per user and ingress port,
         # made private (serving.files.private_dir) before HAProxy puts its admin socket in it
-        return Path(tempfile.gettempdir()) / f"rankserve-{os.getuid()}-haproxy-{self.port}"
+        return Path(tempfile.gettempdir()) / f"rs{os.getuid()}-haproxy-{self.port}"
 
     def _haproxy_processes(self) -> list[Any]:
         """This machine's HAProxy processes of this ingress (their config lies in its folder)."""

@@ -83,6 +83,7 @@ class LoadingClient(Protocol):
 
     def load_model(self, name: str, config: str | None = None) -> None: ...
     def model_ready(self, name: str, version: str = "") -> bool: ...
+    def ready_versions(self, name: str) -> tuple[int, ...]: ...
 
 
 def poll_logged(follower: Follower, last: str = "") -> str:
@@ -322,7 +323,8 @@ class TritonFollower:
     url: str
     keep_others: int = 2
     ready: Mapping[str, list[int]] = field(default_factory=dict, init=False)
-    _asked: dict[str, tuple[int, ...]] = field(default_factory=dict, init=False)  # versions last loaded, per model
+    _asked: dict[str, tuple[int, ...]] = field(default_factory=dict, init=False)  # versions last wanted, per model
+    _holding: dict[str, tuple[int, ...]] = field(default_factory=dict, init=False)  # versions Triton was given
     _failed: dict[str, str] = field(default_factory=dict, init=False)  # the last failure per model, logged once
     name = "triton"
 
@@ -341,13 +343,18 @@ class TritonFollower:
             wanted, _ = wanted_versions(self.registry, model, self.keep_others)
             try:
                 if wanted != self._asked.get(model):
-                    plan = load_checked(self.client, self.registry, model, self.keep_others)
+                    if model not in self._holding:  # what Triton holds already (loaded at its start)
+                        self._holding[model] = self.client.ready_versions(model)
+                    plan = load_checked(self.client, self.registry, model, self.keep_others, self._holding.get(model))
                     self._asked[model] = wanted
-                    log.info(json.dumps({"event": "versions_loaded", "model": model, "versions": list(plan.load)}))
+                    if plan.load != self._holding.get(model):
+                        self._holding[model] = plan.load
+                        log.info(json.dumps({"event": "versions_loaded", "model": model, "versions": list(plan.load)}))
                 ready[model] = [v for v in self.registry.versions(model) if self.client.model_ready(model, str(v))]
                 self._failed.pop(model, None)
             except RankserveError as err:  # Triton down, the load or the check refused: retry, keep serving
                 self._asked.pop(model, None)
+                self._holding.pop(model, None)
                 if self._failed.get(model) != err.message:
                     log.warning("loading %s into %s: %s", model, self.url, err.message)
                 self._failed[model] = err.message

@@ -110,8 +110,11 @@ def _config_json(registry: ModelRegistry, model: str, versions: tuple[int, ...])
     return json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True))
 
 
-def load_checked(client: Loader, registry: ModelRegistry, model: str, keep_others: int) -> LoadPlan:
+def load_checked(client: Loader, registry: ModelRegistry, model: str, keep_others: int,
+                 holding: tuple[int, ...] | None = None) -> LoadPlan:
     """Load ``model`` into Triton with exactly the versions of :func:`plan_versions` that passed.
+    ``holding``: what Triton holds already (as far as the caller knows); when the plan is the same,
+    Triton is not asked again (a load of a loaded model restarts its instances: seconds without it).
 
     Raises:
         IntegrityError: a version the traffic split needs failed its check, or the config did;
@@ -130,6 +133,8 @@ def load_checked(client: Loader, registry: ModelRegistry, model: str, keep_other
                                 "findings": [str(f) for f in findings]}))
     if not plan.load:
         raise RankserveError(f"{model} has no version that passes its check")
+    if plan.load == holding:
+        return plan
     for v in plan.load:
         clear_bytecode(registry.repo / model / str(v))
     client.load_model(model, _config_json(registry, model, plan.load))

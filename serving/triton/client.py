@@ -112,6 +112,15 @@ class TritonClient:
         except InferenceServerException as err:
             raise _wrap(err, f"model_ready {name}") from err
 
+    def ready_versions(self, name: str) -> tuple[int, ...]:
+        """The versions of ``name`` Triton holds ready (its repository index)."""
+        try:
+            index = self._c.get_model_repository_index(headers=self._headers, as_json=True)
+        except InferenceServerException as err:
+            raise _wrap(err, "repository index") from err
+        return tuple(sorted(int(m["version"]) for m in index.get("models", [])
+                            if m.get("name") == name and m.get("state") == "READY" and m.get("version")))
+
     def load_model(self, name: str, config: str | None = None) -> None:
         """Load ``name`` (explicit model control); ``config``: the model's config as JSON, used
         instead of its ``config.pbtxt`` (which versions to load, among others)."""

@@ -34,6 +34,11 @@ class _Triton:
         asked = json.loads(config)["version_policy"]["specific"]["versions"] if config else self.registry.versions(name)
         self.loaded[name] = {int(v) for v in asked}
 
+    def ready_versions(self, name: str) -> tuple[int, ...]:
+        if self.down:
+            raise BackendUnavailableError("Triton unreachable")
+        return tuple(sorted(self.loaded.get(name, set())))
+
     def model_ready(self, name: str, version: str = "") -> bool:
         if self.down:
             raise BackendUnavailableError("Triton unreachable")
@@ -84,6 +89,9 @@ def test_the_follower_loads_new_versions_into_its_triton_and_the_heartbeat_repor
     (node,) = nodes.live_nodes(registry.heartbeats)
     assert (node.key, node.triton, node.loaded) == ("node-a", "127.0.0.1:1", {})
     assert nodes.live_metrics(registry.heartbeats) == ["# metrics\n"]
-    triton.down = False
+    triton.down, triton.loaded = False, {}  # a Triton started again holds nothing until loaded
     assert follower.load()["ranker"] == [1, 2]
     assert triton.loads[-2:] == ["ranker", "user_tower"]  # Triton came back: loaded again
+    loads = len(triton.loads)
+    follower._asked.clear()  # asked again what it holds: the same plan is not loaded twice
+    assert follower.load()["ranker"] == [1, 2] and len(triton.loads) == loads
