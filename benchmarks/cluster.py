@@ -3,9 +3,9 @@ each node with its own Triton, its own HAProxy ingress port and its own Ray reso
 
 Owns: starting and stopping such a cluster (nodes, their Tritons, the rankserve deployment with
 one replica per node), and finding and stopping one node's processes. Used by the cluster tests
-(``make cluster-test``; one case in ``make test``) to show what the KubeRay manifest relies on:
-replicas calling their node-local Triton, pushes reaching every node, a node leaving and
-rejoining. Must not touch: the serving code (it deploys what ships).
+(``make cluster-test``) to show what the KubeRay manifest relies on: replicas calling their
+node-local Triton, pushes reaching every node, a node leaving and rejoining. Must not touch: the
+serving code (it deploys what ships).
 
 Each node's ``ray start`` runs with its own environment, which its Ray workers inherit: that is
 how a replica learns its node-local Triton (``RANKSERVE_TRITON_URL``), as a KubeRay worker pod
