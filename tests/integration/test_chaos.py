@@ -18,6 +18,7 @@ from benchmarks import chaos
 from loadtest.workload import recall_bodies, write_bodies
 from serving.config import Settings
 from serving.pipeline.features import FeatureTables
+from tests.faults import children_stopped_after
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,7 +65,8 @@ def test_mixed_deadlines_never_degrade_the_generous(server, bodies: Path, tmp_pa
 
 
 def test_a_killed_triton_degrades_answers_then_recovers(server, bodies: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    out = _TRITON_KILL(server, bodies, ARGS, tmp_path)
+    with children_stopped_after(server.pid_of("tritonserver")):
+        out = _TRITON_KILL(server, bodies, ARGS, tmp_path)
     print(chaos.markdown([out]))
     assert out.other_failures == 0 and out.client_timeouts == 0, out
     assert out.degraded > 0, "the kill was not seen"

@@ -9,7 +9,6 @@ requests in flight, then everything stops. The tests run in this order; the last
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import os
 import pty
@@ -24,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from benchmarks import chaos
@@ -32,6 +30,7 @@ from loadtest.workload import recall_bodies, write_bodies
 from serving.config import Settings
 from serving.net import QUIET_PORTS, free_port
 from serving.pipeline.features import FeatureTables
+from tests.faults import children_stopped_after
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -156,8 +155,6 @@ def _assert_quiet(shown: str) -> None:
 def test_a_killed_triton_degrades_answers_then_they_recover(server: _OnTerminal) -> None:
     """Every answer is a 200 (degraded while Triton is down) until the restarted Triton serves."""
     killed = server.pid_of("tritonserver")
-    stubs = psutil.Process(killed).children()
-    os.kill(killed, signal.SIGKILL)
     degraded: list[bool] = []
 
     def recovered() -> bool:
@@ -166,14 +163,11 @@ def test_a_killed_triton_degrades_answers_then_they_recover(server: _OnTerminal)
         degraded.append(r.json()["degraded"])
         return any(degraded) and not degraded[-1]
 
-    wait_for(recovered, lambda: f"an answer not degraded after the kill: {len(degraded)} answers, "
-             f"{sum(degraded)} degraded", timeout_s=120, poll_s=0.1)
+    with children_stopped_after(killed):
+        os.kill(killed, signal.SIGKILL)
+        wait_for(recovered, lambda: f"an answer not degraded after the kill: {len(degraded)} answers, "
+                 f"{sum(degraded)} degraded", timeout_s=120, poll_s=0.1)
     assert server.pid_of("tritonserver") != killed
-    # a python stub of the killed Triton can stay behind, blocked on its shared memory, and the
-    # supervisor does not stop it: stopped here, so that nothing of the test outlives it
-    for stub in stubs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            stub.kill()
 
 
 def test_a_killed_replica_is_replaced(server: _OnTerminal) -> None:
