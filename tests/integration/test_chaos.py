@@ -90,7 +90,7 @@ def test_sigterm_drains_in_flight_requests_and_exits(server, bodies: Path, tmp_p
     out = chaos._drain(server, bodies, ARGS, tmp_path)
     print(chaos.markdown([out]))
     assert out.details["exit_code"] == 0, out
-    assert out.details["exit_s"] < 30, out
+    assert out.details["exit_s"] < 90, out  # a hang bound: about 7 s on a quiet machine (the drain itself is 5 s at most)
     assert out.details["reset_in_flight"] == 0, out  # every request sent during the drain was answered
     assert out.details["during_drain"].get("200", 0) + out.details["during_drain"].get("503", 0) > 0, out
     assert out.other_failures == out.details["reset_at_close"] and out.client_timeouts == 0, out
