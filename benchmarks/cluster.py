@@ -3,9 +3,9 @@ each node with its own Triton, its own HAProxy ingress port and its own Ray reso
 
 Owns: starting and stopping such a cluster (nodes, their Tritons, the rankserve deployment with
 one replica per node), and finding and stopping one node's processes. Used by the cluster tests
-(``make cluster-test``; one case in ``make test``) to show what the KubeRay manifest relies on:
-replicas calling their node-local Triton, pushes reaching every node, a node leaving and
-rejoining. Must not touch: the serving code (it deploys what ships).
+(``make cluster-test``) to show what the KubeRay manifest relies on: replicas calling their
+node-local Triton, pushes reaching every node, a node leaving and rejoining. Must not touch: the
+serving code (it deploys what ships).
 
 Each node's ``ray start`` runs with its own environment, which its Ray workers inherit: that is
 how a replica learns its node-local Triton (``RANKSERVE_TRITON_URL``), as a KubeRay worker pod
@@ -30,7 +30,7 @@ from serving.net import QUIET_PORTS, free_port
 from serving.ray_runtime import Ingress
 from serving.triton.process import TritonProcess
 
-__all__ = ["ClusterNode", "LocalCluster"]
+__all__ = ["ClusterNode", "LocalCluster", "raylet_resources"]
 
 _DEPLOY = """
 import json, sys
@@ -45,6 +45,16 @@ ray.init(address=spec["address"], logging_level="WARNING")
 start_serve(Ingress(**{**spec["ingress"], "runtime_dir": settings.data_dir / "ingress"}))
 serve.run(build_app(settings, spec["triton_url"]), name="rankserve", route_prefix="/")
 """
+
+
+def raylet_resources(cmdline: list[str]) -> set[str]:
+    """The names of the resources a raylet's command line gives its node: Ray passes them as
+    ``--static_resource_list=name,amount,name,amount,...`` (``ray start --resources`` JSON is not
+    on the raylet's command line)."""
+    for arg in cmdline:
+        if arg.startswith("--static_resource_list="):
+            return set(arg.partition("=")[2].split(",")[0::2])
+    return set()
 
 
 @dataclass
@@ -138,7 +148,7 @@ class LocalCluster:
 
         raylets = [p for p in psutil.process_iter(["name", "cmdline"])
                    if p.info["name"] == "raylet" and str(self.temp_dir) in " ".join(p.info["cmdline"] or [])
-                   and f'"{node.resource}"' in " ".join(p.info["cmdline"] or [])]
+                   and node.resource in raylet_resources(p.info["cmdline"] or [])]
         pids = []
         for raylet in raylets:
             pids.append(raylet.pid)
