@@ -1,6 +1,9 @@
 # rankserve: two commands on a fresh machine.
 #   make serve   set up .venv, build demo data + models on first run, start Triton + Ray Serve on :8000
-#   make test    set up .venv, lint (ruff, mypy), build demo data + models on first run, run the whole test suite
+#   make test    set up .venv, lint (ruff, mypy), build demo data + models on first run, run the test suite
+# Beside it, the cases too heavy for every change (pyproject's pytest markers):
+#   make slow-test     heavy load, chaos and long cases (marked slow; make test runs a small version of each)
+#   make cluster-test  a real two-node Ray cluster on this machine (marked cluster)
 # GPU evidence in one device call (benchmarks/gpu/check.py):
 #   make gpu-check-prepare              here: wheels for the bare device image into .whl/, prints the device call
 #   make gpu-check                      on the device machine (python3 of the image, no venv): the check itself
@@ -13,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(EXTRA)
 # the GPU check runs where it is: the venv's python here, the image's python3 on a device machine
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: serve test cluster-test install build bench capacity chaos freshness scenario-freshness kernel-bench loadtest lint clean \
+.PHONY: serve test slow-test cluster-test install build bench capacity chaos freshness scenario-freshness kernel-bench loadtest lint clean \
         gpu-check gpu-check-prepare
 
 # pyproject's requires-python (>=3.10,<3.14), checked before a venv is made from $(PYTHON)
@@ -38,11 +41,15 @@ build: install
 serve: install  # rankserve serve builds on first run itself (progress bars, then the summary screen)
 	@$(PY) -m serving.cli serve
 
+# --durations: the suite has a time budget (docs/measurements.md); each run shows where it goes
 test: lint build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
+
+slow-test: build
+	$(PY) -m pytest -q --durations=30 -m slow tests
 
 cluster-test: build
-	$(PY) -m pytest -q -m "cluster or not cluster" tests/integration/test_cluster.py
+	$(PY) -m pytest -q --durations=30 -m cluster tests
 
 ITEMS ?=
 bench: build

@@ -81,7 +81,9 @@ class Outcome:
 class ChaosServer:
     """``rankserve serve --no-build`` as a child process on free loopback ports."""
 
-    def __init__(self, settings: Settings, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, log_path: Path, env: dict[str, str] | None = None,
+                 key_file: Path | None = None) -> None:
+        self.key_file = key_file  # the API key the load sends (a server with RANKSERVE_AUTH=keys)
         self.port = free_port(QUIET_PORTS)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -150,10 +152,12 @@ class _Load:
 
     @classmethod
     def start(cls, url: str, bodies: Path, rate: float, duration_s: float, record: Path,
-              timeout_s: float = 10.0) -> _Load:
+              timeout_s: float = 10.0, key_file: Path | None = None) -> _Load:
         cmd = [sys.executable, "-m", "loadtest.loadgen", "--url", f"{url}/v1/rank", "--bodies", str(bodies),
                "--rate", f"{rate:.2f}", "--duration-s", str(duration_s), "--warmup-s", "0", "--concurrency", "1024",
                "--client-timeout-s", str(timeout_s), "--record", str(record)]
+        if key_file is not None:
+            cmd += ["--key-file", str(key_file)]
         return cls(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), record)
 
     def rows(self) -> list[dict[str, Any]]:
@@ -178,7 +182,7 @@ def _recovery_s(rows: list[dict[str, Any]], fault_at: float) -> float | None:
 
 def _with_fault(server: ChaosServer, bodies: Path, rate: float, duration_s: float, work: Path,
                 name: str, fault_after_s: float, fault: Any) -> tuple[list[dict[str, Any]], float]:
-    load = _Load.start(server.url, bodies, rate, duration_s, work / f"{name}.jsonl")
+    load = _Load.start(server.url, bodies, rate, duration_s, work / f"{name}.jsonl", key_file=server.key_file)
     time.sleep(fault_after_s)
     fault_at = time.time()
     fault()
@@ -232,14 +236,19 @@ _triton_kill = _kill("triton_kill", "tritonserver", 10)
 _replica_kill = _kill("replica_kill", "ray::ServeReplica", 15)
 
 
-def _drain(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path) -> Outcome:
+def _drain(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path,
+           stop: Callable[[subprocess.Popen[bytes]], None] | None = None) -> Outcome:
+    """``stop`` (default: SIGTERM to the server) 2 s into load at half capacity."""
     assert server.proc is not None
     proc = server.proc
     t_exit: list[float] = []
 
     def term() -> None:
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        if stop is None:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            stop(proc)
         proc.wait(timeout=120)
         t_exit.append(time.monotonic() - t0)
 

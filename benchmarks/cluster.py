@@ -3,9 +3,9 @@ each node with its own Triton, its own HAProxy ingress port and its own Ray reso
 
 Owns: starting and stopping such a cluster (nodes, their Tritons, the rankserve deployment with
 one replica per node), and finding and stopping one node's processes. Used by the cluster tests
-(``make cluster-test``; one case in ``make test``) to show what the KubeRay manifest relies on:
-replicas calling their node-local Triton, pushes reaching every node, a node leaving and
-rejoining. Must not touch: the serving code (it deploys what ships).
+(``make cluster-test``) to show what the KubeRay manifest relies on: replicas calling their
+node-local Triton, pushes reaching every node, a node leaving and rejoining. Must not touch: the
+serving code (it deploys what ships).
 
 Each node's ``ray start`` runs with its own environment, which its Ray workers inherit: that is
 how a replica learns its node-local Triton (``RANKSERVE_TRITON_URL``), as a KubeRay worker pod
@@ -28,9 +28,11 @@ from pathlib import Path
 from serving.config import Settings
 from serving.net import QUIET_PORTS, free_port
 from serving.ray_runtime import Ingress, ensure_ray_token
+from serving.repository.loading import startup_loader
+from serving.repository.registry import ModelRegistry
 from serving.triton.process import TritonProcess
 
-__all__ = ["ClusterNode", "LocalCluster"]
+__all__ = ["ClusterNode", "LocalCluster", "raylet_resources"]
 
 _DEPLOY = """
 import json, sys
@@ -47,6 +49,16 @@ ray.init(address=spec["address"], runtime_env={"worker_process_setup_hook": SETU
 start_serve(Ingress(**{**spec["ingress"], "runtime_dir": settings.data_dir / "ingress"}))
 serve.run(build_app(settings, TritonEndpoint(spec["triton_url"])), name="rankserve", route_prefix="/")
 """
+
+
+def raylet_resources(cmdline: list[str]) -> set[str]:
+    """The names of the resources a raylet's command line gives its node: Ray passes them as
+    ``--static_resource_list=name,amount,name,amount,...`` (``ray start --resources`` JSON is not
+    on the raylet's command line)."""
+    for arg in cmdline:
+        if arg.startswith("--static_resource_list="):
+            return set(arg.partition("=")[2].split(",")[0::2])
+    return set()
 
 
 @dataclass
@@ -83,7 +95,8 @@ class LocalCluster:
 
     def _node(self, i: int) -> ClusterNode:
         triton = TritonProcess(self.settings.model_repository, runtime_dir=self.work_dir / f"triton{i}",
-                               kind="cpu", ready_timeout_s=120)
+                               kind="cpu", ready_timeout_s=120,
+                               load=startup_loader(ModelRegistry.of(self.settings), self.settings.triton_keep_versions))
         port = self.settings.port if i == 0 else free_port(QUIET_PORTS)
         ingress = Ingress.from_settings(self.settings)
         env = {**os.environ, **ingress.environment(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
@@ -141,7 +154,7 @@ class LocalCluster:
 
         raylets = [p for p in psutil.process_iter(["name", "cmdline"])
                    if p.info["name"] == "raylet" and str(self.temp_dir) in " ".join(p.info["cmdline"] or [])
-                   and f'"{node.resource}"' in " ".join(p.info["cmdline"] or [])]
+                   and node.resource in raylet_resources(p.info["cmdline"] or [])]
         pids = []
         for raylet in raylets:
             pids.append(raylet.pid)

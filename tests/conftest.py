@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from serving.net import QUIET_PORTS, free_port
+from tests.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILT_REPOSITORY = Path(os.environ.get("RANKSERVE_MODEL_REPOSITORY", REPO_ROOT / "model_repository"))
@@ -33,7 +33,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
-
 
 
 @pytest.fixture(scope="session")
@@ -67,16 +66,8 @@ def rankserve_url(settings, triton) -> Iterator[str]:  # noqa: ANN001
         start_serve(ingress)
         serve.run(build_app(settings, TritonEndpoint(triton.grpc_url, triton.key)), name="rankserve", route_prefix="/")
         url = f"http://127.0.0.1:{settings.port}"
-        t_end = time.monotonic() + 60
-        while time.monotonic() < t_end:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("rankserve did not become ready within 60 s")
+        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, "rankserve answers /readyz",
+                 poll_s=0.5, ignoring=(httpx.HTTPError,))
         yield url
     finally:
         shutdown_ray()

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ import pytest
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import ITEM_CAT_FIELDS, ITEM_NUM_FIELDS, FeatureTables
 from serving.repository.catalogue import ChangeLog, apply_change
+from tests.load import Load
+from tests.waiting import wait_for, wait_for_answers
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +37,9 @@ def _rank(url: str, **body: Any) -> dict[str, Any]:
     return r.json()
 
 
-def _wait_version(url: str, version: int, timeout_s: float = 30) -> None:
-    t_end = time.monotonic() + timeout_s
-    while _rank(url, user_id=1)["catalogue_version"] < version:
-        assert time.monotonic() < t_end, f"no answer carried catalogue version {version}"
-        time.sleep(0.05)
+def _wait_version(url: str, version: int) -> None:
+    wait_for(lambda: _rank(url, user_id=1)["catalogue_version"] >= version,
+             f"an answer carries catalogue version {version}", poll_s=0.05)
 
 
 def _copy_row(tables: FeatureTables, item: int) -> dict[str, Any]:
@@ -59,19 +58,6 @@ def _blocked_by_version(log: ChangeLog, base: FeatureTables) -> dict[int, set[in
     return out
 
 
-def _start_load(url: str, tmp: Path, users: list[int], given: list[int]) -> tuple[subprocess.Popen, Path]:
-    bodies = tmp / "bodies.jsonl"
-    lines = [json.dumps({"user_id": u, "k": 50, "timeout_ms": 10000}) for u in users]
-    lines += [json.dumps({"user_id": u, "k": 50, "candidates": given, "timeout_ms": 10000}) for u in users[:10]]
-    bodies.write_text("\n".join(lines))
-    record = tmp / "record.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "loadtest.loadgen", "--url", f"{url}/v1/rank", "--bodies",
-                             str(bodies), "--concurrency", "4", "--duration-s", "120", "--warmup-s", "0",
-                             "--record", str(record), "--stop-file", str(tmp / "stop")],
-                            stdout=subprocess.PIPE, text=True)
-    return proc, record
-
-
 def test_catalogue_changes_under_load(settings, rankserve_url: str, tmp_path: Path) -> None:
     base = FeatureTables.load(settings.marketplace_path)
     log = ChangeLog(settings.model_repository)
@@ -83,9 +69,10 @@ def test_catalogue_changes_under_load(settings, rankserve_url: str, tmp_path: Pa
             counts[i] = counts.get(i, 0) + 1
     often = sorted(counts, key=lambda i: -counts[i])[:40]  # items the load's answers hold
     given = often[:30] + list(range(1000, 1030))
-    proc, record = _start_load(rankserve_url, tmp_path, users, given)
-    try:
-        time.sleep(2)
+    bodies = [{"user_id": u, "k": 50, "timeout_ms": 10000} for u in users]
+    bodies += [{"user_id": u, "k": 50, "candidates": given, "timeout_ms": 10000} for u in users[:10]]
+    with Load(rankserve_url, bodies, tmp_path / "load") as load:
+        wait_for_answers(rankserve_url, 30)
         assert _items(settings, "block", *map(str, often[:10])).returncode == 0
         # four operators at once: every change gets its own version, none is lost
         procs = [subprocess.Popen([sys.executable, "-m", "serving.cli", "items", "block", *map(str, often[10 + 5 * k:
@@ -108,19 +95,15 @@ def test_catalogue_changes_under_load(settings, rankserve_url: str, tmp_path: Pa
         final = json.loads(last.stdout.strip().splitlines()[-1])["catalogue_version"]
         _wait_version(rankserve_url, final)
         top = [it["item_id"] for it in _rank(rankserve_url, user_id=0, k=50)["items"]]
-        time.sleep(1.5)
-    finally:
-        (tmp_path / "stop").touch()
-        out, _ = proc.communicate(timeout=180)
+        wait_for_answers(rankserve_url, 60)
+        summary, rows = load.finish()
     assert new_id in top and best not in top, (new_id, best, top[:10])
-    summary = json.loads(out.strip().splitlines()[-1])
     assert summary["failures"] == 0, summary
     blocked_at = _blocked_by_version(log, base)
     assert sorted(blocked_at) == list(range(final + 1))  # versions 1..final, none missing or twice
     assert set(often[5:30]) | {best} <= blocked_at[final] and not set(often[:5]) & blocked_at[final]
     seen_versions, checked = set(), 0
-    for line in record.read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         if row["status"] != 200:
             continue
         resp = row["response"]

@@ -1,6 +1,10 @@
-"""One fast case of each `rankserve chaos` scenario, against a `rankserve serve` of its own (the
+"""Each `rankserve chaos` scenario under load, against a `rankserve serve` of its own (the
 session's server is left alone): overload sheds fast, mixed deadlines spare the generous, a
-killed Triton degrades then recovers, a killed replica comes back, SIGTERM drains cleanly."""
+killed Triton degrades then recovers, a killed replica comes back, SIGTERM drains cleanly.
+
+Marked `slow` (`make slow-test`): a minute and a half of load next to a server. `make test` checks
+each fault's mechanism at a low load on the server of tests/integration/test_startup.py; overload
+and deadlines are checked there by tests/integration/test_app.py and tests/unit/test_dispatch.py."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from benchmarks import chaos
 from loadtest.workload import recall_bodies, write_bodies
 from serving.config import Settings
 from serving.pipeline.features import FeatureTables
+from tests.faults import children_stopped_after
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,6 +41,10 @@ def bodies(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 ARGS = argparse.Namespace(capacity_rps=60.0, duration_s=5.0)
+# load kept on after a kill long enough for what comes back on a busy 2-core machine (a bound,
+# not a measure: `rankserve chaos` measures): Triton restarts in ~5 s, a replica in ~15 s quiet
+_TRITON_KILL = chaos._kill("triton_kill", "tritonserver", tail_s=40)
+_REPLICA_KILL = chaos._kill("replica_kill", "ray::ServeReplica", tail_s=60)
 
 
 def test_overload_is_shed_fast_and_admitted_requests_meet_their_deadline(server, bodies: Path,  # noqa: ANN001
@@ -56,20 +65,24 @@ def test_mixed_deadlines_never_degrade_the_generous(server, bodies: Path, tmp_pa
 
 
 def test_a_killed_triton_degrades_answers_then_recovers(server, bodies: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    out = chaos._triton_kill(server, bodies, ARGS, tmp_path)
+    with children_stopped_after(server.pid_of("tritonserver")):
+        out = _TRITON_KILL(server, bodies, ARGS, tmp_path)
     print(chaos.markdown([out]))
     assert out.other_failures == 0 and out.client_timeouts == 0, out
     assert out.degraded > 0, "the kill was not seen"
-    assert out.recovery_s is not None and out.recovery_s <= 15, out
+    assert out.recovery_s is not None, out
     assert server.wait_ready(60)
 
 
 def test_a_killed_replica_is_replaced_and_its_failures_are_bounded(server, bodies: Path,  # noqa: ANN001
                                                                    tmp_path: Path) -> None:
-    out = chaos._replica_kill(server, bodies, ARGS, tmp_path)
+    out = _REPLICA_KILL(server, bodies, ARGS, tmp_path)
     print(chaos.markdown([out]))
-    assert out.recovery_s is not None, "answers did not come back"
-    assert out.ok > out.requests / 3, out
+    assert out.recovery_s is not None, f"answers did not come back: {out}"
+    # bounded: the failed requests are those sent while no replica answered (and those in flight
+    # at the kill), not more; every request sent after the recovery was answered
+    rate = 0.5 * ARGS.capacity_rps
+    assert out.requests - out.ok <= rate * (out.recovery_s + 2), out
     assert server.wait_ready(120)
 
 
@@ -77,7 +90,7 @@ def test_sigterm_drains_in_flight_requests_and_exits(server, bodies: Path, tmp_p
     out = chaos._drain(server, bodies, ARGS, tmp_path)
     print(chaos.markdown([out]))
     assert out.details["exit_code"] == 0, out
-    assert out.details["exit_s"] < 30, out
+    assert out.details["exit_s"] < 90, out  # a hang bound: about 7 s on a quiet machine (the drain itself is 5 s at most)
     assert out.details["reset_in_flight"] == 0, out  # every request sent during the drain was answered
     assert out.details["during_drain"].get("200", 0) + out.details["during_drain"].get("503", 0) > 0, out
     assert out.other_failures == out.details["reset_at_close"] and out.client_timeouts == 0, out

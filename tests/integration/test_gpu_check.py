@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_STEPS = ("cupy crossing", "gpu_tests", "kernel_bench GPU rows", "triton KIND_GPU", "gpu usage",

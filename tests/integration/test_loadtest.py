@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_loadtest_runs_headless_and_reports(rankserve_url: str, settings, tmp_path: Path) -> None:
     out = tmp_path / "lt"
     proc = subprocess.run([sys.executable, "-m", "loadtest.run", "--host", rankserve_url, "--shape", "constant",
-                           "--users", "4", "--duration-s", "8", "--data", str(settings.marketplace_path),
+                           "--users", "4", "--duration-s", "5", "--data", str(settings.marketplace_path),
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())

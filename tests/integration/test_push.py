@@ -7,7 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -17,9 +17,12 @@ import torch
 
 from serving.errors import PushRefusedError, RankserveError
 from serving.pipeline.features import FeatureTables
+from serving.repository.nodes import live_nodes
 from serving.repository.push import _model_lock, push, rollback
 from serving.repository.registry import ModelRegistry
 from serving.triton.client import TritonClient
+from tests.load import Load
+from tests.waiting import metric, wait_for, wait_for_answers
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +48,8 @@ def _snapshot(repo: Path) -> dict[str, object]:
     return out
 
 
-def _version_served(url: str) -> int:
-    r = httpx.post(f"{url}/v1/rank", json={"user_id": 11, "k": 3}, timeout=30)
+def _version_served(url: str, user_id: int = 11) -> int:
+    r = httpx.post(f"{url}/v1/rank", json={"user_id": user_id, "k": 3}, timeout=30)
     assert r.status_code == 200, r.text
     return int(r.json()["model"]["version"])
 
@@ -130,7 +133,7 @@ def test_broken_artifacts_are_refused_and_live_keeps_serving(kind: str, settings
         _rescript(art, _Scaled(inner, 50.0))  # click probabilities of a few percent, pushed past 1
     elif kind == "version_exists":
         version = registry.versions("ranker")[0]
-    client = TritonClient(triton.grpc_url)
+    client = TritonClient(triton.grpc_url, triton.key)
     if kind == "concurrent_push":
         with _model_lock(settings.model_repository / "ranker"), pytest.raises(PushRefusedError, match="in progress"):
             push(registry, model, art, tables, client)
@@ -143,65 +146,59 @@ def test_broken_artifacts_are_refused_and_live_keeps_serving(kind: str, settings
     assert httpx.get(f"{rankserve_url}/readyz", timeout=30).status_code == 200
 
 
-def _start_load(url: str, tmp: Path, duration_s: float = 120) -> tuple[subprocess.Popen, Path]:
-    """Bounded load in its own process; it ends at ``duration_s`` or when ``tmp/stop`` appears."""
-    bodies = tmp / "bodies.jsonl"
+def _bodies() -> list[dict[str, object]]:
+    """Recall and given-candidates requests with a generous deadline: on 2 cores a push's
+    validation competes with serving for the CPU."""
     rng = np.random.default_rng(1)
-    # a generous deadline: on 2 cores a push's validation competes with serving for the CPU
-    lines = [json.dumps({"user_id": int(u), "k": 10, "timeout_ms": 10000}) for u in rng.integers(0, 50, 200)]
-    lines += [json.dumps({"user_id": int(u), "k": 5, "candidates": list(range(10, 60)), "timeout_ms": 10000})
-              for u in range(20)]
-    bodies.write_text("\n".join(lines))
-    record = tmp / "record.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "loadtest.loadgen", "--url", f"{url}/v1/rank", "--bodies",
-                             str(bodies), "--concurrency", "4", "--duration-s", str(duration_s), "--warmup-s", "0",
-                             "--record", str(record), "--stop-file", str(tmp / "stop")],
-                            stdout=subprocess.PIPE, text=True)
-    return proc, record
+    bodies: list[dict[str, object]] = [{"user_id": int(u), "k": 10, "timeout_ms": 10000}
+                                       for u in rng.integers(0, 50, 200)]
+    return bodies + [{"user_id": u, "k": 5, "candidates": list(range(10, 60)), "timeout_ms": 10000} for u in range(20)]
 
 
-def _wait_for_version(url: str, want: int, timeout_s: float = 45) -> None:
-    t_end = time.monotonic() + timeout_s
-    while time.monotonic() < t_end:
-        if _version_served(url) == want:
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"server did not switch to version {want}")
+def _wait_for_version(url: str, want: int) -> None:
+    wait_for(lambda: _version_served(url) == want, lambda: f"the server answers with ranker version {want} "
+             f"(it answers with {_version_served(url)})")
+
+
+def _wait_for_traffic(url: str, model: str, version: int, role: str, percent: float | None) -> None:
+    """Until the replica routes by the traffic file: ``version`` has ``role`` at ``percent`` (None:
+    the version has left that role)."""
+    def held() -> bool:
+        share = metric(url, "rankserve_model_traffic_percent", model=model, version=str(version), role=role)
+        return share == (percent or 0.0)
+
+    wait_for(held, f"the replica gives {model} v{version} the role {role} at {percent}%")
 
 
 def test_push_and_rollback_under_load_fail_no_request(settings, rankserve_url: str, triton,
                                                       tmp_path: Path) -> None:
     registry = ModelRegistry(settings.model_repository)
     tables = FeatureTables.load(settings.marketplace_path)
-    client = TritonClient(triton.grpc_url)
+    client = TritonClient(triton.grpc_url, triton.key)
     old = registry.traffic("ranker").live
     art = _live_artifact(registry, "ranker", tmp_path / "art")
-    proc, record = _start_load(rankserve_url, tmp_path)
-    time.sleep(2)
-    res = push(registry, "ranker", art, tables, client)
-    _wait_for_version(rankserve_url, res.version)
-    time.sleep(2)
-    rollback(registry, "ranker")
-    _wait_for_version(rankserve_url, old)
-    time.sleep(1)
-    (tmp_path / "stop").touch()
-    out, _ = proc.communicate(timeout=180)
-    summary = json.loads(out.strip().splitlines()[-1])
-    rows = [json.loads(ln) for ln in record.read_text().splitlines() if ln]
+    with Load(rankserve_url, _bodies(), tmp_path / "load") as load:
+        wait_for_answers(rankserve_url, 30)
+        res = push(registry, "ranker", art, tables, client)
+        # every node serving the repository (here the session's one replica) had loaded the version
+        # into its Triton before traffic named it: what a multi-node deployment relies on
+        assert sorted(res.checks["nodes"]) == sorted(n.key for n in live_nodes(settings.model_repository))
+        assert client.model_ready("ranker", str(res.version))
+        _wait_for_version(rankserve_url, res.version)
+        wait_for_answers(rankserve_url, 30)
+        rollback(registry, "ranker")
+        _wait_for_version(rankserve_url, old)
+        wait_for_answers(rankserve_url, 30)
+        summary, rows = load.finish()
     versions = {r["response"]["model"]["version"] for r in rows if r["status"] == 200}
     print(f"zero-downtime run: {summary['requests']} requests, {summary['failures']} failed, versions {versions}")
     assert summary["failures"] == 0 and summary["requests"] > 50, summary
     assert {old, res.version} <= versions, versions
 
 
-def _wait_for_tower(url: str, want: int, timeout_s: float = 45) -> None:
-    line = f'rankserve_model_version{{model="user_tower"}} {float(want)}'
-    t_end = time.monotonic() + timeout_s
-    while time.monotonic() < t_end:
-        if line in httpx.get(f"{url}/metrics", timeout=30).text:
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"replica did not switch its user tower to version {want}")
+def _wait_for_tower(url: str, want: int) -> None:
+    wait_for(lambda: metric(url, "rankserve_model_version", model="user_tower") == want,
+             f"the replica recalls with user tower version {want}")
 
 
 class _Rotated(torch.nn.Module):
@@ -230,7 +227,7 @@ def test_user_tower_and_index_switch_together_under_load(settings, rankserve_url
     request that paired one version's user embedding with the other's index would differ."""
     registry = ModelRegistry(settings.model_repository)
     tables = FeatureTables.load(settings.marketplace_path)
-    client = TritonClient(triton.grpc_url)
+    client = TritonClient(triton.grpc_url, triton.key)
     art = _live_artifact(registry, "user_tower", tmp_path / "tower")
     dim = int(np.load(art / "golden.npz")["embedding"].shape[1])
     rot = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(3)))[0]
@@ -248,19 +245,16 @@ def test_user_tower_and_index_switch_together_under_load(settings, rankserve_url
         r = httpx.post(f"{rankserve_url}/v1/rank", json={"user_id": u, "k": 10}, timeout=30).json()
         baseline[u] = [it["item_id"] for it in r["items"]]
     old_tower = registry.traffic("user_tower").live
-    proc, record = _start_load(rankserve_url, tmp_path)
-    time.sleep(2)
-    res = push(registry, "user_tower", art, tables, client)
-    _wait_for_tower(rankserve_url, res.version)  # the replica now recalls with the new pair
-    time.sleep(3)
-    rollback(registry, "user_tower")
-    _wait_for_tower(rankserve_url, old_tower)
-    time.sleep(2)
-    (tmp_path / "stop").touch()
-    out, _ = proc.communicate(timeout=180)
-    summary = json.loads(out.strip().splitlines()[-1])
+    with Load(rankserve_url, _bodies(), tmp_path / "load") as load:
+        wait_for_answers(rankserve_url, 30)
+        res = push(registry, "user_tower", art, tables, client)
+        _wait_for_tower(rankserve_url, res.version)  # the replica now recalls with the new pair
+        wait_for_answers(rankserve_url, 40)
+        rollback(registry, "user_tower")
+        _wait_for_tower(rankserve_url, old_tower)
+        wait_for_answers(rankserve_url, 30)
+        summary, rows = load.finish()
     assert summary["failures"] == 0, summary
-    rows = [json.loads(ln) for ln in record.read_text().splitlines() if ln]
     # Rotation preserves inner products, but the push rebuilds the IVF index (its own k-means and
     # tuned nprobe), so an answer may differ from the baseline by the ANN's own recall error: one
     # or two of the top 10. A request that paired one version's user embedding with the other's
@@ -297,18 +291,15 @@ def test_exported_training_artifact_is_valid_and_canary_splits_by_user(settings,
     exported = settings.marketplace_path.parent / "artifacts" / "seed0" / "ranker"
     assert (exported / "model.pt").is_file(), "the build exports artifacts next to the data"
     old = registry.traffic("ranker").live
-    res = push(registry, "ranker", exported, tables, TritonClient(triton.grpc_url), canary_percent=30)
+    res = push(registry, "ranker", exported, tables, TritonClient(triton.grpc_url, triton.key), canary_percent=30)
     assert res.traffic.live == old and res.traffic.canary_version == res.version
     assert res.checks["golden_max_abs_error"] <= 1e-4
-    time.sleep(2.5)  # replicas follow the traffic file within a second
-    seen = {}
-    for u in range(200):
-        r = httpx.post(f"{rankserve_url}/v1/rank", json={"user_id": u, "k": 3}, timeout=30).json()
-        seen[u] = r["model"]["version"]
+    _wait_for_traffic(rankserve_url, "ranker", res.version, "canary", 30.0)
+    with ThreadPoolExecutor(4) as pool:  # users are routed by their id, whatever the order
+        seen = dict(enumerate(pool.map(lambda u: _version_served(rankserve_url, u), range(200))))
     share = sum(v == res.version for v in seen.values()) / len(seen)
     assert 0.15 < share < 0.45, share
-    again = {u: httpx.post(f"{rankserve_url}/v1/rank", json={"user_id": u, "k": 3}, timeout=30).json()["model"]["version"]
-             for u in range(0, 200, 10)}
+    again = {u: _version_served(rankserve_url, u) for u in range(0, 200, 10)}
     assert all(again[u] == seen[u] for u in again), "a user must see one version consistently"
     assert promote(registry, "ranker").live == res.version
     _wait_for_version(rankserve_url, res.version)
@@ -323,22 +314,26 @@ def test_shadow_scores_off_the_response_path_and_reports_agreement(settings, ran
     art = _live_artifact(registry, "ranker", tmp_path / "shadow")
     _rescript(art, _Scaled(torch.jit.load(str(art / "model.pt")), 0.5))  # same order, half the scores
     old = registry.traffic("ranker").live
-    res = push(registry, "ranker", art, tables, TritonClient(triton.grpc_url), shadow_percent=100)
+    res = push(registry, "ranker", art, tables, TritonClient(triton.grpc_url, triton.key), shadow_percent=100)
     assert res.traffic.live == old and res.traffic.shadow_version == res.version
-    time.sleep(2.5)
+    _wait_for_traffic(rankserve_url, "ranker", res.version, "shadow", 100.0)
     for u in range(30):
         r = httpx.post(f"{rankserve_url}/v1/rank", json={"user_id": u, "k": 10}, timeout=30).json()
         assert r["model"]["version"] == old  # the shadow never answers
-    time.sleep(1.0)
-    models = httpx.get(f"{rankserve_url}/v1/models", timeout=30).json()
-    ranker = next(m for m in models["models"] if m["name"] == "ranker")
-    stats = ranker["shadow"][f"v{res.version}"]
-    assert stats["requests"] >= 20
+
+    def shadow_stats() -> dict[str, float] | None:
+        """The shadow's figures once it has scored 20 requests (it scores off the response path)."""
+        models = httpx.get(f"{rankserve_url}/v1/models", timeout=30).json()
+        ranker = next(m for m in models["models"] if m["name"] == "ranker")
+        stats: dict[str, float] | None = ranker["shadow"].get(f"v{res.version}")
+        return stats if stats and stats["requests"] >= 20 else None
+
+    stats = wait_for(shadow_stats, f"ranker v{res.version} scores 20 requests in the shadow")
     assert stats["rank_correlation"] > 0.999 and stats["overlap_at_k"] == 1.0
     assert 0.0 < stats["mean_abs_score_diff"] < 0.5
     rollback(registry, "ranker")
-    time.sleep(1.5)
     assert registry.traffic("ranker").shadow_version is None
+    _wait_for_traffic(rankserve_url, "ranker", res.version, "shadow", None)  # the next test starts without it
 
 
 def test_cli_push_models_and_rollback(settings, rankserve_url: str, triton, tmp_path: Path) -> None:
@@ -359,7 +354,6 @@ def test_cli_push_models_and_rollback(settings, rankserve_url: str, triton, tmp_
     pushed = cli("push", "ranker", str(art), "--canary", "10")
     assert pushed.returncode == 0, pushed.stderr[-2000:]
     new = json.loads(pushed.stdout)["version"]
-    time.sleep(2)
     rows = json.loads(cli("models", "--json").stdout)
     mine = {r["version"]: r for r in rows if r["model"] == "ranker"}
     assert mine[new]["role"] == "canary" and mine[new]["traffic_pct"] == 10.0
@@ -402,7 +396,7 @@ def test_a_user_tower_canary_or_shadow_is_refused(settings, triton, tmp_path: Pa
     for kw in ({"canary_percent": 10.0}, {"shadow_percent": 10.0}):
         with pytest.raises(PushRefusedError, match="user tower"):
             push(registry, "user_tower", art, FeatureTables.load(settings.marketplace_path),
-                 TritonClient(triton.grpc_url), **kw)
+                 TritonClient(triton.grpc_url, triton.key), **kw)
     assert _snapshot(settings.model_repository) == before
 
 
@@ -432,5 +426,5 @@ def test_a_user_tower_without_a_sound_item_tower_is_refused(kind: str, reason: s
         torch.jit.script(_Narrow(torch.jit.load(str(art / "item_tower.pt")))).save(str(art / "item_tower.pt"))
     before = _snapshot(settings.model_repository)
     with pytest.raises(PushRefusedError, match=reason):
-        push(registry, "user_tower", art, FeatureTables.load(settings.marketplace_path), TritonClient(triton.grpc_url))
+        push(registry, "user_tower", art, FeatureTables.load(settings.marketplace_path), TritonClient(triton.grpc_url, triton.key))
     assert _snapshot(settings.model_repository) == before

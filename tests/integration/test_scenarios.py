@@ -25,6 +25,8 @@ import yaml
 from serving.pipeline.features import FeatureTables
 from serving.proto import ranker_pb2, ranker_pb2_grpc
 from serving.repository.scenarios import ScenarioStore
+from tests.load import Load
+from tests.waiting import wait_for, wait_for_answers
 
 pytestmark = pytest.mark.integration
 SHOP, CATEGORY = 1, 0  # columns of item_cat
@@ -145,47 +147,35 @@ def test_apply_under_load_goes_live_with_no_failed_request_and_rolls_back(settin
                                                                          tmp_path: Path) -> None:
     tables = FeatureTables.load(settings.marketplace_path)
     shops = _big_shops(tables, 20)
-    lines = []
+    lines: list[dict[str, Any]] = []
     for u in range(60):
         lines.append({"user_id": u, "scenario": "similar", "item_id": 1000 + 7 * u, "timeout_ms": 5000})
         lines.append({"user_id": u, "scenario": "shop", "shop_id": shops[u % len(shops)], "timeout_ms": 5000})
         lines.append({"user_id": u, "timeout_ms": 5000})
-    (tmp_path / "bodies.jsonl").write_text("\n".join(json.dumps(b) for b in lines))
-    record = tmp_path / "record.jsonl"
-    load = subprocess.Popen([sys.executable, "-m", "loadtest.loadgen", "--url", f"{rankserve_url}/v1/rank",
-                             "--bodies", str(tmp_path / "bodies.jsonl"), "--concurrency", "4", "--duration-s", "120",
-                             "--warmup-s", "0", "--record", str(record), "--stop-file", str(tmp_path / "stop")],
-                            stdout=subprocess.PIPE, text=True)
     k_of = {("similar", 1): 12, ("shop", 1): 10, ("similar", 2): 7, ("shop", 2): 6, ("home", 1): 20}
     try:
-        time.sleep(2)
-        for name, k in (("similar", 7), ("shop", 6)):
-            path = tmp_path / f"{name}.yaml"
-            path.write_text(_version_text(settings, name, default_k=k))
-            out = _cli(settings, "apply", str(path))
-            assert out.returncode == 0, out.stderr[-500:]
-            assert json.loads(out.stdout.strip().splitlines()[-1]) == {"scenario": name, "version": 2, "live": True}
-            t_end = time.monotonic() + 10  # a bound for a hang, not a measure (make scenario-freshness measures)
-            while _served(rankserve_url)[name] != 2:
-                assert time.monotonic() < t_end, f"{name} v2 not served 10 s after apply"
-                time.sleep(0.05)
-        time.sleep(1.5)
-        back = _cli(settings, "rollback", "similar")
-        assert back.returncode == 0 and json.loads(back.stdout.strip().splitlines()[-1])["version"] == 1, back.stderr
-        t_end = time.monotonic() + 10
-        while _served(rankserve_url)["similar"] != 1:
-            assert time.monotonic() < t_end
-            time.sleep(0.05)
-        time.sleep(1.5)
+        with Load(rankserve_url, lines, tmp_path / "load") as load:
+            wait_for_answers(rankserve_url, 30)
+            for name, k in (("similar", 7), ("shop", 6)):
+                path = tmp_path / f"{name}.yaml"
+                path.write_text(_version_text(settings, name, default_k=k))
+                out = _cli(settings, "apply", str(path))
+                assert out.returncode == 0, out.stderr[-500:]
+                assert json.loads(out.stdout.strip().splitlines()[-1]) == {"scenario": name, "version": 2,
+                                                                             "live": True}
+                _wait_for_served(rankserve_url, name, 2)
+            wait_for_answers(rankserve_url, 30)
+            back = _cli(settings, "rollback", "similar")
+            assert back.returncode == 0 and json.loads(back.stdout.strip().splitlines()[-1])["version"] == 1, \
+                back.stderr
+            _wait_for_served(rankserve_url, "similar", 1)
+            wait_for_answers(rankserve_url, 30)
+            summary, rows = load.finish()
     finally:
-        (tmp_path / "stop").touch()
-        out_text, _ = load.communicate(timeout=180)
         _cli(settings, "rollback", "shop")  # leave the session's scenarios as built
-    summary = json.loads(out_text.strip().splitlines()[-1])
     assert summary["failures"] == 0, summary
     seen: dict[str, list[int]] = {}
-    for line in record.read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         resp, req = row["response"], row["request"]
         name, version = resp["scenario"], resp["scenario_version"]
         assert name == req.get("scenario", "home")
@@ -194,6 +184,11 @@ def test_apply_under_load_goes_live_with_no_failed_request_and_rolls_back(settin
     # each answer carried one version; the versions followed apply and rollback in order
     assert _runs(seen["similar"]) == [1, 2, 1] and _runs(seen["shop"]) == [1, 2], {k: _runs(v) for k, v in seen.items()}
     assert set(seen["home"]) == {1}
+
+
+def _wait_for_served(url: str, name: str, version: int) -> None:
+    # a bound for a hang, not a measure (make scenario-freshness measures)
+    wait_for(lambda: _served(url)[name] == version, f"the replica serves {name} v{version}", poll_s=0.05)
 
 
 def _runs(versions: list[int], shortest: int = 4) -> list[int]:

@@ -23,6 +23,7 @@ import pytest
 
 from serving.config import Settings
 from serving.net import QUIET_PORTS, free_port
+from tests.waiting import wait_for
 from training.preflight import DATA_FILES, Need
 
 pytestmark = pytest.mark.integration
@@ -31,20 +32,16 @@ ROOT = Path(__file__).resolve().parents[2]
 OUR_CODE = f'File "{ROOT / "serving"}'  # a traceback through rankserve's own code
 
 
-def _left_running(marker: str, wait_s: float = 15.0) -> list[str]:
-    """Processes that still carry this run's marker in their environment (children inherit it)."""
-    t_end = time.monotonic() + wait_s
-    while True:
-        left = []
-        for p in psutil.process_iter(["pid", "name"]):
-            try:
-                if p.environ().get("RS_SETUP_TEST") == marker:
-                    left.append(f"{p.info['pid']} {p.info['name']}")
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        if not left or time.monotonic() > t_end:
-            return left
-        time.sleep(0.5)
+def _carrying(marker: str) -> list[str]:
+    """Processes that carry this run's marker in their environment (children inherit it)."""
+    left = []
+    for p in psutil.process_iter(["pid", "name"]):
+        try:
+            if p.environ().get("RS_SETUP_TEST") == marker:
+                left.append(f"{p.info['pid']} {p.info['name']}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return left
 
 
 def rankserve(*args: str, env: dict[str, str], limit: Callable[[], None] | None = None,
@@ -53,7 +50,8 @@ def rankserve(*args: str, env: dict[str, str], limit: Callable[[], None] | None 
     marker = uuid.uuid4().hex
     proc = subprocess.run([sys.executable, "-m", "serving.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **env, "RS_SETUP_TEST": marker}, preexec_fn=limit, timeout=timeout_s)
-    assert _left_running(marker) == [], "left running after the refusal"
+    wait_for(lambda: not _carrying(marker), lambda: f"nothing outlives the refusal: {_carrying(marker)} left running",
+             timeout_s=30, poll_s=0.5)
     return proc
 
 

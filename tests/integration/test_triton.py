@@ -22,6 +22,7 @@ from serving.repository.registry import ModelRegistry
 from serving.triton.client import TritonClient
 from serving.triton.config import TensorSpec, read_config
 from serving.triton.process import TritonProcess, TritonStartError
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_model_and_version_matches_its_golden_outputs(triton: TritonProcess) -> None:
-    client = TritonClient(triton.grpc_url)
+    client = TritonClient(triton.grpc_url, triton.key)
     checked = 0
     for name in triton.models:
         cfg = read_config(triton.repo, name)
@@ -128,17 +129,18 @@ def test_a_stub_that_cannot_load_fails_fast_instead_of_hanging(triton: TritonPro
     t0 = time.monotonic()
     with pytest.raises(TritonStartError, match="error while loading shared libraries"):
         server.start()
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 60  # a hang bound: a few seconds; hanging in "loading" takes the 120 s
     assert not server.alive()
 
 
 _STARTER = """
-import sys, time
+import signal, sys
 from pathlib import Path
 from serving.triton.process import TritonProcess
 server = TritonProcess(Path(sys.argv[1]), runtime_dir=Path(sys.argv[2]), models=["ranker"]).start()
 print(server._proc.pid, flush=True)
-time.sleep(600)
+while True:
+    signal.pause()  # until killed
 """
 
 
@@ -154,10 +156,7 @@ def test_triton_does_not_outlive_a_killed_starter(triton: TritonProcess, tmp_pat
         assert _running(pid)
         starter.kill()
         starter.wait(timeout=10)
-        t_end = time.monotonic() + 30
-        while _running(pid) and time.monotonic() < t_end:
-            time.sleep(0.2)
-        assert not _running(pid), f"tritonserver {pid} outlived its killed starter"
+        wait_for(lambda: not _running(pid), f"tritonserver {pid} stops after its starter was killed", timeout_s=30)
     finally:
         starter.kill()
 
@@ -212,8 +211,9 @@ def test_shared_memory_inputs_equal_grpc_inputs_and_survive_a_restart(tmp_path: 
     import asyncio
 
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
 
-    from serving.triton.client import AsyncTritonClient
+    from serving.triton.client import KEY_HEADER, AsyncTritonClient
 
     rng = np.random.default_rng(2)
     export_version(tmp_path / "repo", "tiny", torch.jit.script(_Tiny()),
@@ -227,14 +227,22 @@ def test_shared_memory_inputs_equal_grpc_inputs_and_survive_a_restart(tmp_path: 
     async def call(client: AsyncTritonClient) -> np.ndarray:
         return (await client.infer("tiny", inputs, ["y"], timeout_s=10))["y"]
 
+    server = TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports)  # one key, as across restarts
+
     async def go() -> None:
-        shm_client = AsyncTritonClient(f"127.0.0.1:{ports['grpc_port']}", shared_memory=True, shm_min_bytes=1024)
+        shm_client = AsyncTritonClient(f"127.0.0.1:{ports['grpc_port']}", shared_memory=True, shm_min_bytes=1024,
+                                       key=server.key)
         plain = AsyncTritonClient(f"127.0.0.1:{ports['grpc_port']}")
-        with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports) as server:
+        with server:
             np.testing.assert_array_equal(await call(shm_client), await call(plain))
-            status = grpcclient.InferenceServerClient(server.grpc_url).get_system_shared_memory_status(as_json=True)
+            status = grpcclient.InferenceServerClient(server.grpc_url).get_system_shared_memory_status(
+                as_json=True, headers={f"triton-grpc-protocol-{KEY_HEADER}": server.key})
             assert list(status["regions"]) == [f"rankserve-{os.getpid()}-0"], status
-        with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports):
+            # without the key, another process cannot map this Triton's memory
+            with pytest.raises(InferenceServerException, match="restricted"):
+                grpcclient.InferenceServerClient(server.grpc_url).register_system_shared_memory(
+                    "intruder", f"/rankserve-{os.getpid()}-0", 1024)
+        with server:
             np.testing.assert_array_equal(await call(shm_client), await call(plain))
             await shm_client.close()
             await plain.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,26 @@ class _Recording(RankPipeline):
         return await super().run_batch(batch)
 
 
-def _service(tmp_path: Path, *, delay_s: float, **overrides: object) -> RankService:
+class _Gated(ScoringClient):
+    """Holds every call at ``gate`` until it is set (``held``: closed at first); ``entered`` is set
+    by the first call: a batch is running."""
+
+    def __init__(self, delay_s: float = 0.0, *, held: bool = True) -> None:
+        super().__init__(delay_s=delay_s)
+        self.gate, self.entered = asyncio.Event(), asyncio.Event()
+        if not held:
+            self.gate.set()
+
+    async def infer(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().infer(*args, **kwargs)
+
+
+def _service(tmp_path: Path, *, delay_s: float = 0.0, client: ScoringClient | None = None,
+             **overrides: object) -> RankService:
     repo = make_repo(tmp_path)
-    client = ScoringClient(delay_s=delay_s)
+    client = client or ScoringClient(delay_s=delay_s)
     pipeline = make_pipeline(repo, client, cls=_Recording, **overrides)
     return RankService(pipeline.settings, pipeline, client, ModelRegistry(repo))
 
@@ -51,8 +69,26 @@ def _batches(svc: RankService) -> list[list[str]]:
     return svc.pipeline.batches
 
 
+async def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Until ``condition`` holds (a hang bound, never a measure)."""
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
+def _submitted(svc: RankService, n: int) -> Callable[[], bool]:
+    """``n`` requests wait in the batch queue or are in a batch that has started."""
+    assert svc.batcher is not None
+    batcher = svc.batcher
+    return lambda: batcher.queued + sum(map(len, _batches(svc))) >= n
+
+
 def test_a_lone_request_does_not_wait_for_the_batch_to_fill(tmp_path: Path) -> None:
-    svc = _service(tmp_path, delay_s=0.005, batch_wait_timeout_s=0.5)
+    svc = _service(tmp_path, delay_s=0.005)
+    assert svc.batcher is not None
+    svc.batcher.wait_s = 60.0  # a wait this long would show at once (the settings allow up to 1 s)
 
     async def go() -> tuple[RankResponse, float]:
         t0 = time.perf_counter()
@@ -61,17 +97,21 @@ def test_a_lone_request_does_not_wait_for_the_batch_to_fill(tmp_path: Path) -> N
 
     out, took = asyncio.run(go())
     assert out.request_id == "a" and len(out.items) == 5
-    assert took < 0.25, f"waited {took:.3f} s: the 0.5 s batch wait was applied to a lone request"
+    # a hang bound: the request takes milliseconds; waiting for the batch to fill takes 60 s
+    assert took < 6, f"waited {took:.1f} s: the batch wait was applied to a lone request"
     assert _batches(svc) == [["a"]]
 
 
 def test_requests_arriving_while_one_runs_are_batched(tmp_path: Path) -> None:
-    svc = _service(tmp_path, delay_s=0.05, batch_wait_timeout_s=0.02)
+    client = _Gated()
+    svc = _service(tmp_path, client=client, batch_wait_timeout_s=0.02)
 
     async def go() -> list[str]:
         first = asyncio.create_task(_rank(svc, "first"))
-        await asyncio.sleep(0.01)  # "first" is running now
+        await _until(client.entered.is_set)  # "first" is running now, held at the gate
         rest = [asyncio.create_task(_rank(svc, f"r{i}")) for i in range(5)]
+        await _until(_submitted(svc, 6))
+        client.gate.set()
         out = await asyncio.gather(first, *rest)
         after = await _rank(svc, "after")  # all done: idle again
         return [r.request_id for r in [*out, after]]
@@ -84,14 +124,17 @@ def test_requests_arriving_while_one_runs_are_batched(tmp_path: Path) -> None:
 def test_batches_form_earliest_deadline_first(tmp_path: Path) -> None:
     """With room for two requests per batch and one batch at a time, the queued requests leave in
     deadline order, not arrival order."""
-    svc = _service(tmp_path, delay_s=0.03, batch_wait_timeout_s=0.0, max_concurrent_batches=1,
+    client = _Gated()
+    svc = _service(tmp_path, client=client, batch_wait_timeout_s=0.0, max_concurrent_batches=1,
                    max_batch_candidates=80)  # recall_n is 40: two requests per batch
 
     async def go() -> None:
         first = asyncio.create_task(_rank(svc, "first"))
-        await asyncio.sleep(0.005)
+        await _until(client.entered.is_set)
         queued = [asyncio.create_task(_rank(svc, rid, ms)) for rid, ms in
                   (("late", 5000), ("soon", 1000), ("later", 6000), ("sooner", 900))]
+        await _until(_submitted(svc, 5))
+        client.gate.set()
         await asyncio.gather(first, *queued)
 
     asyncio.run(go())
@@ -101,11 +144,12 @@ def test_batches_form_earliest_deadline_first(tmp_path: Path) -> None:
 def test_each_request_keeps_its_own_deadline_in_a_batch(tmp_path: Path) -> None:
     """A tight request batched with generous ones gets its 504; the generous ones are answered
     in full, not degraded by the tight one's deadline."""
-    svc = _service(tmp_path, delay_s=0.1, batch_wait_timeout_s=0.02)
+    client = _Gated(delay_s=0.1, held=False)  # a batch takes two calls: 0.2 s, beyond the tight 150 ms
+    svc = _service(tmp_path, client=client, batch_wait_timeout_s=0.02)
 
     async def go() -> list[RankResponse | BaseException]:
         first = asyncio.create_task(_rank(svc, "first"))
-        await asyncio.sleep(0.01)
+        await _until(client.entered.is_set)
         mixed = [asyncio.create_task(_rank(svc, rid, ms)) for rid, ms in
                  (("g1", 5000), ("tight", 150), ("g2", 5000), ("g3", 5000))]
         return await asyncio.gather(first, *mixed, return_exceptions=True)
@@ -118,30 +162,31 @@ def test_each_request_keeps_its_own_deadline_in_a_batch(tmp_path: Path) -> None:
 
 
 def test_a_request_that_cannot_meet_its_deadline_is_answered_at_once(tmp_path: Path) -> None:
-    svc = _service(tmp_path, delay_s=0.05, batch_wait_timeout_s=0.0, max_concurrent_batches=1,
+    """Answered while the batch ahead of it still runs, not after a wait in the queue."""
+    client = _Gated()
+    svc = _service(tmp_path, client=client, batch_wait_timeout_s=0.0, max_concurrent_batches=1,
                    max_batch_candidates=40)
     assert svc.batcher is not None
     svc.batcher.throughput.rows_per_s = 100.0  # as measured: 2.5 requests of 40 candidates a second
 
-    async def go() -> tuple[float, BaseException | RankResponse]:
-        first = asyncio.create_task(_rank(svc, "first"))
-        await asyncio.sleep(0.005)
+    async def go() -> BaseException | RankResponse:
+        first = asyncio.create_task(_rank(svc, "first", 20000))
+        await _until(client.entered.is_set)  # "first" runs, and stays running until the gate opens
         # ~2 s of queued work (by the estimate), all due before the next request, which would
         # leave the queue after it and then need its own 0.4 s: 2.4 s, beyond its 2.3 s deadline
         ahead = [asyncio.create_task(_rank(svc, f"a{i}", 2200)) for i in range(5)]
-        await asyncio.sleep(0.002)  # they are queued now
-        t0 = time.perf_counter()
-        try:
-            res: BaseException | RankResponse = await _rank(svc, "hopeless", 2300)
+        await _until(_submitted(svc, 6))
+        try:  # a hang bound: queued behind the closed gate, it would never be answered
+            res: BaseException | RankResponse = await asyncio.wait_for(_rank(svc, "hopeless", 2300), 30)
         except DeadlineExceededError as err:
             res = err
-        took = time.perf_counter() - t0
+        assert not first.done(), "the batch ahead finished before the hopeless request was answered"
+        client.gate.set()
         await asyncio.gather(first, *ahead, return_exceptions=True)
-        return took, res
+        return res
 
-    took, res = asyncio.run(go())
+    res = asyncio.run(go())
     assert isinstance(res, DeadlineExceededError) and "queue ahead" in res.message, res
-    assert took < 0.05, f"the hopeless request waited {took:.3f} s for its 504"
     assert all("hopeless" not in b for b in _batches(svc))
 
 

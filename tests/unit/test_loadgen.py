@@ -60,11 +60,12 @@ def one_at_a_time_url() -> Iterator[str]:
 def test_open_loop_counts_the_queue_that_a_closed_loop_hides(one_at_a_time_url: str) -> None:
     bodies = [b'{"user_id": 1}']
     closed = asyncio.run(run_load(one_at_a_time_url, bodies, concurrency=1, duration_s=1.0, warmup_s=0.2))
-    # 40 arrivals/s at 25/s service capacity: the queue grows by ~15 requests a second
+    # 40 arrivals/s at 25/s service capacity: the queue grows by ~15 requests a second, ~30 by the
+    # end, whose wait is ~30 service times; a busy machine serves slower and only adds to it
     opened = asyncio.run(run_open_loop(one_at_a_time_url, bodies, rate=40, duration_s=2.0, warmup_s=0.2, seed=1))
-    assert closed["p99_ms"] < 3 * SERVICE_S * 1000
+    assert closed["p99_ms"] < 10 * SERVICE_S * 1000  # a bound: one service time each, plus the machine's noise
     assert opened["failures"] == 0
-    assert opened["p99_ms"] > 8 * SERVICE_S * 1000, opened
+    assert opened["p99_ms"] > 15 * SERVICE_S * 1000, opened
     assert opened["rps"] < opened["offered_rps"] * 0.9 or opened["p50_ms"] > 4 * SERVICE_S * 1000
 
 
@@ -73,7 +74,7 @@ def test_open_loop_below_capacity_sees_about_the_service_time(one_at_a_time_url:
                                        warmup_s=0.2, seed=2))
     assert opened["failures"] == 0
     assert 5 <= opened["requests"] <= 20
-    assert SERVICE_S * 1000 <= opened["p50_ms"] < 3 * SERVICE_S * 1000
+    assert SERVICE_S * 1000 <= opened["p50_ms"] < 10 * SERVICE_S * 1000  # the service time, not a queue
 
 
 def test_arrivals_over_the_in_flight_cap_are_failures(one_at_a_time_url: str) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,21 @@ import psutil
 import pytest
 
 from serving import ray_runtime
+from tests.waiting import wait_for
 
-_SLEEP = "import time; time.sleep(60)"
+_UNTIL_KILLED = "import signal\nwhile True: signal.pause()"
 
 
 def _child(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", _SLEEP, *args])
+    """A process that runs until it is killed, once it has exec'd (its command line is its own)."""
+    child = subprocess.Popen([sys.executable, "-c", _UNTIL_KILLED, *args])
+    try:
+        wait_for(lambda: psutil.Process(child.pid).cmdline()[-len(args):] == list(args), f"{args} exec'd",
+                 poll_s=0.02)
+    except BaseException:
+        child.kill()
+        raise
+    return child
 
 
 def test_orphans_of_a_failed_start_are_stopped_and_other_children_are_not(tmp_path, monkeypatch) -> None:  # noqa: ANN001
@@ -33,7 +42,6 @@ def test_orphans_of_a_failed_start_are_stopped_and_other_children_are_not(tmp_pa
     orphan = _child(f"--log-dir={tmp_path}/ray/session_2026-11-30_00-00-00_1/logs")
     other = _child("--model-repository=/tmp/elsewhere")
     try:
-        time.sleep(0.2)  # both have exec'd: their command lines are the ones above
         stopped = ray_runtime.stop_orphaned_ray_processes(timeout_s=5)
         assert stopped == [f"python[{orphan.pid}]"] or stopped == [f"{Path(sys.executable).name}[{orphan.pid}]"], stopped
         assert orphan.wait(timeout=5) is not None
@@ -104,7 +112,6 @@ def test_a_connected_driver_stops_nothing(tmp_path, monkeypatch) -> None:  # noq
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     live = _child(f"--log-dir={tmp_path}/ray/session_2026-11-30_00-00-00_1/logs")
     try:
-        time.sleep(0.2)
         assert ray_runtime.stop_orphaned_ray_processes(timeout_s=1) == []
         assert live.poll() is None  # the session it is connected to is not an orphan
     finally:
@@ -121,7 +128,8 @@ def test_a_fork_that_never_reached_exec_is_stopped(tmp_path, monkeypatch) -> Non
     pid = os.fork()
     if pid == 0:  # the child: neither exec nor exit, as one stuck in a pre-exec hook
         try:  # whatever happens here (the suite's Ray driver turns SIGTERM into SystemExit), never pytest again
-            time.sleep(60)
+            while True:
+                signal.pause()
         finally:
             os._exit(0)
     try:
@@ -153,10 +161,8 @@ def test_an_orphaned_haproxy_of_this_port_is_stopped_and_others_are_not() -> Non
     mine, other = (ray_runtime.Ingress(port=free_port(QUIET_PORTS)) for _ in range(2))
     pids = [_orphaned_haproxy(mine, mine.port), _orphaned_haproxy(other, other.port)]
     try:
-        t_end = time.monotonic() + 10
-        while not (port_in_use("127.0.0.1", mine.port) and port_in_use("127.0.0.1", other.port)):
-            assert time.monotonic() < t_end, "HAProxy did not start"
-            time.sleep(0.05)
+        wait_for(lambda: port_in_use("127.0.0.1", mine.port) and port_in_use("127.0.0.1", other.port),
+                 "both HAProxies listen", poll_s=0.05)
         assert mine.stop_orphans() == [pids[0]]
         assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE
         assert not port_in_use("127.0.0.1", mine.port)  # the port is free for the new server

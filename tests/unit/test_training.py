@@ -113,7 +113,6 @@ def test_nprobe_is_tuned_in_steps_of_about_1_5x_up_to_every_list() -> None:
     assert nprobe_steps(5) == [4] and nprobe_steps(4) == []
 
 
-@pytest.mark.slow
 def test_build_without_an_index_says_so_and_is_not_reused_when_an_index_is_asked_for(tmp_path: Path) -> None:
     from training.build import NO_INDEX, build
 
