@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LIMITS_FILE", "IngressLimits", "harden_haproxy_template", "harden_worker", "write_limits"]
+__all__ = ["LIMITS_FILE", "IngressLimits", "error_page", "harden_haproxy_template", "harden_worker", "write_limits"]
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,52 @@ def harden_haproxy_template(template: str, limits: IngressLimits) -> str:
     return template
 
 
+def _node_ip() -> str:
+    """The address this worker's Ray node was started on (``--node-ip-address``): the GCS's record
+    of the node, not a guess from the routes (which names another interface on a host with several)."""
+    import ray
+
+    if not ray.is_initialized():  # (asking the runtime context would start a Ray of its own)
+        return str(ray.util.get_node_ip_address())
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        for node in ray.nodes():
+            if node.get("NodeID") == node_id and node.get("NodeManagerAddress"):
+                return str(node["NodeManagerAddress"])
+    except Exception:  # noqa: BLE001 - not connected yet: the next best answer
+        pass
+    return str(ray.util.get_node_ip_address())
+
+
 def _node_address(address: str) -> str:
     """``[::]:port`` (every interface) as the node's own address and the same port."""
     if not address.startswith("[::]:"):
         return address
-    import ray
+    return f"{_node_ip()}:{address.rsplit(':', 1)[1]}"
 
-    return f"{ray.util.get_node_ip_address()}:{address.rsplit(':', 1)[1]}"
+
+def error_page() -> str:
+    """HAProxy's own answer (no replica could take a request, a replica that closed the connection)
+    as the API's 503 with ``Retry-After``, instead of Ray's bare ``500 Internal Server Error``."""
+    from serving.errors import BackendUnavailableError
+
+    err = BackendUnavailableError("no replica could take the request; try again shortly", retry_after_s=1)
+    body = json.dumps(err.to_body())
+    head = [f"HTTP/1.1 {err.http_status} Service Unavailable", "Content-Type: application/json",
+            f"Content-Length: {len(body.encode())}", "Cache-Control: no-cache", "Connection: close",
+            *(f"{k}: {v}" for k, v in err.headers().items())]
+    return "\r\n".join(head) + "\r\n\r\n" + body
+
+
+def _own_error_page(manager_cls: Any) -> None:
+    """The HAProxy manager writes its error page once, at start: rankserve's replaces it there."""
+    original = manager_cls._initialize_directories_and_error_files
+
+    def initialize(self: Any) -> None:
+        original(self)
+        Path(self.cfg.error_file_path).write_text(error_page())
+
+    manager_cls._initialize_directories_and_error_files = initialize
 
 
 def _bind_grpc_to_node() -> None:
@@ -149,3 +188,4 @@ def harden_worker() -> None:
         from ray.serve._private import haproxy
 
         haproxy.HAPROXY_CONFIG_TEMPLATE = harden_haproxy_template(haproxy.HAPROXY_CONFIG_TEMPLATE, _read_limits())
+        _own_error_page(haproxy.HAProxyManager)

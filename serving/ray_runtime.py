@@ -9,7 +9,6 @@ Must not touch: ranking.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from serving.config import Settings
 from serving.errors import PortInUseError
-from serving.files import atomic_write_text, private_dir
+from serving.files import private_dir
 from serving.ray_hardening import SETUP_HOOK, IngressLimits, write_limits
 
 if TYPE_CHECKING:
@@ -343,7 +342,7 @@ def start_serve(ingress: Ingress) -> None:
     ``rankserve.v1.Ranker`` service.
 
     In ``haproxy`` mode, HAProxy's own error answers (no replica could take a request) get the
-    API's error shape: see :func:`_write_haproxy_error_page`. In ``direct`` mode Serve's Python
+    API's error shape (``serving.ray_hardening``). In ``direct`` mode Serve's Python
     proxy still runs (Ray needs it) on a free port; clients use the replicas' ports.
     """
     from ray import serve
@@ -363,8 +362,6 @@ def start_serve(ingress: Ingress) -> None:
         if taken is None:
             raise
         raise taken from err
-    if ingress.mode == "haproxy":
-        _write_haproxy_error_page(ingress)
     log.info("serve: %s ingress, http %s:%d, grpc %s", ingress.mode, ingress.host, ingress.port,
              ingress.grpc_port or "off")
 
@@ -383,32 +380,6 @@ def _port_error(err: Exception, ingress: Ingress) -> PortInUseError | None:
     setting = "RANKSERVE_GRPC_PORT" if port == ingress.grpc_port else "RANKSERVE_PORT"
     return PortInUseError(f"port {ingress.host}:{port} is in use by another process",
                           hint=f"set {setting} to a free port (e.g. {setting}=<port> make serve) or stop that process")
-
-
-def _write_haproxy_error_page(ingress: Ingress, timeout_s: float = 30.0) -> None:
-    """Make HAProxy's own 502/503/504 answers the API's 503 with ``Retry-After``.
-
-    Ray's HAProxy config sends every answer HAProxy makes itself (no replica up, a replica that
-    closed the connection) as one error page, written once when the HAProxy manager starts, and
-    that page is a bare ``500 Internal Server Error``. It is replaced here, before the first
-    application deploys; HAProxy reads it at each reload, the first of which that deploy causes.
-    """
-    import ray
-
-    from serving.errors import BackendUnavailableError
-
-    page = ingress.haproxy_dir / ray.get_runtime_context().get_node_id() / "500.http"
-    t_end = time.monotonic() + timeout_s
-    while not page.is_file():
-        if time.monotonic() > t_end:
-            raise BackendUnavailableError(f"HAProxy ingress did not start: no {page}")
-        time.sleep(0.05)
-    err = BackendUnavailableError("no replica could take the request; try again shortly", retry_after_s=1)
-    body = json.dumps(err.to_body()).encode()
-    head = [f"HTTP/1.1 {err.http_status} Service Unavailable", "Content-Type: application/json",
-            f"Content-Length: {len(body)}", "Cache-Control: no-cache", "Connection: close",
-            *(f"{k}: {v}" for k, v in err.headers().items())]
-    atomic_write_text(page, "\r\n".join(head) + "\r\n\r\n" + body.decode())
 
 
 def shutdown_ray(serve_timeout_s: float = 30.0) -> None:

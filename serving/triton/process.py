@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from serving.errors import TritonStartError
+from serving.errors import IntegrityError, RankserveError, TritonStartError
 from serving.files import pid_alive
 from serving.net import free_port
 from serving.triton.client import KEY_HEADER
@@ -263,6 +263,13 @@ class TritonProcess:
                     loaded = True
                     try:
                         self.load(client)  # type: ignore[misc]
+                    except IntegrityError:  # refused before Triton saw it: the error names the file
+                        self.stop()
+                        raise
+                    except RankserveError as err:  # Triton could not load it: its log says why
+                        error = self._start_error(f"a model did not load ({err.message.splitlines()[0][:200]})")
+                        self.stop()
+                        raise error from err
                     except BaseException:
                         self.stop()
                         raise

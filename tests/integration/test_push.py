@@ -182,7 +182,7 @@ def test_push_and_rollback_under_load_fail_no_request(settings, rankserve_url: s
         res = push(registry, "ranker", art, tables, client)
         # every node serving the repository (here the session's one replica) had loaded the version
         # into its Triton before traffic named it: what a multi-node deployment relies on
-        assert sorted(res.checks["nodes"]) == sorted(n.key for n in live_nodes(settings.model_repository))
+        assert sorted(res.checks["nodes"]) == sorted(n.key for n in live_nodes(settings.nodes_dir))
         assert client.model_ready("ranker", str(res.version))
         _wait_for_version(rankserve_url, res.version)
         wait_for_answers(rankserve_url, 30)
@@ -345,7 +345,7 @@ def test_cli_push_models_and_rollback(settings, rankserve_url: str, triton, tmp_
     art = _live_artifact(registry, "ranker", tmp_path / "cli")
     env = {**os.environ, "RANKSERVE_MODEL_REPOSITORY": str(settings.model_repository),
            "RANKSERVE_DATA_DIR": str(settings.data_dir), "RANKSERVE_PORT": str(settings.port),
-           "RANKSERVE_TRITON_URL": triton.grpc_url}
+           "RANKSERVE_TRITON_URL": triton.grpc_url, "RANKSERVE_TRITON_KEY": triton.key}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "serving.cli", *args], env=env, capture_output=True,

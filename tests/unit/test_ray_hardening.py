@@ -39,9 +39,7 @@ def test_another_template_fails_loudly_rather_than_running_without_the_limits() 
 
 
 def test_grpc_servers_bind_the_node_address_not_every_interface(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray
-
-    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "10.1.2.3")
+    monkeypatch.setattr(ray_hardening, "_node_ip", lambda: "10.1.2.3")
     assert ray_hardening._node_address("[::]:0") == "10.1.2.3:0"
     assert ray_hardening._node_address("[::]:9000") == "10.1.2.3:9000"
     assert ray_hardening._node_address("127.0.0.1:9000") == "127.0.0.1:9000"
@@ -59,3 +57,23 @@ def test_api_beyond_loopback_needs_auth_said_and_tls_needs_haproxy() -> None:
     assert Settings.from_env({"RANKSERVE_HOST": "127.0.0.1"}).auth_mode == "off"
     with pytest.raises(ConfigError, match="haproxy"):
         Settings.from_env({"RANKSERVE_TLS_CERT_FILE": "/x.pem", "RANKSERVE_INGRESS": "direct"})
+
+
+def test_haproxy_s_own_answer_is_the_api_s_503_with_retry_after(tmp_path) -> None:  # noqa: ANN001
+    class _Cfg:
+        error_file_path = str(tmp_path / "500.http")
+
+    class _Manager:
+        cfg = _Cfg()
+
+        def _initialize_directories_and_error_files(self) -> None:
+            with open(self.cfg.error_file_path, "w") as f:
+                f.write("HTTP/1.1 500 Internal Server Error\r\n\r\nInternal Server Error")
+
+    ray_hardening._own_error_page(_Manager)
+    _Manager()._initialize_directories_and_error_files()
+    page = (tmp_path / "500.http").read_bytes().decode()
+    head, body = page.split("\r\n\r\n", 1)
+    assert head.startswith("HTTP/1.1 503") and "Retry-After: 1" in head
+    assert f"Content-Length: {len(body.encode())}" in head and '"code": "unavailable"' in body
+    assert hasattr(haproxy.HAProxyManager, "_initialize_directories_and_error_files")  # what the hook wraps
