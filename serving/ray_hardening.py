@@ -156,7 +156,7 @@ def error_page() -> str:
 
 
 def _own_error_page(manager_cls: Any) -> None:
-    """The HAProxy manager writes its error page once, at start: rankserve's replaces it there."""
+    """The HAProxy manager writes its error page once, at start (``HAProxyApi``): rankserve's replaces it there."""
     original = manager_cls._initialize_directories_and_error_files
 
     def initialize(self: Any) -> None:
@@ -188,4 +188,4 @@ def harden_worker() -> None:
         from ray.serve._private import haproxy
 
         haproxy.HAPROXY_CONFIG_TEMPLATE = harden_haproxy_template(haproxy.HAPROXY_CONFIG_TEMPLATE, _read_limits())
-        _own_error_page(haproxy.HAProxyManager)
+        _own_error_page(haproxy.HAProxyApi)

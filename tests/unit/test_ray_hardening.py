@@ -76,4 +76,4 @@ def test_haproxy_s_own_answer_is_the_api_s_503_with_retry_after(tmp_path) -> Non
     head, body = page.split("\r\n\r\n", 1)
     assert head.startswith("HTTP/1.1 503") and "Retry-After: 1" in head
     assert f"Content-Length: {len(body.encode())}" in head and '"code": "unavailable"' in body
-    assert hasattr(haproxy.HAProxyManager, "_initialize_directories_and_error_files")  # what the hook wraps
+    assert hasattr(haproxy.HAProxyApi, "_initialize_directories_and_error_files")  # what the hook wraps
