@@ -268,9 +268,20 @@ def test_a_killed_replica_is_replaced(server: _OnTerminal) -> None:
     """Serve starts another replica; answers come back (failures meanwhile are counted by
     test_chaos.py, under load)."""
     killed = server.pid_of("ray::ServeReplica")
+    refused: list[httpx.Response] = []
+
+    def answers() -> bool:
+        r = _rank(server.url, 1, server.rank_key)
+        if r.status_code != 200:
+            refused.append(r)
+        return server.pid_of("ray::ServeReplica") != killed and r.status_code == 200
+
     os.kill(killed, signal.SIGKILL)
-    wait_for(lambda: server.pid_of("ray::ServeReplica") != killed and _rank(server.url, 1, server.rank_key).status_code == 200,
-             "a new replica answers", timeout_s=180, poll_s=0.5, ignoring=(httpx.HTTPError, RuntimeError))
+    wait_for(answers, "a new replica answers", timeout_s=180, poll_s=0.5, ignoring=(httpx.HTTPError, RuntimeError))
+    # meanwhile HAProxy answered itself: the API's 503, in the error shape, with Retry-After
+    for r in refused:
+        assert r.status_code == 503 and r.headers.get("Retry-After") == "1", (r.status_code, r.text)
+        assert r.json()["error"]["code"] in ("unavailable", "overloaded"), r.text
 
 
 def test_ctrl_c_drains_requests_in_flight_then_everything_stops(server: _OnTerminal, settings: Settings,
