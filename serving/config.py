@@ -192,7 +192,9 @@ class Settings(BaseModel):
                               "gets 503 with Retry-After at once.",
     )
     ingress_queue_timeout_ms: int = Field(
-        500, ge=1, le=60000, description="haproxy ingress: longest wait in HAProxy's queue before a 503.",
+        50, ge=1, le=60000, description="haproxy ingress: longest wait in HAProxy's queue for a replica before a "
+                                        "503 (the replica itself holds ingress_max_conn_per_replica requests: "
+                                        "waiting longer in front of it only adds latency).",
     )
     read_timeout_s: float = Field(
         5.0, gt=0, le=300, description="Longest time a client may take to send its request (headers and body): "

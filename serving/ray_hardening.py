@@ -48,7 +48,7 @@ class IngressLimits:
 
     max_conn_per_replica: int = 64
     max_queue_per_replica: int = 64
-    queue_timeout_ms: int = 500
+    queue_timeout_ms: int = 50
     read_timeout_s: float = 5.0
     tls_cert_file: str | None = None  # PEM (certificate chain and key): HTTPS and gRPC over TLS on the API ports
 
@@ -150,7 +150,7 @@ def error_page() -> str:
     err = BackendUnavailableError("no replica could take the request; try again shortly", retry_after_s=1)
     body = json.dumps(err.to_body())
     head = [f"HTTP/1.1 {err.http_status} Service Unavailable", "Content-Type: application/json",
-            f"Content-Length: {len(body.encode())}", "Cache-Control: no-cache", "Connection: close",
+            f"Content-Length: {len(body.encode())}", "Cache-Control: no-cache",
             *(f"{k}: {v}" for k, v in err.headers().items())]
     return "\r\n".join(head) + "\r\n\r\n" + body
 
