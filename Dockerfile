@@ -4,8 +4,12 @@
 # shared model repository volume). Not buildable on the project's CI machines (no Docker engine
 # there); tests/unit/test_deploy.py checks it statically. See docs/operations/gpu.md.
 #
+# It runs as an unprivileged user, rankserve (uid and gid 10001, the manifest's runAsUser and runAsGroup), who owns
+# only what the embedded default writes (the data folder and the model repository); the code stays root's.
+#
 #   docker build -t rankserve:gpu .
-#   docker run --gpus all -p 8000:8000 rankserve:gpu            # one node: Triton + Ray + Serve
+#   docker run --gpus all -p 8000:8000 -e RANKSERVE_AUTH=keys rankserve:gpu   # one node: Triton + Ray + Serve
+#   docker exec <container> rankserve keys add NAME --role rank                # a key for the API (printed once)
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -38,6 +42,12 @@ ENV PATH=/opt/venv/bin:$PATH
 # The demo marketplace and both models, trained at build time: the seed repository.
 RUN RANKSERVE_MODEL_REPOSITORY=/app/seed/model_repository rankserve build \
  && cp -r /app/seed/model_repository/. /app/model_repository/
+
+# The runtime user, and what it may write; a volume mounted over either folder must be writable by uid 10001.
+RUN groupadd --gid 10001 rankserve \
+ && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin rankserve \
+ && chown -R 10001:10001 /app/.rankserve /app/model_repository
+USER 10001:10001
 
 EXPOSE 8000 9000
 CMD ["rankserve", "serve"]

@@ -41,6 +41,7 @@ from loadtest.workload import recall_bodies, run_loadgen, scrape, write_bodies
 from serving.config import Settings
 from serving.net import QUIET_PORTS, free_port
 from serving.triton.caller import AsyncInferClient
+from serving.triton.client import TritonEndpoint
 
 __all__ = ["main", "run_bench"]
 
@@ -113,7 +114,7 @@ def _served_point(url: str, bodies_file: Path, c: int, duration_s: float, recall
     return res
 
 
-def _serve_configs(settings: Settings, triton_url: str, bodies_file: Path, levels: list[int],
+def _serve_configs(settings: Settings, triton: TritonEndpoint, bodies_file: Path, levels: list[int],
                    duration_s: float, results: dict[str, list[dict[str, Any]]]) -> None:
     """The framework floor and rankserve (HTTP, gRPC, batching off) through ``settings.ingress``."""
     from ray import serve
@@ -134,7 +135,7 @@ def _serve_configs(settings: Settings, triton_url: str, bodies_file: Path, level
             print(f"framework c={c}: {res['rps']:.1f} req/s", flush=True)
         serve.delete("framework")
         for key, batching in (("rankserve", True), ("no_batching", False)):
-            serve.run(build_app(settings.model_copy(update={"batching": batching}), triton_url), name="rankserve",
+            serve.run(build_app(settings.model_copy(update={"batching": batching}), triton), name="rankserve",
                       route_prefix="/")
             for c in levels:
                 points = [(key, None)] + ([("rankserve_grpc", f"grpc://127.0.0.1:{ingress.grpc_port}")]
@@ -149,7 +150,7 @@ def _serve_configs(settings: Settings, triton_url: str, bodies_file: Path, level
         shutdown_ray()
 
 
-def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duration_s: float,
+def run_bench(settings: Settings, triton: TritonEndpoint, *, levels: list[int], duration_s: float,
               out_dir: Path) -> dict[str, Any]:
     """Measure every configuration at each concurrency level; write JSON and markdown."""
     from serving.pipeline.features import FeatureTables
@@ -163,11 +164,11 @@ def run_bench(settings: Settings, triton_url: str, *, levels: list[int], duratio
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in ("floor", "triton_floor", "framework", "rankserve",
                                                                 "rankserve_grpc", "no_batching")}
     results["floor"] = _pipeline_floor(settings, InProcessClient(settings.model_repository), bodies, levels, duration_s)
-    results["triton_floor"] = _pipeline_floor(settings, AsyncTritonClient.for_url(triton_url, settings.triton_shared_memory),
+    results["triton_floor"] = _pipeline_floor(settings, AsyncTritonClient.for_url(triton.url, settings.triton_shared_memory, triton.key),
                                               bodies, levels, duration_s)
     for key in ("floor", "triton_floor"):
         print(key, " ".join(f"c={r['concurrency']}: {r['rps']:.1f} req/s" for r in results[key]), flush=True)
-    _serve_configs(settings, triton_url, bodies_file, levels, duration_s, results)
+    _serve_configs(settings, triton, bodies_file, levels, duration_s, results)
     ratios = _ratios(results, levels)
     report = {"levels": levels, "duration_s": duration_s, "recall_n": settings.recall_n, "ingress": settings.ingress,
               "quality": quality, "results": results, "ratios": ratios}

@@ -7,8 +7,15 @@ in production: signals to processes).
 
 Scenarios, in order (the last one stops the server):
 
-* ``overload``     open loop at 3x the unit's capacity (capped at 600 req/s): the excess must get
-                   fast 503s with Retry-After, admitted requests their answer within their deadline;
+* ``overload``     open loop at 3x the unit's capacity (``--overload-factor``): the excess must get
+                   fast 503s with Retry-After (HAProxy refuses it before any Python runs), admitted
+                   requests their answer within their deadline, goodput near capacity;
+* ``slow_clients`` ``--slow-clients`` connections send their headers and then trickle their
+                   bodies, a byte a second, while a normal client asks 50 times in a row: every one
+                   of its answers comes, fast (no slow client holds a replica);
+* ``tampered``     a version whose file differs from its digests appears in the repository: the
+                   replicas never load it (one log line), the live version keeps serving, and
+                   ``rankserve verify`` fails naming the file; the version is removed afterwards;
 * ``deadlines``    tight (30 ms) and generous (5 s) deadlines mixed: no generous request degraded;
 * ``triton_kill``  SIGKILL of ``tritonserver``: answers degrade, never fail, then recover once the
                    supervisor has restarted it (recovery: kill to the first non-degraded answer);
@@ -44,7 +51,7 @@ from serving.net import QUIET_PORTS, free_port
 
 __all__ = ["ChaosServer", "Outcome", "SCENARIOS", "run_chaos"]
 
-SCENARIOS = ("overload", "deadlines", "triton_kill", "replica_kill", "drain")
+SCENARIOS = ("overload", "slow_clients", "tampered", "deadlines", "triton_kill", "replica_kill", "drain")
 
 
 @dataclass
@@ -74,7 +81,9 @@ class Outcome:
 class ChaosServer:
     """``rankserve serve --no-build`` as a child process on free loopback ports."""
 
-    def __init__(self, settings: Settings, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, log_path: Path, env: dict[str, str] | None = None,
+                 key_file: Path | None = None) -> None:
+        self.key_file = key_file  # the API key the load sends (a server with RANKSERVE_AUTH=keys)
         self.port = free_port(QUIET_PORTS)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -143,10 +152,12 @@ class _Load:
 
     @classmethod
     def start(cls, url: str, bodies: Path, rate: float, duration_s: float, record: Path,
-              timeout_s: float = 10.0) -> _Load:
+              timeout_s: float = 10.0, key_file: Path | None = None) -> _Load:
         cmd = [sys.executable, "-m", "loadtest.loadgen", "--url", f"{url}/v1/rank", "--bodies", str(bodies),
                "--rate", f"{rate:.2f}", "--duration-s", str(duration_s), "--warmup-s", "0", "--concurrency", "1024",
                "--client-timeout-s", str(timeout_s), "--record", str(record)]
+        if key_file is not None:
+            cmd += ["--key-file", str(key_file)]
         return cls(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), record)
 
     def rows(self) -> list[dict[str, Any]]:
@@ -171,7 +182,7 @@ def _recovery_s(rows: list[dict[str, Any]], fault_at: float) -> float | None:
 
 def _with_fault(server: ChaosServer, bodies: Path, rate: float, duration_s: float, work: Path,
                 name: str, fault_after_s: float, fault: Any) -> tuple[list[dict[str, Any]], float]:
-    load = _Load.start(server.url, bodies, rate, duration_s, work / f"{name}.jsonl")
+    load = _Load.start(server.url, bodies, rate, duration_s, work / f"{name}.jsonl", key_file=server.key_file)
     time.sleep(fault_after_s)
     fault_at = time.time()
     fault()
@@ -179,13 +190,15 @@ def _with_fault(server: ChaosServer, bodies: Path, rate: float, duration_s: floa
 
 
 def _overload(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path) -> Outcome:
-    rate = min(3 * a.capacity_rps, 600.0)
+    rate = a.overload_factor * a.capacity_rps
     rows = _Load.start(server.url, bodies, rate, a.duration_s, work / "overload.jsonl").rows()
     out = Outcome.from_records("overload", rows)
     shed = [r["ms"] for r in rows if r["status"] == 503]
     ok_ms = [r["ms"] for r in rows if r["status"] == 200]
+    retry_after = sum(1 for r in rows if r["status"] == 503 and r.get("retry_after"))
     out.details = {"offered_rps": rate, "capacity_rps": a.capacity_rps,
                    "p99_503_ms": round(float(np.percentile(shed, 99)), 1) if shed else None,
+                   "503_with_retry_after": retry_after,
                    "p99_ok_ms": round(float(np.percentile(ok_ms, 99)), 1) if ok_ms else None,
                    "ok_beyond_deadline": sum(ms > 2000 for ms in ok_ms),
                    "goodput_vs_capacity": round(out.ok / a.duration_s / a.capacity_rps, 3)}
@@ -223,14 +236,19 @@ _triton_kill = _kill("triton_kill", "tritonserver", 10)
 _replica_kill = _kill("replica_kill", "ray::ServeReplica", 15)
 
 
-def _drain(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path) -> Outcome:
+def _drain(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path,
+           stop: Callable[[subprocess.Popen[bytes]], None] | None = None) -> Outcome:
+    """``stop`` (default: SIGTERM to the server) 2 s into load at half capacity."""
     assert server.proc is not None
     proc = server.proc
     t_exit: list[float] = []
 
     def term() -> None:
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        if stop is None:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            stop(proc)
         proc.wait(timeout=120)
         t_exit.append(time.monotonic() - t0)
 
@@ -254,8 +272,95 @@ def _drain(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path)
     return out
 
 
-_RUNNERS = {"overload": _overload, "deadlines": _deadlines, "triton_kill": _triton_kill,
-            "replica_kill": _replica_kill, "drain": _drain}
+async def _trickle(host: str, port: int, n: int, hold_s: float) -> int:
+    """``n`` connections that send their headers and then one body byte a second for ``hold_s``;
+    returns how many were still open at the end (HAProxy closes them at its read time-out)."""
+    import asyncio
+
+    async def one() -> bool:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(f"POST /v1/rank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 4096\r\n\r\n".encode())
+            t_end = time.monotonic() + hold_s
+            while time.monotonic() < t_end:
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(1.0)
+            writer.close()
+            return True
+        except OSError:
+            return False  # closed by the server: the read time-out at work
+
+    return sum(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def _slow_clients(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path) -> Outcome:
+    import asyncio
+    import threading
+
+    import httpx
+
+    body = bodies.read_text().splitlines()[0]
+    held: list[int] = []
+    t = threading.Thread(target=lambda: held.append(asyncio.run(_trickle("127.0.0.1", server.port, a.slow_clients,
+                                                                             a.duration_s))), daemon=True)
+    t.start()
+    time.sleep(2.0)  # the slow ones are connected and trickling
+    rows: list[dict[str, Any]] = []
+    with httpx.Client(timeout=10) as client:
+        for _ in range(50):
+            t0 = time.perf_counter()
+            try:
+                r = client.post(f"{server.url}/v1/rank", content=body, headers={"content-type": "application/json"})
+                status: Any = r.status_code
+                degraded = bool(r.json().get("degraded")) if r.status_code == 200 else False
+            except httpx.HTTPError as err:
+                status, degraded = f"error:{type(err).__name__}", False
+            rows.append({"status": status, "degraded": degraded, "ms": (time.perf_counter() - t0) * 1000})
+    t.join(timeout=a.duration_s + 30)
+    out = Outcome.from_records("slow_clients", rows)
+    ms = [r["ms"] for r in rows]
+    out.details = {"slow_connections": a.slow_clients, "normal_p99_ms": round(float(np.percentile(ms, 99)), 1),
+                   "slow_still_open_at_end": held[0] if held else None}
+    return out
+
+
+def _tampered(server: ChaosServer, bodies: Path, a: argparse.Namespace, work: Path) -> Outcome:
+    """A copy of the live ranker version with one file changed appears as the next version."""
+    from serving.repository.registry import ModelRegistry
+
+    repo = Path(server.env["RANKSERVE_MODEL_REPOSITORY"])
+    reg = ModelRegistry(repo)
+    live = reg.traffic("ranker").live
+    bad = repo / "ranker" / str(max(reg.versions("ranker")) + 1)
+    hidden = bad.with_name(f".chaos-{bad.name}")
+    shutil.copytree(repo / "ranker" / str(live), hidden, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(hidden / "model.pt", "ab") as f:
+        f.write(b"tampered")
+    log_before = server.log_path.stat().st_size
+    try:
+        rows, _ = _with_fault(server, bodies, 0.5 * a.capacity_rps, a.duration_s, work, "tampered", 2.0,
+                              lambda: hidden.rename(bad))
+        verify = subprocess.run([sys.executable, "-m", "serving.cli", "verify"], env=server.env, capture_output=True,
+                                text=True, timeout=120, check=False)
+    finally:
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.rmtree(hidden, ignore_errors=True)
+    with open(server.log_path, "rb") as f:
+        f.seek(log_before)
+        refused = sum(1 for ln in f.read().decode(errors="replace").splitlines()
+                      if "version_refused" in ln and f'"version": {bad.name}' in ln)
+    out = Outcome.from_records("tampered", rows)
+    served = Counter(int(r["version"]) for r in rows if r.get("version") is not None)
+    out.details = {"tampered_version": int(bad.name), "refused_log_lines": refused,
+                   "answers_by_version": {str(k): v for k, v in sorted(served.items())},
+                   "verify_exit": verify.returncode, "verify_names_the_file": f"ranker/{bad.name}/model.pt" in verify.stdout}
+    return out
+
+
+_RUNNERS = {"overload": _overload, "slow_clients": _slow_clients, "tampered": _tampered, "deadlines": _deadlines,
+            "triton_kill": _triton_kill, "replica_kill": _replica_kill, "drain": _drain}
 
 
 def run_chaos(settings: Settings, a: argparse.Namespace) -> list[Outcome]:
@@ -300,6 +405,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity-rps", type=float, default=None,
                    help="the unit's capacity (default: bench/capacity/capacity.json of `rankserve capacity`, else 200)")
     p.add_argument("--duration-s", type=float, default=15.0, help="seconds of load per scenario")
+    p.add_argument("--overload-factor", type=float, default=3.0, help="overload's offered rate, times the capacity")
+    p.add_argument("--slow-clients", type=int, default=300, help="slow_clients' trickling connections")
     p.add_argument("--out", type=Path, default=Path("bench/chaos"), help="output directory")
 
 

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from serving.config import Settings
 from serving.net import QUIET_PORTS, free_port
-from serving.ray_runtime import Ingress
+from serving.ray_runtime import Ingress, ensure_ray_token
+from serving.repository.loading import startup_loader
+from serving.repository.registry import ModelRegistry
 from serving.triton.process import TritonProcess
 
 __all__ = ["ClusterNode", "LocalCluster", "raylet_resources"]
@@ -37,13 +39,15 @@ import json, sys
 from ray import serve
 import ray
 from serving.app import build_app
+from serving.triton.client import TritonEndpoint
 from serving.config import Settings
 from serving.ray_runtime import Ingress, start_serve
 spec = json.loads(sys.argv[1])
 settings = Settings.model_validate(spec["settings"])
-ray.init(address=spec["address"], logging_level="WARNING")
+from serving.ray_hardening import SETUP_HOOK
+ray.init(address=spec["address"], runtime_env={"worker_process_setup_hook": SETUP_HOOK}, logging_level="WARNING")
 start_serve(Ingress(**{**spec["ingress"], "runtime_dir": settings.data_dir / "ingress"}))
-serve.run(build_app(settings, spec["triton_url"]), name="rankserve", route_prefix="/")
+serve.run(build_app(settings, TritonEndpoint(spec["triton_url"])), name="rankserve", route_prefix="/")
 """
 
 
@@ -91,14 +95,16 @@ class LocalCluster:
 
     def _node(self, i: int) -> ClusterNode:
         triton = TritonProcess(self.settings.model_repository, runtime_dir=self.work_dir / f"triton{i}",
-                               kind="cpu", ready_timeout_s=120)
+                               kind="cpu", ready_timeout_s=120,
+                               load=startup_loader(ModelRegistry.of(self.settings), self.settings.triton_keep_versions))
         port = self.settings.port if i == 0 else free_port(QUIET_PORTS)
         ingress = Ingress.from_settings(self.settings)
         env = {**os.environ, **ingress.environment(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
-               "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+               "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+               "RAY_AUTH_TOKEN_PATH": str(ensure_ray_token(self.work_dir / "ray-auth-token")),
                # a worker node's HAProxy takes its own port (the head's takes settings.port)
                "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(port)}
-        env.update(_node_triton_env(triton.grpc_url))
+        env.update(_node_triton_env(triton))
         return ClusterNode(i, triton, port, env)
 
     def start(self) -> LocalCluster:
@@ -189,6 +195,6 @@ class LocalCluster:
             node.triton.stop()
 
 
-def _node_triton_env(url: str) -> dict[str, str]:
-    """The node-local Triton, as a KubeRay worker pod's env names it."""
-    return {"RANKSERVE_TRITON_URL": url}
+def _node_triton_env(triton: TritonProcess) -> dict[str, str]:
+    """The node-local Triton and its key, as a KubeRay worker pod's env names them."""
+    return {"RANKSERVE_TRITON_URL": triton.grpc_url, "RANKSERVE_TRITON_KEY": triton.key}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -40,16 +41,18 @@ __all__ = ["run_load", "run_open_loop"]
 class _Http:
     """POSTs JSON bodies: (status, answer bytes)."""
 
-    def __init__(self, url: str, concurrency: int, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, concurrency: int, timeout_s: float = 30.0, authorization: str | None = None) -> None:
         import aiohttp
 
         self.url = url
+        self._headers = {"content-type": "application/json",
+                         **({"authorization": authorization} if authorization else {})}
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
                                               timeout=aiohttp.ClientTimeout(total=timeout_s))
 
     async def send(self, body: bytes) -> tuple[int | str, _Answer]:
-        async with self._session.post(self.url, data=body, headers={"content-type": "application/json"}) as resp:
-            return resp.status, _JsonAnswer(await resp.read())
+        async with self._session.post(self.url, data=body, headers=self._headers) as resp:
+            return resp.status, _JsonAnswer(await resp.read(), resp.headers.get("Retry-After"))
 
     async def close(self) -> None:
         await self._session.close()
@@ -58,12 +61,13 @@ class _Http:
 class _Grpc:
     """Calls rankserve.v1.Ranker/Rank with the JSON bodies as messages: (status, answer message)."""
 
-    def __init__(self, url: str, concurrency: int, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, concurrency: int, timeout_s: float = 30.0, authorization: str | None = None) -> None:
         import grpc
 
         from serving.proto import ranker_pb2, ranker_pb2_grpc
 
         self._timeout_s = timeout_s
+        self._metadata = (("authorization", authorization),) if authorization else None
         self._pb2 = ranker_pb2
         self._grpc = grpc
         self._channel = grpc.aio.insecure_channel(url.removeprefix("grpc://"))
@@ -75,7 +79,7 @@ class _Grpc:
         if msg is None:
             msg = self._messages[body] = self._pb2.RankRequest(**json.loads(body))
         try:
-            res = await self._stub.Rank(msg, timeout=self._timeout_s)
+            res = await self._stub.Rank(msg, timeout=self._timeout_s, metadata=self._metadata)
         except self._grpc.aio.AioRpcError as err:
             return err.code().name, _JsonAnswer(json.dumps({"error": err.details()}).encode())
         return 200, _GrpcAnswer(res)
@@ -87,15 +91,27 @@ class _Grpc:
 class _Answer(Protocol):
     """An answer, read only as far as the run needs (decoding every answer would load the client)."""
 
+    retry_after: str | None
+
     def items(self) -> int: ...
     def degraded(self) -> bool: ...
+    def version(self) -> int | None: ...
     def timings(self) -> dict[str, float]: ...
     def as_json(self) -> Any: ...
 
 
+_VERSION = re.compile(rb'"model":\{"name":"[^"]*","version":(\d+)\}')
+
+
 class _JsonAnswer:
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, retry_after: str | None = None) -> None:
         self.raw = raw
+        self.retry_after = retry_after
+
+    def version(self) -> int | None:
+        """The model version that scored the answer."""
+        m = _VERSION.search(self.raw)
+        return int(m.group(1)) if m else None
 
     def items(self) -> int:
         return self.raw.count(b'"item_id"')
@@ -113,6 +129,10 @@ class _JsonAnswer:
 class _GrpcAnswer:
     def __init__(self, msg: Any) -> None:
         self.msg = msg
+        self.retry_after: str | None = None
+
+    def version(self) -> int | None:
+        return int(self.msg.model.version)
 
     def items(self) -> int:
         return len(self.msg.items)
@@ -129,8 +149,8 @@ class _GrpcAnswer:
         return MessageToDict(self.msg, preserving_proto_field_name=True)
 
 
-def _client(url: str, concurrency: int, timeout_s: float = 30.0) -> _Http | _Grpc:
-    return (_Grpc if url.startswith("grpc://") else _Http)(url, concurrency, timeout_s)
+def _client(url: str, concurrency: int, timeout_s: float = 30.0, authorization: str | None = None) -> _Http | _Grpc:
+    return (_Grpc if url.startswith("grpc://") else _Http)(url, concurrency, timeout_s, authorization)
 
 
 def _summary(lat: list[float], status: Counter, wall: float,
@@ -206,10 +226,12 @@ async def _worker(client: _Http | _Grpc, bodies: list[bytes], start: int, stop_a
 
 async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_s: float,
                    warmup_s: float = 1.0, record: list[str] | None = None,
-                   stop_file: Path | None = None, timings: bool = False) -> dict[str, object]:
+                   stop_file: Path | None = None, timings: bool = False,
+                   authorization: str | None = None) -> dict[str, object]:
     """Closed-loop load; returns throughput, latency percentiles (ms) and status counts, and with
-    ``timings`` the mean client latency beside the mean of each stage the server reports."""
-    client = _client(url, concurrency)
+    ``timings`` the mean client latency beside the mean of each stage the server reports.
+    ``authorization``: sent with every request (``Bearer <key>``)."""
+    client = _client(url, concurrency, authorization=authorization)
     try:
         if warmup_s > 0:
             warm = _Tally()
@@ -234,11 +256,12 @@ async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_
 
 async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_s: float,
                         max_in_flight: int = 512, warmup_s: float = 1.0, seed: int = 0,
-                        timeout_s: float = 30.0, record: list[str] | None = None) -> dict[str, object]:
+                        timeout_s: float = 30.0, record: list[str] | None = None,
+                        authorization: str | None = None) -> dict[str, object]:
     """Open-loop load: Poisson arrivals at ``rate`` per second for ``duration_s``; latency is
     measured from each request's scheduled arrival time. With ``record``, one JSON line per measured
     request: ``at`` (its arrival, Unix time), ``ms``, ``status``, ``degraded`` and the body's ``timeout_ms``."""
-    client = _client(url, max_in_flight, timeout_s)
+    client = _client(url, max_in_flight, timeout_s, authorization)
     rng = np.random.default_rng(seed)
     lat: list[float] = []
     status: Counter = Counter()
@@ -250,10 +273,12 @@ async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_
     deadline_ms = {b: json.loads(b).get("timeout_ms") for b in set(bodies)} if record is not None else {}
 
     async def one(body: bytes, due: float, measured: bool) -> None:
-        degraded = False
+        degraded, version, retry_after = False, None, None
         try:
             code, answer = await client.send(body)
             degraded = code == 200 and answer.degraded()
+            if record is not None:
+                version, retry_after = (answer.version() if code == 200 else None), answer.retry_after
         except Exception as err:  # noqa: BLE001 - every failure is counted, none stops the run
             code = f"error:{type(err).__name__}"
         if measured:
@@ -262,7 +287,8 @@ async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_
             lat.append(ms)
             if record is not None:
                 record.append(json.dumps({"at": round(epoch + due, 4), "ms": round(ms, 2), "status": code,
-                                          "degraded": degraded, "timeout_ms": deadline_ms.get(body)}))
+                                          "degraded": degraded, "timeout_ms": deadline_ms.get(body),
+                                          "version": version, "retry_after": retry_after}))
 
     try:
         t_end = measure_from + duration_s
@@ -320,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "request and response; open loop: arrival, latency, status)")
     p.add_argument("--stop-file", type=Path, help="stop early once this file exists (duration stays the bound)")
     p.add_argument("--client-timeout-s", type=float, default=30.0, help="a request unanswered this long fails")
+    p.add_argument("--key-file", type=Path, help="a file holding the API key to send (Authorization: Bearer)")
     p.add_argument("--timings", action="store_true",
                    help="closed loop: report the mean of each timings_ms stage the answers carry")
     a = p.parse_args(argv)
@@ -327,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         print("loadgen only targets loopback addresses", file=sys.stderr)
         return 2
     bodies = [ln.encode() for ln in a.bodies.read_text().splitlines() if ln.strip()]
+    authorization = f"Bearer {a.key_file.read_text().strip()}" if a.key_file else None
     if a.rate is not None:
         if a.rate <= 0:
             print("--rate must be positive", file=sys.stderr)
@@ -334,11 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         record: list[str] | None = [] if a.record else None
         res = asyncio.run(run_open_loop(a.url, bodies, rate=a.rate, duration_s=a.duration_s,
                                         max_in_flight=a.concurrency, warmup_s=a.warmup_s, seed=a.seed,
-                                        timeout_s=a.client_timeout_s, record=record))
+                                        timeout_s=a.client_timeout_s, record=record, authorization=authorization))
     else:
         record = [] if a.record else None
         res = asyncio.run(run_load(a.url, bodies, concurrency=a.concurrency, duration_s=a.duration_s,
-                                   warmup_s=a.warmup_s, record=record, stop_file=a.stop_file, timings=a.timings))
+                                   warmup_s=a.warmup_s, record=record, stop_file=a.stop_file, timings=a.timings,
+                                   authorization=authorization))
     if a.record and record is not None:
         a.record.write_text("\n".join(record) + "\n")
     print(json.dumps(res))

@@ -14,26 +14,27 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from serving.config import ConfigError, Settings, node_triton_url
+from serving.config import ConfigError, Settings, node_triton
 from serving.grpc_api import GrpcIngress
 from serving.http_api import HttpIngress, api
 from serving.ray_runtime import ingress_deployment
 from serving.service import RankService
-from serving.triton.client import AsyncTritonClient
+from serving.triton.client import AsyncTritonClient, TritonEndpoint
 
 __all__ = ["RankingReplica", "app_from_env", "build_app"]
 
 class RankingReplica(HttpIngress, GrpcIngress):
     """One Serve replica: a :class:`RankService` behind the HTTP routes and the gRPC method."""
 
-    def __init__(self, settings: dict[str, Any], triton_url: str) -> None:
+    def __init__(self, settings: dict[str, Any], triton_url: str, triton_key: str | None = None) -> None:
         logging.basicConfig(level=logging.INFO)
         s = Settings.model_validate(settings)
-        url = node_triton_url() or triton_url  # the node's own Triton, where the node names one
+        url, key = node_triton() or (triton_url, triton_key)  # the node's own Triton, where the node names one
         if not url:
             raise ConfigError("no Triton for this replica: set RANKSERVE_TRITON_URL on every node that runs "
                               "replicas (its node-local Triton), or pass one when building the application")
-        self.service = RankService.create(s, AsyncTritonClient.for_url(url, s.triton_shared_memory), url)
+        triton = TritonEndpoint(url, key)
+        self.service = RankService.create(s, AsyncTritonClient.for_url(url, s.triton_shared_memory, key), triton)
 
     async def __del__(self) -> None:
         """Serve calls this when the replica stops: stop following the repository, release Triton."""
@@ -51,11 +52,13 @@ def app_from_env(args: dict[str, str] | None = None) -> Any:
     pod's env); the builder's, if any, is the fallback, so the head needs none.
     """
     settings = Settings.from_env()
-    return build_app(settings, settings.triton_url or "")
+    key = settings.triton_key.get_secret_value() if settings.triton_key else None
+    return build_app(settings, TritonEndpoint(settings.triton_url or "", key))
 
 
-def build_app(settings: Settings, triton_url: str) -> Any:
-    """The bound Serve application for ``serve.run``."""
+def build_app(settings: Settings, triton: TritonEndpoint) -> Any:
+    """The bound Serve application for ``serve.run``: its replicas call ``triton`` (unless their
+    node names its own)."""
     per_node: dict[str, Any] = {"max_replicas_per_node": settings.max_replicas_per_node} \
         if settings.max_replicas_per_node else {}
     return RankingDeployment.options(
@@ -69,4 +72,4 @@ def build_app(settings: Settings, triton_url: str) -> Any:
         graceful_shutdown_timeout_s=settings.drain_timeout_s,
         ray_actor_options={"num_cpus": settings.replica_num_cpus},
         logging_config={"enable_access_log": settings.access_log},
-    ).bind(settings.model_dump(mode="json"), triton_url)
+    ).bind(settings.model_dump(mode="json"), triton.url, triton.key)

@@ -14,22 +14,24 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Standard library and serving.errors / serving.startup only: an unsupported Python must reach
+# Standard library and serving.errors / serving.startup / serving.stopping only: an unsupported Python must reach
 # check_python() in main() before anything that needs a newer one is imported.
 from serving.errors import ConfigError, RankserveError
 from serving.startup import check_python, example_curl
+from serving.stopping import StopSignals
 
 if TYPE_CHECKING:
+    import httpx
+
     from serving.config import Settings
+    from serving.triton.client import TritonEndpoint
 
 __all__ = ["main"]
 
@@ -82,49 +84,109 @@ def _built(settings: Settings) -> dict[str, Any]:
     return summary
 
 
+def api_get(settings: Settings, path: str, *, timeout_s: float) -> httpx.Response:
+    """``GET path`` of the running server on this machine, as the command's own call: with its API
+    key when it has one, over TLS when the server serves it (a loopback server's certificate is
+    not checked: it is this machine's own server, and a self-signed certificate names no address).
+
+    Raises:
+        httpx.HTTPError: it does not answer.
+    """
+    import httpx
+
+    from serving.net import is_loopback
+
+    headers = {"authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+    verify = not (settings.tls_cert_file and (is_loopback(settings.api_url) or settings.host in ("0.0.0.0", "::")))
+    return httpx.get(settings.api_url + path, headers=headers, timeout=timeout_s, verify=verify)
+
+
 @contextlib.contextmanager
-def triton_endpoint(settings: Settings) -> Iterator[str]:
-    """Yield the gRPC URL of Triton: the configured one, or an embedded server started here and
-    restarted whenever it goes down."""
+def serve_key(settings: Settings) -> Iterator[Settings]:
+    """With auth=keys, an admin key of this ``serve`` process for its own calls (the screen's
+    views, the drain's queue depth), added at start and revoked at stop; ``settings`` carry it."""
+    if settings.auth_mode != "keys":
+        yield settings
+        return
+    import socket
+
+    from pydantic import SecretStr
+
+    from serving.auth import add_key, list_keys, revoke_key
+    from serving.files import pid_alive
+
+    path = settings.keys_file
+    for entry in list_keys(path):  # those of a serve that did not stop cleanly
+        pid = entry.name.rsplit("-", 1)[-1]
+        if entry.name.startswith(f"serve-{socket.gethostname()}-") and pid.isdigit() and not pid_alive(int(pid)):
+            revoke_key(path, entry.name)
+    name = f"serve-{socket.gethostname()}-{os.getpid()}"
+    key = add_key(path, name, "admin")
+    try:
+        yield settings.model_copy(update={"api_key": SecretStr(key)})
+    finally:
+        with contextlib.suppress(RankserveError):
+            revoke_key(path, name)
+
+
+@contextlib.contextmanager
+def triton_endpoint(settings: Settings) -> Iterator[TritonEndpoint]:
+    """Yield Triton's gRPC address and key: the configured one, or an embedded server started here
+    and restarted whenever it goes down (its address and key also in ``endpoint.json``, readable by
+    this user only, for the commands that load models into it)."""
+    from serving.triton.client import TritonEndpoint
+
     if settings.triton_url:
         log.info("using Triton at %s (nothing launched)", settings.triton_url)
-        yield settings.triton_url
+        yield TritonEndpoint(settings.triton_url, settings.triton_key.get_secret_value() if settings.triton_key
+                             else None)
         return
+    from serving.files import atomic_write_text
+    from serving.repository.loading import startup_loader
+    from serving.repository.registry import ModelRegistry
     from serving.triton.process import TritonProcess
     from serving.triton.supervisor import TritonSupervisor
 
+    registry = ModelRegistry.of(settings)
     endpoint_file = settings.triton_runtime_dir / "endpoint.json"
     with TritonProcess(settings.model_repository, runtime_dir=settings.triton_runtime_dir,
                        binary=settings.triton_bin, kind=settings.triton_kind,
-                       torch_threads=settings.triton_torch_threads) as triton, TritonSupervisor(triton):
+                       torch_threads=settings.triton_torch_threads,
+                       load=startup_loader(registry, settings.triton_keep_versions)) as triton, \
+            TritonSupervisor(triton):
         log.info("embedded Triton ready at %s (metrics %s), supervised", triton.grpc_url, triton.metrics_url)
-        endpoint_file.write_text(json.dumps({"grpc_url": triton.grpc_url, "pid": os.getpid()}))
+        atomic_write_text(endpoint_file, json.dumps({"grpc_url": triton.grpc_url, "key": triton.key,
+                                                     "pid": os.getpid()}), mode=0o600)
         try:
-            yield triton.grpc_url
+            yield TritonEndpoint(triton.grpc_url, triton.key)
         finally:
             endpoint_file.unlink(missing_ok=True)
 
 
-def running_triton_url(settings: Settings) -> str | None:
-    """gRPC URL of the configured Triton, or of the embedded one a running ``rankserve serve`` started."""
+def running_triton(settings: Settings) -> TritonEndpoint | None:
+    """The configured Triton, or the embedded one a running ``rankserve serve`` started (None: none)."""
+    from serving.files import pid_alive
+    from serving.triton.client import TritonEndpoint
+
     if settings.triton_url:
-        return settings.triton_url
+        return TritonEndpoint(settings.triton_url, settings.triton_key.get_secret_value() if settings.triton_key
+                              else None)
     endpoint_file = settings.triton_runtime_dir / "endpoint.json"
-    if not endpoint_file.is_file():
-        return None
-    info = json.loads(endpoint_file.read_text())
     try:
-        os.kill(int(info["pid"]), 0)
+        info = json.loads(endpoint_file.read_text())
+        if pid_alive(int(info["pid"])):
+            return TritonEndpoint(str(info["grpc_url"]), info.get("key"))
     except (OSError, KeyError, ValueError):
-        return None
-    return str(info["grpc_url"])
+        pass
+    return None
 
 
 @contextlib.contextmanager
-def serving_app(settings: Settings) -> Iterator[str]:
+def serving_app(settings: Settings, stop: StopSignals | None = None) -> Iterator[TritonEndpoint]:
     """Triton (configured or embedded), Ray, the ingress (``settings.ingress`` on ``settings.port``
     and ``settings.grpc_port``) and the rankserve application, up for the ``with`` body, which
-    gets the Triton URL the replicas call; Ray and the embedded Triton stop after it."""
+    gets the Triton URL the replicas call; Ray and the embedded Triton stop after it (Serve's own
+    graceful stop skipped when ``stop`` was forced)."""
     from ray import serve
 
     from serving.app import build_app
@@ -133,14 +195,27 @@ def serving_app(settings: Settings) -> Iterator[str]:
 
     ingress = Ingress.from_settings(settings)
     drain_flag(settings).unlink(missing_ok=True)  # left by a server that did not stop cleanly
-    with triton_endpoint(settings) as url:
-        init_ray(settings.ray_address, ingress=ingress)
+    with triton_endpoint(settings) as triton:
         try:
+            init_ray(settings.ray_address, ingress=ingress, token_file=settings.ray_token_file)
+            if stop is not None:  # from here on a Ctrl-C drains what is starting rather than abandoning it
+                stop.serving()
             start_serve(ingress)
-            serve.run(build_app(settings, url), name="rankserve", route_prefix="/")
-            yield url
+            serve.run(build_app(settings, triton), name="rankserve", route_prefix="/")
+            yield triton
         finally:
-            shutdown_ray()
+            forced = stop is not None and stop.forced
+            shutdown_ray(serve_timeout_s=0 if forced else settings.drain_timeout_s + 5)
+
+
+def _sweep_temporary(settings: Settings) -> None:
+    """Remove what writers that crashed left half-written in the repository and the state folder."""
+    from serving.files import sweep_temporary
+
+    for folder in (settings.model_repository, settings.nodes_dir):
+        swept = sweep_temporary(folder)
+        if swept:
+            log.info("removed %d temporary file(s) left by a crashed writer under %s", len(swept), folder)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -152,38 +227,47 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log.warning("stopped HAProxy pid %d, left on port %d by a rankserve that did not stop cleanly", pid,
                     settings.port)
     check_ports(settings)  # before anything starts: a taken port stops start-up at once
+    _sweep_temporary(settings)
     check_ray_address(settings)  # and a cluster that does not answer, instead of Ray's long retries
     build = _built(settings) if args.no_build else _build(settings)
-    stop = threading.Event()
+    stop = StopSignals()
+    stop.install()
     out = console()
-    with contextlib.ExitStack() as running:
-        with status("starting Triton, Ray and the rankserve replicas ..."):
-            triton_url = running.enter_context(serving_app(settings))
-            # after Ray's start-up, which installs handlers of its own
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            served = _served_view(settings)
-        _show_summary(settings, build, served, triton_url, args.log_path)
-        stop.wait()
-        out.print(f"stopping: draining requests (at most {settings.drain_timeout_s:g} s), then HAProxy, Ray and "
-                  "Triton ...")
-        _drain(settings)
+    try:
+        with contextlib.ExitStack() as running:
+            settings = running.enter_context(serve_key(settings))
+            with status("starting Triton, Ray and the rankserve replicas ..."):
+                triton = running.enter_context(serving_app(settings, stop))
+                served = _served_view(settings, stop)
+            if not stop.asked:
+                _show_summary(settings, build, served, triton.url, args.log_path)
+            stop.wait()
+            out.print(f"stopping: draining requests (at most {settings.drain_timeout_s:g} s), then HAProxy, Ray "
+                      "and Triton ... (Ctrl-C again stops at once)")
+            _drain(settings)
+    except KeyboardInterrupt:  # ForcedStop, or Ray's own KeyboardInterrupt when it came inside ray.get
+        if not stop.forced:
+            raise
+        out.print("stopped at once, without waiting for requests in flight: nothing of rankserve is left running")
+        return 130
+    finally:
+        stop.restore()
     out.print("stopped: nothing of rankserve is left running")
     return 0
 
 
-def _served_view(settings: Settings, timeout_s: float = 60.0) -> dict[str, Any]:
+def _served_view(settings: Settings, stop: StopSignals, timeout_s: float = 60.0) -> dict[str, Any]:
     """``GET /v1/models`` (with ``GET /v1/scenarios`` under ``scenarios``) through the ingress once
-    the service is ready (``{}`` if it does not answer within ``timeout_s``: the summary then says so)."""
+    the service is ready (``{}`` if it does not answer within ``timeout_s``, or a stop was asked:
+    the summary then says so)."""
     import httpx
 
-    base = f"http://{settings.host}:{settings.port}"
     t_end = time.monotonic() + timeout_s
-    while time.monotonic() < t_end:
+    while time.monotonic() < t_end and not stop.asked:
         try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                view: dict[str, Any] = httpx.get(f"{base}/v1/models", timeout=10).json()
-                view["scenarios"] = httpx.get(f"{base}/v1/scenarios", timeout=10).json()
+            if api_get(settings, "/readyz", timeout_s=5).status_code == 200:
+                view: dict[str, Any] = api_get(settings, "/v1/models", timeout_s=10).json()
+                view["scenarios"] = api_get(settings, "/v1/scenarios", timeout_s=10).json()
                 return view
         except (httpx.HTTPError, ValueError):
             pass
@@ -226,7 +310,7 @@ def _drain(settings: Settings) -> None:
         while time.monotonic() < t_end:
             time.sleep(0.1)
             try:
-                text = httpx.get(f"http://{settings.host}:{settings.port}/metrics", timeout=1).text
+                text = api_get(settings, "/metrics", timeout_s=1).text
             except httpx.HTTPError:
                 break
             if metric_values(text, ("rankserve_queue_depth",)).get("rankserve_queue_depth", 0) == 0:
@@ -275,9 +359,9 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     settings = at_scale(settings, args.items, args.users)
     _build(settings, items=args.items, users=args.users)
     levels = [int(x) for x in args.levels.split(",") if x]
-    with triton_endpoint(settings) as url:
+    with triton_endpoint(settings) as triton:
         try:
-            run_bench(settings, url, levels=levels, duration_s=args.duration_s, out_dir=args.out)
+            run_bench(settings, triton, levels=levels, duration_s=args.duration_s, out_dir=args.out)
         finally:
             shutdown_ray()
     return 0
@@ -372,7 +456,7 @@ def _gpu_words() -> str:
 class _NoTriton:
     """Stands for Triton when none is running: versions load when the server next starts."""
 
-    def load_model(self, name: str) -> None:
+    def load_model(self, name: str, config: str | None = None) -> None:
         log.warning("no running Triton found: %s will be loaded when rankserve serve starts", name)
 
     def model_ready(self, name: str, version: str = "") -> bool:
@@ -386,16 +470,12 @@ def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
     from serving.repository.push import ModelLoader, push
     from serving.repository.registry import ModelRegistry
 
-    url = running_triton_url(settings)
-    if url is None:
-        triton: ModelLoader = _NoTriton()
-    else:
-        from serving.triton.client import TritonClient
-
-        triton = TritonClient(url)
-    result = push(ModelRegistry(settings.model_repository), args.model, Path(args.artifact),
+    endpoint = running_triton(settings)
+    triton: ModelLoader = _NoTriton() if endpoint is None else endpoint.client()
+    result = push(ModelRegistry.of(settings), args.model, Path(args.artifact),
                   FeatureTables.load(settings.marketplace_path), triton,
-                  canary_percent=args.canary, shadow_percent=args.shadow, version=args.version)
+                  canary_percent=args.canary, shadow_percent=args.shadow, version=args.version,
+                  keep_others=settings.triton_keep_versions)
     print(json.dumps({"model": result.model, "version": result.version, "traffic": result.traffic.to_json(),
                       "checks": result.checks}, indent=2))
     return 0
@@ -405,27 +485,29 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     from serving.repository.push import promote
     from serving.repository.registry import ModelRegistry
 
-    print(json.dumps(promote(ModelRegistry(settings.model_repository), args.model).to_json()))
+    print(json.dumps(promote(ModelRegistry.of(settings), args.model).to_json()))
     return 0
 
 
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.repository.push import rollback
+    from serving.repository.push import ModelLoader, rollback
     from serving.repository.registry import ModelRegistry
 
-    print(json.dumps(rollback(ModelRegistry(settings.model_repository), args.model, args.version).to_json()))
+    endpoint = running_triton(settings)
+    triton: ModelLoader = _NoTriton() if endpoint is None else endpoint.client()
+    print(json.dumps(rollback(ModelRegistry.of(settings), args.model, args.version, triton,
+                              keep_others=settings.triton_keep_versions).to_json()))
     return 0
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from serving.repository.registry import ModelRegistry
 
-    reg = ModelRegistry(settings.model_repository)
+    reg = ModelRegistry.of(settings)
     live: dict = {}
     try:
-        import httpx
 
-        live = httpx.get(f"http://{settings.host}:{settings.port}/v1/models", timeout=3).json()
+        live = api_get(settings, "/v1/models", timeout_s=3).json()
     except Exception:  # noqa: BLE001 - the server may be down; the repository still answers
         log.info("server not reachable; showing the repository only")
     served = {m["name"]: m for m in live.get("models", [])}
@@ -469,7 +551,7 @@ def cmd_items(settings: Settings, args: argparse.Namespace) -> int:
         cat = changes.current(base)
         print(json.dumps({"catalogue_version": cat.version, "items": cat.tables.n_items, "blocked": cat.n_blocked,
                           "blocked_ids": sorted(map(int, cat.blocked.nonzero()[0]))[:50],
-                          "nodes": {n.key: n.catalogue_version for n in live_nodes(settings.model_repository)}},
+                          "nodes": {n.key: n.catalogue_version for n in live_nodes(settings.nodes_dir)}},
                          indent=2))
         return 0
     if args.action in ("add", "update") and len(args.targets) != 1:
@@ -505,7 +587,7 @@ def cmd_scenarios(settings: Settings, args: argparse.Namespace) -> int:
     if len(args.targets) != 1:
         what = "NAME" if args.action == "rollback" else "FILE"
         raise ConfigError(f"rankserve scenarios {args.action} takes one {what}")
-    registry = ModelRegistry(settings.model_repository)
+    registry = ModelRegistry.of(settings)
     groups = ChangeLog(settings.model_repository).current(FeatureTables.load(settings.marketplace_path)).group_counts()
     if args.action == "rollback":
         sc = store.rollback(args.targets[0], settings, registry, groups)
@@ -526,12 +608,65 @@ def cmd_scenarios(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Check every version folder of the repository against its recorded digests."""
+    from serving.repository.loading import config_findings
+    from serving.repository.registry import ModelRegistry
+    from serving.triton.digests import verify_repository
+
+    registry = ModelRegistry.of(settings)
+    found = verify_repository(settings.model_repository)
+    configs = {m: config_findings(registry, m) for m in registry.models()}
+    bad = {k: v for k, v in found.items() if v}
+    if args.json:
+        print(json.dumps({"repository": str(settings.model_repository),
+                          "versions": {k: [str(f) for f in v] for k, v in found.items()},
+                          "configs": {m: list(p) for m, p in configs.items()}}, indent=2))
+    else:
+        for key, findings in found.items():
+            print(f"{key:<20} {'ok' if not findings else 'FAILED'}")
+            for f in findings:
+                print(f"    {key}/{f}")
+        for model, problems in configs.items():
+            for problem in problems:
+                print(f"{model:<20} FAILED\n    {model}/{problem}")
+        failed = len(bad) + sum(1 for p in configs.values() if p)
+        print(f"{len(found) - len(bad)} of {len(found)} version(s) verified in {settings.model_repository}"
+              + (f"; {failed} failed: they are never loaded" if failed else ""))
+    return 1 if bad or any(configs.values()) else 0
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """API keys: add (the key is printed once, alone on the last line), list, revoke."""
+    from serving.auth import add_key, list_keys, revoke_key
+
+    path = settings.keys_file
+    if args.keys_action == "add":
+        key = add_key(path, args.name, args.role)
+        print(f"added key {args.name!r} with role {args.role} (only its hash is stored: this is the one time the key "
+              f"is shown; every replica accepts it within a second, and RANKSERVE_AUTH=keys makes servers ask for it):")
+        print(key)
+        return 0
+    if args.keys_action == "revoke":
+        gone = revoke_key(path, args.name)
+        print(f"revoked key {gone.name!r} (role {gone.role}): every replica refuses it within a second")
+        return 0
+    rows = [{"name": e.name, "role": e.role, "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created))}
+            for e in list_keys(path)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<32} {'role':<6} created   ({path}; auth {settings.auth_mode})")
+    for r in rows:
+        print(f"{r['name']:<32} {r['role']:<6} {r['created']}")
+    return 0
+
+
 def _served_scenarios(settings: Settings) -> dict[str, int] | None:
     """What the running server serves (scenario -> version), or None when it is not reachable."""
     try:
-        import httpx
 
-        body = httpx.get(f"http://{settings.host}:{settings.port}/v1/scenarios", timeout=3).json()
+        body = api_get(settings, "/v1/scenarios", timeout_s=3).json()
         return {row["name"]: row["version"] for row in body["scenarios"]}
     except Exception:  # noqa: BLE001 - the server may be down; the repository still answers
         return None
@@ -604,10 +739,31 @@ def _parser() -> argparse.ArgumentParser:
                     help="item ids (block, unblock) or one JSON / JSON-lines file of items (add, update)")
     it.set_defaults(func=cmd_items)
     _scenario_parsers(sub, common)
+    _keys_parser(sub, common)
+    ve = sub.add_parser("verify", parents=[common], help="check every model version's files against the digests "
+                                                          "recorded when it was written; non-zero exit on any difference")
+    ve.add_argument("--json", action="store_true")
+    ve.set_defaults(func=cmd_verify)
     mo = sub.add_parser("models", parents=[common], help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)
     return p
+
+
+def _keys_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``rankserve keys add NAME --role rank|admin``, ``keys list``, ``keys revoke NAME``."""
+    from serving.auth import ROLES
+
+    ke = sub.add_parser("keys", parents=[common], help="API keys for RANKSERVE_AUTH=keys: add, list, revoke")
+    actions = ke.add_subparsers(dest="keys_action", required=True)
+    add = actions.add_parser("add", help="make a key; it is printed once, alone on the last line")
+    add.add_argument("name", help="who or what holds the key (letters, digits, '_', '.', '-')")
+    add.add_argument("--role", required=True, choices=ROLES, help="rank: /v1/rank; admin: everything")
+    lst = actions.add_parser("list", help="the keys' names, roles and creation times")
+    lst.add_argument("--json", action="store_true")
+    rev = actions.add_parser("revoke", help="remove a key: every replica refuses it within a second")
+    rev.add_argument("name")
+    ke.set_defaults(func=cmd_keys)
 
 
 def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 from serving.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings", "node_triton_url", "settings_reference"]
+__all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings", "node_triton", "settings_reference"]
 
 ENV_PREFIX = "RANKSERVE_"
 
@@ -48,6 +48,12 @@ class Settings(BaseModel):
     # --- where things live -------------------------------------------------------------
     data_dir: Path = Field(REPO_ROOT / ".rankserve", description="Demo data, build cache, Triton runtime dir.")
     model_repository: Path = Field(REPO_ROOT / "model_repository", description="Triton model repository.")
+    state_dir: Path | None = Field(
+        None, description="Where replicas write while serving (heartbeats and metrics snapshots under nodes/): a "
+                          "writable volume of its own on a cluster, shared by the replicas and the command, so that "
+                          "the model versions can be mounted read-only. None: beside the versions "
+                          "(<model_repository>/.nodes).",
+    )
 
     # --- HTTP ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the HTTP and gRPC ingress binds.")
@@ -56,6 +62,20 @@ class Settings(BaseModel):
         0, ge=0, le=65535,
         description="Port of the gRPC API (rankserve.v1.Ranker/Rank); 0: no gRPC. Each replica's gRPC server "
                     "then binds every interface (Ray 2.60 has no host option for it), so the default leaves it off.",
+    )
+    auth: Literal["off", "keys"] | None = Field(
+        None, description="Who may call the API. keys: an API key (rankserve keys add) in 'Authorization: Bearer' "
+                          "(gRPC: 'authorization' metadata), role rank for /v1/rank, admin for everything; /healthz "
+                          "and /readyz stay open. off: no key. Unset: off, allowed only while host is loopback.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="The key the rankserve command sends to a running server with auth=keys (rankserve "
+                          "models, scenarios list, ...).",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM file holding the server's certificate chain and private key: the haproxy ingress "
+                          "serves HTTPS, and gRPC over TLS, on port and grpc_port (behind it, replicas stay on the "
+                          "node's address). None: plain HTTP.",
     )
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest accepted request body (HTTP and gRPC).")
     ingress: Literal["haproxy", "direct", "proxy"] = Field(
@@ -100,6 +120,11 @@ class Settings(BaseModel):
     ranker_model: str = Field("ranker", min_length=1, description="Default ranking model in Triton.")
     user_tower_model: str = Field("user_tower", min_length=1, description="User tower model in Triton.")
     triton_url: str | None = Field(None, description="gRPC host:port of an existing Triton; none launches one.")
+    triton_key: SecretStr | None = Field(
+        None, description="The key of an existing Triton's restricted protocols (model loads, shared memory: "
+                          "--grpc-restricted-protocol=model-repository,shared-memory:rankserve-triton-key=<key>); "
+                          "the Triton rankserve launches gets a random one per start.",
+    )
     triton_bin: Path | None = Field(
         None, description="tritonserver binary of the embedded Triton; none: the one in the nvidia-pytriton wheel."
     )
@@ -114,6 +139,11 @@ class Settings(BaseModel):
     triton_shared_memory: Literal["auto", "on", "off"] = Field(
         "auto", description="Send large model inputs to Triton through system shared memory (/dev/shm); "
                             "auto: when Triton is on loopback (the same host).",
+    )
+    triton_keep_versions: int = Field(
+        2, ge=1, le=100, description="Versions of each model Triton keeps loaded besides those the traffic split "
+                                      "names (live, canary, shadow), newest first; the others stay on disk, "
+                                      "unloaded, and a rollback loads them again before traffic moves.",
     )
     triton_timeout_s: float = Field(5.0, gt=0, description="Timeout of one Triton call.")
     triton_retries: int = Field(1, ge=0, le=5, description="Retries of a failed Triton call before degrading.")
@@ -153,6 +183,24 @@ class Settings(BaseModel):
                                "503 with Retry-After (-1: unbounded)."
     )
     replica_num_cpus: float = Field(0.0, ge=0, description="CPUs Ray reserves per replica.")
+    ingress_max_conn_per_replica: int = Field(
+        64, ge=1, description="haproxy ingress: requests HAProxy lets into one replica at once; more wait in "
+                              "HAProxy's queue, and beyond that HAProxy answers 503 itself, before any Python runs.",
+    )
+    ingress_max_queue_per_replica: int = Field(
+        64, ge=0, description="haproxy ingress: requests that may wait in HAProxy for one replica; the next one "
+                              "gets 503 with Retry-After at once.",
+    )
+    ingress_queue_timeout_ms: int = Field(
+        50, ge=1, le=60000, description="haproxy ingress: longest wait in HAProxy's queue for a replica before a "
+                                        "503 (the replica itself holds ingress_max_conn_per_replica requests: "
+                                        "waiting longer in front of it only adds latency).",
+    )
+    read_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="Longest time a client may take to send its request (headers and body): "
+                                       "HAProxy answers 408 after it (and holds the slow body itself: no replica "
+                                       "waits for it); a replica reading a body directly stops after it too.",
+    )
 
     access_log: bool = Field(
         False, description="Ray Serve's access log line per request (rankserve logs errors and degraded answers "
@@ -176,6 +224,12 @@ class Settings(BaseModel):
         if self.max_queued_requests >= self.max_ongoing_requests:
             raise ValueError(f"max_queued_requests ({self.max_queued_requests}) must be < max_ongoing_requests "
                              f"({self.max_ongoing_requests}), so that rankserve, not Serve, answers the excess")
+        if self.auth is None and not _is_loopback_host(self.host):
+            raise ValueError(f"host {self.host!r} serves the API beyond loopback with no API keys: set "
+                             f"{ENV_PREFIX}AUTH=keys (rankserve keys add NAME --role rank), or {ENV_PREFIX}AUTH=off "
+                             "to serve without keys")
+        if self.tls_cert_file is not None and self.ingress != "haproxy":
+            raise ValueError(f"tls_cert_file is served by the haproxy ingress; ingress is {self.ingress!r}")
         if self.default_timeout_ms > self.max_timeout_ms:
             raise ValueError(
                 f"default_timeout_ms ({self.default_timeout_ms}) must be <= max_timeout_ms ({self.max_timeout_ms})"
@@ -185,6 +239,31 @@ class Settings(BaseModel):
     @property
     def triton_runtime_dir(self) -> Path:
         return self.data_dir / "triton-runtime"
+
+    @property
+    def auth_mode(self) -> Literal["off", "keys"]:
+        """``auth`` with its default resolved (off, which only a loopback host allows unset)."""
+        return self.auth or "off"
+
+    @property
+    def nodes_dir(self) -> Path:
+        """The replicas' heartbeats and metrics snapshots (``serving.repository.nodes``)."""
+        return self.state_dir / "nodes" if self.state_dir else self.model_repository / ".nodes"
+
+    @property
+    def api_url(self) -> str:
+        """The API's base address as a client on this machine reaches it (https with a certificate)."""
+        return f"{'https' if self.tls_cert_file else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def keys_file(self) -> Path:
+        """The API keys (hashes only), beside the model repository: shared by the CLI and every replica."""
+        return self.model_repository / ".keys.json"
+
+    @property
+    def ray_token_file(self) -> Path:
+        """The local Ray cluster's auth token (made at its first start, readable by this user only)."""
+        return self.data_dir / "ray" / "auth_token"
 
     @property
     def log_dir(self) -> Path:
@@ -215,27 +294,41 @@ class Settings(BaseModel):
             return cls.model_validate(_coerce(values))
         except ValidationError as err:
             first = err.errors()[0]
-            field = str(first["loc"][0]) if first["loc"] else "?"
+            if not first["loc"]:  # a check across settings: its message names them
+                raise ConfigError(str(first["msg"]).removeprefix("Value error, ")) from err
+            field = str(first["loc"][0])
             shown = values.get(field, "<missing>")
             src = ENV_PREFIX + field.upper() if (ENV_PREFIX + field.upper()) in env else field
             raise ConfigError(f"{src}={shown!r} is invalid: {first['msg']}") from err
 
 
-def node_triton_url(environ: Mapping[str, str] | None = None) -> str | None:
-    """``RANKSERVE_TRITON_URL`` of this process's own environment, if set.
+def node_triton(environ: Mapping[str, str] | None = None) -> tuple[str, str | None] | None:
+    """``RANKSERVE_TRITON_URL`` (and ``RANKSERVE_TRITON_KEY``) of this process's own environment, if set.
 
     A Serve replica runs in a worker process of its Ray node, whose environment is that node's
     (KubeRay: the worker pod's env; a local cluster: the env its ``ray start`` ran with). So a
-    replica reads its node-local Triton here, and prefers it to the URL the driver passed.
+    replica reads its node-local Triton here, and prefers it to the one the driver passed.
     """
     env = os.environ if environ is None else environ
-    return env.get(ENV_PREFIX + "TRITON_URL") or None
+    url = env.get(ENV_PREFIX + "TRITON_URL")
+    return (url, env.get(ENV_PREFIX + "TRITON_KEY") or None) if url else None
+
+
+def _is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _coerce(values: dict[str, object]) -> dict[str, object]:
     # Environment values are strings; an empty RANKSERVE_TRITON_URL or _TRITON_BIN means "the default".
     out = dict(values)
-    for name in ("triton_url", "triton_bin"):
+    for name in ("triton_url", "triton_key", "triton_bin", "auth", "api_key", "tls_cert_file", "state_dir"):
         if out.get(name) == "":
             out[name] = None
     return out

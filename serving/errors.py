@@ -18,20 +18,24 @@ __all__ = [
     "ConfigError",
     "DeadlineExceededError",
     "InsufficientResourcesError",
+    "IntegrityError",
     "InvalidArgumentError",
     "MethodNotAllowedError",
     "ModelNotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "PortInUseError",
     "PushRefusedError",
     "RankserveError",
+    "RequestTimeoutError",
     "RouteNotFoundError",
     "ScenarioNotFoundError",
     "ScenarioRefusedError",
     "SetupError",
     "TritonError",
     "TritonStartError",
+    "UnauthenticatedError",
     "UnsupportedPythonError",
     "ValidationError",
 ]
@@ -100,6 +104,30 @@ class PayloadTooLargeError(RankserveError):
     http_status = 413
     grpc_code = "RESOURCE_EXHAUSTED"
     code = "payload_too_large"
+
+
+class UnauthenticatedError(RankserveError):
+    """No API key, or one that is unknown or revoked (401)."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(RankserveError):
+    """A valid API key whose role does not allow the call (403)."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+    code = "permission_denied"
+
+
+class RequestTimeoutError(RankserveError):
+    """The client did not send its whole request within the read time-out (408)."""
+
+    http_status = 408
+    grpc_code = "DEADLINE_EXCEEDED"
+    code = "request_timeout"
 
 
 class ModelNotFoundError(RankserveError):
@@ -221,6 +249,13 @@ class BuildCacheError(SetupError):
     code = "build_cache"
 
 
+class IntegrityError(SetupError):
+    """A model version's files do not match the digests recorded when it was written (or none were
+    recorded): it is not loaded. At start-up a set-up error naming the file (exit status 4)."""
+
+    code = "integrity"
+
+
 class InsufficientResourcesError(SetupError):
     """Too little free memory or disk for the build at the asked scale."""
 
@@ -240,6 +275,9 @@ ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
         InvalidArgumentError,
         ValidationError,
         PayloadTooLargeError,
+        UnauthenticatedError,
+        PermissionDeniedError,
+        RequestTimeoutError,
         ModelNotFoundError,
         ScenarioNotFoundError,
         RouteNotFoundError,
@@ -255,6 +293,7 @@ ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
         SetupError,
         TritonStartError,
         BuildCacheError,
+        IntegrityError,
         InsufficientResourcesError,
         UnsupportedPythonError,
         RankserveError,

@@ -92,6 +92,15 @@ class GrpcContext(Protocol):
     def set_code(self, code: grpc.StatusCode) -> None: ...
     def set_details(self, details: str) -> None: ...
     def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str]]) -> None: ...
+    def invocation_metadata(self) -> Sequence[tuple[str, str]]: ...
+
+
+def _metadata(context: GrpcContext, key: str) -> str | None:
+    """The value of the request's metadata ``key`` (gRPC keys are lower case), if sent."""
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v
+    return None
 
 
 class GrpcIngress:
@@ -108,7 +117,7 @@ class GrpcIngress:
             return validate_rank_request(request_payload(request, limit))
 
         try:
-            result = await self.service.rank(read)
+            result = await self.service.rank(read, _metadata(grpc_context, "authorization"))
         except RankserveError as err:
             code, details, trailing = error_status(err)
             grpc_context.set_code(code)

@@ -9,13 +9,20 @@ Must not touch: ranking logic (``serving.service``), Ray.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.errors import InvalidArgumentError, MethodNotAllowedError, RankserveError, RouteNotFoundError
+from serving.errors import (
+    InvalidArgumentError,
+    MethodNotAllowedError,
+    RankserveError,
+    RequestTimeoutError,
+    RouteNotFoundError,
+)
 from serving.schemas import RankRequest, check_size, parse_rank_request
 from serving.service import RankService
 
@@ -37,21 +44,31 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse(err.to_body(), status_code=exc.status_code)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed ``limit`` bytes.
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` bytes, or when it has
+    not all arrived within ``timeout_s`` (a client trickling its body holds no more than that; behind
+    the haproxy ingress, HAProxy has already read the whole request).
 
     Raises:
         PayloadTooLargeError: declared or streamed size over the limit (413).
+        RequestTimeoutError: the body did not arrive in time (408).
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         check_size(int(declared), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        check_size(size, limit, so_far=True)
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def chunks() -> bytes:
+        parts, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            check_size(size, limit, so_far=True)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    try:
+        return await asyncio.wait_for(chunks(), timeout_s)
+    except asyncio.TimeoutError as err:
+        raise RequestTimeoutError(f"the request body did not arrive within {timeout_s:g} s", field="body") from err
 
 
 class HttpIngress:
@@ -62,13 +79,13 @@ class HttpIngress:
     @api.post("/v1/rank")
     async def rank(self, request: Request) -> Response:
         """``POST /v1/rank``."""
-        limit = self.service.settings.max_body_bytes
+        limit, timeout_s = self.service.settings.max_body_bytes, self.service.settings.read_timeout_s
 
         async def read() -> RankRequest:
-            return parse_rank_request(await read_body(request, limit))
+            return parse_rank_request(await read_body(request, limit, timeout_s))
 
         try:
-            result = await self.service.rank(read)
+            result = await self.service.rank(read, request.headers.get("authorization"))
         except RankserveError as err:
             return error_response(err)
         return JSONResponse(result.to_json())
@@ -83,20 +100,33 @@ class HttpIngress:
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
+    def _admin(self, request: Request, view: Callable[[], Response]) -> Response:
+        """An operations view, for a caller with an admin key (auth=keys); else its 401 or 403."""
+        try:
+            self.service.access.check(request.headers.get("authorization"), "admin")
+            return view()
+        except RankserveError as err:
+            return error_response(err)
+
     @api.get("/metrics")
-    async def metrics(self) -> Response:
-        return Response(self.service.metrics_text(), media_type="text/plain; version=0.0.4")
+    async def metrics(self, request: Request) -> Response:
+        return self._admin(request, lambda: Response(self.service.metrics_text(),
+                                                     media_type="text/plain; version=0.0.4"))
 
     @api.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        return await self.service.models_view()
+    async def models(self, request: Request) -> Response:
+        try:
+            self.service.access.check(request.headers.get("authorization"), "admin")
+        except RankserveError as err:
+            return error_response(err)
+        return JSONResponse(await self.service.models_view())  # the one view that waits (on Triton)
 
     @api.get("/v1/scenarios")
-    async def scenarios(self) -> dict[str, Any]:
+    async def scenarios(self, request: Request) -> Response:
         """The scenarios this replica serves, each at its live version, and the versions on disk."""
-        return self.service.scenarios_view()
+        return self._admin(request, lambda: JSONResponse(self.service.scenarios_view()))
 
     @api.get("/v1/catalogue")
-    async def catalogue(self) -> dict[str, Any]:
+    async def catalogue(self, request: Request) -> Response:
         """The catalogue this replica serves: its change version, item count and blocked count."""
-        return self.service.catalogue_view()
+        return self._admin(request, lambda: JSONResponse(self.service.catalogue_view()))

@@ -9,7 +9,6 @@ Must not touch: ranking.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -23,26 +22,48 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from serving.config import Settings
 from serving.errors import PortInUseError
-from serving.files import atomic_write_text
+from serving.files import private_dir
+from serving.ray_hardening import SETUP_HOOK, IngressLimits, write_limits
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from ray.serve.deployment import Deployment
 
-__all__ = ["Ingress", "ingress_deployment", "init_ray", "shutdown_ray", "start_serve"]
+__all__ = ["Ingress", "ensure_ray_token", "ingress_deployment", "init_ray", "shutdown_ray", "start_serve"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
-# Local default: listeners on loopback, no usage stats, no token auth (Ray 2.60 writes one otherwise).
+# Local default: listeners on loopback, no usage stats, token auth on. Each replica's
+# inter-deployment gRPC server binds every interface (Ray 2.60 has no host option for it) and
+# unpickles what it is sent; with token auth on, it refuses a call without the cluster's token.
 _LOCAL_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
+    "RAY_AUTH_MODE": "token",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_DEDUP_LOGS": "1",
 }
+_TOKEN_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def ensure_ray_token(path: Path) -> Path:
+    """The local cluster's token file: 32 random bytes (hex), readable by this user only, made
+    once. Every process of the cluster reads it through ``RAY_AUTH_TOKEN_PATH``; a driver of
+    another user, or a host that reaches a Ray port, has no token and is refused."""
+    import secrets
+
+    if path.is_file() and path.stat().st_size > 0:
+        path.chmod(0o600)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 
 def _apply_local_env() -> None:
@@ -60,6 +81,15 @@ def _apply_local_env() -> None:
 
     enabled = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
     ray_constants.ENABLE_RAY_CLUSTER = enabled
+
+
+def _refresh_auth_config() -> None:
+    """Make this process see the auth mode and token just set in its environment: Ray's C++ config
+    and token loader read them once, when ``ray`` is imported, which rankserve does before this."""
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @dataclass(frozen=True)
@@ -80,13 +110,21 @@ class Ingress:
     drain_s: float = 5.0
     max_message_bytes: int = 256 * 1024
     runtime_dir: Path = Path(tempfile.gettempdir())
+    limits: IngressLimits = IngressLimits()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, port: int | None = None, grpc_port: int | None = None) -> Ingress:
+        admitted = settings.max_queued_requests  # HAProxy lets in no more than a replica admits: it refuses the rest
+        limits = IngressLimits(max_conn_per_replica=min(settings.ingress_max_conn_per_replica, admitted)
+                               if admitted >= 0 else settings.ingress_max_conn_per_replica,
+                               max_queue_per_replica=settings.ingress_max_queue_per_replica,
+                               queue_timeout_ms=settings.ingress_queue_timeout_ms,
+                               read_timeout_s=settings.read_timeout_s,
+                               tls_cert_file=str(settings.tls_cert_file.resolve()) if settings.tls_cert_file else None)
         return cls(mode=settings.ingress, host=settings.host, port=settings.port if port is None else port,
                    grpc_port=settings.grpc_port if grpc_port is None else grpc_port,
                    drain_s=settings.drain_timeout_s, max_message_bytes=settings.max_body_bytes,
-                   runtime_dir=settings.data_dir / "ingress")
+                   runtime_dir=settings.data_dir / "ingress", limits=limits)
 
     def environment(self) -> dict[str, str]:
         """Ray's variables for this mode; every Ray process reads them when it starts."""
@@ -98,7 +136,8 @@ class Ingress:
                # how long a stopping ingress replica keeps taking requests before it drains
                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(min(1.0, self.drain_s))}
         if self.mode == "haproxy":
-            base = self.haproxy_dir
+            base = private_dir(self.haproxy_dir)
+            write_limits(base, self.limits)  # read by the HAProxy manager's set-up hook (serving.ray_hardening)
             env.update({
                 "RAY_SERVE_ENABLE_HA_PROXY": "1",
                 "RAY_SERVE_HAPROXY_NBTHREAD": "1",  # two cores: one HAProxy thread beside Python
@@ -126,8 +165,9 @@ class Ingress:
 
     @property
     def haproxy_dir(self) -> Path:
-        # the admin socket's path must stay short (108 bytes): one directory per ingress port
-        return Path(tempfile.gettempdir()) / f"rankserve-haproxy-{self.port}"
+        # the admin socket's path must stay short (108 bytes): one directory per user and ingress port,
+        # made private (serving.files.private_dir) before HAProxy puts its admin socket in it
+        return Path(tempfile.gettempdir()) / f"rs{os.getuid()}-haproxy-{self.port}"
 
     def _haproxy_processes(self) -> list[Any]:
         """This machine's HAProxy processes of this ingress (their config lies in its folder)."""
@@ -246,9 +286,12 @@ def _kill_stragglers(signalled: list[Any], timeout_s: float) -> None:
             p.kill()
 
 
-def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus: int | None = None) -> None:
-    """Start a local Ray cluster (``address="local"``) with ``ingress``'s environment, or connect to
-    an existing one (whose processes already have theirs)."""
+def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus: int | None = None,
+             token_file: Path | None = None) -> None:
+    """Start a local Ray cluster (``address="local"``) with ``ingress``'s environment and token
+    auth (the token in ``token_file``, made if missing; default: Ray's own ``~/.ray/auth_token``),
+    or connect to an existing one (whose processes already have theirs, and whose token this
+    process's environment names)."""
     import ray
 
     if ray.is_initialized():
@@ -257,11 +300,20 @@ def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus
         os.environ["RAY_COLOR_PREFIX"] = "0"
     if address == "local":
         _apply_local_env()
+        if not any(k in os.environ for k in _TOKEN_ENV):
+            token = ensure_ray_token(token_file or Path.home() / ".ray" / "auth_token")
+            os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+        _refresh_auth_config()
+        mode = os.environ.get("RAY_AUTH_MODE", "token")
+        if mode.lower() != "token":
+            log.warning("ray: token auth is off (RAY_AUTH_MODE=%s): any host that reaches a replica's gRPC port "
+                        "may run code in it", mode)
         os.environ.update((ingress or Ingress()).environment())
         for attempt in range(1, _LOCAL_START_ATTEMPTS + 1):
             try:
                 ray.init(
                     address="local",
+                    runtime_env={"worker_process_setup_hook": SETUP_HOOK},
                     num_cpus=num_cpus,
                     include_dashboard=False,
                     _node_ip_address="127.0.0.1",
@@ -280,7 +332,8 @@ def init_ray(address: str = "local", *, ingress: Ingress | None = None, num_cpus
         if node_ip != "127.0.0.1":
             log.warning("ray: local node listens on %s, not loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1?)", node_ip)
     else:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, runtime_env={"worker_process_setup_hook": SETUP_HOOK},
+                 logging_level=logging.WARNING)
     log.info("ray started at %s", address)
 
 
@@ -289,7 +342,7 @@ def start_serve(ingress: Ingress) -> None:
     ``rankserve.v1.Ranker`` service.
 
     In ``haproxy`` mode, HAProxy's own error answers (no replica could take a request) get the
-    API's error shape: see :func:`_write_haproxy_error_page`. In ``direct`` mode Serve's Python
+    API's error shape (``serving.ray_hardening``). In ``direct`` mode Serve's Python
     proxy still runs (Ray needs it) on a free port; clients use the replicas' ports.
     """
     from ray import serve
@@ -309,8 +362,6 @@ def start_serve(ingress: Ingress) -> None:
         if taken is None:
             raise
         raise taken from err
-    if ingress.mode == "haproxy":
-        _write_haproxy_error_page(ingress)
     log.info("serve: %s ingress, http %s:%d, grpc %s", ingress.mode, ingress.host, ingress.port,
              ingress.grpc_port or "off")
 
@@ -331,43 +382,28 @@ def _port_error(err: Exception, ingress: Ingress) -> PortInUseError | None:
                           hint=f"set {setting} to a free port (e.g. {setting}=<port> make serve) or stop that process")
 
 
-def _write_haproxy_error_page(ingress: Ingress, timeout_s: float = 30.0) -> None:
-    """Make HAProxy's own 502/503/504 answers the API's 503 with ``Retry-After``.
-
-    Ray's HAProxy config sends every answer HAProxy makes itself (no replica up, a replica that
-    closed the connection) as one error page, written once when the HAProxy manager starts, and
-    that page is a bare ``500 Internal Server Error``. It is replaced here, before the first
-    application deploys; HAProxy reads it at each reload, the first of which that deploy causes.
-    """
+def shutdown_ray(serve_timeout_s: float = 30.0) -> None:
+    """Stop Serve gracefully (replicas finish and close, at most ``serve_timeout_s``; 0 skips it),
+    then disconnect from Ray, which stops a local cluster's processes."""
     import ray
 
-    from serving.errors import BackendUnavailableError
+    if serve_timeout_s > 0 and ray.is_initialized():
+        try:
+            from ray.serve.context import _disconnect, _get_global_client
 
-    page = ingress.haproxy_dir / ray.get_runtime_context().get_node_id() / "500.http"
-    t_end = time.monotonic() + timeout_s
-    while not page.is_file():
-        if time.monotonic() > t_end:
-            raise BackendUnavailableError(f"HAProxy ingress did not start: no {page}")
-        time.sleep(0.05)
-    err = BackendUnavailableError("no replica could take the request; try again shortly", retry_after_s=1)
-    body = json.dumps(err.to_body()).encode()
-    head = [f"HTTP/1.1 {err.http_status} Service Unavailable", "Content-Type: application/json",
-            f"Content-Length: {len(body)}", "Cache-Control: no-cache", "Connection: close",
-            *(f"{k}: {v}" for k, v in err.headers().items())]
-    atomic_write_text(page, "\r\n".join(head) + "\r\n\r\n" + body.decode())
-
-
-def shutdown_ray() -> None:
-    import ray
-
-    try:
-        from ray import serve
-
-        serve.shutdown()
-    except Exception as err:  # noqa: BLE001 - shutdown is best effort
-        log.debug("serve.shutdown: %s", err)
+            # serve.shutdown() waits up to 30 s with no way to say less; its client's shutdown takes a bound
+            client = _get_global_client(raise_if_no_controller_running=False)
+            if client is not None:
+                client.shutdown(timeout_s=serve_timeout_s)
+            _disconnect()
+        except Exception as err:  # noqa: BLE001 - shutdown is best effort
+            log.debug("serve shutdown: %s", err)
     if ray.is_initialized():
         ray.shutdown()
+    else:  # a start-up interrupted half-way: stop what it left
+        stopped = stop_orphaned_ray_processes()
+        if stopped:
+            log.info("ray: stopped what an interrupted start left: %s", ", ".join(stopped))
 
 
 def ingress_deployment(cls: type, api: FastAPI, *, name: str, **options: Any) -> Deployment:

@@ -171,6 +171,6 @@ def parse_rank_request(body: bytes) -> RankRequest:
     """
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: also an integer of 4,300+ digits
         raise InvalidArgumentError(f"request body is not valid JSON: {err}", field="body") from err
     return validate_rank_request(payload)

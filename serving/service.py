@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.auth import Access
 from serving.batching import DeadlineBatcher
 from serving.config import Settings
 from serving.errors import BackendUnavailableError, DeadlineExceededError, OverloadedError, RankserveError
@@ -33,6 +34,7 @@ from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
 from serving.schemas import RankRequest, RankResponse
 from serving.triton.caller import AsyncInferClient
+from serving.triton.client import TritonEndpoint
 
 __all__ = ["ReadinessClient", "RankService", "Result", "drain_flag"]
 
@@ -105,6 +107,7 @@ class RankService:
         self._drain_flag = drain_flag(settings)
         self.draining = False
         self._quiet: dict[str, tuple[float, int]] = {}  # error code -> (last logged, not logged since)
+        self.access = Access(settings.auth_mode, settings.keys_file)
 
     @property
     def pending(self) -> int:
@@ -118,14 +121,14 @@ class RankService:
         return self.draining
 
     @classmethod
-    def create(cls, settings: Settings, client: ReadinessClient, triton_url: str | None = None) -> RankService:
+    def create(cls, settings: Settings, client: ReadinessClient, triton: TritonEndpoint | None = None) -> RankService:
         """The service of one replica: pipeline, its followers of the repository (started; they also
-        load pushed versions into the Triton at ``triton_url``) and metrics."""
-        registry = ModelRegistry(settings.model_repository)
+        load pushed versions into ``triton``) and metrics."""
+        registry = ModelRegistry.of(settings)
         pipeline = create_pipeline(settings, client, registry)
         service = cls(settings, pipeline, client, registry)
         service.followers = ReplicaFollowers(settings, registry, pipeline.cell, make_caller(settings, client),
-                                             triton_url=triton_url, metrics=service.replica_metrics)
+                                             triton=triton, metrics=service.replica_metrics)
         service.followers.start()
         log.info(json.dumps({"event": "replica_ready", "cross_backend": pipeline.crossing.backend,
                              "faiss_gpu": pipeline.recall.index.on_gpu, "batching": settings.batching}))
@@ -138,9 +141,10 @@ class RankService:
         await self.client.close()
 
     # -- ranking ------------------------------------------------------------------------
-    async def rank(self, read: Callable[[], Awaitable[RankRequest]]) -> RankResponse:
-        """Shed or admit, read and validate the request, run it through the (batched) pipeline
-        within its deadline; count the outcome whichever protocol it came by.
+    async def rank(self, read: Callable[[], Awaitable[RankRequest]], authorization: str | None = None) -> RankResponse:
+        """Check the caller's key (``authorization``: ``Bearer <key>``), shed or admit, read and
+        validate the request, run it through the (batched) pipeline within its deadline; count the
+        outcome whichever protocol it came by.
 
         Raises:
             RankserveError: with its status; anything else is logged and becomes an internal error.
@@ -149,6 +153,7 @@ class RankService:
         rid: str | None = None
         scenario = NO_SCENARIO  # the metrics' label: a served scenario's name, never a client's string
         try:
+            self.access.check(authorization, "rank")
             if self._check_draining():
                 raise BackendUnavailableError("the server is stopping; try again shortly", retry_after_s=1)
             if self._pending >= self.settings.max_queued_requests >= 0:
@@ -293,7 +298,7 @@ class RankService:
     def metrics_text(self) -> bytes:
         """The whole service's metrics: this replica's, summed with the snapshots every other live
         replica publishes beside the model repository (``serving.repository.nodes``)."""
-        others = live_metrics(self.registry.repo, exclude=self.followers.node_key) if self.followers else []
+        others = live_metrics(self.registry.heartbeats, exclude=self.followers.node_key) if self.followers else []
         own = self.replica_metrics().decode()
         return merge_expositions([own, *others]).encode() if others else own.encode()
 

@@ -129,8 +129,26 @@ def new_log_path(log_dir: Path, command: str) -> Path:
 
 def example_curl(settings: Settings) -> str:
     body = json.dumps({"user_id": 42, "k": 5})
-    return (f"curl -s -X POST http://{settings.host}:{settings.port}/v1/rank "
-            f"-H 'content-type: application/json' -d '{body}'")
+    key = " -H \"Authorization: Bearer $RANKSERVE_API_KEY\"" if settings.auth_mode == "keys" else ""
+    return (f"curl -s{'k' if settings.tls_cert_file else ''} -X POST {settings.api_url}/v1/rank "
+            f"-H 'content-type: application/json'{key} -d '{body}'")
+
+
+def _auth(settings: Settings) -> str:
+    """The access rule in one line."""
+    if settings.auth_mode == "off":
+        where = "loopback only" if settings.auth is None else f"{settings.host}, RANKSERVE_AUTH=off"
+        return f"off: no API keys ({where}; RANKSERVE_AUTH=keys asks for them)"
+    from serving.auth import list_keys
+
+    try:
+        roles = [e.role for e in list_keys(settings.keys_file) if not e.name.startswith("serve-")]
+    except Exception:  # noqa: BLE001 - the screen reports; the replicas refuse a damaged file themselves
+        return f"API keys, but {settings.keys_file} is damaged"
+    if not roles:
+        return "API keys, none made yet: rankserve keys add NAME --role rank"
+    return (f"API keys ({roles.count('rank')} rank, {roles.count('admin')} admin): 'Authorization: Bearer <key>' "
+            "(rankserve keys add NAME --role rank)")
 
 
 def _live(models: dict[str, dict[str, Any]], name: str) -> tuple[int | None, str]:
@@ -214,7 +232,7 @@ def summary_lines(settings: Settings, build: dict[str, Any], served: dict[str, A
     data = (f"data seed {build.get('seed')}: {cfg.get('n_items', 0):,} items, {cfg.get('n_users', 0):,} users, "
             f"click rate {build.get('ctr', 0):.1%}{built}")
     quality = _quality(build, models, ranker, tower)
-    base = f"http://{settings.host}:{settings.port}"
+    base = settings.api_url
     rows = [
         ("models", " · ".join(x for x in (data, ranker_words, tower_words, quality) if x)),
         ("backends", _backends(settings, served, triton_url) if served else "(the service did not answer /v1/models)"),
@@ -223,6 +241,7 @@ def summary_lines(settings: Settings, build: dict[str, Any], served: dict[str, A
         ("gRPC", f"{settings.host}:{settings.grpc_port}  rankserve.v1.Ranker/Rank" if settings.grpc_port
          else "off (RANKSERVE_GRPC_PORT=9000 turns it on)"),
         ("metrics", f"{base}/metrics  (Prometheus: one scrape sums every replica)"),
+        ("auth", _auth(settings)),
         ("logs", f"{log_path}  (--verbose or RANKSERVE_VERBOSE=1 shows them here)" if log_path
          else "on this terminal (verbose)"),
     ]

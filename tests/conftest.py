@@ -58,12 +58,13 @@ def rankserve_url(settings, triton) -> Iterator[str]:  # noqa: ANN001
 
     from serving.app import build_app
     from serving.ray_runtime import Ingress, init_ray, shutdown_ray, start_serve
+    from serving.triton.client import TritonEndpoint
 
     ingress = Ingress.from_settings(settings)
-    init_ray("local", ingress=ingress)
+    init_ray("local", ingress=ingress, token_file=settings.ray_token_file)
     try:
         start_serve(ingress)
-        serve.run(build_app(settings, triton.grpc_url), name="rankserve", route_prefix="/")
+        serve.run(build_app(settings, TritonEndpoint(triton.grpc_url, triton.key)), name="rankserve", route_prefix="/")
         url = f"http://127.0.0.1:{settings.port}"
         wait_for(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, "rankserve answers /readyz",
                  poll_s=0.5, ignoring=(httpx.HTTPError,))

@@ -19,6 +19,7 @@ from typing import Any
 
 from serving.errors import BuildCacheError, InsufficientResourcesError
 from serving.files import version_dirs
+from serving.triton.digests import DIGESTS_FILE
 
 __all__ = ["BUILD_FORMAT", "DATA_FILES", "MODELS", "Need", "available_memory_bytes",
            "check_resources", "plan", "read_summary", "scenarios_missing", "verify_cache"]
@@ -87,7 +88,10 @@ def verify_cache(data_dir: Path, repo: Path) -> None:
 
 
 def _models_built(repo: Path) -> bool:
-    return all((Path(repo) / m / "config.pbtxt").is_file() and version_dirs(Path(repo) / m) for m in MODELS)
+    """Both models are in the repository, each version with the digests of its files (a build from
+    before digests were recorded is built again: its versions would never load)."""
+    return all((Path(repo) / m / "config.pbtxt").is_file() and version_dirs(Path(repo) / m)
+               and all((v / DIGESTS_FILE).is_file() for v in version_dirs(Path(repo) / m).values()) for m in MODELS)
 
 
 def scenarios_missing(summary: dict[str, Any], repo: Path) -> bool:

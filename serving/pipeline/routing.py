@@ -33,6 +33,8 @@ class Traffic:
     shadow_version: int | None = None
     shadow_percent: float = 0.0
     history: tuple[int, ...] = ()  # earlier live versions, oldest first (rollback targets)
+    # versions loaded before traffic moves to them (a rollback to a version Triton had unloaded)
+    preparing: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"live": self.live, "history": list(self.history)}
@@ -40,6 +42,8 @@ class Traffic:
             out["canary"] = {"version": self.canary_version, "percent": self.canary_percent}
         if self.shadow_version is not None:
             out["shadow"] = {"version": self.shadow_version, "percent": self.shadow_percent}
+        if self.preparing:
+            out["preparing"] = list(self.preparing)
         return out
 
     @classmethod
@@ -53,11 +57,17 @@ class Traffic:
             shadow_version=int(sh["version"]) if sh else None,
             shadow_percent=float(sh.get("percent", 0.0)),
             history=tuple(int(v) for v in d.get("history", ())),
+            preparing=tuple(int(v) for v in d.get("preparing", ())),
         )
 
     def versions(self) -> tuple[int, ...]:
         """Every version this split sends requests to (live, canary, shadow)."""
         return tuple(v for v in (self.live, self.canary_version, self.shadow_version) if v is not None)
+
+    def loaded_versions(self) -> tuple[int, ...]:
+        """Every version Triton must hold for this split: those it sends requests to, and those
+        being prepared."""
+        return tuple(dict.fromkeys((*self.versions(), *self.preparing)))
 
 
 def route(traffic: Traffic, user_id: int) -> int:

@@ -27,14 +27,20 @@ from typing import Any
 import numpy as np
 
 from serving.errors import ValidationError
-from serving.files import atomic_write_text
+from serving.files import atomic_write_text, report_damage
 from serving.pipeline.catalogue import Catalogue, Room, grown
 from serving.pipeline.features import ITEM_CAT_FIELDS, ITEM_NUM_FIELDS, FeatureTables
 
-__all__ = ["ITEM_FIELDS", "Change", "ChangeLog", "apply_change", "read_item_rows"]
+__all__ = ["COMPACT_KEEP", "ITEM_FIELDS", "Change", "ChangeLog", "CompactedError", "apply_change", "fold_changes",
+           "read_item_rows"]
 
 ITEM_FIELDS = (*ITEM_CAT_FIELDS, *ITEM_NUM_FIELDS, "dense")
 _DIR = "catalogue"
+COMPACT_KEEP = 100  # changes left as they are when the log is compacted (it is, past twice as many)
+
+
+class CompactedError(ValueError):
+    """A compacted change covers the version a reader has: it must start from the built catalogue."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +55,29 @@ class Change:
     add: tuple[dict[str, Any], ...] = ()
     update: tuple[dict[str, Any], ...] = ()
     at: float = field(default_factory=time.time)
+    since: int = -1  # a compacted change stands for every change after ``since`` up to ``version`` (-1: version - 1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "first_id": self.first_id, "at": self.at, "block": list(self.block),
-                "unblock": list(self.unblock), "add": list(self.add), "update": list(self.update)}
+        out = {"version": self.version, "first_id": self.first_id, "at": self.at, "block": list(self.block),
+               "unblock": list(self.unblock), "add": list(self.add), "update": list(self.update)}
+        if self.since != self.version - 1:  # a compacted change: the changes it stands for
+            out["since"] = self.since
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Change:
         return cls(int(d["version"]), int(d["first_id"]), tuple(d.get("block", ())), tuple(d.get("unblock", ())),
-                   tuple(d.get("add", ())), tuple(d.get("update", ())), float(d.get("at", 0.0)))
+                   tuple(d.get("add", ())), tuple(d.get("update", ())), float(d.get("at", 0.0)),
+                   int(d.get("since", d["version"] - 1)))
+
+    def __post_init__(self) -> None:
+        if self.since < 0:
+            object.__setattr__(self, "since", self.version - 1)
+
+    @property
+    def first_version(self) -> int:
+        """The first change this one stands for (itself, unless it was compacted)."""
+        return self.since + 1
 
     @property
     def added_ids(self) -> tuple[int, ...]:
@@ -90,16 +110,37 @@ class ChangeLog:
         return Change.from_json(json.loads((self.dir / f"{version:06d}.json").read_text()))
 
     def since(self, version: int) -> list[Change]:
-        """The changes after ``version``, oldest first."""
-        return [self.read(v) for v in self.versions() if v > version]
+        """The changes after ``version``, oldest first.
+
+        Raises:
+            CompactedError: a compacted change covers ``version`` (it stands for changes before
+                and after it): start again from the built catalogue.
+        """
+        out = []
+        for v in self.versions():
+            if v <= version:
+                continue
+            try:
+                out.append(self.read(v))
+            except (OSError, ValueError, KeyError, TypeError) as err:  # damaged: stop before it, keep what came
+                report_damage(f"catalogue change {v} cannot be read ({err or 'empty'}); changes from {v} on wait "
+                              "until it is fixed")
+                break
+        if out and out[0].first_version <= version:
+            raise CompactedError(f"changes {out[0].first_version}..{out[0].version} were compacted; version "
+                                 f"{version} lies inside them")
+        return out
 
     def current(self, base: FeatureTables) -> Catalogue:
         """The catalogue ``base`` (the built tables) after every change so far."""
         return self.follow(Catalogue.initial(base))
 
     def embedded_since(self, version: int, upto: int) -> np.ndarray:
-        """Items whose embedding changed after ``version``, up to change ``upto`` (sorted ids)."""
-        ids = {i for c in self.since(version) if c.version <= upto for i in c.embedded}
+        """Items whose embedding changed after ``version``, up to change ``upto`` (sorted ids; a
+        compacted change that covers ``version`` gives all it stands for: embedding an item again
+        costs time, not correctness)."""
+        changes = [self.read(v) for v in self.versions() if v > version]
+        ids = {i for c in changes if c.version <= upto for i in c.embedded}
         return np.asarray(sorted(ids), dtype=np.int64)
 
     def follow(self, cat: Catalogue) -> Catalogue:
@@ -107,6 +148,24 @@ class ChangeLog:
         for change in self.since(cat.version):
             cat = apply_change(cat, change)
         return cat
+
+    def compact(self, *, keep: int = COMPACT_KEEP) -> Change | None:
+        """Fold every change but the latest ``keep`` into one (the log stays short however long a
+        catalogue lives); returns the folded change, None when there was nothing to fold. Applying
+        the folded change to the built catalogue gives what applying each one did. A replica whose
+        catalogue lies inside the folded range starts again from the built catalogue
+        (:class:`CompactedError`); ``keep`` makes that rare (replicas lag by a poll)."""
+        with self._lock():
+            versions = self.versions()
+            if len(versions) <= keep + 1:
+                return None
+            folded_versions = versions[: len(versions) - keep]
+            changes = [self.read(v) for v in folded_versions]
+            folded = fold_changes(changes)
+            atomic_write_text(self.dir / f"{folded.version:06d}.json", json.dumps(folded.to_json()))
+            for v in folded_versions[:-1]:
+                (self.dir / f"{v:06d}.json").unlink(missing_ok=True)
+            return folded
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -132,7 +191,9 @@ class ChangeLog:
             if not (change.block or change.unblock or change.add or change.update):
                 raise ValidationError("the change is empty", field="items")
             atomic_write_text(self.dir / f"{change.version:06d}.json", json.dumps(change.to_json()))
-            return change
+        if len(self.versions()) > 2 * COMPACT_KEEP:
+            self.compact()
+        return change
 
 
 def read_item_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -230,6 +291,31 @@ def _finite(v: Any, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
         raise ValidationError(f"{what} must be a finite number, got {v!r}", field="items")
     return float(v)
+
+
+def fold_changes(changes: Sequence[Change]) -> Change:
+    """One change that does what ``changes`` (consecutive, oldest first) do, in order: the items
+    they add (with the updates made to them since folded in), the updates of older items (later
+    values winning), and each touched item's last block or unblock."""
+    first = changes[0]
+    add = [dict(r) for c in changes for r in c.add]
+    updates: dict[int, dict[str, Any]] = {}
+    state: dict[int, bool] = {}
+    for c in changes:
+        for i in c.block:
+            state[int(i)] = True
+        for i in c.unblock:
+            state[int(i)] = False
+        for row in c.update:
+            i = int(row["item_id"])
+            fields = {k: v for k, v in row.items() if k != "item_id"}
+            if i >= first.first_id:  # an item added by one of these changes: its row holds the update
+                add[i - first.first_id].update(fields)
+            else:
+                updates.setdefault(i, {"item_id": i}).update(fields)
+    return Change(changes[-1].version, first.first_id, tuple(sorted(i for i, b in state.items() if b)),
+                  tuple(sorted(i for i, b in state.items() if not b)), tuple(add), tuple(updates.values()),
+                  changes[-1].at, since=first.since)
 
 
 def apply_change(cat: Catalogue, change: Change) -> Catalogue:

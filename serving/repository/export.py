@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.files import version_dirs
+from serving.files import fsync_dir, version_dirs
 from serving.triton.config import RUNNER, TensorSpec, model_config, read_config, signature, write_config
+from serving.triton.digests import record_digests
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +93,9 @@ def export_version(
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str))
         for fname, src in (extra_files or {}).items():
             shutil.copy(src, tmp / fname)
+        record_digests(tmp)  # what Triton may load from this version, checked before every load
         tmp.rename(model_dir / str(version))
+        fsync_dir(model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -37,6 +37,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -48,18 +49,20 @@ from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.recall import Recall
 from serving.pipeline.routing import read_split
 from serving.pipeline.state import LiveCell, LiveState
-from serving.repository.catalogue import ChangeLog, apply_change
-from serving.repository.nodes import remove_heartbeat, write_heartbeat
+from serving.repository.catalogue import ChangeLog, CompactedError, apply_change
+from serving.repository.loading import load_checked, wanted_versions
+from serving.repository.nodes import prune_heartbeats, remove_heartbeat, write_heartbeat
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
 from serving.triton.caller import ModelCaller
-from serving.triton.client import TritonClient
+from serving.triton.client import TritonClient, TritonEndpoint
 
 __all__ = ["CatalogueFollower", "Follower", "FollowerRunner", "HeartbeatFollower", "LoadingClient",
            "ReplicaFollowers", "ScenarioFollower", "TrafficFollower", "TritonFollower", "UserTowerFollower",
            "poll_logged", "warm_item_tower"]
 
 log = logging.getLogger("rankserve")
+_PRUNE_EVERY_S = 60.0  # how often a replica removes the heartbeats of replicas long gone
 
 
 class Follower(Protocol):
@@ -78,8 +81,9 @@ class Follower(Protocol):
 class LoadingClient(Protocol):
     """What following the repository needs of Triton (``serving.triton.client.TritonClient``)."""
 
-    def load_model(self, name: str) -> None: ...
+    def load_model(self, name: str, config: str | None = None) -> None: ...
     def model_ready(self, name: str, version: str = "") -> bool: ...
+    def ready_versions(self, name: str) -> tuple[int, ...]: ...
 
 
 def poll_logged(follower: Follower, last: str = "") -> str:
@@ -235,15 +239,20 @@ class CatalogueFollower:
     cell: LiveCell
     changes: ChangeLog
     warm: threading.Event
+    base: Catalogue  # the built catalogue: where a replica starts again when the log was compacted past it
     name = "catalogue"
 
     def catch_up(self) -> int:
         """Apply the changes not applied yet (at start, before the first request); returns how many."""
         before = self.cell.current.catalogue
-        changes = self.changes.since(before.version)
+        try:
+            changes = self.changes.since(before.version)
+            cat = before
+        except CompactedError as err:  # folded past this replica's version: from the built catalogue
+            log.warning(json.dumps({"event": "catalogue_compacted", "reason": str(err)}))
+            changes, cat = self.changes.since(self.base.version), self.base
         if not changes:
             return 0
-        cat = before
         for change in changes:
             cat = apply_change(cat, change)
         cat = cat.warm(previous=before)
@@ -304,14 +313,18 @@ class ScenarioFollower:
 
 @dataclass
 class TritonFollower:
-    """Loads the versions new on disk into this node's Triton (at ``url``); :attr:`ready` is what
-    is ready there, as last seen (replaced whole)."""
+    """Keeps this node's Triton (at ``url``) holding the versions the retention rule wants
+    (``serving.repository.loading``): the traffic split's, those being prepared for it, and the
+    ``keep_others`` newest others, each checked against its digests before Triton sees it.
+    :attr:`ready` is what is ready there, as last seen (replaced whole)."""
 
     registry: ModelRegistry
     client: LoadingClient
     url: str
+    keep_others: int = 2
     ready: Mapping[str, list[int]] = field(default_factory=dict, init=False)
-    _on_disk: dict[str, list[int]] = field(default_factory=dict, init=False)  # versions last asked, per model
+    _asked: dict[str, tuple[int, ...]] = field(default_factory=dict, init=False)  # versions last wanted, per model
+    _holding: dict[str, tuple[int, ...]] = field(default_factory=dict, init=False)  # versions Triton was given
     _failed: dict[str, str] = field(default_factory=dict, init=False)  # the last failure per model, logged once
     name = "triton"
 
@@ -322,19 +335,26 @@ class TritonFollower:
         return changed
 
     def load(self) -> dict[str, list[int]]:
-        """Load versions new on disk into this node's Triton; returns the versions ready there."""
+        """Load what the retention rule wants when that changed; returns the versions ready there.
+        A version that fails its check is refused (logged); one the traffic split needs leaves
+        Triton as it is."""
         ready: dict[str, list[int]] = {}
         for model in self.registry.models():
-            versions = self.registry.versions(model)
+            wanted, _ = wanted_versions(self.registry, model, self.keep_others)
             try:
-                if versions != self._on_disk.get(model):
-                    self.client.load_model(model)  # explicit mode: loads the versions on disk, keeps serving the rest
-                    self._on_disk[model] = versions
-                    log.info(json.dumps({"event": "versions_loaded", "model": model, "versions": versions}))
-                ready[model] = [v for v in versions if self.client.model_ready(model, str(v))]
+                if wanted != self._asked.get(model):
+                    if model not in self._holding:  # what Triton holds already (loaded at its start)
+                        self._holding[model] = self.client.ready_versions(model)
+                    plan = load_checked(self.client, self.registry, model, self.keep_others, self._holding.get(model))
+                    self._asked[model] = wanted
+                    if plan.load != self._holding.get(model):
+                        self._holding[model] = plan.load
+                        log.info(json.dumps({"event": "versions_loaded", "model": model, "versions": list(plan.load)}))
+                ready[model] = [v for v in self.registry.versions(model) if self.client.model_ready(model, str(v))]
                 self._failed.pop(model, None)
-            except RankserveError as err:  # Triton down or the load refused: report nothing ready, retry
-                self._on_disk.pop(model, None)
+            except RankserveError as err:  # Triton down, the load or the check refused: retry, keep serving
+                self._asked.pop(model, None)
+                self._holding.pop(model, None)
                 if self._failed.get(model) != err.message:
                     log.warning("loading %s into %s: %s", model, self.url, err.message)
                 self._failed[model] = err.message
@@ -344,7 +364,8 @@ class TritonFollower:
 @dataclass
 class HeartbeatFollower:
     """Writes this node's heartbeat: its Triton, the versions ready there, the catalogue change it
-    serves and the replica's metrics snapshot (``metrics``)."""
+    serves and the replica's metrics snapshot (``metrics``); now and then removes the heartbeats of
+    replicas long gone (``serving.repository.nodes.prune_heartbeats``)."""
 
     registry: ModelRegistry
     node_key: str
@@ -352,11 +373,18 @@ class HeartbeatFollower:
     cell: LiveCell
     metrics: Callable[[], bytes] | None = None
     name = "heartbeat"
+    _pruned_at: float = field(default=0.0, init=False)
 
     def poll(self) -> bool:
         ready: Mapping[str, Sequence[int]] = self.triton.ready
-        write_heartbeat(self.registry.repo, self.node_key, self.triton.url, ready,
+        write_heartbeat(self.registry.heartbeats, self.node_key, self.triton.url, ready,
                         self.metrics() if self.metrics else None, self.cell.current.catalogue.version)
+        now = time.monotonic()
+        if now - self._pruned_at >= _PRUNE_EVERY_S:
+            self._pruned_at = now
+            gone = prune_heartbeats(self.registry.heartbeats)
+            if gone:
+                log.info(json.dumps({"event": "heartbeats_pruned", "nodes": gone}))
         return True
 
 
@@ -368,29 +396,29 @@ class ReplicaFollowers:
         registry: the repository.
         cell: the pipeline's live state.
         caller: the Triton caller a new recall stage uses.
-        triton_url: this node's Triton, into which new versions are loaded (None: nothing loaded,
-            no heartbeat).
+        triton: this node's Triton and its key, into which new versions are loaded (None: nothing
+            loaded, no heartbeat).
         metrics: the replica's metrics exposition, published with each heartbeat.
     """
 
     def __init__(self, settings: Settings, registry: ModelRegistry, cell: LiveCell, caller: ModelCaller, *,
-                 triton_url: str | None = None, metrics: Callable[[], bytes] | None = None) -> None:
+                 triton: TritonEndpoint | None = None, metrics: Callable[[], bytes] | None = None) -> None:
         self.registry = registry
         self.node_key = f"{socket.gethostname()}-{os.getpid()}"
         changes = ChangeLog(registry.repo)
         warm = threading.Event()
-        self.catalogue = CatalogueFollower(cell, changes, warm)
+        self.catalogue = CatalogueFollower(cell, changes, warm, cell.current.catalogue)
         self.scenarios = ScenarioFollower(settings, registry, cell, ScenarioStore(registry.repo))
         self.runner = FollowerRunner()
         for f in (TrafficFollower(registry, cell, settings.user_tower_model),
                   UserTowerFollower(settings, registry, cell, caller, changes, warm), self.catalogue, self.scenarios):
             self.runner.add(f, settings.follow_interval_s)
         self._client: TritonClient | None = None
-        if triton_url is not None:
-            self._client = TritonClient(triton_url)
-            triton = TritonFollower(registry, self._client, triton_url)
-            self.runner.add(triton, settings.heartbeat_interval_s)
-            self.runner.add(HeartbeatFollower(registry, self.node_key, triton, cell, metrics),
+        if triton is not None:
+            self._client = triton.client()
+            loads = TritonFollower(registry, self._client, triton.url, settings.triton_keep_versions)
+            self.runner.add(loads, settings.heartbeat_interval_s)
+            self.runner.add(HeartbeatFollower(registry, self.node_key, loads, cell, metrics),
                             settings.heartbeat_interval_s)
 
     @property
@@ -409,4 +437,4 @@ class ReplicaFollowers:
         self.runner.stop(timeout_s)
         if self._client is not None:
             self._client.close()
-        remove_heartbeat(self.registry.repo, self.node_key)
+        remove_heartbeat(self.registry.heartbeats, self.node_key)

@@ -1,13 +1,15 @@
 """Which serving nodes follow the repository, and which versions their Tritons have loaded.
 
-Owns: the heartbeat files ``<repo>/.nodes/<key>.json`` (one per replica: its Triton and the
+Owns: the heartbeat files ``<nodes dir>/<key>.json`` (one per replica: its Triton and the
 versions ready there, rewritten every second by its heartbeat follower) and waiting on them, and beside
 each the replica's metrics snapshot ``<key>.prom`` (its Prometheus exposition), which any
 replica merges to answer ``/metrics`` for the whole service. A push writes a
 version, then waits until every live node reports it loaded before it moves traffic, so a canary
 or a new live version never reaches a node whose Triton lacks it. The files live beside the
-versions, so wherever the repository is shared (a path here, a ReadWriteMany volume on a
-cluster) the nodes are seen. Must not touch: versions, traffic, Triton.
+versions by default (``Settings.nodes_dir``: ``<repo>/.nodes``, or ``<state_dir>/nodes``, a
+writable volume apart from read-only versions), so wherever it is shared (a path here, a
+ReadWriteMany volume on a cluster) the nodes are seen. Heartbeats of replicas gone for
+``PRUNE_S`` are removed by the next heartbeat written. Must not touch: versions, traffic, Triton.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from pathlib import Path
 from serving.errors import PushRefusedError
 from serving.files import atomic_write_text
 
-__all__ = ["FRESH_S", "NodeState", "live_metrics", "live_nodes", "remove_heartbeat", "wait_loaded",
+__all__ = ["FRESH_S", "PRUNE_S", "NodeState", "live_metrics", "live_nodes", "prune_heartbeats", "remove_heartbeat", "wait_loaded",
            "write_heartbeat"]
 
 FRESH_S = 10.0  # a node whose heartbeat is older than this is gone (its replica stopped or died)
-_DIR = ".nodes"
+PRUNE_S = 600.0  # a heartbeat this old is removed: its replica is long gone
 
 
 @dataclass(frozen=True)
@@ -42,29 +44,45 @@ class NodeState:
         return version in self.loaded.get(model, [])
 
 
-def write_heartbeat(repo: Path, key: str, triton: str, loaded: Mapping[str, Sequence[int]],
+def write_heartbeat(nodes_dir: Path, key: str, triton: str, loaded: Mapping[str, Sequence[int]],
                     metrics: bytes | None = None, catalogue_version: int = 0) -> None:
     """Record that node ``key`` (its Triton at ``triton``) has ``loaded`` ready and serves catalogue
     change ``catalogue_version``, now, and its metrics snapshot when given."""
-    d = Path(repo) / _DIR
-    d.mkdir(exist_ok=True)
+    d = Path(nodes_dir)
+    d.mkdir(parents=True, exist_ok=True)
     if metrics is not None:
-        atomic_write_text(d / f"{key}.prom", metrics.decode())
-    atomic_write_text(d / f"{key}.json", json.dumps({"triton": triton, "at": time.time(),
+        atomic_write_text(d / f"{key}.prom", metrics.decode(), durable=False)
+    atomic_write_text(d / f"{key}.json", durable=False, text=json.dumps({"triton": triton, "at": time.time(),
                                                       "loaded": {m: sorted(v) for m, v in loaded.items()},
                                                       "catalogue_version": catalogue_version}))
 
 
-def remove_heartbeat(repo: Path, key: str) -> None:
+def remove_heartbeat(nodes_dir: Path, key: str) -> None:
     for suffix in (".json", ".prom"):
-        (Path(repo) / _DIR / f"{key}{suffix}").unlink(missing_ok=True)
+        (Path(nodes_dir) / f"{key}{suffix}").unlink(missing_ok=True)
 
 
-def live_metrics(repo: Path, *, exclude: str | None = None, fresh_s: float = FRESH_S) -> list[str]:
+def prune_heartbeats(nodes_dir: Path, *, older_than_s: float = PRUNE_S) -> list[str]:
+    """Remove the heartbeats (and metrics snapshots) of replicas silent for ``older_than_s``;
+    returns their keys."""
+    d = Path(nodes_dir)
+    cutoff = time.time() - older_than_s
+    gone = []
+    for path in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            if path.stat().st_mtime < cutoff:
+                remove_heartbeat(d, path.stem)
+                gone.append(path.stem)
+        except FileNotFoundError:
+            continue
+    return gone
+
+
+def live_metrics(nodes_dir: Path, *, exclude: str | None = None, fresh_s: float = FRESH_S) -> list[str]:
     """The metrics snapshots of the live nodes (but ``exclude``'s)."""
     out = []
-    for node in live_nodes(repo, fresh_s=fresh_s):
-        path = Path(repo) / _DIR / f"{node.key}.prom"
+    for node in live_nodes(nodes_dir, fresh_s=fresh_s):
+        path = Path(nodes_dir) / f"{node.key}.prom"
         if node.key != exclude and path.is_file():
             try:
                 out.append(path.read_text())
@@ -73,9 +91,9 @@ def live_metrics(repo: Path, *, exclude: str | None = None, fresh_s: float = FRE
     return out
 
 
-def live_nodes(repo: Path, *, fresh_s: float = FRESH_S) -> list[NodeState]:
+def live_nodes(nodes_dir: Path, *, fresh_s: float = FRESH_S) -> list[NodeState]:
     """Nodes whose heartbeat is younger than ``fresh_s``."""
-    d = Path(repo) / _DIR
+    d = Path(nodes_dir)
     now = time.time()
     out = []
     for path in sorted(d.glob("*.json")) if d.is_dir() else []:
@@ -90,7 +108,7 @@ def live_nodes(repo: Path, *, fresh_s: float = FRESH_S) -> list[NodeState]:
     return out
 
 
-def wait_loaded(repo: Path, model: str, version: int, *, timeout_s: float = 60.0, poll_s: float = 0.2) -> list[str]:
+def wait_loaded(nodes_dir: Path, model: str, version: int, *, timeout_s: float = 60.0, poll_s: float = 0.2) -> list[str]:
     """Wait until every live node reports ``model`` ``version`` ready; returns their keys.
 
     Raises:
@@ -98,7 +116,7 @@ def wait_loaded(repo: Path, model: str, version: int, *, timeout_s: float = 60.0
     """
     t_end = time.monotonic() + timeout_s
     while True:
-        nodes = live_nodes(repo)
+        nodes = live_nodes(nodes_dir)
         lagging = [n.key for n in nodes if not n.has(model, version)]
         if not lagging:
             return [n.key for n in nodes]

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ from serving.pipeline.features import FeatureTables
 from serving.pipeline.routing import Traffic
 from serving.repository.catalogue import ChangeLog
 from serving.repository.export import export_version
+from serving.repository.loading import load_checked
 from serving.repository.nodes import wait_loaded
 from serving.repository.registry import ModelRegistry
 from serving.repository.validate import Artifact, load_artifact, validate_artifact
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 class ModelLoader(Protocol):
     """What a push needs of Triton (``serving.triton.client.TritonClient``)."""
 
-    def load_model(self, name: str) -> None: ...
+    def load_model(self, name: str, config: str | None = None) -> None: ...
     def model_ready(self, name: str, version: str = "") -> bool: ...
 
 
@@ -91,6 +92,7 @@ def push(
     shadow_percent: float | None = None,
     version: int | None = None,
     nodes_timeout_s: float = 60.0,
+    keep_others: int = 2,
 ) -> PushResult:
     """Validate ``artifact``, write it as a new version, load it in ``triton`` and wait until every
     live serving node has it ready (``serving.repository.nodes``), then move traffic.
@@ -120,13 +122,13 @@ def push(
         checks = validate_artifact(art, cat.tables)
         checks["validate_s"] = round(time.perf_counter() - t0, 3)
         new = _write_version(registry, model, art, cat, checks, version)
-        _load_or_retire(triton, path, model, new)
+        _load_or_retire(triton, registry, model, new, keep_others)
         try:
-            checks["nodes"] = wait_loaded(registry.repo, model, new, timeout_s=nodes_timeout_s)
+            checks["nodes"] = wait_loaded(registry.heartbeats, model, new, timeout_s=nodes_timeout_s)
         except PushRefusedError:
             _retire(path / str(new))
             with contextlib.suppress(Exception):
-                triton.load_model(model)
+                load_checked(triton, registry, model, keep_others)
             raise
         traffic = _next_traffic(old, new, canary_percent, shadow_percent)
         registry.set_traffic(model, traffic)
@@ -155,17 +157,20 @@ def _write_version(registry: ModelRegistry, model: str, art: Artifact, cat: Cata
                               max_batch_size=art.max_batch_size, version=version, extra_files=extra)
 
 
-def _load_or_retire(triton: ModelLoader, path: Path, model: str, new: int) -> None:
-    """Load the model's versions in Triton; if the new one does not come up, delete it and reload
-    the versions that were there."""
+def _load_or_retire(triton: ModelLoader, registry: ModelRegistry, model: str, new: int, keep_others: int) -> None:
+    """Load the model's versions the retention rule keeps (the new one, the newest, among them) in
+    Triton, each checked; if the new one does not come up, delete it and load again what was there."""
+    path = registry.repo / model
     try:
-        triton.load_model(model)
+        plan = load_checked(triton, registry, model, keep_others)
+        if new not in plan.load:
+            raise PushRefusedError(f"{model} version {new} was refused before loading: {plan.describe()}")
         if not triton.model_ready(model, str(new)):
             raise PushRefusedError(f"Triton loaded {model} but version {new} is not ready")
     except Exception as err:
         _retire(path / str(new))
         with contextlib.suppress(Exception):
-            triton.load_model(model)
+            load_checked(triton, registry, model, keep_others)
         if isinstance(err, PushRefusedError):
             raise
         raise PushRefusedError(f"Triton refused {model} version {new}: {err}") from err
@@ -202,8 +207,17 @@ def promote(registry: ModelRegistry, model: str) -> Traffic:
         return traffic
 
 
-def rollback(registry: ModelRegistry, model: str, version: int | None = None) -> Traffic:
-    """Send all traffic to ``version`` (default: the previous live version); drops canary/shadow."""
+def rollback(registry: ModelRegistry, model: str, version: int | None = None, triton: ModelLoader | None = None,
+             *, keep_others: int = 2, nodes_timeout_s: float = 60.0) -> Traffic:
+    """Send all traffic to ``version`` (default: the previous live version); drops canary/shadow.
+
+    A version Triton had unloaded (retention) is first announced as being prepared, loaded into
+    ``triton`` and awaited on every live node; only then does traffic move, so no request is sent
+    to a version that is not ready.
+
+    Raises:
+        PushRefusedError: no such version, or it did not load in time (traffic unchanged).
+    """
     with _model_lock(model_dir(registry, model)):
         t = registry.traffic(model)
         versions = registry.versions(model)
@@ -224,6 +238,24 @@ def rollback(registry: ModelRegistry, model: str, version: int | None = None) ->
         history = tuple(v for v in t.history if v != target)
         if target != t.live:
             history = (*history, t.live)
+            _prepare(registry, model, t, target, triton, keep_others, nodes_timeout_s)
         traffic = Traffic(live=target, history=history)
         registry.set_traffic(model, traffic)
         return traffic
+
+
+def _prepare(registry: ModelRegistry, model: str, current: Traffic, target: int, triton: ModelLoader | None,
+             keep_others: int, nodes_timeout_s: float) -> None:
+    """Have ``target`` loaded everywhere before traffic moves to it: announce it as being prepared
+    (every node's follower loads it), load it into ``triton``, wait for the nodes."""
+    registry.set_traffic(model, replace(current, preparing=(target,)))
+    try:
+        if triton is not None:
+            plan = load_checked(triton, registry, model, keep_others)
+            if target not in plan.load:
+                raise PushRefusedError(f"{model} version {target} cannot be loaded: {plan.describe()}",
+                                       field="version")
+        wait_loaded(registry.heartbeats, model, target, timeout_s=nodes_timeout_s)
+    except BaseException:
+        registry.set_traffic(model, current)  # nothing moved
+        raise

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from kernels import CrossSpec
+from serving.config import Settings
 from serving.errors import ModelNotFoundError
-from serving.files import atomic_write_text, version_dirs
+from serving.files import read_state, version_dirs, write_state
 from serving.pipeline.routing import Traffic
 
 __all__ = ["ModelRegistry", "Traffic"]
@@ -33,7 +34,18 @@ class ModelRegistry:
     """Reads versions, metadata and traffic of the models in a Triton model repository."""
 
     repo: Path
+    nodes_dir: Path | None = None  # the replicas' heartbeats (None: <repo>/.nodes)
     _meta_cache: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, settings: Settings) -> ModelRegistry:
+        """The repository of ``settings``, with its replicas' heartbeats where the settings keep them."""
+        return cls(settings.model_repository, settings.nodes_dir)
+
+    @property
+    def heartbeats(self) -> Path:
+        """Where the replicas following this repository write their heartbeats."""
+        return self.nodes_dir or self.repo / ".nodes"
 
     def models(self) -> list[str]:
         if not self.repo.is_dir():
@@ -69,13 +81,12 @@ class ModelRegistry:
         versions = self.versions(model)
         if not versions:
             raise ModelNotFoundError(f"unknown model {model!r}; served: {self.models()}", field="model")
-        path = self.traffic_path(model)
-        if path.is_file():
-            t = Traffic.from_json(json.loads(path.read_text()))
-            if t.live in versions:
-                return t
+        t = read_state(self.traffic_path(model), lambda text: Traffic.from_json(json.loads(text)))
+        if t is not None and t.live in versions:
+            return t
         return Traffic(live=versions[-1])
 
     def set_traffic(self, model: str, traffic: Traffic) -> None:
-        """Atomically replace the traffic split of ``model``."""
-        atomic_write_text(self.traffic_path(model), json.dumps(traffic.to_json()))
+        """Durably and atomically replace the traffic split of ``model`` (``serving.files.write_state``)."""
+        write_state(self.traffic_path(model), json.dumps(traffic.to_json()))
+

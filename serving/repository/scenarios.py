@@ -28,7 +28,7 @@ import yaml
 
 from serving.config import Settings
 from serving.errors import RankserveError, ScenarioRefusedError
-from serving.files import atomic_write_text
+from serving.files import atomic_write_text, read_state, write_state
 from serving.pipeline.orchestration import RankPipeline
 from serving.pipeline.scenario import NAME_PATTERN, Scenario, ScenarioSpec
 from serving.repository.registry import ModelRegistry
@@ -110,9 +110,7 @@ class ScenarioStore:
         return st.st_ino, st.st_mtime_ns
 
     def _pointers(self) -> dict[str, _Pointer]:
-        if not self.live_path.is_file():
-            return {}
-        raw = json.loads(self.live_path.read_text())
+        raw = read_state(self.live_path, json.loads) or {}
         return {n: _Pointer(int(p["live"]), tuple(int(v) for v in p.get("history", ())))
                 for n, p in raw.get("scenarios", {}).items()}
 
@@ -174,12 +172,10 @@ class ScenarioStore:
             yield self._pointers()
 
     def _write_pointers(self, pointers: dict[str, _Pointer]) -> None:
-        revision = 0
-        if self.live_path.is_file():
-            revision = int(json.loads(self.live_path.read_text()).get("revision", 0))
+        revision = int((read_state(self.live_path, json.loads) or {}).get("revision", 0))
         body = {"revision": revision + 1,
                 "scenarios": {n: {"live": p.live, "history": list(p.history)} for n, p in sorted(pointers.items())}}
-        atomic_write_text(self.live_path, json.dumps(body, indent=1) + "\n")
+        write_state(self.live_path, json.dumps(body, indent=1) + "\n")
 
     def check(self, text: str, settings: Settings, registry: ModelRegistry, groups: Mapping[str, int]) -> Scenario:
         """Validate a scenario file's text as :meth:`apply` would; nothing is written.
@@ -248,3 +244,4 @@ def use_live_scenarios(pipeline: RankPipeline, registry: ModelRegistry) -> dict[
     served, refused = ScenarioStore(registry.repo).live(pipeline.settings, registry, pipeline.catalogue.group_counts())
     pipeline.set_scenarios(served)
     return refused
+

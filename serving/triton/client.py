@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from serving.errors import BackendUnavailableError, TritonError
 from serving.net import is_loopback
 from serving.triton.shm import ShmPool, ShmRegion
 
-__all__ = ["AsyncTritonClient", "TritonClient"]
+__all__ = ["KEY_HEADER", "AsyncTritonClient", "TritonClient", "TritonEndpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,35 @@ def _inputs(mod: Any, inputs: Mapping[str, np.ndarray]) -> list[Any]:
     return out
 
 
-class TritonClient:
-    """Synchronous gRPC client for one Triton server (one channel, reused)."""
+# The header that Triton's restricted protocols (model repository, shared memory) want, with the
+# key of the Triton (``serving.triton.process``): other processes that reach Triton's ports cannot
+# load a model into it or map its memory.
+KEY_HEADER = "rankserve-triton-key"
+_GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton's gRPC server reads restricted-protocol headers under it
 
-    def __init__(self, url: str) -> None:
+
+def _key_headers(key: str | None) -> dict[str, str] | None:
+    return {_GRPC_HEADER_PREFIX + KEY_HEADER: key} if key else None
+
+
+@dataclass(frozen=True)
+class TritonEndpoint:
+    """Where a Triton listens (gRPC ``host:port``) and its restricted-protocol key (None: none asked)."""
+
+    url: str
+    key: str | None = None
+
+    def client(self) -> TritonClient:
+        return TritonClient(self.url, self.key)
+
+
+class TritonClient:
+    """Synchronous gRPC client for one Triton server (one channel, reused). ``key``: the Triton's
+    restricted-protocol key, sent with model loads."""
+
+    def __init__(self, url: str, key: str | None = None) -> None:
         self.url = url
+        self._headers = _key_headers(key)
         self._c = grpcclient.InferenceServerClient(url)
 
     def close(self) -> None:
@@ -87,9 +112,20 @@ class TritonClient:
         except InferenceServerException as err:
             raise _wrap(err, f"model_ready {name}") from err
 
-    def load_model(self, name: str) -> None:
+    def ready_versions(self, name: str) -> tuple[int, ...]:
+        """The versions of ``name`` Triton holds ready (its repository index)."""
         try:
-            self._c.load_model(name)
+            index = self._c.get_model_repository_index(headers=self._headers, as_json=True)
+        except InferenceServerException as err:
+            raise _wrap(err, "repository index") from err
+        return tuple(sorted(int(m["version"]) for m in index.get("models", [])
+                            if m.get("name") == name and m.get("state") == "READY" and m.get("version")))
+
+    def load_model(self, name: str, config: str | None = None) -> None:
+        """Load ``name`` (explicit model control); ``config``: the model's config as JSON, used
+        instead of its ``config.pbtxt`` (which versions to load, among others)."""
+        try:
+            self._c.load_model(name, headers=self._headers, config=config)
         except InferenceServerException as err:
             raise _wrap(err, f"load {name}") from err
 
@@ -104,12 +140,15 @@ class AsyncTritonClient:
     """
 
     @classmethod
-    def for_url(cls, url: str, shared_memory: str = "auto") -> AsyncTritonClient:
+    def for_url(cls, url: str, shared_memory: str = "auto", key: str | None = None) -> AsyncTritonClient:
         """A client of ``url``; shared memory ``on``, ``off``, or ``auto`` (on when Triton is on loopback)."""
-        return cls(url, shared_memory=shared_memory == "on" or (shared_memory == "auto" and is_loopback(f"grpc://{url}")))
+        return cls(url, shared_memory=shared_memory == "on" or (shared_memory == "auto" and is_loopback(f"grpc://{url}")),
+                   key=key)
 
-    def __init__(self, url: str, *, shared_memory: bool = False, shm_min_bytes: int = 256 * 1024) -> None:
+    def __init__(self, url: str, *, shared_memory: bool = False, shm_min_bytes: int = 256 * 1024,
+                 key: str | None = None) -> None:
         self.url = url
+        self._headers = _key_headers(key)
         self._c: grpcaio.InferenceServerClient | None = None
         self._pool = ShmPool() if shared_memory else None
         self._shm_min_bytes = shm_min_bytes
@@ -162,8 +201,8 @@ class AsyncTritonClient:
         c = self._client()
         try:
             with contextlib.suppress(InferenceServerException):
-                await c.unregister_system_shared_memory(region.name)
-            await c.register_system_shared_memory(region.name, region.key, region.size)
+                await c.unregister_system_shared_memory(region.name, headers=self._headers)
+            await c.register_system_shared_memory(region.name, region.key, region.size, headers=self._headers)
             return True
         except InferenceServerException as err:
             log.warning("Triton at %s cannot use shared memory (%s); sending inputs over gRPC", self.url, err)
@@ -177,7 +216,7 @@ class AsyncTritonClient:
         if self._pool is not None:
             for region in self._pool.regions:
                 with contextlib.suppress(InferenceServerException):
-                    await self._client().unregister_system_shared_memory(region.name)
+                    await self._client().unregister_system_shared_memory(region.name, headers=self._headers)
             self._pool.close()
         if self._c is not None:
             await self._c.close()

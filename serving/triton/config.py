@@ -146,30 +146,6 @@ def signature(cfg: model_config_pb2.ModelConfig) -> tuple[Any, ...]:
             tuple((t.name, t.data_type, tuple(t.dims)) for t in cfg.output), cfg.max_batch_size)
 
 
-def refresh_runners(repo: Path, models: Sequence[str]) -> list[str]:
-    """Make every version's copy of rankserve's runner (``RUNNER``: a ``model.py`` whose first line is
-    the runner's) this rankserve's, replacing (atomically) the copies that differ; any other
-    ``model.py`` is the model's own and stays. The runner belongs to the server, not to the
-    version: a repository built by an earlier rankserve keeps its copies, and one of those read a
-    request's inputs with ``as_numpy()``, which served wrong scores under NumPy 2.
-
-    Returns:
-        ``model/version`` of each copy replaced.
-    """
-    runner = RUNNER.read_bytes()
-    first = runner.split(b"\n", 1)[0]
-    replaced = []
-    for name in models:
-        for path in sorted((Path(repo) / name).glob("*/model.py")):
-            text = path.read_bytes()
-            if path.parent.name.isdigit() and text != runner and text.split(b"\n", 1)[0] == first:
-                tmp = path.with_name(".model.py.tmp")
-                tmp.write_bytes(runner)
-                tmp.replace(path)
-                replaced.append(f"{name}/{path.parent.name}")
-    return replaced
-
-
 def apply_instance_settings(repo: Path, models: Sequence[str], *, kind: str, torch_threads: int) -> list[str]:
     """Give every instance group of ``models`` the resolved ``kind`` and set the torch threads
     parameter, rewriting only configs that differ. Called before rankserve starts Triton, so the

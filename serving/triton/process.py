@@ -17,22 +17,32 @@ Facts this module relies on (Triton 2.51, python backend, each verified by runni
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from serving.errors import TritonStartError
+from serving.errors import IntegrityError, RankserveError, TritonStartError
+from serving.files import pid_alive
 from serving.net import free_port
-from serving.triton.config import apply_instance_settings, refresh_runners
+from serving.triton.client import KEY_HEADER
+from serving.triton.config import apply_instance_settings
+from serving.triton.digests import refresh_runners
+
+if TYPE_CHECKING:
+    from serving.triton.client import TritonClient
 
 __all__ = ["TritonProcess", "TritonStartError", "find_tritonserver"]
 
@@ -87,6 +97,28 @@ def _prepare_backends(runtime_dir: Path) -> Path:
     return dst
 
 
+_STUB_REGION = "rankserve-triton-"  # + the pid of the rankserve process that started the Triton, "-"
+
+
+def stub_region_prefix(pid: int | None = None) -> str:
+    """The prefix of the python backend's ``/dev/shm`` regions of Tritons this process starts."""
+    return f"{_STUB_REGION}{os.getpid() if pid is None else pid}-"
+
+
+def sweep_stub_regions(shm_dir: Path = Path("/dev/shm")) -> list[Path]:
+    """Remove the python backend's regions of Tritons whose starter is gone (Triton dies with its
+    starter: ``setpriv --pdeathsig``); returns what was removed."""
+    gone = []
+    for path in shm_dir.glob(f"{_STUB_REGION}*"):
+        pid = path.name[len(_STUB_REGION):].split("-", 1)[0]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            gone.append(path)
+    return gone
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -110,11 +142,16 @@ class TritonProcess:
         binary: the ``tritonserver`` to run (default: the wheel's).
         kind: instance kind of every model (``auto``, ``cpu``, ``gpu``), written into the configs at start.
         torch_threads: torch threads per model instance, written into the configs at start.
+        load: loads ``models`` into the started server (its client holds this Triton's key),
+            after every start, restarts included: what the repository layer checked
+            (``serving.repository.loading``). None: Triton loads ``models`` itself, every version
+            on disk (``--load-model``).
     """
 
     def __init__(self, repo: Path, *, runtime_dir: Path, models: list[str] | None = None, grpc_port: int = 0,
                  http_port: int = 0, metrics_port: int = 0, ready_timeout_s: float = 180.0,
-                 binary: Path | None = None, kind: str = "auto", torch_threads: int = 1) -> None:
+                 binary: Path | None = None, kind: str = "auto", torch_threads: int = 1,
+                 load: Callable[[TritonClient], object] | None = None) -> None:
         self.repo = Path(repo).resolve()
         self.runtime_dir = Path(runtime_dir).resolve()
         self.models = models if models is not None else sorted(
@@ -126,7 +163,11 @@ class TritonProcess:
         self.binary = binary
         self.kind = kind
         self.torch_threads = torch_threads
+        self.load = load
         self.log_path = self.runtime_dir / f"triton-{self.grpc_port}.log"
+        # the restricted-protocol key of this Triton (model loads, shared memory): the same across
+        # the supervisor's restarts, so clients holding it keep working
+        self.key = secrets.token_urlsafe(24)
         self._proc: subprocess.Popen[bytes] | None = None
         self._atexit = False
 
@@ -166,16 +207,26 @@ class TritonProcess:
         refreshed = refresh_runners(self.repo, self.models)
         if refreshed:
             log.info("model.py runner of this rankserve written into %s", refreshed)
+        swept = sweep_stub_regions()
+        if swept:
+            log.info("removed %d shared-memory region(s) of Tritons that are gone", len(swept))
+        restricted = f"model-repository,shared-memory:{KEY_HEADER}={self.key}"
         cmd = [
             str(binary),
             f"--model-repository={self.repo}",
             "--model-control-mode=explicit",
-            *[f"--load-model={m}" for m in self.models],
+            *([] if self.load is not None else [f"--load-model={m}" for m in self.models]),
             f"--backend-directory={backends}",
             "--http-address=127.0.0.1", f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
             "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+            # loading models and mapping memory need this Triton's key: another process that
+            # reaches its ports (another container of the pod, say) can only infer
+            f"--grpc-restricted-protocol={restricted}", f"--http-restricted-api={restricted}",
+            # the python backend's regions named after this process, so that those of a Triton
+            # that was killed are found and removed at the next start
+            f"--backend-config=python,shm-region-prefix-name={stub_region_prefix()}",
             "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
             # config.pbtxt files are written complete (serving.triton.config); auto-completion would
             # start one more python stub per model load (start + load of both models: 5.5 -> 3.1 s)
@@ -199,13 +250,29 @@ class TritonProcess:
         return self
 
     def wait_ready(self) -> None:
-        """Poll readiness; fail fast with Triton's log if the process exits."""
+        """Poll readiness (after ``load``, once the server answers); fail fast with Triton's log if
+        the process exits. An error of ``load`` stops the server and is raised as it is."""
         from serving.triton.client import TritonClient
 
         t_end = time.monotonic() + self.ready_timeout_s
-        client = TritonClient(self.grpc_url)
+        client = TritonClient(self.grpc_url, self.key)
+        loaded = self.load is None
         try:
             while time.monotonic() < t_end:
+                if not loaded and self._answers(client):
+                    loaded = True
+                    try:
+                        self.load(client)  # type: ignore[misc]
+                    except IntegrityError:  # refused before Triton saw it: the error names the file
+                        self.stop()
+                        raise
+                    except RankserveError as err:  # Triton could not load it: its log says why
+                        error = self._start_error(f"a model did not load ({err.message.splitlines()[0][:200]})")
+                        self.stop()
+                        raise error from err
+                    except BaseException:
+                        self.stop()
+                        raise
                 if self._proc is None or self._proc.poll() is not None:
                     code = None if self._proc is None else self._proc.returncode
                     raise self._start_error(f"tritonserver exited with {code}")
@@ -223,6 +290,13 @@ class TritonProcess:
             client.close()
         self.stop()
         raise self._start_error(f"tritonserver not ready after {self.ready_timeout_s:g} s")
+
+    @staticmethod
+    def _answers(client: TritonClient) -> bool:
+        try:
+            return client.server_live()
+        except Exception:  # noqa: BLE001 - not listening yet
+            return False
 
     def _start_error(self, what: str) -> TritonStartError:
         """``what`` happened; the error carries the tail of Triton's log and where the rest is."""

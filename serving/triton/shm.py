@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.files import pid_alive
+
 __all__ = ["ShmPool", "ShmRegion"]
 
 SHM_DIR = Path("/dev/shm")
@@ -99,5 +101,5 @@ def _remove_stale() -> None:
         return
     for path in SHM_DIR.glob(f"{_PREFIX}-*"):
         m = re.fullmatch(rf"{_PREFIX}-(\d+)-\d+", path.name)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
+        if m and not pid_alive(int(m.group(1))):
             path.unlink(missing_ok=True)

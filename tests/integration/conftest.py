@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from serving.repository.loading import startup_loader
+from serving.repository.registry import ModelRegistry
 from serving.triton.process import TritonProcess
 from serving.triton.supervisor import TritonSupervisor
 
@@ -21,5 +23,6 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
     if not any(repo.glob("*/config.pbtxt")):
         pytest.fail(f"no built models in {repo}: run `make build` (make test builds first)")
     runtime = Path(os.environ.get("RANKSERVE_DATA_DIR", REPO_ROOT / ".rankserve")) / "triton-runtime"
-    with TritonProcess(repo, runtime_dir=runtime) as server, TritonSupervisor(server):  # as `rankserve serve` runs it
+    loader = startup_loader(ModelRegistry(repo), keep_others=2)
+    with TritonProcess(repo, runtime_dir=runtime, load=loader) as server, TritonSupervisor(server):  # as serve runs it
         yield server

@@ -15,6 +15,7 @@ from serving.pipeline.assemble import create_pipeline
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import use_live_scenarios
 from serving.schemas import RankRequest
+from serving.triton.client import TritonEndpoint
 from serving.triton.inprocess import InProcessClient
 
 pytestmark = pytest.mark.integration
@@ -163,7 +164,7 @@ def test_full_queue_sheds_with_503_and_retry_after(rankserve_url: str, settings:
     from serving.app import build_app
 
     shed = settings.model_copy(update={"max_queued_requests": 0})
-    serve.run(build_app(shed, triton.grpc_url), name="shed", route_prefix="/shed")
+    serve.run(build_app(shed, TritonEndpoint(triton.grpc_url, triton.key)), name="shed", route_prefix="/shed")
     try:
         r = _rank(f"{rankserve_url}/shed", {"user_id": 1})
         assert r.status_code == 503, r.text
@@ -191,41 +192,3 @@ def test_readme_api_example_runs_as_written(rankserve_url: str) -> None:
         assert key in got or any(key in (it if isinstance(it, dict) else {}) for it in
                                  [got.get("model"), got.get("timings_ms"), *(got.get("items") or [])]), key
     assert got["request_id"] == body["request_id"] and len(got["items"]) == body["k"]
-
-
-def test_local_cluster_listens_on_loopback_only(rankserve_url: str, settings: Settings) -> None:
-    """Every port the embedded default opens (Ray, Serve, HAProxy, Triton) is on loopback, except
-    those Ray Serve 2.60 binds to every interface with no host option (docs/operations/running.md, "What listens where"):
-    HAProxy's stats and Prometheus listeners, the fallback gRPC proxy behind HAProxy, and each
-    replica's gRPC servers (inter-deployment, and its own rankserve.v1.Ranker server when gRPC is
-    on). The HTTP and gRPC API ports themselves are loopback. ``ray`` is imported before
-    ``init_ray`` here, as in the CLI."""
-    import ipaddress
-    import os
-
-    import psutil
-
-    wildcard: dict[str, list[int]] = {}
-    api_ports: set[int] = set()
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            conns, name = proc.net_connections(kind="inet"), proc.name()
-        except psutil.NoSuchProcess:
-            continue
-        for c in conns:
-            if c.status != psutil.CONN_LISTEN:
-                continue
-            ip = ipaddress.ip_address(c.laddr.ip)
-            mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-            if ip.is_loopback or (mapped is not None and mapped.is_loopback):
-                api_ports.add(c.laddr.port)
-            else:
-                wildcard.setdefault(name, []).append(c.laddr.port)
-    assert {settings.port, settings.grpc_port} <= api_ports, "the API ports must be on loopback"
-    assert settings.ingress == "haproxy"
-    assert sorted(wildcard.pop("haproxy", [])) == sorted(
-        int(os.environ[k]) for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"))
-    assert wildcard.pop("ray::ProxyActor", []) == [int(os.environ["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"])]
-    replicas = {name: wildcard.pop(name) for name in list(wildcard) if name.startswith("ray::ServeReplica")}
-    assert replicas and all(len(ports) == 2 for ports in replicas.values()), replicas
-    assert wildcard == {}, f"listening beyond loopback: {wildcard}"

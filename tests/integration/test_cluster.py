@@ -55,10 +55,10 @@ def _url(c: LocalCluster, node: int = 0) -> str:
 
 def _wait_for_replicas(c: LocalCluster, n: int, timeout_s: float = 180) -> None:
     def up() -> bool:
-        return len(live_nodes(c.settings.model_repository)) >= n and \
+        return len(live_nodes(c.settings.nodes_dir)) >= n and \
             httpx.get(f"{_url(c)}/readyz", timeout=5).status_code == 200
 
-    wait_for(up, lambda: f"{n} replicas up: {live_nodes(c.settings.model_repository)}", timeout_s=timeout_s,
+    wait_for(up, lambda: f"{n} replicas up: {live_nodes(c.settings.nodes_dir)}", timeout_s=timeout_s,
              poll_s=1, ignoring=(httpx.HTTPError,))
 
 
@@ -80,7 +80,7 @@ def _canary_share(url: str, version: int) -> float:
 def test_each_node_serves_through_its_own_triton_and_a_push_reaches_both(cluster: LocalCluster,
                                                                         tmp_path: Path) -> None:
     c = cluster
-    nodes = live_nodes(c.settings.model_repository)
+    nodes = live_nodes(c.settings.nodes_dir)
     assert sorted(n.triton for n in nodes) == sorted(n.triton.grpc_url for n in c.nodes), nodes
     before = [_inferences(n.triton.metrics_url) for n in c.nodes]
     for i in range(60):  # through both nodes' HAProxy
@@ -100,7 +100,7 @@ def test_each_node_serves_through_its_own_triton_and_a_push_reaches_both(cluster
     with _load(_url(c), tmp_path, tables.n_users) as load:
         wait_for_answers(_url(c), 30)
         # a generous bound for both nodes to load the version: on 2 cores, beside the load, one took 60 s
-        res = push(registry, "ranker", art, tables, TritonClient(c.nodes[0].triton.grpc_url), canary_percent=50,
+        res = push(registry, "ranker", art, tables, TritonClient(c.nodes[0].triton.grpc_url, c.nodes[0].triton.key), canary_percent=50,
                    nodes_timeout_s=180)
         assert sorted(res.checks["nodes"]) == sorted(n.key for n in nodes)
         for node in c.nodes:  # the canary was ready on every node before traffic named it
@@ -138,7 +138,7 @@ def test_a_node_that_leaves_and_rejoins(cluster: LocalCluster, tmp_path: Path) -
         t_stop = time.time()
         c.stop_node(c.nodes[1])
         # gone: its heartbeat goes stale, and the service answers through node 0 meanwhile
-        wait_for(lambda: len(live_nodes(c.settings.model_repository)) == 1, "node 1's heartbeat goes stale")
+        wait_for(lambda: len(live_nodes(c.settings.nodes_dir)) == 1, "node 1's heartbeat goes stale")
         wait_for_answers(_url(c), 30)
         c.start_node(c.nodes[1])
         _wait_for_replicas(c, 2, timeout_s=240)

@@ -133,7 +133,7 @@ def test_broken_artifacts_are_refused_and_live_keeps_serving(kind: str, settings
         _rescript(art, _Scaled(inner, 50.0))  # click probabilities of a few percent, pushed past 1
     elif kind == "version_exists":
         version = registry.versions("ranker")[0]
-    client = TritonClient(triton.grpc_url)
+    client = TritonClient(triton.grpc_url, triton.key)
     if kind == "concurrent_push":
         with _model_lock(settings.model_repository / "ranker"), pytest.raises(PushRefusedError, match="in progress"):
             push(registry, model, art, tables, client)
@@ -174,7 +174,7 @@ def test_push_and_rollback_under_load_fail_no_request(settings, rankserve_url: s
                                                       tmp_path: Path) -> None:
     registry = ModelRegistry(settings.model_repository)
     tables = FeatureTables.load(settings.marketplace_path)
-    client = TritonClient(triton.grpc_url)
+    client = TritonClient(triton.grpc_url, triton.key)
     old = registry.traffic("ranker").live
     art = _live_artifact(registry, "ranker", tmp_path / "art")
     with Load(rankserve_url, _bodies(), tmp_path / "load") as load:
@@ -182,7 +182,7 @@ def test_push_and_rollback_under_load_fail_no_request(settings, rankserve_url: s
         res = push(registry, "ranker", art, tables, client)
         # every node serving the repository (here the session's one replica) had loaded the version
         # into its Triton before traffic named it: what a multi-node deployment relies on
-        assert sorted(res.checks["nodes"]) == sorted(n.key for n in live_nodes(settings.model_repository))
+        assert sorted(res.checks["nodes"]) == sorted(n.key for n in live_nodes(settings.nodes_dir))
         assert client.model_ready("ranker", str(res.version))
         _wait_for_version(rankserve_url, res.version)
         wait_for_answers(rankserve_url, 30)
@@ -227,7 +227,7 @@ def test_user_tower_and_index_switch_together_under_load(settings, rankserve_url
     request that paired one version's user embedding with the other's index would differ."""
     registry = ModelRegistry(settings.model_repository)
     tables = FeatureTables.load(settings.marketplace_path)
-    client = TritonClient(triton.grpc_url)
+    client = TritonClient(triton.grpc_url, triton.key)
     art = _live_artifact(registry, "user_tower", tmp_path / "tower")
     dim = int(np.load(art / "golden.npz")["embedding"].shape[1])
     rot = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(3)))[0]
@@ -291,7 +291,7 @@ def test_exported_training_artifact_is_valid_and_canary_splits_by_user(settings,
     exported = settings.marketplace_path.parent / "artifacts" / "seed0" / "ranker"
     assert (exported / "model.pt").is_file(), "the build exports artifacts next to the data"
     old = registry.traffic("ranker").live
-    res = push(registry, "ranker", exported, tables, TritonClient(triton.grpc_url), canary_percent=30)
+    res = push(registry, "ranker", exported, tables, TritonClient(triton.grpc_url, triton.key), canary_percent=30)
     assert res.traffic.live == old and res.traffic.canary_version == res.version
     assert res.checks["golden_max_abs_error"] <= 1e-4
     _wait_for_traffic(rankserve_url, "ranker", res.version, "canary", 30.0)
@@ -314,7 +314,7 @@ def test_shadow_scores_off_the_response_path_and_reports_agreement(settings, ran
     art = _live_artifact(registry, "ranker", tmp_path / "shadow")
     _rescript(art, _Scaled(torch.jit.load(str(art / "model.pt")), 0.5))  # same order, half the scores
     old = registry.traffic("ranker").live
-    res = push(registry, "ranker", art, tables, TritonClient(triton.grpc_url), shadow_percent=100)
+    res = push(registry, "ranker", art, tables, TritonClient(triton.grpc_url, triton.key), shadow_percent=100)
     assert res.traffic.live == old and res.traffic.shadow_version == res.version
     _wait_for_traffic(rankserve_url, "ranker", res.version, "shadow", 100.0)
     for u in range(30):
@@ -345,7 +345,7 @@ def test_cli_push_models_and_rollback(settings, rankserve_url: str, triton, tmp_
     art = _live_artifact(registry, "ranker", tmp_path / "cli")
     env = {**os.environ, "RANKSERVE_MODEL_REPOSITORY": str(settings.model_repository),
            "RANKSERVE_DATA_DIR": str(settings.data_dir), "RANKSERVE_PORT": str(settings.port),
-           "RANKSERVE_TRITON_URL": triton.grpc_url}
+           "RANKSERVE_TRITON_URL": triton.grpc_url, "RANKSERVE_TRITON_KEY": triton.key}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "serving.cli", *args], env=env, capture_output=True,
@@ -396,7 +396,7 @@ def test_a_user_tower_canary_or_shadow_is_refused(settings, triton, tmp_path: Pa
     for kw in ({"canary_percent": 10.0}, {"shadow_percent": 10.0}):
         with pytest.raises(PushRefusedError, match="user tower"):
             push(registry, "user_tower", art, FeatureTables.load(settings.marketplace_path),
-                 TritonClient(triton.grpc_url), **kw)
+                 TritonClient(triton.grpc_url, triton.key), **kw)
     assert _snapshot(settings.model_repository) == before
 
 
@@ -426,5 +426,5 @@ def test_a_user_tower_without_a_sound_item_tower_is_refused(kind: str, reason: s
         torch.jit.script(_Narrow(torch.jit.load(str(art / "item_tower.pt")))).save(str(art / "item_tower.pt"))
     before = _snapshot(settings.model_repository)
     with pytest.raises(PushRefusedError, match=reason):
-        push(registry, "user_tower", art, FeatureTables.load(settings.marketplace_path), TritonClient(triton.grpc_url))
+        push(registry, "user_tower", art, FeatureTables.load(settings.marketplace_path), TritonClient(triton.grpc_url, triton.key))
     assert _snapshot(settings.model_repository) == before

@@ -23,6 +23,7 @@ import pytest
 
 from serving.config import Settings
 from serving.net import QUIET_PORTS, free_port
+from serving.triton.digests import record_digests
 from tests.waiting import wait_for
 from training.preflight import DATA_FILES, Need
 
@@ -95,11 +96,27 @@ def test_a_ray_cluster_that_does_not_answer_is_refused_at_once_naming_the_settin
     assert time.monotonic() - t0 < 60  # not Ray's minutes of retries
 
 
-def _broken_repository(settings: Settings, dest: Path) -> Path:
+def _broken_repository(settings: Settings, dest: Path, *, recorded: bool = True) -> Path:
+    """A copy whose live ranker is not TorchScript: as written (``recorded``: its digests say so,
+    Triton tries it and fails) or changed afterwards (rankserve refuses it before Triton sees it)."""
     shutil.copytree(settings.model_repository, dest, ignore=shutil.ignore_patterns(".*"))
     live = json.loads((dest / "ranker" / "traffic.json").read_text())["live"]
     (dest / "ranker" / str(live) / "model.pt").write_bytes(b"this is not TorchScript")
+    if recorded:
+        record_digests(dest / "ranker" / str(live))
     return dest
+
+
+def test_a_version_changed_after_it_was_written_is_refused_naming_the_file(settings: Settings,
+                                                                            tmp_path: Path) -> None:
+    env = {**_ports(), "RANKSERVE_MODEL_REPOSITORY": str(_broken_repository(settings, tmp_path / "repo",
+                                                                             recorded=False))}
+    proc = rankserve("serve", "--no-build", env=env)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    first = proc.stderr.strip().splitlines()[0]
+    assert re.match(r"rankserve serve: ranker is not loaded: ranker/\d+/model.pt: differs from what was written",
+                    first), first
+    assert OUR_CODE not in proc.stderr and proc.stdout == ""
 
 
 def test_triton_that_does_not_start_is_answered_with_its_log_tail(settings: Settings, tmp_path: Path) -> None:
@@ -107,7 +124,7 @@ def test_triton_that_does_not_start_is_answered_with_its_log_tail(settings: Sett
     proc = rankserve("serve", "--no-build", env=env)
     assert proc.returncode == 4, proc.stderr[-3000:]
     first, *tail, hint = proc.stderr.strip().splitlines()
-    assert first.startswith("rankserve serve: Triton did not start: tritonserver exited with 1"), first
+    assert first.startswith("rankserve serve: Triton did not start: a model did not load"), first
     assert 1 <= len(tail) <= 10 and all(ln.startswith("    ") for ln in tail)
     assert any("ranker" in ln for ln in tail), tail  # Triton's own words about the model that failed
     assert hint.startswith("  Triton's whole log: ") and "rankserve build --force" in hint

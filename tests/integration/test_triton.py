@@ -18,7 +18,6 @@ import torch
 from serving.errors import BackendUnavailableError, TritonError
 from serving.net import free_port
 from serving.repository.export import export_version, load_golden
-from serving.repository.registry import ModelRegistry
 from serving.triton.client import TritonClient
 from serving.triton.config import TensorSpec, read_config
 from serving.triton.process import TritonProcess, TritonStartError
@@ -30,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_model_and_version_matches_its_golden_outputs(triton: TritonProcess) -> None:
-    client = TritonClient(triton.grpc_url)
+    client = TritonClient(triton.grpc_url, triton.key)
     checked = 0
     for name in triton.models:
         cfg = read_config(triton.repo, name)
-        for v in ModelRegistry(triton.repo).versions(name):
+        for v in client.ready_versions(name):  # what Triton holds (retention keeps the rest on disk)
             golden = load_golden(triton.repo / name / str(v))
             inputs = {t.name: golden[t.name] for t in cfg.input}
             out = client.infer(name, inputs, [o.name for o in cfg.output], version=str(v))
@@ -211,8 +210,9 @@ def test_shared_memory_inputs_equal_grpc_inputs_and_survive_a_restart(tmp_path: 
     import asyncio
 
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
 
-    from serving.triton.client import AsyncTritonClient
+    from serving.triton.client import KEY_HEADER, AsyncTritonClient
 
     rng = np.random.default_rng(2)
     export_version(tmp_path / "repo", "tiny", torch.jit.script(_Tiny()),
@@ -226,14 +226,22 @@ def test_shared_memory_inputs_equal_grpc_inputs_and_survive_a_restart(tmp_path: 
     async def call(client: AsyncTritonClient) -> np.ndarray:
         return (await client.infer("tiny", inputs, ["y"], timeout_s=10))["y"]
 
+    server = TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports)  # one key, as across restarts
+
     async def go() -> None:
-        shm_client = AsyncTritonClient(f"127.0.0.1:{ports['grpc_port']}", shared_memory=True, shm_min_bytes=1024)
+        shm_client = AsyncTritonClient(f"127.0.0.1:{ports['grpc_port']}", shared_memory=True, shm_min_bytes=1024,
+                                       key=server.key)
         plain = AsyncTritonClient(f"127.0.0.1:{ports['grpc_port']}")
-        with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports) as server:
+        with server:
             np.testing.assert_array_equal(await call(shm_client), await call(plain))
-            status = grpcclient.InferenceServerClient(server.grpc_url).get_system_shared_memory_status(as_json=True)
+            status = grpcclient.InferenceServerClient(server.grpc_url).get_system_shared_memory_status(
+                as_json=True, headers={f"triton-grpc-protocol-{KEY_HEADER}": server.key})
             assert list(status["regions"]) == [f"rankserve-{os.getpid()}-0"], status
-        with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt", **ports):
+            # without the key, another process cannot map this Triton's memory
+            with pytest.raises(InferenceServerException, match="restricted"):
+                grpcclient.InferenceServerClient(server.grpc_url).register_system_shared_memory(
+                    "intruder", f"/rankserve-{os.getpid()}-0", 1024)
+        with server:
             np.testing.assert_array_equal(await call(shm_client), await call(plain))
             await shm_client.close()
             await plain.close()

@@ -21,6 +21,7 @@ from serving.pipeline.ranking import RankingStage
 from serving.pipeline.recall import RecallStage
 from serving.repository.registry import ModelRegistry
 from serving.triton.caller import ModelCaller
+from serving.triton.digests import record_digests
 
 N_USERS, N_ITEMS, D, E = 50, 300, 4, 8
 SPEC = CrossSpec(pairs=((0, 0), (1, 1)), buckets=97, dense_dim=D)
@@ -89,8 +90,9 @@ def make_repo(root: Path) -> Path:
     """A repository with ``ranker`` (crossing spec SPEC) and ``user_tower``, version 1 each."""
     for name, meta in (("ranker", {"cross_spec": json.loads(SPEC.to_json())}), ("user_tower", {})):
         (root / name / "1").mkdir(parents=True)
-        (root / name / "config.pbtxt").write_text(f'name: "{name}"\n')
+        (root / name / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\n')
         (root / name / "1" / "meta.json").write_text(json.dumps(meta))
+        record_digests(root / name / "1")  # as every version is written
     return root
 
 

@@ -172,7 +172,7 @@ def test_the_follower_applies_changes_and_added_items_can_be_recalled(repo: Path
     p = make_pipeline(repo, ScoringClient())
     user = p.catalogue.tables.user_dense[3]
     log = ChangeLog(repo)
-    follower = CatalogueFollower(p.cell, log, threading.Event())
+    follower = CatalogueFollower(p.cell, log, threading.Event(), p.cell.current.catalogue)
     # an item made to be the user's best match: its dense vector is the user's, scaled up
     log.append(p.catalogue.tables, add=[_item(dense=(user * 10).tolist())])
     log.append(p.catalogue.tables, block=[0])

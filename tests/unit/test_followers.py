@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.files import last_good
 from serving.index.faiss_index import build_index, save_index
 from serving.pipeline.assemble import make_caller
 from serving.pipeline.catalogue import Catalogue
@@ -100,6 +101,7 @@ def test_a_failing_follower_keeps_the_old_snapshot_and_the_others_keep_working(
     assert scenarios.poll() and p.live.scenarios["similar"].version == 1
     before = p.live
     store.live_path.write_text("{ damaged")  # not through apply: what a broken disk or hand edit leaves
+    last_good(store.live_path).write_text("{ damaged too")  # and its last good copy with it: the follower fails
     runner = FollowerRunner()
     runner.add(scenarios, 0.01)
     runner.add(TrafficFollower(registry, p.cell, "user_tower"), 0.01)
@@ -152,7 +154,7 @@ def test_an_answers_versions_come_from_one_snapshot_when_a_swap_happens_between_
     assert TrafficFollower(registry, p.cell, "user_tower").poll()
     blocked = [it.item_id for it in alone.items[:5]]
     log.append(p.catalogue.tables, block=blocked)
-    assert CatalogueFollower(p.cell, log, threading.Event()).catch_up() == 1
+    assert CatalogueFollower(p.cell, log, threading.Event(), p.cell.current.catalogue).catch_up() == 1
     store.apply(HOME, p.settings, registry, p.catalogue.group_counts())
     assert ScenarioFollower(p.settings, registry, p.cell, store).poll()
     second = p.prepare(RankRequest(user_id=3, k=10))
@@ -177,7 +179,7 @@ def test_a_new_user_tower_goes_live_with_its_index_caught_up_with_a_change_that_
     (tower_dir / "meta.json").write_text("{}")
     save_index(build_index(item_embedding(tables, np.arange(tables.n_items)), kind="flat"), tower_dir / "items.faiss")
     registry.set_traffic("user_tower", Traffic(live=2, history=(1,)))
-    catalogue = CatalogueFollower(p.cell, log, threading.Event())
+    catalogue = CatalogueFollower(p.cell, log, threading.Event(), p.cell.current.catalogue)
     tower = UserTowerFollower(p.settings, registry, p.cell, make_caller(p.settings, ScoringClient()), log,
                               threading.Event())
     real_catch_up = followers._catch_up

@@ -14,6 +14,7 @@ from serving.errors import BackendUnavailableError, PushRefusedError
 from serving.repository import nodes
 from serving.repository.followers import HeartbeatFollower, TritonFollower
 from serving.repository.registry import ModelRegistry
+from serving.triton.digests import record_digests
 from tests.unit.fakes import ScoringClient, make_pipeline, make_repo
 
 
@@ -26,11 +27,17 @@ class _Triton:
         self.loaded: dict[str, set[int]] = {}
         self.down = False
 
-    def load_model(self, name: str) -> None:
+    def load_model(self, name: str, config: str | None = None) -> None:
         if self.down:
             raise BackendUnavailableError("Triton unreachable")
         self.loads.append(name)
-        self.loaded[name] = set(self.registry.versions(name))
+        asked = json.loads(config)["version_policy"]["specific"]["versions"] if config else self.registry.versions(name)
+        self.loaded[name] = {int(v) for v in asked}
+
+    def ready_versions(self, name: str) -> tuple[int, ...]:
+        if self.down:
+            raise BackendUnavailableError("Triton unreachable")
+        return tuple(sorted(self.loaded.get(name, set())))
 
     def model_ready(self, name: str, version: str = "") -> bool:
         if self.down:
@@ -70,17 +77,21 @@ def test_the_follower_loads_new_versions_into_its_triton_and_the_heartbeat_repor
     assert follower.load() == {"ranker": [1], "user_tower": [1]}
     assert follower.poll() is True and follower.poll() is False
     assert triton.loads == ["ranker", "user_tower"]  # nothing new: no second load
-    assert heartbeat.poll() and nodes.live_nodes(repo)[0].loaded == {"ranker": [1], "user_tower": [1]}
+    assert heartbeat.poll() and nodes.live_nodes(registry.heartbeats)[0].loaded == {"ranker": [1], "user_tower": [1]}
     (repo / "ranker" / "2").mkdir()
     (repo / "ranker" / "2" / "meta.json").write_text(json.dumps({}))
+    record_digests(repo / "ranker" / "2")
     assert follower.load()["ranker"] == [1, 2]
     assert triton.loads == ["ranker", "user_tower", "ranker"]
     triton.down = True
     assert follower.poll() is True and follower.ready == {}
     heartbeat.poll()
-    (node,) = nodes.live_nodes(repo)
+    (node,) = nodes.live_nodes(registry.heartbeats)
     assert (node.key, node.triton, node.loaded) == ("node-a", "127.0.0.1:1", {})
-    assert nodes.live_metrics(repo) == ["# metrics\n"]
-    triton.down = False
+    assert nodes.live_metrics(registry.heartbeats) == ["# metrics\n"]
+    triton.down, triton.loaded = False, {}  # a Triton started again holds nothing until loaded
     assert follower.load()["ranker"] == [1, 2]
     assert triton.loads[-2:] == ["ranker", "user_tower"]  # Triton came back: loaded again
+    loads = len(triton.loads)
+    follower._asked.clear()  # asked again what it holds: the same plan is not loaded twice
+    assert follower.load()["ranker"] == [1, 2] and len(triton.loads) == loads

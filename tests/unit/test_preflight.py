@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from serving.errors import BuildCacheError, InsufficientResourcesError
+from serving.triton.digests import record_digests
 from training import preflight
 from training.preflight import (
     BUILD_FORMAT,
@@ -35,6 +36,7 @@ def cache(tmp_path: Path) -> tuple[Path, Path]:
         (repo / model / "1").mkdir(parents=True)
         (repo / model / "config.pbtxt").write_text(f'name: "{model}"\n')
         (repo / model / "1" / "model.pt").write_bytes(b"torchscript")
+        record_digests(repo / model / "1")
     (data / "build.json").write_text(json.dumps({"format": BUILD_FORMAT, "seed": 0, "config": {},
                                                  "quality": {}, "versions": {"ranker": 1, "user_tower": 1}}))
     return data, repo

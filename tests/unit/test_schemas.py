@@ -129,3 +129,10 @@ def test_response_json_shape() -> None:
     }
     r.cold_start = True
     assert r.to_json()["cold_start"] is True
+
+
+@pytest.mark.parametrize("body", [b'{"user_id": ' + b"9" * 5000 + b"}", b'{"user_id": 1, "k": ' + b"1" * 5000 + b"}"])
+def test_an_integer_python_will_not_parse_is_a_400_not_a_500(body: bytes) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        parse_rank_request(body)
+    assert info.value.http_status == 400 and info.value.field == "body"

@@ -21,12 +21,12 @@ PACKAGES = ("serving", "kernels", "training", "loadtest", "benchmarks")
 # Layers, bottom first: a module may import from its own layer and those below, never above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("kernels", "serving.config", "serving.errors", "serving.schemas", "serving.files", "serving.net",
-     "serving.proto", "serving.terminal"),
+     "serving.proto", "serving.terminal", "serving.stopping", "serving.auth"),
     ("serving.triton", "serving.index", "serving.pipeline.features", "serving.metrics"),
     ("serving.pipeline",),
     ("serving.repository",),
     ("serving.batching", "serving.service", "serving.http_api", "serving.grpc_api", "serving.app",
-     "serving.ray_runtime"),
+     "serving.ray_runtime", "serving.ray_hardening"),
     ("serving.startup",),
     ("training",),
     ("loadtest",),

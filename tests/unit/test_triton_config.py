@@ -19,10 +19,10 @@ from serving.triton.config import (
     apply_instance_settings,
     model_config,
     read_config,
-    refresh_runners,
     resolve_kind,
     write_config,
 )
+from serving.triton.digests import refresh_runners
 
 IN = [TensorSpec("cat", "INT64", (3,)), TensorSpec("dense", "FP32", (4,))]
 OUT = [TensorSpec("score", "FP32", (1,))]
@@ -115,7 +115,7 @@ def test_export_is_atomic_numbered_and_golden(tmp_path: Path) -> None:
     assert ModelRegistry(tmp_path).versions("ranker") == [1, 2]
     assert not [p for p in (tmp_path / "ranker").iterdir() if p.name.startswith(".tmp")]
     v1 = tmp_path / "ranker" / "1"
-    assert {p.name for p in v1.iterdir()} == {"model.pt", "model.py", "golden.npz", "meta.json"}
+    assert {p.name for p in v1.iterdir()} == {"model.pt", "model.py", "golden.npz", "meta.json", "digests.json"}
     golden = load_golden(v1)
     with torch.inference_mode():
         want = m(torch.from_numpy(g["cat"]), torch.from_numpy(g["dense"])).numpy()
