@@ -118,7 +118,8 @@ _GOOD = ".good"  # beside a state file: its last copy known to read back (``.<na
 
 def last_good(path: Path) -> Path:
     """Where :func:`write_state` keeps the copy of ``path`` that :func:`read_state` falls back on."""
-    return path.with_name(f".{path.name}{_GOOD}")
+    hidden = path.name if path.name.startswith(".") else f".{path.name}"
+    return path.with_name(f"{hidden}{_GOOD}")
 
 
 def write_state(path: Path, text: str, *, mode: int = 0o644) -> None:

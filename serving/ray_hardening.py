@@ -7,8 +7,10 @@ ranking, requests, the Ray calls of start-up (``serving.ray_runtime``).
 
 Ray Serve 2.60 binds some listeners to every interface with no option to say otherwise: each
 replica's inter-deployment gRPC server and its own gRPC server, the fallback gRPC proxy, and
-HAProxy's stats page and Prometheus exporter. Here:
+HAProxy's stats page and Prometheus exporter; and it means its gRPC servers not to share a port
+with another process, but says so in a way gRPC ignores. Here:
 
+* gRPC servers never share a port with another process (two clusters on one host stay apart);
 * gRPC servers bind the node's own address instead of ``[::]`` (``127.0.0.1`` for the embedded
   default, the pod's address on a cluster, where other nodes must reach them and Ray's token and
   rankserve's API keys guard them);
@@ -181,9 +183,27 @@ def _bind_grpc_to_node() -> None:
     replica.add_port_to_grpc_server = add_port_to_grpc_server
 
 
+def _own_grpc_ports() -> None:
+    """Serve asks its gRPC servers not to share their port (``grpc.so_reuseport``) with the string
+    ``"0"``, which gRPC does not read as off: two replicas of two rankserve clusters on one host then
+    both bind the same port and the kernel splits connections between them (a request to one
+    service answered by another). As the integer gRPC reads, a taken port is refused and Serve
+    takes the next."""
+    from ray.serve._private import grpc_util
+
+    original = grpc_util.gRPCGenericServer.__init__
+
+    def init(self: Any, service_handler_factory: Any, *, extra_options: Any = None) -> None:
+        options = [(k, int(v)) if k == "grpc.so_reuseport" else (k, v) for k, v in (extra_options or [])]
+        original(self, service_handler_factory, extra_options=options)  # type: ignore[arg-type]
+
+    grpc_util.gRPCGenericServer.__init__ = init  # type: ignore[method-assign]
+
+
 def harden_worker() -> None:
     """The Ray job's ``worker_process_setup_hook``: runs in each worker process before its actor."""
     _bind_grpc_to_node()
+    _own_grpc_ports()
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         from ray.serve._private import haproxy
 

@@ -77,3 +77,15 @@ def test_haproxy_s_own_answer_is_the_api_s_503_with_retry_after(tmp_path) -> Non
     assert head.startswith("HTTP/1.1 503") and "Retry-After: 1" in head
     assert f"Content-Length: {len(body.encode())}" in head and '"code": "unavailable"' in body
     assert hasattr(haproxy.HAProxyApi, "_initialize_directories_and_error_files")  # what the hook wraps
+
+
+def test_serve_s_grpc_servers_ask_grpc_not_to_share_their_port_in_a_form_grpc_reads(monkeypatch) -> None:  # noqa: ANN001
+    """Serve passes ("grpc.so_reuseport", "0"); the hook hands gRPC the integer it reads."""
+    from ray.serve._private import grpc_util
+
+    seen: list[object] = []
+    monkeypatch.setattr(grpc_util.gRPCGenericServer, "__init__",
+                        lambda self, factory, *, extra_options=None: seen.extend(extra_options or []))
+    ray_hardening._own_grpc_ports()
+    grpc_util.gRPCGenericServer(lambda: None, extra_options=[("grpc.so_reuseport", "0"), ("x", "y")])
+    assert seen == [("grpc.so_reuseport", 0), ("x", "y")]
