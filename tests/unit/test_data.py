@@ -1,9 +1,10 @@
 """Data set import: the schema's example, Parquet and CSV read back exactly, every refusal named
 (file, column, row) with nothing written, unknown users and items dropped and counted, write-once
-versions and the live pointer."""
+versions and the live pointer, ``rankserve data import | list``."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import textwrap
@@ -15,6 +16,7 @@ import pytest
 
 import serving.data.schema as schema_module
 import serving.data.store as store_module
+from serving.cli import main
 from serving.config import Settings
 from serving.data.schema import parse_schema
 from serving.data.store import DataSet, DataSetStore
@@ -283,3 +285,29 @@ def test_settings_for_a_data_set(tmp_path: Path) -> None:
     assert store.dataset("demo").model_repository == tmp_path / "demo-repo"
     assert store.dataset("shop").model_repository == shop.model_repository
 
+
+def test_cli_imports_and_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RANKSERVE_DATA_DIR", str(tmp_path / "data"))
+    files = data.write(tmp_path / "in", "csv")
+    assert main(["data", "import", "shop", *files.args()]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "items.csv: 10 rows read, 10 kept"
+    assert out[-1] == f"data set 'shop': version 1 written to {tmp_path / 'data/datasets/shop/versions/000001'}; it is live"
+    assert main(["data", "list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [(d["name"], d["live"], [v["version"] for v in d["versions"]]) for d in listing["data_sets"]] == \
+        [("shop", 1, [1])]
+    assert main(["data", "list"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[:3] == ["shop", "1", "*"] and "10" in table[1].split()
+
+
+def test_cli_refusal_exits_2_naming_file_column_and_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RANKSERVE_DATA_DIR", str(tmp_path / "data"))
+    files = data.write(tmp_path / "in", "csv", items={**ITEMS, "price": ["1", "2", "3", "x", "5", "6", "7", "8", "9", "10"]})
+    assert main(["data", "import", "shop", *files.args()]) == 2
+    assert "items.csv: column 'price', row 3: 'x' is not a number" in capsys.readouterr().err
+    assert main(["data", "list"]) == 0
+    assert capsys.readouterr().out.startswith("no data set under")
