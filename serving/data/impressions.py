@@ -13,6 +13,7 @@ touch: files, the items and users tables (it reads their encoding only).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,12 +91,23 @@ def _rows(column: pa.ChunkedArray, where: Column, table: EncodedEntity, table_wh
     return pc.index_in(ids, value_set=table.id_values)
 
 
-def _labels(column: pa.ChunkedArray, where: Column) -> np.ndarray:
+def _required(column: pa.ChunkedArray, where: Column, accepts: Callable[[pa.DataType], bool], what: str) -> pa.Array:
+    """A column every impression needs a value in, of a type ``accepts`` takes (``what``: what it holds).
+
+    Raises:
+        SchemaError: another type, or a null (at its first row).
+    """
     arr = column.combine_chunks()
-    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type)):
-        raise where.wrong_type(arr, "a label is 0 or 1")
+    if not accepts(arr.type):
+        raise where.wrong_type(arr, what)
     if arr.null_count:
-        raise where.error("the label is null: a label is 0 or 1", first_row(pc.is_null(arr)))
+        raise where.error(f"a null: {what}", first_row(pc.is_null(arr)))
+    return arr
+
+
+def _labels(column: pa.ChunkedArray, where: Column) -> np.ndarray:
+    arr = _required(column, where, lambda t: pa.types.is_integer(t) or pa.types.is_floating(t)
+                    or pa.types.is_boolean(t), "a label is 0 or 1")
     x = arr.cast(pa.float64()).to_numpy()
     bad = np.flatnonzero((x != 0) & (x != 1))
     if bad.size:
@@ -105,12 +117,8 @@ def _labels(column: pa.ChunkedArray, where: Column) -> np.ndarray:
 
 
 def _times(column: pa.ChunkedArray, where: Column) -> pa.Array:
-    arr = column.combine_chunks()
-    if not (pa.types.is_temporal(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
-        raise where.wrong_type(arr, "a time is a timestamp, a date or a number")
-    if arr.null_count:
-        raise where.error("the time is null: every impression needs one", first_row(pc.is_null(arr)))
-    return arr
+    return _required(column, where, lambda t: pa.types.is_temporal(t) or pa.types.is_integer(t)
+                     or pa.types.is_floating(t), "a time is a timestamp, a date or a number")
 
 
 def _lenient_ids(values: pa.Array, like: pa.DataType) -> pa.Array:

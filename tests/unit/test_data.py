@@ -162,7 +162,7 @@ REFUSALS = [
      "row 4: the label is 2: a label is 0 or 1"),
     ("impressions", {"clicked": ["yes"] * 12}, "impressions", "clicked",
      "row 0: a value of type string: a label is 0 or 1"),
-    ("impressions", {"ts": list(range(5)) + [None] + list(range(6))}, "impressions", "ts", "row 5: the time is null"),
+    ("impressions", {"ts": list(range(5)) + [None] + list(range(6))}, "impressions", "ts", "row 5: a null: a time is a timestamp, a date or a number"),
     ("impressions", {"customer": [str(u) for u in IMPRESSIONS["customer"]]}, "impressions", "customer",
      "row 0: holds strings, while the ids of users.parquet (column 'customer') are integers"),
     ("impressions", {"device": [[1]] * 12}, "impressions", "device", "row 0: a value of type list<element: int64>"),
