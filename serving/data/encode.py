@@ -278,36 +278,53 @@ def encode_numeric(column: pa.ChunkedArray | pa.Array, where: Column, fill: floa
 
 def encode_vector(column: pa.ChunkedArray | pa.Array, width: int, where: Column) -> np.ndarray:
     """A vector column as float32 ``[n, width]``: lists of numbers, or text of numbers split by
-    commas, semicolons or spaces (brackets allowed).
+    commas, semicolons or spaces (brackets allowed). Chunk by chunk, into one array: a column of
+    numbers is never copied whole nor widened to float64.
 
     Raises:
         SchemaError: another type, a null vector or value, a vector of another width, a value
             that is not a finite number.
     """
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+            or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise where.wrong_type(column, f"a vector column holds lists of {width} numbers (in CSV: text of numbers)")
+    out = np.empty((len(column), width), np.float32)
+    at = 0
+    for chunk in chunks:
+        out[at:at + len(chunk)] = _vector_chunk(chunk, width, where, at)
+        at += len(chunk)
+    return out
+
+
+def _vector_chunk(arr: pa.Array, width: int, where: Column, first: int) -> np.ndarray:
+    """One chunk of :func:`encode_vector` (``first``: the row of its first vector in the file)."""
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         arr = pc.split_pattern_regex(pc.replace_substring_regex(arr, r"^[\s\[]+|[\s\]]+$", ""), r"[,;\s]+")
-    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)
-            or pa.types.is_fixed_size_list(arr.type)):
-        raise where.wrong_type(arr, f"a vector column holds lists of {width} numbers (in CSV: text of numbers)")
     lengths = pc.fill_null(pc.list_value_length(arr), -1).to_numpy()
     bad = np.flatnonzero(lengths != width)
     if bad.size:
         row = int(bad[0])
         got = "a null vector" if lengths[row] < 0 else f"{lengths[row]} value(s)"
-        raise where.error(f"{got}, the schema declares a width of {width}", row)
+        raise where.error(f"{got}, the schema declares a width of {width}", first + row)
     flat = pc.list_flatten(arr)
     if pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type):
         i = _not_a_number(flat)
         if i is not None:
-            raise where.error(f"value {i % width} of the vector, {flat[i].as_py()!r}, is not a number", i // width)
-    x = _numbers(flat, where, "a vector").to_numpy(zero_copy_only=False)
-    ok = np.isfinite(x)  # nulls came back as NaN
+            raise where.error(f"value {i % width} of the vector, {flat[i].as_py()!r}, is not a number",
+                              first + i // width)
+        flat = pc.utf8_trim_whitespace(flat)
+    elif not (pa.types.is_integer(flat.type) or pa.types.is_floating(flat.type)):
+        raise where.wrong_type(arr, f"a vector column holds lists of {width} numbers")
+    x = flat.cast(pa.float32()).to_numpy(zero_copy_only=False)  # a null value comes back as NaN
+    ok = np.isfinite(x)
     if not ok.all():
         i = int(np.flatnonzero(~ok)[0])
-        raise where.error(f"value {i % width} of the vector is {'null' if np.isnan(x[i]) else x[i]}: vectors hold "
-                          "finite numbers", i // width)
-    return x.astype(np.float32).reshape(len(arr), width)
+        value = "null" if flat[i].as_py() is None else str(x[i])
+        raise where.error(f"value {i % width} of the vector is {value}: vectors hold finite numbers",
+                          first + i // width)
+    return x.reshape(len(arr), width)
 
 
 def encode_entity(table: pa.Table, spec: EntitySpec, *, file: str, side: str) -> EncodedEntity:

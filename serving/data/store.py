@@ -187,10 +187,15 @@ class DataSet:
             IntegrityError: a file differs from what was written, or is missing.
         """
         folder = self._resolve(version)
-        recorded = json.loads((folder / MANIFEST).read_text())["files"]
+        try:
+            recorded = {name: str(meta["sha256"]) for name, meta in
+                        json.loads((folder / MANIFEST).read_text())["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise IntegrityError(f"data set {self.name!r}: {folder / MANIFEST} does not read ({err}): the version is "
+                                 "not loaded", hint="import the data set again (a new version)") from err
         for name in names:
             path = folder / name
-            if not path.is_file() or file_sha256(path) != recorded[name]["sha256"]:
+            if not path.is_file() or file_sha256(path) != recorded.get(name):
                 raise IntegrityError(f"data set {self.name!r}: {path} differs from what the import wrote "
                                      "(sha256 mismatch, or missing): it is not loaded",
                                      hint="import the data set again (a new version)")

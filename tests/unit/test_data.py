@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -311,3 +312,26 @@ def test_cli_refusal_exits_2_naming_file_column_and_row(tmp_path: Path, monkeypa
     assert "items.csv: column 'price', row 3: 'x' is not a number" in capsys.readouterr().err
     assert main(["data", "list"]) == 0
     assert capsys.readouterr().out.startswith("no data set under")
+
+
+def test_a_column_in_several_chunks_is_encoded_whole_and_refused_at_its_row_in_the_file() -> None:
+    from serving.data.encode import Column, encode_vector
+
+    vectors = [[float(i), 1.0] for i in range(5)]
+    column = pa.chunked_array([pa.array(vectors[:2]), pa.array(vectors[2:])])
+    np.testing.assert_array_equal(encode_vector(column, 2, Column("f.parquet", "v")), np.array(vectors, np.float32))
+    bad = pa.chunked_array([pa.array(vectors[:2]), pa.array([[1.0, 2.0], [3.0, float("nan")], [1.0, 1.0]])])
+    with pytest.raises(SchemaError, match=r"^f.parquet: column 'v', row 3: value 1 of the vector is nan"):
+        encode_vector(bad, 2, Column("f.parquet", "v"))
+    text = pa.chunked_array([pa.array(["1 2", "[3, 4]"]), pa.array(["5;6", "7 x"])])
+    with pytest.raises(SchemaError, match=r"row 3: value 1 of the vector, 'x', is not a number"):
+        encode_vector(text, 2, Column("f.csv", "v"))
+
+
+def test_a_version_whose_manifest_is_damaged_is_not_loaded(tmp_path: Path) -> None:
+    ds, _ = _import(tmp_path)
+    path = ds.version_dir(1) / "manifest.json"
+    os.chmod(path, 0o644)
+    path.write_text('{"files": [')
+    with pytest.raises(IntegrityError, match="manifest.json does not read"):
+        ds.tables()
