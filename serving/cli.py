@@ -684,6 +684,8 @@ def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
     print(f"{'data set':<20} {'version':>7} {'live':<4} {'created':<19} {'items':>11} {'users':>11} "
           f"{'impressions':>12} {'size':>10}")
     for ds in listing:
+        if not ds["versions"]:
+            print(f"{ds['name']:<20} {'-':>7} {'':<4} (no version: an import that did not finish)")
         for v in ds["versions"]:
             live = "*" if v["version"] == ds["live"] else ""
             if v.get("damaged"):
