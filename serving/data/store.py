@@ -1,6 +1,6 @@
 """Data sets on disk: each one's write-once versions, its live pointer and its model repository.
 
-Owns: ``<data_dir>/datasets/<name>/`` (``settings.dataset_dir``): ``versions/<NNNNNN>/`` holding
+Owns: ``<data_dir>/datasets/<name>/`` (``serving.config.dataset_dir``): ``versions/<NNNNNN>/`` holding
 ``schema.yaml`` (the schema as imported), ``tables.npz`` (the encoded items and users, the cold
 row included), ``ids.parquet`` (columns ``item_id`` and ``user_id`` in row order, of the schema's
 id type; the shorter column ends in nulls: ``manifest.json`` has the counts), ``encoding.json``
