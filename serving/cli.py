@@ -1,5 +1,5 @@
 """``rankserve`` command line: build, serve, bench, capacity, the model repository workflow, catalogue
-changes and scenarios.
+changes, scenarios and data sets.
 
 Owns: argument parsing, start-up contexts (Triton configured or embedded, Ray, Serve), what
 ``build`` and ``serve`` show on the terminal (progress, the summary screen; everything else in a
@@ -662,6 +662,49 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
+    """Data sets: import NAME (checked whole, written as a new version), list."""
+    from serving.data.schema import load_schema
+    from serving.data.store import DataSetStore
+
+    store = DataSetStore.of(settings)
+    if args.data_action == "import":
+        report = store.dataset(args.name).import_files(load_schema(Path(args.schema)), Path(args.items),
+                                                       Path(args.users), Path(args.impressions))
+        print("\n".join(report.lines()))
+        return 0
+    listing = store.listing()
+    if args.json:
+        print(json.dumps({"folder": str(store.root), "data_sets": listing}, indent=2))
+        return 0
+    if not listing:
+        print(f"no data set under {store.root}: rankserve data import NAME --schema ... --items ... --users ... "
+              "--impressions ... makes one")
+        return 0
+    print(f"{'data set':<20} {'version':>7} {'live':<4} {'created':<19} {'items':>11} {'users':>11} "
+          f"{'impressions':>12} {'size':>10}")
+    for ds in listing:
+        if not ds["versions"]:
+            print(f"{ds['name']:<20} {'-':>7} {'':<4} (no version: an import that did not finish)")
+        for v in ds["versions"]:
+            live = "*" if v["version"] == ds["live"] else ""
+            if v.get("damaged"):
+                print(f"{ds['name']:<20} {v['version']:>7} {live:<4} (its manifest does not read)")
+                continue
+            print(f"{ds['name']:<20} {v['version']:>7} {live:<4} {v['created'][:19].replace('T', ' '):<19} "
+                  f"{v['items']:>11,} {v['users']:>11,} {v['impressions']:>12,} {_size(v['bytes']):>10}")
+    print(f"({len(listing)} data set(s) under {store.root}; * the live version)")
+    return 0
+
+
+def _size(n_bytes: float) -> str:
+    """``23.9 kB``, ``1.2 GB``: a size as people read it (powers of 1000)."""
+    units, i = ("B", "kB", "MB", "GB", "TB"), 0
+    while n_bytes >= 1000 and i < len(units) - 1:
+        n_bytes, i = n_bytes / 1000, i + 1
+    return f"{n_bytes:.0f} B" if i == 0 else f"{n_bytes:.1f} {units[i]}"
+
+
 def _served_scenarios(settings: Settings) -> dict[str, int] | None:
     """What the running server serves (scenario -> version), or None when it is not reachable."""
     try:
@@ -740,6 +783,7 @@ def _parser() -> argparse.ArgumentParser:
     it.set_defaults(func=cmd_items)
     _scenario_parsers(sub, common)
     _keys_parser(sub, common)
+    _data_parser(sub, common)
     ve = sub.add_parser("verify", parents=[common], help="check every model version's files against the digests "
                                                           "recorded when it was written; non-zero exit on any difference")
     ve.add_argument("--json", action="store_true")
@@ -764,6 +808,23 @@ def _keys_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     rev = actions.add_parser("revoke", help="remove a key: every replica refuses it within a second")
     rev.add_argument("name")
     ke.set_defaults(func=cmd_keys)
+
+
+def _data_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``rankserve data import NAME --schema S --items F --users F --impressions F``, ``data list``."""
+    da = sub.add_parser("data", parents=[common], help="data sets: import NAME (Parquet or CSV, checked whole, "
+                                                        "written as a new version), list")
+    actions = da.add_subparsers(dest="data_action", required=True)
+    im = actions.add_parser("import", help="check and encode items, users and impressions under a schema; write them "
+                                           "as the data set's next version and make it live")
+    im.add_argument("name", help="the data set (lower-case letters, digits, '_' and '-'; demo is the built-in one)")
+    im.add_argument("--schema", required=True, metavar="FILE", help="the schema (YAML)")
+    for role in ("items", "users", "impressions"):
+        im.add_argument(f"--{role}", required=True, metavar="FILE", help=f"the {role}: Parquet (.parquet, .pq) or "
+                                                                          "CSV (.csv, .csv.gz, .csv.bz2)")
+    ls = actions.add_parser("list", help="the data sets, their versions and sizes")
+    ls.add_argument("--json", action="store_true")
+    da.set_defaults(func=cmd_data)
 
 
 def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:

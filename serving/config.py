@@ -19,14 +19,22 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 from serving.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings", "node_triton", "settings_reference"]
+__all__ = ["DATA_NAME_PATTERN", "DEMO_DATA", "ENV_PREFIX", "REPO_ROOT", "ConfigError", "Settings", "dataset_dir",
+           "node_triton", "settings_reference"]
 
 ENV_PREFIX = "RANKSERVE_"
+DEMO_DATA = "demo"  # the built-in marketplace's data set; its model repository is ``Settings.model_repository``
+DATA_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,47}$"
+
+
+def dataset_dir(data_dir: Path, name: str) -> Path:
+    """The folder of the data set ``name`` under ``data_dir``: its data versions and its own model repository."""
+    return data_dir / "datasets" / name
 
 
 def _home() -> Path:
@@ -47,7 +55,15 @@ class Settings(BaseModel):
 
     # --- where things live -------------------------------------------------------------
     data_dir: Path = Field(REPO_ROOT / ".rankserve", description="Demo data, build cache, Triton runtime dir.")
-    model_repository: Path = Field(REPO_ROOT / "model_repository", description="Triton model repository.")
+    model_repository: Path = Field(
+        REPO_ROOT / "model_repository", description="Triton model repository of the demo data set (every other data "
+                                                    "set has its own: data_dir/datasets/<name>/model_repository).",
+    )
+    data: str = Field(
+        "demo", pattern=DATA_NAME_PATTERN,
+        description="The data set a command acts on when it is given no --data NAME: demo (the built-in "
+                    "marketplace) or one imported with rankserve data import, under data_dir/datasets/<name>/.",
+    )
     state_dir: Path | None = Field(
         None, description="Where replicas write while serving (heartbeats and metrics snapshots under nodes/): a "
                           "writable volume of its own on a cluster, shared by the replicas and the command, so that "
@@ -217,6 +233,9 @@ class Settings(BaseModel):
                             "data_dir/logs), and a set-up error's traceback. The --verbose flag does the same.",
     )
 
+    # the demo's model repository, kept by for_data() while model_repository names another data set's
+    _demo_model_repository: Path | None = PrivateAttr(None)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.default_k > self.max_k:
@@ -272,6 +291,24 @@ class Settings(BaseModel):
     @property
     def marketplace_path(self) -> Path:
         return self.data_dir / "data" / "marketplace.npz"
+
+    def for_data(self, name: str) -> Settings:
+        """These settings acting on the data set ``name``: ``data`` is ``name`` and ``model_repository``
+        that data set's (the demo's own for ``demo``, else ``<data_dir>/datasets/<name>/model_repository``).
+
+        Raises:
+            ConfigError: ``name`` is not a data set name.
+        """
+        import re
+
+        if not re.match(DATA_NAME_PATTERN, name):
+            raise ConfigError(f"data set name {name!r} is invalid: expected lower-case letters, digits, '_' and '-' "
+                              "(at most 48, starting with a letter)")
+        demo = self._demo_model_repository or self.model_repository
+        repo = demo if name == DEMO_DATA else dataset_dir(self.data_dir, name) / "model_repository"
+        out = self.model_copy(update={"data": name, "model_repository": repo})
+        out._demo_model_repository = demo
+        return out
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

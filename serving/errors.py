@@ -32,6 +32,7 @@ __all__ = [
     "RouteNotFoundError",
     "ScenarioNotFoundError",
     "ScenarioRefusedError",
+    "SchemaError",
     "SetupError",
     "TritonError",
     "TritonStartError",
@@ -210,6 +211,15 @@ class ScenarioRefusedError(RankserveError):
     code = "scenario_refused"
 
 
+class SchemaError(RankserveError):
+    """A data set's schema, or a file imported under it, was refused; nothing was written (exit 2)."""
+
+    http_status = 422
+    grpc_code = "INVALID_ARGUMENT"
+    code = "schema_error"
+    exit_status = 2
+
+
 class ConfigError(RankserveError, ValueError):
     """A setting (from the environment, a flag or a file) is invalid; raised at start-up."""
 
@@ -288,6 +298,7 @@ ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
         TritonError,
         PushRefusedError,
         ScenarioRefusedError,
+        SchemaError,
         ConfigError,
         PortInUseError,
         SetupError,

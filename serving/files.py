@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["TEMP_MARK", "atomic_write_bytes", "last_good", "pid_alive", "read_state", "report_damage", "write_state", "atomic_write_text", "fsync_dir", "private_dir", "sweep_temporary",
+__all__ = ["TEMP_MARK", "atomic_write_bytes", "file_sha256", "last_good", "pid_alive", "read_state", "report_damage", "write_state", "atomic_write_text", "fsync_dir", "private_dir", "sweep_temporary",
            "version_dirs"]
 
 TEMP_MARK = ".tmp-"  # temporary files are named ".<name>.tmp-<random>" beside the file they become
@@ -49,6 +49,17 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: b
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of the file ``path`` (hex), read in chunks of 1 MiB."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write_text(path: Path, text: str, *, mode: int = 0o644, durable: bool = True) -> None:

@@ -22,21 +22,19 @@ load, mount the versions read-only (the cluster manifest does).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.files import atomic_write_bytes, atomic_write_text, fsync_dir, version_dirs
+from serving.files import atomic_write_bytes, atomic_write_text, file_sha256, fsync_dir, version_dirs
 from serving.triton.config import RUNNER
 
 __all__ = ["DIGESTS_FILE", "Finding", "clear_bytecode", "record_digests", "record_runner", "refresh_runners", "runner_digests", "verify_repository",
            "verify_version"]
 
 DIGESTS_FILE = "digests.json"
-_CHUNK = 1 << 20
 _BYTECODE = "__pycache__"
 
 
@@ -51,17 +49,9 @@ def clear_bytecode(version_dir: Path) -> None:
             cache.unlink(missing_ok=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def runner_digests() -> frozenset[str]:
     """The sha256 of each ``model.py`` runner this rankserve ships (a version's must be one)."""
-    return frozenset({_sha256(RUNNER)})
+    return frozenset({file_sha256(RUNNER)})
 
 
 def _files(version_dir: Path) -> list[str]:
@@ -84,7 +74,7 @@ def record_digests(version_dir: Path) -> dict[str, str]:
         path = version_dir / rel
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-        digests[rel] = _sha256(path)
+        digests[rel] = file_sha256(path)
     atomic_write_text(version_dir / DIGESTS_FILE, json.dumps({"algorithm": "sha256", "files": digests},
                                                                indent=1, sort_keys=True) + "\n")
     fsync_dir(version_dir)
@@ -120,9 +110,9 @@ def verify_version(version_dir: Path) -> list[Finding]:
             found.append(Finding(rel, "missing"))
         elif rel not in recorded:
             found.append(Finding(rel, "not recorded when the version was written"))
-        elif _sha256(version_dir / rel) != recorded[rel]:
+        elif file_sha256(version_dir / rel) != recorded[rel]:
             found.append(Finding(rel, "differs from what was written (sha256 mismatch)"))
-    if "model.py" in present and _sha256(version_dir / "model.py") not in runner_digests():
+    if "model.py" in present and file_sha256(version_dir / "model.py") not in runner_digests():
         found.append(Finding("model.py", "is not a runner this rankserve ships"))
     return found
 
@@ -143,7 +133,7 @@ def record_runner(version_dir: Path) -> None:
     path = version_dir / DIGESTS_FILE
     try:
         body = json.loads(path.read_text())
-        body["files"]["model.py"] = _sha256(version_dir / "model.py")
+        body["files"]["model.py"] = file_sha256(version_dir / "model.py")
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return
     atomic_write_text(path, json.dumps(body, indent=1, sort_keys=True) + "\n")
