@@ -112,8 +112,8 @@ def test_crossing_stage_compiles_the_served_table_layout_at_start_up() -> None:
                            rng.integers(0, 5, (40, 4)), rng.normal(size=(40, 3)).astype(np.float32),
                            rng.normal(size=(40, 8)).astype(np.float32))
     stage = CrossingStage(tables, "numba_cpu")
-    compiled = len(_numba_cpu._cross_kernel.signatures)
+    compiled = len(_numba_cpu._assemble_kernel.signatures)
     spec = CrossSpec(pairs=((0, 1), (2, 3)), buckets=101, dense_dim=8)
     out = stage.inputs(tables, rng.integers(0, 30, 64), rng.integers(0, 40, 64), spec)
-    assert len(_numba_cpu._cross_kernel.signatures) == compiled, "the first request compiled a new kernel"
+    assert len(_numba_cpu._assemble_kernel.signatures) == compiled, "the first request compiled a new kernel"
     assert out.cat.shape == (64, 3 + 4 + 2)
