@@ -11,25 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from kernels import spec
 from kernels._resident import ResidentTables
-from kernels.spec import (
-    CAT_COPY,
-    DENSE_DOT,
-    DENSE_NUM,
-    GOLDEN,
-    MIX1,
-    MIX2,
-    SIDE_Q,
-    CrossInputs,
-    CrossOutput,
-    CrossSpec,
-    FeatureInputs,
-    FeatureOutput,
-    FeaturePlan,
-    cross_with,
-)
+from kernels.spec import FeatureInputs, FeatureOutput, FeaturePlan
 
-__all__ = ["CUDA_SOURCE", "assemble_cupy", "assemble_device", "cross_cupy", "cross_device", "launch_args"]
+__all__ = ["CUDA_SOURCE", "assemble_cupy", "assemble_device", "launch_args"]
 
 CUDA_SOURCE = r"""
 typedef unsigned long long u64;
@@ -89,8 +75,8 @@ extern "C" __global__ void rankserve_assemble(
         }
     }
 }
-""" % {"MIX1": hex(MIX1), "MIX2": hex(MIX2), "GOLDEN": hex(GOLDEN), "SIDE_Q": SIDE_Q,  # noqa: UP031 - C braces
-       "CAT_COPY": CAT_COPY, "DENSE_NUM": DENSE_NUM, "DENSE_DOT": DENSE_DOT}
+""" % {"MIX1": hex(spec.MIX1), "MIX2": hex(spec.MIX2), "GOLDEN": hex(spec.GOLDEN),  # noqa: UP031 - C braces
+       "SIDE_Q": spec.SIDE_Q, "CAT_COPY": spec.CAT_COPY, "DENSE_NUM": spec.DENSE_NUM, "DENSE_DOT": spec.DENSE_DOT}
 
 _KERNEL: Any = None
 _THREADS = 256
@@ -172,13 +158,3 @@ def assemble_cupy(inputs: FeatureInputs, plan: FeaturePlan) -> FeatureOutput:
     stream.synchronize()
     return out
 
-
-def cross_device(inputs: CrossInputs, spec: CrossSpec) -> tuple[Any, Any]:
-    """Crossing with device outputs: (hashed int64, dense float32) CuPy arrays."""
-    out = cross_with(assemble_device, inputs, spec)
-    return out.hashed, out.dense
-
-
-def cross_cupy(inputs: CrossInputs, spec: CrossSpec) -> CrossOutput:
-    """Host in, host out: the crossing contract's plan, assembled by :func:`assemble_cupy`."""
-    return cross_with(assemble_cupy, inputs, spec)

@@ -7,17 +7,9 @@ import numpy as np
 from numba import prange
 
 from kernels import _scalar
-from kernels.spec import (
-    CrossInputs,
-    CrossOutput,
-    CrossSpec,
-    FeatureInputs,
-    FeatureOutput,
-    FeaturePlan,
-    cross_with,
-)
+from kernels.spec import FeatureInputs, FeatureOutput, FeaturePlan
 
-__all__ = ["assemble_numba_cpu", "cross_numba_cpu"]
+__all__ = ["assemble_numba_cpu"]
 
 # No cache=True: Numba's on-disk cache is invalidated only by changes to THIS file, so an edit of
 # the hash in _scalar.py would keep running the old compiled kernel. Compiling costs ~1 s once
@@ -48,7 +40,3 @@ def assemble_numba_cpu(inputs: FeatureInputs, plan: FeaturePlan) -> FeatureOutpu
                          plan.cat_ops, plan.dense_ops, cat, dense)
     return FeatureOutput(cat=cat, dense=dense)
 
-
-def cross_numba_cpu(inputs: CrossInputs, spec: CrossSpec) -> CrossOutput:
-    """Fused crossing on the CPU: the crossing contract's plan, assembled by :func:`assemble_numba_cpu`."""
-    return cross_with(assemble_numba_cpu, inputs, spec)

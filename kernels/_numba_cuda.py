@@ -15,17 +15,9 @@ from numba import cuda
 
 from kernels import _scalar
 from kernels._resident import ResidentTables
-from kernels.spec import (
-    CrossInputs,
-    CrossOutput,
-    CrossSpec,
-    FeatureInputs,
-    FeatureOutput,
-    FeaturePlan,
-    cross_with,
-)
+from kernels.spec import FeatureInputs, FeatureOutput, FeaturePlan
 
-__all__ = ["LAST_TRANSFER_BYTES", "assemble_device", "assemble_numba_cuda", "cross_device", "cross_numba_cuda"]
+__all__ = ["LAST_TRANSFER_BYTES", "assemble_device", "assemble_numba_cuda"]
 
 if not hasattr(np, "row_stack"):
     # numba-cuda 0.30 reads np.row_stack when it compiles its first kernel; NumPy 2.4 removed that
@@ -89,13 +81,3 @@ def assemble_numba_cuda(inputs: FeatureInputs, plan: FeaturePlan) -> FeatureOutp
     LAST_TRANSFER_BYTES["d2h"] += out.cat.nbytes + out.dense.nbytes
     return out
 
-
-def cross_device(inputs: CrossInputs, spec: CrossSpec) -> tuple[Any, Any]:
-    """Crossing with outputs left on the device: (hashed, dense) Numba device arrays."""
-    out = cross_with(assemble_device, inputs, spec)
-    return out.hashed, out.dense
-
-
-def cross_numba_cuda(inputs: CrossInputs, spec: CrossSpec) -> CrossOutput:
-    """Host in, host out: the crossing contract's plan, assembled by :func:`assemble_numba_cuda`."""
-    return cross_with(assemble_numba_cuda, inputs, spec)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from kernels.spec import (
@@ -13,9 +15,6 @@ from kernels.spec import (
     MIX2,
     SIDE_ITEM,
     SIDE_Q,
-    CrossInputs,
-    CrossOutput,
-    CrossSpec,
     FeatureInputs,
     FeatureOutput,
     FeaturePlan,
@@ -70,6 +69,5 @@ def assemble_numpy(inputs: FeatureInputs, plan: FeaturePlan) -> FeatureOutput:
     return FeatureOutput(cat=cat, dense=dense)
 
 
-def cross_numpy(inputs: CrossInputs, spec: CrossSpec) -> CrossOutput:
-    """Reference crossing: the crossing contract's plan, assembled by :func:`assemble_numpy`."""
-    return cross_with(assemble_numpy, inputs, spec)
+# Reference crossing: the crossing contract's plan, assembled by assemble_numpy.
+cross_numpy = functools.partial(cross_with, assemble_numpy)

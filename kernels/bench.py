@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from kernels import CrossInputs, CrossSpec, available_backends, get_crosser
+from kernels.spec import cross_with
 
 __all__ = ["main"]
 
@@ -128,10 +129,10 @@ def run(sizes: list[int], repeats_s: float = 0.3) -> dict[str, Any]:
 
                 dev = CrossInputs(*[cp.asarray(a) for a in x])
                 if name == "cupy":
-                    from kernels._cupy import cross_device
+                    from kernels._cupy import assemble_device
                 else:
-                    from kernels._numba_cuda import cross_device
-                td = _median_time(functools.partial(cross_device, dev, SPEC), sync, min_time_s=repeats_s)
+                    from kernels._numba_cuda import assemble_device
+                td = _median_time(functools.partial(cross_with, assemble_device, dev, SPEC), sync, min_time_s=repeats_s)
                 rows.append({"backend": name, "mode": "device", "pairs": n, "time_ms": td * 1e3,
                              "gbytes_per_s": floor_bytes / td / 1e9,
                              "floor_pct": 100 * (floor_bytes / gpu_bw) / td if gpu_bw else None,

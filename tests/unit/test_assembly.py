@@ -1,6 +1,7 @@
 """The fused assembly kernel (``kernels.spec.FeaturePlan``): the NumPy reference against the
 pure-Python definition, every available backend against the reference on random plans, the plan's
-checks and JSON round trip, and the CuPy kernel's CUDA C source run on the CPU."""
+checks and JSON round trip, and the CuPy kernel's CUDA C source run on the CPU (the Numba CUDA
+kernel runs these plans on the simulator in tests/unit/test_kernels.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from kernels.spec import (
     dense_column,
     dense_vectors,
 )
-from tests.kernel_cases import SIZES, make_feature_inputs, random_plan, run_on_cuda_simulator
+from tests.kernel_cases import SIZES, make_feature_inputs, random_plan
 
 BACKENDS_HERE = available_backends(allow_simulator=False)
 
@@ -128,25 +129,6 @@ def test_inputs_narrower_than_the_plan_are_refused(backend: str) -> None:
         get_crosser(backend).assemble(x, plan)
     with pytest.raises(ValueError, match="req_of has 5 rows, item_rows 4"):
         get_crosser(backend).assemble(x._replace(item_rows=x.item_rows[:4]), plan)
-
-
-_SIM = """
-import numpy as np
-from kernels import get_crosser
-from kernels._numpy import assemble_numpy
-from tests.kernel_cases import make_feature_inputs, random_plan
-c = get_crosser("numba_cuda")
-for n, seed in ((0, 1), (1, 2), (37, 3), (300, 4), (64, 5)):
-    plan, x = random_plan(np.random.default_rng(seed)), make_feature_inputs(n, seed, n_items=50)
-    got, want = c.assemble(x, plan), assemble_numpy(x, plan)
-    assert np.array_equal(got.cat, want.cat), seed
-    np.testing.assert_allclose(got.dense, want.dense, rtol=1e-5, atol=1e-5)
-print("sim-ok")
-"""
-
-
-def test_numba_cuda_assembly_on_the_cuda_simulator() -> None:
-    run_on_cuda_simulator(_SIM)
 
 
 # The CUDA C of the CuPy backend, compiled for the CPU: one block of one thread walks every row
