@@ -46,30 +46,37 @@ def row_function(hash_fn: Callable[..., Any]) -> Callable[..., None]:
 
     def assemble_row(b, req_of, item_rows, q_cat, q_num, q_vec, item_cat, item_num, item_vec,  # type: ignore[no-untyped-def]
                      cat_ops, dense_ops, cat, dense):
-        q = req_of[b]
-        i = item_rows[b]
+        # Indexes as uint64: the compiler then knows them non-negative and drops the negative-index
+        # wrap-around test from every read (twice as fast on the CPU).
+        q = np.uint64(req_of[b])
+        i = np.uint64(item_rows[b])
         for j in range(cat_ops.shape[0]):
-            a = q_cat[q, cat_ops[j, 2]] if cat_ops[j, 1] == SIDE_Q else item_cat[i, cat_ops[j, 2]]
+            col = np.uint64(cat_ops[j, 2])
+            a = q_cat[q, col] if cat_ops[j, 1] == SIDE_Q else item_cat[i, col]
             if cat_ops[j, 0] == CAT_COPY:
                 cat[b, j] = a
             else:
-                c = q_cat[q, cat_ops[j, 4]] if cat_ops[j, 3] == SIDE_Q else item_cat[i, cat_ops[j, 4]]
+                col = np.uint64(cat_ops[j, 4])
+                c = q_cat[q, col] if cat_ops[j, 3] == SIDE_Q else item_cat[i, col]
                 cat[b, j] = np.int64(hash_fn(a, c, cat_ops[j, 6], cat_ops[j, 5]))
         for k in range(dense_ops.shape[0]):
             kind = dense_ops[k, 0]
-            a = dense_ops[k, 2]
-            out = dense_ops[k, 5]
+            a = np.uint64(dense_ops[k, 2])
+            out = np.uint64(dense_ops[k, 5])
             if kind == DENSE_NUM:
                 dense[b, out] = q_num[q, a] if dense_ops[k, 1] == SIDE_Q else item_num[i, a]
                 continue
-            c = dense_ops[k, 3]
+            c = np.uint64(dense_ops[k, 3])
+            width = np.uint64(dense_ops[k, 4])
             if kind == DENSE_DOT:
                 acc = np.float32(0.0)
-                for d in range(dense_ops[k, 4]):
-                    acc += q_vec[q, a + d] * item_vec[i, c + d]
+                for d in range(width):
+                    e = np.uint64(d)  # already uint64 when compiled; in Python uint64 + int is a float
+                    acc += q_vec[q, a + e] * item_vec[i, c + e]
                 dense[b, out] = acc
             else:
-                for d in range(dense_ops[k, 4]):
-                    dense[b, out + d] = q_vec[q, a + d] * item_vec[i, c + d]
+                for d in range(width):
+                    e = np.uint64(d)
+                    dense[b, out + e] = q_vec[q, a + e] * item_vec[i, c + e]
 
     return assemble_row
