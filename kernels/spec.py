@@ -268,7 +268,7 @@ class FeaturePlan:
     def n_cat(self) -> int:
         return int(self.cat_ops.shape[0])
 
-    @property
+    @functools.cached_property
     def n_dense(self) -> int:
         if not self.dense_ops.shape[0]:
             return 0
@@ -295,14 +295,15 @@ class FeaturePlan:
         """Raise ValueError when ``inputs`` (host or device arrays) cannot hold what this plan reads."""
         if inputs.req_of.shape[0] != inputs.item_rows.shape[0]:
             raise ValueError(f"req_of has {inputs.req_of.shape[0]} rows, item_rows {inputs.item_rows.shape[0]}")
-        for name, need in self._widths.items():
-            have = int(getattr(inputs, name).shape[1])
-            if have < need:
-                raise ValueError(f"{name} has {have} columns; the plan reads {need}")
+        for field, need in self._needs:  # once per batch: a few comparisons
+            if inputs[field].shape[1] < need:
+                raise ValueError(f"{FeatureInputs._fields[field]} has {inputs[field].shape[1]} columns; the plan "
+                                 f"reads {need}")
 
     @functools.cached_property
-    def _widths(self) -> dict[str, int]:
-        return self.widths()
+    def _needs(self) -> tuple[tuple[int, int], ...]:
+        """(FeatureInputs field index, columns needed) of each table the plan reads."""
+        return tuple((FeatureInputs._fields.index(name), need) for name, need in self.widths().items() if need)
 
     def to_dict(self) -> dict[str, list[Any]]:
         return {"cat_ops": self.cat_ops.tolist(), "dense_ops": self.dense_ops.tolist(),
