@@ -1,4 +1,4 @@
-"""Feature-crossing kernels: one contract (``kernels.spec``), several backends, one dispatcher."""
+"""Feature assembly and crossing kernels: one contract (``kernels.spec``), several backends, one dispatcher."""
 
 from kernels.dispatch import (
     BACKENDS,
@@ -9,7 +9,15 @@ from kernels.dispatch import (
     gpu_unavailable_reason,
     set_cpu_threads,
 )
-from kernels.spec import CrossInputs, CrossOutput, CrossSpec, cross_hash_scalar
+from kernels.spec import (
+    CrossInputs,
+    CrossOutput,
+    CrossSpec,
+    FeatureInputs,
+    FeatureOutput,
+    FeaturePlan,
+    cross_hash_scalar,
+)
 
 __all__ = [
     "BACKENDS",
@@ -17,6 +25,9 @@ __all__ = [
     "CrossOutput",
     "CrossSpec",
     "Crosser",
+    "FeatureInputs",
+    "FeatureOutput",
+    "FeaturePlan",
     "KernelBackendError",
     "available_backends",
     "cross_hash_scalar",

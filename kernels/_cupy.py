@@ -1,7 +1,7 @@
-"""CuPy backend: the fused crossing kernel as CUDA C in a ``RawKernel`` compiled by CuPy.
+"""CuPy backend: the fused assembly kernel as CUDA C in a ``RawKernel`` compiled by CuPy.
 
 Host inputs are copied once; device inputs (CuPy arrays, or torch CUDA tensors / anything with
-``__cuda_array_interface__`` or DLPack) stay on the device, and :func:`cross_device` returns
+``__cuda_array_interface__`` or DLPack) stay on the device, and :func:`assemble_device` returns
 CuPy arrays without a copy back.
 """
 
@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from kernels import spec
 from kernels._resident import ResidentTables
-from kernels.spec import GOLDEN, MIX1, MIX2, CrossInputs, CrossOutput, CrossSpec
+from kernels.spec import FeatureInputs, FeatureOutput, FeaturePlan
 
-__all__ = ["CUDA_SOURCE", "cross_cupy", "cross_device"]
+__all__ = ["CUDA_SOURCE", "assemble_cupy", "assemble_device", "launch_args"]
 
 CUDA_SOURCE = r"""
 typedef unsigned long long u64;
@@ -27,38 +28,60 @@ __device__ __forceinline__ u64 fmix64(u64 x) {
     return x;
 }
 
-extern "C" __global__ void rankserve_cross(
-        const i64* __restrict__ user_rows, const i64* __restrict__ item_rows,
-        const i64* __restrict__ user_cat, const i64* __restrict__ item_cat,
-        const float* __restrict__ user_dense, const float* __restrict__ item_dense,
-        const i64* __restrict__ pairs, const int n_pairs, const u64 buckets,
-        const i64 n, const int fu, const int fi, const int d,
-        i64* __restrict__ hashed, float* __restrict__ dense) {
+// One thread per row b: request q = req_of[b], item i = item_rows[b]; the plan's operations
+// (kernels.spec.FeaturePlan: cat_ops rows of 7, dense_ops rows of 6) write its outputs.
+extern "C" __global__ void rankserve_assemble(
+        const i64* __restrict__ req_of, const i64* __restrict__ item_rows,
+        const i64* __restrict__ q_cat, const float* __restrict__ q_num, const float* __restrict__ q_vec,
+        const i64* __restrict__ item_cat, const float* __restrict__ item_num, const float* __restrict__ item_vec,
+        const i64* __restrict__ cat_ops, const i64* __restrict__ dense_ops,
+        const int n_cat, const int n_dense_ops, const int n_dense, const i64 n,
+        const int w_qc, const int w_qn, const int w_qv, const int w_ic, const int w_in, const int w_iv,
+        i64* __restrict__ cat, float* __restrict__ dense) {
     for (i64 b = (i64)blockIdx.x * blockDim.x + threadIdx.x; b < n; b += (i64)blockDim.x * gridDim.x) {
-        const i64 u = user_rows[b];
+        const i64 q = req_of[b];
         const i64 i = item_rows[b];
-        for (int p = 0; p < n_pairs; ++p) {
-            const u64 a = (u64)user_cat[u * fu + pairs[2 * p]];
-            const u64 c = (u64)item_cat[i * fi + pairs[2 * p + 1]];
-            const u64 inner = fmix64(c + (u64)(p + 1) * %(GOLDEN)sULL);
-            hashed[b * n_pairs + p] = (i64)(fmix64(a ^ inner) %% buckets);
+        const i64* qc = q_cat + q * w_qc;
+        const i64* ic = item_cat + i * w_ic;
+        for (int j = 0; j < n_cat; ++j) {
+            const i64* op = cat_ops + 7 * j;
+            const u64 a = (u64)(op[1] == %(SIDE_Q)s ? qc[op[2]] : ic[op[2]]);
+            if (op[0] == %(CAT_COPY)s) {
+                cat[b * n_cat + j] = (i64)a;
+                continue;
+            }
+            const u64 c = (u64)(op[3] == %(SIDE_Q)s ? qc[op[4]] : ic[op[4]]);
+            const u64 inner = fmix64(c + (u64)(op[6] + 1) * %(GOLDEN)sULL);
+            cat[b * n_cat + j] = (i64)(fmix64(a ^ inner) %% (u64)op[5]);
         }
-        const float* ud = user_dense + u * d;
-        const float* id = item_dense + i * d;
-        float* out = dense + b * (d + 1);
-        float acc = 0.0f;
-        for (int k = 0; k < d; ++k) {
-            const float prod = __fmul_rn(ud[k], id[k]);
-            out[1 + k] = prod;
-            acc = __fadd_rn(acc, prod);
+        const float* qn = q_num + q * w_qn;
+        const float* in = item_num + i * w_in;
+        const float* qv = q_vec + q * w_qv;
+        const float* iv = item_vec + i * w_iv;
+        float* row = dense + b * n_dense;
+        for (int k = 0; k < n_dense_ops; ++k) {
+            const i64* op = dense_ops + 6 * k;
+            const i64 kind = op[0], a = op[2], c = op[3], width = op[4];
+            float* out = row + op[5];
+            if (kind == %(DENSE_NUM)s) {
+                *out = op[1] == %(SIDE_Q)s ? qn[a] : in[a];
+            } else if (kind == %(DENSE_DOT)s) {
+                float acc = 0.0f;
+                for (i64 d = 0; d < width; ++d) acc = __fadd_rn(acc, __fmul_rn(qv[a + d], iv[c + d]));
+                *out = acc;
+            } else {
+                for (i64 d = 0; d < width; ++d) out[d] = __fmul_rn(qv[a + d], iv[c + d]);
+            }
         }
-        out[0] = acc;
     }
 }
-""" % {"MIX1": hex(MIX1), "MIX2": hex(MIX2), "GOLDEN": hex(GOLDEN)}  # noqa: UP031 - C braces
+""" % {"MIX1": hex(spec.MIX1), "MIX2": hex(spec.MIX2), "GOLDEN": hex(spec.GOLDEN),  # noqa: UP031 - C braces
+       "SIDE_Q": spec.SIDE_Q, "CAT_COPY": spec.CAT_COPY, "DENSE_NUM": spec.DENSE_NUM, "DENSE_DOT": spec.DENSE_DOT}
 
 _KERNEL: Any = None
 _THREADS = 256
+# the dtype of each FeatureInputs field, in order
+_DTYPES = (np.int64, np.int64, np.int64, np.float32, np.float32, np.int64, np.float32, np.float32)
 
 
 def _kernel() -> Any:
@@ -66,7 +89,7 @@ def _kernel() -> Any:
     if _KERNEL is None:
         import cupy as cp
 
-        _KERNEL = cp.RawKernel(CUDA_SOURCE, "rankserve_cross")
+        _KERNEL = cp.RawKernel(CUDA_SOURCE, "rankserve_assemble")
     return _KERNEL
 
 
@@ -92,23 +115,28 @@ def _dev(a: Any, dtype: Any) -> Any:
     return cp.asarray(np.ascontiguousarray(a, dtype=dtype))
 
 
-def cross_device(inputs: CrossInputs, spec: CrossSpec) -> tuple[Any, Any]:
-    """Crossing with device outputs: (hashed int64, dense float32) CuPy arrays."""
+def assemble_device(inputs: FeatureInputs, plan: FeaturePlan) -> FeatureOutput:
+    """Assembly with device outputs: (cat int64, dense float32) CuPy arrays."""
     import cupy as cp
 
-    ur, ir = _dev(inputs.user_rows, np.int64), _dev(inputs.item_rows, np.int64)
-    uc, ic = _dev(inputs.user_cat, np.int64), _dev(inputs.item_cat, np.int64)
-    ud, idn = _dev(inputs.user_dense, np.float32), _dev(inputs.item_dense, np.float32)
-    pairs = cp.asarray(spec.pairs_array())
-    n = int(ur.shape[0])
-    hashed = cp.empty((n, spec.n_pairs), dtype=cp.int64)
-    dense = cp.empty((n, spec.n_dense_out), dtype=cp.float32)
+    plan.check(inputs)
+    x = FeatureInputs(*[_dev(a, dtype) for a, dtype in zip(inputs, _DTYPES, strict=True)])
+    n = int(x.req_of.shape[0])
+    cat = cp.empty((n, plan.n_cat), dtype=cp.int64)
+    dense = cp.empty((n, plan.n_dense), dtype=cp.float32)
     if n:
         blocks = min((n + _THREADS - 1) // _THREADS, 65535 * 4)
-        _kernel()((blocks,), (_THREADS,), (ur, ir, uc, ic, ud, idn, pairs, np.int32(spec.n_pairs),
-                                          np.uint64(spec.buckets), np.int64(n), np.int32(uc.shape[1]),
-                                          np.int32(ic.shape[1]), np.int32(ud.shape[1]), hashed, dense))
-    return hashed, dense
+        ops = (_dev(plan.cat_ops, np.int64), _dev(plan.dense_ops, np.int64))
+        _kernel()((blocks,), (_THREADS,), launch_args(x, ops, plan, cat, dense))
+    return FeatureOutput(cat=cat, dense=dense)
+
+
+def launch_args(x: FeatureInputs, ops: tuple[Any, Any], plan: FeaturePlan, cat: Any, dense: Any) -> tuple[Any, ...]:
+    """The kernel's arguments in the order of its signature: the tables and the plan's operations
+    (arrays of one kind: device, or host for a CPU build of the source), then the sizes."""
+    sizes = (np.int32(plan.n_cat), np.int32(plan.dense_ops.shape[0]), np.int32(plan.n_dense),
+             np.int64(x.req_of.shape[0]), *[np.int32(t.shape[1]) for t in x[2:]])
+    return (*x, *ops, *sizes, cat, dense)
 
 
 def _pinned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -118,14 +146,15 @@ def _pinned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return cupyx.empty_pinned(shape, dtype=dtype)
 
 
-def cross_cupy(inputs: CrossInputs, spec: CrossSpec) -> CrossOutput:
+def assemble_cupy(inputs: FeatureInputs, plan: FeaturePlan) -> FeatureOutput:
     """Host in, host out (outputs copied into pinned host memory)."""
     import cupy as cp
 
-    hashed, dense = cross_device(inputs, spec)
-    out = CrossOutput(hashed=_pinned(hashed.shape, np.int64), dense=_pinned(dense.shape, np.float32))
+    cat, dense = assemble_device(inputs, plan)
+    out = FeatureOutput(cat=_pinned(cat.shape, np.int64), dense=_pinned(dense.shape, np.float32))
     stream = cp.cuda.get_current_stream()
-    hashed.get(out=out.hashed, stream=stream)
+    cat.get(out=out.cat, stream=stream)
     dense.get(out=out.dense, stream=stream)
     stream.synchronize()
     return out
+

@@ -9,6 +9,11 @@ a GPU). The feature tables are read-only, as in serving, so GPU backends keep th
 and "host" mode moves only the row indexes in and the outputs out.
 ``floor%`` = floor time / measured time. GPU backends are timed two ways: host arrays in and out
 (what serving does today) and device-resident inputs and outputs (the kernel alone).
+
+A second table times the whole ranker input of the demo's layout (user and item columns, the
+crosses, item numerics, dot and products) two ways, host in and out: one fused plan
+(``Crosser.assemble``) against a crossing call followed by NumPy gathers and concatenations (what
+``serving.pipeline.features.ranker_inputs`` does).
 """
 
 from __future__ import annotations
@@ -24,12 +29,41 @@ from typing import Any
 
 import numpy as np
 
-from kernels import CrossInputs, CrossSpec, available_backends, get_crosser
+from kernels import (
+    Crosser,
+    CrossInputs,
+    CrossSpec,
+    FeatureInputs,
+    FeaturePlan,
+    available_backends,
+    get_crosser,
+)
+from kernels.spec import (
+    DENSE_DOT,
+    DENSE_PROD,
+    SIDE_ITEM,
+    SIDE_Q,
+    cat_column,
+    cat_cross,
+    cross_with,
+    dense_column,
+    dense_vectors,
+)
 
 __all__ = ["main"]
 
 SPEC = CrossSpec(pairs=((0, 0), (1, 3), (2, 2)), buckets=1 << 20, dense_dim=16)
 N_USERS, N_ITEMS = 100_000, 50_000
+N_ITEM_NUM = 3
+
+
+def ranker_plan(spec: CrossSpec = SPEC) -> FeaturePlan:
+    """The demo ranker's input layout over the bench tables (3 user and 4 item columns)."""
+    cat = [cat_column(SIDE_Q, c) for c in range(3)] + [cat_column(SIDE_ITEM, c) for c in range(4)]
+    cat += [cat_cross((SIDE_Q, u), (SIDE_ITEM, i), spec.buckets, p) for p, (u, i) in enumerate(spec.pairs)]
+    dense = [dense_column(SIDE_ITEM, c) for c in range(N_ITEM_NUM)]
+    dense += [dense_vectors(DENSE_DOT, 0, 0, spec.dense_dim), dense_vectors(DENSE_PROD, 0, 0, spec.dense_dim)]
+    return FeaturePlan.of(cat, dense, [1000] * 3 + [5000] * 4 + [spec.buckets] * spec.n_pairs)
 
 
 def _inputs(n: int, seed: int) -> CrossInputs:
@@ -43,6 +77,40 @@ def _inputs(n: int, seed: int) -> CrossInputs:
     for table in x[2:]:
         table.setflags(write=False)
     return x
+
+
+def _ranker_inputs_in_steps(crosser: Crosser, x: CrossInputs, item_num: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Today's ranker inputs: one crossing call, then the gathered columns concatenated around it."""
+    out = crosser.cross(x, SPEC)
+    cat = np.concatenate([x.user_cat[x.user_rows], x.item_cat[x.item_rows], out.hashed], axis=1)
+    return cat, np.concatenate([item_num[x.item_rows], out.dense], axis=1)
+
+
+def _ranker_rows(n: int, x: CrossInputs, names: list[str], repeats_s: float) -> list[dict[str, Any]]:
+    """The ranker input of ``n`` pairs per backend: fused plan vs crossing call plus gathers."""
+    item_num = np.random.default_rng(n).normal(size=(N_ITEMS, N_ITEM_NUM)).astype(np.float32)
+    item_num.setflags(write=False)
+    no_num = np.zeros((x.user_cat.shape[0], 0), np.float32)
+    no_num.setflags(write=False)
+    fx = FeatureInputs(x.user_rows, x.item_rows, x.user_cat, no_num, x.user_dense, x.item_cat, item_num, x.item_dense)
+    plan, rows = ranker_plan(), []
+    for name in names:
+        crosser = get_crosser(name)
+        sync = _sync(name)
+        fused = _median_time(functools.partial(crosser.assemble, fx, plan), sync, min_time_s=repeats_s)
+        steps = _median_time(functools.partial(_ranker_inputs_in_steps, crosser, x, item_num), sync,
+                             min_time_s=repeats_s)
+        rows.append({"backend": name, "pairs": n, "fused_ms": fused * 1e3, "cross_then_gather_ms": steps * 1e3,
+                     "speedup": steps / fused})
+    return rows
+
+
+def _sync(name: str) -> Callable[[], None]:
+    if name in {"cupy", "numba_cuda"}:
+        import cupy as cp
+
+        return cp.cuda.Device().synchronize  # type: ignore[no-any-return]
+    return lambda: None
 
 
 def bytes_per_pair(spec: CrossSpec = SPEC) -> int:
@@ -104,17 +172,15 @@ def run(sizes: list[int], repeats_s: float = 0.3) -> dict[str, Any]:
     cpu_bw = cpu_copy_bandwidth()
     gpu_bw = gpu_copy_bandwidth() if {"cupy", "numba_cuda"} & set(backends) else None
     rows: list[dict[str, Any]] = []
+    ranker: list[dict[str, Any]] = []
     for n in sizes:
         x = _inputs(n, seed=n)
         floor_bytes = n * bytes_per_pair()
         ref_t = None
-        for name in ["numpy", *[b for b in backends if b != "numpy"]]:
+        names = ["numpy", *[b for b in backends if b != "numpy"]]
+        for name in names:
             fn = get_crosser(name).cross
-            sync: Callable[[], None] = lambda: None  # noqa: E731
-            if name in {"cupy", "numba_cuda"}:
-                import cupy as cp
-
-                sync = cp.cuda.Device().synchronize
+            sync = _sync(name)
             t = _median_time(functools.partial(fn, x, SPEC), sync, min_time_s=repeats_s)
             if name == "numpy":
                 ref_t = t
@@ -128,17 +194,18 @@ def run(sizes: list[int], repeats_s: float = 0.3) -> dict[str, Any]:
 
                 dev = CrossInputs(*[cp.asarray(a) for a in x])
                 if name == "cupy":
-                    from kernels._cupy import cross_device
+                    from kernels._cupy import assemble_device
                 else:
-                    from kernels._numba_cuda import cross_device
-                td = _median_time(functools.partial(cross_device, dev, SPEC), sync, min_time_s=repeats_s)
+                    from kernels._numba_cuda import assemble_device
+                td = _median_time(functools.partial(cross_with, assemble_device, dev, SPEC), sync, min_time_s=repeats_s)
                 rows.append({"backend": name, "mode": "device", "pairs": n, "time_ms": td * 1e3,
                              "gbytes_per_s": floor_bytes / td / 1e9,
                              "floor_pct": 100 * (floor_bytes / gpu_bw) / td if gpu_bw else None,
                              "speedup_vs_numpy": (ref_t or td) / td})
+        ranker += _ranker_rows(n, x, names, repeats_s)
     return {"machine": platform.processor() or platform.machine(), "cpu_copy_gbytes_per_s": cpu_bw / 1e9,
             "gpu_copy_gbytes_per_s": gpu_bw / 1e9 if gpu_bw else None, "bytes_per_pair": bytes_per_pair(),
-            "backends": backends, "rows": rows}
+            "backends": backends, "rows": rows, "ranker_inputs": ranker}
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -150,6 +217,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         fp = f"{r['floor_pct']:.1f}" if r["floor_pct"] is not None else "-"
         lines.append(f"| {r['pairs']:,} | {r['backend']} | {r['mode']} | {r['time_ms']:.3f} | "
                      f"{r['gbytes_per_s']:.2f} | {fp} | {r['speedup_vs_numpy']:.1f}x |")
+    lines += ["", "ranker inputs (demo layout), host in and out:", "",
+              "| pairs | backend | fused plan ms | crossing + gathers ms | fused speed-up |", "|---|---|---|---|---|"]
+    for r in report.get("ranker_inputs", []):
+        lines.append(f"| {r['pairs']:,} | {r['backend']} | {r['fused_ms']:.3f} | {r['cross_then_gather_ms']:.3f} | "
+                     f"{r['speedup']:.1f}x |")
     return "\n".join(lines)
 
 

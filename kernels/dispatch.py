@@ -1,4 +1,4 @@
-"""Chooses one crossing backend at start-up: CuPy > Numba CUDA > Numba CPU > NumPy.
+"""Chooses one assembly (and crossing) backend at start-up: CuPy > Numba CUDA > Numba CPU > NumPy.
 
 ``get_crosser("auto")`` takes the first that can run here, compiles it on a small input so the
 first request does not pay for JIT, and logs which it chose. A backend forced by name
@@ -9,13 +9,20 @@ reason: never a silent fallback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from kernels._numpy import cross_numpy
-from kernels.spec import CrossInputs, CrossOutput, CrossSpec
+from kernels._numpy import assemble_numpy
+from kernels.spec import (
+    AssembleFn,
+    CrossInputs,
+    CrossOutput,
+    CrossSpec,
+    FeatureInputs,
+    cross_with,
+    plan_of_cross_spec,
+)
 
 __all__ = ["BACKENDS", "KernelBackendError", "Crosser", "available_backends", "get_crosser", "gpu_unavailable_reason",
            "set_cpu_threads"]
@@ -23,7 +30,6 @@ __all__ = ["BACKENDS", "KernelBackendError", "Crosser", "available_backends", "g
 log = logging.getLogger(__name__)
 
 BACKENDS = ("cupy", "numba_cuda", "numba_cpu", "numpy")
-CrossFn = Callable[[CrossInputs, CrossSpec], CrossOutput]
 
 
 class KernelBackendError(RuntimeError):
@@ -32,10 +38,15 @@ class KernelBackendError(RuntimeError):
 
 @dataclass(frozen=True)
 class Crosser:
-    """A chosen backend. ``cross`` takes host (NumPy) inputs and returns host outputs."""
+    """A chosen backend. ``assemble`` (a ``kernels.spec.FeaturePlan``'s features) and ``cross``
+    (the crossing contract, through the same kernel) take host (NumPy) inputs and return host
+    outputs."""
 
     backend: str
-    cross: CrossFn
+    assemble: AssembleFn
+
+    def cross(self, inputs: CrossInputs, spec: CrossSpec) -> CrossOutput:
+        return cross_with(self.assemble, inputs, spec)
 
 
 def gpu_unavailable_reason() -> str | None:
@@ -59,16 +70,16 @@ def gpu_unavailable_reason() -> str | None:
     return "no CUDA GPU visible (numba.cuda.is_available() is False)"
 
 
-def _load(name: str, *, allow_simulator: bool = True) -> CrossFn:
+def _load(name: str, *, allow_simulator: bool = True) -> AssembleFn:
     """The backend's function, or KernelBackendError saying why it cannot run here."""
     if name == "numpy":
-        return cross_numpy
+        return assemble_numpy
     if name == "numba_cpu":
         try:
-            from kernels._numba_cpu import cross_numba_cpu
+            from kernels._numba_cpu import assemble_numba_cpu
         except ImportError as err:
             raise KernelBackendError(f"numba_cpu: numba is not installed ({err})") from err
-        return cross_numba_cpu
+        return assemble_numba_cpu
     if name == "numba_cuda":
         try:
             import numba
@@ -80,9 +91,9 @@ def _load(name: str, *, allow_simulator: bool = True) -> CrossFn:
             raise KernelBackendError("numba_cuda: only the CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1)")
         if not simulated and not cuda.is_available():
             raise KernelBackendError("numba_cuda: no CUDA GPU / driver visible to Numba")
-        from kernels._numba_cuda import cross_numba_cuda
+        from kernels._numba_cuda import assemble_numba_cuda
 
-        return cross_numba_cuda
+        return assemble_numba_cuda
     if name == "cupy":
         try:
             import cupy
@@ -93,9 +104,9 @@ def _load(name: str, *, allow_simulator: bool = True) -> CrossFn:
                 raise KernelBackendError("cupy: no CUDA device")
         except cupy.cuda.runtime.CUDARuntimeError as err:
             raise KernelBackendError(f"cupy: CUDA runtime unavailable ({err})") from err
-        from kernels._cupy import cross_cupy
+        from kernels._cupy import assemble_cupy
 
-        return cross_cupy
+        return assemble_cupy
     raise KernelBackendError(f"unknown crossing backend {name!r}; expected auto or one of {BACKENDS}")
 
 
@@ -121,11 +132,11 @@ def set_cpu_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, limit)))
 
 
-def _warm_up(fn: CrossFn) -> None:
-    spec = CrossSpec(pairs=((0, 0),), buckets=7, dense_dim=2)
+def _warm_up(fn: AssembleFn) -> None:
     one = np.zeros((2, 2), dtype=np.int64)
-    fn(CrossInputs(np.zeros(3, np.int64), np.zeros(3, np.int64), one, one,
-                   np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)), spec)
+    fn(FeatureInputs.of_cross(CrossInputs(np.zeros(3, np.int64), np.zeros(3, np.int64), one, one,
+                                          np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))),
+       plan_of_cross_spec(CrossSpec(pairs=((0, 0),), buckets=7, dense_dim=2)))
 
 
 def get_crosser(backend: str = "auto") -> Crosser:

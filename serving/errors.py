@@ -17,6 +17,7 @@ __all__ = [
     "BuildCacheError",
     "ConfigError",
     "DeadlineExceededError",
+    "FeaturesError",
     "InsufficientResourcesError",
     "IntegrityError",
     "InvalidArgumentError",
@@ -220,6 +221,13 @@ class SchemaError(RankserveError):
     exit_status = 2
 
 
+class FeaturesError(SchemaError):
+    """A ranker's feature declaration was refused: an entry in no known form, or a name the data
+    set's schema does not hold with the kind the entry needs (exit 2)."""
+
+    code = "features_error"
+
+
 class ConfigError(RankserveError, ValueError):
     """A setting (from the environment, a flag or a file) is invalid; raised at start-up."""
 
@@ -299,6 +307,7 @@ ERROR_TABLE: dict[type[RankserveError], tuple[int, str]] = {
         PushRefusedError,
         ScenarioRefusedError,
         SchemaError,
+        FeaturesError,
         ConfigError,
         PortInUseError,
         SetupError,

@@ -2,8 +2,9 @@
 
 Owns: the schema file (YAML), its validation (unknown keys refused with the path of the key,
 every name declared once, groups and popularity among the declared columns, the impressions'
-columns named), and the names a ranker's features and a scenario use (``item.brand``,
-``user.age``, ``context.device``, ``context.recent``). Must not touch: files other than the one it
+columns named), the names a ranker's features and a scenario use (``item.brand``, ``user.age``,
+``context.device``, ``context.recent``), and the reading of a YAML mapping into a model, which the
+feature declaration shares (:func:`parse_yaml_model`). Must not touch: files other than the one it
 parses, encoding (``serving.data.encode``), models.
 
 The form every data set uses (the demo's too)::
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -49,9 +50,10 @@ from serving.errors import SchemaError
 from serving.schemas import first_problem
 
 __all__ = ["ContextSpec", "EntitySpec", "ImpressionSpec", "ItemSpec", "Schema", "SequenceSpec", "load_schema",
-           "parse_schema"]
+           "parse_schema", "parse_yaml_model"]
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -203,17 +205,29 @@ def parse_schema(text: str, source: str = "schema") -> Schema:
     Raises:
         SchemaError: the YAML does not parse, or the schema does not hold (naming the key's path).
     """
+    return parse_yaml_model(text, Schema, SchemaError, source=source, root="schema",
+                            mapping="a schema is a mapping with items, users, context and impressions")
+
+
+def parse_yaml_model(text: str, model: type[_Model], error: type[SchemaError], *, source: str, root: str,
+                     mapping: str) -> _Model:
+    """``model`` from a YAML mapping (a schema, a feature declaration).
+
+    Raises:
+        error: the YAML does not parse, is no mapping (``mapping`` says what it should be), or the
+            model does not hold (naming the key's path, ``root`` for the whole).
+    """
     try:
         raw: Any = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SchemaError(f"{source}: the YAML does not parse: {err}") from err
+        raise error(f"{source}: the YAML does not parse: {err}") from err
     if not isinstance(raw, dict):
-        raise SchemaError(f"{source}: a schema is a mapping with items, users, context and impressions")
+        raise error(f"{source}: {mapping}")
     try:
-        return Schema.model_validate(raw)
+        return model.model_validate(raw)
     except PydanticValidationError as err:
-        problem = first_problem(err, noun="key", root="schema")
-        raise SchemaError(f"{source}: {problem.message.replace('Value error, ', '')}", field=problem.where) from err
+        problem = first_problem(err, noun="key", root=root)
+        raise error(f"{source}: {problem.message.replace('Value error, ', '')}", field=problem.where) from err
 
 
 def load_schema(path: Path) -> Schema:

@@ -1,7 +1,9 @@
 """Feature stage: in-memory user/item feature tables and the models' input assembly.
 
 Owns: the table layout, the names of the models' tensors, and :func:`ranker_inputs`.
-Must not touch: Triton, FAISS, files other than ``marketplace.npz``.
+Must not touch: Triton, FAISS, files other than ``marketplace.npz``. The ranker's input tensors
+(:class:`RankerInputs`, ``RANKER_INPUTS``) belong to ``serving.data.assembly``, the assembly a
+ranker's feature declaration runs through; this module uses them.
 
 Training and serving both build ranker inputs with :func:`ranker_inputs`, so the features a
 model was trained on are exactly the features it is served.
@@ -21,12 +23,12 @@ categories, zero interest vector), used for ``user_id`` values the store does no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kernels import Crosser, CrossInputs, CrossSpec
+from serving.data.assembly import RANKER_INPUTS, RankerInputs
 
 __all__ = [
     "ITEM_CAT_FIELDS",
@@ -46,31 +48,9 @@ ITEM_CAT_FIELDS = ("category", "shop", "brand", "price_bucket")
 ITEM_NUM_FIELDS = ("log_price", "rating", "log_popularity")
 
 # Tensor names of the two models, in their positional order (config.pbtxt, export, serving).
-RANKER_INPUTS = ("cat", "dense")
 RANKER_OUTPUT = "score"
 TOWER_INPUTS = ("user_cat", "user_dense")
 TOWER_OUTPUT = "embedding"
-
-
-@dataclass(frozen=True)
-class RankerInputs:
-    """The ranker's two input tensors for B (user, candidate) rows.
-
-    ``cat`` int64 [B, Fu + Fi + P]: user categorical fields, item categorical fields, hashed crosses.
-    ``dense`` float32 [B, len(ITEM_NUM_FIELDS) + 1 + D]: item numeric fields, then the dense
-    interactions (dot, element-wise products).
-    """
-
-    cat: np.ndarray
-    dense: np.ndarray
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        """The ranker's inputs by tensor name."""
-        return dict(zip(RANKER_INPUTS, (self.cat, self.dense), strict=True))
-
-    def rows(self, index: slice | np.ndarray) -> RankerInputs:
-        """The inputs of the rows at ``index`` (a slice gives views, an array copies)."""
-        return RankerInputs(cat=self.cat[index], dense=self.dense[index])
 
 
 class FeatureTables:
@@ -158,7 +138,9 @@ def ranker_inputs(
     crosser: Crosser,
     spec: CrossSpec,
 ) -> RankerInputs:
-    """Assemble ranker inputs for pairs ``(user_rows[b], item_rows[b])`` with one crossing call."""
+    """Assemble ranker inputs for pairs ``(user_rows[b], item_rows[b])`` with one crossing call:
+    ``cat`` = user categorical fields, item categorical fields, hashed crosses; ``dense`` = item
+    numeric fields, then the dense interactions (dot, element-wise products)."""
     user_rows = np.ascontiguousarray(user_rows, dtype=np.int64)
     item_rows = np.ascontiguousarray(item_rows, dtype=np.int64)
     crossed = crosser.cross(

@@ -1,5 +1,6 @@
-"""CuPy and Numba CUDA kernels on a real GPU against the NumPy reference, with device-resident
-inputs (no host copies), and the FAISS index on the GPU against exact search."""
+"""CuPy and Numba CUDA kernels on a real GPU against the NumPy reference (the crossing contract and
+random feature plans), with device-resident inputs (no host copies), and the FAISS index on the
+GPU against exact search."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 
 from kernels import CrossInputs, get_crosser
-from kernels._numpy import cross_numpy
-from tests.kernel_cases import SIZES, SPEC, make_inputs
+from kernels._numpy import assemble_numpy, cross_numpy
+from kernels.spec import cross_with, plan_of_cross_spec
+from tests.kernel_cases import SIZES, SPEC, make_feature_inputs, make_inputs, random_plan
 
 pytestmark = pytest.mark.gpu
 
@@ -23,13 +25,23 @@ def test_gpu_backend_matches_reference(backend: str, n: int) -> None:
     np.testing.assert_allclose(got.dense, want.dense, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["cupy", "numba_cuda"])
+@pytest.mark.parametrize("n", [*SIZES, 1_000_003])
+def test_gpu_backend_assembles_random_plans_as_the_reference(backend: str, n: int) -> None:
+    seed = int(np.random.default_rng().integers(1 << 31))
+    plan, x = random_plan(np.random.default_rng(seed)), make_feature_inputs(n, seed)
+    got, want = get_crosser(backend).assemble(x, plan), assemble_numpy(x, plan)
+    assert np.array_equal(got.cat, want.cat), seed
+    np.testing.assert_allclose(got.dense, want.dense, rtol=1e-5, atol=1e-5)
+
+
 def test_cupy_device_inputs_stay_on_device() -> None:
     cp = pytest.importorskip("cupy")
-    from kernels._cupy import cross_device
+    from kernels._cupy import assemble_device
 
     x = make_inputs(4099, seed=11)
     dev = CrossInputs(*[cp.asarray(a) for a in x])
-    hashed, dense = cross_device(dev, SPEC)
+    hashed, dense = cross_with(assemble_device, dev, SPEC)
     assert isinstance(hashed, cp.ndarray) and isinstance(dense, cp.ndarray)
     want = cross_numpy(x, SPEC)
     assert np.array_equal(hashed.get(), want.hashed)
@@ -43,18 +55,19 @@ def test_numba_cuda_takes_cupy_and_torch_arrays_without_host_copies() -> None:
     x = make_inputs(2048, seed=12)
     want = cross_numpy(x, SPEC)
     _numba_cuda.LAST_TRANSFER_BYTES.update(h2d=0, d2h=0)
-    hashed, dense = _numba_cuda.cross_device(CrossInputs(*[cp.asarray(a) for a in x]), SPEC)
-    # only the tiny pairs table came from the host
-    assert _numba_cuda.LAST_TRANSFER_BYTES["h2d"] == SPEC.pairs_array().nbytes
+    hashed, dense = cross_with(_numba_cuda.assemble_device, CrossInputs(*[cp.asarray(a) for a in x]), SPEC)
+    # only the plan's tiny operation tables may come from the host (once: then they stay resident)
+    plan = plan_of_cross_spec(SPEC)
+    assert _numba_cuda.LAST_TRANSFER_BYTES["h2d"] <= plan.cat_ops.nbytes + plan.dense_ops.nbytes
     assert np.array_equal(hashed.copy_to_host(), want.hashed)
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         tx = CrossInputs(*[torch.from_numpy(np.ascontiguousarray(a)).cuda() for a in x])
-        h2, d2 = _numba_cuda.cross_device(tx, SPEC)
+        h2, d2 = cross_with(_numba_cuda.assemble_device, tx, SPEC)
         assert np.array_equal(h2.copy_to_host(), want.hashed)
-        from kernels._cupy import cross_device as cupy_cross_device
+        from kernels._cupy import assemble_device as cupy_assemble_device
 
-        h3, d3 = cupy_cross_device(tx, SPEC)
+        h3, d3 = cross_with(cupy_assemble_device, tx, SPEC)
         assert np.array_equal(cp.asnumpy(h3), want.hashed)
         # results go on to torch (the ranker's input) through DLPack, no host copy
         t = torch.from_dlpack(d3)

@@ -74,19 +74,24 @@ def test_spec_validates_and_round_trips() -> None:
 _SIM = """
 import numpy as np
 from kernels import get_crosser
-from kernels._numpy import cross_numpy
-from tests.kernel_cases import SPEC, make_inputs
+from kernels._numpy import assemble_numpy, cross_numpy
+from tests.kernel_cases import SPEC, make_feature_inputs, make_inputs, random_plan
 c = get_crosser("numba_cuda")
 for n, seed in ((0, 1), (1, 2), (37, 3), (300, 4)):
     x = make_inputs(n, seed, n_users=40, n_items=50)
     got, want = c.cross(x, SPEC), cross_numpy(x, SPEC)
     assert np.array_equal(got.hashed, want.hashed), n
     np.testing.assert_allclose(got.dense, want.dense, rtol=1e-5, atol=1e-5)
+    plan, y = random_plan(np.random.default_rng(seed)), make_feature_inputs(n, seed, n_items=50)
+    got, want = c.assemble(y, plan), assemble_numpy(y, plan)
+    assert np.array_equal(got.cat, want.cat), seed
+    np.testing.assert_allclose(got.dense, want.dense, rtol=1e-5, atol=1e-5)
 print("sim-ok")
 """
 
 
 def test_numba_cuda_kernel_on_the_cuda_simulator() -> None:
+    """The crossing contract and random feature plans (tests/unit/test_assembly.py's cases)."""
     run_on_cuda_simulator(_SIM)
 
 
@@ -112,8 +117,8 @@ def test_crossing_stage_compiles_the_served_table_layout_at_start_up() -> None:
                            rng.integers(0, 5, (40, 4)), rng.normal(size=(40, 3)).astype(np.float32),
                            rng.normal(size=(40, 8)).astype(np.float32))
     stage = CrossingStage(tables, "numba_cpu")
-    compiled = len(_numba_cpu._cross_kernel.signatures)
+    compiled = len(_numba_cpu._assemble_kernel.signatures)
     spec = CrossSpec(pairs=((0, 1), (2, 3)), buckets=101, dense_dim=8)
     out = stage.inputs(tables, rng.integers(0, 30, 64), rng.integers(0, 40, 64), spec)
-    assert len(_numba_cpu._cross_kernel.signatures) == compiled, "the first request compiled a new kernel"
+    assert len(_numba_cpu._assemble_kernel.signatures) == compiled, "the first request compiled a new kernel"
     assert out.cat.shape == (64, 3 + 4 + 2)
