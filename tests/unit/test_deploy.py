@@ -1,4 +1,4 @@
-"""The deployment artifacts are valid as written and hardened as docs/operations/security.md says.
+"""The deployment artifacts are valid as written and hardened as docs/security.md says.
 
 Valid: every Kubernetes object of the KubeRay manifest (and of the GPU-sharing configuration)
 against the Kubernetes schemas (kubernetes-validate, strict: unknown fields are errors), its Serve
