@@ -22,6 +22,7 @@ FINAL = re.compile(r"gpu-check: dry_run=true triton=KIND_CPU scores_match=true p
                    r"pipeline_triton_cand_per_s=\d+ p99_ms=\d+\.\d")
 
 
+@pytest.mark.slow  # 24 s: the GPU check's whole dry run (make slow-test)
 def test_dry_run_runs_what_a_cpu_can_and_says_what_it_skipped(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     cmd = [sys.executable, "-m", "benchmarks.gpu.check", "--dry-run", "--items", "10000", "--users", "4000", "--duration-s", "0.3",

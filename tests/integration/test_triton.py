@@ -168,6 +168,7 @@ def _running(pid: int) -> bool:
     return "zombie" not in status.lower()
 
 
+@pytest.mark.slow  # 22 s: Triton down for 10 s, then back (make slow-test)
 def test_a_client_reconnects_within_a_second_of_triton_coming_back(tmp_path: Path) -> None:
     """A replica's channel outlives a Triton restart: once Triton is back, answers are no longer
     degraded within a second (gRPC's reconnect back-off could grow to 120 s; measured here with
