@@ -26,7 +26,8 @@ from serving.data.features import FeatureSpec, SchemaTables, resolve
 from serving.data.schema import Schema
 
 __all__ = ["IMPRESSION_COLUMNS", "RANKER_INPUTS", "ContextColumns", "DataTablesLike", "EncodedContextLike",
-           "RankerInputs", "RequestSide", "assemble_features", "feature_table", "request_side"]
+           "RankerInputs", "RequestSide", "assemble_features", "feature_table", "request_side",
+           "sequence_means"]
 
 # Tensor names of the ranker's inputs, in their positional order (config.pbtxt, export, serving).
 RANKER_INPUTS = ("cat", "dense")
@@ -175,10 +176,10 @@ def _recent_known(offsets: np.ndarray, rows: np.ndarray, max_len: int) -> tuple[
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), rows[keep]
 
 
-def _sequence_means(item_vec: np.ndarray, offset: int, width: int, offsets: np.ndarray,
+def sequence_means(item_vec: np.ndarray, offset: int, width: int, offsets: np.ndarray,
                     rows: np.ndarray) -> np.ndarray:
     """float32 [Q, width]: each request's mean of its items' ``item_vec[:, offset:offset+width]``
-    (0 when it has none)."""
+    (0 when it has none); ``offsets``/``rows`` as one of :attr:`ContextColumns.sequences`."""
     lengths = np.diff(offsets)
     out = np.zeros((lengths.shape[0], width), np.float32)
     some = lengths > 0
@@ -194,7 +195,7 @@ def request_side(tables: DataTablesLike, user_rows: np.ndarray,
     for an unknown user) with ``contexts[q]``."""
     rows = np.asarray(user_rows, dtype=np.int64)
     ctx = contexts if isinstance(contexts, ContextColumns) else ContextColumns.of_contexts(tables.schema, contexts)
-    means = [_sequence_means(tables.item_vec, offset, width, *ctx.sequences[seq])
+    means = [sequence_means(tables.item_vec, offset, width, *ctx.sequences[seq])
              for seq, offset, width in plan.means.tolist()]
     return RequestSide(q_cat=np.concatenate([tables.user_cat[rows], ctx.cat], axis=1),
                        q_num=np.concatenate([tables.user_num[rows], ctx.num], axis=1, dtype=np.float32),
