@@ -136,23 +136,26 @@ class ContextColumns:
 
     @classmethod
     def of_table(cls, schema: Schema, table: pa.Table) -> ContextColumns:
-        """From a table with one column per context field (codes, values, lists of item rows);
-        a field without a column is absent from every row."""
-        n, c, have = table.num_rows, schema.context, set(table.column_names)
+        """From a table with one column per context field (codes, values, lists of item rows), named
+        ``context.<field>`` as a data set stores its impressions, or ``<field>``; a field without a
+        column is absent from every row."""
+        n, c = table.num_rows, schema.context
+        have = {name.removeprefix("context."): name for name in reversed(table.column_names)}
 
         def values(name: str, dtype: Any) -> np.ndarray:
-            return table.column(name).fill_null(0).to_numpy().astype(dtype) if name in have else np.zeros(n, dtype)
+            return table.column(have[name]).fill_null(0).to_numpy().astype(dtype) if name in have \
+                else np.zeros(n, dtype)
 
         seqs = []
         for name in c.sequences:
             if name not in have:
                 seqs.append((np.zeros(n + 1, np.int64), np.zeros(0, np.int64)))
                 continue
-            lists = table.column(name).combine_chunks()
+            lists = table.column(have[name]).combine_chunks()
             lengths = pc.list_value_length(lists).fill_null(0).to_numpy()
             seqs.append((np.cumsum([0, *lengths], dtype=np.int64), lists.flatten().to_numpy().astype(np.int64)))
-        cat = np.stack([values(f, np.int64) for f in c.categorical], axis=1).reshape(n, len(c.categorical))
-        num = np.stack([values(f, np.float32) for f in c.numeric], axis=1).reshape(n, len(c.numeric))
+        cat = _side_by_side([values(f, np.int64) for f in c.categorical], n, np.int64)
+        num = _side_by_side([values(f, np.float32) for f in c.numeric], n, np.float32)
         return cls._of(schema, cat, num, seqs)
 
     @classmethod
@@ -161,6 +164,11 @@ class ContextColumns:
         specs = schema.context.sequences.values()
         return cls(cat=cat, num=num, sequences=tuple(_recent_known(offsets, rows, spec.max_len)
                                                      for (offsets, rows), spec in zip(sequences, specs, strict=True)))
+
+
+def _side_by_side(columns: list[np.ndarray], n: int, dtype: Any) -> np.ndarray:
+    """[n, len(columns)]: the columns side by side (none: an empty [n, 0])."""
+    return np.stack(columns, axis=1) if columns else np.zeros((n, 0), dtype)
 
 
 def _recent_known(offsets: np.ndarray, rows: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
