@@ -33,7 +33,7 @@ from training.models import DCNv2Ranker, ItemTower, UserTower
 from training.quality import calibration
 
 __all__ = ["HOLDOUT_FRACTION", "RECALL_N", "TrainedDataSet", "TrainingData", "holdout_mask", "prepare",
-           "ranker_scores", "recall_at", "train_data_set", "user_embeddings"]
+           "context_rows", "ranker_scores", "recall_at", "train_data_set", "user_embeddings"]
 
 HOLDOUT_FRACTION = 0.1
 RECALL_N = 500
@@ -167,11 +167,9 @@ class _ItemTables:
         of requests ``req`` (zeros when empty), as ``tower_inputs`` computes it from ``item_emb``."""
         out = []
         for offsets, rows in context.sequences:
-            starts, ends = offsets[req], offsets[req + 1]
-            lengths = ends - starts
+            lengths = offsets[req + 1] - offsets[req]
             seg = np.repeat(np.arange(req.shape[0]), lengths)
-            flat = rows[np.repeat(starts, lengths) + (np.arange(seg.shape[0]) - np.repeat(np.cumsum(lengths) - lengths,
-                                                                                          lengths))]
+            flat = rows[_flat_positions(offsets, req)]
             sums = torch.zeros(req.shape[0], dim)
             if flat.size:
                 sums = sums.index_add(0, torch.from_numpy(seg), self.embed(tower, torch.from_numpy(flat)))
@@ -240,19 +238,27 @@ def embed_all_items(item_tower: ItemTower, tables: DataTables, chunk: int = 65_5
 
 def user_embeddings(user_tower: Any, data: TrainingData, req: np.ndarray, item_emb: np.ndarray) -> np.ndarray:
     """float32 [len(req), E]: the user tower on impressions ``req``'s users and contexts, fed as serving feeds it."""
-    ctx = data.context
-    sub = ContextColumns(cat=ctx.cat[req], num=ctx.num[req],
-                         sequences=tuple(_take(offsets, rows, req) for offsets, rows in ctx.sequences))
-    x = tower_inputs(data.tables, data.users[req], sub, item_emb)
+    x = tower_inputs(data.tables, data.users[req], context_rows(data.context, req), item_emb)
     with torch.inference_mode():
         return np.asarray(user_tower(torch.from_numpy(x["user_cat"]), torch.from_numpy(x["user_dense"])).numpy())
 
 
+def context_rows(context: ContextColumns, req: np.ndarray) -> ContextColumns:
+    """The contexts of impressions ``req`` (sequences included), in that order."""
+    return ContextColumns(cat=context.cat[req], num=context.num[req],
+                          sequences=tuple(_take(offsets, rows, req) for offsets, rows in context.sequences))
+
+
 def _take(offsets: np.ndarray, rows: np.ndarray, req: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lengths = offsets[req + 1] - offsets[req]
-    starts = np.repeat(offsets[req], lengths)
-    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), rows[starts + within]
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), rows[_flat_positions(offsets, req)]
+
+
+def _flat_positions(offsets: np.ndarray, req: np.ndarray) -> np.ndarray:
+    """Positions in a sequence's flat rows of the items of requests ``req``, request by request."""
+    lengths = offsets[req + 1] - offsets[req]
+    return np.repeat(offsets[req], lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
+                                                                                    lengths)
 
 
 def recall_at(user_tower: Any, data: TrainingData, item_emb: np.ndarray, n: int = RECALL_N,
