@@ -24,6 +24,7 @@ import yaml
 
 from serving.data.features import write_features_json
 from serving.data.tower import tower_inputs, tower_widths
+from serving.errors import SetupError
 from serving.files import version_dirs
 from serving.repository.export import export_version
 from serving.repository.registry import ModelRegistry, Traffic
@@ -73,7 +74,8 @@ def export_trained(repo: Path, trained: TrainedDataSet, *, data_set: str, data_v
     version of each. A model without traffic yet serves its new version; one with traffic keeps it.
 
     Raises:
-        whatever writing raised, once what this export wrote is removed again.
+        SetupError: a file could not be written (what this export wrote is removed again; so for
+            any other error).
     """
     repo = Path(repo)
     made = [p for p in (repo, repo / "ranker", repo / "user_tower") if not p.exists()]
@@ -85,11 +87,14 @@ def export_trained(repo: Path, trained: TrainedDataSet, *, data_set: str, data_v
         with tempfile.TemporaryDirectory() as tmp:
             written["ranker"] = _ranker(repo, trained, rows, meta, Path(tmp))
             written["user_tower"] = _user_tower(repo, trained, rows, meta, Path(tmp), index=index)
-    except BaseException:
+    except BaseException as err:
         for name, version in written.items():
             shutil.rmtree(repo / name / str(version), ignore_errors=True)
         for path in reversed(made):
             shutil.rmtree(path, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise SetupError(f"cannot write the models into {repo}: {err.strerror or err}; nothing was written",
+                             hint="check the free disk space, and that this user may write there") from err
         raise
     registry = ModelRegistry(repo)
     for name, version in written.items():

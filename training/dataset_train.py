@@ -122,21 +122,26 @@ def _matrix(table: pa.Table, column: str, width: int) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(table.num_rows, width))
 
 
-def train_ranker(data: TrainingData, spec: FeatureSpec, *, epochs: int, seed: int,
-                 batch: int = 2048) -> tuple[DCNv2Ranker, FeaturePlan, np.ndarray, np.ndarray]:
-    """DCN-v2 with BCE on the training impressions, its inputs ``feature_table`` over ``spec``."""
+def train_ranker(data: TrainingData, spec: FeatureSpec, *, epochs: int, seed: int, batch: int = 2048,
+                 min_steps: int = 150) -> tuple[DCNv2Ranker, FeaturePlan, np.ndarray, np.ndarray]:
+    """DCN-v2 with BCE on the training impressions, its inputs ``feature_table`` over ``spec``; at
+    least ``min_steps`` steps (a small data set gets more epochs)."""
     torch.manual_seed(seed)
     plan = resolve(spec, data.tables)
+    train = np.flatnonzero(~data.test)
+    epochs = max(epochs, -(-min_steps // -(-train.size // batch)))
     with task("train ranker", total=1 + epochs) as bar:
         bar.describe("train ranker: features")
         table = feature_table(data.tables, data.impressions, spec, get_crosser("auto"))
         cat = _matrix(table, "cat", plan.n_cat).astype(np.int64)
         dense = _matrix(table, "dense", plan.n_dense).astype(np.float32)
         bar.advance()
-        model = DCNv2Ranker([int(c) for c in plan.cardinalities], plan.n_dense)
-        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+        model = DCNv2Ranker([int(c) for c in plan.cardinalities], plan.n_dense, sparse=True)
+        opts: list[torch.optim.Optimizer] = [
+            torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("embs.")], lr=2e-3)]
+        if len(model.embs):
+            opts.append(torch.optim.SparseAdam(list(model.embs.parameters()), lr=2e-3))
         x_cat, x_dense, y = torch.from_numpy(cat), torch.from_numpy(dense), torch.from_numpy(data.labels)[:, None]
-        train = np.flatnonzero(~data.test)
         rng = np.random.default_rng(seed)
         for epoch in range(epochs):
             bar.describe(f"train ranker {epoch + 1}/{epochs}")
@@ -144,9 +149,11 @@ def train_ranker(data: TrainingData, spec: FeatureSpec, *, epochs: int, seed: in
             for s in range(0, perm.numel(), batch):
                 b = perm[s:s + batch]
                 loss = nn.functional.binary_cross_entropy_with_logits(model.logit(x_cat[b], x_dense[b]), y[b])
-                opt.zero_grad()
+                for opt in opts:
+                    opt.zero_grad()
                 loss.backward()
-                opt.step()
+                for opt in opts:
+                    opt.step()
             bar.advance()
     return model.eval(), plan, cat, dense
 
