@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from torch import nn
 
 from kernels import FeaturePlan, get_crosser
 from serving.data.assembly import IMPRESSION_COLUMNS, ContextColumns, feature_table
@@ -31,6 +30,7 @@ from serving.terminal import task
 from training.metrics import auc, ndcg_at_k
 from training.models import DCNv2Ranker, ItemTower, UserTower
 from training.quality import calibration
+from training.train import fit_ranker, fit_two_tower
 
 __all__ = ["HOLDOUT_FRACTION", "RECALL_N", "TrainedDataSet", "TrainingData", "holdout_mask", "prepare",
            "context_rows", "ranker_scores", "recall_at", "train_data_set", "user_embeddings"]
@@ -129,8 +129,9 @@ def train_ranker(data: TrainingData, spec: FeatureSpec, *, epochs: int, seed: in
     torch.manual_seed(seed)
     plan = resolve(spec, data.tables)
     train = np.flatnonzero(~data.test)
-    epochs = max(epochs, -(-min_steps // -(-train.size // batch)))
-    with task("train ranker", total=1 + epochs) as bar:
+    steps = -(-train.size // batch)
+    epochs = max(epochs, -(-min_steps // steps))
+    with task("train ranker", total=1 + epochs * steps) as bar:
         bar.describe("train ranker: features")
         table = feature_table(data.tables, data.impressions, spec, get_crosser("auto"))
         cat = _matrix(table, "cat", plan.n_cat).astype(np.int64)
@@ -141,20 +142,8 @@ def train_ranker(data: TrainingData, spec: FeatureSpec, *, epochs: int, seed: in
             torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("embs.")], lr=2e-3)]
         if len(model.embs):
             opts.append(torch.optim.SparseAdam(list(model.embs.parameters()), lr=2e-3))
-        x_cat, x_dense, y = torch.from_numpy(cat), torch.from_numpy(dense), torch.from_numpy(data.labels)[:, None]
-        rng = np.random.default_rng(seed)
-        for epoch in range(epochs):
-            bar.describe(f"train ranker {epoch + 1}/{epochs}")
-            perm = torch.from_numpy(rng.permutation(train))
-            for s in range(0, perm.numel(), batch):
-                b = perm[s:s + batch]
-                loss = nn.functional.binary_cross_entropy_with_logits(model.logit(x_cat[b], x_dense[b]), y[b])
-                for opt in opts:
-                    opt.zero_grad()
-                loss.backward()
-                for opt in opts:
-                    opt.step()
-            bar.advance()
+        fit_ranker(model, torch.from_numpy(cat), torch.from_numpy(dense), torch.from_numpy(data.labels)[:, None],
+                   train, opts, epochs=epochs, batch=batch, seed=seed, bar=bar)
     return model.eval(), plan, cat, dense
 
 
@@ -212,25 +201,14 @@ def train_towers(data: TrainingData, *, epochs: int, seed: int, batch: int = 512
     item = ItemTower(_cards(t, [f"item.{c}" for c in schema.items.categorical]), t.item_num.shape[1],
                      t.item_vec.shape[1], emb_dim=emb_dim)
     items = _ItemTables(t)
-    opt = torch.optim.Adam([*user.parameters(), *item.parameters()], lr=2e-3)
     pos = np.flatnonzero((data.labels > 0.5) & ~data.test)
-    rng = np.random.default_rng(seed)
-    batch = min(batch, max(16, pos.size // 4))
-    steps = max(1, pos.size // batch)
-    epochs = max(epochs, -(-min_steps // steps))
-    with task("train two-tower", total=epochs * steps) as bar:
-        for epoch in range(epochs):
-            bar.describe(f"train two-tower {epoch + 1}/{epochs}")
-            perm = rng.permutation(pos)
-            for s in range(0, steps * batch, batch):
-                b = perm[s:s + batch]
-                u_cat, u_dense = _user_batch(data, b, items, item, emb_dim)
-                logits = user(u_cat, u_dense) @ items.embed(item, torch.from_numpy(data.items[b])).T / temperature
-                loss = nn.functional.cross_entropy(logits, torch.arange(b.size))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                bar.advance()
+
+    def pairs(b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        u_cat, u_dense = _user_batch(data, b, items, item, emb_dim)
+        return user(u_cat, u_dense), items.embed(item, torch.from_numpy(data.items[b]))
+
+    fit_two_tower(user, item, pos, pairs, epochs=epochs, batch=min(batch, max(16, pos.size // 4)), seed=seed,
+                  temperature=temperature, min_steps=min_steps)
     return user.eval(), item.eval()
 
 
