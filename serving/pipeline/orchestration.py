@@ -25,12 +25,13 @@ from typing import Protocol
 
 import numpy as np
 
-from kernels import CrossSpec
+from kernels import CrossSpec, FeaturePlan
 from serving.config import Settings
+from serving.data.assembly import EncodedContextLike, RankerInputs
+from serving.data.tables import DataTables
 from serving.errors import DeadlineExceededError, RankserveError, ValidationError
 from serving.pipeline.candidates import CandidateStage, Wanted
 from serving.pipeline.catalogue import Catalogue
-from serving.pipeline.features import FeatureTables, RankerInputs
 from serving.pipeline.recall import Recall
 from serving.pipeline.routing import Traffic, read_split, route, user_bucket
 from serving.pipeline.scenario import Scenario, builtin_home
@@ -59,8 +60,10 @@ class Crossing(Protocol):
 
     @property
     def backend(self) -> str: ...
-    def inputs(self, tables: FeatureTables, user_rows: np.ndarray, item_rows: np.ndarray,
-               spec: CrossSpec) -> RankerInputs: ...
+    def plan(self, tables: DataTables, model: str, version: int, version_dir: Path,
+             spec: CrossSpec | None) -> FeaturePlan: ...
+    def inputs(self, tables: DataTables, plan: FeaturePlan, user_rows: np.ndarray,
+               contexts: list[EncodedContextLike], req_of: np.ndarray, item_rows: np.ndarray) -> RankerInputs: ...
 
 
 class Ranking(Protocol):
@@ -88,13 +91,14 @@ class Prepared:
     cost: int  # rows this request adds to a batch (batches are bounded by total candidates)
     scenario: Scenario
     live: LiveState  # the snapshot it was resolved against: its answer is computed from it
+    context: EncodedContextLike  # the request's context, encoded with the data set's vocabularies
     seed: int | None = None  # item_id
     shop: int | None = None  # shop_id
 
     def wanted(self) -> Wanted:
         """What it asks of the candidate stage."""
         return Wanted(self.scenario, Ask(self.user_row, self.seed, self.shop, self.candidates, self.exclude,
-                                         self.deadline))
+                                         self.deadline, self.context))
 
 
 @dataclass
@@ -133,7 +137,7 @@ class RankPipeline:
         ranking: the ranking stage.
     """
 
-    def __init__(self, settings: Settings, tables: FeatureTables, repository: ModelRepository, recall: Recall,
+    def __init__(self, settings: Settings, tables: DataTables, repository: ModelRepository, recall: Recall,
                  crossing: Crossing, ranking: Ranking) -> None:
         self.settings = settings
         self.repository = repository
@@ -210,7 +214,8 @@ class RankPipeline:
         return Prepared(request_id=req.request_id or uuid.uuid4().hex, user_id=req.user_id, user_row=row,
                         cold_start=cold, k=k, model=model, version=version, candidates=candidates,
                         exclude=np.asarray(req.exclude, dtype=np.int64), arrival=now,
-                        deadline=now + timeout_ms / 1000.0, cost=cost, scenario=sc, live=state, seed=seed, shop=shop)
+                        deadline=now + timeout_ms / 1000.0, cost=cost, scenario=sc, live=state,
+                        context=cat.tables.encode_context(None), seed=seed, shop=shop)
 
     # -- per batch ----------------------------------------------------------------------
     async def run_batch(self, batch: list[Prepared]) -> tuple[list[RankResponse | RankserveError], BatchStats]:
@@ -257,12 +262,16 @@ class RankPipeline:
         """Cross and rank the candidates of ``members`` with one version; returns (cross, rank) ms."""
         cat = state.catalogue
         lens = [s.candidates.shape[0] for s in members]
-        user_rows = np.repeat(np.asarray([s.req.user_row for s in members], dtype=np.int64), lens)
+        user_rows = np.asarray([s.req.user_row for s in members], dtype=np.int64)
+        req_of = np.repeat(np.arange(len(members), dtype=np.int64), lens)
         item_rows = np.concatenate([s.candidates for s in members])
         stats.rows += int(item_rows.shape[0])
         t1 = time.perf_counter()
         try:
-            inputs = self.crossing.inputs(cat.tables, user_rows, item_rows, self.repository.cross_spec(model, version))
+            plan = self.crossing.plan(cat.tables, model, version, self.repository.version_dir(model, version),
+                                      self._cross_spec(model, version))
+            inputs = self.crossing.inputs(cat.tables, plan, user_rows, [s.req.context for s in members], req_of,
+                                          item_rows)
         except RankserveError as err:
             for s in members:
                 s.error = err
@@ -282,6 +291,13 @@ class RankPipeline:
         if not any(s.degraded for s in members):
             self._maybe_shadow(state.traffic.get(model), model, members, inputs)
         return (t2 - t1) * 1000, (t3 - t2) * 1000
+
+    def _cross_spec(self, model: str, version: int) -> CrossSpec | None:
+        """The crossing spec a version records; None when it records none (it declares its features)."""
+        try:
+            return self.repository.cross_spec(model, version)
+        except RankserveError:
+            return None
 
     def _maybe_shadow(self, traffic: Traffic | None, model: str, members: list[_Slot], inputs: RankerInputs) -> None:
         """Score the shadowed share of this group with the shadow version, off the response path."""
@@ -335,7 +351,7 @@ def _context(cat: Catalogue, req: RankRequest, sc: Scenario) -> tuple[int | None
     if sc.spec.needs_seed:
         if req.item_id is None:
             raise ValidationError(f"scenario {sc.name!r} needs item_id (the seed item)", field="item_id")
-        if cat.tables.unknown_items(np.asarray([req.item_id])).size:
+        if not cat.tables.item_rows([req.item_id])[1][0]:
             raise ValidationError(f"unknown item_id {req.item_id} (valid ids are 0..{cat.tables.n_items - 1})",
                                   field="item_id")
         seed = req.item_id
@@ -355,7 +371,7 @@ def _given(cat: Catalogue, ids: list[int]) -> np.ndarray:
     (the limits checked that the scenario takes them)."""
     cand = np.asarray(ids, dtype=np.int64)
     tables = cat.tables
-    unknown = tables.unknown_items(cand)
+    unknown = cand[~tables.item_rows(cand)[1]]
     if unknown.size:
         shown = ", ".join(map(str, unknown[:5].tolist()))
         raise ValidationError(

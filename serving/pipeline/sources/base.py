@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from serving.data.assembly import EncodedContextLike
 from serving.errors import BackendUnavailableError, DeadlineExceededError, TritonError
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.recall import Recall
@@ -105,6 +106,7 @@ class Ask:
     given: np.ndarray | None  # the caller's candidates (checked, unique, in request order)
     exclude: np.ndarray
     deadline: float
+    context: EncodedContextLike | None = None  # the request's context (None: none given)
 
 
 @dataclass
