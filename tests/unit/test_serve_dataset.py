@@ -1,0 +1,94 @@
+"""Serving an imported data set (``rankserve serve --data NAME``): the start-up check, the default
+scenarios written only where absent, and the pipeline on the data set's tables and trained models
+(run in-process with TorchScript, as Triton would run them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from serving.config import Settings
+from serving.errors import ConfigError
+from serving.pipeline.assemble import create_pipeline, load_tables
+from serving.repository.datasets import check_servable, install_default_scenarios
+from serving.repository.registry import ModelRegistry
+from serving.repository.scenarios import ScenarioStore
+from serving.schemas import RankRequest
+from serving.triton.inprocess import InProcessClient
+from tests.unit.test_dataset_training import _cli  # the CLI with a data dir of its own
+from training.synthetic import write_marketplace
+
+NAME = "second"
+
+
+@dataclass(frozen=True)
+class Served:
+    data_dir: Path
+    settings: Settings
+
+
+def _import(data_dir: Path, files: dict[str, Path], name: str) -> None:
+    rc, out = _cli(data_dir, "data", "import", name, "--schema", str(files["schema"]), "--items", str(files["items"]),
+                   "--users", str(files["users"]), "--impressions", str(files["impressions"]))
+    assert rc == 0, out
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    root = tmp_path_factory.mktemp("serve")
+    files = write_marketplace(root / "files", n_items=400, n_users=200, n_impressions=8_000, seed=1)
+    _import(root / "data", files, NAME)
+    _import(root / "data", files, "untrained")
+    rc, out = _cli(root / "data", "train", NAME, "--epochs", "1", "--seed", "0", "--json")
+    assert rc == 0, out
+    settings = Settings(data_dir=root / "data").for_data(NAME)
+    return Served(root / "data", settings)
+
+
+def test_an_untrained_or_unknown_data_set_is_refused_naming_what_to_run(served: Served) -> None:
+    base = Settings(data_dir=served.data_dir)
+    with pytest.raises(ConfigError) as err:
+        check_servable(base.for_data("untrained"))
+    assert "rankserve train untrained" in (err.value.hint or "")
+    with pytest.raises(ConfigError) as err:
+        check_servable(base.for_data("nothing"))
+    assert "rankserve data import nothing" in (err.value.hint or "")
+    check_servable(served.settings)
+    rc, _ = _cli(served.data_dir, "scenarios", "list", "--data", "Not A Name")
+    assert rc == 2
+
+
+def test_default_scenarios_are_written_once_and_never_over_the_repository_s(served: Served) -> None:
+    settings = served.settings
+    tables = load_tables(settings)
+    store = ScenarioStore(settings.model_repository)
+    written = install_default_scenarios(settings, tables)
+    assert set(written) | set(store.names()) >= {"home", "similar"}
+    texts = {n: store.text(n, store.versions(n)[-1]) for n in ("home", "similar")}
+    assert "space: embedding" in texts["similar"]  # the schema declares no item vector
+    assert install_default_scenarios(settings, tables) == []
+    assert {n: store.text(n, store.versions(n)[-1]) for n in ("home", "similar")} == texts
+    rc, out = _cli(served.data_dir, "scenarios", "list", "--data", NAME)
+    assert rc == 0 and {s["name"] for s in json.loads(out)["scenarios"]} >= {"home", "similar"}
+
+
+def test_the_pipeline_ranks_a_data_set_with_its_trained_models(served: Served) -> None:
+    settings = served.settings.model_copy(update={"cross_backend": "numpy"})
+    install_default_scenarios(settings, load_tables(settings))
+    registry = ModelRegistry(settings.model_repository)
+    pipeline = create_pipeline(settings, InProcessClient(settings.model_repository), registry)
+    from serving.repository.scenarios import use_live_scenarios
+
+    use_live_scenarios(pipeline, registry)
+    tables = pipeline.catalogue.tables
+    assert tables.schema.items.id == "sku" and tables.n_items == 400
+    prep = pipeline.prepare(RankRequest(user_id=0, k=10))
+    out, _ = asyncio.run(pipeline.run_batch([prep]))
+    answer = out[0]
+    assert not isinstance(answer, Exception), answer
+    assert len(answer.items) == 10 and not answer.degraded
+    assert all(0.0 <= it.score <= 1.0 for it in answer.items)
