@@ -78,21 +78,22 @@ class Prepared:
     tables and the traffic split."""
 
     request_id: str
-    user_id: int
+    user_id: int | str
     user_row: int
     cold_start: bool
     k: int
     model: str
     version: int
-    candidates: np.ndarray | None  # the caller's: int64, unique, in request order; None: none given
-    exclude: np.ndarray  # int64
+    candidates: np.ndarray | None  # the caller's known items' rows: unique, in request order; None: none given
+    exclude: np.ndarray  # item rows (int64), the known ones
     arrival: float  # time.monotonic()
     deadline: float
     cost: int  # rows this request adds to a batch (batches are bounded by total candidates)
     scenario: Scenario
     live: LiveState  # the snapshot it was resolved against: its answer is computed from it
     context: EncodedContextLike  # the request's context, encoded with the data set's vocabularies
-    seed: int | None = None  # item_id
+    seed: int | None = None  # item_id's row
+    unknown_candidates: int | None = None  # given candidates not in the catalogue (None: none given)
     shop: int | None = None  # shop_id
 
     def wanted(self) -> Wanted:
@@ -199,9 +200,11 @@ class RankPipeline:
         model = req.model or sc.spec.ranker  # a request's model overrides the scenario's ranker
         version = route(state.split(model), req.user_id)
         cat = state.catalogue
+        _check_id_kinds(cat.tables, req)
+        context = cat.tables.encode_context(req.context)
         row, cold = cat.tables.user_row(req.user_id)
         seed, shop = _context(cat, req, sc)
-        candidates = None if req.candidates is None else _given(cat, req.candidates)
+        candidates, unknown = (None, None) if req.candidates is None else _given(cat, req.candidates)
         given = sc.spec.given
         if given is not None and given.required and candidates is None:
             raise ValidationError(f"scenario {sc.name!r} ranks the caller's candidates: give candidates",
@@ -213,9 +216,9 @@ class RankPipeline:
             cost = min(sc.source_total + extra, sc.max_candidates)
         return Prepared(request_id=req.request_id or uuid.uuid4().hex, user_id=req.user_id, user_row=row,
                         cold_start=cold, k=k, model=model, version=version, candidates=candidates,
-                        exclude=np.asarray(req.exclude, dtype=np.int64), arrival=now,
+                        exclude=_known_rows(cat, req.exclude), arrival=now,
                         deadline=now + timeout_ms / 1000.0, cost=cost, scenario=sc, live=state,
-                        context=cat.tables.encode_context(None), seed=seed, shop=shop)
+                        context=context, seed=seed, shop=shop, unknown_candidates=unknown)
 
     # -- per batch ----------------------------------------------------------------------
     async def run_batch(self, batch: list[Prepared]) -> tuple[list[RankResponse | RankserveError], BatchStats]:
@@ -344,19 +347,48 @@ def _within_limits(req: RankRequest, sc: Scenario, settings: Settings) -> tuple[
     return req.k or sc.default_k, req.timeout_ms or sc.timeout_ms
 
 
+def _check_id_kinds(tables: DataTables, req: RankRequest) -> None:
+    """The request's ids are of the kind the data set's are (integers or strings).
+
+    Raises:
+        ValidationError: naming the first id of the other kind (``user_id``, ``candidates[2]``).
+    """
+    items = [("item_id", req.item_id)] if req.item_id is not None else []
+    items += [(f"candidates[{k}]", v) for k, v in enumerate(req.candidates or ())]
+    items += [(f"exclude[{k}]", v) for k, v in enumerate(req.exclude)]
+    for where, value, ids, what in [("user_id", req.user_id, tables.user_ids, "users"),
+                                    *((w, v, tables.item_ids, "items") for w, v in items)]:
+        strings = ids.dtype == object
+        if isinstance(value, str) != strings:
+            kind = "string" if strings else "integer"
+            raise ValidationError(f"{where} must be {_a(kind)} {kind} (the data set's {what} have {kind} ids), got "
+                                  f"{value!r}", field=where)
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _known_rows(cat: Catalogue, ids: list[int | str]) -> np.ndarray:
+    """The rows of the ids the catalogue knows (int64), the others left out."""
+    rows, known = cat.tables.item_rows(ids)
+    return rows[known]
+
+
 def _context(cat: Catalogue, req: RankRequest, sc: Scenario) -> tuple[int | None, int | None]:
-    """The seed item and the shop the scenario needs, checked against the catalogue (context the
-    scenario does not use is ignored)."""
+    """The seed item's row and the shop the scenario needs, checked against the catalogue (context
+    the scenario does not use is ignored)."""
     seed = shop = None
+    seed_row = -1 if req.item_id is None else int(cat.tables.item_rows([req.item_id])[0][0])
+    known = seed_row >= 0
     if sc.spec.needs_seed:
         if req.item_id is None:
             raise ValidationError(f"scenario {sc.name!r} needs item_id (the seed item)", field="item_id")
-        if not cat.tables.item_rows([req.item_id])[1][0]:
-            raise ValidationError(f"unknown item_id {req.item_id} (valid ids are 0..{cat.tables.n_items - 1})",
-                                  field="item_id")
-        seed = req.item_id
-    elif sc.spec.filters.exclude_seed and req.item_id is not None:
-        seed = req.item_id  # only excluded: any id will do
+        if not known:
+            raise ValidationError(f"unknown item_id {req.item_id!r} (not in the catalogue)", field="item_id")
+        seed = seed_row
+    elif sc.spec.filters.exclude_seed and known:
+        seed = seed_row  # only excluded: an unknown seed is in no list
     if sc.spec.needs_shop:
         if req.shop_id is None:
             raise ValidationError(f"scenario {sc.name!r} needs shop_id", field="shop_id")
@@ -366,20 +398,14 @@ def _context(cat: Catalogue, req: RankRequest, sc: Scenario) -> tuple[int | None
     return seed, shop
 
 
-def _given(cat: Catalogue, ids: list[int]) -> np.ndarray:
-    """Given candidates, checked against the catalogue, duplicates dropped, request order kept
-    (the limits checked that the scenario takes them)."""
-    cand = np.asarray(ids, dtype=np.int64)
-    tables = cat.tables
-    unknown = cand[~tables.item_rows(cand)[1]]
-    if unknown.size:
-        shown = ", ".join(map(str, unknown[:5].tolist()))
-        raise ValidationError(
-            f"{unknown.size} unknown item id(s) in candidates: {shown} (valid ids are 0..{tables.n_items - 1})",
-            field="candidates",
-        )
-    _, first = np.unique(cand, return_index=True)
-    return cand[np.sort(first)]
+def _given(cat: Catalogue, ids: list[int | str]) -> tuple[np.ndarray, int]:
+    """The rows of the given candidates the catalogue knows, duplicates dropped, request order kept
+    (the limits checked that the scenario takes them), and how many given ids it does not know
+    (dropped, never a refusal of the request)."""
+    rows, known = cat.tables.item_rows(ids)
+    rows = rows[known]
+    _, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)], int((~known).sum())
 
 
 def _fallback_scores(cat: Catalogue, s: _Slot) -> np.ndarray:
@@ -402,11 +428,12 @@ def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float]) -
         top = top_k(s.scores, s.req.k)
     else:
         top = diverse_top_k(s.scores, s.req.k, cat.group_of(s.candidates, div.per), div.max_items)
+    ids = cat.tables.item_ids[s.candidates[np.asarray(top, dtype=np.int64)]].tolist()  # the data set's ids
     if s.degraded:  # recall scores are not click probabilities: rescaled, the raw value beside them
         shown = _unit_interval(s.scores)
-        items = [ScoredItem(int(s.candidates[j]), float(shown[j]), float(s.scores[j])) for j in top]
+        items = [ScoredItem(ids[i], float(shown[j]), float(s.scores[j])) for i, j in enumerate(top)]
     else:
-        items = [ScoredItem(int(s.candidates[j]), float(s.scores[j])) for j in top]
+        items = [ScoredItem(ids[i], float(s.scores[j])) for i, j in enumerate(top)]
     return RankResponse(
         request_id=s.req.request_id,
         items=items,
@@ -418,6 +445,7 @@ def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float]) -
         catalogue_version=cat.version,
         scenario=sc.name,
         scenario_version=sc.version,
+        unknown_candidates=s.req.unknown_candidates,
         timings_ms={"queue": max(0.0, (started - s.req.arrival) * 1000), **stage_ms,
                     "total": (done - s.req.arrival) * 1000},
     )

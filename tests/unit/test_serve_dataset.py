@@ -17,7 +17,7 @@ from serving.pipeline.assemble import create_pipeline, load_tables
 from serving.repository.datasets import check_servable, install_default_scenarios
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
-from serving.schemas import RankRequest
+from serving.schemas import RankRequest, RankResponse
 from serving.triton.inprocess import InProcessClient
 from tests.unit.test_dataset_training import _cli  # the CLI with a data dir of its own
 from training.synthetic import write_marketplace
@@ -86,9 +86,22 @@ def test_the_pipeline_ranks_a_data_set_with_its_trained_models(served: Served) -
     use_live_scenarios(pipeline, registry)
     tables = pipeline.catalogue.tables
     assert tables.schema.items.id == "sku" and tables.n_items == 400
-    prep = pipeline.prepare(RankRequest(user_id=0, k=10))
-    out, _ = asyncio.run(pipeline.run_batch([prep]))
-    answer = out[0]
-    assert not isinstance(answer, Exception), answer
-    assert len(answer.items) == 10 and not answer.degraded
-    assert all(0.0 <= it.score <= 1.0 for it in answer.items)
+
+    def rank(**body: object) -> RankResponse:
+        out, _ = asyncio.run(pipeline.run_batch([pipeline.prepare(RankRequest.model_validate(body))]))
+        assert not isinstance(out[0], Exception), out[0]
+        return out[0]
+
+    user = str(tables.user_ids[0])
+    answer = rank(user_id=user, k=10)
+    assert len(answer.items) == 10 and not answer.degraded and not answer.cold_start
+    assert all(isinstance(it.item_id, str) and 0.0 <= it.score <= 1.0 for it in answer.items)
+    assert {it.item_id for it in answer.items} <= set(tables.item_ids.tolist())
+    cands = [str(i) for i in tables.item_ids[:60]]
+    plain = rank(user_id=user, candidates=[*cands, "no-such-item"], k=60)
+    assert plain.unknown_candidates == 1 and {it.item_id for it in plain.items} == set(cands)
+    # the context reaches the ranker's features and the user tower: the same candidates score otherwise
+    recent = rank(user_id=user, candidates=cands, k=60, context={"recent": cands[:5], "device": "ios"})
+    before = {it.item_id: it.score for it in plain.items}
+    assert any(abs(before[it.item_id] - it.score) > 1e-6 for it in recent.items)
+    assert rank(user_id="nobody", k=5).cold_start
