@@ -94,12 +94,13 @@ class Prepared:
     context: EncodedContextLike  # the request's context, encoded with the data set's vocabularies
     seed: int | None = None  # item_id's row
     unknown_candidates: int | None = None  # given candidates not in the catalogue (None: none given)
+    groups: Mapping[str, int] = field(default_factory=dict)  # item groups' codes the context gives
     shop: int | None = None  # shop_id
 
     def wanted(self) -> Wanted:
         """What it asks of the candidate stage."""
         return Wanted(self.scenario, Ask(self.user_row, self.seed, self.shop, self.candidates, self.exclude,
-                                         self.deadline, self.context))
+                                         self.deadline, self.context, self.groups))
 
 
 @dataclass
@@ -204,6 +205,7 @@ class RankPipeline:
         context = cat.tables.encode_context(req.context)
         row, cold = cat.tables.user_row(req.user_id)
         seed, shop = _context(cat, req, sc)
+        _check_groups(cat, context.groups, sc)
         candidates, unknown = (None, None) if req.candidates is None else _given(cat, req.candidates)
         given = sc.spec.given
         if given is not None and given.required and candidates is None:
@@ -218,7 +220,8 @@ class RankPipeline:
                         cold_start=cold, k=k, model=model, version=version, candidates=candidates,
                         exclude=_known_rows(cat, req.exclude), arrival=now,
                         deadline=now + timeout_ms / 1000.0, cost=cost, scenario=sc, live=state,
-                        context=context, seed=seed, shop=shop, unknown_candidates=unknown)
+                        context=context, seed=seed, shop=shop, unknown_candidates=unknown,
+                        groups=context.groups)
 
     # -- per batch ----------------------------------------------------------------------
     async def run_batch(self, batch: list[Prepared]) -> tuple[list[RankResponse | RankserveError], BatchStats]:
@@ -396,6 +399,21 @@ def _context(cat: Catalogue, req: RankRequest, sc: Scenario) -> tuple[int | None
             raise ValidationError(f"shop_id {req.shop_id} has no items in the catalogue", field="shop_id")
         shop = req.shop_id
     return seed, shop
+
+
+def _check_groups(cat: Catalogue, given: Mapping[str, int], sc: Scenario) -> None:
+    """The group values the scenario needs from the request's context (``request:<group>``) are
+    there, and some item holds each.
+
+    Raises:
+        ValidationError: one is missing, or no item of the catalogue has that value (``context.<group>``).
+    """
+    for group in sc.spec.needs_groups:
+        if group not in given:
+            raise ValidationError(f"scenario {sc.name!r} needs context.{group}", field=f"context.{group}")
+        if not cat.has_group(group, given[group]):
+            raise ValidationError(f"context.{group}: no item of the catalogue has that {group}",
+                                  field=f"context.{group}")
 
 
 def _given(cat: Catalogue, ids: list[int | str]) -> tuple[np.ndarray, int]:

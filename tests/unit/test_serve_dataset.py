@@ -9,10 +9,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from serving.config import Settings
-from serving.errors import ConfigError
+from serving.errors import ConfigError, ScenarioRefusedError, ValidationError
 from serving.pipeline.assemble import create_pipeline, load_tables
 from serving.repository.datasets import check_servable, install_default_scenarios
 from serving.repository.registry import ModelRegistry
@@ -105,3 +106,46 @@ def test_the_pipeline_ranks_a_data_set_with_its_trained_models(served: Served) -
     before = {it.item_id: it.score for it in plain.items}
     assert any(abs(before[it.item_id] - it.score) > 1e-6 for it in recent.items)
     assert rank(user_id="nobody", k=5).cold_start
+
+
+SELLER_PAGE = """
+name: seller_page
+sources:
+  - kind: popular
+    within: request:seller
+    count: 100
+filters:
+  restrict: request:seller
+ranker: ranker
+diversity: {per: department, max_items: 2}
+limits: {default_k: 8, max_k: 10, max_candidates: 100}
+"""
+
+
+def test_scenarios_restrict_and_diversify_by_any_declared_group(served: Served) -> None:
+    settings = served.settings.model_copy(update={"cross_backend": "numpy"})
+    registry = ModelRegistry(settings.model_repository)
+    pipeline = create_pipeline(settings, InProcessClient(settings.model_repository), registry)
+    tables = pipeline.catalogue.tables
+    groups = pipeline.catalogue.group_counts()
+    assert set(groups) == {"seller", "department"}
+    store = ScenarioStore(settings.model_repository)
+    with pytest.raises(ScenarioRefusedError, match=r"unknown item group\(s\) \['store'\]"):
+        store.check(SELLER_PAGE.replace("per: department", "per: store"), settings, registry, groups)
+    sc = store.check(SELLER_PAGE, settings, registry, groups)
+    pipeline.set_scenarios({"seller_page": sc})
+    seller = next(iter(tables.vocab["item.seller"]))
+    prep = pipeline.prepare(RankRequest(user_id=str(tables.user_ids[1]), scenario="seller_page",
+                                        context={"seller": seller}))
+    (answer,), _ = asyncio.run(pipeline.run_batch([prep]))
+    assert not isinstance(answer, Exception), answer
+    rows, _ = tables.item_rows([it.item_id for it in answer.items])
+    seller_col, dept_col = tables.group_col("seller"), tables.group_col("department")
+    assert len(answer.items) == 8 or len(answer.items) == int((tables.item_cat[:, seller_col]
+                                                                == tables.vocab["item.seller"][seller]).sum())
+    assert (tables.item_cat[rows, seller_col] == tables.vocab["item.seller"][seller]).all()
+    _, per_dept = np.unique(tables.item_cat[rows, dept_col], return_counts=True)
+    assert per_dept.max() <= 2
+    with pytest.raises(ValidationError) as info:
+        pipeline.prepare(RankRequest(user_id="u", scenario="seller_page"))
+    assert info.value.field == "context.seller"
