@@ -956,9 +956,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+_NAMING_COMMANDS = ("data", "train", "features")  # commands that take the data set's name themselves
+
+
 def _acting_on(settings: Settings, args: argparse.Namespace) -> Settings:
     """The settings of the data set a command that takes ``--data`` acts on (``--data``, else
-    ``RANKSERVE_DATA``, else demo); others' as they are.
+    ``RANKSERVE_DATA``, else demo); the demo's for the others, but for those that name a data set
+    themselves (``data``, ``train``, ``features``).
 
     Raises:
         ConfigError: the name is no data set name.
@@ -966,7 +970,9 @@ def _acting_on(settings: Settings, args: argparse.Namespace) -> Settings:
     from serving.config import DEMO_DATA
 
     if not getattr(args, "acts_on_data", False):
-        return settings
+        # the data set commands name theirs; every other command (build, the measuring ones) acts
+        # on the demo, whatever RANKSERVE_DATA says, so its servers serve the demo's tables
+        return settings if args.command in _NAMING_COMMANDS else settings.for_data(DEMO_DATA)
     name = args.data or settings.data or DEMO_DATA
     if name != DEMO_DATA:
         from serving.data.store import DataSetStore
