@@ -183,6 +183,9 @@ class ChangeLog:
             ValidationError: naming the first problem (unknown or duplicate ids, wrong columns, NaN);
                 nothing is written.
         """
+        if not isinstance(base, FeatureTables):  # the change format holds the demo's columns and row ids
+            raise ValidationError("catalogue changes are taken for the demo's catalogue only: an imported data set's "
+                                  "items change by importing it again", field="items")
         with self._lock():
             last = self.read(self.version) if self.version else None
             current = last.first_id + len(last.add) if last else base.n_items

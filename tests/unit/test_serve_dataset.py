@@ -149,3 +149,13 @@ def test_scenarios_restrict_and_diversify_by_any_declared_group(served: Served) 
     with pytest.raises(ValidationError) as info:
         pipeline.prepare(RankRequest(user_id="u", scenario="seller_page"))
     assert info.value.field == "context.seller"
+
+
+def test_a_catalogue_change_of_an_imported_data_set_is_refused_and_nothing_written(served: Served) -> None:
+    from serving.repository.catalogue import ChangeLog
+
+    log = ChangeLog(served.settings.model_repository)
+    before = log.versions()
+    with pytest.raises(ValidationError, match="demo's catalogue only"):
+        log.append(load_tables(served.settings), block=[0])
+    assert log.versions() == before
