@@ -33,7 +33,8 @@ from training.quality import calibration
 from training.train import fit_ranker, fit_two_tower
 
 __all__ = ["HOLDOUT_FRACTION", "RECALL_N", "TrainedDataSet", "TrainingData", "holdout_mask", "prepare",
-           "context_rows", "ranker_scores", "recall_at", "train_data_set", "user_embeddings"]
+           "context_rows", "ndcg_at", "ranker_scores", "recall_at", "request_ids", "train_data_set",
+           "user_embeddings"]
 
 HOLDOUT_FRACTION = 0.1
 RECALL_N = 500
@@ -91,10 +92,19 @@ def prepare(tables: DataTables, impressions: pa.Table, *, seed: int) -> Training
     items = impressions.column(cols["item"]).to_numpy().astype(np.int64)
     labels = impressions.column(cols["label"]).to_numpy().astype(np.float32)
     times = _times(impressions)
-    keys = np.stack([users, times.astype(np.int64) if times is not None else np.zeros_like(users)], axis=1)
-    _, request = np.unique(keys, axis=0, return_inverse=True)
     return TrainingData(tables, impressions, users, items, labels, ContextColumns.of_table(tables.schema, impressions),
-                        holdout_mask(users.shape[0], times, seed), request.reshape(-1).astype(np.int64))
+                        holdout_mask(users.shape[0], times, seed), request_ids(users, times))
+
+
+def request_ids(users: np.ndarray, times: np.ndarray | None) -> np.ndarray:
+    """int64 [N]: each impression's request, the impressions of one user at one time; of one user
+    when there are no times, or when the times make requests of fewer than two impressions on
+    average (a log that stamps every impression apart)."""
+    if times is not None:
+        _, request = np.unique(np.stack([users, times.astype(np.int64)], axis=1), axis=0, return_inverse=True)
+        if 2 * (int(request.max(initial=-1)) + 1) <= users.shape[0]:
+            return request.reshape(-1).astype(np.int64)
+    return np.unique(users, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def _cards(tables: DataTables, names: list[str]) -> list[int]:
@@ -266,11 +276,11 @@ def recall_at(user_tower: Any, data: TrainingData, item_emb: np.ndarray, n: int 
 
 
 def ndcg_at(scores: np.ndarray, labels: np.ndarray, request: np.ndarray, k: int = NDCG_K) -> float:
-    """Mean NDCG@k of ``scores`` over the requests holding a click (gain: the label)."""
+    """Mean NDCG@k of ``scores`` over the requests of two impressions or more holding a click (gain: the label)."""
     order = np.lexsort((-scores, request))
     req, lab = request[order], labels[order]
     bounds = np.flatnonzero(np.diff(req)) + 1
-    out = [ndcg_at_k(g, g, k) for g in np.split(lab, bounds) if g.any()]
+    out = [ndcg_at_k(g, g, k) for g in np.split(lab, bounds) if g.size > 1 and g.any()]
     return float(np.mean(out)) if out else float("nan")
 
 

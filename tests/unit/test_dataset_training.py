@@ -35,7 +35,7 @@ from serving.repository.export import load_golden
 from serving.repository.registry import ModelRegistry
 from tests.unit.data_fakes import DEMO_SCHEMA, SCHEMA, FakeContext, random_tables
 from training import dataset_export
-from training.dataset_train import holdout_mask, prepare
+from training.dataset_train import holdout_mask, ndcg_at, prepare, request_ids
 from training.synthetic import DEPARTMENTS, SCHEMA_YAML, click_probability, write_marketplace
 
 SEED = 3
@@ -117,6 +117,17 @@ def test_the_holdout_is_the_latest_tenth_by_time_else_a_seeded_random_tenth() ->
     assert test.sum() == 100 and times[test].min() > times[~test].max()
     a, b = holdout_mask(1000, None, seed=1), holdout_mask(1000, None, seed=1)
     assert a.sum() == 100 and np.array_equal(a, b) and not np.array_equal(a, holdout_mask(1000, None, seed=2))
+
+
+def test_requests_group_a_users_impressions_at_one_time_else_the_users() -> None:
+    users = np.array([0, 0, 0, 1, 1, 1])
+    shown = request_ids(users, np.array([5.0, 5.0, 6.0, 5.0, 5.0, 5.0]))
+    assert shown.tolist() == [0, 0, 1, 2, 2, 2]
+    assert request_ids(users, None).tolist() == [0, 0, 0, 1, 1, 1]
+    assert request_ids(users, np.arange(6.0)).tolist() == [0, 0, 0, 1, 1, 1]  # every impression stamped apart
+    scores, labels = np.array([0.9, 0.1, 0.5, 0.2, 0.8, 0.7]), np.array([0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    best = ndcg_at(np.array([0.1, 0.9, 0.5, 0.9, 0.2, 0.1]), labels, shown)
+    assert best == 1.0 and ndcg_at(scores, labels, shown) < 1.0  # the lone impression of request 1 is left out
 
 
 def test_train_prints_the_holdout_figures_and_exports_both_models(trained: Trained) -> None:
