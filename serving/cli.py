@@ -697,6 +697,35 @@ def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    """Train a data set's default models and export them into its model repository."""
+    from training.dataset_command import data_set_name, train_named
+
+    summary = train_named(settings, data_set_name(settings, args.name, args.data), epochs=args.epochs, seed=args.seed)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    m = summary["metrics"]
+    versions = ", ".join(f"{model} v{v}" for model, v in summary["versions"].items())
+    print(f"{summary['data_set']} (data version {summary['data_version']}): AUC {m['auc']:.4f} · log loss "
+          f"{m['log_loss']:.4f} (base rate {m['log_loss_base_rate']:.4f}) · ECE {m['ece']:.4f} · recall@500 "
+          f"{m['recall_at_500']:.4f} · NDCG@20 {m['ndcg_at_20']:.4f}  on {m['holdout_impressions']:,} held-out "
+          f"impressions ({m['holdout']} holdout)")
+    print(f"exported {versions} to {summary['model_repository']} in {summary['seconds']:g} s")
+    return 0
+
+
+def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
+    """Write a data set's training table (the ranker's inputs of every impression) as Parquet."""
+    from training.dataset_command import data_set_name, write_feature_table
+
+    summary = write_feature_table(settings, data_set_name(settings, args.name, args.data),
+                                  Path(args.ranker_features) if args.ranker_features else None, Path(args.out))
+    print(f"{summary['rows']:,} rows, cat {summary['cat']} wide, dense {summary['dense']} wide "
+          f"(features: {summary['features']}) written to {summary['out']}")
+    return 0
+
+
 def _size(n_bytes: float) -> str:
     """``23.9 kB``, ``1.2 GB``: a size as people read it (powers of 1000)."""
     units, i = ("B", "kB", "MB", "GB", "TB"), 0
@@ -784,6 +813,7 @@ def _parser() -> argparse.ArgumentParser:
     _scenario_parsers(sub, common)
     _keys_parser(sub, common)
     _data_parser(sub, common)
+    _training_parsers(sub, common)
     ve = sub.add_parser("verify", parents=[common], help="check every model version's files against the digests "
                                                           "recorded when it was written; non-zero exit on any difference")
     ve.add_argument("--json", action="store_true")
@@ -825,6 +855,27 @@ def _data_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     ls = actions.add_parser("list", help="the data sets, their versions and sizes")
     ls.add_argument("--json", action="store_true")
     da.set_defaults(func=cmd_data)
+
+
+def _training_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``rankserve train NAME [--epochs N] [--seed N] [--json]``, ``rankserve features NAME --out F``."""
+    name_help = "the data set (default: --data, else RANKSERVE_DATA, else demo)"
+    tr = sub.add_parser("train", parents=[common], help="train a data set's default two-tower and DCN-v2 models "
+                                                        "and export them into its model repository")
+    tr.add_argument("name", nargs="?", help=name_help)
+    tr.add_argument("--data", metavar="NAME", help="the data set, when NAME is not given")
+    tr.add_argument("--epochs", type=int, default=3, help="passes over the training impressions (default 3)")
+    tr.add_argument("--seed", type=int, default=0, help="the holdout's and the training's seed (default 0)")
+    tr.add_argument("--json", action="store_true", help="print the summary as JSON")
+    tr.set_defaults(func=cmd_train)
+    fe = sub.add_parser("features", parents=[common], help="write a data set's training table (the ranker's "
+                                                           "inputs of every impression) as Parquet")
+    fe.add_argument("name", nargs="?", help=name_help)
+    fe.add_argument("--data", metavar="NAME", help="the data set, when NAME is not given")
+    fe.add_argument("--ranker-features", metavar="FILE", help="a feature declaration (default: the live ranker's "
+                                                               "features.yaml, else the schema's default one)")
+    fe.add_argument("--out", required=True, metavar="FILE", help="the Parquet file to write")
+    fe.set_defaults(func=cmd_features)
 
 
 def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.index.item_tower import ITEM_TOWER_FILE, embed_items, index_catalogue
+from serving.index.item_tower import ITEM_TOWER_FILE, embed_items
 from serving.pipeline.features import (
     RANKER_INPUTS,
     RANKER_OUTPUT,
@@ -30,21 +30,46 @@ from serving.triton.config import TensorSpec
 from training.data import Marketplace, load_built_marketplace
 from training.train import TrainedModels, train_all
 
-__all__ = ["export_artifacts", "install_artifact", "signatures"]
+__all__ = ["export_artifacts", "install_artifact", "model_signature", "signatures", "tower_extras"]
 
 RANKER_MAX_BATCH = 8192
 TOWER_MAX_BATCH = 1024
 
 
-def signatures(n_cat: int, n_dense: int, dense_dim: int, emb_dim: int) -> dict[str, dict[str, Any]]:
+def signatures(n_cat: int, n_dense: int, dense_dim: int, emb_dim: int, user_cat: int = 3) -> dict[str, dict[str, Any]]:
+    """The ranker's and the user tower's Triton signatures: ``cat`` INT64[n_cat], ``dense``
+    FP32[n_dense] -> score; ``user_cat`` INT64[user_cat], ``user_dense`` FP32[dense_dim] -> embedding."""
     cat, dense = RANKER_INPUTS
     ucat, udense = TOWER_INPUTS
     return {
         "ranker": {"inputs": [TensorSpec(cat, "INT64", (n_cat,)), TensorSpec(dense, "FP32", (n_dense,))],
                    "outputs": [TensorSpec(RANKER_OUTPUT, "FP32", (1,))], "max_batch_size": RANKER_MAX_BATCH},
-        "user_tower": {"inputs": [TensorSpec(ucat, "INT64", (3,)), TensorSpec(udense, "FP32", (dense_dim,))],
+        "user_tower": {"inputs": [TensorSpec(ucat, "INT64", (user_cat,)), TensorSpec(udense, "FP32", (dense_dim,))],
                        "outputs": [TensorSpec(TOWER_OUTPUT, "FP32", (emb_dim,))], "max_batch_size": TOWER_MAX_BATCH},
     }
+
+
+def model_signature(name: str, golden: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The signature of model ``name`` (``ranker`` or ``user_tower``) its golden tensors imply."""
+    if name == "ranker":
+        return signatures(golden[RANKER_INPUTS[0]].shape[1], golden[RANKER_INPUTS[1]].shape[1], 1, 1)["ranker"]
+    return signatures(1, 1, golden[TOWER_INPUTS[1]].shape[1], golden[TOWER_OUTPUT].shape[1],
+                      golden[TOWER_INPUTS[0]].shape[1])["user_tower"]
+
+
+def tower_extras(folder: Path, item_tower_file: Path, emb: np.ndarray, queries: np.ndarray | None, *,
+                 index: bool) -> dict[str, Path]:
+    """The files a user tower version carries besides its model, written into ``folder``: the item
+    tower, the catalogue's embeddings ``emb`` by item row (``item_emb.npy``) and, with ``index``, the
+    FAISS index over them (``nprobe`` tuned on ``queries``, the tower's own user embeddings)."""
+    extra: dict[str, Path] = {}
+    if index:
+        from serving.index.faiss_index import build_index, save_index
+
+        save_index(build_index(emb, queries=queries), Path(folder) / "items.faiss")
+        extra = {"items.faiss": Path(folder) / "items.faiss", "items.faiss.json": Path(folder) / "items.faiss.json"}
+    np.save(Path(folder) / "item_emb.npy", emb)
+    return {**extra, "item_emb.npy": Path(folder) / "item_emb.npy", ITEM_TOWER_FILE: Path(item_tower_file)}
 
 
 
@@ -94,24 +119,18 @@ def install_artifact(repo: Path, name: str, artifact: Path, tables: FeatureTable
     module = torch.jit.load(str(artifact / "model.pt"))
     meta = json.loads((artifact / "meta.json").read_text())
     golden = load_golden(artifact)
-    if name == "ranker":
-        sig = signatures(golden[RANKER_INPUTS[0]].shape[1], golden[RANKER_INPUTS[1]].shape[1], 1, 1)["ranker"]
-    else:
-        sig = signatures(1, 1, golden[TOWER_INPUTS[1]].shape[1], golden[TOWER_OUTPUT].shape[1])["user_tower"]
+    sig = model_signature(name, golden)
     with tempfile.TemporaryDirectory() as tmp:
         extra: dict[str, Path] = {}
         if (artifact / ITEM_TOWER_FILE).is_file():
             item_tower = torch.jit.load(str(artifact / ITEM_TOWER_FILE))
+            emb = embed_items(item_tower, tables)
+            queries = None
             if index:
-                from serving.index.faiss_index import save_index
+                from serving.index.faiss_index import tower_queries  # FAISS only where an index is built
 
-                built, emb = index_catalogue(module, item_tower, tables)
-                save_index(built, Path(tmp) / "items.faiss")
-                extra = {"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json"}
-            else:
-                emb = embed_items(item_tower, tables)
-            np.save(Path(tmp) / "item_emb.npy", emb)
-            extra.update({"item_emb.npy": Path(tmp) / "item_emb.npy", ITEM_TOWER_FILE: artifact / ITEM_TOWER_FILE})
+                queries = tower_queries(module, tables.user_cat[: tables.n_users], tables.user_dense[: tables.n_users])
+            extra = tower_extras(Path(tmp), artifact / ITEM_TOWER_FILE, emb, queries, index=index)
         return export_version(repo, name, module, sig["inputs"], sig["outputs"],
                               {t.name: golden[t.name] for t in sig["inputs"]}, meta,
                               max_batch_size=sig["max_batch_size"], extra_files=extra)

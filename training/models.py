@@ -54,10 +54,12 @@ class DCNv2Ranker(nn.Module):
     a cross network (x_{l+1} = x_0 * (W x_l + b) + x_l) beside a deep MLP; returns P(click) [B, 1]."""
 
     def __init__(self, cardinalities: list[int], dense_dim: int, field_dim: int = 8, n_cross: int = 2,
-                 hidden: tuple[int, int] = (128, 64)) -> None:
+                 hidden: tuple[int, int] = (128, 64), sparse: bool = False) -> None:
         super().__init__()
         self.cards = list(cardinalities)  # ids an embedding can look up (others: 0, unknown)
-        self.embs = nn.ModuleList([nn.Embedding(c, field_dim) for c in cardinalities])
+        # sparse: the embeddings' gradients hold only the rows a batch looked up (torch.optim.SparseAdam),
+        # so large hashed crosses cost per step what a batch touches, not their size
+        self.embs = nn.ModuleList([nn.Embedding(c, field_dim, sparse=sparse) for c in cardinalities])
         width = field_dim * len(cardinalities) + dense_dim
         self.norm = nn.LayerNorm(dense_dim)
         self.cross = nn.ModuleList([nn.Linear(width, width) for _ in range(n_cross)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,13 +13,13 @@ from torch import nn
 
 from kernels import CrossSpec, get_crosser
 from serving.pipeline.features import FeatureTables, ranker_inputs
-from serving.terminal import task
+from serving.terminal import Task, task
 from training.data import Marketplace
 from training.metrics import auc
 from training.models import DCNv2Ranker, ItemTower, UserTower
 from training.quality import calibration
 
-__all__ = ["CROSS_SPEC", "TrainedModels", "ranker_cardinalities", "train_all"]
+__all__ = ["CROSS_SPEC", "TrainedModels", "fit_ranker", "fit_two_tower", "ranker_cardinalities", "train_all"]
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +60,41 @@ def train_two_tower(mp: Marketplace, *, epochs: int = 2, batch: int = 1024, seed
     D = mp.user_dense.shape[1]
     user = UserTower(_cards(mp.user_cat), D)
     item = ItemTower(_cards(mp.item_cat), mp.item_num.shape[1], D)
-    opt = torch.optim.Adam([*user.parameters(), *item.parameters()], lr=2e-3)
     pos = np.nonzero((mp.imp_click > 0.5) & ~mp.imp_test)[0]
     uc, ud = torch.from_numpy(mp.user_cat), torch.from_numpy(mp.user_dense)
     ic, inum, idn = torch.from_numpy(mp.item_cat), torch.from_numpy(mp.item_num), torch.from_numpy(mp.item_dense)
+
+    def pairs(b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        u, i = torch.from_numpy(mp.imp_user[b]), torch.from_numpy(mp.imp_item[b])
+        return user(uc[u], ud[u]), item(ic[i], inum[i], idn[i])
+
+    fit_two_tower(user, item, pos, pairs, epochs=epochs, batch=min(batch, max(64, pos.size // 4)), seed=seed,
+                  temperature=temperature, min_steps=min_steps)
+    return user.eval(), item.eval()
+
+
+def fit_two_tower(user: nn.Module, item: nn.Module, pos: np.ndarray,
+                  pairs: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]], *, epochs: int, batch: int,
+                  seed: int, temperature: float, min_steps: int) -> None:
+    """In-batch softmax over the impressions ``pos`` (clicked ones), ``pairs(b)`` giving the user
+    and item embeddings of impressions ``b``: ``epochs`` passes in a seeded shuffled order, more
+    when they make fewer than ``min_steps`` steps."""
+    opt = torch.optim.Adam([*user.parameters(), *item.parameters()], lr=2e-3)
     rng = np.random.default_rng(seed)
-    batch = min(batch, max(64, pos.size // 4))
-    steps = pos.size // batch
-    epochs = max(epochs, -(-min_steps // max(1, steps)))
+    steps = max(1, pos.size // batch)
+    epochs = max(epochs, -(-min_steps // steps))
     with task("train two-tower", total=epochs * steps) as bar:
         for epoch in range(epochs):
             bar.describe(f"train two-tower {epoch + 1}/{epochs}")
             perm = rng.permutation(pos)
             for s in range(0, steps * batch, batch):
                 b = perm[s:s + batch]
-                u = torch.from_numpy(mp.imp_user[b])
-                i = torch.from_numpy(mp.imp_item[b])
-                logits = user(uc[u], ud[u]) @ item(ic[i], inum[i], idn[i]).T / temperature
-                loss = nn.functional.cross_entropy(logits, torch.arange(b.size))
+                users, items = pairs(b)
+                loss = nn.functional.cross_entropy(users @ items.T / temperature, torch.arange(b.size))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 bar.advance()
-    return user.eval(), item.eval()
 
 
 def train_ranker(mp: Marketplace, spec: CrossSpec, *, epochs: int = 3, batch: int = 2048,
@@ -99,18 +112,27 @@ def train_ranker(mp: Marketplace, spec: CrossSpec, *, epochs: int = 3, batch: in
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
         cat, dense = torch.from_numpy(feats.cat), torch.from_numpy(feats.dense)
         y = torch.from_numpy(mp.imp_click).unsqueeze(1)
-        rng = np.random.default_rng(seed)
-        for epoch in range(epochs):
-            bar.describe(f"train ranker {epoch + 1}/{epochs}")
-            perm = torch.from_numpy(rng.permutation(train))
-            for s in range(0, perm.numel(), batch):
-                b = perm[s:s + batch]
-                loss = nn.functional.binary_cross_entropy_with_logits(model.logit(cat[b], dense[b]), y[b])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                bar.advance()
+        fit_ranker(model, cat, dense, y, train, [opt], epochs=epochs, batch=batch, seed=seed, bar=bar)
     return model.eval(), feats.cat, feats.dense
+
+
+def fit_ranker(model: DCNv2Ranker, cat: torch.Tensor, dense: torch.Tensor, y: torch.Tensor, train: np.ndarray,
+               optimizers: Sequence[torch.optim.Optimizer], *, epochs: int, batch: int, seed: int, bar: Task) -> None:
+    """BCE on rows ``train`` of the inputs: ``epochs`` passes in a seeded shuffled order, ``bar``
+    advanced by one per step."""
+    rng = np.random.default_rng(seed)
+    for epoch in range(epochs):
+        bar.describe(f"train ranker {epoch + 1}/{epochs}")
+        perm = torch.from_numpy(rng.permutation(train))
+        for s in range(0, perm.numel(), batch):
+            b = perm[s:s + batch]
+            loss = nn.functional.binary_cross_entropy_with_logits(model.logit(cat[b], dense[b]), y[b])
+            for opt in optimizers:
+                opt.zero_grad()
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            bar.advance()
 
 
 def train_all(mp: Marketplace, *, seed: int = 0) -> TrainedModels:

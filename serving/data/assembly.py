@@ -26,7 +26,8 @@ from serving.data.features import FeatureSpec, SchemaTables, resolve
 from serving.data.schema import Schema
 
 __all__ = ["IMPRESSION_COLUMNS", "RANKER_INPUTS", "ContextColumns", "DataTablesLike", "EncodedContextLike",
-           "RankerInputs", "RequestSide", "assemble_features", "feature_table", "request_side"]
+           "RankerInputs", "RequestSide", "assemble_features", "feature_table", "request_side",
+           "sequence_means"]
 
 # Tensor names of the ranker's inputs, in their positional order (config.pbtxt, export, serving).
 RANKER_INPUTS = ("cat", "dense")
@@ -135,23 +136,26 @@ class ContextColumns:
 
     @classmethod
     def of_table(cls, schema: Schema, table: pa.Table) -> ContextColumns:
-        """From a table with one column per context field (codes, values, lists of item rows);
-        a field without a column is absent from every row."""
-        n, c, have = table.num_rows, schema.context, set(table.column_names)
+        """From a table with one column per context field (codes, values, lists of item rows), named
+        ``context.<field>`` as a data set stores its impressions, or ``<field>``; a field without a
+        column is absent from every row."""
+        n, c = table.num_rows, schema.context
+        have = {name.removeprefix("context."): name for name in reversed(table.column_names)}
 
         def values(name: str, dtype: Any) -> np.ndarray:
-            return table.column(name).fill_null(0).to_numpy().astype(dtype) if name in have else np.zeros(n, dtype)
+            return table.column(have[name]).fill_null(0).to_numpy().astype(dtype) if name in have \
+                else np.zeros(n, dtype)
 
         seqs = []
         for name in c.sequences:
             if name not in have:
                 seqs.append((np.zeros(n + 1, np.int64), np.zeros(0, np.int64)))
                 continue
-            lists = table.column(name).combine_chunks()
+            lists = table.column(have[name]).combine_chunks()
             lengths = pc.list_value_length(lists).fill_null(0).to_numpy()
             seqs.append((np.cumsum([0, *lengths], dtype=np.int64), lists.flatten().to_numpy().astype(np.int64)))
-        cat = np.stack([values(f, np.int64) for f in c.categorical], axis=1).reshape(n, len(c.categorical))
-        num = np.stack([values(f, np.float32) for f in c.numeric], axis=1).reshape(n, len(c.numeric))
+        cat = _side_by_side([values(f, np.int64) for f in c.categorical], n, np.int64)
+        num = _side_by_side([values(f, np.float32) for f in c.numeric], n, np.float32)
         return cls._of(schema, cat, num, seqs)
 
     @classmethod
@@ -160,6 +164,11 @@ class ContextColumns:
         specs = schema.context.sequences.values()
         return cls(cat=cat, num=num, sequences=tuple(_recent_known(offsets, rows, spec.max_len)
                                                      for (offsets, rows), spec in zip(sequences, specs, strict=True)))
+
+
+def _side_by_side(columns: list[np.ndarray], n: int, dtype: Any) -> np.ndarray:
+    """[n, len(columns)]: the columns side by side (none: an empty [n, 0])."""
+    return np.stack(columns, axis=1) if columns else np.zeros((n, 0), dtype)
 
 
 def _recent_known(offsets: np.ndarray, rows: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,10 +184,10 @@ def _recent_known(offsets: np.ndarray, rows: np.ndarray, max_len: int) -> tuple[
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), rows[keep]
 
 
-def _sequence_means(item_vec: np.ndarray, offset: int, width: int, offsets: np.ndarray,
+def sequence_means(item_vec: np.ndarray, offset: int, width: int, offsets: np.ndarray,
                     rows: np.ndarray) -> np.ndarray:
     """float32 [Q, width]: each request's mean of its items' ``item_vec[:, offset:offset+width]``
-    (0 when it has none)."""
+    (0 when it has none); ``offsets``/``rows`` as one of :attr:`ContextColumns.sequences`."""
     lengths = np.diff(offsets)
     out = np.zeros((lengths.shape[0], width), np.float32)
     some = lengths > 0
@@ -194,7 +203,7 @@ def request_side(tables: DataTablesLike, user_rows: np.ndarray,
     for an unknown user) with ``contexts[q]``."""
     rows = np.asarray(user_rows, dtype=np.int64)
     ctx = contexts if isinstance(contexts, ContextColumns) else ContextColumns.of_contexts(tables.schema, contexts)
-    means = [_sequence_means(tables.item_vec, offset, width, *ctx.sequences[seq])
+    means = [sequence_means(tables.item_vec, offset, width, *ctx.sequences[seq])
              for seq, offset, width in plan.means.tolist()]
     return RequestSide(q_cat=np.concatenate([tables.user_cat[rows], ctx.cat], axis=1),
                        q_num=np.concatenate([tables.user_num[rows], ctx.num], axis=1, dtype=np.float32),
