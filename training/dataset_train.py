@@ -25,7 +25,7 @@ from kernels import FeaturePlan, get_crosser
 from serving.data.assembly import IMPRESSION_COLUMNS, ContextColumns, feature_table
 from serving.data.features import FeatureSpec, resolve
 from serving.data.tables import DataTables
-from serving.data.tower import tower_inputs
+from serving.data.tower import tower_inputs, tower_widths
 from serving.terminal import task
 from training.metrics import auc, ndcg_at_k
 from training.models import DCNv2Ranker, ItemTower, UserTower
@@ -144,10 +144,10 @@ def train_ranker(data: TrainingData, spec: FeatureSpec, *, epochs: int, seed: in
     with task("train ranker", total=1 + epochs * steps) as bar:
         bar.describe("train ranker: features")
         table = feature_table(data.tables, data.impressions, spec, get_crosser("auto"))
-        cat = _matrix(table, "cat", plan.n_cat).astype(np.int64)
-        dense = _matrix(table, "dense", plan.n_dense).astype(np.float32)
+        cat = _matrix(table, "cat", max(1, plan.n_cat)).astype(np.int64)  # (a constant column when 0)
+        dense = _matrix(table, "dense", max(1, plan.n_dense)).astype(np.float32)
         bar.advance()
-        model = DCNv2Ranker([int(c) for c in plan.cardinalities], plan.n_dense, sparse=True)
+        model = DCNv2Ranker([int(c) for c in plan.cardinalities], dense.shape[1], sparse=True)
         opts: list[torch.optim.Optimizer] = [
             torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("embs.")], lr=2e-3)]
         if len(model.embs):
@@ -204,9 +204,8 @@ def train_towers(data: TrainingData, *, epochs: int, seed: int, batch: int = 512
     torch.manual_seed(seed)
     t, schema = data.tables, data.tables.schema
     n_seq = len(schema.context.sequences)
-    user_cards = _cards(t, [f"user.{c}" for c in schema.users.categorical]
-                        + [f"context.{c}" for c in schema.context.categorical])
-    dense_dim = t.user_num.shape[1] + data.context.num.shape[1] + t.user_vec.shape[1] + emb_dim * n_seq
+    user_cards = _cards(t, tower_widths(schema, emb_dim)["cat"])  # (the constant column: one row)
+    dense_dim = max(1, t.user_num.shape[1] + data.context.num.shape[1] + t.user_vec.shape[1] + emb_dim * n_seq)
     user = UserTower(user_cards, dense_dim, emb_dim=emb_dim)
     item = ItemTower(_cards(t, [f"item.{c}" for c in schema.items.categorical]), t.item_num.shape[1],
                      t.item_vec.shape[1], emb_dim=emb_dim)
