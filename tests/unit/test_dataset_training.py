@@ -263,3 +263,26 @@ def test_train_refuses_an_unknown_data_set_and_damaged_data(trained: Trained, tm
     tables.write_bytes(tables.read_bytes()[:-10])
     rc, _ = _cli(tmp_path, "train", "broken")
     assert rc == 4
+
+
+def test_train_demo_writes_the_demos_repository_only_for_the_data_set_the_build_imported(trained: Trained,
+                                                                                        tmp_path: Path) -> None:
+    from serving.config import Settings
+    from training.dataset_command import _check_demo
+    from training.preflight import BUILD_FORMAT
+
+    files = trained.files
+    DataSetStore(tmp_path).dataset("demo").import_files(load_schema(files["schema"]), files["items"], files["users"],
+                                                       files["impressions"])
+    demo_repo = tmp_path / "demo_repository"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RANKSERVE_MODEL_REPOSITORY", str(demo_repo))
+        rc, out = _cli(tmp_path, "train", "demo")  # no build imported it
+        assert rc == 2 and not demo_repo.exists()
+        (tmp_path / "data").mkdir()
+        summary = {"format": BUILD_FORMAT, "seed": 0, "config": {}, "quality": {}, "versions": {}}
+        (tmp_path / "data" / "build.json").write_text(json.dumps({**summary, "data_set_version": 2}))
+        rc, out = _cli(tmp_path, "train", "demo")  # the build imported another version
+        assert rc == 2 and not demo_repo.exists()
+    (tmp_path / "data" / "build.json").write_text(json.dumps({**summary, "data_set_version": 1}))
+    _check_demo(Settings.model_validate({"data_dir": tmp_path, "model_repository": demo_repo}), 1)
