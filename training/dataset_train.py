@@ -33,7 +33,7 @@ from training.quality import calibration
 from training.train import fit_ranker, fit_two_tower
 
 __all__ = ["HOLDOUT_FRACTION", "RECALL_N", "TrainedDataSet", "TrainingData", "holdout_mask", "prepare",
-           "context_rows", "ndcg_at", "ranker_scores", "recall_at", "request_ids", "train_data_set",
+           "context_rows", "ndcg_at", "pair_agreement", "ranker_scores", "recall_at", "request_ids", "train_data_set",
            "user_embeddings"]
 
 HOLDOUT_FRACTION = 0.1
@@ -281,6 +281,20 @@ def ndcg_at(scores: np.ndarray, labels: np.ndarray, request: np.ndarray, k: int 
     bounds = np.flatnonzero(np.diff(req)) + 1
     out = [ndcg_at_k(g, g, k) for g in np.split(lab, bounds) if g.size > 1 and g.any()]
     return float(np.mean(out)) if out else float("nan")
+
+
+def pair_agreement(truth: np.ndarray, scores: np.ndarray, request: np.ndarray) -> float:
+    """Share of the item pairs within a request (true probabilities differing) that ``scores`` orders
+    as ``truth`` does (a tie in ``scores``: half)."""
+    order = np.argsort(request, kind="stable")
+    agree, pairs = 0.0, 0
+    for group in np.split(order, np.flatnonzero(np.diff(request[order])) + 1):
+        i, j = np.triu_indices(group.size, 1)
+        dt, ds = truth[group][i] - truth[group][j], scores[group][i] - scores[group][j]
+        keep = dt != 0
+        agree += float((np.sign(dt[keep]) == np.sign(ds[keep])).sum() + 0.5 * (ds[keep] == 0).sum())
+        pairs += int(keep.sum())
+    return agree / pairs if pairs else float("nan")
 
 
 def ranker_scores(ranker: Any, cat: np.ndarray, dense: np.ndarray) -> np.ndarray:
