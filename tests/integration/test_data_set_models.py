@@ -33,7 +33,8 @@ impressions: {user: customer, item: sku, label: clicked, time: shown_at}
 """
 
 
-@pytest.mark.parametrize("schema", [SCHEMA_YAML, BARE], ids=["marketplace", "bare"])
+# (the bare schema's run is `slow`: make slow-test; make test keeps the marketplace's within its time budget)
+@pytest.mark.parametrize("schema", [SCHEMA_YAML, pytest.param(BARE, marks=pytest.mark.slow)], ids=["marketplace", "bare"])
 def test_a_trained_data_set_answers_its_golden_in_triton(tmp_path: Path, schema: str) -> None:
     files = write_marketplace(tmp_path / "files", n_items=300, n_users=150, n_impressions=4_000, seed=5)
     settings = Settings.model_validate({"data_dir": tmp_path / "data", "model_repository": tmp_path / "demo"})
