@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-__all__ = ["PER_REQUEST", "SCHEMA_YAML", "ClickModel", "click_probability", "write_marketplace"]
+__all__ = ["PER_REQUEST", "SCHEMA_YAML", "ClickModel", "click_probability", "main", "write_marketplace"]
 
 PER_REQUEST = 10  # items shown per request
 SCHEMA_YAML = """\
@@ -218,3 +218,28 @@ def write_marketplace(out_dir: Path, *, n_items: int = 3000, n_users: int = 1500
     for role, table in (("items", items), ("users", users), ("impressions", impressions)):
         pq.write_table(table, paths[role])
     return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.synthetic OUT [--items N --users N --impressions N --seed S]``: write the
+    marketplace's files into ``OUT`` (example files to try ``rankserve data import`` with)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.synthetic", description=main.__doc__)
+    parser.add_argument("out", type=Path, help="folder to write schema.yaml and the three Parquet files into")
+    parser.add_argument("--items", type=int, default=3000)
+    parser.add_argument("--users", type=int, default=1500)
+    parser.add_argument("--impressions", type=int, default=150_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        paths = write_marketplace(args.out, n_items=args.items, n_users=args.users, n_impressions=args.impressions,
+                                  seed=args.seed)
+    except ValueError as err:
+        parser.error(str(err))
+    print("\n".join(f"{role}: {path}" for role, path in paths.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
