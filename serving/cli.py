@@ -219,6 +219,7 @@ def _sweep_temporary(settings: Settings) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.config import DEMO_DATA
     from serving.ray_runtime import Ingress
     from serving.startup import check_ports, check_ray_address
     from serving.terminal import console, status
@@ -229,7 +230,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     check_ports(settings)  # before anything starts: a taken port stops start-up at once
     _sweep_temporary(settings)
     check_ray_address(settings)  # and a cluster that does not answer, instead of Ray's long retries
-    build = _built(settings) if args.no_build else _build(settings)
+    build = _dataset_summary(settings) if settings.data != DEMO_DATA else _built(settings) if args.no_build \
+        else _build(settings)
     stop = StopSignals()
     stop.install()
     out = console()
@@ -254,6 +256,20 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         stop.restore()
     out.print("stopped: nothing of rankserve is left running")
     return 0
+
+
+def _dataset_summary(settings: Settings) -> dict[str, Any]:
+    """An imported data set about to be served: checked (imported, trained), its default scenarios
+    written where absent, nothing else written (never the demo's build); its sizes for the summary."""
+    from serving.pipeline.assemble import load_tables
+    from serving.repository.datasets import check_servable, install_default_scenarios
+
+    check_servable(settings)
+    tables = load_tables(settings)
+    written = install_default_scenarios(settings, tables)
+    if written:
+        log.info("wrote the default scenarios %s into %s", written, settings.model_repository)
+    return {"data_set": settings.data, "config": {"n_items": tables.n_items, "n_users": tables.n_users}}
 
 
 def _served_view(settings: Settings, stop: StopSignals, timeout_s: float = 60.0) -> dict[str, Any]:
@@ -466,14 +482,14 @@ class _NoTriton:
 def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from serving.pipeline.features import FeatureTables
+    from serving.pipeline.assemble import load_tables
     from serving.repository.push import ModelLoader, push
     from serving.repository.registry import ModelRegistry
 
     endpoint = running_triton(settings)
     triton: ModelLoader = _NoTriton() if endpoint is None else endpoint.client()
     result = push(ModelRegistry.of(settings), args.model, Path(args.artifact),
-                  FeatureTables.load(settings.marketplace_path), triton,
+                  load_tables(settings), triton,
                   canary_percent=args.canary, shadow_percent=args.shadow, version=args.version,
                   keep_others=settings.triton_keep_versions)
     print(json.dumps({"model": result.model, "version": result.version, "traffic": result.traffic.to_json(),
@@ -541,12 +557,12 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_items(settings: Settings, args: argparse.Namespace) -> int:
     """Block, unblock, add or update items (one atomic, versioned change), or show the catalogue."""
-    from serving.pipeline.features import FeatureTables
+    from serving.pipeline.assemble import load_tables
     from serving.repository.catalogue import ChangeLog, read_item_rows
     from serving.repository.nodes import live_nodes
 
     changes = ChangeLog(settings.model_repository)
-    base = FeatureTables.load(settings.marketplace_path)
+    base = load_tables(settings)
     if args.action == "status":
         cat = changes.current(base)
         print(json.dumps({"catalogue_version": cat.version, "items": cat.tables.n_items, "blocked": cat.n_blocked,
@@ -575,7 +591,7 @@ def cmd_scenarios(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from serving.errors import ScenarioRefusedError
-    from serving.pipeline.features import FeatureTables
+    from serving.pipeline.assemble import load_tables
     from serving.repository.catalogue import ChangeLog
     from serving.repository.registry import ModelRegistry
     from serving.repository.scenarios import ScenarioStore
@@ -588,7 +604,7 @@ def cmd_scenarios(settings: Settings, args: argparse.Namespace) -> int:
         what = "NAME" if args.action == "rollback" else "FILE"
         raise ConfigError(f"rankserve scenarios {args.action} takes one {what}")
     registry = ModelRegistry.of(settings)
-    groups = ChangeLog(settings.model_repository).current(FeatureTables.load(settings.marketplace_path)).group_counts()
+    groups = ChangeLog(settings.model_repository).current(load_tables(settings)).group_counts()
     if args.action == "rollback":
         sc = store.rollback(args.targets[0], settings, registry, groups)
     else:
@@ -821,7 +837,16 @@ def _parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("models", parents=[common], help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)
+    for acting in (s, pu, pr, rb, it, ve, mo):
+        _data_option(acting)
     return p
+
+
+def _data_option(parser: argparse.ArgumentParser) -> None:
+    """``--data NAME``: the data set the command acts on (default ``RANKSERVE_DATA``, else demo)."""
+    parser.add_argument("--data", metavar="NAME",
+                        help="the data set to act on: demo or one imported (default: RANKSERVE_DATA, else demo)")
+    parser.set_defaults(acts_on_data=True)
 
 
 def _keys_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -888,6 +913,7 @@ def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     sc.add_argument("targets", nargs="*", metavar="FILE|NAME", help="a scenario file (validate, apply) or a "
                                                                     "scenario's name (rollback)")
     sc.set_defaults(func=cmd_scenarios)
+    _data_option(sc)
     sf = sub.add_parser("scenario-freshness", parents=[common],
                         help="scenario apply -> first answer carrying it, under load")
     add_arguments(sf)
@@ -910,6 +936,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.model_copy(update={"verbose": True})
     args.log_path = None
     try:
+        settings = _acting_on(settings, args)
+    except RankserveError as err:
+        return _report(f"rankserve {args.command}", err, verbose=settings.verbose)
+    try:
         with _output(settings, args):
             return int(args.func(settings, args))
     except RankserveError as err:
@@ -924,6 +954,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_path is not None and not settings.verbose:
             print(f"  its traceback is in {args.log_path}; --verbose shows it here", file=sys.stderr)
         return 1
+
+
+_NAMING_COMMANDS = ("data", "train", "features")  # commands that take the data set's name themselves
+
+
+def _acting_on(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The settings of the data set a command that takes ``--data`` acts on (``--data``, else
+    ``RANKSERVE_DATA``, else demo); the demo's for the others, but for those that name a data set
+    themselves (``data``, ``train``, ``features``).
+
+    Raises:
+        ConfigError: the name is no data set name.
+    """
+    from serving.config import DEMO_DATA
+
+    if not getattr(args, "acts_on_data", False):
+        # the data set commands name theirs; every other command (build, the measuring ones) acts
+        # on the demo, whatever RANKSERVE_DATA says, so its servers serve the demo's tables
+        return settings if args.command in _NAMING_COMMANDS else settings.for_data(DEMO_DATA)
+    name = args.data or settings.data or DEMO_DATA
+    if name != DEMO_DATA:
+        from serving.data.store import DataSetStore
+
+        DataSetStore.of(settings).dataset(name)  # refuses a name that is no data set name
+    return settings.for_data(name)
 
 
 def _report(prefix: str, err: RankserveError, *, verbose: bool, log_path: Path | None = None) -> int:

@@ -9,12 +9,13 @@ status from the one error table (``serving.errors``). Must not touch: ranking lo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grpc
 
-from serving.errors import RankserveError
+from serving.errors import RankserveError, ValidationError
 from serving.proto import ranker_pb2
 from serving.schemas import RankRequest, RankResponse, check_size, validate_rank_request
 from serving.service import RankService
@@ -56,14 +57,40 @@ def request_payload(msg: ranker_pb2.RankRequest, max_bytes: int) -> dict[str, An
     if msg.exclude:
         payload["exclude"] = list(msg.exclude)
     payload.update({name: getattr(msg, name) for name in _STRINGS if getattr(msg, name)})
+    _string_ids(msg, payload)
     return payload
+
+
+def _string_ids(msg: ranker_pb2.RankRequest, payload: dict[str, Any]) -> None:
+    """The string-id fields (``user_id_str``...) and ``context_json`` into ``payload``, under the
+    HTTP API's names.
+
+    Raises:
+        ValidationError: a field given both ways, or a context that is no JSON object.
+    """
+    given = {"user_id": msg.HasField("user_id_str") and msg.user_id_str, "item_id": msg.HasField("item_id_str")
+             and msg.item_id_str, "candidates": list(msg.candidates_str), "exclude": list(msg.exclude_str)}
+    for name, value in given.items():
+        if value is False or value == []:
+            continue
+        if name in payload:
+            raise ValidationError(f"give {name} or {name}_str, not both", field=name)
+        payload[name] = value
+    if msg.context_json:
+        try:
+            context = json.loads(msg.context_json)
+        except ValueError as err:
+            raise ValidationError(f"context_json is not JSON: {err}", field="context") from err
+        payload["context"] = context
 
 
 def response_message(res: RankResponse) -> ranker_pb2.RankResponse:
     """The response message of one answer (the same content as :meth:`RankResponse.to_json`)."""
     return ranker_pb2.RankResponse(
         request_id=res.request_id,
-        items=[ranker_pb2.ScoredItem(item_id=it.item_id, score=it.score, recall_score=it.recall_score)
+        items=[ranker_pb2.ScoredItem(item_id=it.item_id if isinstance(it.item_id, int) else 0,
+                                     item_id_str=it.item_id if isinstance(it.item_id, str) else "",
+                                     score=it.score, recall_score=it.recall_score)
                for it in res.items],
         model=ranker_pb2.ModelVersion(name=res.model_name, version=res.model_version),
         recall=res.recall,
@@ -72,6 +99,7 @@ def response_message(res: RankResponse) -> ranker_pb2.RankResponse:
         catalogue_version=res.catalogue_version,
         scenario=res.scenario,
         scenario_version=res.scenario_version,
+        unknown_candidates=res.unknown_candidates,
         timings_ms={stage: round(ms, 3) for stage, ms in res.timings_ms.items()},
     )
 

@@ -18,8 +18,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticCustomError
 
 from serving.errors import InvalidArgumentError, PayloadTooLargeError, ValidationError
 
@@ -28,6 +29,27 @@ __all__ = ["Problem", "RankRequest", "RankResponse", "ScoredItem", "check_size",
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
+MAX_ID_CHARS = 256
+
+
+def _id(value: Any) -> int | str:
+    """A user's or an item's id: an int64 or a string of 1 to 256 characters (which of the two,
+    the data set's schema says; the pipeline checks it)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not INT64_MIN <= value <= INT64_MAX:
+            kind, bound = ("greater_than_equal", INT64_MIN) if value < INT64_MIN else ("less_than_equal", INT64_MAX)
+            raise PydanticCustomError(kind, f"Input should be {'>=' if value < 0 else '<='} {bound}")
+        return value
+    if isinstance(value, str):
+        if not value:
+            raise PydanticCustomError("string_too_short", "an id must not be empty")
+        if len(value) > MAX_ID_CHARS:
+            raise PydanticCustomError("string_too_long", f"an id has at most {MAX_ID_CHARS} characters")
+        return value
+    raise PydanticCustomError("id_type", "Input should be an integer or a string id")
+
+
+Id = Annotated[int | str, PlainValidator(_id)]  # a user's or an item's id
 # pydantic error types refused 422 (well-formed but out of range, unknown or missing); the rest 400
 _UNPROCESSABLE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_long", "too_short",
                   "string_too_long", "string_too_short", "extra_forbidden", "missing"}
@@ -39,23 +61,24 @@ class RankRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    user_id: Int64
+    user_id: Id  # the data set's ids: integers or strings, as its schema's (checked by the pipeline)
     k: StrictInt | None = Field(None, ge=1)
-    candidates: list[Int64] | None = None
-    exclude: list[Int64] = Field(default_factory=list)
+    candidates: list[Id] | None = None  # unknown ids are dropped and counted (unknown_candidates)
+    exclude: list[Id] = Field(default_factory=list)
     request_id: StrictStr | None = Field(None, max_length=128)
     model: StrictStr | None = Field(None, min_length=1, max_length=128)
     timeout_ms: StrictInt | None = Field(None, ge=1)
     scenario: StrictStr | None = Field(None, min_length=1, max_length=64)  # None: "home"
-    item_id: Int64 | None = None  # context: the seed item (item-to-item scenarios)
+    item_id: Id | None = None  # context: the seed item (item-to-item scenarios)
     shop_id: Int64 | None = None  # context: the shop whose page asks (shop scenarios)
+    context: dict[StrictStr, Any] | None = None  # checked against the data set's schema by the pipeline
 
 
 @dataclass(frozen=True)
 class ScoredItem:
     """One ranked item. ``score`` is in [0, 1]; ``recall_score`` is set in degraded answers only."""
 
-    item_id: int
+    item_id: int | str
     score: float
     recall_score: float | None = None
 
@@ -81,6 +104,7 @@ class RankResponse:
     catalogue_version: int = 0  # the catalogue change this answer was served with
     scenario: str = "home"
     scenario_version: int = 0  # the version of the scenario file it was served with (0: built in)
+    unknown_candidates: int | None = None  # given candidates not in the catalogue, dropped (None: none given)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -96,6 +120,8 @@ class RankResponse:
         }
         if self.cold_start:
             out["cold_start"] = True
+        if self.unknown_candidates is not None:
+            out["unknown_candidates"] = self.unknown_candidates
         return out
 
 

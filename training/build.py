@@ -9,6 +9,12 @@ The summary carries the quality a ranking team reads: AUC against the oracle, lo
 calibration (ECE), the index's recall@500 against exact search and its memory, the served
 pipeline's NDCG@20 against the oracle pipeline, and each scenario's NDCG@20 against the oracle
 restricted to its candidate rule (``training.scenario_quality``).
+
+The generated marketplace is also written as a team's files (``training.demo_files``: ``files/``
+beside the cache: ``schema.yaml`` and three Parquet files) and imported as the data set ``demo``
+(under the data dir's parent, as ``rankserve data import demo`` would); ``build.json`` records
+the version it imported as ``data_set_version``, which is what lets ``rankserve train demo``
+write into the demo's model repository (``training.dataset_command``).
 ``python -m training.build --data-dir .rankserve/data --repo model_repository [--items N --users M]``.
 
 ``--no-index`` (``build(..., index=False)``) skips the FAISS index, its recall@500 and the NDCG
@@ -32,21 +38,25 @@ from typing import Any
 import numpy as np
 
 from serving import __version__
-from serving.config import Settings
+from serving.config import DEMO_DATA, Settings
+from serving.data.schema import load_schema
+from serving.data.store import DataSetStore
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry, Traffic
 from serving.repository.scenarios import ScenarioStore
 from serving.terminal import progress, task
 from training.data import MarketConfig, Marketplace, generate, load_built_marketplace, save
+from training.demo_files import write_demo_files
 from training.export import export_artifacts, install_artifact
 from training.preflight import BUILD_FORMAT, MODELS, plan, scenarios_missing
 from training.train import train_all
 
-__all__ = ["DEMO_SCENARIOS", "build", "install_scenarios", "recompute_quality"]
+__all__ = ["DEMO_FILES", "DEMO_SCENARIOS", "build", "import_demo", "install_scenarios", "recompute_quality"]
 
 log = logging.getLogger(__name__)
 NO_INDEX = "none: built with --no-index (no FAISS index, no recall@500)"
+DEMO_FILES = "files"  # the folder of the cache the demo's data set files are written to
 # The demo scenario files, applied in this order (each becomes version 1 of its scenario).
 DEMO_SCENARIOS = tuple(Path(__file__).resolve().parent / "scenarios" / f"{n}.yaml" for n in ("home", "similar", "shop"))
 
@@ -112,6 +122,16 @@ def _add_scenarios(summary: dict[str, Any], data_dir: Path, repo: Path, settings
     return summary
 
 
+def import_demo(mp: Marketplace, data_dir: Path, repo: Path) -> int:
+    """Write ``mp`` as the demo's data set files into ``data_dir/files`` and import them as the data
+    set ``demo`` of the data dir ``data_dir.parent`` (its model repository ``repo``); returns the
+    imported version."""
+    files = write_demo_files(mp, data_dir / DEMO_FILES)
+    store = DataSetStore(data_dir.parent, demo_model_repository=repo)
+    return store.dataset(DEMO_DATA).import_files(load_schema(files.schema), files.items, files.users,
+                                                 files.impressions).version
+
+
 def build(data_dir: Path, repo: Path, *, items: int | None = None, users: int | None = None, seed: int = 0,
           force: bool = False, index: bool = True, settings: Settings | None = None) -> dict[str, Any]:
     """Generate data (``items`` items and ``users`` users, default the demo's), train, export and
@@ -148,6 +168,7 @@ def _build(data_dir: Path, repo: Path, cfg: MarketConfig, *, index: bool, settin
     (data_dir / "build.json").unlink(missing_ok=True)  # no summary names a half-written cache
     mp = generate(cfg)
     save(mp, data_dir)
+    data_set_version = import_demo(mp, data_dir, repo)
     t_data = time.perf_counter() - t0
     models = train_all(mp, seed=seed)
     with task("export and install models", total=3 + len(MODELS)) as bar:
@@ -179,7 +200,7 @@ def _build(data_dir: Path, repo: Path, cfg: MarketConfig, *, index: bool, settin
         bar.advance()
     return {"format": BUILD_FORMAT, "rankserve": __version__, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seed": seed, "index": index, "config": asdict(cfg), "quality": quality,
-            "versions": versions, "data_s": round(t_data, 1), "build_s": round(time.perf_counter() - t0, 1),
+            "versions": versions, "data_set_version": data_set_version, "data_s": round(t_data, 1), "build_s": round(time.perf_counter() - t0, 1),
             "impressions": int(mp.imp_click.size), "ctr": round(float(mp.imp_click.mean()), 4)}
 
 

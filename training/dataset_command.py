@@ -1,7 +1,9 @@
 """What ``rankserve train NAME`` and ``rankserve features NAME`` do, apart from their printing.
 
 Owns: choosing the data set (the positional NAME, else ``--data``, else ``RANKSERVE_DATA``, else
-``demo``), refusing one that was never imported (a usage problem, exit 2), which declaration the
+``demo``), refusing one that was never imported (a usage problem, exit 2), refusing to train
+``demo`` into the demo's model repository unless its live data set version is the one
+``rankserve build`` imported (``build.json``'s ``data_set_version``), which declaration the
 ranker trains on or a feature table is written with (a given file, else the data set's live
 ranker's ``features.yaml``, else ``serving.data.default_features``), and the summary each
 returns. Must not touch: argument parsing and the terminal (``serving.cli``), the training loops
@@ -50,6 +52,25 @@ def _imported(settings: Settings, name: str) -> tuple[DataSet, int]:
     return ds, version
 
 
+def _check_demo(settings: Settings, version: int) -> None:
+    """Raise ConfigError (exit 2) unless the data set ``demo``'s live ``version`` is the one the
+    build imported: the demo's model repository is the build's, and a version imported by hand
+    (other data under the name ``demo``) would put models of that data beside the demo's."""
+    from training.preflight import read_summary
+
+    data_dir = settings.marketplace_path.parent
+    built = (read_summary(data_dir) or {}).get("data_set_version")
+    if built == version:
+        return
+    repo = settings.for_data(DEMO_DATA).model_repository
+    why = (f"its live version {version} is not the one rankserve build imported ({built})" if built is not None
+           else f"no build in {data_dir} imported it (built by an older rankserve, or not built)")
+    raise ConfigError(f"rankserve train {DEMO_DATA} writes into the demo's model repository {repo}, which only "
+                      f"the demo data set that rankserve build imported may train: {why}",
+                      hint="import your own data under another name (rankserve data import NAME ...) and train "
+                           "that; rankserve build --force rebuilds and re-imports the demo")
+
+
 def live_features(repo: Path) -> Path | None:
     """The ``features.yaml`` of the live ranker version in ``repo`` (None: no ranker, or one without)."""
     from serving.repository.registry import ModelRegistry
@@ -76,8 +97,8 @@ def train_named(settings: Settings, name: str, *, epochs: int, seed: int,
     repository; the summary (figures, versions, where).
 
     Raises:
-        ConfigError: no such data set. SchemaError: the declaration or the impressions do not
-            allow training. IntegrityError: the data set's files are damaged.
+        ConfigError: no such data set, or ``demo`` not as the build imported it. SchemaError: the
+            declaration or the impressions do not allow training. IntegrityError: the data set's files are damaged.
     """
     from training.dataset_export import export_trained
     from training.dataset_train import train_data_set
@@ -86,6 +107,8 @@ def train_named(settings: Settings, name: str, *, epochs: int, seed: int,
         raise ConfigError(f"--epochs must be an integer >= 1, got {epochs}")
     t0 = time.perf_counter()
     ds, version = _imported(settings, name)
+    if name == DEMO_DATA:
+        _check_demo(settings, version)
     tables, impressions = ds.tables(version), ds.impressions(version)
     spec, source = (load_features(features), str(features)) if features is not None \
         else (default_features(tables.schema), "default")

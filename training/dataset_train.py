@@ -25,7 +25,7 @@ from kernels import FeaturePlan, get_crosser
 from serving.data.assembly import IMPRESSION_COLUMNS, ContextColumns, feature_table
 from serving.data.features import FeatureSpec, resolve
 from serving.data.tables import DataTables
-from serving.data.tower import tower_inputs
+from serving.data.tower import tower_inputs, tower_widths
 from serving.terminal import task
 from training.metrics import auc, ndcg_at_k
 from training.models import DCNv2Ranker, ItemTower, UserTower
@@ -33,7 +33,7 @@ from training.quality import calibration
 from training.train import fit_ranker, fit_two_tower
 
 __all__ = ["HOLDOUT_FRACTION", "RECALL_N", "TrainedDataSet", "TrainingData", "holdout_mask", "prepare",
-           "context_rows", "ndcg_at", "ranker_scores", "recall_at", "request_ids", "train_data_set",
+           "context_rows", "ndcg_at", "pair_agreement", "ranker_scores", "recall_at", "request_ids", "train_data_set",
            "user_embeddings"]
 
 HOLDOUT_FRACTION = 0.1
@@ -144,10 +144,10 @@ def train_ranker(data: TrainingData, spec: FeatureSpec, *, epochs: int, seed: in
     with task("train ranker", total=1 + epochs * steps) as bar:
         bar.describe("train ranker: features")
         table = feature_table(data.tables, data.impressions, spec, get_crosser("auto"))
-        cat = _matrix(table, "cat", plan.n_cat).astype(np.int64)
-        dense = _matrix(table, "dense", plan.n_dense).astype(np.float32)
+        cat = _matrix(table, "cat", max(1, plan.n_cat)).astype(np.int64)  # (a constant column when 0)
+        dense = _matrix(table, "dense", max(1, plan.n_dense)).astype(np.float32)
         bar.advance()
-        model = DCNv2Ranker([int(c) for c in plan.cardinalities], plan.n_dense, sparse=True)
+        model = DCNv2Ranker([int(c) for c in plan.cardinalities], dense.shape[1], sparse=True)
         opts: list[torch.optim.Optimizer] = [
             torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("embs.")], lr=2e-3)]
         if len(model.embs):
@@ -204,9 +204,8 @@ def train_towers(data: TrainingData, *, epochs: int, seed: int, batch: int = 512
     torch.manual_seed(seed)
     t, schema = data.tables, data.tables.schema
     n_seq = len(schema.context.sequences)
-    user_cards = _cards(t, [f"user.{c}" for c in schema.users.categorical]
-                        + [f"context.{c}" for c in schema.context.categorical])
-    dense_dim = t.user_num.shape[1] + data.context.num.shape[1] + t.user_vec.shape[1] + emb_dim * n_seq
+    user_cards = _cards(t, tower_widths(schema, emb_dim)["cat"])  # (the constant column: one row)
+    dense_dim = max(1, t.user_num.shape[1] + data.context.num.shape[1] + t.user_vec.shape[1] + emb_dim * n_seq)
     user = UserTower(user_cards, dense_dim, emb_dim=emb_dim)
     item = ItemTower(_cards(t, [f"item.{c}" for c in schema.items.categorical]), t.item_num.shape[1],
                      t.item_vec.shape[1], emb_dim=emb_dim)
@@ -282,6 +281,20 @@ def ndcg_at(scores: np.ndarray, labels: np.ndarray, request: np.ndarray, k: int 
     bounds = np.flatnonzero(np.diff(req)) + 1
     out = [ndcg_at_k(g, g, k) for g in np.split(lab, bounds) if g.size > 1 and g.any()]
     return float(np.mean(out)) if out else float("nan")
+
+
+def pair_agreement(truth: np.ndarray, scores: np.ndarray, request: np.ndarray) -> float:
+    """Share of the item pairs within a request (true probabilities differing) that ``scores`` orders
+    as ``truth`` does (a tie in ``scores``: half)."""
+    order = np.argsort(request, kind="stable")
+    agree, pairs = 0.0, 0
+    for group in np.split(order, np.flatnonzero(np.diff(request[order])) + 1):
+        i, j = np.triu_indices(group.size, 1)
+        dt, ds = truth[group][i] - truth[group][j], scores[group][i] - scores[group][j]
+        keep = dt != 0
+        agree += float((np.sign(dt[keep]) == np.sign(ds[keep])).sum() + 0.5 * (ds[keep] == 0).sum())
+        pairs += int(keep.sum())
+    return agree / pairs if pairs else float("nan")
 
 
 def ranker_scores(ranker: Any, cat: np.ndarray, dense: np.ndarray) -> np.ndarray:

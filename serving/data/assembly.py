@@ -25,7 +25,7 @@ from kernels import Crosser, FeatureInputs, FeaturePlan
 from serving.data.features import FeatureSpec, SchemaTables, resolve
 from serving.data.schema import Schema
 
-__all__ = ["IMPRESSION_COLUMNS", "RANKER_INPUTS", "ContextColumns", "DataTablesLike", "EncodedContextLike",
+__all__ = ["IMPRESSION_COLUMNS", "RANKER_INPUTS", "ContextColumns", "at_least_one_column", "DataTablesLike", "EncodedContextLike",
            "RankerInputs", "RequestSide", "assemble_features", "feature_table", "request_side",
            "sequence_means"]
 
@@ -37,10 +37,18 @@ IMPRESSION_COLUMNS = {"user": "user_row", "item": "item_row", "label": "label", 
 _CHUNK_ROWS = 1 << 16
 
 
+def at_least_one_column(x: Any) -> Any:
+    """``x`` [B, W] itself, or when W is 0 one constant 0 column [B, 1] of its dtype and array kind
+    (NumPy or CuPy): Triton refuses a zero-width tensor, so a side the schema gives no column gets
+    this one, which no model reads (no embedding, a constant dense input)."""
+    return x if x.shape[1] else x.sum(axis=1, keepdims=True) * 0
+
+
 @dataclass(frozen=True)
 class RankerInputs:
     """The ranker's two input tensors for B (request, candidate) rows: ``cat`` int64 [B, C] and
-    ``dense`` float32 [B, D], in the order of the ranker's feature declaration."""
+    ``dense`` float32 [B, D], in the order of the ranker's feature declaration (a declaration
+    without cat or dense entries gets one constant 0 column there: :func:`at_least_one_column`)."""
 
     cat: np.ndarray
     dense: np.ndarray
@@ -217,7 +225,7 @@ def assemble_features(tables: DataTablesLike, plan: FeaturePlan, side: RequestSi
     out = backend.assemble(FeatureInputs(np.ascontiguousarray(req_of, dtype=np.int64),
                                          np.ascontiguousarray(item_rows, dtype=np.int64), *side,
                                          tables.item_cat, tables.item_num, tables.item_vec), plan)
-    return RankerInputs(cat=out.cat, dense=out.dense)
+    return RankerInputs(cat=at_least_one_column(out.cat), dense=at_least_one_column(out.dense))
 
 
 def _list_column(values: np.ndarray) -> pa.Array:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import fields as dataclass_fields
+from typing import Any, Self
 
 import numpy as np
 
 from serving.data.schema import Schema
 from serving.errors import ValidationError
 
-__all__ = ["DataTables", "EncodedContext"]
+__all__ = ["NO_CONTEXT", "DataTables", "EncodedContext"]
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -33,6 +34,8 @@ class _IdIndex:
         self.strings = ids.dtype == object
         if self.strings:
             self._rows = {v: i for i, v in enumerate(ids.tolist())}
+        elif _is_range(ids):  # ids are the rows (the demo's): no sort, no copy
+            self._order = self._sorted = ids
         else:
             self._order = np.argsort(ids, kind="stable")
             self._sorted = ids[self._order]
@@ -57,6 +60,12 @@ class _IdIndex:
         pos = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
         found = usable & (self._sorted[pos] == keys)
         return np.where(found, self._order[pos], -1).astype(np.int64)
+
+
+def _is_range(ids: np.ndarray) -> bool:
+    """``ids`` are ``0, 1, ..., n-1``."""
+    return ids.dtype.kind in "iu" and (ids.size == 0 or (int(ids[0]) == 0 and int(ids[-1]) == ids.size - 1
+                                                         and bool((np.diff(ids) == 1).all())))
 
 
 def _is_int64(value: object) -> bool:
@@ -84,6 +93,19 @@ class EncodedContext:
     sequences: Mapping[str, np.ndarray]
     groups: Mapping[str, int]
     given: frozenset[str] = frozenset()
+
+    @property
+    def cat(self) -> Mapping[str, int]:
+        """``categorical`` under the name the assembly reads (``serving.data.assembly.EncodedContextLike``)."""
+        return self.categorical
+
+    @property
+    def num(self) -> Mapping[str, float]:
+        """``numeric`` under the name the assembly reads."""
+        return self.numeric
+
+
+NO_CONTEXT = EncodedContext({}, {}, {}, {})  # a request without context (the demo's, whose schema has none)
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,6 +175,16 @@ class DataTables:
     def cold_row(self) -> int:
         """The cold-start user's row in the users' arrays: the last one."""
         return self.n_users
+
+    def with_item_tables(self, item_ids: np.ndarray, item_cat: np.ndarray, item_num: np.ndarray,
+                         item_vec: np.ndarray, popularity: np.ndarray) -> Self:
+        """These tables (users, vocabularies shared, not copied) with other item tables: a catalogue
+        change. The same class as ``self``."""
+        out = object.__new__(type(self))
+        fields = {f.name: getattr(self, f.name) for f in dataclass_fields(DataTables) if f.init}
+        DataTables.__init__(out, **(fields | {"item_ids": item_ids, "item_cat": item_cat, "item_num": item_num,
+                                              "item_vec": item_vec, "popularity": popularity}))
+        return out
 
     def item_vec_slice(self, name: str) -> slice:
         """The columns of ``item_vec`` holding the vector ``name`` (``content`` or ``item.content``)."""

@@ -18,13 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from serving.data.assembly import ContextColumns, DataTablesLike, EncodedContextLike, sequence_means
+from serving.data.assembly import (
+    ContextColumns,
+    DataTablesLike,
+    EncodedContextLike,
+    at_least_one_column,
+    sequence_means,
+)
 from serving.data.schema import Schema
 
-__all__ = ["TOWER_INPUTS", "tower_inputs", "tower_widths"]
+__all__ = ["CONSTANT_COLUMN", "TOWER_INPUTS", "tower_inputs", "tower_widths"]
 
 # Tensor names of the user tower's inputs, in their positional order.
 TOWER_INPUTS = ("user_cat", "user_dense")
+# The name ``tower_widths`` gives the constant 0 column of an input the schema gives no column
+# (Triton refuses zero-width tensors; no model reads it).
+CONSTANT_COLUMN = "constant"
 
 
 def tower_widths(schema: Schema, embedding_dim: int) -> dict[str, Any]:
@@ -32,11 +41,13 @@ def tower_widths(schema: Schema, embedding_dim: int) -> dict[str, Any]:
     ``dense`` column names (``user.x``, ``context.y``), the context ``sequences`` whose mean item
     embedding closes ``dense``, and that embedding's width. ``len(cat)`` is the width of
     ``user_cat``; ``user_dense`` is ``len(dense) + embedding_dim * len(sequences)`` wide, where
-    ``dense`` counts one name per vector column (its width from the schema)."""
+    ``dense`` counts one name per vector column (its width from the schema). An input the schema
+    gives no column (no sequence either, for ``dense``) is one :data:`CONSTANT_COLUMN` wide."""
     users, ctx = schema.users, schema.context
-    return {"cat": [f"user.{c}" for c in users.categorical] + [f"context.{c}" for c in ctx.categorical],
-            "dense": [f"user.{c}" for c in users.numeric] + [f"context.{c}" for c in ctx.numeric]
-            + [f"user.{c}" for c in users.vectors],
+    cat = [f"user.{c}" for c in users.categorical] + [f"context.{c}" for c in ctx.categorical]
+    dense = [f"user.{c}" for c in users.numeric] + [f"context.{c}" for c in ctx.numeric] \
+        + [f"user.{c}" for c in users.vectors]
+    return {"cat": cat or [CONSTANT_COLUMN], "dense": dense or ([] if ctx.sequences else [CONSTANT_COLUMN]),
             "sequences": [f"context.{c}" for c in ctx.sequences], "embedding_dim": int(embedding_dim)}
 
 
@@ -52,7 +63,8 @@ def tower_inputs(tables: DataTablesLike, user_rows: np.ndarray,
         numerics, the user's vectors, then for each context sequence (schema order) the mean of its
         items' rows of ``item_emb`` (float32 [n_items, E]; zeros for an empty sequence).
         ``item_emb=None`` leaves the sequence blocks out (E = 0): a training loop computes them
-        in-graph from its item tower, and a schema without sequences needs none.
+        in-graph from its item tower, and a schema without sequences needs none. An input the
+        schema gives no column (nor a sequence, for ``user_dense``) is one constant 0 column.
     """
     rows = np.asarray(user_rows, dtype=np.int64).reshape(-1)
     ctx = contexts if isinstance(contexts, ContextColumns) else ContextColumns.of_contexts(tables.schema, contexts)
@@ -65,4 +77,6 @@ def tower_inputs(tables: DataTablesLike, user_rows: np.ndarray,
     user_cat = np.concatenate([tables.user_cat[rows], ctx.cat], axis=1, dtype=np.int64)
     user_dense = np.concatenate([tables.user_num[rows], ctx.num, tables.user_vec[rows], *means], axis=1,
                                 dtype=np.float32)
-    return dict(zip(TOWER_INPUTS, (user_cat, user_dense), strict=True))
+    if not ctx.sequences:  # (with sequences, user_dense is never empty once their blocks are added)
+        user_dense = at_least_one_column(user_dense)
+    return dict(zip(TOWER_INPUTS, (at_least_one_column(user_cat), user_dense), strict=True))

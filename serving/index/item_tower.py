@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serving.data.tables import DataTables
+from serving.data.tower import tower_inputs
 from serving.errors import BackendUnavailableError
-from serving.pipeline.features import FeatureTables
 
 if TYPE_CHECKING:
     from serving.index.faiss_index import ItemIndex
@@ -26,7 +27,7 @@ ITEM_TOWER_FILE = "item_tower.pt"
 _CHUNK = 65_536
 
 
-def embed_items(item_tower: Any, tables: FeatureTables, rows: np.ndarray | None = None) -> np.ndarray:
+def embed_items(item_tower: Any, tables: DataTables, rows: np.ndarray | None = None) -> np.ndarray:
     """Embeddings float32 [len(rows), E] of catalogue rows (all items when ``rows`` is None)."""
     import torch
 
@@ -36,14 +37,14 @@ def embed_items(item_tower: Any, tables: FeatureTables, rows: np.ndarray | None 
         for lo in range(0, rows.size, _CHUNK):
             r = rows[lo: lo + _CHUNK]
             out = item_tower(torch.from_numpy(tables.item_cat[r]), torch.from_numpy(tables.item_num[r]),
-                             torch.from_numpy(tables.item_dense[r]))
+                             torch.from_numpy(tables.item_vec[r]))
             parts.append(out.numpy())
     if not parts:
         return np.zeros((0, 0), dtype=np.float32)
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
 
-def index_catalogue(user_tower: Any, item_tower: Any, tables: FeatureTables, *,
+def index_catalogue(user_tower: Any, item_tower: Any, tables: DataTables, *,
                     catalogue_version: int = 0) -> tuple[ItemIndex, np.ndarray]:
     """The item index of one user tower version over every item of ``tables`` (the catalogue at
     change ``catalogue_version``), with ``nprobe`` tuned on that tower's user embeddings, and the
@@ -51,7 +52,9 @@ def index_catalogue(user_tower: Any, item_tower: Any, tables: FeatureTables, *,
     from serving.index.faiss_index import build_index, tower_queries  # FAISS only where an index is built
 
     emb = embed_items(item_tower, tables)
-    queries = tower_queries(user_tower, tables.user_cat[: tables.n_users], tables.user_dense[: tables.n_users])
+    users = np.arange(tables.n_users, dtype=np.int64)
+    given = tower_inputs(tables, users, [tables.encode_context(None)] * users.shape[0], emb)
+    queries = tower_queries(user_tower, given["user_cat"], given["user_dense"])
     return build_index(emb, queries=queries, catalogue_version=catalogue_version), emb
 
 
@@ -64,7 +67,7 @@ class ItemEmbedder:
         self._module: Any = None
         self._lock = threading.Lock()
 
-    def __call__(self, tables: FeatureTables, rows: np.ndarray) -> np.ndarray:
+    def __call__(self, tables: DataTables, rows: np.ndarray) -> np.ndarray:
         with self._lock:
             if self._module is None:
                 if not self.path.is_file():

@@ -1,6 +1,6 @@
 """Builds the pipeline's stages from settings, the feature tables and the model repository.
 
-Owns: the recall stage's factory (a user tower version with the index of the same version) and
+Owns: which tables a process serves (:func:`load_tables`), the recall stage's factory (a user tower version with the index of the same version) and
 the wiring of the whole pipeline. Must not touch: Ray, HTTP, gRPC; it reads the repository only
 through :class:`serving.pipeline.orchestration.ModelRepository`.
 
@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from kernels import set_cpu_threads
-from serving.config import Settings
+from serving.config import DEMO_DATA, Settings
+from serving.data.store import DataSetStore
+from serving.data.tables import DataTables
 from serving.errors import BackendUnavailableError
 from serving.index.item_tower import ItemEmbedder
 from serving.pipeline.catalogue import Catalogue
@@ -25,7 +27,7 @@ from serving.pipeline.recall import RecallStage, VectorIndex
 from serving.triton.caller import AsyncInferClient, ModelCaller
 from serving.triton.config import read_config
 
-__all__ = ["create_pipeline", "make_caller", "make_recall"]
+__all__ = ["create_pipeline", "load_tables", "make_caller", "make_recall"]
 
 
 def make_caller(settings: Settings, client: AsyncInferClient) -> ModelCaller:
@@ -60,6 +62,14 @@ def make_recall(settings: Settings, repository: ModelRepository, cat: Catalogue,
                        label=label, item_vectors=vectors)
 
 
+def load_tables(settings: Settings) -> DataTables:
+    """The tables ``settings.data`` names (``RANKSERVE_DATA``, ``--data``): the demo's built ones,
+    or the live version of an imported data set."""
+    if settings.data == DEMO_DATA:
+        return FeatureTables.load(settings.marketplace_path)
+    return DataSetStore.of(settings).dataset(settings.data).tables()
+
+
 def create_pipeline(settings: Settings, client: AsyncInferClient, repository: ModelRepository, *,
                     index: VectorIndex | None = None) -> RankPipeline:
     """Load tables, index and model metadata and wire the stages (in-process; no Ray needed).
@@ -74,7 +84,7 @@ def create_pipeline(settings: Settings, client: AsyncInferClient, repository: Mo
 
         set_search_threads(settings.cpu_threads)
     set_cpu_threads(settings.cpu_threads)
-    tables = FeatureTables.load(settings.marketplace_path)
+    tables = load_tables(settings)
     caller = make_caller(settings, client)
     recall = make_recall(settings, repository, Catalogue.initial(tables), caller,
                          repository.traffic(settings.user_tower_model).live, index=index)

@@ -25,11 +25,11 @@ from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.recall import Recall
 from serving.pipeline.scenario import Scenario
 from serving.pipeline.sources import (
-    SCOPE_FIELD,
     Ask,
     Batch,
     Draw,
     Listed,
+    scope_group,
     scope_value,
     source_for,
     source_kinds,
@@ -106,7 +106,7 @@ class _Filter:
         f = w.scenario.spec.filters
         drop = [a.exclude] + ([np.asarray([a.seed], dtype=np.int64)] if f.exclude_seed and a.seed is not None else [])
         self.drop = np.concatenate(drop)
-        self.group = SCOPE_FIELD[f.restrict] if f.restrict else None
+        self.group = scope_group(f.restrict) if f.restrict else None
         self.value = scope_value(cat, a, f.restrict) if f.restrict else 0
 
     def mask(self, ids: np.ndarray) -> np.ndarray:

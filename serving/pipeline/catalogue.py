@@ -14,11 +14,12 @@ from functools import cached_property
 
 import numpy as np
 
-from serving.pipeline.features import ITEM_CAT_FIELDS, FeatureTables
+from serving.data.tables import DataTables
+from serving.errors import BackendUnavailableError
 
 __all__ = ["GROUP_FIELDS", "Catalogue", "Room", "grown"]
 
-GROUP_FIELDS = ("shop", "category")  # item fields a scenario groups by (popular within, restrict, diversity)
+GROUP_FIELDS = ("shop", "category")  # the demo's item groups (popular within, restrict, diversity)
 
 SPARE = 0.25  # rows a table's buffer keeps free for items added later, as a share of its rows
 
@@ -72,14 +73,14 @@ def grown(table: np.ndarray, room: Room | None, rows: np.ndarray,
 class Catalogue:
     """``tables`` with ``blocked`` (bool per item: never returned) at change ``version`` (0: none)."""
 
-    tables: FeatureTables
+    tables: DataTables
     blocked: np.ndarray
     version: int = 0
     rooms: dict[str, Room] = field(default_factory=dict, compare=False, repr=False)  # item tables' buffers
     n_blocked: int = field(init=False)
 
     @classmethod
-    def initial(cls, tables: FeatureTables) -> Catalogue:
+    def initial(cls, tables: DataTables) -> Catalogue:
         blocked = np.zeros(tables.n_items, dtype=bool)
         blocked.setflags(write=False)
         return cls(tables, blocked, 0)
@@ -96,12 +97,13 @@ class Catalogue:
         return ok
 
     def group_of(self, ids: np.ndarray, group: str) -> np.ndarray:
-        """The ``group`` (``shop`` or ``category``) id of each item of ``ids`` (all in this catalogue)."""
-        return self.tables.item_cat[np.asarray(ids, dtype=np.int64), ITEM_CAT_FIELDS.index(group)]
+        """The ``group`` (one of the schema's item groups: the demo's ``shop`` or ``category``) code of
+        each item of ``ids`` (all in this catalogue)."""
+        return self.tables.item_cat[np.asarray(ids, dtype=np.int64), self.tables.group_col(group)]
 
     def group_counts(self) -> dict[str, int]:
-        """How many distinct shops and categories the catalogue's items have."""
-        return {g: int(self._orders.grouped[g].values.size) for g in GROUP_FIELDS}
+        """How many distinct values each item group (the demo's shops and categories) has."""
+        return {g: int(grouped.values.size) for g, grouped in self._orders.grouped.items()}
 
     def popular(self, n: int, group: str | None = None, value: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most popular items (scores: log popularity, ids), overall or of the shop or
@@ -114,14 +116,18 @@ class Catalogue:
         return pop[ids].astype(np.float32), ids
 
     def content_nearest(self, seeds: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """For each seed item, the ``n`` items whose content vectors (``item_dense``) have the
+        """For each seed item, the ``n`` items whose content vectors (the schema's first item vector) have the
         largest inner product with the seed's, best first: ``(scores, ids)``, each
         ``[len(seeds), n]``. Exact, over this catalogue (items a change added or updated count at
         once); blocked items and the seed itself are included (filters drop them). ~0.3 ms a
         seed at 50k items, ~6 ms at 1M, on one core."""
         from serving.index.faiss_index import exact_nearest  # FAISS only where a search runs
 
-        dense = self.tables.item_dense
+        first = next(iter(self.tables.schema.items.vectors), None)
+        if first is None:
+            raise BackendUnavailableError("the items have no vector: item-to-item by content is unavailable; "
+                                          "use space: embedding")
+        dense = self.tables.item_vec[:, self.tables.item_vec_slice(first)]
         return exact_nearest(dense[np.asarray(seeds, dtype=np.int64)], dense, n)
 
     def has_group(self, group: str, value: int) -> bool:
@@ -189,15 +195,15 @@ def _pop_key(pop: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return (bits << np.uint64(32)) | np.asarray(ids, dtype=np.uint64)
 
 
-def _sorted_orders(tables: FeatureTables) -> _Orders:
+def _sorted_orders(tables: DataTables) -> _Orders:
     n = tables.n_items
     if n >= 2**32:
         raise ValueError(f"{n} items: item ids must fit 32 bits")
     item_keys = _pop_key(tables.popularity, np.arange(n))
     by_pop = np.argsort(item_keys).astype(np.int64)
     grouped = {}
-    for g in GROUP_FIELDS:
-        col = tables.item_cat[:, ITEM_CAT_FIELDS.index(g)]
+    for g in tables.schema.items.groups:
+        col = tables.item_cat[:, tables.group_col(g)]
         order = by_pop[np.argsort(col[by_pop], kind="stable")]
         keys = col[order]
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if n else np.empty(0, np.int64)
@@ -205,7 +211,7 @@ def _sorted_orders(tables: FeatureTables) -> _Orders:
     return _Orders(by_pop, item_keys[by_pop], grouped)
 
 
-def _carry_orders(prev: _Orders, before: FeatureTables, tables: FeatureTables) -> _Orders | None:
+def _carry_orders(prev: _Orders, before: DataTables, tables: DataTables) -> _Orders | None:
     """``prev`` (the orders of ``before``) for ``tables``, the items that changed taken out and put
     in their new places; None when too many changed and sorting again is as cheap."""
     if tables is before:
@@ -214,7 +220,7 @@ def _carry_orders(prev: _Orders, before: FeatureTables, tables: FeatureTables) -
     if n < n0 or n >= 2**32 or n - n0 > _MAX_MOVED:
         return None
     pop0, pop = before.popularity, tables.popularity
-    cols = {g: ITEM_CAT_FIELDS.index(g) for g in GROUP_FIELDS}
+    cols = {g: tables.group_col(g) for g in tables.schema.items.groups}
     if _extends(tables.item_num, before.item_num) and _extends(tables.item_cat, before.item_cat):
         gone = np.empty(0, dtype=np.int64)  # items only added, into spare rows (``grown``): the rest as it was
     else:

@@ -1,12 +1,15 @@
-"""Feature stage: in-memory user/item feature tables and the models' input assembly.
+"""Feature stage: the demo's built tables as a data set's (:class:`FeatureTables`, a ``DataTables``),
+the models' tensor names, and the demo's crossing layout.
 
-Owns: the table layout, the names of the models' tensors, and :func:`ranker_inputs`.
-Must not touch: Triton, FAISS, files other than ``marketplace.npz``. The ranker's input tensors
+Owns: the demo's table layout and schema (:func:`demo_schema`), the names of the models' output
+tensors, :func:`ranker_inputs` (the demo trainer's assembly) and :func:`cross_spec_plan` (the
+same layout as a feature plan, what a demo ranker version is served with). Must not touch: Triton, FAISS, files other than ``marketplace.npz``. The ranker's input tensors
 (:class:`RankerInputs`, ``RANKER_INPUTS``) belong to ``serving.data.assembly``, the assembly a
 ranker's feature declaration runs through; this module uses them.
 
-Training and serving both build ranker inputs with :func:`ranker_inputs`, so the features a
-model was trained on are exactly the features it is served.
+The demo trainer builds ranker inputs with :func:`ranker_inputs`; serving assembles the same
+inputs through the version's feature plan (``serving.pipeline.crossing``), one kernel launch, so
+the features a model was trained on are exactly the features it is served.
 
 Table layout (``marketplace.npz``, written by ``training.data``):
 
@@ -23,12 +26,27 @@ categories, zero interest vector), used for ``user_id`` values the store does no
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from kernels import Crosser, CrossInputs, CrossSpec
-from serving.data.assembly import RANKER_INPUTS, RankerInputs
+from kernels.spec import (
+    DENSE_DOT,
+    DENSE_PROD,
+    SIDE_ITEM,
+    SIDE_Q,
+    FeaturePlan,
+    cat_column,
+    cat_cross,
+    dense_column,
+    dense_vectors,
+)
+from serving.data.assembly import RANKER_INPUTS, ContextColumns, RankerInputs
+from serving.data.schema import EntitySpec, ImpressionSpec, ItemSpec, Schema
+from serving.data.tables import NO_CONTEXT, DataTables
+from serving.data.tower import TOWER_INPUTS, tower_inputs
 
 __all__ = [
     "ITEM_CAT_FIELDS",
@@ -40,6 +58,8 @@ __all__ = [
     "USER_CAT_FIELDS",
     "FeatureTables",
     "RankerInputs",
+    "cross_spec_plan",
+    "demo_schema",
     "ranker_inputs",
 ]
 
@@ -49,12 +69,31 @@ ITEM_NUM_FIELDS = ("log_price", "rating", "log_popularity")
 
 # Tensor names of the two models, in their positional order (config.pbtxt, export, serving).
 RANKER_OUTPUT = "score"
-TOWER_INPUTS = ("user_cat", "user_dense")
 TOWER_OUTPUT = "embedding"
 
 
-class FeatureTables:
-    """User and item feature tables held in memory (the cold-start user is the last user row)."""
+@cache
+def demo_schema(dim: int) -> Schema:
+    """The demo marketplace's built tables (``marketplace.npz``) as a data set's schema: the
+    names its feature declaration (``serving/data/demo_features.yaml``) uses, ``dim`` wide
+    vectors, shop and category its groups."""
+    return Schema(items=ItemSpec(id="item_id", categorical=ITEM_CAT_FIELDS, numeric=ITEM_NUM_FIELDS,
+                                 vectors={"content": dim}, popularity=None, groups=("shop", "category")),
+                  users=EntitySpec(id="user_id", categorical=USER_CAT_FIELDS, vectors={"interest": dim}),
+                  impressions=ImpressionSpec(user="user_id", item="item_id", label="clicked", time=None))
+
+
+def _code_vocab(schema_side: str, columns: tuple[str, ...], table: np.ndarray) -> dict[str, dict[object, int]]:
+    """Codes that are their own values, 1 to the largest held (a declaration's cardinalities)."""
+    return {f"{schema_side}.{c}": {k: k for k in range(1, int(table[:, j].max(initial=0)) + 1)}
+            for j, c in enumerate(columns)}
+
+
+class FeatureTables(DataTables):
+    """The demo's built tables as a :class:`DataTables` (the cold-start user is the last user
+    row): integer ids that are the rows, the schema :func:`demo_schema`, popularity the
+    standardised log popularity (``item_num``'s ``log_popularity`` column). It keeps the demo's
+    names for the vector tables (``user_dense``, ``item_dense``)."""
 
     def __init__(
         self,
@@ -70,32 +109,31 @@ class FeatureTables:
             raise ValueError("item tables disagree on the number of rows")
         if user_dense.shape[1] != item_dense.shape[1]:
             raise ValueError(f"dense widths differ: user {user_dense.shape[1]}, item {item_dense.shape[1]}")
-        self.n_users = int(user_cat.shape[0])
-        self.n_items = int(item_cat.shape[0])
+        schema = demo_schema(int(user_dense.shape[1]))
+        users = int(user_cat.shape[0])
         cold_cat = np.zeros((1, user_cat.shape[1]), dtype=np.int64)
         cold_dense = np.zeros((1, user_dense.shape[1]), dtype=np.float32)
-        self.user_cat = np.ascontiguousarray(np.vstack([user_cat.astype(np.int64), cold_cat]))
-        self.user_dense = np.ascontiguousarray(np.vstack([user_dense.astype(np.float32), cold_dense]))
-        self.item_cat = np.ascontiguousarray(item_cat, dtype=np.int64)
-        self.item_num = np.ascontiguousarray(item_num, dtype=np.float32)
-        self.item_dense = np.ascontiguousarray(item_dense, dtype=np.float32)
-        for table in (self.user_cat, self.user_dense, self.item_cat, self.item_num, self.item_dense):
-            # immutable: GPU crossing backends keep one device copy of each read-only table
-            table.setflags(write=False)
+        u_cat = np.ascontiguousarray(np.vstack([user_cat.astype(np.int64), cold_cat]))
+        item_cat = np.ascontiguousarray(item_cat, dtype=np.int64)
+        item_num = np.ascontiguousarray(item_num, dtype=np.float32)
+        vocab = _code_vocab("user", schema.users.categorical, u_cat) | _code_vocab("item", schema.items.categorical,
+                                                                                   item_cat)
+        super().__init__(schema=schema, item_ids=np.arange(item_cat.shape[0], dtype=np.int64),
+                         user_ids=np.arange(users, dtype=np.int64), item_cat=item_cat, item_num=item_num,
+                         item_vec=np.ascontiguousarray(item_dense, dtype=np.float32), user_cat=u_cat,
+                         user_num=np.zeros((users + 1, 0), np.float32),
+                         user_vec=np.ascontiguousarray(np.vstack([user_dense.astype(np.float32), cold_dense])),
+                         popularity=item_num[:, ITEM_NUM_FIELDS.index("log_popularity")], vocab=vocab)
 
     def with_items(self, item_cat: np.ndarray, item_num: np.ndarray, item_dense: np.ndarray) -> FeatureTables:
         """These user tables (shared, not copied) with other item tables (a catalogue change)."""
-        out = object.__new__(FeatureTables)
-        out.n_users, out.n_items = self.n_users, int(item_cat.shape[0])
-        out.user_cat, out.user_dense = self.user_cat, self.user_dense
-        out.item_cat = np.ascontiguousarray(item_cat, dtype=np.int64)
-        out.item_num = np.ascontiguousarray(item_num, dtype=np.float32)
-        out.item_dense = np.ascontiguousarray(item_dense, dtype=np.float32)
-        if not (out.item_cat.shape[0] == out.item_num.shape[0] == out.item_dense.shape[0]):
+        if not (item_cat.shape[0] == item_num.shape[0] == item_dense.shape[0]):
             raise ValueError("item tables disagree on the number of rows")
-        for table in (out.item_cat, out.item_num, out.item_dense):
-            table.setflags(write=False)
-        return out
+        item_num = np.ascontiguousarray(item_num, dtype=np.float32)
+        return self.with_item_tables(np.arange(item_cat.shape[0], dtype=np.int64),
+                                     np.ascontiguousarray(item_cat, dtype=np.int64), item_num,
+                                     np.ascontiguousarray(item_dense, dtype=np.float32),
+                                     item_num[:, ITEM_NUM_FIELDS.index("log_popularity")])
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureTables:
@@ -103,27 +141,21 @@ class FeatureTables:
             return cls(z["user_cat"], z["user_dense"], z["item_cat"], z["item_num"], z["item_dense"])
 
     @property
-    def cold_row(self) -> int:
-        return self.n_users
+    def user_dense(self) -> np.ndarray:
+        return self.user_vec
+
+    @property
+    def item_dense(self) -> np.ndarray:
+        return self.item_vec
 
     @property
     def dense_dim(self) -> int:
-        return int(self.user_dense.shape[1])
-
-    @property
-    def popularity(self) -> np.ndarray:
-        """Standardised log popularity of every item (``item_num``'s ``log_popularity`` column)."""
-        return self.item_num[:, ITEM_NUM_FIELDS.index("log_popularity")]
+        return int(self.user_vec.shape[1])
 
     def tower_inputs(self, user_rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The user tower's inputs for ``user_rows``, by tensor name."""
-        return dict(zip(TOWER_INPUTS, (self.user_cat[user_rows], self.user_dense[user_rows]), strict=True))
-
-    def user_row(self, user_id: int) -> tuple[int, bool]:
-        """Row of ``user_id`` and whether it took the cold-start path."""
-        if 0 <= user_id < self.n_users:
-            return user_id, False
-        return self.cold_row, True
+        """The user tower's inputs for ``user_rows`` without a context, by tensor name."""
+        rows = np.asarray(user_rows, dtype=np.int64).reshape(-1)
+        return tower_inputs(self, rows, ContextColumns.of_contexts(self.schema, [NO_CONTEXT] * rows.shape[0]), None)
 
     def unknown_items(self, item_ids: np.ndarray) -> np.ndarray:
         """The ids in ``item_ids`` that are not in the catalogue."""
@@ -150,3 +182,18 @@ def ranker_inputs(
     cat = np.concatenate([tables.user_cat[user_rows], tables.item_cat[item_rows], crossed.hashed], axis=1)
     dense = np.concatenate([tables.item_num[item_rows], crossed.dense], axis=1)
     return RankerInputs(cat=np.ascontiguousarray(cat), dense=np.ascontiguousarray(dense, dtype=np.float32))
+
+
+def cross_spec_plan(tables: DataTables, spec: CrossSpec) -> FeaturePlan:
+    """The plan of :func:`ranker_inputs`'s layout over ``tables`` (the demo's columns): the user's
+    and the item's categoricals, the crosses of ``spec`` (salt = pair index), the item's numerics,
+    then dot and element-wise product of the first ``spec.dense_dim`` vector columns. With the
+    demo ranker's spec it is the plan of ``serving/data/demo_features.yaml``."""
+    n_user, n_item = tables.user_cat.shape[1], tables.item_cat.shape[1]
+    cat = [cat_column(SIDE_Q, j) for j in range(n_user)] + [cat_column(SIDE_ITEM, j) for j in range(n_item)]
+    cat += [cat_cross((SIDE_Q, u), (SIDE_ITEM, i), spec.buckets, p) for p, (u, i) in enumerate(spec.pairs)]
+    dense = [dense_column(SIDE_ITEM, j) for j in range(tables.item_num.shape[1])]
+    dense += [dense_vectors(DENSE_DOT, 0, 0, spec.dense_dim), dense_vectors(DENSE_PROD, 0, 0, spec.dense_dim)]
+    cards = [int(t[:, j].max(initial=0)) + 1 for t in (tables.user_cat[:-1], tables.item_cat)
+             for j in range(t.shape[1])]
+    return FeaturePlan.of(cat, dense, cards + [spec.buckets] * spec.n_pairs)

@@ -25,12 +25,13 @@ from typing import Protocol
 
 import numpy as np
 
-from kernels import CrossSpec
+from kernels import CrossSpec, FeaturePlan
 from serving.config import Settings
+from serving.data.assembly import EncodedContextLike, RankerInputs
+from serving.data.tables import DataTables
 from serving.errors import DeadlineExceededError, RankserveError, ValidationError
 from serving.pipeline.candidates import CandidateStage, Wanted
 from serving.pipeline.catalogue import Catalogue
-from serving.pipeline.features import FeatureTables, RankerInputs
 from serving.pipeline.recall import Recall
 from serving.pipeline.routing import Traffic, read_split, route, user_bucket
 from serving.pipeline.scenario import Scenario, builtin_home
@@ -59,8 +60,10 @@ class Crossing(Protocol):
 
     @property
     def backend(self) -> str: ...
-    def inputs(self, tables: FeatureTables, user_rows: np.ndarray, item_rows: np.ndarray,
-               spec: CrossSpec) -> RankerInputs: ...
+    def plan(self, tables: DataTables, model: str, version: int, version_dir: Path,
+             spec: CrossSpec | None) -> FeaturePlan: ...
+    def inputs(self, tables: DataTables, plan: FeaturePlan, user_rows: np.ndarray,
+               contexts: list[EncodedContextLike], req_of: np.ndarray, item_rows: np.ndarray) -> RankerInputs: ...
 
 
 class Ranking(Protocol):
@@ -75,26 +78,29 @@ class Prepared:
     tables and the traffic split."""
 
     request_id: str
-    user_id: int
+    user_id: int | str
     user_row: int
     cold_start: bool
     k: int
     model: str
     version: int
-    candidates: np.ndarray | None  # the caller's: int64, unique, in request order; None: none given
-    exclude: np.ndarray  # int64
+    candidates: np.ndarray | None  # the caller's known items' rows: unique, in request order; None: none given
+    exclude: np.ndarray  # item rows (int64), the known ones
     arrival: float  # time.monotonic()
     deadline: float
     cost: int  # rows this request adds to a batch (batches are bounded by total candidates)
     scenario: Scenario
     live: LiveState  # the snapshot it was resolved against: its answer is computed from it
-    seed: int | None = None  # item_id
+    context: EncodedContextLike  # the request's context, encoded with the data set's vocabularies
+    seed: int | None = None  # item_id's row
+    unknown_candidates: int | None = None  # given candidates not in the catalogue (None: none given)
+    groups: Mapping[str, int] = field(default_factory=dict)  # item groups' codes the context gives
     shop: int | None = None  # shop_id
 
     def wanted(self) -> Wanted:
         """What it asks of the candidate stage."""
         return Wanted(self.scenario, Ask(self.user_row, self.seed, self.shop, self.candidates, self.exclude,
-                                         self.deadline))
+                                         self.deadline, self.context, self.groups))
 
 
 @dataclass
@@ -133,7 +139,7 @@ class RankPipeline:
         ranking: the ranking stage.
     """
 
-    def __init__(self, settings: Settings, tables: FeatureTables, repository: ModelRepository, recall: Recall,
+    def __init__(self, settings: Settings, tables: DataTables, repository: ModelRepository, recall: Recall,
                  crossing: Crossing, ranking: Ranking) -> None:
         self.settings = settings
         self.repository = repository
@@ -195,9 +201,12 @@ class RankPipeline:
         model = req.model or sc.spec.ranker  # a request's model overrides the scenario's ranker
         version = route(state.split(model), req.user_id)
         cat = state.catalogue
+        _check_id_kinds(cat.tables, req)
+        context = cat.tables.encode_context(req.context)
         row, cold = cat.tables.user_row(req.user_id)
         seed, shop = _context(cat, req, sc)
-        candidates = None if req.candidates is None else _given(cat, req.candidates)
+        _check_groups(cat, context.groups, sc)
+        candidates, unknown = (None, None) if req.candidates is None else _given(cat, req.candidates)
         given = sc.spec.given
         if given is not None and given.required and candidates is None:
             raise ValidationError(f"scenario {sc.name!r} ranks the caller's candidates: give candidates",
@@ -209,8 +218,10 @@ class RankPipeline:
             cost = min(sc.source_total + extra, sc.max_candidates)
         return Prepared(request_id=req.request_id or uuid.uuid4().hex, user_id=req.user_id, user_row=row,
                         cold_start=cold, k=k, model=model, version=version, candidates=candidates,
-                        exclude=np.asarray(req.exclude, dtype=np.int64), arrival=now,
-                        deadline=now + timeout_ms / 1000.0, cost=cost, scenario=sc, live=state, seed=seed, shop=shop)
+                        exclude=_known_rows(cat, req.exclude), arrival=now,
+                        deadline=now + timeout_ms / 1000.0, cost=cost, scenario=sc, live=state,
+                        context=context, seed=seed, shop=shop, unknown_candidates=unknown,
+                        groups=context.groups)
 
     # -- per batch ----------------------------------------------------------------------
     async def run_batch(self, batch: list[Prepared]) -> tuple[list[RankResponse | RankserveError], BatchStats]:
@@ -257,12 +268,16 @@ class RankPipeline:
         """Cross and rank the candidates of ``members`` with one version; returns (cross, rank) ms."""
         cat = state.catalogue
         lens = [s.candidates.shape[0] for s in members]
-        user_rows = np.repeat(np.asarray([s.req.user_row for s in members], dtype=np.int64), lens)
+        user_rows = np.asarray([s.req.user_row for s in members], dtype=np.int64)
+        req_of = np.repeat(np.arange(len(members), dtype=np.int64), lens)
         item_rows = np.concatenate([s.candidates for s in members])
         stats.rows += int(item_rows.shape[0])
         t1 = time.perf_counter()
         try:
-            inputs = self.crossing.inputs(cat.tables, user_rows, item_rows, self.repository.cross_spec(model, version))
+            plan = self.crossing.plan(cat.tables, model, version, self.repository.version_dir(model, version),
+                                      self._cross_spec(model, version))
+            inputs = self.crossing.inputs(cat.tables, plan, user_rows, [s.req.context for s in members], req_of,
+                                          item_rows)
         except RankserveError as err:
             for s in members:
                 s.error = err
@@ -282,6 +297,13 @@ class RankPipeline:
         if not any(s.degraded for s in members):
             self._maybe_shadow(state.traffic.get(model), model, members, inputs)
         return (t2 - t1) * 1000, (t3 - t2) * 1000
+
+    def _cross_spec(self, model: str, version: int) -> CrossSpec | None:
+        """The crossing spec a version records; None when it records none (it declares its features)."""
+        try:
+            return self.repository.cross_spec(model, version)
+        except RankserveError:
+            return None
 
     def _maybe_shadow(self, traffic: Traffic | None, model: str, members: list[_Slot], inputs: RankerInputs) -> None:
         """Score the shadowed share of this group with the shadow version, off the response path."""
@@ -328,19 +350,48 @@ def _within_limits(req: RankRequest, sc: Scenario, settings: Settings) -> tuple[
     return req.k or sc.default_k, req.timeout_ms or sc.timeout_ms
 
 
+def _check_id_kinds(tables: DataTables, req: RankRequest) -> None:
+    """The request's ids are of the kind the data set's are (integers or strings).
+
+    Raises:
+        ValidationError: naming the first id of the other kind (``user_id``, ``candidates[2]``).
+    """
+    items = [("item_id", req.item_id)] if req.item_id is not None else []
+    items += [(f"candidates[{k}]", v) for k, v in enumerate(req.candidates or ())]
+    items += [(f"exclude[{k}]", v) for k, v in enumerate(req.exclude)]
+    for where, value, ids, what in [("user_id", req.user_id, tables.user_ids, "users"),
+                                    *((w, v, tables.item_ids, "items") for w, v in items)]:
+        strings = ids.dtype == object
+        if isinstance(value, str) != strings:
+            kind = "string" if strings else "integer"
+            raise ValidationError(f"{where} must be {_a(kind)} {kind} (the data set's {what} have {kind} ids), got "
+                                  f"{value!r}", field=where)
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _known_rows(cat: Catalogue, ids: list[int | str]) -> np.ndarray:
+    """The rows of the ids the catalogue knows (int64), the others left out."""
+    rows, known = cat.tables.item_rows(ids)
+    return rows[known]
+
+
 def _context(cat: Catalogue, req: RankRequest, sc: Scenario) -> tuple[int | None, int | None]:
-    """The seed item and the shop the scenario needs, checked against the catalogue (context the
-    scenario does not use is ignored)."""
+    """The seed item's row and the shop the scenario needs, checked against the catalogue (context
+    the scenario does not use is ignored)."""
     seed = shop = None
+    seed_row = -1 if req.item_id is None else int(cat.tables.item_rows([req.item_id])[0][0])
+    known = seed_row >= 0
     if sc.spec.needs_seed:
         if req.item_id is None:
             raise ValidationError(f"scenario {sc.name!r} needs item_id (the seed item)", field="item_id")
-        if cat.tables.unknown_items(np.asarray([req.item_id])).size:
-            raise ValidationError(f"unknown item_id {req.item_id} (valid ids are 0..{cat.tables.n_items - 1})",
-                                  field="item_id")
-        seed = req.item_id
-    elif sc.spec.filters.exclude_seed and req.item_id is not None:
-        seed = req.item_id  # only excluded: any id will do
+        if not known:
+            raise ValidationError(f"unknown item_id {req.item_id!r} (not in the catalogue)", field="item_id")
+        seed = seed_row
+    elif sc.spec.filters.exclude_seed and known:
+        seed = seed_row  # only excluded: an unknown seed is in no list
     if sc.spec.needs_shop:
         if req.shop_id is None:
             raise ValidationError(f"scenario {sc.name!r} needs shop_id", field="shop_id")
@@ -350,20 +401,29 @@ def _context(cat: Catalogue, req: RankRequest, sc: Scenario) -> tuple[int | None
     return seed, shop
 
 
-def _given(cat: Catalogue, ids: list[int]) -> np.ndarray:
-    """Given candidates, checked against the catalogue, duplicates dropped, request order kept
-    (the limits checked that the scenario takes them)."""
-    cand = np.asarray(ids, dtype=np.int64)
-    tables = cat.tables
-    unknown = tables.unknown_items(cand)
-    if unknown.size:
-        shown = ", ".join(map(str, unknown[:5].tolist()))
-        raise ValidationError(
-            f"{unknown.size} unknown item id(s) in candidates: {shown} (valid ids are 0..{tables.n_items - 1})",
-            field="candidates",
-        )
-    _, first = np.unique(cand, return_index=True)
-    return cand[np.sort(first)]
+def _check_groups(cat: Catalogue, given: Mapping[str, int], sc: Scenario) -> None:
+    """The group values the scenario needs from the request's context (``request:<group>``) are
+    there, and some item holds each.
+
+    Raises:
+        ValidationError: one is missing, or no item of the catalogue has that value (``context.<group>``).
+    """
+    for group in sc.spec.needs_groups:
+        if group not in given:
+            raise ValidationError(f"scenario {sc.name!r} needs context.{group}", field=f"context.{group}")
+        if not cat.has_group(group, given[group]):
+            raise ValidationError(f"context.{group}: no item of the catalogue has that {group}",
+                                  field=f"context.{group}")
+
+
+def _given(cat: Catalogue, ids: list[int | str]) -> tuple[np.ndarray, int]:
+    """The rows of the given candidates the catalogue knows, duplicates dropped, request order kept
+    (the limits checked that the scenario takes them), and how many given ids it does not know
+    (dropped, never a refusal of the request)."""
+    rows, known = cat.tables.item_rows(ids)
+    rows = rows[known]
+    _, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)], int((~known).sum())
 
 
 def _fallback_scores(cat: Catalogue, s: _Slot) -> np.ndarray:
@@ -386,11 +446,12 @@ def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float]) -
         top = top_k(s.scores, s.req.k)
     else:
         top = diverse_top_k(s.scores, s.req.k, cat.group_of(s.candidates, div.per), div.max_items)
+    ids = cat.tables.item_ids[s.candidates[np.asarray(top, dtype=np.int64)]].tolist()  # the data set's ids
     if s.degraded:  # recall scores are not click probabilities: rescaled, the raw value beside them
         shown = _unit_interval(s.scores)
-        items = [ScoredItem(int(s.candidates[j]), float(shown[j]), float(s.scores[j])) for j in top]
+        items = [ScoredItem(ids[i], float(shown[j]), float(s.scores[j])) for i, j in enumerate(top)]
     else:
-        items = [ScoredItem(int(s.candidates[j]), float(s.scores[j])) for j in top]
+        items = [ScoredItem(ids[i], float(s.scores[j])) for i, j in enumerate(top)]
     return RankResponse(
         request_id=s.req.request_id,
         items=items,
@@ -402,6 +463,7 @@ def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float]) -
         catalogue_version=cat.version,
         scenario=sc.name,
         scenario_version=sc.version,
+        unknown_candidates=s.req.unknown_candidates,
         timings_ms={"queue": max(0.0, (started - s.req.arrival) * 1000), **stage_ms,
                     "total": (done - s.req.arrival) * 1000},
     )

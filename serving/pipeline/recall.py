@@ -9,13 +9,16 @@ do), the ranking model, which sources a scenario asks for (``serving.pipeline.ca
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
+from serving.data.assembly import EncodedContextLike
+from serving.data.tables import DataTables
+from serving.data.tower import tower_inputs
 from serving.errors import BackendUnavailableError
-from serving.pipeline.features import TOWER_OUTPUT, FeatureTables
+from serving.pipeline.features import TOWER_OUTPUT
 from serving.triton.caller import ModelCaller
 
 __all__ = ["ItemEmbedder", "Recall", "RecallStage", "VectorIndex"]
@@ -39,7 +42,7 @@ class VectorIndex(Protocol):
 
 
 # (tables, item rows) -> item embeddings float32 [rows, E], with the item tower of one version
-ItemEmbedder = Callable[[FeatureTables, np.ndarray], np.ndarray]
+ItemEmbedder = Callable[[DataTables, np.ndarray], np.ndarray]
 
 
 class Recall(Protocol):
@@ -50,11 +53,12 @@ class Recall(Protocol):
     index: VectorIndex
     label: str
 
-    async def embed(self, user_rows: np.ndarray, *, deadline: float) -> np.ndarray: ...
+    async def embed(self, user_rows: np.ndarray, *, deadline: float,
+                    contexts: Sequence[EncodedContextLike | None] | None = None) -> np.ndarray: ...
     def search(self, embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]: ...
     def vectors(self, ids: np.ndarray) -> np.ndarray: ...
     def popular(self, n: int) -> tuple[np.ndarray, np.ndarray]: ...
-    def apply(self, tables: FeatureTables, rows: np.ndarray, catalogue_version: int) -> None: ...
+    def apply(self, tables: DataTables, rows: np.ndarray, catalogue_version: int) -> None: ...
     def warm(self) -> None: ...
 
 
@@ -73,7 +77,7 @@ class RecallStage:
             item-to-item recall; None: this version has none and item-to-item is unavailable.
     """
 
-    def __init__(self, tables: FeatureTables, index: VectorIndex, caller: ModelCaller, model: str, version: int,
+    def __init__(self, tables: DataTables, index: VectorIndex, caller: ModelCaller, model: str, version: int,
                  embed_items: ItemEmbedder | None = None, *, label: str = "faiss",
                  item_vectors: np.ndarray | None = None) -> None:
         self.tables = tables
@@ -88,10 +92,15 @@ class RecallStage:
         self._popular = np.argsort(-pop, kind="stable").astype(np.int64)
         self._popular_scores = pop[self._popular].astype(np.float32)
 
-    async def embed(self, user_rows: np.ndarray, *, deadline: float) -> np.ndarray:
-        """User embeddings float32 [len(user_rows), E] from the user tower in Triton."""
-        out = await self.caller.infer(self.model, self.version, self.tables.tower_inputs(user_rows), [TOWER_OUTPUT],
-                                      deadline=deadline)
+    async def embed(self, user_rows: np.ndarray, *, deadline: float,
+                    contexts: Sequence[EncodedContextLike | None] | None = None) -> np.ndarray:
+        """User embeddings float32 [len(user_rows), E] from the user tower in Triton; request ``q``
+        is user row ``user_rows[q]`` with ``contexts[q]`` (None: no context)."""
+        rows = np.asarray(user_rows, dtype=np.int64).reshape(-1)
+        none = self.tables.encode_context(None)
+        given = [none] * rows.shape[0] if contexts is None else [none if c is None else c for c in contexts]
+        inputs = tower_inputs(self.tables, rows, given, self._vectors if self.tables.schema.context.sequences else None)
+        out = await self.caller.infer(self.model, self.version, inputs, [TOWER_OUTPUT], deadline=deadline)
         return out[TOWER_OUTPUT]
 
     def search(self, embeddings: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +120,7 @@ class RecallStage:
                                           "(item_emb.npy): item-to-item recall is unavailable")
         return vec[np.asarray(ids, dtype=np.int64)]
 
-    def apply(self, tables: FeatureTables, rows: np.ndarray, catalogue_version: int) -> None:
+    def apply(self, tables: DataTables, rows: np.ndarray, catalogue_version: int) -> None:
         """Put the items ``rows`` of ``tables`` (added or updated by catalogue changes up to
         ``catalogue_version``) into the index, embedded with this version's item tower."""
         if rows.size:

@@ -8,6 +8,7 @@ reads and writes them).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -18,8 +19,11 @@ from kernels import cross_hash_scalar
 __all__ = ["Traffic", "TrafficFiles", "read_split", "route", "user_bucket"]
 
 
-def user_bucket(user_id: int) -> float:
-    """Stable position of a user in [0, 100): same user, same bucket, on every replica."""
+def user_bucket(user_id: int | str) -> float:
+    """Stable position of a user in [0, 100): same user, same bucket, on every replica (a string id
+    by its first 8 bytes of BLAKE2b)."""
+    if isinstance(user_id, str):
+        user_id = int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "little", signed=True)
     return cross_hash_scalar(user_id, 0x5EED, 7, 10_000) / 100.0
 
 
@@ -70,7 +74,7 @@ class Traffic:
         return tuple(dict.fromkeys((*self.versions(), *self.preparing)))
 
 
-def route(traffic: Traffic, user_id: int) -> int:
+def route(traffic: Traffic, user_id: int | str) -> int:
     """Version that scores ``user_id`` under ``traffic`` (canary by stable user hash)."""
     if traffic.canary_version is not None and user_bucket(user_id) < traffic.canary_percent:
         return traffic.canary_version

@@ -25,13 +25,13 @@ from pydantic import ValidationError as PydanticValidationError
 from serving.config import Settings
 from serving.errors import ScenarioRefusedError
 from serving.pipeline.sources import (
-    SCOPE_FIELD,
-    SCOPE_NEEDS,
     Given,
     Scope,
     SourceSpec,
     Strict,
     UserToItem,
+    scope_group,
+    scope_needs,
     source_spec,
 )
 from serving.schemas import first_problem
@@ -61,14 +61,16 @@ class Filters(Strict):
     and the catalogue's blocked items."""
 
     exclude_seed: bool = Field(default=False, description="Never return the seed item (item_id) itself.")
-    restrict: Scope | None = Field(default=None, description="Only items of the request's shop, or of the seed's "
-                                                     "shop or category.")
+    restrict: Scope | None = Field(default=None, description="Only items of one value of an item group: the "
+                                   "request's (request:<group>, request_shop) or the seed's (seed:<group>, seed_shop, "
+                                   "seed_category).")
 
 
 class Diversity(Strict):
-    """At most ``max_items`` items of one shop (or category) in the answer's top k."""
+    """At most ``max_items`` items of one value of an item group (the demo's shop or category) in
+    the answer's top k."""
 
-    per: Literal["shop", "category"]
+    per: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     max_items: int = Field(ge=1, le=1000)
 
 
@@ -116,12 +118,24 @@ class ScenarioSpec(Strict):
     def needs(self) -> frozenset[str]:
         """The request context the sources and the filters need (``item_id``, ``shop_id``)."""
         restrict = self.filters.restrict
-        return frozenset().union(*(s.needs for s in self.sources), [SCOPE_NEEDS[restrict]] if restrict else [])
+        return frozenset().union(*(s.needs for s in self.sources), [scope_needs(restrict)] if restrict else [])
 
     @property
     def needs_seed(self) -> bool:
         """The request must give ``item_id``."""
         return "item_id" in self.needs
+
+    @property
+    def needs_groups(self) -> tuple[str, ...]:
+        """The item groups whose value the request must give in its context (``request:<group>``)."""
+        return tuple(sorted(n.removeprefix("context.") for n in self.needs if n.startswith("context.")))
+
+    @property
+    def groups_used(self) -> frozenset[str]:
+        """Every item group the scenario names (scopes and diversity)."""
+        scopes = [str(getattr(s, "within", "all")) for s in self.sources] + [self.filters.restrict or "all"]
+        used = {scope_group(s) for s in scopes if s != "all"}
+        return frozenset(used | ({self.diversity.per} if self.diversity else set()))
 
     @property
     def needs_shop(self) -> bool:
@@ -197,6 +211,9 @@ class Scenario:
         if spec.ranker not in rankers:
             raise ScenarioRefusedError(f"ranker: unknown model {spec.ranker!r}; the repository's ranking models "
                                        f"are {sorted(rankers)}")
+        unknown = sorted(spec.groups_used - set(groups))
+        if unknown:
+            raise ScenarioRefusedError(f"unknown item group(s) {unknown}: the data set's groups are {sorted(groups)}")
         out._check_fill(groups)
         return out
 
@@ -213,7 +230,7 @@ class Scenario:
         if div is None:
             return
         restrict = spec.filters.restrict
-        n = 1 if restrict is not None and SCOPE_FIELD[restrict] == div.per else int(groups.get(div.per, 0))
+        n = 1 if restrict is not None and scope_group(restrict) == div.per else int(groups.get(div.per, 0))
         if div.max_items * n < self.max_k:
             why = (f"every candidate is of one {div.per} (filters.restrict: {restrict})" if n == 1 and restrict
                    else f"the catalogue has {n} {div.per} value(s)")
@@ -223,6 +240,7 @@ class Scenario:
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/scenarios`` shows of it."""
         needs = [f for f, on in (("item_id", self.spec.needs_seed), ("shop_id", self.spec.needs_shop)) if on]
+        needs += [f"context.{g}" for g in self.spec.needs_groups]
         return {"name": self.name, "version": self.version, "description": self.spec.description,
                 "ranker": self.spec.ranker, "needs": needs,
                 "sources": [s.model_dump() for s in self.spec.sources], "merge": self.spec.merge.model_dump(),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aserving/proto/ranker.proto\x12\x0crankserve.v1\"\x8b\x02\n\x0bRankRequest\x12\x14\n\x07user_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x01k\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\ncandidates\x18\x03 \x03(\x03\x12\x0f\n\x07\x65xclude\x18\x04 \x03(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x17\n\ntimeout_ms\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12\x10\n\x08scenario\x18\x08 \x01(\t\x12\x14\n\x07item_id\x18\t \x01(\x03H\x03\x88\x01\x01\x12\x14\n\x07shop_id\x18\n \x01(\x03H\x04\x88\x01\x01\x42\n\n\x08_user_idB\x04\n\x02_kB\r\n\x0b_timeout_msB\n\n\x08_item_idB\n\n\x08_shop_id\"X\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x19\n\x0crecall_score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_recall_score\"-\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xe4\x02\n\x0cRankResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.rankserve.v1.ScoredItem\x12)\n\x05model\x18\x03 \x01(\x0b\x32\x1a.rankserve.v1.ModelVersion\x12\x0e\n\x06recall\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\x12\x12\n\ncold_start\x18\x06 \x01(\x08\x12=\n\ntimings_ms\x18\x07 \x03(\x0b\x32).rankserve.v1.RankResponse.TimingsMsEntry\x12\x19\n\x11\x63\x61talogue_version\x18\x08 \x01(\x03\x12\x10\n\x08scenario\x18\t \x01(\t\x12\x18\n\x10scenario_version\x18\n \x01(\x03\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32G\n\x06Ranker\x12=\n\x04Rank\x12\x19.rankserve.v1.RankRequest\x1a\x1a.rankserve.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aserving/proto/ranker.proto\x12\x0crankserve.v1\"\xa2\x03\n\x0bRankRequest\x12\x14\n\x07user_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x01k\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\ncandidates\x18\x03 \x03(\x03\x12\x0f\n\x07\x65xclude\x18\x04 \x03(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x17\n\ntimeout_ms\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12\x10\n\x08scenario\x18\x08 \x01(\t\x12\x14\n\x07item_id\x18\t \x01(\x03H\x03\x88\x01\x01\x12\x14\n\x07shop_id\x18\n \x01(\x03H\x04\x88\x01\x01\x12\x18\n\x0buser_id_str\x18\x0b \x01(\tH\x05\x88\x01\x01\x12\x18\n\x0bitem_id_str\x18\x0c \x01(\tH\x06\x88\x01\x01\x12\x16\n\x0e\x63\x61ndidates_str\x18\r \x03(\t\x12\x13\n\x0b\x65xclude_str\x18\x0e \x03(\t\x12\x14\n\x0c\x63ontext_json\x18\x0f \x01(\tB\n\n\x08_user_idB\x04\n\x02_kB\r\n\x0b_timeout_msB\n\n\x08_item_idB\n\n\x08_shop_idB\x0e\n\x0c_user_id_strB\x0e\n\x0c_item_id_str\"m\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x19\n\x0crecall_score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0bitem_id_str\x18\x04 \x01(\tB\x0f\n\r_recall_score\"-\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x9c\x03\n\x0cRankResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.rankserve.v1.ScoredItem\x12)\n\x05model\x18\x03 \x01(\x0b\x32\x1a.rankserve.v1.ModelVersion\x12\x0e\n\x06recall\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\x12\x12\n\ncold_start\x18\x06 \x01(\x08\x12=\n\ntimings_ms\x18\x07 \x03(\x0b\x32).rankserve.v1.RankResponse.TimingsMsEntry\x12\x19\n\x11\x63\x61talogue_version\x18\x08 \x01(\x03\x12\x10\n\x08scenario\x18\t \x01(\t\x12\x18\n\x10scenario_version\x18\n \x01(\x03\x12\x1f\n\x12unknown_candidates\x18\x0b \x01(\x03H\x00\x88\x01\x01\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x15\n\x13_unknown_candidates2G\n\x06Ranker\x12=\n\x04Rank\x12\x19.rankserve.v1.RankRequest\x1a\x1a.rankserve.v1.RankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKRESPONSE_TIMINGSMSENTRY']._loaded_options = None
   _globals['_RANKRESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_RANKREQUEST']._serialized_start=45
-  _globals['_RANKREQUEST']._serialized_end=312
-  _globals['_SCOREDITEM']._serialized_start=314
-  _globals['_SCOREDITEM']._serialized_end=402
-  _globals['_MODELVERSION']._serialized_start=404
-  _globals['_MODELVERSION']._serialized_end=449
-  _globals['_RANKRESPONSE']._serialized_start=452
-  _globals['_RANKRESPONSE']._serialized_end=808
-  _globals['_RANKRESPONSE_TIMINGSMSENTRY']._serialized_start=760
-  _globals['_RANKRESPONSE_TIMINGSMSENTRY']._serialized_end=808
-  _globals['_RANKER']._serialized_start=810
-  _globals['_RANKER']._serialized_end=881
+  _globals['_RANKREQUEST']._serialized_end=463
+  _globals['_SCOREDITEM']._serialized_start=465
+  _globals['_SCOREDITEM']._serialized_end=574
+  _globals['_MODELVERSION']._serialized_start=576
+  _globals['_MODELVERSION']._serialized_end=621
+  _globals['_RANKRESPONSE']._serialized_start=624
+  _globals['_RANKRESPONSE']._serialized_end=1036
+  _globals['_RANKRESPONSE_TIMINGSMSENTRY']._serialized_start=965
+  _globals['_RANKRESPONSE_TIMINGSMSENTRY']._serialized_end=1013
+  _globals['_RANKER']._serialized_start=1038
+  _globals['_RANKER']._serialized_end=1109
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RankRequest(_message.Message):
-    __slots__ = ("user_id", "k", "candidates", "exclude", "request_id", "model", "timeout_ms", "scenario", "item_id", "shop_id")
+    __slots__ = ("user_id", "k", "candidates", "exclude", "request_id", "model", "timeout_ms", "scenario", "item_id", "shop_id", "user_id_str", "item_id_str", "candidates_str", "exclude_str", "context_json")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,11 @@ class RankRequest(_message.Message):
     SCENARIO_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SHOP_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_STR_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_STR_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_STR_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_STR_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_JSON_FIELD_NUMBER: _ClassVar[int]
     user_id: int
     k: int
     candidates: _containers.RepeatedScalarFieldContainer[int]
@@ -28,17 +33,24 @@ class RankRequest(_message.Message):
     scenario: str
     item_id: int
     shop_id: int
-    def __init__(self, user_id: _Optional[int] = ..., k: _Optional[int] = ..., candidates: _Optional[_Iterable[int]] = ..., exclude: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., scenario: _Optional[str] = ..., item_id: _Optional[int] = ..., shop_id: _Optional[int] = ...) -> None: ...
+    user_id_str: str
+    item_id_str: str
+    candidates_str: _containers.RepeatedScalarFieldContainer[str]
+    exclude_str: _containers.RepeatedScalarFieldContainer[str]
+    context_json: str
+    def __init__(self, user_id: _Optional[int] = ..., k: _Optional[int] = ..., candidates: _Optional[_Iterable[int]] = ..., exclude: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., scenario: _Optional[str] = ..., item_id: _Optional[int] = ..., shop_id: _Optional[int] = ..., user_id_str: _Optional[str] = ..., item_id_str: _Optional[str] = ..., candidates_str: _Optional[_Iterable[str]] = ..., exclude_str: _Optional[_Iterable[str]] = ..., context_json: _Optional[str] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item_id", "score", "recall_score")
+    __slots__ = ("item_id", "score", "recall_score", "item_id_str")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RECALL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_STR_FIELD_NUMBER: _ClassVar[int]
     item_id: int
     score: float
     recall_score: float
-    def __init__(self, item_id: _Optional[int] = ..., score: _Optional[float] = ..., recall_score: _Optional[float] = ...) -> None: ...
+    item_id_str: str
+    def __init__(self, item_id: _Optional[int] = ..., score: _Optional[float] = ..., recall_score: _Optional[float] = ..., item_id_str: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("name", "version")
@@ -49,7 +61,7 @@ class ModelVersion(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("request_id", "items", "model", "recall", "degraded", "cold_start", "timings_ms", "catalogue_version", "scenario", "scenario_version")
+    __slots__ = ("request_id", "items", "model", "recall", "degraded", "cold_start", "timings_ms", "catalogue_version", "scenario", "scenario_version", "unknown_candidates")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +79,7 @@ class RankResponse(_message.Message):
     CATALOGUE_VERSION_FIELD_NUMBER: _ClassVar[int]
     SCENARIO_FIELD_NUMBER: _ClassVar[int]
     SCENARIO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model: ModelVersion
@@ -77,4 +90,5 @@ class RankResponse(_message.Message):
     catalogue_version: int
     scenario: str
     scenario_version: int
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model: _Optional[_Union[ModelVersion, _Mapping]] = ..., recall: _Optional[str] = ..., degraded: _Optional[bool] = ..., cold_start: _Optional[bool] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., catalogue_version: _Optional[int] = ..., scenario: _Optional[str] = ..., scenario_version: _Optional[int] = ...) -> None: ...
+    unknown_candidates: int
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model: _Optional[_Union[ModelVersion, _Mapping]] = ..., recall: _Optional[str] = ..., degraded: _Optional[bool] = ..., cold_start: _Optional[bool] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., catalogue_version: _Optional[int] = ..., scenario: _Optional[str] = ..., scenario_version: _Optional[int] = ..., unknown_candidates: _Optional[int] = ...) -> None: ...

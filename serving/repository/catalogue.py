@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.data.tables import DataTables
 from serving.errors import ValidationError
 from serving.files import atomic_write_text, report_damage
 from serving.pipeline.catalogue import Catalogue, Room, grown
@@ -131,7 +132,7 @@ class ChangeLog:
                                  f"{version} lies inside them")
         return out
 
-    def current(self, base: FeatureTables) -> Catalogue:
+    def current(self, base: DataTables) -> Catalogue:
         """The catalogue ``base`` (the built tables) after every change so far."""
         return self.follow(Catalogue.initial(base))
 
@@ -174,7 +175,7 @@ class ChangeLog:
             fcntl.flock(fd, fcntl.LOCK_EX)  # changes queue up: none is lost, none is numbered twice
             yield
 
-    def append(self, base: FeatureTables, *, block: Sequence[int] = (), unblock: Sequence[int] = (),
+    def append(self, base: DataTables, *, block: Sequence[int] = (), unblock: Sequence[int] = (),
                add: Sequence[dict[str, Any]] = (), update: Sequence[dict[str, Any]] = ()) -> Change:
         """Validate a change against the catalogue as changed so far and write it as the next version.
 
@@ -182,6 +183,9 @@ class ChangeLog:
             ValidationError: naming the first problem (unknown or duplicate ids, wrong columns, NaN);
                 nothing is written.
         """
+        if not isinstance(base, FeatureTables):  # the change format holds the demo's columns and row ids
+            raise ValidationError("catalogue changes are taken for the demo's catalogue only: an imported data set's "
+                                  "items change by importing it again", field="items")
         with self._lock():
             last = self.read(self.version) if self.version else None
             current = last.first_id + len(last.add) if last else base.n_items
@@ -238,7 +242,7 @@ def _ids(ids: Sequence[Any], n_items: int, what: str) -> list[int]:
     return out
 
 
-def _rows(rows: Sequence[dict[str, Any]], base: FeatureTables, *, need_id: bool, n: int = 0) -> list[dict[str, Any]]:
+def _rows(rows: Sequence[dict[str, Any]], base: DataTables, *, need_id: bool, n: int = 0) -> list[dict[str, Any]]:
     """Rows with exactly the item columns (all of them to add; some, and ``item_id``, to update)."""
     out, seen = [], set()
     for k, row in enumerate(rows):
@@ -268,7 +272,7 @@ def _rows(rows: Sequence[dict[str, Any]], base: FeatureTables, *, need_id: bool,
     return out
 
 
-def _typed(row: dict[str, Any], base: FeatureTables, where: str) -> dict[str, Any]:
+def _typed(row: dict[str, Any], base: DataTables, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for col in ITEM_CAT_FIELDS:
         if col in row:
@@ -281,8 +285,8 @@ def _typed(row: dict[str, Any], base: FeatureTables, where: str) -> dict[str, An
             out[col] = _finite(row[col], f"{where}: {col}")
     if "dense" in row:
         d = row["dense"]
-        if not isinstance(d, list) or len(d) != base.dense_dim:
-            raise ValidationError(f"{where}: dense must be a list of {base.dense_dim} numbers", field="items")
+        if not isinstance(d, list) or len(d) != base.item_vec.shape[1]:
+            raise ValidationError(f"{where}: dense must be a list of {base.item_vec.shape[1]} numbers", field="items")
         out["dense"] = [_finite(x, f"{where}: dense") for x in d]
     return out
 
@@ -343,8 +347,10 @@ def apply_change(cat: Catalogue, change: Change) -> Catalogue:
             new[name] = _changed(table, name, rooms, added, updates)
         dense_updates = {row["item_id"]: np.asarray(row["dense"], dtype=np.float32)
                          for row in change.update if "dense" in row}
-        added = np.asarray([r["dense"] for r in change.add], dtype=np.float32).reshape(-1, t.item_dense.shape[1])
-        new["item_dense"] = _changed(t.item_dense, "item_dense", rooms, added, dense_updates)
+        added = np.asarray([r["dense"] for r in change.add], dtype=np.float32).reshape(-1, t.item_vec.shape[1])
+        new["item_dense"] = _changed(t.item_vec, "item_dense", rooms, added, dense_updates)
+        if not isinstance(t, FeatureTables):
+            raise ValidationError("catalogue changes in these columns apply to the demo's tables only", field="items")
         t = t.with_items(new["item_cat"], new["item_num"], new["item_dense"])
     blocked = np.zeros(t.n_items, dtype=bool)
     blocked[: cat.blocked.size] = cat.blocked

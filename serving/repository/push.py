@@ -23,9 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from serving.data.tables import DataTables
 from serving.errors import PushRefusedError
 from serving.pipeline.catalogue import Catalogue
-from serving.pipeline.features import FeatureTables
 from serving.pipeline.routing import Traffic
 from serving.repository.catalogue import ChangeLog
 from serving.repository.export import export_version
@@ -85,7 +85,7 @@ def push(
     registry: ModelRegistry,
     model: str,
     artifact: Path,
-    tables: FeatureTables,
+    tables: DataTables,
     triton: ModelLoader,
     *,
     canary_percent: float | None = None,

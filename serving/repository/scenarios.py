@@ -29,6 +29,7 @@ import yaml
 from serving.config import Settings
 from serving.errors import RankserveError, ScenarioRefusedError
 from serving.files import atomic_write_text, read_state, write_state
+from serving.pipeline.crossing import FEATURES_YAML
 from serving.pipeline.orchestration import RankPipeline
 from serving.pipeline.scenario import NAME_PATTERN, Scenario, ScenarioSpec
 from serving.repository.registry import ModelRegistry
@@ -80,10 +81,12 @@ def ranking_models(registry: ModelRegistry, settings: Settings) -> list[str]:
         if name == settings.user_tower_model:
             continue
         try:
-            registry.cross_spec(name, registry.traffic(name).live)
-        except RankserveError:
+            live = registry.traffic(name).live
+            ranks = "cross_spec" in registry.meta(name, live) or (registry.version_dir(name, live) / FEATURES_YAML).is_file()
+        except (RankserveError, OSError, ValueError):
             continue
-        out.append(name)
+        if ranks:
+            out.append(name)
     return out
 
 

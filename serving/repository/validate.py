@@ -24,10 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from kernels import CrossSpec, get_crosser
-from serving.errors import PushRefusedError
+from kernels import CrossSpec
+from serving.data.tables import DataTables
+from serving.data.tower import tower_inputs
+from serving.errors import PushRefusedError, RankserveError
 from serving.index.item_tower import ITEM_TOWER_FILE
-from serving.pipeline.features import TOWER_OUTPUT, FeatureTables, ranker_inputs
+from serving.pipeline.crossing import FEATURES_YAML, CrossingStage, version_plan
+from serving.pipeline.features import TOWER_OUTPUT
 from serving.repository.export import load_golden
 from serving.repository.registry import ModelRegistry
 from serving.triton.config import TensorSpec, read_config
@@ -105,7 +108,7 @@ def load_artifact(registry: ModelRegistry, model: str, path: Path) -> Artifact:
                     tuple(TensorSpec.from_config(t) for t in config.output), config.max_batch_size)
 
 
-def validate_artifact(art: Artifact, tables: FeatureTables, *, n_rows: int = 512) -> dict[str, Any]:
+def validate_artifact(art: Artifact, tables: DataTables, *, n_rows: int = 512) -> dict[str, Any]:
     """Check a loaded artifact against its model's signature, its golden outputs and real rows.
 
     Returns:
@@ -130,12 +133,13 @@ def validate_artifact(art: Artifact, tables: FeatureTables, *, n_rows: int = 512
     users = rng.integers(0, tables.n_users, n_rows)
     users[0] = tables.cold_row  # the cold-start path must score too
     items = rng.integers(0, tables.n_items, n_rows)
-    if "cross_spec" in art.meta:
+    if "cross_spec" in art.meta or (art.path / FEATURES_YAML).is_file():
         checks["score_range"] = _check_ranker_rows(art, tables, users, items)
     elif art.is_user_tower:
         checks["embedding_dim"] = _check_tower_rows(art, tables, users, items)
     else:
-        raise PushRefusedError("a ranker artifact must name its crossing spec (cross_spec in meta.json)")
+        raise PushRefusedError("a ranker artifact must name its crossing spec (cross_spec in meta.json) or declare "
+                               f"its features ({FEATURES_YAML})")
     return checks
 
 
@@ -157,9 +161,15 @@ def _golden_error(art: Artifact, outs: dict[str, np.ndarray]) -> float:
     return max_err
 
 
-def _check_ranker_rows(art: Artifact, tables: FeatureTables, users: np.ndarray, items: np.ndarray) -> list[float]:
-    spec = CrossSpec.from_json(json.dumps(art.meta["cross_spec"]))
-    feats = ranker_inputs(tables, users, items, get_crosser("numpy"), spec).tensors()
+def _check_ranker_rows(art: Artifact, tables: DataTables, users: np.ndarray, items: np.ndarray) -> list[float]:
+    spec = CrossSpec.from_json(json.dumps(art.meta["cross_spec"])) if "cross_spec" in art.meta else None
+    try:
+        plan = version_plan(tables, art.path, spec)
+    except RankserveError as err:
+        raise PushRefusedError(f"its features do not fit the data set: {err}") from err
+    none = [tables.encode_context(None)] * users.shape[0]
+    feats = CrossingStage(tables, "numpy").inputs(tables, plan, users, none, np.arange(users.shape[0]),
+                                                  items).tensors()
     out = art.outputs[0].name
     scores = _run(art.module, [feats[t.name] for t in art.inputs], [out], "real feature rows with its crossing spec")[out]
     if not np.isfinite(scores).all():
@@ -169,13 +179,15 @@ def _check_ranker_rows(art: Artifact, tables: FeatureTables, users: np.ndarray, 
     return [float(scores.min()), float(scores.max())]
 
 
-def _check_tower_rows(art: Artifact, tables: FeatureTables, users: np.ndarray, items: np.ndarray) -> int:
+def _check_tower_rows(art: Artifact, tables: DataTables, users: np.ndarray, items: np.ndarray) -> int:
     """The user tower and its item tower on real rows: embeddings of one size, finite."""
-    feats = tables.tower_inputs(users)
+    item_in = [tables.item_cat[items], tables.item_num[items], tables.item_vec[items]]
+    item_emb = _run(art.item_tower(), item_in, ["embedding"], f"real item rows ({ITEM_TOWER_FILE})")["embedding"]
+    # no context: its sequences are empty, so no item's embedding is read (only their width)
+    feats = tower_inputs(tables, users, [tables.encode_context(None)] * users.shape[0],
+                         np.zeros((1, item_emb.shape[1]), np.float32))
     out = art.outputs[0].name
     emb = _run(art.module, [feats[t.name] for t in art.inputs], [out], "real user rows")[out]
-    item_in = [tables.item_cat[items], tables.item_num[items], tables.item_dense[items]]
-    item_emb = _run(art.item_tower(), item_in, ["embedding"], f"real item rows ({ITEM_TOWER_FILE})")["embedding"]
     if item_emb.shape != (items.size, emb.shape[1]):
         raise PushRefusedError(f"{ITEM_TOWER_FILE} gives embeddings of shape {item_emb.shape[1:]}, the user tower "
                                f"{emb.shape[1:]}: they must match")

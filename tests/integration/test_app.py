@@ -77,13 +77,13 @@ BAD = [
     (b"{not json", 400, "body"),
     (b"[]", 400, "body"),
     ({"k": 5}, 422, "user_id"),
-    ({"user_id": "42"}, 400, "user_id"),
+    ({"user_id": "42"}, 422, "user_id"),  # the demo's ids are integers
     ({"user_id": 1, "k": 0}, 422, "k"),
     ({"user_id": 1, "k": 1001}, 422, "k"),
-    ({"user_id": 1, "candidates": [1, 2, 10**9]}, 422, "candidates"),
-    ({"user_id": 1, "candidates": [-1]}, 422, "candidates"),
     ({"user_id": 1, "candidates": list(range(2001))}, 422, "candidates"),
-    ({"user_id": 1, "candidates": [1, "two"]}, 400, "candidates[1]"),
+    ({"user_id": 1, "candidates": [1, "two"]}, 422, "candidates[1]"),
+    ({"user_id": 1, "candidates": [1, 2.5]}, 400, "candidates[1]"),
+    ({"user_id": 1, "context": {"weather": "rain"}}, 422, "context.weather"),
     ({"user_id": 1, "model": "no-such-model"}, 404, "model"),
     ({"user_id": 1, "timeout_ms": -5}, 422, "timeout_ms"),
     ({"user_id": 1, "unexpected": True}, 422, "unexpected"),
@@ -100,6 +100,14 @@ def test_bad_requests_get_4xx_and_server_stays_ready(rankserve_url: str, payload
     assert err["field"] == field and err["message"] and err["code"]
     assert httpx.get(f"{rankserve_url}/readyz", timeout=30).status_code == 200
     assert _rank(rankserve_url, {"user_id": 3, "k": 3}).status_code == 200
+
+
+def test_unknown_candidates_are_dropped_and_counted(rankserve_url: str) -> None:
+    r = _rank(rankserve_url, {"user_id": 1, "candidates": [1, 2, 10**9, -1], "k": 5})
+    assert r.status_code == 200, r.text
+    assert r.json()["unknown_candidates"] == 2 and {it["item_id"] for it in r.json()["items"]} == {1, 2}
+    r = _rank(rankserve_url, {"user_id": 1, "candidates": [-1]})
+    assert r.status_code == 200 and r.json()["items"] == [] and r.json()["unknown_candidates"] == 1
 
 
 def test_unknown_paths_and_methods_use_the_error_shape(rankserve_url: str) -> None:

@@ -94,7 +94,8 @@ def random_tables(seed: int, *, n_users: int = 30, n_items: int = 60, schema: Sc
 
     def codes(side: str, columns: tuple[str, ...], rows: int) -> np.ndarray:
         cards = [len(vocab[f"{side}.{c}"]) + 1 for c in columns]
-        return np.stack([rng.integers(0, c, rows) for c in cards], axis=1).reshape(rows, len(columns)).astype(np.int64)
+        return np.stack([rng.integers(0, c, rows) for c in cards] or [np.zeros((rows, 0))], axis=1) \
+            .reshape(rows, len(columns)).astype(np.int64)
 
     def floats(rows: int, cols: int) -> np.ndarray:
         return rng.normal(size=(rows, cols)).astype(np.float32)

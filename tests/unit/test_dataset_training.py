@@ -35,7 +35,7 @@ from serving.repository.export import load_golden
 from serving.repository.registry import ModelRegistry
 from tests.unit.data_fakes import DEMO_SCHEMA, SCHEMA, FakeContext, random_tables
 from training import dataset_export
-from training.dataset_train import holdout_mask, ndcg_at, prepare, request_ids
+from training.dataset_train import holdout_mask, ndcg_at, pair_agreement, prepare, request_ids
 from training.synthetic import DEPARTMENTS, SCHEMA_YAML, click_probability, write_marketplace
 
 SEED = 3
@@ -162,19 +162,6 @@ def test_the_golden_outputs_are_what_the_exported_model_gives(trained: Trained, 
     np.testing.assert_allclose(out, golden[names[2]], rtol=1e-5, atol=1e-6)
 
 
-def _agreement(truth: np.ndarray, score: np.ndarray, request: np.ndarray) -> float:
-    """Share of the item pairs within a request (true probabilities differing) that ``score`` orders as the truth does."""
-    order = np.argsort(request, kind="stable")
-    agree, pairs = 0.0, 0
-    for group in np.split(order, np.flatnonzero(np.diff(request[order])) + 1):
-        i, j = np.triu_indices(group.size, 1)
-        dt, ds = truth[group][i] - truth[group][j], score[group][i] - score[group][j]
-        keep = dt != 0
-        agree += float((np.sign(dt[keep]) == np.sign(ds[keep])).sum() + 0.5 * (ds[keep] == 0).sum())
-        pairs += int(keep.sum())
-    return agree / pairs
-
-
 def test_the_exported_ranker_agrees_with_the_true_click_probability_on_most_pairs(trained: Trained) -> None:
     tables, impressions = _tables(trained)
     data = prepare(tables, impressions, seed=0)
@@ -190,9 +177,9 @@ def test_the_exported_ranker_agrees_with_the_true_click_probability_on_most_pair
                               raw.column("customer").to_pylist(), raw.column("sku").to_pylist(),
                               raw.column("device").to_pylist(), raw.column("recent").to_pylist(), seed=SEED)
     request = data.request[test]
-    model = _agreement(truth, scores, request)
-    chance = _agreement(truth, np.random.default_rng(0).random(test.size), request)
-    popular = _agreement(truth, tables.popularity[data.items[test]].astype(np.float64), request)
+    model = pair_agreement(truth, scores, request)
+    chance = pair_agreement(truth, np.random.default_rng(0).random(test.size), request)
+    popular = pair_agreement(truth, tables.popularity[data.items[test]].astype(np.float64), request)
     assert model >= 0.6, (model, chance, popular)
     assert abs(chance - 0.5) < 0.05 and abs(popular - 0.5) < 0.05, (chance, popular)
 
@@ -263,3 +250,26 @@ def test_train_refuses_an_unknown_data_set_and_damaged_data(trained: Trained, tm
     tables.write_bytes(tables.read_bytes()[:-10])
     rc, _ = _cli(tmp_path, "train", "broken")
     assert rc == 4
+
+
+def test_train_demo_writes_the_demos_repository_only_for_the_data_set_the_build_imported(trained: Trained,
+                                                                                        tmp_path: Path) -> None:
+    from serving.config import Settings
+    from training.dataset_command import _check_demo
+    from training.preflight import BUILD_FORMAT
+
+    files = trained.files
+    DataSetStore(tmp_path).dataset("demo").import_files(load_schema(files["schema"]), files["items"], files["users"],
+                                                       files["impressions"])
+    demo_repo = tmp_path / "demo_repository"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RANKSERVE_MODEL_REPOSITORY", str(demo_repo))
+        rc, out = _cli(tmp_path, "train", "demo")  # no build imported it
+        assert rc == 2 and not demo_repo.exists()
+        (tmp_path / "data").mkdir()
+        summary = {"format": BUILD_FORMAT, "seed": 0, "config": {}, "quality": {}, "versions": {}}
+        (tmp_path / "data" / "build.json").write_text(json.dumps({**summary, "data_set_version": 2}))
+        rc, out = _cli(tmp_path, "train", "demo")  # the build imported another version
+        assert rc == 2 and not demo_repo.exists()
+    (tmp_path / "data" / "build.json").write_text(json.dumps({**summary, "data_set_version": 1}))
+    _check_demo(Settings.model_validate({"data_dir": tmp_path, "model_repository": demo_repo}), 1)

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from kernels import available_backends, cross_hash_scalar, get_crosser
+from kernels import CrossSpec, available_backends, cross_hash_scalar, get_crosser
 from serving.data import assembly
 from serving.data.assembly import ContextColumns, RankerInputs, assemble_features, feature_table, request_side
 from serving.data.features import DEMO_FEATURES, load_features, parse_features, resolve
@@ -204,3 +204,17 @@ print("sim-ok")
 
 def test_declared_features_on_the_cuda_simulator() -> None:
     run_on_cuda_simulator(_SIM)
+
+
+def test_demo_versions_are_served_the_plan_of_the_demo_declaration() -> None:
+    """A demo ranker version (no features.yaml; its crossing spec in meta.json) is served the plan
+    demo_features.yaml resolves to, and FeatureTables is the demo's DataTables."""
+    from serving.data.tables import DataTables
+    from serving.pipeline.features import cross_spec_plan
+    from training.train import CROSS_SPEC
+
+    ft = _demo_feature_tables(5)
+    assert isinstance(ft, DataTables) and ft.schema.items.groups == ("shop", "category")
+    assert cross_spec_plan(ft, CROSS_SPEC).to_dict() == resolve(load_features(DEMO_FEATURES), ft).to_dict()
+    other = CrossSpec(pairs=((2, 0),), buckets=11, dense_dim=16)
+    assert cross_spec_plan(ft, other).to_dict() != resolve(load_features(DEMO_FEATURES), ft).to_dict()

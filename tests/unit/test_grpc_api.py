@@ -79,3 +79,23 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
     for fresh in generate(tmp_path):
         committed = ROOT / fresh.relative_to(tmp_path)
         assert committed.read_text() == fresh.read_text(), f"{committed} is stale: python -m serving.proto.generate"
+
+
+def test_string_ids_and_the_context_travel_in_their_own_fields() -> None:
+    msg = ranker_pb2.RankRequest(user_id_str="u-1", item_id_str="sku-9", candidates_str=["sku-1", "sku-2"],
+                                 exclude_str=["sku-3"], context_json='{"device": "ios", "recent": ["sku-4"]}')
+    assert grpc_api.request_payload(msg, 1024) == {
+        "user_id": "u-1", "item_id": "sku-9", "candidates": ["sku-1", "sku-2"], "exclude": ["sku-3"],
+        "context": {"device": "ios", "recent": ["sku-4"]}}
+    with pytest.raises(ValidationError) as info:
+        grpc_api.request_payload(ranker_pb2.RankRequest(user_id=1, user_id_str="u-1"), 1024)
+    assert info.value.field == "user_id"
+    with pytest.raises(ValidationError) as info:
+        grpc_api.request_payload(ranker_pb2.RankRequest(user_id=1, context_json="{"), 1024)
+    assert info.value.field == "context"
+    res = RankResponse("r", [ScoredItem("sku-1", 0.5), ScoredItem(7, 0.25)], "ranker", 1, "given",
+                       unknown_candidates=2)
+    out = grpc_api.response_message(res)
+    assert [(i.item_id, i.item_id_str) for i in out.items] == [(0, "sku-1"), (7, "")]
+    assert out.unknown_candidates == 2 and not grpc_api.response_message(
+        RankResponse("r", [], "ranker", 1, "faiss")).HasField("unknown_candidates")

@@ -109,8 +109,9 @@ def test_crossing_stage_compiles_the_served_table_layout_at_start_up() -> None:
     if "numba_cpu" not in BACKENDS_HERE:
         pytest.skip("numba is not installed")
     from kernels import _numba_cpu
+    from serving.data.tables import NO_CONTEXT
     from serving.pipeline.crossing import CrossingStage
-    from serving.pipeline.features import FeatureTables
+    from serving.pipeline.features import FeatureTables, cross_spec_plan
 
     rng = np.random.default_rng(0)
     tables = FeatureTables(rng.integers(0, 5, (30, 3)), rng.normal(size=(30, 8)).astype(np.float32),
@@ -119,6 +120,8 @@ def test_crossing_stage_compiles_the_served_table_layout_at_start_up() -> None:
     stage = CrossingStage(tables, "numba_cpu")
     compiled = len(_numba_cpu._assemble_kernel.signatures)
     spec = CrossSpec(pairs=((0, 1), (2, 3)), buckets=101, dense_dim=8)
-    out = stage.inputs(tables, rng.integers(0, 30, 64), rng.integers(0, 40, 64), spec)
+    plan = cross_spec_plan(tables, spec)
+    out = stage.inputs(tables, plan, rng.integers(0, 30, 64), [NO_CONTEXT] * 64, np.arange(64),
+                       rng.integers(0, 40, 64))
     assert len(_numba_cpu._assemble_kernel.signatures) == compiled, "the first request compiled a new kernel"
     assert out.cat.shape == (64, 3 + 4 + 2)

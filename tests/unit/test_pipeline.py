@@ -82,11 +82,13 @@ def test_unknown_user_is_cold_start(repo: Path) -> None:
     assert r.cold_start and len(r.items) == 5
 
 
-def test_unknown_items_and_models_are_refused(repo: Path) -> None:
+def test_unknown_candidates_are_dropped_and_counted_and_unknown_models_refused(repo: Path) -> None:
     p = _pipeline(repo, ScoringClient())
-    with pytest.raises(ValidationError, match="unknown item id") as info:
-        p.prepare(RankRequest(user_id=1, candidates=[1, N_ITEMS, -1]))
-    assert info.value.field == "candidates"
+    (r,) = _run(p, [{"user_id": 1, "candidates": [1, N_ITEMS, -1, 7, 1]}])
+    assert sorted(it.item_id for it in r.items) == [1, 7] and r.unknown_candidates == 2
+    assert r.to_json()["unknown_candidates"] == 2
+    (r,) = _run(p, [{"user_id": 1, "k": 3}])
+    assert r.unknown_candidates is None and "unknown_candidates" not in r.to_json()
     with pytest.raises(ModelNotFoundError):
         p.prepare(RankRequest(user_id=1, model="nope"))
 
@@ -189,3 +191,27 @@ def test_recall_from_another_index_is_labelled_with_its_kind(repo: Path) -> None
     p.cell.publish(lambda state: state.replace(recall=recall))
     (r,) = _run(p, [{"user_id": 4, "k": 5}])
     assert r.recall == "torch_exact" and not r.degraded and len(r.items) == 5
+
+
+@pytest.mark.parametrize(("payload", "field"), [
+    ({"user_id": "42"}, "user_id"),
+    ({"user_id": 1, "candidates": [1, "x"]}, "candidates[1]"),
+    ({"user_id": 1, "exclude": ["x"]}, "exclude[0]"),
+    ({"user_id": 1, "item_id": "7", "scenario": "home"}, "item_id"),
+])
+def test_ids_of_the_other_kind_than_the_data_set_s_are_refused_naming_the_field(repo: Path, payload: dict,
+                                                                                 field: str) -> None:
+    p = _pipeline(repo, ScoringClient())
+    with pytest.raises(ValidationError, match="must be an integer") as info:
+        p.prepare(RankRequest(**payload))
+    assert info.value.field == field and info.value.http_status == 422
+
+
+def test_a_context_the_schema_does_not_declare_is_refused_naming_the_field(repo: Path) -> None:
+    p = _pipeline(repo, ScoringClient())
+    with pytest.raises(ValidationError) as info:
+        p.prepare(RankRequest(user_id=1, context={"weather": "rain"}))
+    assert info.value.field == "context.weather" and info.value.http_status == 422
+    with pytest.raises(ValidationError) as info:
+        p.prepare(RankRequest(user_id=1, context={"shop": [1]}))
+    assert info.value.field == "context.shop"

@@ -64,3 +64,24 @@ def test_without_embeddings_the_sequence_blocks_are_left_out_and_the_demo_is_tod
     got = tower_inputs(t, np.arange(5), [FakeContext()] * 5, None)
     assert np.array_equal(got["user_cat"], t.user_cat[:5])  # region, age_bucket, device
     assert np.array_equal(got["user_dense"], t.user_vec[:5])  # the interest vector
+
+
+def test_an_input_the_schema_gives_no_column_is_one_constant_column() -> None:
+    from kernels import get_crosser
+    from serving.data.assembly import assemble_features, request_side
+    from serving.data.features import FeatureSpec, resolve
+    from serving.data.schema import parse_schema
+    from serving.data.tower import CONSTANT_COLUMN
+
+    bare = parse_schema("items: {id: i, categorical: [kind]}\nusers: {id: u}\nimpressions: {user: u, item: i, label: y}")
+    t = random_tables(0, schema=bare)
+    rows = np.arange(5)
+    got = tower_inputs(t, rows, [FakeContext()] * 5, None)
+    assert got["user_cat"].shape == (5, 1) and got["user_dense"].shape == (5, 1)
+    assert not got["user_cat"].any() and not got["user_dense"].any()
+    assert tower_widths(bare, 4) == {"cat": [CONSTANT_COLUMN], "dense": [CONSTANT_COLUMN], "sequences": [],
+                                     "embedding_dim": 4}
+    plan = resolve(FeatureSpec(cat=["item.kind"], dense=[]), t)
+    side = request_side(t, rows, [FakeContext()] * 5, plan)
+    x = assemble_features(t, plan, side, rows, rows, get_crosser("numpy"))
+    assert x.cat.shape == (5, 1) and x.dense.shape == (5, 1) and x.dense.dtype == np.float32 and not x.dense.any()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from serving.data.store import DataSetStore
 from serving.index.faiss_index import build_index, load_index, nprobe_steps, recall_at_k, save_index
 from training.data import MarketConfig, generate
 from training.metrics import auc
@@ -119,6 +120,8 @@ def test_build_without_an_index_says_so_and_is_not_reused_when_an_index_is_asked
     data, repo = tmp_path / "data", tmp_path / "repo"
     first = build(data, repo, items=500, users=200, index=False)
     assert not first["cached"] and first["index"] is False
+    demo = DataSetStore(tmp_path, demo_model_repository=repo).dataset("demo")  # imported beside the cache
+    assert demo.live_version() == first["data_set_version"] and demo.tables().n_items == 500
     assert first["quality"]["recall_at_500"] is None and first["quality"]["index_kind"] == NO_INDEX
     tower = repo / "user_tower" / "1"
     assert (tower / "item_emb.npy").is_file() and not (tower / "items.faiss").exists()

@@ -21,6 +21,8 @@ from serving.pipeline.sources.base import (
     Strict,
     Truth,
     register_source,
+    scope_group,
+    scope_needs,
     scope_value,
     source_for,
     source_kinds,
@@ -33,7 +35,7 @@ from serving.pipeline.sources.user_to_item import UserToItem, UserToItemSource
 
 __all__ = ["DEGRADE_ON", "MAX_COUNT", "SCOPE_FIELD", "SCOPE_NEEDS", "Ask", "Batch", "CandidateSource", "CountedSpec",
            "Draw", "Given", "ItemToItem", "Listed", "Popular", "Scope", "SourceSpec", "Strict", "Truth", "UserToItem",
-           "register_source", "scope_value", "source_for", "source_kinds", "source_spec"]
+           "register_source", "scope_group", "scope_needs", "scope_value", "source_for", "source_kinds", "source_spec"]
 
 for _source in (UserToItemSource(), ItemToItemSource(), PopularSource(), GivenSource()):
     register_source(_source)

@@ -14,31 +14,48 @@ registered here: nothing else is edited. Must not touch: merging, filtering or s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from serving.data.assembly import EncodedContextLike
 from serving.errors import BackendUnavailableError, DeadlineExceededError, TritonError
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.recall import Recall
 
 __all__ = ["DEGRADE_ON", "MAX_COUNT", "SCOPE_FIELD", "SCOPE_NEEDS", "Ask", "Batch", "CandidateSource", "CountedSpec", "Draw", "Listed", "Scope",
            "SourceSpec", "Strict", "Truth", "register_source", "scope_value", "source_for", "source_kinds",
-           "source_spec"]
+           "scope_group", "scope_needs", "source_spec"]
 
 MAX_COUNT = 10_000  # most candidates one source may give (the index's own search limit clamps further)
 
 # Failures of a model call after which a source falls back rather than failing the request.
 DEGRADE_ON = (TritonError, BackendUnavailableError, DeadlineExceededError)
 
-# Where a ``popular`` source looks, and what ``filters.restrict`` keeps: the request's shop (``shop_id``),
-# or the shop or category of the seed item (``item_id``).
-Scope = Literal["request_shop", "seed_shop", "seed_category"]
+# Where a ``popular`` source looks, and what ``filters.restrict`` keeps: the items of one value of
+# an item group (``schema.items.groups``), the value the request gives in its context
+# (``request:<group>``, from ``context.<group>``) or the seed item's (``seed:<group>``, the seed is
+# ``item_id``). The demo's spellings stay: the request's shop (``request_shop``, from ``shop_id``),
+# the seed's shop or category (``seed_shop``, ``seed_category``).
+Scope = Annotated[str, Field(pattern=r"^(request_shop|seed_shop|seed_category|(request|seed):[A-Za-z_][A-Za-z0-9_]{0,63})$")]
 SCOPE_FIELD: dict[str, str] = {"request_shop": "shop", "seed_shop": "shop", "seed_category": "category"}
 SCOPE_NEEDS: dict[str, str] = {"request_shop": "shop_id", "seed_shop": "item_id", "seed_category": "item_id"}
+
+
+def scope_group(scope: str) -> str:
+    """The item group a scope names (``seed:store`` -> ``store``; ``seed_shop`` -> ``shop``)."""
+    return SCOPE_FIELD.get(scope) or scope.partition(":")[2]
+
+
+def scope_needs(scope: str) -> str:
+    """What the request must give for a scope: ``item_id``, ``shop_id`` or ``context.<group>``."""
+    if scope in SCOPE_NEEDS:
+        return SCOPE_NEEDS[scope]
+    side, _, group = scope.partition(":")
+    return "item_id" if side == "seed" else f"context.{group}"
 
 
 class Strict(BaseModel):
@@ -105,6 +122,8 @@ class Ask:
     given: np.ndarray | None  # the caller's candidates (checked, unique, in request order)
     exclude: np.ndarray
     deadline: float
+    context: EncodedContextLike | None = None  # the request's context (None: none given)
+    groups: Mapping[str, int] = field(default_factory=dict)  # the item groups' codes the context gives
 
 
 @dataclass
@@ -147,15 +166,17 @@ class Batch:
         if within == "all":
             sc, ids = self.cat.popular(n)
         else:
-            sc, ids = self.cat.popular(n, SCOPE_FIELD[within], scope_value(self.cat, ask, within))
+            sc, ids = self.cat.popular(n, scope_group(within), scope_value(self.cat, ask, within))
         return Listed(sc, ids, "popular")
 
 
 def scope_value(cat: Catalogue, ask: Ask, scope: str) -> int:
-    """The shop or category id a scope names for this request (the pipeline checked the context)."""
+    """The group value (its code) a scope names for this request (the pipeline checked the context)."""
     if scope == "request_shop":
         return int(ask.shop if ask.shop is not None else -1)
-    return int(cat.group_of(np.asarray([ask.seed]), SCOPE_FIELD[scope])[0])
+    if scope.startswith("request:"):
+        return int(ask.groups.get(scope_group(scope), -1))
+    return int(cat.group_of(np.asarray([ask.seed]), scope_group(scope))[0])
 
 
 class CandidateSource(Protocol[S]):

@@ -10,13 +10,13 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from serving.pipeline.sources.base import SCOPE_NEEDS, Batch, CountedSpec, Draw, Scope, Truth
+from serving.pipeline.sources.base import Batch, CountedSpec, Draw, Scope, Truth, scope_needs
 
 __all__ = ["Popular", "PopularSource"]
 
 
 class Popular(CountedSpec):
-    """The most popular items, overall or within the request's shop or the seed item's shop or category."""
+    """The most popular items, overall or within one value of an item group (a scope)."""
 
     kind: Literal["popular"]
     within: Literal["all"] | Scope = "all"
@@ -27,7 +27,7 @@ class Popular(CountedSpec):
 
     @property
     def needs(self) -> frozenset[str]:
-        return frozenset() if self.within == "all" else frozenset({SCOPE_NEEDS[self.within]})
+        return frozenset() if self.within == "all" else frozenset({scope_needs(self.within)})
 
     def admits(self, truth: Truth) -> np.ndarray:
         """Any item overall; within a scope, that scope's items."""

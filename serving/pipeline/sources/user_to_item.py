@@ -38,7 +38,8 @@ class UserToItemSource:
         try:
             # one call serves them all: it may take until the latest deadline; each request's own
             # deadline is enforced where it waits (serving.service), not by the batch
-            emb = await recall.embed(rows, deadline=max(d.ask.deadline for d in draws))
+            emb = await recall.embed(rows, deadline=max(d.ask.deadline for d in draws),
+                                     contexts=[d.ask.context for d in draws])
             scores, ids = recall.search(emb, n)
         except DEGRADE_ON as err:
             log.warning("user tower failed, recalling popular items for %d requests: %s", len(draws), err)
