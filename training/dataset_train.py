@@ -305,8 +305,9 @@ def ranker_scores(ranker: Any, cat: np.ndarray, dense: np.ndarray) -> np.ndarray
 
 
 def train_data_set(tables: DataTables, impressions: pa.Table, spec: FeatureSpec, *, epochs: int = 3,
-                   seed: int = 0) -> TrainedDataSet:
-    """Both models trained on the data set's impressions, and their holdout figures.
+                   seed: int = 0, towers: dict[str, Any] | None = None) -> TrainedDataSet:
+    """Both models trained on the data set's impressions, and their holdout figures; ``towers``:
+    :func:`train_towers`' hyper-parameters other than the seed (default: ``epochs`` and its defaults).
 
     Raises:
         FeaturesError: ``spec`` does not resolve against the data set.
@@ -323,7 +324,7 @@ def train_data_set(tables: DataTables, impressions: pa.Table, spec: FeatureSpec,
     t0 = time.perf_counter()
     ranker, plan, cat, dense = train_ranker(data, spec, epochs=epochs, seed=seed)
     t1 = time.perf_counter()
-    user, item = train_towers(data, epochs=epochs, seed=seed)
+    user, item = train_towers(data, seed=seed, **(towers or {"epochs": epochs}))
     item_emb = embed_all_items(item, tables)
     t2 = time.perf_counter()
     test = np.flatnonzero(data.test)
