@@ -50,7 +50,7 @@ from training.data import MarketConfig, Marketplace, generate, load_built_market
 from training.demo_files import write_demo_files
 from training.export import export_artifacts, install_artifact
 from training.preflight import BUILD_FORMAT, MODELS, plan, scenarios_missing
-from training.train import train_all
+from training.train import TrainedModels, cross_spec
 
 __all__ = ["DEMO_FILES", "DEMO_SCENARIOS", "build", "import_demo", "install_scenarios", "recompute_quality"]
 
@@ -132,6 +132,33 @@ def import_demo(mp: Marketplace, data_dir: Path, repo: Path) -> int:
                                                  files.impressions).version
 
 
+# The demo's own two-tower hyper-parameters (training.train.train_two_tower's), for the data-set trainer
+DEMO_TOWERS = {"epochs": 2, "batch": 1024, "min_steps": 400, "temperature": 0.05}
+
+
+def train_demo(mp: Marketplace, data_dir: Path, version: int, *, seed: int) -> TrainedModels:
+    """Both demo models trained through the data-set trainer on the imported data set ``demo``
+    (``version``), the ranker over the demo's own layout (``serving/data/demo_features.yaml``,
+    whose plan is the crossing contract the demo serves with), with the demo's hyper-parameters;
+    the quality figures the build reports (AUC against the oracle's on the generator's test share)."""
+    from serving.data.features import DEMO_FEATURES, load_features
+    from training.dataset_train import train_data_set
+    from training.quality import ranker_quality
+
+    ds = DataSetStore(data_dir.parent).dataset(DEMO_DATA)
+    tables = ds.tables(version)
+    if not (np.array_equal(tables.user_cat[:mp.user_cat.shape[0]], mp.user_cat) and np.array_equal(tables.item_cat, mp.item_cat)):
+        raise RuntimeError("the imported demo's rows are not the generator's")
+    trained = train_data_set(tables, ds.impressions(version), load_features(DEMO_FEATURES), epochs=3, seed=seed,
+                             towers=DEMO_TOWERS)
+    spec = cross_spec(mp.user_dense.shape[1])
+    m = trained.metrics
+    quality = {**ranker_quality(mp, trained.ranker, spec), "n_users": int(mp.user_cat.shape[0]),
+               "n_items": int(mp.item_cat.shape[0]), "train_two_tower_s": m["train_two_tower_s"],
+               "train_ranker_s": m["train_ranker_s"]}
+    return TrainedModels(trained.user_tower, trained.item_tower, trained.ranker, spec, trained.item_emb, quality)
+
+
 def build(data_dir: Path, repo: Path, *, items: int | None = None, users: int | None = None, seed: int = 0,
           force: bool = False, index: bool = True, settings: Settings | None = None) -> dict[str, Any]:
     """Generate data (``items`` items and ``users`` users, default the demo's), train, export and
@@ -170,7 +197,7 @@ def _build(data_dir: Path, repo: Path, cfg: MarketConfig, *, index: bool, settin
     save(mp, data_dir)
     data_set_version = import_demo(mp, data_dir, repo)
     t_data = time.perf_counter() - t0
-    models = train_all(mp, seed=seed)
+    models = train_demo(mp, data_dir, data_set_version, seed=seed)
     with task("export and install models", total=3 + len(MODELS)) as bar:
         artifacts = data_dir / "artifacts" / f"seed{seed}"
         shutil.rmtree(artifacts, ignore_errors=True)

@@ -256,12 +256,14 @@ def _flat_positions(offsets: np.ndarray, req: np.ndarray) -> np.ndarray:
 
 
 def recall_at(user_tower: Any, data: TrainingData, item_emb: np.ndarray, n: int = RECALL_N,
-              chunk: int = 1024) -> float:
+              chunk: int | None = None) -> float:
     """Per holdout user, the share of their clicked holdout impressions whose item is in the top ``n``
-    of all items for that impression's user and context (exact inner product); the mean over users."""
+    of all items for that impression's user and context (exact inner product); the mean over users.
+    ``chunk`` impressions are scored at a time (default: about 64M scores, 256 MiB)."""
     clicked = np.flatnonzero(data.test & (data.labels > 0.5))
     if clicked.size == 0:
         return float("nan")
+    chunk = chunk or max(1, (1 << 26) // item_emb.shape[0])
     n = min(n, item_emb.shape[0])
     hits = np.zeros(clicked.size, bool)
     for s in range(0, clicked.size, chunk):
@@ -303,8 +305,9 @@ def ranker_scores(ranker: Any, cat: np.ndarray, dense: np.ndarray) -> np.ndarray
 
 
 def train_data_set(tables: DataTables, impressions: pa.Table, spec: FeatureSpec, *, epochs: int = 3,
-                   seed: int = 0) -> TrainedDataSet:
-    """Both models trained on the data set's impressions, and their holdout figures.
+                   seed: int = 0, towers: dict[str, Any] | None = None) -> TrainedDataSet:
+    """Both models trained on the data set's impressions, and their holdout figures; ``towers``:
+    :func:`train_towers`' hyper-parameters other than the seed (default: ``epochs`` and its defaults).
 
     Raises:
         FeaturesError: ``spec`` does not resolve against the data set.
@@ -321,7 +324,7 @@ def train_data_set(tables: DataTables, impressions: pa.Table, spec: FeatureSpec,
     t0 = time.perf_counter()
     ranker, plan, cat, dense = train_ranker(data, spec, epochs=epochs, seed=seed)
     t1 = time.perf_counter()
-    user, item = train_towers(data, epochs=epochs, seed=seed)
+    user, item = train_towers(data, seed=seed, **(towers or {"epochs": epochs}))
     item_emb = embed_all_items(item, tables)
     t2 = time.perf_counter()
     test = np.flatnonzero(data.test)
