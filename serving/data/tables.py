@@ -141,6 +141,7 @@ class DataTables:
     _users: _IdIndex = field(init=False, repr=False)
     _item_vec: Mapping[str, slice] = field(init=False, repr=False)
     _user_vec: Mapping[str, slice] = field(init=False, repr=False)
+    _kinds: Mapping[str, str | None] = field(init=False, repr=False)  # a context vocabulary -> the kind of its values
 
     def __post_init__(self) -> None:
         self._check_shapes()
@@ -148,7 +149,8 @@ class DataTables:
                      "popularity"):
             getattr(self, name).flags.writeable = False
         derived = {"_items": _IdIndex(self.item_ids), "_users": _IdIndex(self.user_ids),
-                   "_item_vec": _slices(self.schema.items.vectors), "_user_vec": _slices(self.schema.users.vectors)}
+                   "_item_vec": _slices(self.schema.items.vectors), "_user_vec": _slices(self.schema.users.vectors),
+                   "_kinds": {name: _vocab_kind(self.vocab.get(name, {})) for name in self._context_vocabs()}}
         for key, value in derived.items():
             object.__setattr__(self, key, value)
 
@@ -230,6 +232,9 @@ class DataTables:
         rows = self._items.rows(ids)
         return rows, rows >= 0
 
+    def _context_vocabs(self) -> list[str]:
+        return [f"context.{f}" for f in self.schema.context.categorical] + [f"item.{g}" for g in self.schema.items.groups]
+
     def encode_context(self, context: Mapping[str, object] | None) -> EncodedContext:
         """A request's ``context``, checked against the schema and encoded (see :class:`EncodedContext`).
         A field given as null counts as not given.
@@ -248,12 +253,12 @@ class DataTables:
                 raise ValidationError(f"unknown context field {name!r}; the schema declares {list(allowed)}",
                                       field=f"context.{name}")
         given = {k: v for k, v in context.items() if v is not None}
-        categorical = {f: self.vocab[f"context.{f}"].get(_scalar(given[f], f), 0) if f in given else 0
-                       for f in ctx.categorical}
+        categorical = {f: self.vocab[f"context.{f}"].get(_scalar(given[f], f, self._kinds[f"context.{f}"]), 0)
+                       if f in given else 0 for f in ctx.categorical}
         numeric = {f: self._numeric(f, given.get(f)) for f in ctx.numeric}
         sequences = {f: self._sequence(f, given.get(f), spec.max_len) for f, spec in ctx.sequences.items()}
-        groups = {g: self.vocab[f"item.{g}"].get(_scalar(given[g], g), 0) for g in self.schema.items.groups
-                  if g in given}
+        groups = {g: self.vocab[f"item.{g}"].get(_scalar(given[g], g, self._kinds[f"item.{g}"]), 0)
+                  for g in self.schema.items.groups if g in given}
         return EncodedContext(categorical, numeric, sequences, groups, frozenset(given))
 
     def _numeric(self, name: str, value: object) -> float:
@@ -274,11 +279,34 @@ class DataTables:
         return rows[known][-max_len:]
 
 
-def _scalar(value: object, name: str) -> object:
-    if isinstance(value, (str, int, float, bool)):
-        return value
-    raise ValidationError(f"context.{name} must be a string, a number or a boolean, got {type(value).__name__}",
-                          field=f"context.{name}")
+def _scalar(value: object, name: str, kind: str | None) -> object:
+    """``value`` when it is a scalar of ``kind``, the kind of every value the vocabulary holds (a
+    value of another kind could only ever be out of vocabulary: a mistake, not an unseen value)."""
+    if not isinstance(value, (str, int, float, bool)):
+        raise ValidationError(f"context.{name} must be a string, a number or a boolean, got {type(value).__name__}",
+                              field=f"context.{name}")
+    if kind is not None and _kind(value) != kind:
+        raise ValidationError(f"context.{name} must be {_a(kind)} (the data set's {name} values are {kind}s), "
+                              f"got {value!r}", field=f"context.{name}")
+    return value
+
+
+def _vocab_kind(vocab: Mapping[object, int]) -> str | None:
+    """The one kind of a vocabulary's values, or None (none seen, or several)."""
+    kinds = {_kind(v) for v in vocab}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, np.integer)):
+        return "integer"
+    return "string" if isinstance(value, str) else "number"
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _slices(vectors: Mapping[str, int]) -> dict[str, slice]:

@@ -97,6 +97,9 @@ def test_context_is_encoded_by_the_schemas_rules() -> None:
     ({"device": ["ios"]}, "context.device", "must be a string, a number or a boolean, got list"),
     ({"store": {"id": 1}}, "context.store", "must be a string, a number or a boolean, got dict"),
     ({"recent": "s1"}, "context.recent", "must be a list of item ids, got str"),
+    ({"device": 3}, "context.device", "must be a string \\(the data set's device values are strings\\), got 3"),
+    ({"category": "7"}, "context.category", "must be an integer .* got '7'"),
+    ({"category": True}, "context.category", "must be an integer"),
     (["device"], "context", "context must be an object, got list"),
 ])
 def test_a_bad_context_is_a_validation_error_naming_the_field(context: Any, field: str, needle: str) -> None:
