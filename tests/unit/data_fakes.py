@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from serving.data.schema import Schema, parse_schema
+from serving.data.tables import DataTables
 from serving.pipeline.features import FeatureTables
 
 # Every kind of column on every side; vectors of two widths; a popularity column that is no feature.
@@ -47,28 +48,12 @@ impressions: {user: user_id, item: item_id, label: click}
 """)
 
 
-@dataclass(frozen=True)
-class FakeDataTables:
-    """The attributes of ``DataTables`` the features read (user tables end with the cold row)."""
-
-    schema: Schema
-    item_ids: np.ndarray
-    user_ids: np.ndarray
-    item_cat: np.ndarray
-    item_num: np.ndarray
-    item_vec: np.ndarray
-    user_cat: np.ndarray
-    user_num: np.ndarray
-    user_vec: np.ndarray
-    vocab: dict[str, dict[Any, int]]
-
-    @property
-    def n_items(self) -> int:
-        return int(self.item_cat.shape[0])
-
-    @property
-    def n_users(self) -> int:
-        return int(self.user_cat.shape[0]) - 1
+def fake_tables(schema: Schema, item_ids: np.ndarray, user_ids: np.ndarray, item_cat: np.ndarray,
+                item_num: np.ndarray, item_vec: np.ndarray, user_cat: np.ndarray, user_num: np.ndarray,
+                user_vec: np.ndarray, vocab: dict[str, dict[Any, int]]) -> DataTables:
+    """Encoded tables as a data set's (user tables end with the cold row), popularity all zeros."""
+    return DataTables(schema, item_ids, user_ids, item_cat, item_num, item_vec, user_cat, user_num, user_vec,
+                      popularity=np.zeros(item_cat.shape[0], np.float32), vocab=vocab)
 
 
 @dataclass(frozen=True)
@@ -86,7 +71,7 @@ def _frozen(*arrays: np.ndarray) -> list[np.ndarray]:
     return list(arrays)
 
 
-def random_tables(seed: int, *, n_users: int = 30, n_items: int = 60, schema: Schema = SCHEMA) -> FakeDataTables:
+def random_tables(seed: int, *, n_users: int = 30, n_items: int = 60, schema: Schema = SCHEMA) -> DataTables:
     """Random encoded tables: each categorical column's vocabulary ``v0, v1, ...`` of its own size."""
     rng = np.random.default_rng(seed)
     vocab = {name: {f"v{k}": k + 1 for k in range(int(rng.integers(2, 9)))}
@@ -104,13 +89,13 @@ def random_tables(seed: int, *, n_users: int = 30, n_items: int = 60, schema: Sc
     user_cat, user_num, user_vec = codes("user", users.categorical, n_users + 1), \
         floats(n_users + 1, len(users.numeric)), floats(n_users + 1, sum(users.vectors.values()))
     user_cat[-1], user_num[-1], user_vec[-1] = 0, 0, 0  # the cold-start user
-    return FakeDataTables(schema, np.arange(100, 100 + n_items), np.array([f"u{k}" for k in range(n_users)]),
+    return fake_tables(schema, np.arange(100, 100 + n_items), np.array([f"u{k}" for k in range(n_users)]),
                           *_frozen(codes("item", items.categorical, n_items), floats(n_items, len(items.numeric)),
                                    floats(n_items, sum(items.vectors.values())), user_cat, user_num, user_vec),
                           vocab=vocab)
 
 
-def random_contexts(tables: FakeDataTables, n: int, seed: int) -> list[FakeContext]:
+def random_contexts(tables: DataTables, n: int, seed: int) -> list[FakeContext]:
     """Contexts with some fields absent, unknown codes, empty and over-long sequences, unknown items."""
     rng = np.random.default_rng(seed)
     out = []
@@ -123,7 +108,7 @@ def random_contexts(tables: FakeDataTables, n: int, seed: int) -> list[FakeConte
     return out
 
 
-def demo_tables(tables: FeatureTables) -> FakeDataTables:
+def demo_tables(tables: FeatureTables) -> DataTables:
     """Today's demo feature tables as a data set's (its categorical codes run from 1 to the largest)."""
     s = DEMO_SCHEMA
     vocab = {f"user.{c}": {k: k for k in range(1, int(tables.user_cat[:, j].max()) + 1)}
@@ -131,5 +116,5 @@ def demo_tables(tables: FeatureTables) -> FakeDataTables:
     vocab |= {f"item.{c}": {k: k for k in range(1, int(tables.item_cat[:, j].max()) + 1)}
               for j, c in enumerate(s.items.categorical)}
     no_num = np.zeros((tables.user_cat.shape[0], 0), np.float32)
-    return FakeDataTables(s, np.arange(tables.n_items), np.arange(tables.n_users), tables.item_cat, tables.item_num,
+    return fake_tables(s, np.arange(tables.n_items), np.arange(tables.n_users), tables.item_cat, tables.item_num,
                           tables.item_dense, tables.user_cat, *_frozen(no_num), tables.user_dense, vocab)

@@ -12,9 +12,10 @@ from kernels import CrossSpec, available_backends, cross_hash_scalar, get_crosse
 from serving.data import assembly
 from serving.data.assembly import ContextColumns, RankerInputs, assemble_features, feature_table, request_side
 from serving.data.features import DEMO_FEATURES, load_features, parse_features, resolve
+from serving.data.tables import DataTables
 from serving.pipeline.features import FeatureTables, ranker_inputs
 from tests.kernel_cases import run_on_cuda_simulator
-from tests.unit.data_fakes import FakeContext, FakeDataTables, demo_tables, random_contexts, random_tables
+from tests.unit.data_fakes import FakeContext, demo_tables, random_contexts, random_tables
 from tests.unit.test_features import FULL
 
 BACKENDS_HERE = available_backends(allow_simulator=False)
@@ -25,7 +26,7 @@ def _recent(ctx: FakeContext, name: str, max_len: int) -> np.ndarray:
     return rows[rows >= 0][-max_len:]
 
 
-def _row_by_meaning(t: FakeDataTables, u: int, ctx: FakeContext, i: int) -> tuple[list[int], list[float]]:
+def _row_by_meaning(t: DataTables, u: int, ctx: FakeContext, i: int) -> tuple[list[int], list[float]]:
     """The FULL declaration's row for user row ``u``, context ``ctx`` and item row ``i``, entry by entry."""
     region, tier = (int(v) for v in t.user_cat[u])
     brand, category, store = (int(v) for v in t.item_cat[i])
@@ -42,7 +43,7 @@ def _row_by_meaning(t: FakeDataTables, u: int, ctx: FakeContext, i: int) -> tupl
     return cat, [float(v) for v in dense]
 
 
-def _batch(seed: int, n_requests: int = 12, *, cold: bool = True) -> tuple[FakeDataTables, np.ndarray,
+def _batch(seed: int, n_requests: int = 12, *, cold: bool = True) -> tuple[DataTables, np.ndarray,
                                                                           list[FakeContext], np.ndarray, np.ndarray]:
     """Tables, requests (user rows, the cold row among them when ``cold``; contexts) and their
     candidate rows."""
@@ -95,7 +96,7 @@ def test_request_side_columns() -> None:
     assert side.q_cat.dtype == np.int64 and side.q_num.dtype == np.float32 and side.q_vec.dtype == np.float32
 
 
-def _impressions(t: FakeDataTables, contexts: list[FakeContext], users: np.ndarray, req_of: np.ndarray,
+def _impressions(t: DataTables, contexts: list[FakeContext], users: np.ndarray, req_of: np.ndarray,
                  items: np.ndarray) -> pa.Table:
     """Logged rows as a data set stores them: each candidate of each request, its context encoded;
     ``channel`` has no column (absent from every row), an absent ``hour`` is a null."""
@@ -179,6 +180,7 @@ import numpy as np
 from kernels import get_crosser
 from serving.data.assembly import assemble_features, request_side
 from serving.data.features import DEMO_FEATURES, load_features, parse_features, resolve
+from serving.data.tables import DataTables
 from serving.pipeline.features import ranker_inputs
 from tests.unit.test_feature_assembly import FULL, _batch, _demo_feature_tables
 from tests.unit.data_fakes import FakeContext, demo_tables

@@ -3,10 +3,10 @@ every refusal naming the entry, the cardinalities a model needs, features.json."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -21,7 +21,7 @@ from serving.data.features import (
     write_features_json,
 )
 from serving.errors import FeaturesError, SchemaError
-from tests.unit.data_fakes import DEMO_SCHEMA, SCHEMA, FakeDataTables, random_tables
+from tests.unit.data_fakes import DEMO_SCHEMA, SCHEMA, random_tables
 
 
 def _yaml(**lists: list[str]) -> str:
@@ -79,7 +79,7 @@ def test_cardinalities_are_vocabulary_sizes_plus_one_and_buckets() -> None:
     sizes = [len(tables.vocab[n]) + 1 for n in ("user.region", "item.store", "context.channel")]
     assert plan.cardinalities.tolist() == [*sizes, 101, 7, 2**31 - 1]
     # a context field the data set never saw has only the out-of-vocabulary code
-    unseen = FakeDataTables(**{**tables.__dict__, "vocab": {}})
+    unseen = dataclasses.replace(tables, vocab={})
     assert resolve(parse_features(_yaml(cat=["context.device"])), unseen).cardinalities.tolist() == [1]
 
 
@@ -167,10 +167,9 @@ def test_features_json_beside_a_model_round_trips(tmp_path: Path) -> None:
 def test_the_demo_declaration_reads_and_resolves() -> None:
     spec = load_features(DEMO_FEATURES)
     assert isinstance(spec, FeatureSpec) and len(spec.cat) == 10 and len(spec.dense) == 5
-    rng = np.random.default_rng(0)
     vocab = {f"user.{c}": {k: k for k in range(1, 4)} for c in DEMO_SCHEMA.users.categorical}
     vocab |= {f"item.{c}": {k: k for k in range(1, 6)} for c in DEMO_SCHEMA.items.categorical}
-    tables = FakeDataTables(DEMO_SCHEMA, *[rng.normal(size=(2, 2))] * 8, vocab=vocab)
+    tables = dataclasses.replace(random_tables(0, schema=DEMO_SCHEMA), vocab=vocab)
     plan = resolve(spec, tables)
     assert plan.cardinalities.tolist() == [4] * 3 + [6] * 4 + [4096] * 3
     assert plan.n_dense == 3 + 1 + 16
