@@ -186,3 +186,24 @@ def test_the_items_command_speaks_the_data_set_s_ids(dataset: DataSet, tmp_path:
     assert rc != 0 and "new.csv: column 'sku', row 0: the item 'new-1' is in the catalogue already" in \
         capsys.readouterr().err
     assert ChangeLog(dataset.model_repository).versions() == [1, 2]
+
+
+def test_a_data_set_with_integer_ids_takes_them_from_files_and_the_command_line(tmp_path: Path) -> None:
+    skus = [100 + 7 * i for i in range(len(ITEMS["sku"]))]  # not the rows: the id lookup is sorted ids
+    files = data.write(tmp_path / "in", items={**ITEMS, "sku": skus},
+                       impressions={**data.IMPRESSIONS, "sku": [skus[i % len(skus)] for i in range(12)],
+                                    "recent": [[] for _ in range(12)]})
+    ds = DataSetStore(tmp_path / "data").dataset("ints")
+    ds.import_files(data.schema(), files.items, files.users, files.impressions)
+    tables = ds.tables()
+    log = ChangeLog(ds.model_repository)
+    new = _write(tmp_path / "new.csv", [_bad(sku=5), _bad(sku=1000)])
+    log.append_items(tables, add=_encode(ds, new))
+    log.append_items(tables, block=parse_ids(["1000", str(skus[3])], tables, "block"))
+    cat = log.current(tables)
+    rows, known = cat.tables.item_rows([5, 1000, skus[3], 6])
+    assert rows.tolist()[:3] == [10, 11, 3] and known.tolist() == [True, True, True, False]
+    assert cat.blocked.nonzero()[0].tolist() == [3, 11]
+    bad = _write(tmp_path / "bad.json", [_bad(sku=7), _bad(sku="sku-8")])
+    with pytest.raises(SchemaError, match=r"bad.json: column 'sku', row 1: .*'sku-8'"):
+        _encode(ds, bad)
