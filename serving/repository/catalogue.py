@@ -414,7 +414,7 @@ def _changed_tables(t: DataTables, change: Change, rooms: dict[str, Room]) -> Da
     pop = _changed(t.popularity, "popularity", rooms,
                    np.asarray([r.get(POPULARITY_KEY, 0.0) for r in change.add], dtype=np.float32), pop_updates)
     ids = _changed(t.item_ids, "item_ids", rooms, np.asarray(list(change.ids), dtype=t.item_ids.dtype), {})
-    return t.with_item_tables(ids, new["item_cat"], new["item_num"], new["item_dense"], pop)
+    return t.with_item_tables(ids, new["item_cat"], new["item_num"], new["item_dense"], pop, appended=True)
 
 
 def _column_changes(table: np.ndarray, cols: Sequence[str], change: Change, name: str,

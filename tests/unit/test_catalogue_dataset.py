@@ -207,3 +207,21 @@ def test_a_data_set_with_integer_ids_takes_them_from_files_and_the_command_line(
     bad = _write(tmp_path / "bad.json", [_bad(sku=7), _bad(sku="sku-8")])
     with pytest.raises(SchemaError, match=r"bad.json: column 'sku', row 1: .*'sku-8'"):
         _encode(ds, bad)
+
+
+def test_the_id_lookup_grows_without_changing_what_older_or_other_catalogues_find(dataset: DataSet,
+                                                                                    tmp_path: Path) -> None:
+    """A change's tables add their ids to the lookup of the tables they follow (no new dict of
+    every id); the base, and a second line of changes from it, find only their own ids."""
+    base = dataset.tables()
+    one, other = ChangeLog(tmp_path / "one"), ChangeLog(tmp_path / "other")
+    one.append_items(base, add=_encode(dataset, _write(tmp_path / "a.json", [_bad(sku="a")])))
+    one.append_items(base, add=_encode(dataset, _write(tmp_path / "b.json", [_bad(sku="b")])))
+    other.append_items(base, add=_encode(dataset, _write(tmp_path / "c.json", [_bad(sku="c"), _bad(sku="b")])))
+    v0 = Catalogue.initial(base)
+    first, second = one.follow(v0), other.follow(v0)
+    asked = ["a", "b", "c", "s9"]
+    assert base.item_rows(asked)[0].tolist() == [-1, -1, -1, 9]
+    assert first.tables.item_rows(asked)[0].tolist() == [10, 11, -1, 9]
+    assert second.tables.item_rows(asked)[0].tolist() == [-1, 11, 10, 9]
+    assert one.follow(v0).tables.item_rows(asked)[0].tolist() == [10, 11, -1, 9]  # folded again from the base
