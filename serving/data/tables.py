@@ -2,7 +2,8 @@
 
 Owns: :class:`DataTables` (items and users as code, number and vector arrays in row order, read
 only, with the cold-start user as the users' last row; the vocabularies; the id lookups, built
-once: sorted ids and ``np.searchsorted`` for integer ids, a dict for string ids) and
+once: sorted ids and ``np.searchsorted`` for integer ids, a dict for string ids that a catalogue
+change's added items grow) and
 :meth:`DataTables.encode_context`, which checks a request's ``context`` against the schema and
 encodes it the way the import encoded the impressions' context (:class:`EncodedContext`). An id of
 the other kind than the schema's (text where the ids are integers, or the reverse) is unknown,
