@@ -197,3 +197,13 @@ def test_a_catalogue_change_of_a_data_set_reaches_the_index_and_the_answers(serv
     assert not isinstance(answer, Exception), answer
     assert answer.unknown_candidates == 0 and answer.catalogue_version == 3
     assert {it.item_id for it in answer.items} == {"sku-new-2", "sku-new-3"}  # sku-new-1 is blocked
+    # a user tower pushed now indexes the catalogue as changed so far (as ``rankserve push`` does)
+    import torch
+
+    from serving.index.item_tower import index_catalogue
+
+    version_dir = registry.version_dir(settings.user_tower_model, recall.version)
+    towers = [torch.jit.load(str(version_dir / f), map_location="cpu").eval() for f in ("model.pt", "item_tower.pt")]
+    index, emb = index_catalogue(*towers, log.current(load_tables(settings)).tables, catalogue_version=log.version)
+    assert index.n_items == emb.shape[0] == n + 3
+    np.testing.assert_allclose(emb[[n + 1, n + 2]], recall.vectors(rows), atol=1e-5)
