@@ -52,8 +52,9 @@ class CompactedError(ValueError):
 
 @dataclass(frozen=True)
 class Change:
-    """One catalogue change; ``add`` and ``update`` rows are dicts of :data:`ITEM_FIELDS` (update
-    rows also name their ``item_id``)."""
+    """One catalogue change; ``add`` and ``update`` rows are dicts of :data:`ITEM_FIELDS` (the
+    demo's) or of an imported data set's encoded columns and :data:`~serving.data.changes.POPULARITY_KEY`;
+    update rows also name their row, ``item_id``."""
 
     version: int
     first_id: int  # the id of the first added item (the catalogue's size before this change)
