@@ -556,34 +556,66 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_items(settings: Settings, args: argparse.Namespace) -> int:
-    """Block, unblock, add or update items (one atomic, versioned change), or show the catalogue."""
+    """Block, unblock, add or update items (one atomic, versioned change), or show the catalogue.
+    The demo's items are named by row and its files hold its serving columns; an imported data
+    set's take the schema's ids and columns (Parquet, CSV, JSON or JSON lines)."""
+    from serving.config import DEMO_DATA
     from serving.pipeline.assemble import load_tables
-    from serving.repository.catalogue import ChangeLog, read_item_rows
+    from serving.repository.catalogue import ChangeLog
     from serving.repository.nodes import live_nodes
 
     changes = ChangeLog(settings.model_repository)
-    base = load_tables(settings)
     if args.action == "status":
-        cat = changes.current(base)
+        cat = changes.current(load_tables(settings))
         print(json.dumps({"catalogue_version": cat.version, "items": cat.tables.n_items, "blocked": cat.n_blocked,
-                          "blocked_ids": sorted(map(int, cat.blocked.nonzero()[0]))[:50],
+                          "blocked_ids": cat.tables.item_ids[cat.blocked.nonzero()[0][:50]].tolist(),
                           "nodes": {n.key: n.catalogue_version for n in live_nodes(settings.nodes_dir)}},
                          indent=2))
         return 0
     if args.action in ("add", "update") and len(args.targets) != 1:
-        raise ConfigError(f"rankserve items {args.action} takes one FILE (JSON array or JSON lines of items)")
-    if args.action == "block":
-        change = changes.append(base, block=args.targets)
-    elif args.action == "unblock":
-        change = changes.append(base, unblock=args.targets)
-    elif args.action == "add":
-        change = changes.append(base, add=read_item_rows(args.targets[0]))
+        kinds = "JSON array or JSON lines" if settings.data == DEMO_DATA else "Parquet, CSV, JSON or JSON lines"
+        raise ConfigError(f"rankserve items {args.action} takes one FILE ({kinds} of items)")
+    if settings.data == DEMO_DATA:
+        out = _demo_items_change(changes, load_tables(settings), args.action, args.targets)
     else:
-        change = changes.append(base, update=read_item_rows(args.targets[0]))
-    print(json.dumps({"catalogue_version": change.version, "blocked": list(change.block),
-                      "unblocked": list(change.unblock), "added_ids": list(change.added_ids),
-                      "updated_ids": [r["item_id"] for r in change.update]}))
+        out = _dataset_items_change(settings, changes, args.action, args.targets)
+    print(json.dumps(out))
     return 0
+
+
+def _demo_items_change(changes: Any, base: Any, action: str, targets: list[str]) -> dict[str, Any]:
+    """The demo's change (row ids, its serving columns in JSON); what ``items`` prints."""
+    from serving.repository.catalogue import read_item_rows
+
+    if action in ("block", "unblock"):
+        change = changes.append(base, **{action: targets})
+    else:
+        change = changes.append(base, **{action: read_item_rows(targets[0])})
+    return {"catalogue_version": change.version, "blocked": list(change.block), "unblocked": list(change.unblock),
+            "added_ids": list(change.added_ids), "updated_ids": [r["item_id"] for r in change.update]}
+
+
+def _dataset_items_change(settings: Settings, changes: Any, action: str, targets: list[str]) -> dict[str, Any]:
+    """An imported data set's change in its schema's terms, encoded with its live version's
+    encoding; what ``items`` prints (the schema's ids)."""
+    from serving.data.changes import encode_item_rows, parse_ids
+    from serving.data.read import read_rows
+    from serving.data.store import DataSetStore
+
+    ds = DataSetStore.of(settings).dataset(settings.data)
+    version = ds.live_version()
+    tables = ds.tables(version)
+    ids: dict[str, list[Any]] = {"blocked": [], "unblocked": [], "added_ids": [], "updated_ids": []}
+    if action in ("block", "unblock"):
+        given = parse_ids(targets, tables, action)
+        change = changes.append_items(tables, **{action: given})
+        ids[f"{action}ed"] = given
+    else:
+        rows = encode_item_rows(read_rows(Path(targets[0])), tables, ds.encoding(version)["items"],
+                                add=action == "add")
+        change = changes.append_items(tables, **{action: rows})
+        ids["added_ids" if action == "add" else "updated_ids"] = list(rows.ids)
+    return {"catalogue_version": change.version, **ids}
 
 
 def cmd_scenarios(settings: Settings, args: argparse.Namespace) -> int:
@@ -824,7 +856,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="catalogue changes while serving: block, unblock, add, update; status")
     it.add_argument("action", choices=("block", "unblock", "add", "update", "status"))
     it.add_argument("targets", nargs="*", metavar="ID|FILE",
-                    help="item ids (block, unblock) or one JSON / JSON-lines file of items (add, update)")
+                    help="item ids (block, unblock) or one file of items (add, update; see docs/reference/catalogue.md)")
     it.set_defaults(func=cmd_items)
     _scenario_parsers(sub, common)
     _keys_parser(sub, common)

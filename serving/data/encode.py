@@ -25,7 +25,7 @@ from serving.data.schema import EntitySpec, ItemSpec
 from serving.errors import SchemaError
 
 __all__ = ["Column", "EncodedEntity", "Fill", "IdKind", "NumericStats", "bool_mask", "encode_categorical", "encode_entity",
-           "encode_ids", "encode_numeric", "encode_vector", "first_row", "first_value_row", "id_array", "id_kind", "lookup_codes",
+           "encode_ids", "encode_numeric", "encode_popularity", "encode_vector", "first_row", "first_value_row", "id_array", "id_kind", "lookup_codes",
            "scalar_values"]
 
 IdKind = Literal["int64", "string"]
@@ -75,6 +75,12 @@ class NumericStats:
     def to_json(self) -> dict[str, Any]:
         return {"fill": self.fill, "fill_kind": self.fill_kind, "nulls": self.nulls, "mean": self.mean,
                 "std": self.std}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NumericStats:
+        """What :meth:`to_json` wrote (other keys ignored)."""
+        kind: Literal["declared", "median"] = "declared" if d["fill_kind"] == "declared" else "median"
+        return cls(float(d["fill"]), kind, int(d["nulls"]), float(d["mean"]), float(d["std"]))
 
 
 @dataclass(frozen=True)
@@ -246,17 +252,23 @@ def _not_a_number(text: pa.Array) -> int | None:
 
 
 def encode_numeric(column: pa.ChunkedArray | pa.Array, where: Column, fill: float | None,
-                   *, standardise: bool = True, fill_key: str | None = None) -> tuple[np.ndarray, NumericStats]:
+                   *, standardise: bool = True, fill_key: str | None = None,
+                   stored: NumericStats | None = None) -> tuple[np.ndarray, NumericStats]:
     """The column as float64, nulls filled (``fill``, else the median of the others), standardised
     (unless ``standardise`` is off), with what was done. ``fill_key``: where the schema declares
-    fills for it (said when every row is null).
+    fills for it (said when every row is null). ``stored``: the import's fill, mean and standard
+    deviation, taken as they are (rows a catalogue change adds are encoded as the import's were).
 
     Raises:
         SchemaError: not numbers, an infinite value, or no value at all and no declared fill.
     """
     arr = _numbers(column, where)
     nulls = arr.null_count
+    if stored is not None:
+        fill = stored.fill
     kind: Literal["declared", "median"] = "declared" if fill is not None else "median"
+    if stored is not None:
+        kind = stored.fill_kind
     if fill is not None:
         value = float(fill)
     else:
@@ -270,6 +282,8 @@ def encode_numeric(column: pa.ChunkedArray | pa.Array, where: Column, fill: floa
         row = int(np.flatnonzero(~finite)[0])
         raise where.error(f"{x[row]} is not a finite number", row)
     mean, std = (float(x.mean()), float(x.std())) if standardise and len(x) else (0.0, 1.0)
+    if stored is not None and standardise:
+        mean, std = stored.mean, stored.std
     if not np.isfinite(std) or std <= 0:
         std = 1.0
     stats = NumericStats(value, kind, nulls, mean, std)
@@ -363,7 +377,7 @@ def encode_entity(table: pa.Table, spec: EntitySpec, *, file: str, side: str) ->
         at += width
     popularity = None
     if isinstance(spec, ItemSpec) and spec.popularity is not None:
-        popularity, stats = _popularity(table.column(spec.popularity), col(spec.popularity),
+        popularity, stats = encode_popularity(table.column(spec.popularity), col(spec.popularity),
                                         spec.fill.get(spec.popularity))
         enc["popularity"] = {"column": spec.popularity, **stats.to_json()}
         if stats.nulls and spec.popularity not in spec.numeric:  # a numeric one said so already
@@ -371,20 +385,21 @@ def encode_entity(table: pa.Table, spec: EntitySpec, *, file: str, side: str) ->
     return EncodedEntity(ids, id_values, cat, num, vec, popularity, enc, tuple(fills), tuple(notes))
 
 
-def _popularity(column: pa.ChunkedArray, where: Column, fill: float | None) -> tuple[np.ndarray, NumericStats]:
+def encode_popularity(column: pa.ChunkedArray | pa.Array, where: Column, fill: float | None, *,
+                      stored: NumericStats | None = None) -> tuple[np.ndarray, NumericStats]:
     """``log1p`` of the popularity column, standardised; its stats are those of the ``log1p`` values
-    (the fill is the raw value).
+    (the fill is the raw value). ``stored``: the import's (as :func:`encode_numeric`).
 
     Raises:
         SchemaError: as :func:`encode_numeric`, and a negative value.
     """
-    raw, stats = encode_numeric(column, where, fill, standardise=False)
+    raw, stats = encode_numeric(column, where, fill, standardise=False, stored=stored)
     negative = np.flatnonzero(raw < 0)
     if negative.size:
         row = int(negative[0])
         raise where.error(f"popularity must be >= 0, got {raw[row]:g}", row)
     logged = np.log1p(raw)
-    mean, std = float(logged.mean()), float(logged.std())
+    mean, std = (stored.mean, stored.std) if stored is not None else (float(logged.mean()), float(logged.std()))
     std = std if np.isfinite(std) and std > 0 else 1.0
     out = ((logged - mean) / std).astype(np.float32)
     return out, NumericStats(stats.fill, stats.fill_kind, stats.nulls, mean, std)

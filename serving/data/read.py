@@ -1,24 +1,47 @@
-"""Reading a data set's input files: Parquet or CSV, chosen by the file's extension.
+"""Reading a data set's input files: Parquet or CSV, chosen by the file's extension; a catalogue
+change's item files also as JSON (an array of objects) or JSON lines.
 
-Owns: pyarrow's readers (``pyarrow.parquet``, ``pyarrow.csv``), the extensions they take, and
-turning what they refuse (a missing file, one that does not parse, a missing column) into a
-:class:`~serving.errors.SchemaError` that names the file. Reads only the columns asked for (a
-Parquet file's others are never loaded). Must not touch: encoding (``serving.data.encode``), the
-data set store, anything it does not read.
+Owns: pyarrow's readers (``pyarrow.parquet``, ``pyarrow.csv``), the extensions they take, the
+JSON rows of an item file turned into Arrow columns (:func:`read_rows`: which columns each row
+gives), and turning what they refuse (a missing file, one that does not parse, a missing column,
+values of mixed types) into a :class:`~serving.errors.SchemaError` that names the file. Reads only
+the columns asked for (a Parquet file's others are never loaded). Must not touch: encoding
+(``serving.data.encode``), the data set store, anything it does not read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from serving.errors import SchemaError
+from serving.errors import RankserveError, SchemaError
 
-__all__ = ["EXTENSIONS", "file_kind", "read_table"]
+__all__ = ["EXTENSIONS", "JSON_EXTENSIONS", "RowsFile", "file_kind", "read_json_rows", "read_rows", "read_table"]
 
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".csv.bz2": "csv"}
+JSON_EXTENSIONS = (".json", ".jsonl", ".ndjson")  # item files of a catalogue change only
+
+
+@dataclass(frozen=True)
+class RowsFile:
+    """Every column of one item file, and which rows give each column (None: every row gives
+    every column, as in Parquet and CSV; a JSON row gives the keys it holds)."""
+
+    name: str
+    table: pa.Table
+    given: Mapping[str, np.ndarray] | None = None
+
+    def gives(self, column: str) -> np.ndarray:
+        """bool [rows]: the rows that give ``column`` (a value, null included)."""
+        if self.given is None:
+            return np.full(self.table.num_rows, column in self.table.column_names)
+        return self.given.get(column, np.zeros(self.table.num_rows, bool))
 
 
 def file_kind(path: Path) -> str:
@@ -47,13 +70,7 @@ def read_table(path: Path, columns: Sequence[str], *, optional: Sequence[str] = 
         SchemaError: the file cannot be read or parsed, or lacks a column of ``columns``.
     """
     path = Path(path)
-    kind = file_kind(path)
-    if not path.is_file():
-        raise SchemaError(f"{path}: no such file")
-    try:
-        names = _column_names(path, kind)
-    except (OSError, pa.ArrowException) as err:
-        raise SchemaError(f"{path.name}: cannot read it as {kind.upper()}: {_first_line(err)}") from err
+    kind, names = _header(path)
     missing = [c for c in dict.fromkeys(columns) if c not in names]
     if missing:
         raise SchemaError(f"{path.name}: column {missing[0]!r} is missing (the schema declares it); the file has "
@@ -64,6 +81,96 @@ def read_table(path: Path, columns: Sequence[str], *, optional: Sequence[str] = 
     except (OSError, pa.ArrowException) as err:
         raise SchemaError(f"{path.name}: cannot read it as {kind.upper()}: {_first_line(err)}") from err
     return table.select(wanted)
+
+
+def read_rows(path: Path) -> RowsFile:
+    """Every column of a Parquet, CSV, JSON (an array of objects, or ``{"items": [...]}``) or
+    JSON-lines file, by its extension.
+
+    Raises:
+        SchemaError: the file is missing or does not parse, its rows are not objects, or a column
+            holds values of mixed types (naming the column and the row).
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(JSON_EXTENSIONS):
+        return RowsFile(path.name, read_table(path, _header(path)[1]))
+    rows = read_json_rows(path)
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise SchemaError(f"{path.name}: row {n}: expected an object of columns, got {type(row).__name__}")
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    columns = {c: _json_column(path.name, c, [row.get(c) for row in rows]) for c in names}
+    given = {c: np.fromiter((c in row for row in rows), bool, len(rows)) for c in names}
+    return RowsFile(path.name, pa.table(columns) if names else pa.table({}), given)
+
+
+def read_json_rows(path: Path, error: type[RankserveError] = SchemaError) -> list[Any]:
+    """The rows of a JSON array (or ``{"items": [...]}``) or a JSON-lines file.
+
+    Raises:
+        error: the file is missing or does not parse (naming the line), or holds no array.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"cannot read {path}: {getattr(err, 'strerror', None) or err}", field="file") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    data.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise error(f"{path} line {n}: not JSON ({err.msg})", field="file") from err
+    if isinstance(data, dict):
+        data = data.get("items", [data])
+    if not isinstance(data, list):
+        raise error(f"{path}: expected a JSON array of items", field="file")
+    return data
+
+
+def _json_column(file: str, name: str, values: list[Any]) -> pa.Array:
+    """One column of JSON rows as Arrow (integers and numbers together are numbers).
+
+    Raises:
+        SchemaError: values of mixed types, naming the first row whose type differs from the first value's.
+    """
+    try:
+        return pa.array(values)
+    except (pa.ArrowException, TypeError, ValueError) as err:
+        kinds = [_json_kind(v) for v in values]
+        first = next((k for k in kinds if k is not None), None)
+        row = next((i for i, k in enumerate(kinds) if k is not None and k != first), 0)
+        raise SchemaError(f"{file}: column {name!r}, row {row}: {values[row]!r} is not of the type of the column's "
+                          f"first value ({first}): {_first_line(err)}", field=name) from err
+
+
+def _json_kind(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "text" if isinstance(value, str) else "list" if isinstance(value, list) else type(value).__name__
+
+
+def _header(path: Path) -> tuple[str, list[str]]:
+    """The file's kind and its columns' names.
+
+    Raises:
+        SchemaError: an unknown extension, no such file, or a header that does not read.
+    """
+    kind = file_kind(path)
+    if not path.is_file():
+        raise SchemaError(f"{path}: no such file")
+    try:
+        return kind, _column_names(path, kind)
+    except (OSError, pa.ArrowException) as err:
+        raise SchemaError(f"{path.name}: cannot read it as {kind.upper()}: {_first_line(err)}") from err
 
 
 def _column_names(path: Path, kind: str) -> list[str]:

@@ -221,7 +221,7 @@ def _carry_orders(prev: _Orders, before: DataTables, tables: DataTables) -> _Ord
         return None
     pop0, pop = before.popularity, tables.popularity
     cols = {g: tables.group_col(g) for g in tables.schema.items.groups}
-    if _extends(tables.item_num, before.item_num) and _extends(tables.item_cat, before.item_cat):
+    if all(_extends(getattr(tables, n), getattr(before, n)) for n in ("item_num", "item_cat", "popularity")):
         gone = np.empty(0, dtype=np.int64)  # items only added, into spare rows (``grown``): the rest as it was
     else:
         differs = pop[:n0] != pop0

@@ -6,10 +6,14 @@ nothing is written), and folding changes into a :class:`serving.pipeline.catalog
 Every replica applies new changes within a fraction of a second (``serving.repository.followers``);
 a push of a user tower embeds the catalogue as changed so far. Must not touch: Triton, requests.
 
-Item ids are row numbers: added items take the next ids, in the order of the change. Feature
-values are in the units of the serving tables (``serving.pipeline.features``): the categorical
-ids ``category``, ``shop``, ``brand``, ``price_bucket`` (>= 1), the standardised numbers
-``log_price``, ``rating``, ``log_popularity``, and ``dense`` (the content vector).
+A change names items by row: added items take the next rows, in the order of the change. The
+demo's rows are its ids; its feature values are in the units of the serving tables
+(``serving.pipeline.features``): the categorical ids ``category``, ``shop``, ``brand``,
+``price_bucket`` (>= 1), the standardised numbers ``log_price``, ``rating``, ``log_popularity``,
+and ``dense`` (the content vector). An imported data set's change (:meth:`ChangeLog.append_items`)
+takes the schema's ids and its columns encoded as the import encoded them
+(``serving.data.changes``); it records the added items' ids (``ids``), so that every replica's id
+lookup grows with its tables.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ import fcntl
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from serving.data.changes import POPULARITY_KEY, ItemRows
+from serving.data.read import read_json_rows
 from serving.data.tables import DataTables
 from serving.errors import ValidationError
 from serving.files import atomic_write_text, report_damage
@@ -46,8 +52,9 @@ class CompactedError(ValueError):
 
 @dataclass(frozen=True)
 class Change:
-    """One catalogue change; ``add`` and ``update`` rows are dicts of :data:`ITEM_FIELDS` (update
-    rows also name their ``item_id``)."""
+    """One catalogue change; ``add`` and ``update`` rows are dicts of :data:`ITEM_FIELDS` (the
+    demo's) or of an imported data set's encoded columns and :data:`~serving.data.changes.POPULARITY_KEY`;
+    update rows also name their row, ``item_id``."""
 
     version: int
     first_id: int  # the id of the first added item (the catalogue's size before this change)
@@ -57,19 +64,22 @@ class Change:
     update: tuple[dict[str, Any], ...] = ()
     at: float = field(default_factory=time.time)
     since: int = -1  # a compacted change stands for every change after ``since`` up to ``version`` (-1: version - 1)
+    ids: tuple[int | str, ...] = ()  # an imported data set's: the ids of the added items (the demo's are their rows)
 
     def to_json(self) -> dict[str, Any]:
         out = {"version": self.version, "first_id": self.first_id, "at": self.at, "block": list(self.block),
                "unblock": list(self.unblock), "add": list(self.add), "update": list(self.update)}
         if self.since != self.version - 1:  # a compacted change: the changes it stands for
             out["since"] = self.since
+        if self.ids:
+            out["ids"] = list(self.ids)
         return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Change:
         return cls(int(d["version"]), int(d["first_id"]), tuple(d.get("block", ())), tuple(d.get("unblock", ())),
                    tuple(d.get("add", ())), tuple(d.get("update", ())), float(d.get("at", 0.0)),
-                   int(d.get("since", d["version"] - 1)))
+                   int(d.get("since", d["version"] - 1)), tuple(d.get("ids", ())))
 
     def __post_init__(self) -> None:
         if self.since < 0:
@@ -183,15 +193,44 @@ class ChangeLog:
             ValidationError: naming the first problem (unknown or duplicate ids, wrong columns, NaN);
                 nothing is written.
         """
-        if not isinstance(base, FeatureTables):  # the change format holds the demo's columns and row ids
-            raise ValidationError("catalogue changes are taken for the demo's catalogue only: an imported data set's "
-                                  "items change by importing it again", field="items")
-        with self._lock():
+        if not isinstance(base, FeatureTables):  # this form holds the demo's columns and row ids
+            raise ValidationError("an imported data set's catalogue changes in its schema's ids and columns "
+                                  "(ChangeLog.append_items)", field="items")
+        def change() -> Change:
             last = self.read(self.version) if self.version else None
             current = last.first_id + len(last.add) if last else base.n_items
-            change = Change(self.version + 1, current, tuple(_ids(block, current, "block")),
-                            tuple(_ids(unblock, current, "unblock")),
-                            tuple(_rows(add, base, need_id=False)), tuple(_rows(update, base, need_id=True, n=current)))
+            return Change(self.version + 1, current, tuple(_ids(block, current, "block")),
+                          tuple(_ids(unblock, current, "unblock")),
+                          tuple(_rows(add, base, need_id=False)), tuple(_rows(update, base, need_id=True, n=current)))
+
+        return self._write(change)
+
+    def append_items(self, base: DataTables, *, block: Sequence[int | str] = (), unblock: Sequence[int | str] = (),
+                     add: ItemRows | None = None, update: ItemRows | None = None) -> Change:
+        """:meth:`append` in an imported data set's terms: ids are the schema's (``serving.data.changes.parse_ids``),
+        rows come encoded (``serving.data.changes.encode_item_rows``). Checked against the catalogue
+        as changed so far.
+
+        Raises:
+            ValidationError: an unknown or duplicate id to block or unblock, an add of an id the
+                catalogue holds or an update of one it does not (naming the file, column and row);
+                nothing is written.
+        """
+        def change() -> Change:
+            tables = self.current(base).tables
+            add_rows = _new_items(add, tables) if add is not None else []
+            update_rows = _updated_items(update, tables) if update is not None else []
+            return Change(self.version + 1, tables.n_items, tuple(_known(block, tables, "block")),
+                          tuple(_known(unblock, tables, "unblock")), tuple(add_rows), tuple(update_rows),
+                          ids=add.ids if add is not None else ())
+
+        return self._write(change)
+
+    def _write(self, make: Callable[[], Change]) -> Change:
+        """The change ``make`` validates against the log as it stands, under the lock, written as
+        the next version (the log compacted when it has grown long)."""
+        with self._lock():
+            change = make()
             if not (change.block or change.unblock or change.add or change.update):
                 raise ValidationError("the change is empty", field="items")
             atomic_write_text(self.dir / f"{change.version:06d}.json", json.dumps(change.to_json()))
@@ -200,32 +239,42 @@ class ChangeLog:
         return change
 
 
+def _known(ids: Sequence[int | str], tables: DataTables, what: str) -> list[int]:
+    """The rows of ``ids`` (the schema's), each known and named once."""
+    rows, known = tables.item_rows(list(ids))
+    if not known.all():
+        raise ValidationError(f"{what}: unknown item id(s) {[i for i, k in zip(ids, known, strict=True) if not k][:5]}",
+                              field=what)
+    if len(set(rows.tolist())) != len(rows):
+        raise ValidationError(f"{what}: duplicate item ids", field=what)
+    return [int(r) for r in rows]
+
+
+def _new_items(items: ItemRows, tables: DataTables) -> list[dict[str, Any]]:
+    _, known = tables.item_rows(list(items.ids))
+    if known.any():
+        r = int(np.flatnonzero(known)[0])
+        raise ValidationError(f"{items.file}: column {items.id_column!r}, row {r}: the item {items.ids[r]!r} is in "
+                              "the catalogue already (add takes new items; update changes one)", field="items")
+    return items.rows(tables)
+
+
+def _updated_items(items: ItemRows, tables: DataTables) -> list[dict[str, Any]]:
+    rows, known = tables.item_rows(list(items.ids))
+    if not known.all():
+        r = int(np.flatnonzero(~known)[0])
+        raise ValidationError(f"{items.file}: column {items.id_column!r}, row {r}: no item {items.ids[r]!r} in the "
+                              "catalogue (update changes items it holds; add takes new ones)", field="items")
+    return [{"item_id": int(i), **row} for i, row in zip(rows, items.rows(tables), strict=True)]
+
+
 def read_item_rows(path: str | Path) -> list[dict[str, Any]]:
     """Item rows from a JSON array (or ``{"items": [...]}``) or a JSON-lines file.
 
     Raises:
         ValidationError: the file is missing or does not parse, with the line.
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ValidationError(f"cannot read {path}: {err.strerror}", field="file") from err
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    data.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValidationError(f"{path} line {n}: not JSON ({err.msg})", field="file") from err
-    if isinstance(data, dict):
-        data = data.get("items", [data])
-    if not isinstance(data, list):
-        raise ValidationError(f"{path}: expected a JSON array of items", field="file")
-    return data
+    return read_json_rows(Path(path), ValidationError)
 
 
 def _ids(ids: Sequence[Any], n_items: int, what: str) -> list[int]:
@@ -319,7 +368,7 @@ def fold_changes(changes: Sequence[Change]) -> Change:
                 updates.setdefault(i, {"item_id": i}).update(fields)
     return Change(changes[-1].version, first.first_id, tuple(sorted(i for i, b in state.items() if b)),
                   tuple(sorted(i for i, b in state.items() if not b)), tuple(add), tuple(updates.values()),
-                  changes[-1].at, since=first.since)
+                  changes[-1].at, since=first.since, ids=tuple(i for c in changes for i in c.ids))
 
 
 def apply_change(cat: Catalogue, change: Change) -> Catalogue:
@@ -331,27 +380,7 @@ def apply_change(cat: Catalogue, change: Change) -> Catalogue:
     t = cat.tables
     rooms = dict(cat.rooms)
     if change.add or change.update:
-        tables: dict[str, tuple[np.ndarray, Sequence[str]]] = {
-            "item_cat": (t.item_cat, ITEM_CAT_FIELDS), "item_num": (t.item_num, ITEM_NUM_FIELDS)}
-        new: dict[str, np.ndarray] = {}
-        for name, (table, cols) in tables.items():
-            updates: dict[int, np.ndarray] = {}
-            for row in change.update:
-                if any(c in row for c in cols):
-                    i = row["item_id"]
-                    cur = updates.setdefault(i, table[i].copy())
-                    for j, c in enumerate(cols):
-                        if c in row:
-                            cur[j] = row[c]
-            added = np.asarray([[r[c] for c in cols] for r in change.add], dtype=table.dtype).reshape(-1, len(cols))
-            new[name] = _changed(table, name, rooms, added, updates)
-        dense_updates = {row["item_id"]: np.asarray(row["dense"], dtype=np.float32)
-                         for row in change.update if "dense" in row}
-        added = np.asarray([r["dense"] for r in change.add], dtype=np.float32).reshape(-1, t.item_vec.shape[1])
-        new["item_dense"] = _changed(t.item_vec, "item_dense", rooms, added, dense_updates)
-        if not isinstance(t, FeatureTables):
-            raise ValidationError("catalogue changes in these columns apply to the demo's tables only", field="items")
-        t = t.with_items(new["item_cat"], new["item_num"], new["item_dense"])
+        t = _changed_tables(t, change, rooms)
     blocked = np.zeros(t.n_items, dtype=bool)
     blocked[: cat.blocked.size] = cat.blocked
     blocked[list(change.block)] = True
@@ -360,10 +389,54 @@ def apply_change(cat: Catalogue, change: Change) -> Catalogue:
     return Catalogue(t, blocked, change.version, rooms)
 
 
+def _changed_tables(t: DataTables, change: Change, rooms: dict[str, Room]) -> DataTables:
+    """``t`` with the rows ``change`` adds and updates (``rooms`` is updated). The demo's rows name
+    its columns and ``dense``; a data set's, its schema's columns and :data:`POPULARITY_KEY`."""
+    demo = isinstance(t, FeatureTables)
+    spec = t.schema.items
+    vectors = {"dense": slice(0, t.item_vec.shape[1])} if demo else {v: t.item_vec_slice(v) for v in spec.vectors}
+    new = {"item_cat": _column_changes(t.item_cat, spec.categorical, change, "item_cat", rooms),
+           "item_num": _column_changes(t.item_num, spec.numeric, change, "item_num", rooms)}
+    dense_updates: dict[int, np.ndarray] = {}
+    for row in change.update:
+        if any(v in row for v in vectors):
+            cur = dense_updates.setdefault(row["item_id"], t.item_vec[row["item_id"]].copy())
+            for v, cols in vectors.items():
+                if v in row:
+                    cur[cols] = row[v]
+    added = np.zeros((len(change.add), t.item_vec.shape[1]), dtype=np.float32)
+    for k, r in enumerate(change.add):
+        for v, cols in vectors.items():
+            added[k, cols] = r[v]
+    new["item_dense"] = _changed(t.item_vec, "item_dense", rooms, added, dense_updates)
+    if isinstance(t, FeatureTables):
+        return t.with_items(new["item_cat"], new["item_num"], new["item_dense"])
+    pop_updates = {row["item_id"]: np.asarray(row[POPULARITY_KEY], np.float32) for row in change.update if POPULARITY_KEY in row}
+    pop = _changed(t.popularity, "popularity", rooms,
+                   np.asarray([r.get(POPULARITY_KEY, 0.0) for r in change.add], dtype=np.float32), pop_updates)
+    ids = _changed(t.item_ids, "item_ids", rooms, np.asarray(list(change.ids), dtype=t.item_ids.dtype), {})
+    return t.with_item_tables(ids, new["item_cat"], new["item_num"], new["item_dense"], pop, appended=True)
+
+
+def _column_changes(table: np.ndarray, cols: Sequence[str], change: Change, name: str,
+                    rooms: dict[str, Room]) -> np.ndarray:
+    """One item table (``cols`` its columns) with the rows ``change`` adds and the values it updates."""
+    updates: dict[int, np.ndarray] = {}
+    for row in change.update:
+        if any(c in row for c in cols):
+            i = row["item_id"]
+            cur = updates.setdefault(i, table[i].copy())
+            for j, c in enumerate(cols):
+                if c in row:
+                    cur[j] = row[c]
+    added = np.asarray([[r[c] for c in cols] for r in change.add], dtype=table.dtype).reshape(-1, len(cols))
+    return _changed(table, name, rooms, added, updates)
+
+
 def _changed(table: np.ndarray, name: str, rooms: dict[str, Room], added: np.ndarray,
              updates: dict[int, np.ndarray]) -> np.ndarray:
     """``table`` with ``updates`` and ``added``; itself when neither (``rooms`` is updated)."""
-    if not updates and not added.size:
+    if not updates and not added.shape[0]:  # rows, of any width (a schema may declare no vector)
         return table
     view, rooms[name] = grown(table, rooms.get(name), added, updates)
     return view

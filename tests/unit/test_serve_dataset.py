@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from serving.config import Settings
@@ -151,11 +152,58 @@ def test_scenarios_restrict_and_diversify_by_any_declared_group(served: Served) 
     assert info.value.field == "context.seller"
 
 
-def test_a_catalogue_change_of_an_imported_data_set_is_refused_and_nothing_written(served: Served) -> None:
-    from serving.repository.catalogue import ChangeLog
+def test_a_catalogue_change_of_a_data_set_reaches_the_index_and_the_answers(served: Served) -> None:
+    """``rankserve items add`` (Parquet and CSV of the data set's own columns) and ``items block``
+    by the schema's ids; a replica's follower embeds the new items with the live item tower into
+    its index before it publishes them: they are recalled, and known as candidates."""
+    import threading
 
-    log = ChangeLog(served.settings.model_repository)
-    before = log.versions()
-    with pytest.raises(ValidationError, match="demo's catalogue only"):
-        log.append(load_tables(served.settings), block=[0])
-    assert log.versions() == before
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from serving.index.item_tower import ItemEmbedder
+    from serving.repository.catalogue import ChangeLog
+    from serving.repository.followers import CatalogueFollower
+
+    settings = served.settings.model_copy(update={"cross_backend": "numpy"})
+    install_default_scenarios(settings, load_tables(settings))
+    registry = ModelRegistry(settings.model_repository)
+    pipeline = create_pipeline(settings, InProcessClient(settings.model_repository), registry)
+    log = ChangeLog(settings.model_repository)
+    follower = CatalogueFollower(pipeline.cell, log, threading.Event(), pipeline.cell.current.catalogue)
+    items = pq.read_table(served.data_dir.parent / "files" / "items.parquet")
+    n = items.num_rows
+    first, second = items.slice(0, 2), items.slice(2, 1)
+    first = first.set_column(0, "sku", pa.array(["sku-new-1", "sku-new-2"]))
+    pq.write_table(first, served.data_dir.parent / "new.parquet")
+    pacsv.write_csv(second.set_column(0, "sku", pa.array(["sku-new-3"])), served.data_dir.parent / "new.csv")
+    for name in ("new.parquet", "new.csv"):
+        rc, out = _cli(served.data_dir, "items", "add", str(served.data_dir.parent / name), "--data", NAME)
+        assert rc == 0, out
+    rc, out = _cli(served.data_dir, "items", "block", "sku-new-1", "--data", NAME)
+    assert rc == 0, out
+    assert follower.catch_up() == 3
+    cat, recall = pipeline.catalogue, pipeline.recall
+    assert cat.tables.n_items == recall.index.n_items == n + 3 and recall.index.catalogue_version == 3
+    # the new items' embeddings are the item tower's of their rows, as a push would index them
+    rows, known = cat.tables.item_rows(["sku-new-2", "sku-new-3"])
+    assert known.all() and rows.tolist() == [n + 1, n + 2]
+    embed = ItemEmbedder(registry.version_dir(settings.user_tower_model, recall.version))
+    np.testing.assert_allclose(recall.vectors(rows), embed(cat.tables, rows), atol=1e-5)
+    np.testing.assert_allclose(recall.vectors(rows), recall.vectors(np.array([1, 2])), atol=1e-5)  # same columns
+    user = str(cat.tables.user_ids[0])
+    prep = pipeline.prepare(RankRequest(user_id=user, k=3, candidates=["sku-new-1", "sku-new-2", "sku-new-3"]))
+    (answer,), _ = asyncio.run(pipeline.run_batch([prep]))
+    assert not isinstance(answer, Exception), answer
+    assert answer.unknown_candidates == 0 and answer.catalogue_version == 3
+    assert {it.item_id for it in answer.items} == {"sku-new-2", "sku-new-3"}  # sku-new-1 is blocked
+    # a user tower pushed now indexes the catalogue as changed so far (as ``rankserve push`` does)
+    import torch
+
+    from serving.index.item_tower import index_catalogue
+
+    version_dir = registry.version_dir(settings.user_tower_model, recall.version)
+    towers = [torch.jit.load(str(version_dir / f), map_location="cpu").eval() for f in ("model.pt", "item_tower.pt")]
+    index, emb = index_catalogue(*towers, log.current(load_tables(settings)).tables, catalogue_version=log.version)
+    assert index.n_items == emb.shape[0] == n + 3
+    np.testing.assert_allclose(emb[[n + 1, n + 2]], recall.vectors(rows), atol=1e-5)
