@@ -17,11 +17,12 @@ import torch
 
 from serving.config import Settings
 from serving.data.store import DataSetStore
-from serving.errors import PushRefusedError
+from serving.errors import PushRefusedError, ScenarioRefusedError
 from serving.pipeline.assemble import create_pipeline, load_tables
 from serving.pipeline.crossing import CrossingStage, version_plan
 from serving.repository.push import promote, push, rollback
 from serving.repository.registry import ModelRegistry
+from serving.repository.scenarios import ScenarioStore
 from serving.schemas import RankRequest
 from serving.triton.config import read_config
 from serving.triton.inprocess import InProcessClient
@@ -37,6 +38,16 @@ dense: [item.list_price, item.review_score]
 NARROW = """\
 cat: [item.color, context.device]
 dense: [user.tenure_days]
+"""
+
+
+PICKS = """
+name: picks
+sources:
+  - kind: popular
+    count: 50
+ranker: side_b
+limits: {default_k: 5, max_k: 10, max_candidates: 50}
 """
 
 
@@ -163,3 +174,12 @@ def test_two_created_rankers_of_different_declarations_serve_side_by_side(create
         want = module(torch.from_numpy(feats["cat"]), torch.from_numpy(feats["dense"])).detach().numpy().reshape(-1)
         got = {it.item_id: it.score for it in out[0].items}
         np.testing.assert_allclose([got[c] for c in cands], want, rtol=1e-5, atol=1e-6)
+    # a scenario names a created ranker; an unknown one is refused naming the ranking models
+    store = ScenarioStore(settings.model_repository)
+    groups = pipeline.catalogue.group_counts()
+    with pytest.raises(ScenarioRefusedError, match="side_a"):
+        store.check(PICKS.replace("side_b", "nothing"), settings, registry, groups)
+    pipeline.set_scenarios({"picks": store.check(PICKS, settings, registry, groups)})
+    (answer,), _ = asyncio.run(pipeline.run_batch([pipeline.prepare(RankRequest(user_id=user, scenario="picks"))]))
+    assert not isinstance(answer, Exception), answer
+    assert answer.model_name == "side_b" and len(answer.items) == 5
