@@ -523,6 +523,7 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from serving.repository.registry import ModelRegistry
+    from serving.triton.onnx import backend_of
 
     reg = ModelRegistry.of(settings)
     live: dict = {}
@@ -545,7 +546,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
             rows.append({"model": name, "version": v, "role": role, "traffic_pct": share,
                          "state": states.get(v, "unknown (server down)" if not live else "UNAVAILABLE"),
                          "created": meta.get("created"), "quality": meta.get("quality", {}),
-                         "validation": meta.get("validation", {}),
+                         "backend": backend_of(reg.repo / name / str(v)), "validation": meta.get("validation", {}),
                          "shadow_vs_live": served.get(name, {}).get("shadow", {}).get(f"v{v}")})
     if args.json:
         print(json.dumps(rows, indent=2, default=str))

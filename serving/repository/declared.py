@@ -1,6 +1,7 @@
 """A ranker artifact that declares its features instead of carrying golden rows.
 
-Owns: reading such an artifact (``model.pt`` and ``features.yaml``, nothing else), resolving the
+Owns: reading such an artifact (``model.pt``, TorchScript, or ``model.onnx``, and ``features.yaml``,
+nothing else), resolving the
 declaration against the data set, assembling real rows of the data set's impressions with the
 serving path's own assembly (``serving.data.assembly.feature_table``), the checks on those rows
 (the model takes the declared widths; scores finite and in [0, 1], of shape [B, 1] or [B]), and
@@ -28,11 +29,11 @@ from serving.pipeline.features import RANKER_INPUTS, RANKER_OUTPUT
 from serving.repository.export import model_signature
 from serving.repository.validate import Artifact
 from serving.triton.config import model_config, read_config, signature
+from serving.triton.onnx import ONNX_FILE, TORCHSCRIPT_FILE, OnnxModel, backend_of
 
 __all__ = ["REAL_ROWS", "DeclaredRanker", "is_declared", "load_declared"]
 
 REAL_ROWS = 256  # impressions the model is run on (and golden rows recorded from)
-MODEL_FILE = "model.pt"
 
 
 @dataclass(frozen=True)
@@ -59,30 +60,46 @@ def load_declared(repo: Path, model: str, path: Path, tables: DataTables, impres
             model that fails on the declared widths, scores NaN or outside [0, 1], widths other
             than an existing model's), before anything is written.
     """
-    import torch
 
     if not path.is_dir():
         raise PushRefusedError(f"artifact {path} is not a directory", field="artifact")
-    if not (path / MODEL_FILE).is_file():
-        raise PushRefusedError(f"artifact is missing {MODEL_FILE} (a TorchScript ranker)", field="artifact")
+    if not (path / TORCHSCRIPT_FILE).is_file() and not (path / ONNX_FILE).is_file():
+        raise PushRefusedError(f"artifact is missing its model: {TORCHSCRIPT_FILE} (TorchScript) or {ONNX_FILE}",
+                               field="artifact")
     try:
         spec = load_features(path / FEATURES_YAML)
         plan = resolve(spec, tables)
     except RankserveError as err:
         raise PushRefusedError(f"{FEATURES_YAML} does not fit data set {data_set}: {err}", field="artifact") from err
-    try:
-        module = torch.jit.load(str(path / MODEL_FILE), map_location="cpu").eval()
-    except Exception as err:  # torch raises RuntimeError/ValueError/EOFError/zip errors on bad files
-        raise PushRefusedError(f"{MODEL_FILE} does not load (unreadable or truncated): {err}".splitlines()[0]) from err
+    backend = backend_of(path)
+    module = _load(path, backend)
     golden = real_rows(tables, impressions, spec, rows)
     widths = f"cat {golden[RANKER_INPUTS[0]].shape[1]}, dense {golden[RANKER_INPUTS[1]].shape[1]}"
+    if isinstance(module, OnnxModel):
+        declared = {n: golden[n].shape[1] for n in RANKER_INPUTS}
+        if any(w is not None and w != declared[n] for n, w in module.widths().items()):
+            raise PushRefusedError(f"the declared widths ({widths}) differ from {ONNX_FILE}'s inputs "
+                                   f"{module.widths()}", field="artifact")
     module, scores = _scores(module, golden, widths, data_set)
     sig = _signature(repo, model, golden, widths)
-    meta = {"data_set": data_set, "features": spec.model_dump(), "backend": "torchscript"}
+    meta = {"data_set": data_set, "features": spec.model_dump(), "backend": backend}
     art = Artifact(path, module, meta, golden, tuple(sig["inputs"]), tuple(sig["outputs"]), sig["max_batch_size"])
     checks = {"rows_checked": int(scores.shape[0]), "score_range": [float(scores.min()), float(scores.max())],
               "widths": widths}
     return DeclaredRanker(art, spec, plan, checks)
+
+
+def _load(path: Path, backend: str) -> Any:
+    """The artifact's model: a TorchScript module, or an ONNX model in onnxruntime (CPU)."""
+    import torch
+
+    name = ONNX_FILE if backend == "onnx" else TORCHSCRIPT_FILE
+    try:
+        if backend == "onnx":
+            return OnnxModel(path / ONNX_FILE, RANKER_INPUTS)
+        return torch.jit.load(str(path / TORCHSCRIPT_FILE), map_location="cpu").eval()
+    except Exception as err:  # torch and onnxruntime raise many kinds on bad files
+        raise PushRefusedError(f"{name} does not load: {err}".splitlines()[0], field="artifact") from err
 
 
 def real_rows(tables: DataTables, impressions: pa.Table, spec: FeatureSpec, rows: int) -> dict[str, np.ndarray]:
@@ -118,7 +135,7 @@ def _scores(module: Any, golden: dict[str, np.ndarray], widths: str, data_set: s
     if scores.min() < 0.0 or scores.max() > 1.0:
         raise PushRefusedError(f"scores out of [0, 1] on real rows of {data_set}: "
                                f"[{scores.min():.3g}, {scores.max():.3g}]")
-    return (module if out.dim() == 2 else _as_column(module)), scores
+    return (module if out.dim() == 2 or isinstance(module, OnnxModel) else _as_column(module)), scores
 
 
 def _signature(repo: Path, model: str, golden: dict[str, np.ndarray], widths: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Writing one model version into the repository, atomically.
 
-Owns: the layout of a version directory (``model.pt``, ``model.py``, ``golden.npz``, ``meta.json``
+Owns: the layout of a version directory (``model.pt`` or ``model.onnx``, ``model.py``, ``golden.npz``, ``meta.json``
 and extra files such as the item index), the ranker's and the user tower's Triton signatures, and
 the model's ``config.pbtxt`` when its signature changes. A version is written into a hidden
 temporary directory and renamed into place, so Triton never sees half of one. Must not touch: traffic (``serving.repository.push`` moves it),
@@ -24,6 +24,7 @@ from serving.files import fsync_dir, version_dirs
 from serving.pipeline.features import RANKER_INPUTS, RANKER_OUTPUT, TOWER_INPUTS, TOWER_OUTPUT
 from serving.triton.config import RUNNER, TensorSpec, model_config, read_config, signature, write_config
 from serving.triton.digests import record_digests
+from serving.triton.onnx import ONNX_FILE, TORCHSCRIPT_FILE, OnnxModel
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +67,7 @@ def load_golden(version_dir: Path) -> dict[str, np.ndarray]:
 def export_version(
     repo: Path,
     name: str,
-    scripted: torch.jit.ScriptModule,
+    scripted: torch.jit.ScriptModule | OnnxModel,
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     golden_inputs: Mapping[str, np.ndarray],
@@ -110,7 +111,10 @@ def export_version(
     golden.update({s.name: o.detach().cpu().numpy() for s, o in zip(outputs, outs, strict=True)})
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
     try:
-        torch.jit.save(scripted, str(tmp / "model.pt"))
+        if isinstance(scripted, OnnxModel):
+            scripted.save(tmp / ONNX_FILE)
+        else:
+            torch.jit.save(scripted, str(tmp / TORCHSCRIPT_FILE))
         shutil.copy(MODEL_PY, tmp / "model.py")
         np.savez(tmp / "golden.npz", **golden)
         full_meta = {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -107,7 +107,7 @@ def push(
     """Validate ``artifact``, write it as a new version, load it in ``triton`` and wait until every
     live serving node has it ready (``serving.repository.nodes``), then move traffic.
 
-    A declared ranker (``model.pt`` and ``features.yaml``, ``serving.repository.declared``) is
+    A declared ranker (``model.pt`` or ``model.onnx``, and ``features.yaml``; ``serving.repository.declared``) is
     checked on real rows of ``impressions`` (the data set ``data_set``'s); with ``create`` it makes
     the new model ``model``, its first version live.
 
@@ -147,7 +147,7 @@ def _new_model_dir(registry: ModelRegistry, model: str, artifact: Path, canary_p
         raise PushRefusedError("a model pushed with --create starts live: it has no live version to canary or "
                                "shadow against", field="model")
     if not is_declared(artifact):
-        raise PushRefusedError(f"--create takes a declared ranker: a folder of model.pt and {FEATURES_YAML}",
+        raise PushRefusedError(f"--create takes a declared ranker: a folder of model.pt or model.onnx and {FEATURES_YAML}",
                                field="artifact")
     path = registry.repo / model
     path.mkdir(parents=True)

@@ -183,3 +183,54 @@ def test_two_created_rankers_of_different_declarations_serve_side_by_side(create
     (answer,), _ = asyncio.run(pipeline.run_batch([pipeline.prepare(RankRequest(user_id=user, scenario="picks"))]))
     assert not isinstance(answer, Exception), answer
     assert answer.model_name == "side_b" and len(answer.items) == 5
+
+
+def _onnx_ranker(path: Path, n_cat: int, n_dense: int, *, flat: bool = False) -> Path:
+    """A tiny ONNX ranker: sigmoid(dense @ w + 0.01 * sum(cat)), [B, 1] (``flat``: [B])."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.linspace(-1, 1, n_dense, dtype=np.float32).reshape(n_dense, 1), "w")
+    scale = numpy_helper.from_array(np.full((1, 1), 0.01, np.float32), "scale")
+    shape = numpy_helper.from_array(np.array([-1], np.int64), "flat_shape")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [helper.make_node("MatMul", ["dense", "w"], ["lin"]),
+             helper.make_node("Cast", ["cat"], ["catf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["catf", "axes"], ["cats"], keepdims=1),
+             helper.make_node("Mul", ["cats", "scale"], ["catz"]),
+             helper.make_node("Add", ["lin", "catz"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["col" if flat else "score"])]
+    if flat:
+        nodes.append(helper.make_node("Reshape", ["col", "flat_shape"], ["score"]))
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("cat", TensorProto.INT64, ["B", n_cat]),
+                        helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["B", n_dense])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["B"] if flat else ["B", 1])],
+        [w, scale, axes, *([shape] if flat else [])])
+    path.mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path / "model.onnx"))
+    return path
+
+
+def test_an_onnx_ranker_is_created_checked_and_served_in_process(created: Created, tmp_path: Path) -> None:
+    settings = created.settings
+    registry = ModelRegistry(settings.model_repository)
+    wrong = _onnx_ranker(tmp_path / "wrong", 3, 5)
+    (wrong / "features.yaml").write_text(WIDE)
+    before = _tree(settings.model_repository)
+    with pytest.raises(PushRefusedError, match=r"declared widths \(cat 3, dense 2\) differ from model.onnx"):
+        _push(created, "onnx_r", wrong, create=True)
+    assert _tree(settings.model_repository) == before
+    art = _onnx_ranker(tmp_path / "good", 3, 2, flat=True)
+    (art / "features.yaml").write_text(WIDE)
+    assert _push(created, "onnx_r", art, create=True).version == 1  # type: ignore[attr-defined]
+    v1 = registry.version_dir("onnx_r", 1)
+    assert (v1 / "model.onnx").is_file() and not (v1 / "model.pt").exists()
+    assert json.loads((v1 / "meta.json").read_text())["backend"] == "onnx"
+    with np.load(v1 / "golden.npz") as golden:
+        got = InProcessClient(settings.model_repository).infer_sync(
+            "onnx_r", {"cat": golden["cat"], "dense": golden["dense"]}, ["score"], version="1")["score"]
+        want = 1 / (1 + np.exp(-(golden["dense"] @ np.linspace(-1, 1, 2, dtype=np.float32)
+                                 + 0.01 * golden["cat"].sum(axis=1))))
+        np.testing.assert_allclose(got.reshape(-1), want, rtol=1e-4, atol=1e-5)
+        assert golden["score"].shape[1:] == (1,)
