@@ -1,6 +1,6 @@
 """New rankers pushed without code (``rankserve push NAME ARTIFACT --create``): a folder of a
-TorchScript ``model.pt`` and its ``features.yaml`` is checked on real rows of a small imported data
-set and written as a new model; each bad artifact is refused naming its reason with nothing
+TorchScript ``model.pt`` (or an ONNX ``model.onnx``) and its ``features.yaml`` is checked on real
+rows of a small imported data set and written as a new model; each bad artifact is refused naming its reason with nothing
 written; further versions canary, promote and roll back as the demo's do; two created rankers of
 different declarations serve side by side (run in-process with TorchScript, as Triton would)."""
 
@@ -234,3 +234,16 @@ def test_an_onnx_ranker_is_created_checked_and_served_in_process(created: Create
                                  + 0.01 * golden["cat"].sum(axis=1))))
         np.testing.assert_allclose(got.reshape(-1), want, rtol=1e-4, atol=1e-5)
         assert golden["score"].shape[1:] == (1,)
+
+
+def test_the_cli_creates_a_ranker_once_and_refuses_a_new_name_without_create(created: Created, tmp_path: Path) -> None:
+    data = created.settings.data_dir
+    art = _artifact(tmp_path, "cli", NARROW, Tiny(1, 5))
+    rc, out = _cli(data, "push", "cli_r", str(art), "--data", NAME, "--create")
+    assert rc == 0, out
+    shown = json.loads(out)
+    assert shown["version"] == 1 and shown["traffic"]["live"] == 1 and shown["checks"]["rows_checked"] > 100
+    assert _cli(data, "push", "cli_r", str(art), "--data", NAME, "--create")[0] == 3  # exists
+    assert _cli(data, "push", "cli_new", str(art), "--data", NAME)[0] == 3  # missing without --create
+    rc, out = _cli(data, "models", "--data", NAME, "--json")
+    assert rc == 0 and {(r["model"], r["backend"]) for r in json.loads(out)} >= {("cli_r", "torchscript")}
