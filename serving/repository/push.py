@@ -121,7 +121,7 @@ def push(
             raise PushRefusedError(f"{what} percent must be in (0, 100], got {pct}")
     if not create:
         if model not in registry.models():
-            raise PushRefusedError(f"no model {model!r} in the repository (it serves {registry.models()}); a new "
+            raise PushRefusedError(f"unknown model {model!r}; the repository serves {registry.models()}; a new "
                                    "ranker is pushed with --create", field="model")
         return _push(registry, model, artifact, tables, triton, model_dir(registry, model), canary_percent,
                      shadow_percent, version, nodes_timeout_s, keep_others, impressions, data_set)
@@ -138,11 +138,11 @@ def push(
 def _new_model_dir(registry: ModelRegistry, model: str, artifact: Path, canary_percent: float | None,
                    shadow_percent: float | None) -> Path:
     """The directory of a model ``push --create`` makes (made now, empty)."""
+    if not re.fullmatch(MODEL_NAME_PATTERN, model):  # before any path is made of it
+        raise PushRefusedError(f"model name {model!r} must match {MODEL_NAME_PATTERN}", field="model")
     if model in registry.models() or (registry.repo / model).exists():
         raise PushRefusedError(f"model {model!r} already exists; push a further version without --create",
                                field="model")
-    if not re.fullmatch(MODEL_NAME_PATTERN, model):
-        raise PushRefusedError(f"model name {model!r} must match {MODEL_NAME_PATTERN}", field="model")
     if canary_percent is not None or shadow_percent is not None:
         raise PushRefusedError("a model pushed with --create starts live: it has no live version to canary or "
                                "shadow against", field="model")

@@ -118,6 +118,7 @@ def _tree(repo: Path) -> list[str]:
     ("range", WIDE, Tiny(2, 0, squash=False, scale=100.0), "newr", True, "out of [0, 1]"),
     ("exists", WIDE, Tiny(2, 0), "ranker", True, "already exists"),
     ("missing", WIDE, Tiny(2, 0), "newr", False, "with --create"),
+    ("bad name", WIDE, Tiny(2, 0), "../newr", True, "must match"),
     ("other widths", NARROW, Tiny(1, 0), "ranker", False, "differ from ranker's inputs"),
 ])
 def test_a_bad_artifact_is_refused_naming_the_reason_and_nothing_is_written(
