@@ -60,7 +60,6 @@ def load_declared(repo: Path, model: str, path: Path, tables: DataTables, impres
             model that fails on the declared widths, scores NaN or outside [0, 1], widths other
             than an existing model's), before anything is written.
     """
-
     if not path.is_dir():
         raise PushRefusedError(f"artifact {path} is not a directory", field="artifact")
     if not (path / TORCHSCRIPT_FILE).is_file() and not (path / ONNX_FILE).is_file():
