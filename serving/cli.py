@@ -482,16 +482,21 @@ class _NoTriton:
 def cmd_push(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from serving.data.store import DataSetStore
     from serving.pipeline.assemble import load_tables
+    from serving.repository.declared import is_declared
     from serving.repository.push import ModelLoader, push
     from serving.repository.registry import ModelRegistry
 
     endpoint = running_triton(settings)
     triton: ModelLoader = _NoTriton() if endpoint is None else endpoint.client()
-    result = push(ModelRegistry.of(settings), args.model, Path(args.artifact),
+    artifact = Path(args.artifact)
+    impressions = DataSetStore.of(settings).dataset(settings.data).impressions() if is_declared(artifact) else None
+    result = push(ModelRegistry.of(settings), args.model, artifact,
                   load_tables(settings), triton,
                   canary_percent=args.canary, shadow_percent=args.shadow, version=args.version,
-                  keep_others=settings.triton_keep_versions)
+                  keep_others=settings.triton_keep_versions, create=args.create, impressions=impressions,
+                  data_set=settings.data)
     print(json.dumps({"model": result.model, "version": result.version, "traffic": result.traffic.to_json(),
                       "checks": result.checks}, indent=2))
     return 0
@@ -518,6 +523,7 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from serving.repository.registry import ModelRegistry
+    from serving.triton.onnx import backend_of
 
     reg = ModelRegistry.of(settings)
     live: dict = {}
@@ -540,7 +546,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
             rows.append({"model": name, "version": v, "role": role, "traffic_pct": share,
                          "state": states.get(v, "unknown (server down)" if not live else "UNAVAILABLE"),
                          "created": meta.get("created"), "quality": meta.get("quality", {}),
-                         "validation": meta.get("validation", {}),
+                         "backend": backend_of(reg.repo / name / str(v)), "validation": meta.get("validation", {}),
                          "shadow_vs_live": served.get(name, {}).get("shadow", {}).get(f"v{v}")})
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -837,21 +843,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="compare item indexes (exact, IVF-Flat, IVF-PQ, HNSW) on the built catalogue")
     add_index_arguments(ib)
     ib.set_defaults(func=cmd_index_bench)
-    pu = sub.add_parser("push", parents=[common], help="validate an artifact, add it as a new version, load it, move traffic")
-    pu.add_argument("model")
-    pu.add_argument("artifact", help="artifact directory (model.pt, golden.npz, meta.json[, item_tower.pt])")
-    mode = pu.add_mutually_exclusive_group()
-    mode.add_argument("--canary", type=float, metavar="PERCENT", help="send this share of users to it")
-    mode.add_argument("--shadow", type=float, metavar="PERCENT", help="score this share off the response path")
-    pu.add_argument("--version", type=int, help="version number (default: next)")
-    pu.set_defaults(func=cmd_push)
-    pr = sub.add_parser("promote", parents=[common], help="make the canary or shadow version live")
-    pr.add_argument("model")
-    pr.set_defaults(func=cmd_promote)
-    rb = sub.add_parser("rollback", parents=[common], help="send all traffic back to an earlier version")
-    rb.add_argument("model")
-    rb.add_argument("version", nargs="?", type=int)
-    rb.set_defaults(func=cmd_rollback)
+    pu, pr, rb = _push_parsers(sub, common)
     it = sub.add_parser("items", parents=[common],
                         help="catalogue changes while serving: block, unblock, add, update; status")
     it.add_argument("action", choices=("block", "unblock", "add", "update", "status"))
@@ -879,6 +871,29 @@ def _data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="NAME",
                         help="the data set to act on: demo or one imported (default: RANKSERVE_DATA, else demo)")
     parser.set_defaults(acts_on_data=True)
+
+
+def _push_parsers(sub: Any, common: argparse.ArgumentParser) -> tuple[argparse.ArgumentParser, ...]:
+    """``push``, ``promote`` and ``rollback``."""
+    pu = sub.add_parser("push", parents=[common], help="validate an artifact, add it as a new version, load it, move traffic")
+    pu.add_argument("model")
+    pu.add_argument("artifact", help="artifact directory (model.pt, golden.npz, meta.json[, item_tower.pt]; or a "
+                                     "declared ranker: model.pt and features.yaml)")
+    pu.add_argument("--create", action="store_true",
+                    help="create MODEL, a new ranker, from a declared ranker (its first version live)")
+    mode = pu.add_mutually_exclusive_group()
+    mode.add_argument("--canary", type=float, metavar="PERCENT", help="send this share of users to it")
+    mode.add_argument("--shadow", type=float, metavar="PERCENT", help="score this share off the response path")
+    pu.add_argument("--version", type=int, help="version number (default: next)")
+    pu.set_defaults(func=cmd_push)
+    pr = sub.add_parser("promote", parents=[common], help="make the canary or shadow version live")
+    pr.add_argument("model")
+    pr.set_defaults(func=cmd_promote)
+    rb = sub.add_parser("rollback", parents=[common], help="send all traffic back to an earlier version")
+    rb.add_argument("model")
+    rb.add_argument("version", nargs="?", type=int)
+    rb.set_defaults(func=cmd_rollback)
+    return pu, pr, rb
 
 
 def _keys_parser(sub: Any, common: argparse.ArgumentParser) -> None:

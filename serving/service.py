@@ -35,6 +35,7 @@ from serving.repository.scenarios import ScenarioStore
 from serving.schemas import RankRequest, RankResponse
 from serving.triton.caller import AsyncInferClient
 from serving.triton.client import TritonEndpoint
+from serving.triton.onnx import backend_of
 
 __all__ = ["ReadinessClient", "RankService", "Result", "drain_flag"]
 
@@ -331,7 +332,8 @@ class RankService:
                     ready = False
                 meta = self.registry.meta(name, v)
                 versions.append({"version": v, "state": "READY" if ready else "UNAVAILABLE",
-                                 "created": meta.get("created"), "quality": meta.get("quality", {})})
+                                 "created": meta.get("created"), "quality": meta.get("quality", {}),
+                                 "backend": backend_of(self.registry.repo / name / str(v))})
             shadow = {f"v{v}": st.to_json() for (m, v), st in shadow_sums.items() if m == name}
             out.append({"name": name, "versions": versions, "traffic": self.registry.traffic(name).to_json(),
                         "shadow": shadow})

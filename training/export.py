@@ -11,7 +11,6 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,37 +24,11 @@ from serving.pipeline.features import (
     FeatureTables,
     ranker_inputs,
 )
-from serving.repository.export import export_version, load_golden
-from serving.triton.config import TensorSpec
+from serving.repository.export import export_version, load_golden, model_signature, signatures
 from training.data import Marketplace, load_built_marketplace
 from training.train import TrainedModels, train_all
 
 __all__ = ["export_artifacts", "install_artifact", "model_signature", "signatures", "tower_extras"]
-
-RANKER_MAX_BATCH = 8192
-TOWER_MAX_BATCH = 1024
-
-
-def signatures(n_cat: int, n_dense: int, dense_dim: int, emb_dim: int, user_cat: int = 3) -> dict[str, dict[str, Any]]:
-    """The ranker's and the user tower's Triton signatures: ``cat`` INT64[n_cat], ``dense``
-    FP32[n_dense] -> score; ``user_cat`` INT64[user_cat], ``user_dense`` FP32[dense_dim] -> embedding."""
-    cat, dense = RANKER_INPUTS
-    ucat, udense = TOWER_INPUTS
-    return {
-        "ranker": {"inputs": [TensorSpec(cat, "INT64", (n_cat,)), TensorSpec(dense, "FP32", (n_dense,))],
-                   "outputs": [TensorSpec(RANKER_OUTPUT, "FP32", (1,))], "max_batch_size": RANKER_MAX_BATCH},
-        "user_tower": {"inputs": [TensorSpec(ucat, "INT64", (user_cat,)), TensorSpec(udense, "FP32", (dense_dim,))],
-                       "outputs": [TensorSpec(TOWER_OUTPUT, "FP32", (emb_dim,))], "max_batch_size": TOWER_MAX_BATCH},
-    }
-
-
-def model_signature(name: str, golden: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The signature of model ``name`` (``ranker`` or ``user_tower``) its golden tensors imply."""
-    if name == "ranker":
-        return signatures(golden[RANKER_INPUTS[0]].shape[1], golden[RANKER_INPUTS[1]].shape[1], 1, 1)["ranker"]
-    return signatures(1, 1, golden[TOWER_INPUTS[1]].shape[1], golden[TOWER_OUTPUT].shape[1],
-                      golden[TOWER_INPUTS[0]].shape[1])["user_tower"]
-
 
 def tower_extras(folder: Path, item_tower_file: Path, emb: np.ndarray, queries: np.ndarray | None, *,
                  index: bool) -> dict[str, Path]:

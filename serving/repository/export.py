@@ -1,9 +1,9 @@
 """Writing one model version into the repository, atomically.
 
-Owns: the layout of a version directory (``model.pt``, ``model.py``, ``golden.npz``, ``meta.json``
-and extra files such as the item index) and the model's ``config.pbtxt`` when its signature
-changes. A version is written into a hidden temporary directory and renamed into place, so
-Triton never sees half of one. Must not touch: traffic (``serving.repository.push`` moves it),
+Owns: the layout of a version directory (``model.pt`` or ``model.onnx``, ``model.py``, ``golden.npz``, ``meta.json``
+and extra files such as the item index), the ranker's and the user tower's Triton signatures, and
+the model's ``config.pbtxt`` when its signature changes. A version is written into a hidden
+temporary directory and renamed into place, so Triton never sees half of one. Must not touch: traffic (``serving.repository.push`` moves it),
 Triton's process.
 """
 
@@ -21,15 +21,41 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serving.files import fsync_dir, version_dirs
+from serving.pipeline.features import RANKER_INPUTS, RANKER_OUTPUT, TOWER_INPUTS, TOWER_OUTPUT
 from serving.triton.config import RUNNER, TensorSpec, model_config, read_config, signature, write_config
 from serving.triton.digests import record_digests
+from serving.triton.onnx import ONNX_FILE, TORCHSCRIPT_FILE, OnnxModel
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MODEL_PY", "export_version", "load_golden"]
+__all__ = ["MODEL_PY", "RANKER_MAX_BATCH", "TOWER_MAX_BATCH", "export_version", "load_golden", "model_signature",
+           "signatures"]
 
 MODEL_PY = RUNNER
+RANKER_MAX_BATCH = 8192
+TOWER_MAX_BATCH = 1024
+
+
+def signatures(n_cat: int, n_dense: int, dense_dim: int, emb_dim: int, user_cat: int = 3) -> dict[str, dict[str, Any]]:
+    """The ranker's and the user tower's Triton signatures: ``cat`` INT64[n_cat], ``dense``
+    FP32[n_dense] -> score; ``user_cat`` INT64[user_cat], ``user_dense`` FP32[dense_dim] -> embedding."""
+    cat, dense = RANKER_INPUTS
+    ucat, udense = TOWER_INPUTS
+    return {
+        "ranker": {"inputs": [TensorSpec(cat, "INT64", (n_cat,)), TensorSpec(dense, "FP32", (n_dense,))],
+                   "outputs": [TensorSpec(RANKER_OUTPUT, "FP32", (1,))], "max_batch_size": RANKER_MAX_BATCH},
+        "user_tower": {"inputs": [TensorSpec(ucat, "INT64", (user_cat,)), TensorSpec(udense, "FP32", (dense_dim,))],
+                       "outputs": [TensorSpec(TOWER_OUTPUT, "FP32", (emb_dim,))], "max_batch_size": TOWER_MAX_BATCH},
+    }
+
+
+def model_signature(name: str, golden: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The signature of model ``name`` (``ranker`` or ``user_tower``) its golden tensors imply."""
+    if name == "ranker":
+        return signatures(golden[RANKER_INPUTS[0]].shape[1], golden[RANKER_INPUTS[1]].shape[1], 1, 1)["ranker"]
+    return signatures(1, 1, golden[TOWER_INPUTS[1]].shape[1], golden[TOWER_OUTPUT].shape[1],
+                      golden[TOWER_INPUTS[0]].shape[1])["user_tower"]
 
 
 def load_golden(version_dir: Path) -> dict[str, np.ndarray]:
@@ -41,7 +67,7 @@ def load_golden(version_dir: Path) -> dict[str, np.ndarray]:
 def export_version(
     repo: Path,
     name: str,
-    scripted: torch.jit.ScriptModule,
+    scripted: torch.jit.ScriptModule | OnnxModel,
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     golden_inputs: Mapping[str, np.ndarray],
@@ -85,7 +111,10 @@ def export_version(
     golden.update({s.name: o.detach().cpu().numpy() for s, o in zip(outputs, outs, strict=True)})
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
     try:
-        torch.jit.save(scripted, str(tmp / "model.pt"))
+        if isinstance(scripted, OnnxModel):
+            scripted.save(tmp / ONNX_FILE)
+        else:
+            torch.jit.save(scripted, str(tmp / TORCHSCRIPT_FILE))
         shutil.copy(MODEL_PY, tmp / "model.py")
         np.savez(tmp / "golden.npz", **golden)
         full_meta = {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,7 +1,7 @@
 """The model push workflow: validate, write a version atomically, load it in Triton, move traffic.
 
-Owns: ``rankserve push``, ``promote`` and ``rollback``: the per-model lock, the order of steps,
-and the traffic change at the end. A refused artifact leaves the repository and the live version
+Owns: ``rankserve push`` (``--create``: a new ranker model), ``promote`` and ``rollback``: the
+per-model lock, the order of steps, and the traffic change at the end. A refused artifact leaves the repository and the live version
 untouched. Must not touch: the serving process (replicas follow ``traffic.json`` themselves,
 ``serving.repository.followers``).
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -22,21 +23,27 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
+from serving.data.features import write_features_json
 from serving.data.tables import DataTables
 from serving.errors import PushRefusedError
 from serving.pipeline.catalogue import Catalogue
+from serving.pipeline.crossing import FEATURES_YAML
 from serving.pipeline.routing import Traffic
 from serving.repository.catalogue import ChangeLog
+from serving.repository.declared import DeclaredRanker, is_declared, load_declared
 from serving.repository.export import export_version
 from serving.repository.loading import load_checked
 from serving.repository.nodes import wait_loaded
 from serving.repository.registry import ModelRegistry
 from serving.repository.validate import Artifact, load_artifact, validate_artifact
 
-__all__ = ["ModelLoader", "PushResult", "model_dir", "promote", "push", "rollback"]
+__all__ = ["MODEL_NAME_PATTERN", "ModelLoader", "PushResult", "model_dir", "promote", "push", "rollback"]
 
 log = logging.getLogger(__name__)
+
+MODEL_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,47}$"  # a model push --create makes (a folder of the repository)
 
 
 class ModelLoader(Protocol):
@@ -93,18 +100,63 @@ def push(
     version: int | None = None,
     nodes_timeout_s: float = 60.0,
     keep_others: int = 2,
+    create: bool = False,
+    impressions: pa.Table | None = None,
+    data_set: str = "",
 ) -> PushResult:
     """Validate ``artifact``, write it as a new version, load it in ``triton`` and wait until every
     live serving node has it ready (``serving.repository.nodes``), then move traffic.
 
+    A declared ranker (``model.pt`` or ``model.onnx``, and ``features.yaml``; ``serving.repository.declared``) is
+    checked on real rows of ``impressions`` (the data set ``data_set``'s); with ``create`` it makes
+    the new model ``model``, its first version live.
+
     Raises:
         PushRefusedError: the artifact was refused, or a Triton could not load it in
-            ``nodes_timeout_s``; the version is removed again and traffic is unchanged.
+            ``nodes_timeout_s``; the version (and a model being created) is removed again and
+            traffic is unchanged.
     """
-    path = model_dir(registry, model)
     for pct, what in ((canary_percent, "canary"), (shadow_percent, "shadow")):
         if pct is not None and not 0 < pct <= 100:
             raise PushRefusedError(f"{what} percent must be in (0, 100], got {pct}")
+    if not create:
+        if model not in registry.models():
+            raise PushRefusedError(f"unknown model {model!r}; the repository serves {registry.models()}; a new "
+                                   "ranker is pushed with --create", field="model")
+        return _push(registry, model, artifact, tables, triton, model_dir(registry, model), canary_percent,
+                     shadow_percent, version, nodes_timeout_s, keep_others, impressions, data_set)
+    path = _new_model_dir(registry, model, artifact, canary_percent, shadow_percent)
+    try:
+        return _push(registry, model, artifact, tables, triton, path, None, None, version, nodes_timeout_s,
+                     keep_others, impressions, data_set)
+    except BaseException:
+        if not registry.versions(model):
+            shutil.rmtree(path, ignore_errors=True)  # the model being created: nothing of it stays
+        raise
+
+
+def _new_model_dir(registry: ModelRegistry, model: str, artifact: Path, canary_percent: float | None,
+                   shadow_percent: float | None) -> Path:
+    """The directory of a model ``push --create`` makes (made now, empty)."""
+    if not re.fullmatch(MODEL_NAME_PATTERN, model):  # before any path is made of it
+        raise PushRefusedError(f"model name {model!r} must match {MODEL_NAME_PATTERN}", field="model")
+    if model in registry.models() or (registry.repo / model).exists():
+        raise PushRefusedError(f"model {model!r} already exists; push a further version without --create",
+                               field="model")
+    if canary_percent is not None or shadow_percent is not None:
+        raise PushRefusedError("a model pushed with --create starts live: it has no live version to canary or "
+                               "shadow against", field="model")
+    if not is_declared(artifact):
+        raise PushRefusedError(f"--create takes a declared ranker: a folder of model.pt or model.onnx and {FEATURES_YAML}",
+                               field="artifact")
+    path = registry.repo / model
+    path.mkdir(parents=True)
+    return path
+
+
+def _push(registry: ModelRegistry, model: str, artifact: Path, tables: DataTables, triton: ModelLoader, path: Path,
+          canary_percent: float | None, shadow_percent: float | None, version: int | None, nodes_timeout_s: float,
+          keep_others: int, impressions: pa.Table | None, data_set: str) -> PushResult:
     with _model_lock(path):
         existing = registry.versions(model)
         if version is not None and version in existing:
@@ -113,15 +165,22 @@ def push(
         if old is not None and not registry.traffic_path(model).is_file():
             registry.set_traffic(model, old)  # pin live before a higher version appears on disk
         t0 = time.perf_counter()
-        art = load_artifact(registry, model, artifact)
+        cat = ChangeLog(registry.repo).current(tables)  # the catalogue as changed so far
+        declared = None
+        if is_declared(artifact):
+            if impressions is None:
+                raise PushRefusedError("a declared ranker is checked on the data set's impressions; none were given")
+            declared = load_declared(registry.repo, model, artifact, cat.tables, impressions, data_set=data_set)
+            art, checks = declared.artifact, declared.checks
+        else:
+            art = load_artifact(registry, model, artifact)
+            checks = validate_artifact(art, cat.tables)
         if art.is_user_tower and (canary_percent is not None or shadow_percent is not None):
             raise PushRefusedError(f"{model} is a user tower: it serves one version at a time, with the item index "
                                    "built from it, so it has no canary or shadow; push it live (and roll back if "
                                    "need be)", field="model")
-        cat = ChangeLog(registry.repo).current(tables)  # the catalogue as changed so far
-        checks = validate_artifact(art, cat.tables)
         checks["validate_s"] = round(time.perf_counter() - t0, 3)
-        new = _write_version(registry, model, art, cat, checks, version)
+        new = _write_version(registry, model, art, cat, checks, version, declared)
         _load_or_retire(triton, registry, model, new, keep_others)
         try:
             checks["nodes"] = wait_loaded(registry.heartbeats, model, new, timeout_s=nodes_timeout_s)
@@ -137,8 +196,9 @@ def push(
 
 
 def _write_version(registry: ModelRegistry, model: str, art: Artifact, cat: Catalogue,
-                   checks: dict[str, Any], version: int | None) -> int:
-    """Export the validated artifact (with the item index a user tower needs) as a new version."""
+                   checks: dict[str, Any], version: int | None, declared: DeclaredRanker | None) -> int:
+    """Export the validated artifact (with the item index a user tower needs, the declaration a
+    declared ranker is served with) as a new version."""
     from serving.index.faiss_index import save_index
     from serving.index.item_tower import ITEM_TOWER_FILE, index_catalogue
 
@@ -153,6 +213,9 @@ def _write_version(registry: ModelRegistry, model: str, art: Artifact, cat: Cata
             meta["catalogue_version"] = cat.version
             extra = {"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json",
                      "item_emb.npy": Path(tmp) / "item_emb.npy", ITEM_TOWER_FILE: art.path / ITEM_TOWER_FILE}
+        if declared is not None:
+            features_json = write_features_json(Path(tmp), declared.spec, declared.plan)
+            extra = {FEATURES_YAML: art.path / FEATURES_YAML, features_json.name: features_json}
         return export_version(registry.repo, model, art.module, art.inputs, art.outputs, golden_inputs, meta,
                               max_batch_size=art.max_batch_size, version=version, extra_files=extra)
 

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from serving.triton.config import read_config
+from serving.triton.onnx import ONNX_FILE, TORCHSCRIPT_FILE, OnnxModel, backend_of
 
 __all__ = ["InProcessClient"]
 
 
 class InProcessClient:
-    """``infer`` runs ``model_repository/<model>/<version>/model.pt`` with torch, in-process.
+    """``infer`` runs ``model_repository/<model>/<version>/model.pt`` with torch (``model.onnx``
+    with onnxruntime), in-process.
 
     Args:
         repo: the model repository.
@@ -32,18 +35,20 @@ class InProcessClient:
     def __init__(self, repo: Path, *, num_threads: int | None = None, device: str = "cpu") -> None:
         self.repo = Path(repo)
         self.device = torch.device(device)
-        self._models: dict[tuple[str, str], tuple[torch.jit.ScriptModule, list[str]]] = {}
+        self._models: dict[tuple[str, str], tuple[Any, list[str]]] = {}
         if num_threads is not None:
             torch.set_num_threads(num_threads)
 
-    def _model(self, model: str, version: str) -> tuple[torch.jit.ScriptModule, list[str]]:
+    def _model(self, model: str, version: str) -> tuple[Any, list[str]]:
         key = (model, version)
         if key not in self._models:
             if not version:
                 version = str(max(int(p.name) for p in (self.repo / model).iterdir() if p.name.isdigit()))
-            module = torch.jit.load(str(self.repo / model / version / "model.pt"), map_location=self.device)
-            module.eval()
             names = [t.name for t in read_config(self.repo, model).input]
+            folder = self.repo / model / version
+            module: Any = (OnnxModel(folder / ONNX_FILE, names, device=str(self.device)) if backend_of(folder) == "onnx"
+                           else torch.jit.load(str(folder / TORCHSCRIPT_FILE), map_location=self.device))
+            module.eval()
             self._models[key] = (module, names)
         return self._models[key]
 

@@ -249,3 +249,21 @@ def test_shared_memory_inputs_equal_grpc_inputs_and_survive_a_restart(tmp_path: 
         assert not list(Path("/dev/shm").glob(f"rankserve-{os.getpid()}-*"))
 
     asyncio.run(go())
+
+
+def test_an_onnx_version_runs_in_the_python_backend_with_onnxruntime(tmp_path: Path) -> None:
+    from serving.repository.export import model_signature
+    from serving.triton.onnx import OnnxModel
+    from tests.unit.test_push_create import _onnx_ranker
+
+    model = OnnxModel(_onnx_ranker(tmp_path / "art", 3, 2, flat=True) / "model.onnx", ["cat", "dense"])
+    rng = np.random.default_rng(0)
+    golden = {"cat": rng.integers(0, 9, (16, 3)), "dense": rng.normal(size=(16, 2)).astype(np.float32)}
+    sig = model_signature("ranker", {**golden, "score": np.zeros((1, 1), np.float32)})
+    export_version(tmp_path / "repo", "onnx_r", model, sig["inputs"], sig["outputs"], golden, {},
+                   max_batch_size=sig["max_batch_size"])
+    want = load_golden(tmp_path / "repo" / "onnx_r" / "1")["score"]
+    with TritonProcess(tmp_path / "repo", runtime_dir=tmp_path / "rt") as server:
+        got = TritonClient(server.grpc_url).infer("onnx_r", golden, ["score"])["score"]
+    assert got.shape == (16, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Generic Triton python-backend model: runs the version's TorchScript ``model.pt``.
+"""Generic Triton python-backend model: runs the version's TorchScript ``model.pt``, or its
+``model.onnx`` with onnxruntime (the CUDA provider first on a GPU instance, else the CPU's).
 
 Owns: one model version inside Triton. Must not touch: rankserve (it is copied into each version).
 
@@ -34,6 +35,23 @@ def _torch_dtype(triton_type):
     return torch.from_numpy(np.empty(0, pb_utils.triton_string_to_numpy(triton_type))).dtype
 
 
+class _Onnx:
+    """An onnxruntime session called like the TorchScript module: torch tensors in, [B, k] tensors out."""
+
+    def __init__(self, path, names, gpu):
+        import onnxruntime as ort
+
+        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        providers = [p for p in wanted if p in ort.get_available_providers()] or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        self.names = names
+
+    def __call__(self, *tensors):
+        feeds = {n: t.cpu().numpy() for n, t in zip(self.names, tensors, strict=True)}
+        outs = [torch.from_numpy(o.reshape(o.shape[0], -1)) for o in self.session.run(None, feeds)]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
@@ -44,8 +62,12 @@ class TritonPythonModel:
         self.device = torch.device(f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu")
         threads = cfg.get("parameters", {}).get("torch_threads", {}).get("string_value", "1")
         torch.set_num_threads(int(threads))
-        path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
-        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+        folder = Path(args["model_repository"]) / args["model_version"]
+        if (folder / "model.onnx").is_file():
+            self.module = _Onnx(folder / "model.onnx", [name for name, _, _ in self.inputs], gpu)
+            self.device = torch.device("cpu")  # onnxruntime takes host arrays; its provider places the work
+        else:
+            self.module = torch.jit.load(str(folder / "model.pt"), map_location=self.device).eval()
         line = (f"{args.get('model_name')} v{args['model_version']} runs on {self.device} "
                 f"(instance kind {args.get('model_instance_kind')}, torch {torch.__version__}, numpy {np.__version__}, "
                 f"cuda available {torch.cuda.is_available()})")
