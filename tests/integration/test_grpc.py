@@ -47,12 +47,16 @@ BAD = [
     (ranker_pb2.RankRequest(k=5), grpc.StatusCode.INVALID_ARGUMENT, "user_id"),
     (ranker_pb2.RankRequest(user_id=1, k=0), grpc.StatusCode.INVALID_ARGUMENT, "k"),
     (ranker_pb2.RankRequest(user_id=1, k=1001), grpc.StatusCode.INVALID_ARGUMENT, "k"),
-    (ranker_pb2.RankRequest(user_id=1, candidates=[1, 2, 10**9]), grpc.StatusCode.INVALID_ARGUMENT, "candidates"),
     (ranker_pb2.RankRequest(user_id=1, candidates=range(2001)), grpc.StatusCode.INVALID_ARGUMENT, "candidates"),
     (ranker_pb2.RankRequest(user_id=1, model="no-such-model"), grpc.StatusCode.NOT_FOUND, "model"),
     (ranker_pb2.RankRequest(user_id=1, timeout_ms=-5), grpc.StatusCode.INVALID_ARGUMENT, "timeout_ms"),
     (ranker_pb2.RankRequest(user_id=1, request_id="x" * 129), grpc.StatusCode.INVALID_ARGUMENT, "request_id"),
 ]
+
+
+def test_grpc_unknown_candidates_are_dropped_and_counted(stub: ranker_pb2_grpc.RankerStub) -> None:
+    res = stub.Rank(ranker_pb2.RankRequest(user_id=1, candidates=[1, 2, 10**9]), timeout=30)
+    assert sorted(it.item_id for it in res.items) == [1, 2] and res.unknown_candidates == 1
 
 
 @pytest.mark.parametrize(("msg", "code", "field"), BAD, ids=[f"bad{i}" for i in range(len(BAD))])
