@@ -48,6 +48,7 @@ def test_loadtest_over_grpc(rankserve_url: str, settings, tmp_path: Path) -> Non
     assert {"rank:recall", "rank:candidates"} <= set(summary["by_kind"])
 
 
+@pytest.mark.slow  # 11 s: the whole capacity search (its steps: tests/unit/test_capacity.py) (make slow-test)
 def test_capacity_search_against_the_server(rankserve_url: str, tmp_path: Path) -> None:
     """`rankserve capacity --url`: two open-loop steps (4 and 8 req/s) under a generous target."""
     out = tmp_path / "cap"

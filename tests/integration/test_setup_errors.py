@@ -119,6 +119,7 @@ def test_a_version_changed_after_it_was_written_is_refused_naming_the_file(setti
     assert OUR_CODE not in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.slow  # 18 s: a Triton that fails to start, answered twice (make slow-test)
 def test_triton_that_does_not_start_is_answered_with_its_log_tail(settings: Settings, tmp_path: Path) -> None:
     env = {**_ports(), "RANKSERVE_MODEL_REPOSITORY": str(_broken_repository(settings, tmp_path / "repo"))}
     proc = rankserve("serve", "--no-build", env=env)

@@ -143,6 +143,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # 10 s: a starter SIGKILLed, Triton gone after it (make slow-test)
 def test_triton_does_not_outlive_a_killed_starter(triton: TritonProcess, tmp_path: Path) -> None:
     """SIGKILL leaves no chance to clean up: the parent-death signal still stops the server."""
     if shutil.which("setpriv") is None:

@@ -59,6 +59,7 @@ def numpy2_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
+@pytest.mark.slow  # 11 s and a NumPy 2 venv: the stub's NumPy 2 compatibility (make slow-test)
 def test_served_scores_equal_the_model_s_with_numpy_2_in_the_stub(numpy2_python: Path, settings, tmp_path: Path) -> None:  # noqa: ANN001
     repo = tmp_path / "model_repository"
     # hidden entries (.nodes: live replicas' snapshots, rewritten while the copy runs) are not models
