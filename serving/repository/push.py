@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from serving.data.features import write_features_json
+from serving.data.features import load_features, resolve, write_features_json
 from serving.data.tables import DataTables
 from serving.errors import PushRefusedError
 from serving.pipeline.catalogue import Catalogue
@@ -198,7 +198,7 @@ def _push(registry: ModelRegistry, model: str, artifact: Path, tables: DataTable
 def _write_version(registry: ModelRegistry, model: str, art: Artifact, cat: Catalogue,
                    checks: dict[str, Any], version: int | None, declared: DeclaredRanker | None) -> int:
     """Export the validated artifact (with the item index a user tower needs, the declaration a
-    declared ranker is served with) as a new version."""
+    ranker with a ``features.yaml`` is served with, golden rows or not) as a new version."""
     from serving.index.faiss_index import save_index
     from serving.index.item_tower import ITEM_TOWER_FILE, index_catalogue
 
@@ -213,9 +213,11 @@ def _write_version(registry: ModelRegistry, model: str, art: Artifact, cat: Cata
             meta["catalogue_version"] = cat.version
             extra = {"items.faiss": Path(tmp) / "items.faiss", "items.faiss.json": Path(tmp) / "items.faiss.json",
                      "item_emb.npy": Path(tmp) / "item_emb.npy", ITEM_TOWER_FILE: art.path / ITEM_TOWER_FILE}
-        if declared is not None:
-            features_json = write_features_json(Path(tmp), declared.spec, declared.plan)
-            extra = {FEATURES_YAML: art.path / FEATURES_YAML, features_json.name: features_json}
+        if (art.path / FEATURES_YAML).is_file():  # served with its declaration, as it was validated
+            spec = declared.spec if declared is not None else load_features(art.path / FEATURES_YAML)
+            plan = declared.plan if declared is not None else resolve(spec, cat.tables)
+            features_json = write_features_json(Path(tmp), spec, plan)
+            extra = {**extra, FEATURES_YAML: art.path / FEATURES_YAML, features_json.name: features_json}
         return export_version(registry.repo, model, art.module, art.inputs, art.outputs, golden_inputs, meta,
                               max_batch_size=art.max_batch_size, version=version, extra_files=extra)
 

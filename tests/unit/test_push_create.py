@@ -248,3 +248,20 @@ def test_the_cli_creates_a_ranker_once_and_refuses_a_new_name_without_create(cre
     assert _cli(data, "push", "cli_new", str(art), "--data", NAME)[0] == 3  # missing without --create
     rc, out = _cli(data, "models", "--data", NAME, "--json")
     assert rc == 0 and {(r["model"], r["backend"]) for r in json.loads(out)} >= {("cli_r", "torchscript")}
+
+
+def test_a_full_artifact_with_features_yaml_keeps_its_declaration_in_the_version(created: Created,
+                                                                                tmp_path: Path) -> None:
+    """A ranker folder with golden rows beside its ``features.yaml`` (a version as pushed or
+    trained, pushed again) is validated on its declaration and served with it: the version holds it."""
+    settings = created.settings
+    registry = ModelRegistry(settings.model_repository)
+    _push(created, "again", _artifact(tmp_path, "v1", NARROW, Tiny(1, 6)), create=True)
+    v1 = registry.version_dir("again", 1)
+    assert (v1 / "golden.npz").is_file()
+    result = _push(created, "again", v1)
+    v2 = registry.version_dir("again", result.version)  # type: ignore[attr-defined]
+    assert (v2 / "features.yaml").read_text() == NARROW
+    assert json.loads((v2 / "features.json").read_text()) == json.loads((v1 / "features.json").read_text())
+    tables = load_tables(settings)
+    assert version_plan(tables, v2, None) == version_plan(tables, v1, None)
