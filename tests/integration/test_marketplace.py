@@ -8,98 +8,29 @@ columns; the demo's files are never touched. One server for the module, stopped 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving.cli import main
-from serving.net import QUIET_PORTS, free_port
 from serving.proto import ranker_pb2, ranker_pb2_grpc
+from tests.integration.marketplace import NAME, SEED, Marketplace, Served, cli, serving
 from tests.waiting import wait_for
-from training.synthetic import click_probability, write_marketplace
+from training.synthetic import click_probability
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-NAME, SEED = "shop", 5
-
-
-@dataclass
-class Served:
-    url: str
-    grpc_target: str
-    data_dir: Path
-    files: dict[str, Path]
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def rank(self, body: dict) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/rank", json=body, timeout=30)
-
-
-def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RANKSERVE_")}
-    return env | {"RANKSERVE_DATA_DIR": str(data_dir)} | extra
-
-
-def _cli(data_dir: Path, *argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        for key in [k for k in os.environ if k.startswith("RANKSERVE_")]:
-            mp.delenv(key)
-        mp.setenv("RANKSERVE_DATA_DIR", str(data_dir))
-        rc = main(list(argv))
-    return rc, out.getvalue()
-
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("marketplace")
-    files = write_marketplace(root / "files", n_items=3000, n_users=300, n_impressions=30_000, seed=SEED)
-    data_dir = root / "data"
-    rc, out = _cli(data_dir, "data", "import", NAME, "--schema", str(files["schema"]), "--items", str(files["items"]),
-                   "--users", str(files["users"]), "--impressions", str(files["impressions"]))
-    assert rc == 0, out
-    rc, out = _cli(data_dir, "train", NAME, "--seed", "0")
-    assert rc == 0, out
-    port, grpc_port = free_port(QUIET_PORTS), free_port(QUIET_PORTS)
-    log = root / "serve.log"
-    env = _env(data_dir, RANKSERVE_PORT=str(port), RANKSERVE_GRPC_PORT=str(grpc_port), RANKSERVE_VERBOSE="true")
-    with open(log, "wb") as logf:  # a session of its own: Ctrl-C reaches its whole process group
-        proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--data", NAME], cwd=ROOT, env=env,
-                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    srv = Served(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", data_dir, files, proc, log)
-
-    def ready() -> bool:
-        assert proc.poll() is None, f"serve exited {proc.returncode}: {log.read_text()[-3000:]}"
-        return httpx.get(f"{srv.url}/readyz", timeout=5).status_code == 200
-
-    try:
-        wait_for(ready, lambda: f"rankserve serve --data {NAME} is ready: {log.read_text()[-3000:]}", timeout_s=240,
-                 poll_s=0.5, ignoring=(httpx.HTTPError,))
+def served(marketplace: Marketplace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("marketplace-served")
+    with serving(marketplace.copy(root / "data"), marketplace.files, root / "serve.log") as srv:
         yield srv
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def _requests(srv: Served, n: int) -> list[dict]:
@@ -225,7 +156,7 @@ def test_catalogue_changes_take_the_schemas_ids_and_columns(served: Served, tmp_
     new.write_text("sku,seller,department,color,list_price,review_score,orders_30d\n"
                    "sku-new-2,seller-001,toys,blue,8.0,,1\n")
     for path in (tmp_path / "new.parquet", new):
-        rc, out = _cli(served.data_dir, "items", "add", str(path), "--data", NAME)
+        rc, out = cli(served.data_dir, "items", "add", str(path), "--data", NAME)
         assert rc == 0, out
 
     def ranked() -> bool:
@@ -233,7 +164,7 @@ def test_catalogue_changes_take_the_schemas_ids_and_columns(served: Served, tmp_
         return r.status_code == 200 and r.json().get("unknown_candidates", 0) == 0
 
     wait_for(ranked, "the added items are ranked as candidates", timeout_s=30)
-    rc, out = _cli(served.data_dir, "items", "block", "sku-new-1", "--data", NAME)
+    rc, out = cli(served.data_dir, "items", "block", "sku-new-1", "--data", NAME)
     assert rc == 0, out
     wait_for(lambda: "sku-new-1" not in {it["item_id"] for it in served.rank(
         {"user_id": "cust-0001", "candidates": ["sku-new-1", "sku-000001"]}).json()["items"]},
