@@ -91,7 +91,7 @@ docs: install
 	$(PY) -m serving.config > docs/reference/settings.md
 
 lint: install
-	$(PY) -m ruff check serving kernels training loadtest benchmarks tests
+	$(PY) -m ruff check serving kernels training loadtest benchmarks tests examples
 	$(PY) -m mypy
 
 clean:
