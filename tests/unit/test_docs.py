@@ -1,5 +1,6 @@
 """The docs stay true: the settings page is generated from ``Settings``, the CLI page names every
-subcommand and flag, and every link in the README and docs/ leads to a file (and heading) that exists."""
+subcommand and flag, every link in the README, docs/ and the examples leads to a file (and heading)
+that exists, and the README stays a front door (at most ``README_MAX_LINES`` lines)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from serving.config import REPO_ROOT, settings_reference
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_PAGE = ROOT / "docs" / "reference" / "settings.md"
 CLI_PAGE = ROOT / "docs" / "reference" / "cli.md"
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "examples").rglob("*.md"))]
+README_MAX_LINES = 250
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -85,3 +87,9 @@ def test_every_link_leads_to_a_file_and_heading_that_exist(page: Path) -> None:
         elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(target)
     assert broken == [], f"{page.relative_to(ROOT)} links to what does not exist: {broken}"
+
+
+def test_the_readme_stays_a_front_door() -> None:
+    lines = len((ROOT / "README.md").read_text().splitlines())
+    assert lines <= README_MAX_LINES, (f"README.md has {lines} lines (at most {README_MAX_LINES}): move detail "
+                                       "into docs/ and link it")
