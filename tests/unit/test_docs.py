@@ -93,3 +93,14 @@ def test_the_readme_stays_a_front_door() -> None:
     lines = len((ROOT / "README.md").read_text().splitlines())
     assert lines <= README_MAX_LINES, (f"README.md has {lines} lines (at most {README_MAX_LINES}): move detail "
                                        "into docs/ and link it")
+
+
+def test_the_own_ranker_walkthrough_shows_the_examples_declaration() -> None:
+    import yaml
+
+    page = (ROOT / "docs" / "own-ranker.md").read_text()
+    shown = re.search(r"```yaml\n(.*?)```", page, re.S)
+    assert shown is not None, "docs/own-ranker.md shows no declaration"
+    example = ROOT / "examples" / "own_ranker" / "features.yaml"
+    assert yaml.safe_load(shown.group(1)) == yaml.safe_load(example.read_text()), (
+        "docs/own-ranker.md shows another declaration than examples/own_ranker/features.yaml")
