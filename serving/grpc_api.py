@@ -10,8 +10,8 @@ status from the one error table (``serving.errors``). Must not touch: ranking lo
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -38,6 +38,8 @@ SERVICER_FUNCTION = "serving.proto.ranker_pb2_grpc.add_RankerServicer_to_server"
 # Trailing metadata of an error answer: the error code and the offending field, as in the JSON body.
 ERROR_CODE_KEY = "rankserve-error-code"
 ERROR_FIELD_KEY = "rankserve-error-field"
+
+M = TypeVar("M")
 
 _OPTIONAL = ("user_id", "k", "timeout_ms", "item_id", "shop_id")
 _STRINGS = ("request_id", "model", "scenario")
@@ -169,12 +171,10 @@ class GrpcIngress:
         async def read() -> RankRequest:
             return validate_rank_request(request_payload(request, limit))
 
-        try:
-            result = await self.service.rank(read, _metadata(grpc_context, "authorization"))
-        except RankserveError as err:
-            _set_error(grpc_context, err)
-            return ranker_pb2.RankResponse()
-        return response_message(result)
+        async def answer() -> ranker_pb2.RankResponse:
+            return response_message(await self.service.rank(read, _metadata(grpc_context, "authorization")))
+
+        return await _or_status(grpc_context, answer(), ranker_pb2.RankResponse())
 
     async def Events(self, request: ranker_pb2.EventsRequest,  # noqa: N802 - the gRPC method's name
                      grpc_context: GrpcContext) -> ranker_pb2.EventsResponse:
@@ -184,16 +184,20 @@ class GrpcIngress:
         async def read() -> list[Event]:
             return validate_events(events_payload(request, limit))
 
-        try:
+        async def answer() -> ranker_pb2.EventsResponse:
             accepted = await self.service.post_events(read, _metadata(grpc_context, "authorization"))
-        except RankserveError as err:
-            _set_error(grpc_context, err)
-            return ranker_pb2.EventsResponse()
-        return ranker_pb2.EventsResponse(accepted=accepted)
+            return ranker_pb2.EventsResponse(accepted=accepted)
+
+        return await _or_status(grpc_context, answer(), ranker_pb2.EventsResponse())
 
 
-def _set_error(grpc_context: GrpcContext, err: RankserveError) -> None:
-    code, details, trailing = error_status(err)
-    grpc_context.set_code(code)
-    grpc_context.set_details(details)
-    grpc_context.set_trailing_metadata(trailing)
+async def _or_status(grpc_context: GrpcContext, answer: Awaitable[M], empty: M) -> M:
+    """``answer``'s message, or ``empty`` with the error's status, details and trailing metadata set."""
+    try:
+        return await answer
+    except RankserveError as err:
+        code, details, trailing = error_status(err)
+        grpc_context.set_code(code)
+        grpc_context.set_details(details)
+        grpc_context.set_trailing_metadata(trailing)
+        return empty
