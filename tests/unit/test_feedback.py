@@ -25,12 +25,12 @@ from serving.feedback.paths import log_root
 from serving.feedback.recorder import FeedbackRecorder
 from serving.feedback.served import SERVED_SCHEMA, served_row, served_table
 from serving.feedback.writer import ParquetStream
-from serving.metrics import metric_values
 from serving.pipeline.routing import Traffic
 from serving.repository.registry import ModelRegistry
 from serving.schemas import RankRequest, RankResponse, ScoredItem
 from serving.service import RankService
 from tests.unit.fakes import SPEC, ScoringClient, make_pipeline, make_repo
+from tests.waiting import metric_sum
 
 _SCHEMA = pa.schema([("n", pa.int64()), ("text", pa.string())])
 
@@ -294,10 +294,7 @@ async def _post(svc: RankService, events: list[dict[str, Any]]) -> int:
 
 
 def _metric(svc: RankService, name: str, **labels: str) -> float:
-    text = svc.metrics.render().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    return metric_values("\n".join(line for line in text.splitlines() if want in line or line.startswith("#")),
-                         (name,)).get(name, 0.0)
+    return metric_sum(svc.metrics.render().decode(), name, **labels)
 
 
 def test_the_log_root_is_the_data_sets_folder_unless_log_dir_names_one(tmp_path: Path) -> None:
@@ -333,10 +330,9 @@ def test_every_answer_and_event_is_in_the_files_after_close_with_its_role_and_me
                                                                           ("nobody", "cart", "r0")]
     assert rows[1]["time"].timestamp() == 1_700_000_000 and rows[0]["time"] == rows[0]["received"]
     shown = sum(len(a.items) for a in answers)
-    text = svc.metrics.render().decode()
-    impressions = sum(v for line in text.splitlines() if line.startswith("rankserve_impressions_total{")
-                      for v in [float(line.rsplit(" ", 1)[1])])
-    assert impressions == shown
+    assert _metric(svc, "rankserve_impressions_total") == shown
+    assert _metric(svc, "rankserve_impressions_total", role="canary") == \
+        sum(len(a.items) for a in answers if a.model_role == "canary")
     a0 = answers[0]
     assert _metric(svc, "rankserve_events_total", type="click", model="ranker", version=str(a0.model_version),
                    role=a0.model_role) == 1
