@@ -81,7 +81,8 @@ class Settings(BaseModel):
     )
     auth: Literal["off", "keys"] | None = Field(
         None, description="Who may call the API. keys: an API key (rankserve keys add) in 'Authorization: Bearer' "
-                          "(gRPC: 'authorization' metadata), role rank for /v1/rank, admin for everything; /healthz "
+                          "(gRPC: 'authorization' metadata), role rank for /v1/rank and /v1/events, admin for "
+                          "everything; /healthz "
                           "and /readyz stay open. off: no key. Unset: off, allowed only while host is loopback.",
     )
     api_key: SecretStr | None = Field(
