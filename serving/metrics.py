@@ -4,7 +4,7 @@ reading values back out of an exposition.
 Owns: the metric names, their buckets and labels, :func:`merge_expositions`, which sums the
 expositions of all replicas (counters, histograms, gauges; the largest value for the gauges
 listed in ``MAX_GAUGES``) so that ``GET /metrics`` on any replica answers for the whole service,
-and :func:`metric_values`, which reads samples of such a page by name (the drain, the load test
+and :func:`metric_values` and :func:`metric_sum`, which read samples of such a page by name (and labels) (the drain, the load test
 and the benchmarks read the service's figures through it). Must not touch: when they are counted (the service does that) or where snapshots are kept
 (``serving.repository.nodes``).
 """
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["MAX_GAUGES", "NO_SCENARIO", "Metrics", "merge_expositions", "metric_values"]
+__all__ = ["MAX_GAUGES", "NO_SCENARIO", "Metrics", "merge_expositions", "metric_sum", "metric_values"]
 
 # Gauges whose service-wide value is the largest of the replicas' (a version or a share, not an amount).
 MAX_GAUGES = frozenset({"rankserve_model_version", "rankserve_model_traffic_percent", "rankserve_catalogue_version",
@@ -135,6 +135,13 @@ def merge_expositions(texts: Iterable[str]) -> str:
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
         lines += [f"{sample}{_labels(dict(labels))} {value!r}" for (sample, labels), value in values[name].items()]
     return "\n".join(lines) + "\n"
+
+
+def metric_sum(text: str, sample: str, **labels: str) -> float:
+    """The sum of the ``sample`` lines of a Prometheus text page whose labels include ``labels``
+    (0.0 where there is none)."""
+    return sum(float(s.value) for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == sample and labels.items() <= s.labels.items())
 
 
 def metric_values(text: str, names: tuple[str, ...] = ()) -> dict[str, float]:

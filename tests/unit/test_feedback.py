@@ -25,12 +25,12 @@ from serving.feedback.paths import log_root
 from serving.feedback.recorder import FeedbackRecorder
 from serving.feedback.served import SERVED_SCHEMA, served_row, served_table
 from serving.feedback.writer import ParquetStream
+from serving.metrics import metric_sum
 from serving.pipeline.routing import Traffic
 from serving.repository.registry import ModelRegistry
 from serving.schemas import RankRequest, RankResponse, ScoredItem
 from serving.service import RankService
 from tests.unit.fakes import SPEC, ScoringClient, make_pipeline, make_repo
-from tests.waiting import metric_sum
 
 _SCHEMA = pa.schema([("n", pa.int64()), ("text", pa.string())])
 
