@@ -367,7 +367,7 @@ def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from benchmarks.bench import run_bench
+    from benchmarks.bench import run_bench, run_log_cost
     from serving.ray_runtime import shutdown_ray
     from serving.startup import check_ray_address
 
@@ -377,7 +377,10 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     levels = [int(x) for x in args.levels.split(",") if x]
     with triton_endpoint(settings) as triton:
         try:
-            run_bench(settings, triton, levels=levels, duration_s=args.duration_s, out_dir=args.out)
+            if args.log_cost:
+                run_log_cost(settings, triton, levels=levels, duration_s=args.duration_s, out_dir=args.out)
+            else:
+                run_bench(settings, triton, levels=levels, duration_s=args.duration_s, out_dir=args.out)
         finally:
             shutdown_ray()
     return 0

@@ -111,6 +111,10 @@ class ParquetStream(Generic[Row]):
         self._file: _OpenFile | None = None
         self._seq = 0
         self.closed_files: list[Path] = []  # every file this stream renamed into place, oldest first
+        # the first conversion of a process costs some 0.3 s of CPU (pyarrow loads its time zones):
+        # paid here, at start-up, rather than beside the first answers; and ``to_table`` is checked
+        if to_table([]).schema != schema:
+            raise ValueError(f"to_table makes tables of another schema than {schema}")
         folder.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name=f"rankserve-log-{kind}", daemon=True)
         self._thread.start()

@@ -114,7 +114,8 @@ def test_a_full_buffer_drops_and_counts_without_waiting(tmp_path: Path) -> None:
     gate = threading.Event()
 
     def slow(rows: Sequence[int]) -> pa.Table:
-        gate.wait(30)  # the disk is stuck: the writer holds what it took
+        if rows:  # (not the stream's check of the schema, at start)
+            gate.wait(30)  # the disk is stuck: the writer holds what it took
         return _table(rows)
 
     dropped: list[int] = []
@@ -147,7 +148,7 @@ def test_a_failed_write_counts_its_rows_as_dropped_and_the_stream_goes_on(tmp_pa
 
     def flaky(rows: Sequence[int]) -> pa.Table:
         calls.append(len(rows))
-        if len(calls) == 1:
+        if len(calls) == 2:  # the first is the stream's check of the schema, at start
             raise OSError("disk full")
         return _table(rows)
 
@@ -161,9 +162,12 @@ def test_a_failed_write_counts_its_rows_as_dropped_and_the_stream_goes_on(tmp_pa
     assert _read(tmp_path)["n"].to_pylist() == [3]
 
 
-def test_the_stream_refuses_settings_that_cannot_work(tmp_path: Path) -> None:
+def test_the_stream_refuses_settings_that_cannot_work_and_rows_of_another_schema(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="capacity_rows"):
         _stream(tmp_path, capacity_rows=0)
+    with pytest.raises(ValueError, match="another schema"):
+        ParquetStream(tmp_path, "test", "host.1", pa.schema([("n", pa.int32())]), _table, capacity_rows=1,
+                      rotate_bytes=1, rotate_s=1.0)
 
 
 # -- the served record ---------------------------------------------------------------------------------
