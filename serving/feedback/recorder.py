@@ -20,7 +20,7 @@ from typing import TypeVar
 import pyarrow as pa
 
 from serving.config import Settings
-from serving.errors import OverloadedError
+from serving.errors import BackendUnavailableError, OverloadedError
 from serving.feedback.events import EVENT_SCHEMA, Event, EventRow, event_rows, events_table
 from serving.feedback.paths import EVENTS, SERVED, replica_name, stream_dir
 from serving.feedback.served import SERVED_SCHEMA, ServedRow, served_row, served_table
@@ -51,18 +51,28 @@ class FeedbackRecorder:
         self.metrics = metrics
         self.replica = replica or replica_name()
         self._recent: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
+        self.unwritable: str | None = None  # why the log's folder cannot be written, if it cannot
         self.served: ParquetStream[ServedRow] | None = self._stream(SERVED, SERVED_SCHEMA, served_table) \
             if settings.log_enabled else None
-        self.events: ParquetStream[EventRow] = self._stream(EVENTS, EVENT_SCHEMA, events_table)
+        self.events: ParquetStream[EventRow] | None = self._stream(EVENTS, EVENT_SCHEMA, events_table)
 
     def _stream(self, kind: str, schema: pa.Schema, to_table: Callable[[Sequence[R], str], pa.Table]
-                ) -> ParquetStream[R]:
-        s, replica = self.settings, self.replica
-        return ParquetStream(
-            stream_dir(s, kind), kind, replica, schema, lambda rows: to_table(rows, replica),
-            capacity_rows=s.log_queue, rotate_bytes=int(s.log_rotate_mb * 1024 * 1024), rotate_s=s.log_rotate_s,
-            on_written=self.metrics.log_written.labels(kind).inc, on_dropped=self.metrics.log_dropped.labels(kind).inc,
-        )
+                ) -> ParquetStream[R] | None:
+        """The stream of ``kind``; None when its folder cannot be made (logged once: the replica
+        serves without it, its answers' records counted as dropped, events calls answered 503)."""
+        s, replica, folder = self.settings, self.replica, stream_dir(self.settings, kind)
+        try:
+            return ParquetStream(
+                folder, kind, replica, schema, lambda rows: to_table(rows, replica),
+                capacity_rows=s.log_queue, rotate_bytes=int(s.log_rotate_mb * 1024 * 1024), rotate_s=s.log_rotate_s,
+                on_written=self.metrics.log_written.labels(kind).inc,
+                on_dropped=self.metrics.log_dropped.labels(kind).inc,
+            )
+        except OSError as err:
+            self.unwritable = f"cannot write the {kind} log under {folder}: {err.strerror or err}"
+            log.error(json.dumps({"event": "log_unwritable", "stream": kind, "error": self.unwritable,
+                                  "hint": "set RANKSERVE_LOG_DIR to a folder every replica may write"}))
+            return None
 
     def answered(self, req: RankRequest, res: RankResponse) -> None:
         """Count the items shown and, for a sampled answer, offer its record (never waits: a full
@@ -73,7 +83,10 @@ class FeedbackRecorder:
         if len(self._recent) > RECENT_ANSWERS:
             self._recent.popitem(last=False)
         sample = self.settings.log_sample
-        if self.served is None or (sample < 1.0 and random.random() >= sample):
+        if not self.settings.log_enabled or (sample < 1.0 and random.random() >= sample):
+            return
+        if self.served is None:  # its folder cannot be written
+            self.metrics.log_dropped.labels(SERVED).inc()
             return
         try:
             row = served_row(req, res, time.time_ns() // 1_000_000)
@@ -88,7 +101,10 @@ class FeedbackRecorder:
 
         Raises:
             OverloadedError: the events' buffer has no room for them (503, Retry-After: nothing stored).
+            BackendUnavailableError: the events' folder cannot be written (503).
         """
+        if self.events is None:
+            raise BackendUnavailableError(f"events are not stored: {self.unwritable}")
         if not self.events.offer(event_rows(events, time.time_ns() // 1_000_000)):
             raise OverloadedError(f"the event log is {self.events.pending} events behind; try again shortly",
                                   retry_after_s=1.0)

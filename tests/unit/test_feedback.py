@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.config import Settings
-from serving.errors import InvalidArgumentError, OverloadedError, ValidationError
+from serving.errors import BackendUnavailableError, InvalidArgumentError, OverloadedError, ValidationError
 from serving.feedback.events import EVENT_SCHEMA, MAX_EVENTS, Event, parse_events, validate_events
 from serving.feedback.paths import log_root
 from serving.feedback.recorder import FeedbackRecorder
@@ -398,3 +398,19 @@ def test_log_off_records_no_answer_and_a_sample_records_a_share(tmp_path: Path) 
     assert not (tmp_path / "off" / "log" / "served").exists()
     n = pq.read_table(sorted((tmp_path / "half" / "log" / "served").glob("*.parquet"))).num_rows
     assert 60 < n < 140, n
+
+
+def test_a_log_folder_that_cannot_be_made_leaves_ranking_alone_and_refuses_events(tmp_path: Path) -> None:
+    (tmp_path / "log").write_text("a file where the folder goes")
+    svc = _service(tmp_path)
+    assert svc.feedback is not None and svc.feedback.served is None and svc.feedback.events is None
+
+    async def run() -> None:
+        assert len((await _rank(svc, 3, "q1")).items) == 4
+        with pytest.raises(BackendUnavailableError, match="cannot write the events log") as refused:
+            await _post(svc, [_event()])
+        assert refused.value.http_status == 503
+        await svc.close()
+
+    asyncio.run(run())
+    assert _metric(svc, "rankserve_log_dropped_total", stream="served") == 1
