@@ -39,11 +39,12 @@ import numpy as np
 from benchmarks.plots import plot_bench, redraw
 from loadtest.workload import recall_bodies, run_loadgen, scrape, write_bodies
 from serving.config import Settings
+from serving.metrics import metric_sum
 from serving.net import QUIET_PORTS, free_port
 from serving.triton.caller import AsyncInferClient
 from serving.triton.client import TritonEndpoint
 
-__all__ = ["main", "run_bench"]
+__all__ = ["main", "run_bench", "run_log_cost"]
 
 _BATCH_METRICS = ("rankserve_batch_requests_sum", "rankserve_batch_requests_count", "rankserve_batch_candidates_sum")
 STAGES = ("queue", "recall", "cross", "rank")
@@ -153,13 +154,12 @@ def _serve_configs(settings: Settings, triton: TritonEndpoint, bodies_file: Path
 def run_bench(settings: Settings, triton: TritonEndpoint, *, levels: list[int], duration_s: float,
               out_dir: Path) -> dict[str, Any]:
     """Measure every configuration at each concurrency level; write JSON and markdown."""
-    from serving.pipeline.features import FeatureTables
     from serving.triton.client import AsyncTritonClient
     from serving.triton.inprocess import InProcessClient
 
     out_dir.mkdir(parents=True, exist_ok=True)
     quality = _quality(settings)
-    bodies = recall_bodies(FeatureTables.load(settings.marketplace_path).n_users, 4096)
+    bodies = recall_bodies(_n_users(settings), 4096)
     bodies_file = write_bodies(bodies)
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in ("floor", "triton_floor", "framework", "rankserve",
                                                                 "rankserve_grpc", "no_batching")}
@@ -180,6 +180,98 @@ def run_bench(settings: Settings, triton: TritonEndpoint, *, levels: list[int], 
     print(f"plot: {out_dir / 'bench.png'}")
     print("ratios: " + " ".join(f"{k}={v:.3f}" for k, v in ratios.items() if k != "concurrency"))
     return report
+
+
+def run_log_cost(settings: Settings, triton: TritonEndpoint, *, levels: list[int], duration_s: float,
+                 out_dir: Path, rounds: int = 3) -> dict[str, Any]:
+    """The cost of the served log: rankserve over HTTP with the log on, then off, ``rounds`` times
+    (alternating, so drift of the machine falls on both alike), every concurrency level each time,
+    in one run. ``log_cost`` at each level: the median over the rounds of 1 - (req/s with the log
+    on) / (req/s with it off), with its range; and the server's CPU per request with the log on and
+    off (``log_cpu_cost``: 1 - off / on, medians over the rounds), steadier on a shared machine. The log goes to a scratch folder. Writes ``log-cost.json`` and
+    ``log-cost.md``; the last line is ``log_cost: c=..: ..``."""
+    import tempfile
+
+    import httpx
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.ray_runtime import Ingress, init_ray, shutdown_ray, start_serve
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bodies_file = write_bodies(recall_bodies(_n_users(settings), 4096))
+    ingress = Ingress.from_settings(settings, port=free_port(QUIET_PORTS), grpc_port=free_port(QUIET_PORTS))
+    url = f"http://127.0.0.1:{ingress.port}"
+    points: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    init_ray(settings.ray_address, ingress=ingress)
+    try:
+        start_serve(ingress)
+        with tempfile.TemporaryDirectory(prefix="rankserve-log-cost-") as scratch:
+            for n in range(rounds):
+                for key in ("on", "off"):
+                    app = settings.model_copy(update={"log_enabled": key == "on", "log_dir": Path(scratch)})
+                    serve.run(build_app(app, triton), name="rankserve", route_prefix="/")
+                    for c in levels:
+                        cpu0 = _server_cpu_s()
+                        r = _served_point(url, bodies_file, c, duration_s, settings.recall_n)
+                        time.sleep(1.5)  # the writer's flush interval: the rows of this point are written
+                        r["server_cpu_ms_per_request"] = (_server_cpu_s() - cpu0) * 1000 / max(r["requests"], 1)
+                        r["served_rows_written"] = metric_sum(httpx.get(f"{url}/metrics", timeout=10).text,
+                                                              "rankserve_log_written_total", stream="served")
+                        points[key].append({**r, "round": n})
+                        print(f"log {key} round {n} c={c}: {r['rps']:.1f} req/s, fail {r['failures']}, served rows "
+                              f"written {r['served_rows_written']:.0f}", flush=True)
+                    serve.delete("rankserve")
+    finally:
+        shutdown_ray()
+    cost, spread = {}, {}
+    for c in levels:  # each round's on against its off: the machine's drift between rounds cancels
+        pairs = [1 - on["rps"] / max(off["rps"], 1e-9) for on, off in zip(
+            [r for r in points["on"] if r["concurrency"] == c], [r for r in points["off"] if r["concurrency"] == c],
+            strict=True)]
+        cost[c], spread[c] = float(np.median(pairs)), (min(pairs), max(pairs))
+    cpu = {c: {k: float(np.median([r["server_cpu_ms_per_request"] for r in points[k] if r["concurrency"] == c]))
+               for k in points} for c in levels}
+    cpu_cost = {c: 1 - v["off"] / max(v["on"], 1e-9) for c, v in cpu.items()}
+    report = {"levels": levels, "duration_s": duration_s, "rounds": rounds, "results": points, "log_cost": cost,
+              "log_cost_range": spread, "server_cpu_ms_per_request": cpu, "log_cpu_cost": cpu_cost}
+    (out_dir / "log-cost.json").write_text(json.dumps(report, indent=2))
+    md = _markdown({f"log_{k}": v for k, v in points.items()}, {"concurrency": levels[-1]} | {
+        f"log_cost_c{c}": v for c, v in cost.items()} | {f"log_cpu_cost_c{c}": v for c, v in cpu_cost.items()})
+    (out_dir / "log-cost.md").write_text(md)
+    print(md)
+    for c, v in cpu.items():
+        print(f"server CPU per request at c={c}: {v['on']:.2f} ms with the log, {v['off']:.2f} ms without "
+              f"(log_cpu_cost {cpu_cost[c]:.3f})")
+    print("log_cost: " + " ".join(f"c={c}: {v:.3f} (rounds {spread[c][0]:.3f} to {spread[c][1]:.3f})"
+                                  for c, v in cost.items()))
+    return report
+
+
+def _server_cpu_s() -> float:
+    """CPU seconds used so far by the server this process started: its Ray Serve replicas, HAProxy,
+    the embedded Triton and its python-backend stubs (the load generator and Ray's own daemons
+    aside). On a shared machine this is steadier than throughput: other work slows the server
+    without adding to its CPU per request."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+            if any(part in cmd for part in ("ServeReplica:rankserve", "haproxy", "tritonserver",
+                                            "triton_python_backend_stub")):
+                t = proc.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def _n_users(settings: Settings) -> int:
+    from serving.pipeline.features import FeatureTables
+
+    return FeatureTables.load(settings.marketplace_path).n_users
 
 
 def _quality(settings: Settings) -> dict[str, Any]:
@@ -247,6 +339,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=int, help="the marketplace of this many items (built first if need be, "
                                           "into its own folders; default: the demo's)")
     p.add_argument("--users", type=int, help="its users (default: the demo's)")
+    p.add_argument("--log-cost", action="store_true", help="only the cost of the served log: rankserve with the "
+                                                           "log on and off, alternating, at each level")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ reading values back out of an exposition.
 Owns: the metric names, their buckets and labels, :func:`merge_expositions`, which sums the
 expositions of all replicas (counters, histograms, gauges; the largest value for the gauges
 listed in ``MAX_GAUGES``) so that ``GET /metrics`` on any replica answers for the whole service,
-and :func:`metric_values`, which reads samples of such a page by name (the drain, the load test
+and :func:`metric_values` and :func:`metric_sum`, which read samples of such a page by name (and labels) (the drain, the load test
 and the benchmarks read the service's figures through it). Must not touch: when they are counted (the service does that) or where snapshots are kept
 (``serving.repository.nodes``).
 """
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["MAX_GAUGES", "NO_SCENARIO", "Metrics", "merge_expositions", "metric_values"]
+__all__ = ["MAX_GAUGES", "NO_SCENARIO", "Metrics", "merge_expositions", "metric_sum", "metric_values"]
 
 # Gauges whose service-wide value is the largest of the replicas' (a version or a share, not an amount).
 MAX_GAUGES = frozenset({"rankserve_model_version", "rankserve_model_traffic_percent", "rankserve_catalogue_version",
@@ -39,11 +39,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("rankserve_requests", "Ranking requests by HTTP status and scenario.",
-                                ["status", "scenario"], registry=r)
+        self.requests = Counter("rankserve_requests", "Ranking requests by HTTP status, scenario and the answering "
+                                "ranker's version ('' when refused before a version was chosen).",
+                                ["status", "scenario", "version"], registry=r)
         self.latency_ms = Histogram(
-            "rankserve_request_latency_ms", "End-to-end latency inside the replica, by scenario.", ["scenario"],
-            buckets=_LAT_BUCKETS_MS, registry=r,
+            "rankserve_request_latency_ms", "End-to-end latency inside the replica, by scenario and ranker version.",
+            ["scenario", "version"], buckets=_LAT_BUCKETS_MS, registry=r,
         )
         self.stage_ms = Histogram(
             "rankserve_stage_latency_ms", "Latency of one pipeline stage per batch.", ["stage"],
@@ -76,6 +77,16 @@ class Metrics:
             "rankserve_model_traffic_percent", "Share of requests each model version scores, by role: live, canary, "
             "shadow (a copy scored off the response path).", ["model", "version", "role"], registry=r
         )
+        # the served log and events (serving.feedback)
+        self.impressions = Counter("rankserve_impressions", "Items shown, by the ranker version that answered and "
+                                   "its role (live, canary).", ["model", "version", "role"], registry=r)
+        self.events = Counter("rankserve_events", "Events posted, by type and by the answer they follow (role "
+                              "'unknown' with empty model and version: an answer this replica does not remember).",
+                              ["type", "model", "version", "role"], registry=r)
+        self.log_written = Counter("rankserve_log_written", "Rows written into the log, by stream (served, events).",
+                                   ["stream"], registry=r)
+        self.log_dropped = Counter("rankserve_log_dropped", "Rows not logged, by stream: a full buffer (an events "
+                                   "call is then refused 503) or a failed write.", ["stream"], registry=r)
         self.replicas = Gauge("rankserve_replicas", "Replicas whose metrics this exposition sums.", registry=r)
         self.replicas.set(1)
         # shadow comparisons as sums (means = sum / requests), so that they add up across replicas
@@ -124,6 +135,13 @@ def merge_expositions(texts: Iterable[str]) -> str:
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
         lines += [f"{sample}{_labels(dict(labels))} {value!r}" for (sample, labels), value in values[name].items()]
     return "\n".join(lines) + "\n"
+
+
+def metric_sum(text: str, sample: str, **labels: str) -> float:
+    """The sum of the ``sample`` lines of a Prometheus text page whose labels include ``labels``
+    (0.0 where there is none)."""
+    return sum(float(s.value) for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == sample and labels.items() <= s.labels.items())
 
 
 def metric_values(text: str, names: tuple[str, ...] = ()) -> dict[str, float]:

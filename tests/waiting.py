@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from serving.metrics import metric_sum
 
 __all__ = ["answered", "metric", "wait_for", "wait_for_answers"]
 
@@ -53,9 +54,7 @@ def wait_for(condition: Callable[[], T], what: str | Callable[[], str], *, timeo
 def metric(url: str, sample: str, **labels: str) -> float:
     """The sum of the ``sample`` lines on ``url``'s ``/metrics`` whose labels include ``labels``
     (0.0 where there is none)."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    return sum(float(s.value) for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == sample and labels.items() <= s.labels.items())
+    return metric_sum(httpx.get(f"{url}/metrics", timeout=30).text, sample, **labels)
 
 
 def answered(url: str) -> float:

@@ -22,7 +22,8 @@ PACKAGES = ("serving", "kernels", "training", "loadtest", "benchmarks")
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("kernels", "serving.config", "serving.errors", "serving.schemas", "serving.files", "serving.net",
      "serving.proto", "serving.terminal", "serving.stopping", "serving.auth"),
-    ("serving.triton", "serving.index", "serving.data", "serving.pipeline.features", "serving.metrics"),
+    ("serving.triton", "serving.index", "serving.data", "serving.pipeline.features", "serving.metrics",
+     "serving.feedback"),
     ("serving.pipeline",),
     ("serving.repository",),
     ("serving.batching", "serving.service", "serving.http_api", "serving.grpc_api", "serving.app",

@@ -1,0 +1,11 @@
+"""What users were shown and what they did: the served log, the events, and what is built on them.
+
+Owns: the package's modules (one each): ``paths`` (where the log lives), ``writer`` (one Parquet
+stream per kind and replica, off the request path), ``served`` (the served record), ``events``
+(event validation and rows) and ``recorder`` (a replica's two streams and their metrics). Must not
+touch: the service, the wire formats, Ray.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
