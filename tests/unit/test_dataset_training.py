@@ -272,4 +272,5 @@ def test_train_demo_writes_the_demos_repository_only_for_the_data_set_the_build_
         rc, out = _cli(tmp_path, "train", "demo")  # the build imported another version
         assert rc == 2 and not demo_repo.exists()
     (tmp_path / "data" / "build.json").write_text(json.dumps({**summary, "data_set_version": 1}))
-    _check_demo(Settings.model_validate({"data_dir": tmp_path, "model_repository": demo_repo}), 1)
+    _check_demo(Settings.model_validate({"data_dir": tmp_path, "model_repository": demo_repo}),
+                DataSetStore(tmp_path).dataset("demo"), 1)
