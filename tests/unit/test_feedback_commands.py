@@ -183,3 +183,25 @@ def test_promote_if_better_promotes_a_canary_users_prefer(data_dir: Path) -> Non
     assert registry.traffic("ranker") == Traffic(live=2, history=(1,))
     rc, _, err = _cli(data_dir, "promote", "ranker", "--data", NAME, "--if-better")
     assert rc == 3 and "no canary to judge" in err
+
+
+def test_train_demo_accepts_a_version_a_join_made_from_the_built_one(tmp_path: Path) -> None:
+    from serving.config import Settings
+    from serving.errors import ConfigError
+    from training.dataset_command import _check_demo
+    from training.preflight import BUILD_FORMAT
+
+    files = data_files.write(tmp_path / "files")
+    data = tmp_path / "data"
+    assert _cli(data, "data", "import", "demo", *files.args())[0] == 0
+    (data / "data").mkdir()
+    (data / "data" / "build.json").write_text(json.dumps({"format": BUILD_FORMAT, "seed": 0, "config": {},
+                                                          "quality": {}, "versions": {}, "data_set_version": 1}))
+    write_served(data / "datasets" / "demo" / "log", [Served("r1", 0, [("s1", 0.9)], user_id="100")])
+    assert _cli(data, "log", "join", "demo")[0] == 0
+    settings = Settings.model_validate({"data_dir": data, "model_repository": tmp_path / "repo"})
+    ds = DataSetStore(data).dataset("demo")
+    _check_demo(settings, ds, 2)  # made by the join from the built version 1
+    assert _cli(data, "data", "import", "demo", *files.args())[0] == 0  # version 3: imported by hand
+    with pytest.raises(ConfigError, match="not the one rankserve build imported"):
+        _check_demo(settings, ds, 3)
