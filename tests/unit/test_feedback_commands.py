@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,18 +22,9 @@ from tests.unit.log_files import Served, at, write_events, write_served
 NAME = "shop"
 
 
-@contextlib.contextmanager
-def _env(data_dir: Path) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("RANKSERVE_")]:
-            mp.delenv(key)
-        mp.setenv("RANKSERVE_DATA_DIR", str(data_dir))
-        yield
-
-
 def _cli(data_dir: Path, *argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    with _env(data_dir), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with data_files.rankserve_env(data_dir), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main(list(argv))
     return rc, out.getvalue(), err.getvalue()
 
