@@ -115,3 +115,9 @@ def test_decide_joins_the_log_and_judges(tmp_path: Path) -> None:
     assert decision.promote and decision.report.canary.positives == 30  # type: ignore[union-attr]
     waiting = decide(tmp_path, None, "ranker", since=at(20), min_impressions=40)
     assert not waiting.promote and waiting.reason.startswith("not enough data")
+
+
+def test_decide_on_a_log_with_nothing_served_is_not_to_promote(tmp_path: Path) -> None:
+    decision = decide(tmp_path, None, "ranker", since=None, min_impressions=1)
+    assert not decision.promote and decision.reason.startswith("not enough data: no served log under")
+    assert decision.report.arms == ()
