@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -194,3 +195,16 @@ def test_train_demo_accepts_a_version_a_join_made_from_the_built_one(tmp_path: P
     assert _cli(data, "data", "import", "demo", *files.args())[0] == 0  # version 3: imported by hand
     with pytest.raises(ConfigError, match="not the one rankserve build imported"):
         _check_demo(settings, ds, 3)
+
+
+@pytest.mark.parametrize(("like", "expected"), [
+    (pa.timestamp("us"), datetime(2026, 3, 1, 23, 59, 1)),  # no zone: the UTC time
+    (pa.date32(), date(2026, 3, 1)),
+    (pa.int64(), 1772409541),  # a number: epoch seconds
+    (pa.float64(), 1772409541.0),
+])
+def test_the_served_time_takes_the_type_of_the_data_sets_time(like: pa.DataType, expected: object) -> None:
+    from serving.feedback.dataset import _times
+
+    served = pa.chunked_array([pa.array([datetime(2026, 3, 1, 23, 59, 1, tzinfo=UTC)], pa.timestamp("ms", tz="UTC"))])
+    assert _times(served, like).to_pylist() == [expected]
