@@ -1,6 +1,6 @@
 """What ``rankserve log join``, ``rankserve canary report`` and ``rankserve promote --if-better`` do.
 
-Owns: the log folder a command reads (:func:`log_root`), the join's destination (a new data set
+Owns: the join's destination (a new data set
 version, or ``--out``: a Parquet file written atomically), the printing of the counts and of the
 canary's figures, and the guarded promotion (the verdict of ``serving.feedback.judge``, then
 ``serving.repository.push.promote`` unchanged). Must not touch: argument parsing
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from serving.config import DEMO_DATA, dataset_dir
+from serving.config import DEMO_DATA
 from serving.data.store import DataSet, DataSetStore
 from serving.errors import ConfigError, PushRefusedError, SchemaError, SetupError
 from serving.feedback.join import (
@@ -33,18 +33,14 @@ from serving.feedback.join import (
     parse_time,
     with_damaged,
 )
+from serving.feedback.paths import log_root
 from serving.pipeline.routing import Traffic
 from serving.repository.registry import ModelRegistry
 
 if TYPE_CHECKING:
     from serving.config import Settings
 
-__all__ = ["cmd_canary", "cmd_log", "join_logs_ray", "log_root", "promote_if_better"]
-
-
-def log_root(settings: Settings) -> Path:
-    """The log folder of ``settings.data``: ``<data_dir>/datasets/<name>/log`` (the demo's included)."""
-    return dataset_dir(settings.data_dir, settings.data) / "log"
+__all__ = ["cmd_canary", "cmd_log", "join_logs_ray", "promote_if_better"]
 
 
 def _id_types(ds: DataSet) -> IdTypes:

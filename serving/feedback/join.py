@@ -31,6 +31,7 @@ from serving.data.impressions import lenient_ids
 from serving.data.schema import Schema
 from serving.errors import ConfigError, SchemaError
 from serving.feedback.duck import LogFiles, connect, readable_files
+from serving.feedback.events import EVENT_TYPES
 
 if TYPE_CHECKING:
     import duckdb
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["EMPTY_EVENTS", "EVENT_TYPES", "JOINED_SCHEMA", "EVENTS_COLUMNS", "SERVED_COLUMNS", "IdTypes", "JoinCounts",
            "JoinResult", "join_logs", "join_tables", "log_files", "parse_time", "with_damaged"]
 
-EVENT_TYPES = ("click", "cart", "order")
 SERVED_COLUMNS = ("request_id", "time", "user_id", "scenario", "model", "model_version", "role", "items")
 EVENTS_COLUMNS = ("request_id", "item_id", "type", "time")
 DEFAULT_ATTRIBUTION_WINDOW_S = 1800.0

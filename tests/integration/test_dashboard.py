@@ -1,5 +1,5 @@
 """Every metric and label the Grafana dashboard queries exists in a live scrape of the service's
-GET /metrics (the session's server, after it has answered a request)."""
+GET /metrics (the session's server, after it has answered a request and taken an event for it)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ _TARGET_LABELS = {"job", "instance"}
 
 
 def test_every_metric_the_dashboard_queries_is_in_a_live_scrape(rankserve_url: str) -> None:
-    assert httpx.post(f"{rankserve_url}/v1/rank", json={"user_id": 7, "k": 3}, timeout=30).status_code == 200
+    answer = httpx.post(f"{rankserve_url}/v1/rank", json={"user_id": 7, "k": 3}, timeout=30)
+    assert answer.status_code == 200
+    click = {"request_id": answer.json()["request_id"], "item_id": answer.json()["items"][0]["item_id"], "type": "click"}
+    assert httpx.post(f"{rankserve_url}/v1/events", json={"events": [click]}, timeout=30).status_code == 202
     families = list(text_string_to_metric_families(httpx.get(f"{rankserve_url}/metrics", timeout=30).text))
     samples = {s.name for f in families for s in f.samples}
     declared = {f.name for f in families}

@@ -1,5 +1,5 @@
-"""Served records and events written as Parquet files of exactly the log's schemas, for the join's
-and the judge's unit tests (the log writer's own tests check that it writes these schemas)."""
+"""Served records and events written as Parquet files of exactly the log's schemas (those the log
+writer writes), for the join's and the judge's unit tests."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TIME = pa.timestamp("ms", tz="UTC")
-ITEM = pa.struct([("item_id", pa.string()), ("position", pa.int32()), ("score", pa.float32())])
-SERVED = pa.schema([("request_id", pa.string()), ("time", TIME), ("user_id", pa.string()), ("context", pa.string()),
-                    ("scenario", pa.string()), ("scenario_version", pa.int64()), ("model", pa.string()),
-                    ("model_version", pa.int64()), ("role", pa.string()), ("catalogue_version", pa.int64()),
-                    ("items", pa.list_(ITEM)), ("degraded", pa.bool_()), ("recall", pa.string()),
-                    ("replica", pa.string())])
-EVENTS = pa.schema([("request_id", pa.string()), ("item_id", pa.string()), ("type", pa.string()), ("time", TIME),
-                    ("received", TIME), ("replica", pa.string())])
+from serving.feedback.events import EVENT_SCHEMA
+from serving.feedback.served import SERVED_SCHEMA
+
+SERVED, EVENTS = SERVED_SCHEMA, EVENT_SCHEMA
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 

@@ -3,6 +3,7 @@ replicas' files, damaged files, the window, and the Ray Data path's shared query
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +20,17 @@ from serving.feedback.join import (
     join_tables,
     parse_time,
 )
-from tests.unit.log_files import T0, Served, at, events_table, served_table, write_events, write_served
+from tests.unit.log_files import (
+    EVENTS,
+    SERVED,
+    T0,
+    Served,
+    at,
+    events_table,
+    served_table,
+    write_events,
+    write_served,
+)
 
 WINDOW_S = 1800.0
 
@@ -143,3 +154,27 @@ def test_times_read_as_iso_8601_or_as_an_age() -> None:
     for bad in ("yesterday", "10q", "", "-5m"):
         with pytest.raises(ConfigError, match="neither ISO 8601"):
             parse_time(bad)
+
+
+def test_the_log_writers_files_join_and_its_open_file_is_not_read(tmp_path: Path) -> None:
+    from serving.feedback.writer import ParquetStream
+
+    def stream(kind: str, schema: pa.Schema, replica: str = "host-1") -> ParquetStream[pa.Table]:
+        return ParquetStream(tmp_path / kind, kind, replica, schema, lambda tables: pa.concat_tables(tables),
+                             capacity_rows=100, rotate_bytes=1 << 30, rotate_s=3600, flush_s=0.01)
+
+    served, events = stream("served", SERVED), stream("events", EVENTS)
+    served.offer([served_table([Served("r1", 0, [("a", 0.9), ("b", 0.1)])])])
+    events.offer([events_table([("r1", "b", "click", 2)])])
+    served.close()
+    events.close()
+    late = stream("served", SERVED, "host-2")  # another replica still writing: its file is hidden until closed
+    late.offer([served_table([Served("r2", 1, [("c", 0.5)])])])
+    deadline = time.monotonic() + 30
+    while not [p for p in (tmp_path / "served").iterdir() if p.name.startswith(".")]:  # its rows in its hidden file
+        assert time.monotonic() < deadline, "the writer wrote nothing in 30 s"
+        time.sleep(0.01)
+    result = join_logs(tmp_path, None)
+    assert _labels(result.table) == {("r1", "a"): 0, ("r1", "b"): 1} and result.counts.damaged_files == 0
+    late.close()
+    assert join_logs(tmp_path, None).counts.impressions == 3
