@@ -122,7 +122,8 @@ def run(items: int, events: int, repeats: int) -> dict[str, Any]:
             "duckdb_s": {"median": statistics.median(duck_s), "all": duck_s},
             "pandas_s": {"median": statistics.median(pandas_s), "all": pandas_s},
             "speedup": statistics.median(pandas_s) / statistics.median(duck_s),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "machine": {"cpus": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0],
+                        "date": datetime.now(UTC).strftime("%Y-%m-%d"), "python": platform.python_version(),
                         "duckdb": __import__("duckdb").__version__, "pandas": pd.__version__}}
 
 

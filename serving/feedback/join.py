@@ -186,11 +186,14 @@ FROM served_raw s, unnest(s.items) AS u(it)
 """
 _EVENTS = """
 CREATE TEMP TABLE ev AS
+WITH e AS (SELECT request_id, item_id, type, min(epoch_ms(time)) AS t_ms, count(*) AS n
+           FROM events_raw GROUP BY request_id, item_id, type),
+     k AS (SELECT s.request_id, s.item_id, min(s.t_ms) AS t_ms
+           FROM shown s SEMI JOIN (SELECT DISTINCT request_id, item_id FROM e) d
+                ON s.request_id = d.request_id AND s.item_id = d.item_id
+           GROUP BY s.request_id, s.item_id)
 SELECT e.request_id, e.item_id, e.type, e.t_ms, e.n, k.t_ms AS served_ms
-FROM (SELECT request_id, item_id, type, min(epoch_ms(time)) AS t_ms, count(*) AS n
-      FROM events_raw GROUP BY request_id, item_id, type) e
-LEFT JOIN (SELECT request_id, item_id, min(t_ms) AS t_ms FROM shown GROUP BY request_id, item_id) k
-       ON e.request_id = k.request_id AND e.item_id = k.item_id
+FROM e LEFT JOIN k ON e.request_id = k.request_id AND e.item_id = k.item_id
 """
 _COUNTS = """
 SELECT
