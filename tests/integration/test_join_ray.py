@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.unit import data_files
 from tests.unit.log_files import Served, write_events, write_served
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# a local Ray cluster started and stopped by the command (about 100 s on 2 busy cores); make test
+# covers the query the Ray path shares in tests/unit/test_feedback_join.py
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _rankserve(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
