@@ -10,6 +10,7 @@ canary's figures, and the guarded promotion (the verdict of ``serving.feedback.j
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from datetime import datetime
@@ -139,6 +140,8 @@ def cmd_canary(settings: Settings, args: argparse.Namespace) -> int:
     result = _join(settings, args, _id_types(DataSetStore.of(settings).dataset(settings.data)))
     report = judge(result.table, args.model, event=args.event, live=traffic.live, canary=traffic.canary_version,
                    counts=result.counts)
+    if traffic.canary_version is None:  # the live version alone (an earlier canary's answers left aside)
+        report = dataclasses.replace(report, arms=tuple(a for a in report.arms if a == report.live))
     if args.json:
         print(json.dumps({**report.to_json(), "damaged_files": [str(p) for p, _ in result.damaged]}, indent=2))
         return 0

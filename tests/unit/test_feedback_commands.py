@@ -146,10 +146,13 @@ def test_canary_report_prints_each_role_and_without_a_canary_the_live_one(data_d
                                                                                        ("canary", 2, 1)]
 
 
-def test_canary_report_without_a_canary_exits_0(data_dir: Path) -> None:
-    _repository(data_dir, Traffic(live=1))
+def test_canary_report_without_a_canary_reports_the_live_version_alone_and_exits_0(data_dir: Path) -> None:
+    _repository(data_dir, Traffic(live=1))  # the log still holds an earlier canary's answers
     rc, out, _ = _cli(data_dir, "canary", "report", "ranker", "--data", NAME)
     assert rc == 0 and "ranker has no canary: live v1 alone" in out
+    assert "live    v1" in out and "canary" not in out.split("ranker (click):")[1].split("ranker has no")[0]
+    rc, out, _ = _cli(data_dir, "canary", "report", "ranker", "--data", NAME, "--json")
+    assert rc == 0 and [(a["role"], a["version"]) for a in json.loads(out)["arms"]] == [("live", 1)]
 
 
 def test_promote_if_better_changes_nothing_without_enough_data(data_dir: Path) -> None:
