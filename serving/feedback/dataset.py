@@ -2,7 +2,8 @@
 
 Owns: the mapping of joined rows (``serving.feedback.join``) onto the stored impressions' columns
 (``user_row`` and ``item_row`` found among the data set's ids, ``label`` from one event type, the
-served time in the stored time's type, each context column absent: null), the rows left out (an
+served time in the stored time's type, each context field encoded from the served context as
+serving encoded it), the rows left out (an
 item or user the data set does not know, such as a catalogue item added after the import), and
 the call that writes them as a new version (:func:`add_joined`). Must not touch: how a version is
 written (``serving.data.store``), the join.
@@ -10,6 +11,7 @@ written (``serving.data.store``), the join.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +21,8 @@ import pyarrow.compute as pc
 
 from serving.data.impressions import lenient_ids
 from serving.data.store import DataSet
-from serving.data.tables import DataTables
-from serving.errors import SchemaError, SetupError
+from serving.data.tables import DataTables, EncodedContext
+from serving.errors import SchemaError, SetupError, ValidationError
 
 __all__ = ["Added", "add_joined", "as_impressions"]
 
@@ -58,6 +60,36 @@ def _times(served: pa.ChunkedArray, like: pa.DataType) -> pa.Array:
     return seconds.cast(like) if pa.types.is_floating(like) else pc.floor(seconds).cast(like)
 
 
+def _encoded(tables: DataTables, text: str | None) -> EncodedContext | None:
+    """A served context (JSON) encoded as serving encoded it; None when it no longer reads."""
+    try:
+        return tables.encode_context(json.loads(text) if text else None)
+    except (ValueError, ValidationError):  # the schema changed since it was served: the context is absent
+        return None
+
+
+def _field(context: EncodedContext | None, name: str) -> object:
+    if context is None:
+        return None
+    if name in context.sequences:
+        return context.sequences[name].tolist()
+    for values in (context.categorical, context.numeric):
+        if name in values:
+            return values[name]
+    return context.groups.get(name, 0)
+
+
+def _contexts(served: list[str | None], tables: DataTables, like: pa.Schema) -> dict[str, pa.Array]:
+    """Each stored context column (``context.<field>``) of the served contexts, encoded as the
+    impressions' are (one encoding per distinct context: answers share few)."""
+    names = [f for f in like if f.name.startswith("context.")]
+    if not names:
+        return {}
+    cache: dict[str | None, EncodedContext | None] = {}
+    encoded = [cache[text] if text in cache else cache.setdefault(text, _encoded(tables, text)) for text in served]
+    return {f.name: pa.array([_field(c, f.name.removeprefix("context.")) for c in encoded], f.type) for f in names}
+
+
 def as_impressions(joined: pa.Table, tables: DataTables, like: pa.Schema, *,
                    event: str = "click") -> tuple[pa.Table, int, int]:
     """``joined`` as rows of the stored impressions ``like``; with the rows left out for an unknown user and item."""
@@ -75,8 +107,7 @@ def as_impressions(joined: pa.Table, tables: DataTables, like: pa.Schema, *,
             columns[f.name] = joined.column(event).cast(f.type)
         elif f.name == "time":
             columns[f.name] = _times(joined.column("time"), f.type)
-        else:  # a context field: the served context is not encoded here, so it is absent (0)
-            columns[f.name] = pa.nulls(joined.num_rows, f.type)
+    columns.update(_contexts(joined.column("context").to_pylist(), tables, like))
     out = pa.table(columns, schema=like).filter(keep)
     unknown_users = joined.num_rows - int(pc.sum(user_known.cast(pa.int64())).as_py() or 0)
     unknown_items = joined.num_rows - int(pc.sum(item_known.cast(pa.int64())).as_py() or 0)

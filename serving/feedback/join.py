@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["EMPTY_EVENTS", "EVENT_TYPES", "JOINED_SCHEMA", "EVENTS_COLUMNS", "SERVED_COLUMNS", "IdTypes", "JoinCounts",
            "JoinResult", "join_logs", "join_tables", "log_files", "parse_time", "with_damaged"]
 
-SERVED_COLUMNS = ("request_id", "time", "user_id", "scenario", "model", "model_version", "role", "items")
+SERVED_COLUMNS = ("request_id", "time", "user_id", "context", "scenario", "model", "model_version", "role", "items")
 EVENTS_COLUMNS = ("request_id", "item_id", "type", "time")
 DEFAULT_ATTRIBUTION_WINDOW_S = 1800.0
 _TIME = pa.timestamp("ms", tz="UTC")
@@ -49,7 +49,7 @@ JOINED_SCHEMA = pa.schema([("request_id", pa.string()), ("user_id", pa.string())
                            ("position", pa.int32()), ("score", pa.float32()),
                            *((t, pa.int8()) for t in EVENT_TYPES),
                            ("model", pa.string()), ("model_version", pa.int64()), ("role", pa.string()),
-                           ("scenario", pa.string()), ("time", _TIME)])
+                           ("scenario", pa.string()), ("time", _TIME), ("context", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ class JoinCounts:
 
 @dataclass(frozen=True)
 class JoinResult:
-    """The joined impressions (:data:`JOINED_SCHEMA`, ids cast to the data set's types) and the counts."""
+    """The joined impressions (:data:`JOINED_SCHEMA`: the contract's columns, then the answer's
+    ``context`` as served, JSON; ids cast to the data set's types) and the counts."""
 
     table: pa.Table
     counts: JoinCounts
@@ -181,7 +182,7 @@ def _id_types(schema: Schema | IdTypes | None) -> IdTypes:
 _SHOWN = """
 CREATE TEMP TABLE shown AS
 SELECT s.request_id, s.user_id, it.item_id, it.position, it.score, s.model, s.model_version, s.role,
-       s.scenario, epoch_ms(s.time) AS t_ms
+       s.scenario, epoch_ms(s.time) AS t_ms, s.context
 FROM served_raw s, unnest(s.items) AS u(it)
 """
 _EVENTS = """
@@ -209,7 +210,7 @@ _OUT = """
 SELECT sh.request_id, sh.user_id, sh.item_id, sh.position::INTEGER AS position, sh.score::FLOAT AS score,
        coalesce(l.click, 0)::TINYINT AS click, coalesce(l.cart, 0)::TINYINT AS cart,
        coalesce(l."order", 0)::TINYINT AS "order", sh.model, sh.model_version::BIGINT AS model_version, sh.role,
-       sh.scenario, sh.t_ms
+       sh.scenario, sh.t_ms, sh.context
 FROM shown sh
 LEFT JOIN (SELECT request_id, item_id, max((type = 'click')::INT) AS click, max((type = 'cart')::INT) AS cart,
                   max((type = 'order')::INT) AS "order"
@@ -236,7 +237,8 @@ def _joined(con: duckdb.DuckDBPyConnection, ids: IdTypes, since: datetime | None
         raise SchemaError(f"the served log or the events do not read: {err}",
                           hint="a file the log writer did not write whole? move it out of the folder") from err
     times = pc.cast(out.column("t_ms"), pa.int64()).cast(pa.timestamp("ms")).cast(_TIME)
-    table = out.drop_columns(["t_ms"]).append_column("time", times)
+    table = out.drop_columns(["t_ms", "context"]).append_column("time", times).append_column("context",
+                                                                                           out.column("context"))
     table = table.cast(JOINED_SCHEMA)
     table = table.set_column(1, "user_id", lenient_ids(table.column("user_id").combine_chunks(), ids.user)) \
         .set_column(2, "item_id", lenient_ids(table.column("item_id").combine_chunks(), ids.item))

@@ -38,7 +38,8 @@ def data_dir(tmp_path: Path) -> Path:
     rc, _, err = _cli(data, "data", "import", NAME, *files.args())
     assert rc == 0, err
     log = data / "datasets" / NAME / "log"
-    write_served(log, [Served("r1", 0, [("s1", 0.9), ("s2", 0.4)], user_id="100"),
+    write_served(log, [Served("r1", 0, [("s1", 0.9), ("s2", 0.4)], user_id="100",
+                              context={"device": "web", "hour": 12.0, "recent": ["s1", "zz", "s3"]}),
                        Served("r2", 5, [("s3", 0.7), ("s-new", 0.2)], user_id="101", role="canary", version=2),
                        Served("r3", 9, [("s4", 0.3)], user_id="999")])  # an unknown user
     write_events(log, [("r1", "s2", "click", 3), ("r2", "s-new", "click", 7), ("zz", "s1", "click", 8)])
@@ -62,7 +63,13 @@ def test_log_join_adds_a_version_with_the_known_joined_impressions(data_dir: Pat
     got = [(tables.user_ids[r["user_row"]], tables.item_ids[r["item_row"]], r["label"]) for r in added]
     assert got == [(100, "s1", 0), (100, "s2", 1), (101, "s3", 0)]
     assert [r["time"] for r in added] == [int(at(0).timestamp())] * 2 + [int(at(5).timestamp())]  # ts is a number
-    assert all(r["context.device"] is None for r in added)
+    # the served context encoded as the import encoded its own rows: row 1 of the file is device "web",
+    # hour 12.0; row 2's hour is null (the fill); an unknown id ("zz") leaves a sequence
+    first = before.slice(1, 2).to_pylist()
+    assert [(r["context.device"], r["context.hour"], r["context.recent"]) for r in added[:2]] == \
+        [(first[0]["context.device"], first[0]["context.hour"], [1, 3])] * 2
+    assert (added[2]["context.device"], added[2]["context.hour"], added[2]["context.recent"]) == \
+        (0, first[1]["context.hour"], [])  # r2 gave no context
     assert ds.manifest(2)["base_version"] == 1 and ds.manifest(2)["rows"]["impressions"] == after.num_rows
 
 

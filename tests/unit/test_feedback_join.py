@@ -3,6 +3,7 @@ replicas' files, damaged files, the window, and the Ray Data path's shared query
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -67,6 +68,7 @@ def test_every_shown_item_is_one_row_labelled_by_the_events_within_the_window(lo
     assert rows[("r2", "d")]["role"] == "canary" and rows[("r2", "d")]["model_version"] == 2
     assert rows[("r3", "e")]["user_id"] is None
     assert rows[("r2", "a")]["time"] == at(60)
+    assert json.loads(rows[("r2", "a")]["context"]) == {}
     c = result.counts
     assert (c.served, c.impressions, c.joined, c.late, c.unmatched, c.duplicates, c.damaged_files) == \
         (3, 6, 3, 1, 2, 1, 0)
