@@ -46,11 +46,7 @@ __all__ = ["cmd_canary", "cmd_log", "join_logs_ray", "promote_if_better"]
 
 def _id_types(ds: DataSet) -> IdTypes:
     """The data set's id types (text when it was never imported)."""
-    if ds.live_version() is None:
-        return IdTypes()
-    tables = ds.tables()
-    kind = lambda ids: pa.int64() if ids.dtype.kind in "iu" else pa.string()  # noqa: E731
-    return IdTypes(user=kind(tables.user_ids), item=kind(tables.item_ids))
+    return IdTypes() if ds.live_version() is None else IdTypes.of(ds.tables())
 
 
 def _join(settings: Settings, args: argparse.Namespace, ids: IdTypes) -> JoinResult:

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from serving.data.impressions import lenient_ids
 from serving.data.schema import Schema
+from serving.data.tables import DataTables
 from serving.errors import ConfigError, SchemaError
 from serving.feedback.duck import LogFiles, connect, readable_files
 from serving.feedback.events import EVENT_TYPES
@@ -58,6 +59,12 @@ class IdTypes:
 
     user: pa.DataType = field(default_factory=pa.string)
     item: pa.DataType = field(default_factory=pa.string)
+
+    @classmethod
+    def of(cls, tables: DataTables) -> IdTypes:
+        """The id types of a data set's tables (integer ids: int64; any other: text)."""
+        kind = lambda ids: pa.int64() if ids.dtype.kind in "iu" else pa.string()  # noqa: E731
+        return cls(user=kind(tables.user_ids), item=kind(tables.item_ids))
 
 
 @dataclass(frozen=True)
