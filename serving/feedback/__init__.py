@@ -2,8 +2,11 @@
 
 Owns: the package's modules (one each): ``paths`` (where the log lives), ``writer`` (one Parquet
 stream per kind and replica, off the request path), ``served`` (the served record), ``events``
-(event validation and rows) and ``recorder`` (a replica's two streams and their metrics). Must not
-touch: the service, the wire formats, Ray.
+(event validation and rows), ``recorder`` (a replica's two streams and their metrics), ``duck``
+(DuckDB: the log's files a reader takes), ``join`` (the served log joined with the events into
+impressions), ``dataset`` (joined impressions added to a data set), ``judge`` (a canary judged by
+CTR and AUC) and ``commands`` (``rankserve log join``, ``canary report``, ``promote --if-better``).
+Must not touch: the service, the wire formats, Ray.
 """
 
 from __future__ import annotations

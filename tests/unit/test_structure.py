@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("serving.repository",),
     ("serving.batching", "serving.service", "serving.http_api", "serving.grpc_api", "serving.app",
      "serving.ray_runtime", "serving.ray_hardening"),
-    ("serving.startup",),
+    ("serving.startup", "serving.feedback.commands"),
     ("training",),
     ("loadtest",),
     ("benchmarks",),
