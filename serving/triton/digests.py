@@ -36,6 +36,8 @@ __all__ = ["DIGESTS_FILE", "Finding", "clear_bytecode", "record_digests", "recor
 
 DIGESTS_FILE = "digests.json"
 _BYTECODE = "__pycache__"
+# Every runner rankserve has shipped says this in its docstring (its first line changed with ONNX).
+_RUNNER_MARK = b"Owns: one model version inside Triton. Must not touch: rankserve (it is copied into each version)."
 
 
 def clear_bytecode(version_dir: Path) -> None:
@@ -140,8 +142,8 @@ def record_runner(version_dir: Path) -> None:
 
 
 def refresh_runners(repo: Path, models: Sequence[str]) -> list[str]:
-    """Make every version's copy of rankserve's runner (``RUNNER``: a ``model.py`` whose first line is
-    the runner's) this rankserve's, replacing (atomically) the copies that differ; any other
+    """Make every version's copy of rankserve's runner (``RUNNER``: a ``model.py`` whose docstring
+    says what every runner rankserve has shipped says) this rankserve's, replacing (atomically) the copies that differ; any other
     ``model.py`` is the model's own and stays. The runner belongs to the server, not to the
     version: a repository built by an earlier rankserve keeps its copies, and one of those read a
     request's inputs with ``as_numpy()``, which served wrong scores under NumPy 2.
@@ -150,12 +152,11 @@ def refresh_runners(repo: Path, models: Sequence[str]) -> list[str]:
         ``model/version`` of each copy replaced.
     """
     runner = RUNNER.read_bytes()
-    first = runner.split(b"\n", 1)[0]
     replaced = []
     for name in models:
         for path in sorted((Path(repo) / name).glob("*/model.py")):
             text = path.read_bytes()
-            if path.parent.name.isdigit() and text != runner and text.split(b"\n", 1)[0] == first:
+            if path.parent.name.isdigit() and text != runner and _RUNNER_MARK in text[:2048]:
                 atomic_write_bytes(path, runner)
                 record_runner(path.parent)  # the version's other files keep their recorded digests
                 replaced.append(f"{name}/{path.parent.name}")

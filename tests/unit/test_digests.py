@@ -82,8 +82,10 @@ def test_bytecode_is_not_part_of_a_version_and_is_cleared_before_a_load(tmp_path
 
 def test_an_old_runner_copy_is_refreshed_and_its_digest_recorded(tmp_path: Path) -> None:
     d = _version(tmp_path, "ranker", 1, digests=False)
-    first = RUNNER.read_bytes().split(b"\n", 1)[0]
-    (d / "model.py").write_bytes(first + b"\n# an older runner\n")
+    # the runner before ONNX rankers: another first line, the same "Owns" line
+    head = b'"""Generic Triton python-backend model: runs the version\'s TorchScript ``model.pt``.\n\n'
+    owns = next(line for line in RUNNER.read_bytes().splitlines() if line.startswith(b"Owns: one model version"))
+    (d / "model.py").write_bytes(head + owns + b'\n"""\n# an older runner\n')
     record_digests(d)
     assert [f.file for f in verify_version(d)] == ["model.py"]  # not this rankserve's runner
     assert refresh_runners(tmp_path, ["ranker"]) == ["ranker/1"]
