@@ -506,6 +506,11 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     from serving.repository.push import promote
     from serving.repository.registry import ModelRegistry
 
+    if args.if_better:
+        from serving.feedback.commands import promote_if_better
+
+        return promote_if_better(settings, args)
+
     print(json.dumps(promote(ModelRegistry.of(settings), args.model).to_json()))
     return 0
 
@@ -854,6 +859,7 @@ def _parser() -> argparse.ArgumentParser:
     _keys_parser(sub, common)
     _data_parser(sub, common)
     _training_parsers(sub, common)
+    ca_report = _feedback_parsers(sub, common)
     ve = sub.add_parser("verify", parents=[common], help="check every model version's files against the digests "
                                                           "recorded when it was written; non-zero exit on any difference")
     ve.add_argument("--json", action="store_true")
@@ -861,7 +867,7 @@ def _parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("models", parents=[common], help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)
-    for acting in (s, pu, pr, rb, it, ve, mo):
+    for acting in (s, pu, pr, rb, it, ve, mo, ca_report):
         _data_option(acting)
     return p
 
@@ -888,6 +894,12 @@ def _push_parsers(sub: Any, common: argparse.ArgumentParser) -> tuple[argparse.A
     pu.set_defaults(func=cmd_push)
     pr = sub.add_parser("promote", parents=[common], help="make the canary or shadow version live")
     pr.add_argument("model")
+    pr.add_argument("--if-better", action="store_true", help="only when the canary's CTR beats live's at 95%% "
+                                                              "(one-sided two-proportion test on the served log)")
+    pr.add_argument("--min-impressions", type=int, default=1000, metavar="N",
+                    help="with --if-better: impressions each of canary and live needs first (default 1000)")
+    pr.add_argument("--since", metavar="T", help="with --if-better: judge answers served since T (ISO 8601 or an "
+                                                 "age: 10m, 2h; default: the whole log)")
     pr.set_defaults(func=cmd_promote)
     rb = sub.add_parser("rollback", parents=[common], help="send all traffic back to an earlier version")
     rb.add_argument("model")
@@ -950,6 +962,34 @@ def _training_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     fe.set_defaults(func=cmd_features)
 
 
+def _feedback_parsers(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``rankserve log join NAME``, ``rankserve canary report RANKER``; returns the ``canary`` parser."""
+    from serving.feedback.commands import cmd_canary, cmd_log
+
+    lo = sub.add_parser("log", parents=[common], help="the served log: join NAME (with the events, into impressions "
+                                                      "added to the data set as a new version, or --out FILE)")
+    actions = lo.add_subparsers(dest="log_action", required=True)
+    jo = actions.add_parser("join", help="join the served log with the events; add the impressions to the data set")
+    jo.add_argument("name", nargs="?", help="the data set (default: --data, else RANKSERVE_DATA, else demo)")
+    jo.add_argument("--data", metavar="NAME", help="the data set, when NAME is not given")
+    jo.add_argument("--out", metavar="FILE", help="write the joined impressions to this Parquet file instead")
+    jo.add_argument("--json", action="store_true", help="print the counts and what was written as JSON")
+    ca = sub.add_parser("canary", parents=[common], help="a ranker's CTR and AUC per role and version, with 95%% "
+                                                         "intervals, from the served log and the events")
+    ca.add_argument("action", choices=("report",))
+    ca.add_argument("model", metavar="RANKER")
+    ca.add_argument("--event", choices=("click", "cart", "order"), default="click", help="the label (default click)")
+    ca.add_argument("--json", action="store_true")
+    for parser in (jo, ca):
+        parser.add_argument("--since", metavar="T", help="answers served since T: ISO 8601 or an age (90s, 10m, 2h, 1d)")
+        parser.add_argument("--until", metavar="T", help="answers served before T (same forms)")
+        parser.add_argument("--ray", metavar="ADDRESS", help="read the log on this Ray cluster with Ray Data "
+                                                             "(the log on a volume every node mounts)")
+    lo.set_defaults(func=cmd_log)
+    ca.set_defaults(func=cmd_canary)
+    return ca
+
+
 def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """``rankserve scenarios`` and ``rankserve scenario-freshness``."""
     from benchmarks.scenario_freshness import add_arguments
@@ -1003,7 +1043,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-_NAMING_COMMANDS = ("data", "train", "features")  # commands that take the data set's name themselves
+_NAMING_COMMANDS = ("data", "train", "features", "log")  # commands that take the data set's name themselves
 
 
 def _acting_on(settings: Settings, args: argparse.Namespace) -> Settings:

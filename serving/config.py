@@ -120,6 +120,13 @@ class Settings(BaseModel):
     default_timeout_ms: int = Field(2000, ge=1, description="Deadline when the request gives none.")
     max_timeout_ms: int = Field(30000, ge=1, description="Largest deadline a request may ask for.")
 
+    # --- joining what users did with what was served --------------------------------------
+    attribution_window_s: float = Field(
+        1800.0, gt=0, le=7 * 86400,
+        description="How long after an answer an event (click, cart, order) on one of its items still labels "
+                    "that impression in rankserve log join; a later one is counted as late, not labelled.",
+    )
+
     # --- following the model repository -------------------------------------------------
     follow_interval_s: float = Field(
         0.1, gt=0, le=60, description="Seconds between a replica's checks of the model repository: traffic splits, "

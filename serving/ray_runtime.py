@@ -26,10 +26,12 @@ from serving.files import private_dir
 from serving.ray_hardening import SETUP_HOOK, IngressLimits, write_limits
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from fastapi import FastAPI
     from ray.serve.deployment import Deployment
 
-__all__ = ["Ingress", "ensure_ray_token", "ingress_deployment", "init_ray", "shutdown_ray", "start_serve"]
+__all__ = ["Ingress", "ensure_ray_token", "ingress_deployment", "init_ray", "read_parquet_table", "shutdown_ray",
+           "start_serve"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -404,6 +406,17 @@ def shutdown_ray(serve_timeout_s: float = 30.0) -> None:
         stopped = stop_orphaned_ray_processes()
         if stopped:
             log.info("ray: stopped what an interrupted start left: %s", ", ".join(stopped))
+
+
+def read_parquet_table(paths: list[str], columns: list[str]) -> pa.Table:
+    """``columns`` of the Parquet files ``paths`` read by the cluster's workers with Ray Data (the
+    files on a volume every node mounts), as one table on this driver."""
+    import pyarrow as pa
+    import ray
+    import ray.data
+
+    blocks = ray.get(ray.data.read_parquet(paths, columns=columns).to_arrow_refs())
+    return pa.concat_tables(blocks)
 
 
 def ingress_deployment(cls: type, api: FastAPI, *, name: str, **options: Any) -> Deployment:

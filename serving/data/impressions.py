@@ -37,7 +37,7 @@ from serving.data.encode import (
 from serving.data.schema import Schema
 from serving.errors import SchemaError
 
-__all__ = ["EncodedImpressions", "encode_impressions", "encode_sequence", "impression_columns"]
+__all__ = ["EncodedImpressions", "encode_impressions", "encode_sequence", "impression_columns", "lenient_ids"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _times(column: pa.ChunkedArray, where: Column) -> pa.Array:
                      or pa.types.is_floating(t), "a time is a timestamp, a date or a number")
 
 
-def _lenient_ids(values: pa.Array, like: pa.DataType) -> pa.Array:
+def lenient_ids(values: pa.Array, like: pa.DataType) -> pa.Array:
     """``values`` as ids of type ``like`` (int64 or string); a value that cannot be one becomes null."""
     if pa.types.is_dictionary(values.type):
         values = values.dictionary_decode()
@@ -158,7 +158,7 @@ def encode_sequence(column: pa.ChunkedArray | pa.Array, items: EncodedEntity, ma
         raise where.wrong_type(arr, "a sequence is a list of item ids (in CSV: text of ids)")
     flat = pc.list_flatten(arr)
     parents = pc.list_parent_indices(arr).to_numpy()
-    rows = pc.index_in(_lenient_ids(flat, items.id_values.type), value_set=items.id_values)
+    rows = pc.index_in(lenient_ids(flat, items.id_values.type), value_set=items.id_values)
     known = bool_mask(pc.is_valid(rows))
     kept_rows = rows.filter(pa.array(known)).to_numpy().astype(np.int32)
     kept_parents = parents[known]

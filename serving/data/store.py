@@ -10,7 +10,9 @@ id type; the shorter column ends in nulls: ``manifest.json`` has the counts), ``
 encodes everything before it writes anything, writes the version into a hidden folder beside
 ``versions/`` (every file fsynced, made read-only), renames it into place under a lock (the
 number is the next one; a version folder is never written again) and then moves ``live.json``:
-a refused or failed import leaves no version and no pointer change. A version's files are checked
+a refused or failed import leaves no version and no pointer change. :meth:`DataSet.append_impressions`
+writes a version the same way from the live one (its files copied, ``base_version`` in the
+manifest) with impressions added (those the served log's join labelled). A version's files are checked
 against the manifest's sha256 before they are loaded. The demo's model repository is
 ``Settings.model_repository``; every other data set's is ``<name>/model_repository/``. Must not
 touch: the model repository's content, serving, training.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -39,7 +42,7 @@ from serving.data.impressions import EncodedImpressions, encode_impressions, imp
 from serving.data.read import read_table
 from serving.data.schema import Schema, parse_schema
 from serving.data.tables import DataTables
-from serving.errors import ConfigError, IntegrityError, SetupError
+from serving.errors import ConfigError, IntegrityError, SchemaError, SetupError
 from serving.files import file_sha256, fsync_dir, pid_alive, read_state, write_state
 
 if TYPE_CHECKING:
@@ -290,20 +293,24 @@ class DataSet:
 
     def _write(self, version: int, schema: Schema, items: EncodedEntity, users: EncodedEntity,
                imp: EncodedImpressions, sources: dict[str, Path]) -> Path:
-        """The version written into a hidden folder, then renamed into place (see the module docstring)."""
+        """The version of an import (see the module docstring)."""
+        return self._commit(version, lambda tmp: _write_files(tmp, schema, items, users, imp),
+                            rows={"items": items.rows, "users": users.rows, "impressions": imp.rows_kept},
+                            sources={role: {"path": str(p.resolve()), "bytes": p.stat().st_size,
+                                            "sha256": file_sha256(p)} for role, p in sources.items()})
+
+    def _commit(self, version: int, write_files: Callable[[Path], None], **manifest_fields: Any) -> Path:
+        """``write_files`` into a hidden folder, the manifest beside them, then the folder renamed into place."""
         final = self.version_dir(version)
         tmp = self.root / f"{_TEMP}{os.getpid()}-{version:06d}"
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            _write_files(tmp, schema, items, users, imp)
-            manifest = {"data_set": self.name, "version": version,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        "rows": {"items": items.rows, "users": users.rows, "impressions": imp.rows_kept},
+            write_files(tmp)
+            manifest = {"data_set": self.name, "version": version, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        **manifest_fields,
                         "files": {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-                                  for p in sorted(tmp.iterdir())},
-                        "sources": {role: {"path": str(p.resolve()), "bytes": p.stat().st_size,
-                                           "sha256": file_sha256(p)} for role, p in sources.items()}}
+                                  for p in sorted(tmp.iterdir())}}
             _durable(tmp / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2)))
             fsync_dir(tmp)
             final.parent.mkdir(exist_ok=True)
@@ -318,6 +325,50 @@ class DataSet:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+    def append_impressions(self, rows: pa.Table, source: dict[str, Any], *, base: int) -> int:
+        """A new version: the live version's schema, tables, ids and encoding, and its impressions
+        followed by ``rows`` (of exactly the stored impressions' columns and types); made live.
+        Written like an import (hidden folder, renamed into place, then the pointer moved).
+
+        Args:
+            rows: the impressions to add, already encoded (``user_row``, ``item_row``, ``label``, ...).
+            source: what they came from, kept in the manifest (``sources``).
+            base: the live version ``rows`` were encoded against.
+
+        Returns:
+            The new version's number.
+
+        Raises:
+            SetupError: the live version is no longer ``base`` (imported since), or the version could not be
+                written (nothing left of it).
+            IntegrityError: a file of the live version differs from what was written.
+            SchemaError: ``rows`` are empty or not of the stored impressions' columns and types.
+        """
+        import pyarrow.parquet as pq
+
+        with self._lock():
+            if self.live_version() != base:
+                raise SetupError(f"data set {self.name!r}: its live version moved from {base} to "
+                                 f"{self.live_version()} meanwhile; nothing written", hint="run it again")
+            folder = self._verified(base, SCHEMA, TABLES, IDS, ENCODING, IMPRESSIONS)
+            old = pq.read_table(folder / IMPRESSIONS)
+            if rows.num_rows == 0 or rows.schema != old.schema:
+                raise SchemaError(f"data set {self.name!r}: impressions to add must be rows of {old.schema.names} "
+                                  f"({old.schema.types}), got {rows.num_rows} of {rows.schema.names}")
+            manifest = json.loads((folder / MANIFEST).read_text())
+            both = pa.concat_tables([old, rows])
+
+            def write_files(tmp: Path) -> None:
+                for name in (SCHEMA, TABLES, IDS, ENCODING):
+                    _durable(tmp / name, functools.partial(shutil.copyfile, folder / name))
+                _durable(tmp / IMPRESSIONS, lambda path: pq.write_table(both, path))
+
+            version = max(self.versions(), default=0) + 1
+            self._commit(version, write_files, rows={**manifest["rows"], "impressions": both.num_rows},
+                         base_version=base, sources={"appended": {**source, "rows": rows.num_rows}})
+            write_state(self.root / _LIVE, json.dumps({"version": version}))
+        return version
 
 
 def _write_error(root: Path, err: OSError) -> SetupError:
