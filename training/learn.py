@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from serving.data.features import DEMO_FEATURES
 from serving.errors import RankserveError
@@ -315,7 +314,8 @@ class ServerSteps:
     def join(self, since: datetime, until: datetime) -> pa.Table:
         from serving.feedback.join import join_logs
 
-        return join_logs(log_root(self.settings), self.tables.schema, since=since, until=until).table
+        return join_logs(log_root(self.settings), self.tables.schema, since=since, until=until,
+                         attribution_window_s=self.settings.attribution_window_s).table
 
     def fine_tune(self, joined: pa.Table) -> FineTuned:
         live = self._live_dir()
@@ -341,7 +341,7 @@ class ServerSteps:
     def judge(self, version: int, since: datetime) -> Verdict:
         deadline = time.monotonic() + self.judge_timeout_s
         while True:
-            verdict = judge_window(log_root(self.settings), self.tables.schema, self.ranker, version, since,
+            verdict = judge_window(self.settings, self.tables.schema, self.ranker, version, since,
                                    self.min_impressions)
             if verdict.enough or time.monotonic() >= deadline:
                 return verdict
@@ -360,26 +360,26 @@ class ServerSteps:
 
 
 def log_root(settings: Settings) -> Path:
-    """Where the data set's served log and events are (``serving.feedback.paths.log_root``)."""
-    from serving.feedback.paths import log_root as root
+    """The data set's log folder: ``<data_dir>/datasets/<name>/log``, the demo's included (the same
+    one-liner as the served log's own ``log_root``)."""
+    from serving.config import dataset_dir
 
-    return root(settings)
+    return dataset_dir(settings.data_dir, settings.data) / "log"
 
 
-def judge_window(root: Path, schema: Any, ranker: str, version: int, since: datetime, min_impressions: int) -> Verdict:
-    """The judge's verdict on canary ``version`` over what was served since ``since`` (``serving.feedback``)."""
-    from serving.feedback.join import join_logs
-    from serving.feedback.judge import judge
+def judge_window(settings: Settings, schema: Any, ranker: str, version: int, since: datetime,
+                 min_impressions: int) -> Verdict:
+    """The judge's verdict (``serving.feedback.judge.decide``) on canary ``version`` against live,
+    over what was served since ``since``."""
+    from serving.feedback.judge import decide
 
-    table = join_logs(root, schema, since=since).table
-    canary = table.filter(pc.and_(pc.equal(table.column("role"), "canary"),
-                                          pc.equal(table.column("model_version"), version)))
-    figures = {"canary_impressions": canary.num_rows, "impressions": table.num_rows}
-    if canary.num_rows < min_impressions:
-        return Verdict(False, False, f"not enough data: {canary.num_rows} canary impressions of {min_impressions}",
-                       figures)
-    better, reason = judge(table, ranker).canary_better()
-    return Verdict(True, bool(better), reason, figures)
+    d = decide(log_root(settings), schema, ranker, since=since, min_impressions=min_impressions, canary=version,
+               attribution_window_s=settings.attribution_window_s)
+    arms = {a: getattr(d.report, a) for a in ("live", "canary")}
+    figures = {f"{role}_{k}": getattr(arm, k) for role, arm in arms.items() if arm is not None
+               for k in ("version", "impressions", "ctr")}
+    enough = all(arm is not None and arm.impressions >= min_impressions for arm in arms.values())
+    return Verdict(enough, d.promote, d.reason, figures)
 
 
 @contextmanager
