@@ -135,13 +135,13 @@ class SimulationConfig:
     rate: float
     duration_s: float
     drift_at_s: float | None = None
-    seed: int = 0
-    k: int = 10
-    drift_share: float = 0.5
-    bucket_s: float = 30.0
-    max_in_flight: int = 256
-    flush_s: float = 0.5
-    scenario: str | None = None
+    seed: int = 0  # the users asked for, the clicks drawn and the drift
+    k: int = 10  # items asked for per request
+    drift_share: float = 0.5  # of the regions
+    bucket_s: float = 30.0  # the CTR time buckets' width
+    max_in_flight: int = 256  # an arrival over this many unanswered requests is not sent (counted: overflow)
+    flush_s: float = 0.5  # how often the clicks drawn are posted
+    scenario: str | None = None  # the scenario asked for (None: the server's default)
 
 
 class _Events:
