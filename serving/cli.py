@@ -1161,7 +1161,7 @@ def _report(prefix: str, err: RankserveError, *, verbose: bool, log_path: Path |
 def _output(settings: Settings, args: argparse.Namespace) -> Iterator[None]:
     """Where a command's output goes. ``build`` and ``serve`` (``quiet``): rankserve's own screen
     on the terminal; everything else (rankserve's INFO log, Ray's actor logs, FAISS's loader,
-    uvicorn, native libraries, child processes) in a log file under ``settings.log_dir``, with
+    uvicorn, native libraries, child processes) in a log file under ``settings.run_log_dir``, with
     rankserve's own warnings also on the terminal. Verbose, or any other command: all on the terminal."""
     from serving.errors import SetupError
     from serving.startup import new_log_path
@@ -1181,9 +1181,9 @@ def _output(settings: Settings, args: argparse.Namespace) -> Iterator[None]:
         yield
         return
     try:
-        args.log_path = new_log_path(settings.log_dir, args.command)
+        args.log_path = new_log_path(settings.run_log_dir, args.command)
     except OSError as err:
-        raise SetupError(f"cannot write the log under {settings.log_dir}: {err.strerror or err}",
+        raise SetupError(f"cannot write the log under {settings.run_log_dir}: {err.strerror or err}",
                          hint="set RANKSERVE_DATA_DIR to a directory this user may write") from err
     with quiet(args.log_path):
         to_file = logging.StreamHandler(sys.stderr)  # descriptor 2 is the log file now

@@ -81,7 +81,8 @@ class Settings(BaseModel):
     )
     auth: Literal["off", "keys"] | None = Field(
         None, description="Who may call the API. keys: an API key (rankserve keys add) in 'Authorization: Bearer' "
-                          "(gRPC: 'authorization' metadata), role rank for /v1/rank, admin for everything; /healthz "
+                          "(gRPC: 'authorization' metadata), role rank for /v1/rank and /v1/events, admin for "
+                          "everything; /healthz "
                           "and /readyz stay open. off: no key. Unset: off, allowed only while host is loopback.",
     )
     api_key: SecretStr | None = Field(
@@ -230,6 +231,33 @@ class Settings(BaseModel):
                            "itself, with request_id)."
     )
 
+    # --- the served log and events -------------------------------------------------------
+    log_enabled: bool = Field(
+        True, description="Write one record per answer into the served log (Parquet under log_dir/served/, off "
+                          "the request path); off: no record (events posted to /v1/events are stored either way).",
+    )
+    log_sample: float = Field(1.0, ge=0, le=1, description="Share of answers the served log records.")
+    log_queue: int = Field(
+        100_000, ge=1, le=10_000_000, description="Records (answers or events) a replica holds for its log writer "
+                                                  "per stream; when full, an answer's record is dropped and counted "
+                                                  "(rankserve_log_dropped_total) and an events call is answered 503.",
+    )
+    log_rotate_mb: float = Field(64.0, gt=0, le=4096, description="A log file is closed (and becomes visible to "
+                                                                  "readers) once it reaches this size.")
+    log_rotate_s: float = Field(
+        30.0, gt=0, le=3600, description="A log file is closed (and becomes visible to readers) this many seconds "
+                                         "after it was opened, however small.",
+    )
+    log_dir: Path | None = Field(
+        None, description="Where replicas write the served log and the events (served/ and events/ under it): on a "
+                          "cluster, a writable volume every replica and the command share. None: the data set's "
+                          "folder, data_dir/datasets/<data>/log.",
+    )
+    attribution_window_s: float = Field(
+        1800.0, gt=0, description="An event counts for an answer when it comes at most this many seconds after the "
+                                  "answer was served (later ones are counted as late, not labelled).",
+    )
+
     # --- Ray -----------------------------------------------------------------------------
     ray_address: str = Field("local", description="Ray cluster address; 'local' starts one.")
 
@@ -292,7 +320,8 @@ class Settings(BaseModel):
         return self.data_dir / "ray" / "auth_token"
 
     @property
-    def log_dir(self) -> Path:
+    def run_log_dir(self) -> Path:
+        """The log files of build and serve (what they do not show on the terminal)."""
         return self.data_dir / "logs"
 
     @property

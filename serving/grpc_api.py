@@ -1,6 +1,6 @@
-"""The gRPC wire format of the v1 ranking API (``rankserve.v1.Ranker/Rank``, ``proto/ranker.proto``).
+"""The gRPC wire format of the v1 ranking API (``rankserve.v1.Ranker/Rank`` and ``/Events``, ``proto/ranker.proto``).
 
-Owns: conversion, and the ``Rank`` method of :class:`GrpcIngress` (a mixin the Serve deployment
+Owns: conversion, and the ``Rank`` and ``Events`` methods of :class:`GrpcIngress` (a mixin the Serve deployment
 inherits). A request message becomes the same payload an HTTP body decodes to, so both protocols
 share one validation (:func:`serving.schemas.validate_rank_request`, the size limit by
 :func:`serving.schemas.check_size`) with the same messages and field names; a :class:`RankResponse` becomes a response message; an error becomes its gRPC
@@ -10,12 +10,13 @@ status from the one error table (``serving.errors``). Must not touch: ranking lo
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from serving.errors import RankserveError, ValidationError
+from serving.feedback.events import Event, validate_events
 from serving.proto import ranker_pb2
 from serving.schemas import RankRequest, RankResponse, check_size, validate_rank_request
 from serving.service import RankService
@@ -27,6 +28,7 @@ __all__ = [
     "GrpcContext",
     "GrpcIngress",
     "error_status",
+    "events_payload",
     "request_payload",
     "response_message",
 ]
@@ -36,6 +38,8 @@ SERVICER_FUNCTION = "serving.proto.ranker_pb2_grpc.add_RankerServicer_to_server"
 # Trailing metadata of an error answer: the error code and the offending field, as in the JSON body.
 ERROR_CODE_KEY = "rankserve-error-code"
 ERROR_FIELD_KEY = "rankserve-error-field"
+
+M = TypeVar("M")
 
 _OPTIONAL = ("user_id", "k", "timeout_ms", "item_id", "shop_id")
 _STRINGS = ("request_id", "model", "scenario")
@@ -82,6 +86,29 @@ def _string_ids(msg: ranker_pb2.RankRequest, payload: dict[str, Any]) -> None:
         except ValueError as err:
             raise ValidationError(f"context_json is not JSON: {err}", field="context") from err
         payload["context"] = context
+
+
+def events_payload(msg: ranker_pb2.EventsRequest, max_bytes: int) -> dict[str, Any]:
+    """The HTTP-equivalent payload of an events message: each event's fields that are set, under
+    the HTTP API's names (``item_id_str`` as ``item_id``, ``ts_str`` as ``ts``; empty strings are
+    not given).
+
+    Raises:
+        PayloadTooLargeError: the serialised message exceeds ``max_bytes`` (the HTTP body limit).
+        ValidationError: an event giving a field both ways, naming ``events[i].<field>``.
+    """
+    check_size(msg.ByteSize(), max_bytes, what="request", field="request")
+    events = []
+    for i, e in enumerate(msg.events):
+        event: dict[str, Any] = {name: getattr(e, name) for name in ("request_id", "type") if getattr(e, name)}
+        for name in ("item_id", "ts"):
+            given = [getattr(e, f) for f in (name, f"{name}_str") if e.HasField(f)]
+            if len(given) > 1:
+                raise ValidationError(f"events[{i}]: give {name} or {name}_str, not both", field=f"events[{i}].{name}")
+            if given:
+                event[name] = given[0]
+        events.append(event)
+    return {"events": events}
 
 
 def response_message(res: RankResponse) -> ranker_pb2.RankResponse:
@@ -144,12 +171,33 @@ class GrpcIngress:
         async def read() -> RankRequest:
             return validate_rank_request(request_payload(request, limit))
 
-        try:
-            result = await self.service.rank(read, _metadata(grpc_context, "authorization"))
-        except RankserveError as err:
-            code, details, trailing = error_status(err)
-            grpc_context.set_code(code)
-            grpc_context.set_details(details)
-            grpc_context.set_trailing_metadata(trailing)
-            return ranker_pb2.RankResponse()
-        return response_message(result)
+        async def answer() -> ranker_pb2.RankResponse:
+            return response_message(await self.service.rank(read, _metadata(grpc_context, "authorization")))
+
+        return await _or_status(grpc_context, answer(), ranker_pb2.RankResponse())
+
+    async def Events(self, request: ranker_pb2.EventsRequest,  # noqa: N802 - the gRPC method's name
+                     grpc_context: GrpcContext) -> ranker_pb2.EventsResponse:
+        """gRPC: the same rules as ``POST /v1/events``; errors as :meth:`Rank`'s."""
+        limit = self.service.settings.max_body_bytes
+
+        async def read() -> list[Event]:
+            return validate_events(events_payload(request, limit))
+
+        async def answer() -> ranker_pb2.EventsResponse:
+            accepted = await self.service.post_events(read, _metadata(grpc_context, "authorization"))
+            return ranker_pb2.EventsResponse(accepted=accepted)
+
+        return await _or_status(grpc_context, answer(), ranker_pb2.EventsResponse())
+
+
+async def _or_status(grpc_context: GrpcContext, answer: Awaitable[M], empty: M) -> M:
+    """``answer``'s message, or ``empty`` with the error's status, details and trailing metadata set."""
+    try:
+        return await answer
+    except RankserveError as err:
+        code, details, trailing = error_status(err)
+        grpc_context.set_code(code)
+        grpc_context.set_details(details)
+        grpc_context.set_trailing_metadata(trailing)
+        return empty

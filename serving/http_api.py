@@ -1,6 +1,6 @@
 """The HTTP/JSON wire format of the v1 API: routes, body limits, the error shape.
 
-Owns: the FastAPI routes (``/v1/rank``, ``/v1/models``, ``/v1/scenarios``, ``/v1/catalogue``, ``/healthz``,
+Owns: the FastAPI routes (``/v1/rank``, ``/v1/events``, ``/v1/models``, ``/v1/scenarios``, ``/v1/catalogue``, ``/healthz``,
 ``/readyz``, ``/metrics``),
 reading a body within the size limit, and turning errors into ``{"error": {...}}`` with their
 status. The routes are methods of :class:`HttpIngress`, a mixin the Serve deployment inherits.
@@ -23,6 +23,7 @@ from serving.errors import (
     RequestTimeoutError,
     RouteNotFoundError,
 )
+from serving.feedback.events import Event, parse_events
 from serving.schemas import RankRequest, check_size, parse_rank_request
 from serving.service import RankService
 
@@ -89,6 +90,20 @@ class HttpIngress:
         except RankserveError as err:
             return error_response(err)
         return JSONResponse(result.to_json())
+
+    @api.post("/v1/events")
+    async def events(self, request: Request) -> Response:
+        """``POST /v1/events``: 202 with the number of events accepted (all of the call's, or none)."""
+        limit, timeout_s = self.service.settings.max_body_bytes, self.service.settings.read_timeout_s
+
+        async def read() -> list[Event]:
+            return parse_events(await read_body(request, limit, timeout_s))
+
+        try:
+            accepted = await self.service.post_events(read, request.headers.get("authorization"))
+        except RankserveError as err:
+            return error_response(err)
+        return JSONResponse({"accepted": accepted}, status_code=202)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

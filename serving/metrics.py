@@ -39,11 +39,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("rankserve_requests", "Ranking requests by HTTP status and scenario.",
-                                ["status", "scenario"], registry=r)
+        self.requests = Counter("rankserve_requests", "Ranking requests by HTTP status, scenario and the answering "
+                                "ranker's version ('' when refused before a version was chosen).",
+                                ["status", "scenario", "version"], registry=r)
         self.latency_ms = Histogram(
-            "rankserve_request_latency_ms", "End-to-end latency inside the replica, by scenario.", ["scenario"],
-            buckets=_LAT_BUCKETS_MS, registry=r,
+            "rankserve_request_latency_ms", "End-to-end latency inside the replica, by scenario and ranker version.",
+            ["scenario", "version"], buckets=_LAT_BUCKETS_MS, registry=r,
         )
         self.stage_ms = Histogram(
             "rankserve_stage_latency_ms", "Latency of one pipeline stage per batch.", ["stage"],
@@ -76,6 +77,16 @@ class Metrics:
             "rankserve_model_traffic_percent", "Share of requests each model version scores, by role: live, canary, "
             "shadow (a copy scored off the response path).", ["model", "version", "role"], registry=r
         )
+        # the served log and events (serving.feedback)
+        self.impressions = Counter("rankserve_impressions", "Items shown, by the ranker version that answered and "
+                                   "its role (live, canary).", ["model", "version", "role"], registry=r)
+        self.events = Counter("rankserve_events", "Events posted, by type and by the answer they follow (role "
+                              "'unknown' with empty model and version: an answer this replica does not remember).",
+                              ["type", "model", "version", "role"], registry=r)
+        self.log_written = Counter("rankserve_log_written", "Rows written into the log, by stream (served, events).",
+                                   ["stream"], registry=r)
+        self.log_dropped = Counter("rankserve_log_dropped", "Rows not logged, by stream: a full buffer (an events "
+                                   "call is then refused 503) or a failed write.", ["stream"], registry=r)
         self.replicas = Gauge("rankserve_replicas", "Replicas whose metrics this exposition sums.", registry=r)
         self.replicas.set(1)
         # shadow comparisons as sums (means = sum / requests), so that they add up across replicas

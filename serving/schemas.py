@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from serving.errors import InvalidArgumentError, PayloadTooLargeError, ValidationError
 
-__all__ = ["Problem", "RankRequest", "RankResponse", "ScoredItem", "check_size", "first_problem", "parse_rank_request",
+__all__ = ["Id", "Problem", "RankRequest", "RankResponse", "ScoredItem", "check_size", "first_problem", "parse_rank_request",
            "validate_rank_request"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -105,6 +105,7 @@ class RankResponse:
     scenario: str = "home"
     scenario_version: int = 0  # the version of the scenario file it was served with (0: built in)
     unknown_candidates: int | None = None  # given candidates not in the catalogue, dropped (None: none given)
+    model_role: str = "live"  # which side of the traffic split answered: "live" or "canary" (not in the answer)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -1,10 +1,12 @@
 """The ranking service, protocol-neutral: admission, deadlines, dispatch, readiness, the models view.
 
 Owns: what happens to a ranking request between the wire format and the pipeline (shed or admit,
-deadline, idle dispatch or batching, counting the outcome), the readiness checks, the
+deadline, idle dispatch or batching, counting the outcome, handing the answer to the served log),
+what happens to an events call (the same keys, handed to the event log), the readiness checks, the
 ``/v1/models`` and ``/v1/scenarios`` views and the metrics. HTTP (``serving.http_api``), gRPC (``serving.grpc_api``)
 and the Serve deployment (``serving.app``) are thin wrappers around one :class:`RankService`.
-Must not touch: wire formats, Ray (the batcher comes in as a function), files.
+Must not touch: wire formats, Ray (the batcher comes in as a function), files (the served log and
+the events are ``serving.feedback``'s).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from serving.auth import Access
 from serving.batching import DeadlineBatcher
 from serving.config import Settings
 from serving.errors import BackendUnavailableError, DeadlineExceededError, OverloadedError, RankserveError
+from serving.feedback.events import Event
+from serving.feedback.recorder import FeedbackRecorder
 from serving.metrics import NO_SCENARIO, Metrics, merge_expositions
 from serving.pipeline.assemble import create_pipeline, make_caller
 from serving.pipeline.orchestration import BatchStats, Prepared, RankPipeline
@@ -88,13 +92,15 @@ class RankService:
         client: Triton, for readiness and model state.
         registry: the model repository, for the models view.
         followers: follow the repository into the pipeline (stopped by :meth:`close`).
+        feedback: the served log and the events (closed by :meth:`close`); None: neither is recorded,
+            and events calls are answered 503.
 
     With ``settings.batching`` requests go through a :class:`serving.batching.DeadlineBatcher`;
     without, each runs alone.
     """
 
     def __init__(self, settings: Settings, pipeline: RankPipeline, client: ReadinessClient, registry: ModelRegistry,
-                 *, followers: ReplicaFollowers | None = None) -> None:
+                 *, followers: ReplicaFollowers | None = None, feedback: FeedbackRecorder | None = None) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.client = client
@@ -109,6 +115,7 @@ class RankService:
         self.draining = False
         self._quiet: dict[str, tuple[float, int]] = {}  # error code -> (last logged, not logged since)
         self.access = Access(settings.auth_mode, settings.keys_file)
+        self.feedback = feedback
 
     @property
     def pending(self) -> int:
@@ -128,6 +135,7 @@ class RankService:
         registry = ModelRegistry.of(settings)
         pipeline = create_pipeline(settings, client, registry)
         service = cls(settings, pipeline, client, registry)
+        service.feedback = FeedbackRecorder(settings, service.metrics)
         service.followers = ReplicaFollowers(settings, registry, pipeline.cell, make_caller(settings, client),
                                              triton=triton, metrics=service.replica_metrics)
         service.followers.start()
@@ -136,9 +144,12 @@ class RankService:
         return service
 
     async def close(self) -> None:
-        """Stop following the repository and release the Triton client (the replica is stopping)."""
+        """Stop following the repository, write and close the served log's and the events' files,
+        and release the Triton client (the replica is stopping)."""
         if self.followers is not None:
             self.followers.stop()
+        if self.feedback is not None:
+            await asyncio.to_thread(self.feedback.close, self.settings.drain_timeout_s)
         await self.client.close()
 
     # -- ranking ------------------------------------------------------------------------
@@ -153,6 +164,7 @@ class RankService:
         arrival = time.monotonic()
         rid: str | None = None
         scenario = NO_SCENARIO  # the metrics' label: a served scenario's name, never a client's string
+        version = ""  # the metrics' label: the version chosen for the request, once it is
         try:
             self.access.check(authorization, "rank")
             if self._check_draining():
@@ -165,23 +177,47 @@ class RankService:
             live = self.pipeline.live  # one snapshot for the request, from its scenario to its answer
             scenario = live.scenario(req.scenario).name
             prep = self.pipeline.prepare(req, arrival=arrival, live=live)
-            rid = prep.request_id
+            rid, version = prep.request_id, str(prep.version)
             result = await self._within_deadline(prep)
         except RankserveError as err:
-            self.metrics.requests.labels(str(err.http_status), scenario).inc()
+            self.metrics.requests.labels(str(err.http_status), scenario, version).inc()
             if err.http_status >= 500:
                 self._log_error(rid, err)
             raise
         except Exception as err:  # a bug, not bad input: answer in the error shape, never a traceback
             log.exception(json.dumps({"event": "rank_internal_error", "request_id": rid, "error": repr(err)}))
-            self.metrics.requests.labels("500", scenario).inc()
+            self.metrics.requests.labels("500", scenario, version).inc()
             raise RankserveError("internal error; see the server log") from err
-        self.metrics.requests.labels("200", scenario).inc()
-        self.metrics.latency_ms.labels(scenario).observe((time.monotonic() - arrival) * 1000)
+        self.metrics.requests.labels("200", scenario, version).inc()
+        self.metrics.latency_ms.labels(scenario, version).observe((time.monotonic() - arrival) * 1000)
+        if self.feedback is not None:
+            self.feedback.answered(req, result)
         if result.degraded:
             self.metrics.degraded.inc()
             log.warning(json.dumps({"event": "rank_degraded", "request_id": rid, "recall": result.recall}))
         return result
+
+    async def post_events(self, read: Callable[[], Awaitable[list[Event]]], authorization: str | None = None) -> int:
+        """Check the caller's key (role ``rank``: whoever may rank may say what users did with the
+        answers), read and validate the events, and store them all (or none); the number stored.
+
+        Raises:
+            RankserveError: with its status (422 for a malformed event, naming it; 503 while
+                stopping or when the event log is full).
+        """
+        self.access.check(authorization, "rank")
+        if self._check_draining():
+            raise BackendUnavailableError("the server is stopping; try again shortly", retry_after_s=1)
+        if self.feedback is None:
+            raise BackendUnavailableError("this replica records no events")
+        events = await read()
+        try:
+            return self.feedback.posted(events)
+        except RankserveError:
+            raise
+        except Exception as err:  # a bug, not bad input: answer in the error shape, never a traceback
+            log.exception(json.dumps({"event": "events_internal_error", "error": repr(err)}))
+            raise RankserveError("internal error; see the server log") from err
 
     def _log_error(self, rid: str | None, err: RankserveError) -> None:
         """One line per failed request, except sheds and deadlines: under overload those come by

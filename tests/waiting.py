@@ -53,7 +53,11 @@ def wait_for(condition: Callable[[], T], what: str | Callable[[], str], *, timeo
 def metric(url: str, sample: str, **labels: str) -> float:
     """The sum of the ``sample`` lines on ``url``'s ``/metrics`` whose labels include ``labels``
     (0.0 where there is none)."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return metric_sum(httpx.get(f"{url}/metrics", timeout=30).text, sample, **labels)
+
+
+def metric_sum(text: str, sample: str, **labels: str) -> float:
+    """The sum of the ``sample`` lines of the exposition ``text`` whose labels include ``labels``."""
     return sum(float(s.value) for family in text_string_to_metric_families(text) for s in family.samples
                if s.name == sample and labels.items() <= s.labels.items())
 

@@ -33,7 +33,7 @@ from serving.errors import DeadlineExceededError, RankserveError, ValidationErro
 from serving.pipeline.candidates import CandidateStage, Wanted
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.recall import Recall
-from serving.pipeline.routing import Traffic, read_split, route, user_bucket
+from serving.pipeline.routing import Traffic, read_split, route_role, user_bucket
 from serving.pipeline.scenario import Scenario, builtin_home
 from serving.pipeline.shadow import ShadowScorer
 from serving.pipeline.sources import DEGRADE_ON, Ask
@@ -96,6 +96,7 @@ class Prepared:
     unknown_candidates: int | None = None  # given candidates not in the catalogue (None: none given)
     groups: Mapping[str, int] = field(default_factory=dict)  # item groups' codes the context gives
     shop: int | None = None  # shop_id
+    role: str = "live"  # the version's role in the traffic split: live or canary
 
     def wanted(self) -> Wanted:
         """What it asks of the candidate stage."""
@@ -199,7 +200,7 @@ class RankPipeline:
         sc = state.scenario(req.scenario)
         k, timeout_ms = _within_limits(req, sc, self.settings)
         model = req.model or sc.spec.ranker  # a request's model overrides the scenario's ranker
-        version = route(state.split(model), req.user_id)
+        version, role = route_role(state.split(model), req.user_id)
         cat = state.catalogue
         _check_id_kinds(cat.tables, req)
         context = cat.tables.encode_context(req.context)
@@ -221,7 +222,7 @@ class RankPipeline:
                         exclude=_known_rows(cat, req.exclude), arrival=now,
                         deadline=now + timeout_ms / 1000.0, cost=cost, scenario=sc, live=state,
                         context=context, seed=seed, shop=shop, unknown_candidates=unknown,
-                        groups=context.groups)
+                        groups=context.groups, role=role)
 
     # -- per batch ----------------------------------------------------------------------
     async def run_batch(self, batch: list[Prepared]) -> tuple[list[RankResponse | RankserveError], BatchStats]:
@@ -464,6 +465,7 @@ def _answer(s: _Slot, started: float, done: float, stage_ms: dict[str, float]) -
         scenario=sc.name,
         scenario_version=sc.version,
         unknown_candidates=s.req.unknown_candidates,
+        model_role=s.req.role,
         timings_ms={"queue": max(0.0, (started - s.req.arrival) * 1000), **stage_ms,
                     "total": (done - s.req.arrival) * 1000},
     )

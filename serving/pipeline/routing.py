@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from kernels import cross_hash_scalar
 
-__all__ = ["Traffic", "TrafficFiles", "read_split", "route", "user_bucket"]
+__all__ = ["Traffic", "TrafficFiles", "read_split", "route", "route_role", "user_bucket"]
 
 
 def user_bucket(user_id: int | str) -> float:
@@ -76,9 +76,14 @@ class Traffic:
 
 def route(traffic: Traffic, user_id: int | str) -> int:
     """Version that scores ``user_id`` under ``traffic`` (canary by stable user hash)."""
+    return route_role(traffic, user_id)[0]
+
+
+def route_role(traffic: Traffic, user_id: int | str) -> tuple[int, str]:
+    """Version that scores ``user_id`` under ``traffic``, and its role there: ``live`` or ``canary``."""
     if traffic.canary_version is not None and user_bucket(user_id) < traffic.canary_percent:
-        return traffic.canary_version
-    return traffic.live
+        return traffic.canary_version, "canary"
+    return traffic.live, "live"
 
 
 class TrafficFiles(Protocol):

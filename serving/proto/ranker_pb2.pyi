@@ -92,3 +92,31 @@ class RankResponse(_message.Message):
     scenario_version: int
     unknown_candidates: int
     def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model: _Optional[_Union[ModelVersion, _Mapping]] = ..., recall: _Optional[str] = ..., degraded: _Optional[bool] = ..., cold_start: _Optional[bool] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., catalogue_version: _Optional[int] = ..., scenario: _Optional[str] = ..., scenario_version: _Optional[int] = ..., unknown_candidates: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("request_id", "item_id", "item_id_str", "type", "ts", "ts_str")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_STR_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    TS_STR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    item_id: int
+    item_id_str: str
+    type: str
+    ts: float
+    ts_str: str
+    def __init__(self, request_id: _Optional[str] = ..., item_id: _Optional[int] = ..., item_id_str: _Optional[str] = ..., type: _Optional[str] = ..., ts: _Optional[float] = ..., ts_str: _Optional[str] = ...) -> None: ...
+
+class EventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class EventsResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...

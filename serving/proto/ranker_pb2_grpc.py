@@ -39,6 +39,11 @@ class RankerStub:
                 request_serializer=serving_dot_proto_dot_ranker__pb2.RankRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_ranker__pb2.RankResponse.FromString,
                 _registered_method=True)
+        self.Events = channel.unary_unary(
+                '/rankserve.v1.Ranker/Events',
+                request_serializer=serving_dot_proto_dot_ranker__pb2.EventsRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_ranker__pb2.EventsResponse.FromString,
+                _registered_method=True)
 
 
 class RankerServicer:
@@ -53,6 +58,14 @@ class RankerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Events(self, request, context):
+        """What users did with answers (the same rules as POST /v1/events): 1 to 1,000 events, stored all
+        or none; a malformed one is INVALID_ARGUMENT naming "events[i].<field>" in "rankserve-error-field".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +73,11 @@ def add_RankerServicer_to_server(servicer, server):
                     servicer.Rank,
                     request_deserializer=serving_dot_proto_dot_ranker__pb2.RankRequest.FromString,
                     response_serializer=serving_dot_proto_dot_ranker__pb2.RankResponse.SerializeToString,
+            ),
+            'Events': grpc.unary_unary_rpc_method_handler(
+                    servicer.Events,
+                    request_deserializer=serving_dot_proto_dot_ranker__pb2.EventsRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_ranker__pb2.EventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +107,33 @@ class Ranker:
             '/rankserve.v1.Ranker/Rank',
             serving_dot_proto_dot_ranker__pb2.RankRequest.SerializeToString,
             serving_dot_proto_dot_ranker__pb2.RankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Events(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rankserve.v1.Ranker/Events',
+            serving_dot_proto_dot_ranker__pb2.EventsRequest.SerializeToString,
+            serving_dot_proto_dot_ranker__pb2.EventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

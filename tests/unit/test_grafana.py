@@ -64,13 +64,15 @@ def test_every_queried_metric_is_one_rankserve_defines() -> None:
 
 
 def test_queries_of_per_scenario_metrics_sum_the_scenarios_rather_than_take_the_largest() -> None:
-    """``rankserve_requests_total`` and ``rankserve_request_latency_ms`` are per scenario: the
-    dashboard takes the max across scrapes (each sums every replica) by ``scenario``, then sums the
-    scenarios, so a total is not the busiest scenario's alone. The scenarios have their own panels."""
+    """``rankserve_requests_total`` and ``rankserve_request_latency_ms`` are per scenario and per
+    ranker version: the dashboard takes the max across scrapes (each sums every replica) by
+    ``scenario`` and ``version`` (or sums the versions away first), then sums them, so a total is not
+    the busiest scenario's or version's alone. The scenarios have their own panels."""
     labelled = {"rankserve_requests_total", "rankserve_request_latency_ms_bucket"}
     for expr in EXPRS:
         if queried_metrics([expr]) & labelled:
             assert re.search(r"\bmax by \([^)]*\bscenario\b[^)]*\)", expr), expr
+            assert re.search(r"\bmax by \([^)]*\bversion\b[^)]*\)|sum without \([^)]*\bversion\b", expr), expr
     queried = queried_metrics(EXPRS)
     assert "rankserve_scenario_version" in queried
     assert any("{{scenario}}" in t["legendFormat"] for p in PANELS for t in p["targets"])

@@ -10,6 +10,7 @@ import pytest
 
 from serving import grpc_api
 from serving.errors import ERROR_TABLE, OverloadedError, PayloadTooLargeError, ValidationError
+from serving.feedback.events import validate_events
 from serving.proto import ranker_pb2
 from serving.proto.generate import generate
 from serving.schemas import RankResponse, ScoredItem, validate_rank_request
@@ -99,3 +100,32 @@ def test_string_ids_and_the_context_travel_in_their_own_fields() -> None:
     assert [(i.item_id, i.item_id_str) for i in out.items] == [(0, "sku-1"), (7, "")]
     assert out.unknown_candidates == 2 and not grpc_api.response_message(
         RankResponse("r", [], "ranker", 1, "faiss")).HasField("unknown_candidates")
+
+
+def test_events_messages_get_the_http_calls_payload_and_validation() -> None:
+    ev = ranker_pb2.Event
+    msg = ranker_pb2.EventsRequest(events=[ev(request_id="r1", item_id=0, type="click"),
+                                           ev(request_id="r2", item_id_str="sku-1", type="order", ts=1.5e9),
+                                           ev(request_id="r3", item_id=4, type="cart", ts_str="2026-01-02T03:04:05Z")])
+    payload = grpc_api.events_payload(msg, 1 << 20)
+    assert payload == {"events": [{"request_id": "r1", "item_id": 0, "type": "click"},
+                                  {"request_id": "r2", "item_id": "sku-1", "type": "order", "ts": 1.5e9},
+                                  {"request_id": "r3", "item_id": 4, "type": "cart", "ts": "2026-01-02T03:04:05Z"}]}
+    assert [e.item_id for e in validate_events(payload)] == [0, "sku-1", 4]
+    for bad, fld in ((ev(request_id="r", item_id=1, item_id_str="a", type="click"), "events[1].item_id"),
+                     (ev(request_id="r", item_id=1, type="click", ts=1.0, ts_str="2026-01-01"), "events[1].ts")):
+        with pytest.raises(ValidationError) as err:
+            grpc_api.events_payload(ranker_pb2.EventsRequest(events=[ev(request_id="r", item_id=1, type="click"),
+                                                                     bad]), 1 << 20)
+        assert err.value.field == fld
+    for bad, fld in ((ev(item_id=1, type="click"), "events[0].request_id"), (ev(request_id="r", type="click"),
+                                                                            "events[0].item_id"),
+                     (ev(request_id="r", item_id=1), "events[0].type")):  # proto3: empty is "not given"
+        with pytest.raises(ValidationError) as err:
+            validate_events(grpc_api.events_payload(ranker_pb2.EventsRequest(events=[bad]), 1 << 20))
+        assert err.value.field == fld and "is required" in err.value.message
+    with pytest.raises(ValidationError) as err:
+        validate_events(grpc_api.events_payload(ranker_pb2.EventsRequest(), 1 << 20))
+    assert err.value.field == "events"
+    with pytest.raises(PayloadTooLargeError):
+        grpc_api.events_payload(ranker_pb2.EventsRequest(events=[ev(request_id="r" * 100, item_id=1)] * 20), 1024)

@@ -151,7 +151,9 @@ def test_canary_routes_by_stable_user_hash(repo: Path) -> None:
     reg = ModelRegistry(repo)
     reg.set_traffic("ranker", Traffic(live=1, canary_version=2, canary_percent=25))
     p = _pipeline(repo, ScoringClient())
-    versions = [p.prepare(RankRequest(user_id=u)).version for u in range(2000)]
+    prepared = [p.prepare(RankRequest(user_id=u)) for u in range(2000)]
+    versions = [r.version for r in prepared]
+    assert [r.role for r in prepared] == ["canary" if v == 2 else "live" for v in versions]  # the served log's role
     share = versions.count(2) / len(versions)
     assert 0.2 < share < 0.3
     assert versions == [p.prepare(RankRequest(user_id=u)).version for u in range(2000)]

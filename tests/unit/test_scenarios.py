@@ -309,16 +309,16 @@ def test_metrics_carry_the_scenario_and_merge_across_replicas() -> None:
     texts = []
     for n in (2, 3):
         m = Metrics()
-        m.requests.labels("200", "similar").inc(n)
-        m.requests.labels("404", "none").inc()
-        m.latency_ms.labels("similar").observe(4.0)
+        m.requests.labels("200", "similar", "3").inc(n)
+        m.requests.labels("404", "none", "").inc()
+        m.latency_ms.labels("similar", "3").observe(4.0)
         m.scenario_version.labels("similar").set(n)
         m.batch_scenarios.observe(n)
         texts.append(m.render().decode())
     merged = merge_expositions(texts)
-    assert 'rankserve_requests_total{scenario="similar",status="200"} 5.0' in merged
-    assert 'rankserve_requests_total{scenario="none",status="404"} 2.0' in merged
-    assert 'rankserve_request_latency_ms_count{scenario="similar"} 2.0' in merged
+    assert 'rankserve_requests_total{scenario="similar",status="200",version="3"} 5.0' in merged
+    assert 'rankserve_requests_total{scenario="none",status="404",version=""} 2.0' in merged
+    assert 'rankserve_request_latency_ms_count{scenario="similar",version="3"} 2.0' in merged
     assert 'rankserve_scenario_version{scenario="similar"} 3.0' in merged  # the largest, not a sum
     assert 'rankserve_ranker_call_scenarios_bucket{le="1.0"} 0.0' in merged
 
