@@ -52,15 +52,16 @@ def _imported(settings: Settings, name: str) -> tuple[DataSet, int]:
     return ds, version
 
 
-def _check_demo(settings: Settings, version: int) -> None:
+def _check_demo(settings: Settings, ds: DataSet, version: int) -> None:
     """Raise ConfigError (exit 2) unless the data set ``demo``'s live ``version`` is the one the
-    build imported: the demo's model repository is the build's, and a version imported by hand
-    (other data under the name ``demo``) would put models of that data beside the demo's."""
+    build imported, or one made from it by adding joined impressions (``rankserve log join``):
+    the demo's model repository is the build's, and a version imported by hand (other data under
+    the name ``demo``) would put models of that data beside the demo's."""
     from training.preflight import read_summary
 
     data_dir = settings.marketplace_path.parent
     built = (read_summary(data_dir) or {}).get("data_set_version")
-    if built == version:
+    if built is not None and built in _lineage(ds, version):
         return
     repo = settings.for_data(DEMO_DATA).model_repository
     why = (f"its live version {version} is not the one rankserve build imported ({built})" if built is not None
@@ -69,6 +70,17 @@ def _check_demo(settings: Settings, version: int) -> None:
                       f"the demo data set that rankserve build imported may train: {why}",
                       hint="import your own data under another name (rankserve data import NAME ...) and train "
                            "that; rankserve build --force rebuilds and re-imports the demo")
+
+
+def _lineage(ds: DataSet, version: int) -> list[int]:
+    """``version`` and the versions it was made from (``base_version`` in each manifest), newest first."""
+    out = [version]
+    while len(out) <= len(ds.versions()):
+        base = ds.manifest(out[-1]).get("base_version")
+        if not isinstance(base, int):
+            break
+        out.append(base)
+    return out
 
 
 def live_features(repo: Path) -> Path | None:
@@ -108,7 +120,7 @@ def train_named(settings: Settings, name: str, *, epochs: int, seed: int,
     t0 = time.perf_counter()
     ds, version = _imported(settings, name)
     if name == DEMO_DATA:
-        _check_demo(settings, version)
+        _check_demo(settings, ds, version)
     tables, impressions = ds.tables(version), ds.impressions(version)
     spec, source = (load_features(features), str(features)) if features is not None \
         else (default_features(tables.schema), "default")

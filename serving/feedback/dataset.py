@@ -53,7 +53,7 @@ def _times(served: pa.ChunkedArray, like: pa.DataType) -> pa.Array:
     """The served times in the stored time's type: a timestamp or date as such, a number as epoch seconds."""
     ts = served.combine_chunks()
     if pa.types.is_timestamp(like) or pa.types.is_date(like):
-        return ts.cast(like) if like.tz or not pa.types.is_timestamp(like) else ts.cast(pa.timestamp(like.unit))
+        return ts.cast(like)  # a timestamp without a zone takes the UTC time
     seconds = pc.divide(ts.cast(pa.int64()).cast(pa.float64()), 1000.0)
     return seconds.cast(like) if pa.types.is_floating(like) else pc.floor(seconds).cast(like)
 

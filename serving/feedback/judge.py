@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from serving.data.schema import Schema
+from serving.errors import SchemaError
 from serving.feedback.join import DEFAULT_ATTRIBUTION_WINDOW_S, EVENT_TYPES, IdTypes, JoinCounts, join_logs
 
 __all__ = ["Z_95", "Z_95_ONE_SIDED", "Arm", "Decision", "Report", "auc_interval", "decide", "judge",
@@ -194,12 +195,13 @@ class Decision:
 def decide(log_root: Path, schema: Schema | IdTypes | None, model: str, *, since: datetime | None = None,
            min_impressions: int = DEFAULT_MIN_IMPRESSIONS, live: int | None = None, canary: int | None = None,
            attribution_window_s: float = DEFAULT_ATTRIBUTION_WINDOW_S) -> Decision:
-    """Join ``log_root`` from ``since`` and judge ``model``'s canary against live (see :meth:`Report.canary_better`).
-
-    Raises:
-        SchemaError: nothing served was logged under ``log_root``.
-    """
-    joined = join_logs(log_root, schema, since, attribution_window_s=attribution_window_s)
+    """Join ``log_root`` from ``since`` and judge ``model``'s canary against live (see
+    :meth:`Report.canary_better`). A log that cannot be joined (nothing served yet, every file
+    damaged) is a decision not to promote, saying why: the loop keeps the live model serving."""
+    try:
+        joined = join_logs(log_root, schema, since, attribution_window_s=attribution_window_s)
+    except SchemaError as err:
+        return Decision(False, f"not enough data: {err.message}", Report(model, "click", (), None, None))
     report = judge(joined.table, model, live=live, canary=canary, counts=joined.counts)
     promote, reason = report.canary_better(min_impressions)
     return Decision(promote, reason, report)

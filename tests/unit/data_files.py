@@ -6,6 +6,9 @@ unknown users and three of unknown items (one row both)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import pytest
 
 from serving.data.schema import Schema, parse_schema
 
@@ -118,3 +122,13 @@ def write(folder: Path, kind: str = "parquet", *, items: dict[str, list[Any]] | 
 def standardised(values: list[float | None], fill: float) -> np.ndarray:
     x = np.array([fill if v is None else v for v in values], np.float64)
     return ((x - x.mean()) / (x.std() or 1.0)).astype(np.float32)
+
+
+@contextlib.contextmanager
+def rankserve_env(data_dir: Path) -> Iterator[None]:
+    """No ``RANKSERVE_*`` variable of the caller's but ``RANKSERVE_DATA_DIR=data_dir``, while it lasts."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("RANKSERVE_")]:
+            mp.delenv(key)
+        mp.setenv("RANKSERVE_DATA_DIR", str(data_dir))
+        yield

@@ -9,9 +9,7 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from serving.errors import SetupError
 from serving.repository.export import load_golden
 from serving.repository.registry import ModelRegistry
 from tests.unit.data_fakes import DEMO_SCHEMA, SCHEMA, FakeContext, random_tables
+from tests.unit.data_files import rankserve_env as _env
 from training import dataset_export
 from training.dataset_train import holdout_mask, ndcg_at, pair_agreement, prepare, request_ids
 from training.synthetic import DEPARTMENTS, SCHEMA_YAML, click_probability, write_marketplace
@@ -57,15 +56,6 @@ class Trained:
     files: dict[str, Path]
     summary: dict
     repo: Path
-
-
-@contextlib.contextmanager
-def _env(data_dir: Path) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("RANKSERVE_")]:
-            mp.delenv(key)
-        mp.setenv("RANKSERVE_DATA_DIR", str(data_dir))
-        yield
 
 
 def _cli(data_dir: Path, *argv: str) -> tuple[int, str]:
@@ -272,4 +262,5 @@ def test_train_demo_writes_the_demos_repository_only_for_the_data_set_the_build_
         rc, out = _cli(tmp_path, "train", "demo")  # the build imported another version
         assert rc == 2 and not demo_repo.exists()
     (tmp_path / "data" / "build.json").write_text(json.dumps({**summary, "data_set_version": 1}))
-    _check_demo(Settings.model_validate({"data_dir": tmp_path, "model_repository": demo_repo}), 1)
+    _check_demo(Settings.model_validate({"data_dir": tmp_path, "model_repository": demo_repo}),
+                DataSetStore(tmp_path).dataset("demo"), 1)
