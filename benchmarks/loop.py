@@ -38,8 +38,8 @@ from benchmarks.freshness import repository_copy
 from loadtest.loadgen import run_load
 from loadtest.simulate import Drift, SimulationConfig, Tastes, run_simulation
 from serving.config import Settings
+from serving.feedback.paths import log_root
 from training.data import load_built_marketplace
-from training.learn import log_root
 
 __all__ = ["TARGETS", "click_to_serving", "loss", "main", "recovery"]
 

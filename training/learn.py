@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from serving.data.features import DEMO_FEATURES
 from serving.errors import RankserveError
+from serving.feedback.paths import log_root
 from serving.pipeline.crossing import FEATURES_YAML
 from serving.triton.onnx import ONNX_FILE, TORCHSCRIPT_FILE
 from training.metrics import auc, log_loss
@@ -357,14 +358,6 @@ class ServerSteps:
 
         if self.registry.traffic(self.ranker).canary_version == version:
             rollback(self.registry, self.ranker, None, self.triton, keep_others=self.settings.triton_keep_versions)
-
-
-def log_root(settings: Settings) -> Path:
-    """The data set's log folder: ``<data_dir>/datasets/<name>/log``, the demo's included (the same
-    one-liner as the served log's own ``log_root``)."""
-    from serving.config import dataset_dir
-
-    return dataset_dir(settings.data_dir, settings.data) / "log"
 
 
 def judge_window(settings: Settings, schema: Any, ranker: str, version: int, since: datetime,
