@@ -40,9 +40,11 @@ from loadtest.simulate import Drift, SimulationConfig, Tastes, run_simulation
 from serving.config import Settings
 from serving.feedback.paths import log_root
 from training.data import load_built_marketplace
+from training.learn import id_types
 
 __all__ = ["TARGETS", "click_to_serving", "loss", "main", "recovery"]
 
+LOG_ROTATE_S = 5  # the bench's servers close a log file this often: the learning loop sees answers sooner
 TARGETS = {"click_to_serving_s": 300.0, "recovered_share": 0.5, "recovery_within_s": 600.0, "logging_cost": 0.05,
            "lost": 0}
 
@@ -66,8 +68,13 @@ class Plan:
 def _server(settings: Settings, work: Path, name: str, env: dict[str, str] | None = None) -> Iterator[ChaosServer]:
     """``rankserve serve`` on a fresh copy of the model repository, stopped with SIGINT (its drain flushes the log)."""
     repo = repository_copy(settings.model_repository)
+    env = {"RANKSERVE_LOG_ROTATE_S": str(LOG_ROTATE_S), **(env or {})}
     server = ChaosServer(settings.model_copy(update={"model_repository": repo}), work / f"serve-{name}.log", env)
-    server.start()
+    try:
+        server.start()
+    except RuntimeError as err:  # the log goes with the scratch folder: its end goes with the error
+        tail = server.log_path.read_text(errors="replace").splitlines()[-30:]
+        raise RuntimeError("\n".join([str(err), *tail])) from err
     try:
         yield server
     finally:
@@ -93,7 +100,7 @@ def _join_counts(settings: Settings, since: datetime) -> dict[str, Any]:
     from serving.pipeline.assemble import load_tables
 
     try:
-        res = join_logs(log_root(settings), load_tables(settings).schema, since=since)
+        res = join_logs(log_root(settings), id_types(load_tables(settings)), since=since)
     except Exception as err:  # noqa: BLE001 - an empty or unreadable log is a figure of the report too
         return {"error": f"{type(err).__name__}: {err}"}
     return {**res.counts.to_json(), "clicks_joined": int(np.asarray(res.table.column("click")).sum())}
@@ -152,7 +159,7 @@ def recovery(static: dict[str, Any], learned: dict[str, Any], drift_at_s: float,
     post = tl >= drift_at_s
     tail = cl[post][-max(1, int(np.ceil(120 / bucket_s))):] if post.any() else np.zeros(0)
     share = (float(np.mean(tail)) - after_static) / lost if lost > 0 and tail.size else None
-    half = [t for t, c in zip(tl[post], cl[post], strict=True) if lost > 0 and c - after_static >= lost / 2]
+    half = [float(t) for t, c in zip(tl[post], cl[post], strict=True) if lost > 0 and c - after_static >= lost / 2]
     return {"ctr_before_drift": round(before, 5), "ctr_after_drift_static": round(after_static, 5),
             "ctr_lost": round(lost, 5), "ctr_learn_last_2min": round(float(np.mean(tail)), 5) if tail.size else None,
             "recovered_share": None if share is None else round(share, 3),

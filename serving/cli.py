@@ -1024,7 +1024,7 @@ def _loop_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     le.add_argument("--for-s", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     le.add_argument("--ranker", help="the ranker to fine-tune (default: RANKSERVE_RANKER_MODEL, ranker)")
     le.add_argument("--window-s", type=float, help="learn from answers served in the newest this many seconds "
-                                                   "(default: --every-s)")
+                                                   "(default: twice --every-s)")
     le.add_argument("--canary", type=float, default=10.0, metavar="PERCENT", help="the canary's share of traffic (default 10)")
     le.add_argument("--min-impressions", type=int, default=1000, metavar="N",
                     help="impressions each of canary and live needs before the canary is judged (default 1000)")

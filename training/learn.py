@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from serving.data.tables import DataTables
     from serving.repository.push import ModelLoader
 
-__all__ = ["FineTuned", "LearnError", "LearnSteps", "Verdict", "encode_joined", "fine_tune", "run_loop",
-           "ServerSteps"]
+__all__ = ["FineTuned", "LearnError", "LearnSteps", "ServerSteps", "Verdict", "encode_joined", "fine_tune", "id_types",
+           "run_loop"]
 
 HOLDOUT = 0.2  # the newest share of a window's impressions, held out to validate the fine-tuned ranker
 WORSE_TOLERANCE = 0.01  # validation refuses a ranker whose held-out log loss is this much (relative) worse
@@ -268,10 +268,11 @@ def run_loop(steps: LearnSteps, *, every_s: float, for_s: float | None = None, w
              emit: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
              sleep: Callable[[float], None] = time.sleep) -> int:
     """Run passes every ``every_s`` seconds (for ``for_s`` seconds; None: until interrupted), each
-    over the impressions served in the newest ``window_s`` (default ``every_s``) seconds; returns the
-    passes run. A failing step ends its pass only; Ctrl-C rolls back a canary the pass left."""
+    over the impressions served in the newest ``window_s`` (default ``2 * every_s``: answers still in
+    a log file not yet closed at one pass are learned at the next) seconds; returns the passes run.
+    A failing step ends its pass only; Ctrl-C rolls back a canary the pass left."""
     start = clock()
-    window = timedelta(seconds=window_s or every_s)
+    window = timedelta(seconds=window_s or 2 * every_s)
     n = 0
     while for_s is None or clock() - start < for_s:
         it = _Iteration(steps, n, emit)
@@ -315,7 +316,7 @@ class ServerSteps:
     def join(self, since: datetime, until: datetime) -> pa.Table:
         from serving.feedback.join import join_logs
 
-        return join_logs(log_root(self.settings), self.tables.schema, since=since, until=until,
+        return join_logs(log_root(self.settings), id_types(self.tables), since=since, until=until,
                          attribution_window_s=self.settings.attribution_window_s).table
 
     def fine_tune(self, joined: pa.Table) -> FineTuned:
@@ -342,7 +343,7 @@ class ServerSteps:
     def judge(self, version: int, since: datetime) -> Verdict:
         deadline = time.monotonic() + self.judge_timeout_s
         while True:
-            verdict = judge_window(self.settings, self.tables.schema, self.ranker, version, since,
+            verdict = judge_window(self.settings, id_types(self.tables), self.ranker, version, since,
                                    self.min_impressions)
             if verdict.enough or time.monotonic() >= deadline:
                 return verdict
@@ -358,6 +359,14 @@ class ServerSteps:
 
         if self.registry.traffic(self.ranker).canary_version == version:
             rollback(self.registry, self.ranker, None, self.triton, keep_others=self.settings.triton_keep_versions)
+
+
+def id_types(tables: DataTables) -> Any:
+    """The data set's id types (``serving.feedback.join.IdTypes``): the log's text ids are cast to them."""
+    from serving.feedback.join import IdTypes
+
+    return IdTypes(user=pa.int64() if tables.user_ids.dtype.kind in "iu" else pa.string(),
+                   item=pa.int64() if tables.item_ids.dtype.kind in "iu" else pa.string())
 
 
 def judge_window(settings: Settings, schema: Any, ranker: str, version: int, since: datetime,

@@ -125,7 +125,7 @@ class FakeSteps:
 
     def join(self, since: datetime, until: datetime) -> pa.Table:
         self._maybe_fail("join")
-        assert until - since == timedelta(seconds=30)
+        assert until - since == timedelta(seconds=60)  # two passes
         return pa.table({"x": [1, 2, 3]})
 
     def fine_tune(self, joined: pa.Table) -> FineTuned:
