@@ -76,7 +76,7 @@ import-bench: install
 quality-bench: install
 	nice -n 10 $(PY) -m benchmarks.quality --demo-layout $(if $(ITEMS),--items $(ITEMS)) --out docs/quality-bench-cpu.json
 
-# ~15 minutes on 2 cores (three server starts, two 6-minute runs); ARGS=--quick for a smoke test
+# ~18 minutes on 2 cores (four server starts, two 6-minute runs); ARGS=--quick for a smoke test
 loop-bench: build
 	nice -n 10 $(PY) -m benchmarks.loop --out docs/loop-bench-cpu.json $(ARGS)
 

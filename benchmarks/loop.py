@@ -57,11 +57,14 @@ class Plan:
     drift_at_s: float
     rate: float
     every_s: float
-    window_s: float
+    window_s: float | None  # None: learn's own (two passes)
     min_impressions: int
     bucket_s: float
     throughput_s: float
     seed: int = 0
+    k: int = 20  # items a request asks for
+    canary: float = 50.0  # learn --canary: at 10% a one-sided test at 95% needs far more than minutes of this load
+    judge_timeout_s: float | None = None  # learn --judge-timeout-s (None: --every-s)
 
 
 @contextlib.contextmanager
@@ -83,7 +86,10 @@ def _server(settings: Settings, work: Path, name: str, env: dict[str, str] | Non
 
 def _learn(server: ChaosServer, plan: Plan, out: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "serving.cli", "learn", "demo", "--every-s", str(plan.every_s), "--for-s",
-           str(plan.duration_s), "--window-s", str(plan.window_s), "--min-impressions", str(plan.min_impressions)]
+           str(plan.duration_s), "--min-impressions", str(plan.min_impressions), "--canary", str(plan.canary)]
+    for flag, value in (("--window-s", plan.window_s), ("--judge-timeout-s", plan.judge_timeout_s)):
+        if value is not None:
+            cmd += [flag, str(value)]
     env = {k: v for k, v in server.env.items() if k != "RANKSERVE_VERBOSE"}
     with open(out, "wb") as f:
         return subprocess.Popen(["nice", "-n", "5", *cmd], env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -91,7 +97,7 @@ def _learn(server: ChaosServer, plan: Plan, out: Path) -> subprocess.Popen[bytes
 
 def _simulate(url: str, tastes: Tastes, plan: Plan) -> dict[str, Any]:
     cfg = SimulationConfig(rate=plan.rate, duration_s=plan.duration_s, drift_at_s=plan.drift_at_s, seed=plan.seed,
-                           bucket_s=plan.bucket_s)
+                           bucket_s=plan.bucket_s, k=plan.k)
     return asyncio.run(run_simulation(url, tastes, cfg))
 
 
@@ -207,6 +213,7 @@ def report(plan: Plan, runs: dict[str, dict[str, Any]], throughput: dict[str, An
     static, learned = runs["static"], runs["learn"]
     rec = recovery(static["sim"], learned["sim"], plan.drift_at_s, plan.bucket_s)
     c2s = click_to_serving(learned["learn"], learned["sim"]["first_answer"])
+    rec["promotions"] = sum(1 for ln in learned["learn"] if ln["step"] == "promote" and ln["ok"])
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "plan": plan.__dict__,
         "targets": TARGETS,
@@ -231,21 +238,23 @@ def report(plan: Plan, runs: dict[str, dict[str, Any]], throughput: dict[str, An
 
 def _plan(a: argparse.Namespace) -> Plan:
     if a.quick:
-        return Plan(duration_s=90, drift_at_s=20, rate=a.rate, every_s=30, window_s=30, min_impressions=200,
-                    bucket_s=10, throughput_s=5, seed=a.seed)
+        return Plan(duration_s=90, drift_at_s=20, rate=a.rate, every_s=30, window_s=None, min_impressions=300,
+                    bucket_s=10, throughput_s=5, seed=a.seed, canary=a.canary, judge_timeout_s=30)
     return Plan(duration_s=a.duration_s, drift_at_s=a.drift_at_s, rate=a.rate, every_s=a.every_s,
-                window_s=a.window_s or a.every_s, min_impressions=a.min_impressions, bucket_s=a.bucket_s,
-                throughput_s=a.throughput_s, seed=a.seed)
+                window_s=a.window_s, min_impressions=a.min_impressions, bucket_s=a.bucket_s,
+                throughput_s=a.throughput_s, seed=a.seed, canary=a.canary, judge_timeout_s=a.judge_timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loop", description=__doc__.split("\n")[0])
     p.add_argument("--duration-s", type=float, default=360.0, help="each run's length (default 360)")
-    p.add_argument("--drift-at-s", type=float, default=60.0, help="when tastes drift in each run (default 60)")
-    p.add_argument("--rate", type=float, default=15.0, help="simulated rank requests a second (default 15)")
-    p.add_argument("--every-s", type=float, default=60.0, help="rankserve learn --every-s (default 60)")
-    p.add_argument("--window-s", type=float, help="rankserve learn --window-s (default --every-s)")
-    p.add_argument("--min-impressions", type=int, default=600, help="rankserve learn --min-impressions (default 600)")
+    p.add_argument("--drift-at-s", type=float, default=45.0, help="when tastes drift in each run (default 45)")
+    p.add_argument("--rate", type=float, default=20.0, help="simulated rank requests a second (default 20, 20 items each)")
+    p.add_argument("--every-s", type=float, default=45.0, help="rankserve learn --every-s (default 45)")
+    p.add_argument("--window-s", type=float, help="rankserve learn --window-s (default: learn's, twice --every-s)")
+    p.add_argument("--min-impressions", type=int, default=3000, help="rankserve learn --min-impressions (default 3000)")
+    p.add_argument("--canary", type=float, default=50.0, help="rankserve learn --canary (default 50)")
+    p.add_argument("--judge-timeout-s", type=float, default=60.0, help="rankserve learn --judge-timeout-s (default 60)")
     p.add_argument("--bucket-s", type=float, default=30.0, help="CTR time buckets (default 30)")
     p.add_argument("--throughput-s", type=float, default=20.0, help="seconds of each logging-cost measurement")
     p.add_argument("--no-throughput", dest="throughput", action="store_false", help="skip the logging cost")

@@ -22,6 +22,7 @@ import contextlib
 import json
 import signal
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -188,10 +189,11 @@ async def run_simulation(base_url: str, tastes: Tastes, cfg: SimulationConfig, *
     n_users = tastes.mp.user_cat.shape[0]
     tasks: set[asyncio.Task] = set()
     t0 = time.perf_counter()
-    epoch = time.time() - t0
+    epoch = time.time() - t0  # + perf_counter(): Unix time
+    run = uuid.uuid4().hex[:10]  # request ids unique to this run: a log holds earlier runs' answers too
 
     async def one(user: int, n: int) -> None:
-        body: dict[str, Any] = {"user_id": user, "k": cfg.k, "request_id": f"sim-{cfg.seed}-{n}"}
+        body: dict[str, Any] = {"user_id": user, "k": cfg.k, "request_id": f"sim-{run}-{n}"}
         if cfg.scenario:
             body["scenario"] = cfg.scenario
         try:
@@ -202,7 +204,7 @@ async def run_simulation(base_url: str, tastes: Tastes, cfg: SimulationConfig, *
         if got is None:
             tally.counts["failed"] += 1
             return
-        _record(got, user, time.perf_counter() - t0, epoch, tastes, cfg, clicks_rng, tally, events)
+        _record(got, user, time.perf_counter() - t0, tastes, cfg, clicks_rng, tally, events)
 
     async def flusher() -> None:
         while not stop.is_set():
@@ -256,7 +258,7 @@ async def _arrivals(cfg: SimulationConfig, rng: np.random.Generator, stop: async
         n += 1
 
 
-def _record(got: Mapping[str, Any], user: int, t_s: float, epoch: float, tastes: Tastes, cfg: SimulationConfig,
+def _record(got: Mapping[str, Any], user: int, t_s: float, tastes: Tastes, cfg: SimulationConfig,
             rng: np.random.Generator, tally: Tally, events: _Events) -> None:
     """Draw the clicks of one answer, count them, queue their events."""
     items, model = _answer_rows(got)
@@ -264,7 +266,7 @@ def _record(got: Mapping[str, Any], user: int, t_s: float, epoch: float, tastes:
     rows = np.asarray(items, np.int64)
     clicked = rng.random(rows.size) < tastes.probability(np.full(rows.size, user, np.int64), rows, drifted=drifted)
     now = time.time()
-    tally.answer(t_s, model, rows.size, int(clicked.sum()), epoch + t_s)
+    tally.answer(t_s, model, rows.size, int(clicked.sum()), now)
     rid = got.get("request_id")
     for item in rows[clicked].tolist():
         events.pending.append({"request_id": rid, "item_id": item, "type": "click", "ts": round(now, 3)})
