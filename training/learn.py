@@ -48,6 +48,7 @@ __all__ = ["FineTuned", "LearnError", "LearnSteps", "ServerSteps", "Verdict", "e
 
 HOLDOUT = 0.2  # the newest share of a window's impressions, held out to validate the fine-tuned ranker
 WORSE_TOLERANCE = 0.01  # validation refuses a ranker whose held-out log loss is this much (relative) worse
+SETTLE_S = 2.0  # beyond a log rotation: how old an answer must be before the judge counts it
 MIN_ROWS = 200  # a window with fewer joined impressions (or no click) is not learned from
 
 
@@ -371,17 +372,22 @@ def id_types(tables: DataTables) -> Any:
 
 def judge_window(settings: Settings, schema: Any, ranker: str, version: int, since: datetime,
                  min_impressions: int) -> Verdict:
-    """The judge's verdict (``serving.feedback.judge.decide``) on canary ``version`` against live,
-    over what was served since ``since``."""
-    from serving.feedback.judge import decide
+    """The judge's verdict (``serving.feedback.judge``) on canary ``version`` against live, over the
+    answers served since ``since`` and settled: at least a log rotation (and a flush) old, so their
+    clicks are in closed event files. Newer answers would count as unclicked, and the canary's,
+    all new, the most: it would be judged worse than it is."""
+    from serving.feedback.join import join_logs
+    from serving.feedback.judge import judge
 
-    d = decide(log_root(settings), schema, ranker, since=since, min_impressions=min_impressions, canary=version,
-               attribution_window_s=settings.attribution_window_s)
-    arms = {a: getattr(d.report, a) for a in ("live", "canary")}
+    until = datetime.now(timezone.utc) - timedelta(seconds=settings.log_rotate_s + SETTLE_S)
+    joined = join_logs(log_root(settings), schema, since, until, attribution_window_s=settings.attribution_window_s)
+    report = judge(joined.table, ranker, canary=version, counts=joined.counts)
+    better, reason = report.canary_better(min_impressions)
+    arms = {"live": report.live, "canary": report.canary}
     figures = {f"{role}_{k}": getattr(arm, k) for role, arm in arms.items() if arm is not None
                for k in ("version", "impressions", "ctr")}
     enough = all(arm is not None and arm.impressions >= min_impressions for arm in arms.values())
-    return Verdict(enough, d.promote, d.reason, figures)
+    return Verdict(enough, better, reason, figures)
 
 
 @contextmanager

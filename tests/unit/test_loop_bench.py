@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loop import Plan, click_to_serving, loss, recovery, report
+from benchmarks.loop import Plan, click_to_serving, loss, recovery, recovery_met, report
 
 
 def _sim(ctrs: list[float], bucket_s: float = 30.0, first: dict[str, float] | None = None) -> dict[str, Any]:
@@ -25,6 +25,11 @@ def test_recovery_is_the_share_of_the_lost_ctr_won_back_and_when_half_was() -> N
     assert r["half_recovered_after_s"] == 90.0  # the bucket from 120 s (0.052) ends 90 s after the drift
     none = recovery(static, _sim([0.06, 0.06, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04]), drift_at_s=60, bucket_s=30)
     assert none["recovered_share"] == 0.0 and none["half_recovered_after_s"] is None
+    partial = recovery(static, _sim([0.06, 0.06, 0.04, 0.045, 0.052, 0.055, 0.055, 0.055, 0.01]), drift_at_s=60,
+                       bucket_s=30, duration_s=240)
+    assert partial["recovered_share"] == 0.713  # the last bucket ends after the run: left out
+    assert recovery_met(r) and not recovery_met({**r, "recovered_share": 0.4})
+    assert not recovery_met({**r, "half_recovered_after_s": 700.0})
 
 
 def _at(s: float) -> str:
