@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(EXTRA)
 # the GPU check runs where it is: the venv's python here, the image's python3 on a device machine
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: serve test slow-test cluster-test install build bench capacity chaos freshness scenario-freshness kernel-bench import-bench quality-bench loadtest lint clean \
+.PHONY: serve test slow-test cluster-test install build bench capacity chaos freshness scenario-freshness kernel-bench import-bench quality-bench loop-bench loadtest lint clean \
         gpu-check gpu-check-prepare
 
 # pyproject's requires-python (>=3.10,<3.14), checked before a venv is made from $(PYTHON)
@@ -75,6 +75,10 @@ import-bench: install
 
 quality-bench: install
 	nice -n 10 $(PY) -m benchmarks.quality --demo-layout $(if $(ITEMS),--items $(ITEMS)) --out docs/quality-bench-cpu.json
+
+# ~18 minutes on 2 cores (four server starts, two 6-minute runs); ARGS=--quick for a smoke test
+loop-bench: build
+	nice -n 10 $(PY) -m benchmarks.loop --out docs/loop-bench-cpu.json $(ARGS)
 
 loadtest: install
 	$(PY) -m loadtest.run

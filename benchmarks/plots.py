@@ -1,7 +1,8 @@
-"""The pictures ``rankserve bench`` and ``rankserve capacity`` draw beside their tables.
+"""The pictures ``rankserve bench``, ``rankserve capacity`` and ``make loop-bench`` draw beside their tables.
 
-Owns: the two plots (throughput and p99 against concurrency, one line per configuration with the
-floors dashed; latency against offered rate with the p99 target and the chosen capacity marked),
+Owns: the plots (throughput and p99 against concurrency, one line per configuration with the
+floors dashed; latency against offered rate with the p99 target and the chosen capacity marked;
+online CTR over time of the loop bench's static and learning runs, the drift and promotions marked),
 drawn headless with matplotlib from the tools' own JSON reports, so a committed report can be
 drawn again (``python -m benchmarks.bench --plot docs/bench-cpu.json``). Must not touch: how
 anything is measured.
@@ -12,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BENCH_LABELS", "plot_bench", "plot_capacity", "redraw"]
+__all__ = ["BENCH_LABELS", "plot_bench", "plot_capacity", "plot_loop", "redraw"]
 
 # configuration -> (legend label, is a floor: drawn dashed)
 BENCH_LABELS: dict[str, tuple[str, bool]] = {
@@ -96,6 +98,29 @@ def plot_capacity(rep: dict[str, Any], path: Path | None = None) -> Any:
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(f"rankserve capacity: {capacity:g} req/s at p99 <= {target:g} ms "
                  f"({rep['target']['max_error_share']:.1%} failures at most)", fontsize=10)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_loop(rep: dict[str, Any], path: Path | None = None) -> Any:
+    """Online CTR over time of the loop bench's runs (static, learning), the drift and each
+    promotion of the learning run marked; written to ``path`` when given."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
+    labels = {"static": "static model", "learn": "rankserve learn running"}
+    for name, curve in rep["curves"].items():
+        ax.plot(curve["t_s"], curve["ctr"], marker="o", markersize=3, label=labels.get(name, name), gid=name)
+    ax.axvline(rep["plan"]["drift_at_s"], color="grey", linestyle="--", label="tastes drift")
+    start = rep["runs"]["learn"].get("started")
+    for ln in rep.get("learn_steps", []):
+        if ln["step"] == "promote" and ln["ok"] and start is not None:
+            ax.axvline(datetime.fromisoformat(ln["time"]).timestamp() - start, color="green", alpha=0.5, linewidth=1)
+    ax.set_xlabel("seconds into the run")
+    ax.set_ylabel("online CTR (clicks / items shown)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("make loop-bench: online CTR, tastes drifting (green: a fine-tuned ranker promoted)", fontsize=10)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

@@ -35,7 +35,7 @@ import numpy as np
 
 from serving.net import is_loopback
 
-__all__ = ["run_load", "run_open_loop"]
+__all__ = ["client", "run_load", "run_open_loop"]
 
 
 class _Http:
@@ -149,7 +149,8 @@ class _GrpcAnswer:
         return MessageToDict(self.msg, preserving_proto_field_name=True)
 
 
-def _client(url: str, concurrency: int, timeout_s: float = 30.0, authorization: str | None = None) -> _Http | _Grpc:
+def client(url: str, concurrency: int, timeout_s: float = 30.0, authorization: str | None = None) -> _Http | _Grpc:
+    """A client of ``url`` (``grpc://``: gRPC Rank; else JSON POSTs) keeping at most ``concurrency`` connections."""
     return (_Grpc if url.startswith("grpc://") else _Http)(url, concurrency, timeout_s, authorization)
 
 
@@ -231,19 +232,19 @@ async def run_load(url: str, bodies: list[bytes], *, concurrency: int, duration_
     """Closed-loop load; returns throughput, latency percentiles (ms) and status counts, and with
     ``timings`` the mean client latency beside the mean of each stage the server reports.
     ``authorization``: sent with every request (``Bearer <key>``)."""
-    client = _client(url, concurrency, authorization=authorization)
+    conn = client(url, concurrency, authorization=authorization)
     try:
         if warmup_s > 0:
             warm = _Tally()
-            await asyncio.gather(*(_worker(client, bodies, w, time.perf_counter() + warmup_s, warm)
+            await asyncio.gather(*(_worker(conn, bodies, w, time.perf_counter() + warmup_s, warm)
                                    for w in range(concurrency)))
         tally = _Tally(timings={} if timings else None, record=record)
         t0 = time.perf_counter()
-        await asyncio.gather(*(_worker(client, bodies, w * 7919, t0 + duration_s, tally, stop_file)
+        await asyncio.gather(*(_worker(conn, bodies, w * 7919, t0 + duration_s, tally, stop_file)
                                for w in range(concurrency)))
         wall = time.perf_counter() - t0
     finally:
-        await client.close()
+        await conn.close()
     out: dict[str, object] = {
         "concurrency": concurrency,
         **_summary(tally.lat, tally.status, wall),
@@ -261,7 +262,7 @@ async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_
     """Open-loop load: Poisson arrivals at ``rate`` per second for ``duration_s``; latency is
     measured from each request's scheduled arrival time. With ``record``, one JSON line per measured
     request: ``at`` (its arrival, Unix time), ``ms``, ``status``, ``degraded`` and the body's ``timeout_ms``."""
-    client = _client(url, max_in_flight, timeout_s, authorization)
+    conn = client(url, max_in_flight, timeout_s, authorization)
     rng = np.random.default_rng(seed)
     lat: list[float] = []
     status: Counter = Counter()
@@ -275,7 +276,7 @@ async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_
     async def one(body: bytes, due: float, measured: bool) -> None:
         degraded, version, retry_after = False, None, None
         try:
-            code, answer = await client.send(body)
+            code, answer = await conn.send(body)
             degraded = code == 200 and answer.degraded()
             if record is not None:
                 version, retry_after = (answer.version() if code == 200 else None), answer.retry_after
@@ -323,7 +324,7 @@ async def run_open_loop(url: str, bodies: list[bytes], *, rate: float, duration_
                     record.append(json.dumps({"at": None, "ms": None, "status": "client_timeout", "degraded": False}))
         wall = duration_s
     finally:
-        await client.close()
+        await conn.close()
     return {
         "rate": rate,
         "offered_rps": round(arrivals / wall, 2),

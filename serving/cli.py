@@ -788,6 +788,44 @@ def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    """Play the demo's users against the running server; print (and with --out write) the figures."""
+    from loadtest.simulate import SimulationConfig, simulate
+    from serving.net import is_loopback
+    from training.data import load_built_marketplace
+
+    url = (args.url or settings.api_url).rstrip("/")
+    if not is_loopback(url):
+        raise ConfigError(f"rankserve simulate only plays users against this machine's servers, not {url}")
+    if args.rate <= 0 or args.duration_s <= 0 or args.k < 1 or args.bucket_s <= 0 or not 0 < args.drift_share <= 1:
+        raise ConfigError("--rate, --duration-s and --bucket-s must be positive, --k at least 1, --drift-share in (0, 1]")
+    cfg = SimulationConfig(rate=args.rate, duration_s=args.duration_s, drift_at_s=args.drift_at_s, seed=args.seed,
+                           k=args.k, drift_share=args.drift_share, bucket_s=args.bucket_s)
+    key = f"Bearer {settings.api_key.get_secret_value()}" if settings.api_key else None
+    res = simulate(url, load_built_marketplace(settings.marketplace_path.parent), cfg,
+                   out=Path(args.out) if args.out else None, authorization=key)
+    print(json.dumps(res))
+    return 0
+
+
+def cmd_learn(settings: Settings, args: argparse.Namespace) -> int:
+    """Fine-tune, canary, judge and promote the data set's ranker every --every-s seconds."""
+    from training.dataset_command import data_set_name
+    from training.learn import ServerSteps, run_loop
+
+    if args.every_s <= 0 or (args.for_s is not None and args.for_s <= 0) or args.epochs < 1:
+        raise ConfigError("--every-s and --for-s must be positive, --epochs at least 1")
+    settings = settings.for_data(data_set_name(settings, args.name, args.data))
+    endpoint = running_triton(settings)
+    triton = _NoTriton() if endpoint is None else endpoint.client()
+    steps = ServerSteps(settings, args.ranker or settings.ranker_model, triton, canary_percent=args.canary,
+                        min_impressions=args.min_impressions, judge_timeout_s=args.judge_timeout_s or args.every_s,
+                        epochs=args.epochs)
+    run_loop(steps, every_s=args.every_s, for_s=args.for_s, window_s=args.window_s,
+             emit=lambda line: print(line, flush=True))
+    return 0
+
+
 def _size(n_bytes: float) -> str:
     """``23.9 kB``, ``1.2 GB``: a size as people read it (powers of 1000)."""
     units, i = ("B", "kB", "MB", "GB", "TB"), 0
@@ -862,6 +900,7 @@ def _parser() -> argparse.ArgumentParser:
     _keys_parser(sub, common)
     _data_parser(sub, common)
     _training_parsers(sub, common)
+    _loop_parsers(sub, common)
     ca_report = _feedback_parsers(sub, common)
     ve = sub.add_parser("verify", parents=[common], help="check every model version's files against the digests "
                                                           "recorded when it was written; non-zero exit on any difference")
@@ -963,6 +1002,39 @@ def _training_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                                                                "features.yaml, else the schema's default one)")
     fe.add_argument("--out", required=True, metavar="FILE", help="the Parquet file to write")
     fe.set_defaults(func=cmd_features)
+
+
+def _loop_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``rankserve simulate`` (users played against a running server) and ``rankserve learn NAME``."""
+    si = sub.add_parser("simulate", parents=[common], help="play the demo's users against the running server: rank "
+                                                           "requests, clicks from the demo's hidden click model posted as events")
+    si.add_argument("--rate", type=float, required=True, help="rank requests per second (Poisson arrivals, open loop)")
+    si.add_argument("--duration-s", type=float, required=True, help="how long to run (it stops by itself; Ctrl-C earlier)")
+    si.add_argument("--drift-at-s", type=float, metavar="T", help="at T seconds into the run, the users of a share of "
+                                                                  "the regions permute their category preferences")
+    si.add_argument("--drift-share", type=float, default=0.5, help="the share of regions that drift (default 0.5)")
+    si.add_argument("--seed", type=int, default=0, help="seed of the users, clicks and drift (default 0)")
+    si.add_argument("--k", type=int, default=10, help="items asked for per request (default 10)")
+    si.add_argument("--bucket-s", type=float, default=30.0, help="width of the CTR time buckets (default 30)")
+    si.add_argument("--url", help="the server's base address (default: this machine's, RANKSERVE_HOST/PORT)")
+    si.add_argument("--out", metavar="FILE", help="also write the figures (JSON) to this file")
+    si.set_defaults(func=cmd_simulate)
+    le = sub.add_parser("learn", parents=[common], help="loop: join the newest window of the served log, fine-tune "
+                                                        "the live ranker, validate, push a canary, judge, promote or roll back")
+    le.add_argument("name", nargs="?", help="the data set (default: --data, else RANKSERVE_DATA, else demo)")
+    le.add_argument("--data", metavar="NAME", help="the data set, when NAME is not given")
+    le.add_argument("--every-s", type=float, default=60.0, help="seconds between passes (default 60)")
+    le.add_argument("--for-s", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    le.add_argument("--ranker", help="the ranker to fine-tune (default: RANKSERVE_RANKER_MODEL, ranker)")
+    le.add_argument("--window-s", type=float, help="learn from answers served in the newest this many seconds "
+                                                   "(default: twice --every-s)")
+    le.add_argument("--canary", type=float, default=10.0, metavar="PERCENT", help="the canary's share of traffic (default 10)")
+    le.add_argument("--min-impressions", type=int, default=1000, metavar="N",
+                    help="impressions each of canary and live needs before the canary is judged (default 1000)")
+    le.add_argument("--judge-timeout-s", type=float, help="how long to wait for them before rolling the canary back "
+                                                          "(default: --every-s)")
+    le.add_argument("--epochs", type=int, default=3, help="passes over the window when fine-tuning (default 3)")
+    le.set_defaults(func=cmd_learn)
 
 
 def _feedback_parsers(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:

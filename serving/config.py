@@ -246,10 +246,6 @@ class Settings(BaseModel):
                           "cluster, a writable volume every replica and the command share. None: the data set's "
                           "folder, data_dir/datasets/<data>/log.",
     )
-    attribution_window_s: float = Field(
-        1800.0, gt=0, description="An event counts for an answer when it comes at most this many seconds after the "
-                                  "answer was served (later ones are counted as late, not labelled).",
-    )
 
     # --- Ray -----------------------------------------------------------------------------
     ray_address: str = Field("local", description="Ray cluster address; 'local' starts one.")
