@@ -38,9 +38,9 @@ from benchmarks.freshness import repository_copy
 from loadtest.loadgen import run_load
 from loadtest.simulate import Drift, SimulationConfig, Tastes, run_simulation
 from serving.config import Settings
+from serving.feedback.join import IdTypes
 from serving.feedback.paths import log_root
 from training.data import load_built_marketplace
-from training.learn import id_types
 
 __all__ = ["TARGETS", "click_to_serving", "loss", "main", "recovery", "recovery_met"]
 
@@ -106,7 +106,7 @@ def _join_counts(settings: Settings, since: datetime) -> dict[str, Any]:
     from serving.pipeline.assemble import load_tables
 
     try:
-        res = join_logs(log_root(settings), id_types(load_tables(settings)), since=since)
+        res = join_logs(log_root(settings), IdTypes.of(load_tables(settings)), since=since)
     except Exception as err:  # noqa: BLE001 - an empty or unreadable log is a figure of the report too
         return {"error": f"{type(err).__name__}: {err}"}
     return {**res.counts.to_json(), "clicks_joined": int(np.asarray(res.table.column("click")).sum())}

@@ -246,6 +246,11 @@ class Settings(BaseModel):
                           "cluster, a writable volume every replica and the command share. None: the data set's "
                           "folder, data_dir/datasets/<data>/log.",
     )
+    attribution_window_s: float = Field(
+        1800.0, gt=0, le=7 * 86400,
+        description="How long after an answer an event (click, cart, order) on one of its items still labels "
+                    "that impression in rankserve log join; a later one is counted as late, not labelled.",
+    )
 
     # --- Ray -----------------------------------------------------------------------------
     ray_address: str = Field("local", description="Ray cluster address; 'local' starts one.")

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from serving.data.features import DEMO_FEATURES
 from serving.errors import RankserveError
+from serving.feedback.join import IdTypes
 from serving.feedback.paths import log_root
 from serving.pipeline.crossing import FEATURES_YAML
 from serving.triton.onnx import ONNX_FILE, TORCHSCRIPT_FILE
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from serving.data.tables import DataTables
     from serving.repository.push import ModelLoader
 
-__all__ = ["FineTuned", "LearnError", "LearnSteps", "ServerSteps", "Verdict", "encode_joined", "fine_tune", "id_types",
+__all__ = ["FineTuned", "LearnError", "LearnSteps", "ServerSteps", "Verdict", "encode_joined", "fine_tune",
            "run_loop"]
 
 HOLDOUT = 0.2  # the newest share of a window's impressions, held out to validate the fine-tuned ranker
@@ -317,7 +318,7 @@ class ServerSteps:
     def join(self, since: datetime, until: datetime) -> pa.Table:
         from serving.feedback.join import join_logs
 
-        return join_logs(log_root(self.settings), id_types(self.tables), since=since, until=until,
+        return join_logs(log_root(self.settings), IdTypes.of(self.tables), since=since, until=until,
                          attribution_window_s=self.settings.attribution_window_s).table
 
     def fine_tune(self, joined: pa.Table) -> FineTuned:
@@ -344,7 +345,7 @@ class ServerSteps:
     def judge(self, version: int, since: datetime) -> Verdict:
         deadline = time.monotonic() + self.judge_timeout_s
         while True:
-            verdict = judge_window(self.settings, id_types(self.tables), self.ranker, version, since,
+            verdict = judge_window(self.settings, IdTypes.of(self.tables), self.ranker, version, since,
                                    self.min_impressions)
             if verdict.enough or time.monotonic() >= deadline:
                 return verdict
@@ -360,14 +361,6 @@ class ServerSteps:
 
         if self.registry.traffic(self.ranker).canary_version == version:
             rollback(self.registry, self.ranker, None, self.triton, keep_others=self.settings.triton_keep_versions)
-
-
-def id_types(tables: DataTables) -> Any:
-    """The data set's id types (``serving.feedback.join.IdTypes``): the log's text ids are cast to them."""
-    from serving.feedback.join import IdTypes
-
-    return IdTypes(user=pa.int64() if tables.user_ids.dtype.kind in "iu" else pa.string(),
-                   item=pa.int64() if tables.item_ids.dtype.kind in "iu" else pa.string())
 
 
 def judge_window(settings: Settings, schema: Any, ranker: str, version: int, since: datetime,
