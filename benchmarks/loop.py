@@ -65,6 +65,7 @@ class Plan:
     k: int = 20  # items a request asks for
     canary: float = 50.0  # learn --canary: at 10% a one-sided test at 95% needs far more than minutes of this load
     judge_timeout_s: float | None = None  # learn --judge-timeout-s (None: --every-s)
+    drift_share: float = 1.0  # of the regions whose users' category preferences are permuted
 
 
 @contextlib.contextmanager
@@ -97,7 +98,7 @@ def _learn(server: ChaosServer, plan: Plan, out: Path) -> subprocess.Popen[bytes
 
 def _simulate(url: str, tastes: Tastes, plan: Plan) -> dict[str, Any]:
     cfg = SimulationConfig(rate=plan.rate, duration_s=plan.duration_s, drift_at_s=plan.drift_at_s, seed=plan.seed,
-                           bucket_s=plan.bucket_s, k=plan.k)
+                           bucket_s=plan.bucket_s, k=plan.k, drift_share=plan.drift_share)
     return asyncio.run(run_simulation(url, tastes, cfg))
 
 
@@ -253,16 +254,21 @@ def report(plan: Plan, runs: dict[str, dict[str, Any]], throughput: dict[str, An
 def _plan(a: argparse.Namespace) -> Plan:
     if a.quick:
         return Plan(duration_s=90, drift_at_s=20, rate=a.rate, every_s=30, window_s=None, min_impressions=300,
-                    bucket_s=10, throughput_s=5, seed=a.seed, canary=a.canary, judge_timeout_s=30)
+                    bucket_s=10, throughput_s=5, seed=a.seed, canary=a.canary, judge_timeout_s=30,
+                    drift_share=a.drift_share)
     return Plan(duration_s=a.duration_s, drift_at_s=a.drift_at_s, rate=a.rate, every_s=a.every_s,
                 window_s=a.window_s, min_impressions=a.min_impressions, bucket_s=a.bucket_s,
-                throughput_s=a.throughput_s, seed=a.seed, canary=a.canary, judge_timeout_s=a.judge_timeout_s)
+                throughput_s=a.throughput_s, seed=a.seed, canary=a.canary, judge_timeout_s=a.judge_timeout_s,
+                drift_share=a.drift_share)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loop", description=__doc__.split("\n")[0])
-    p.add_argument("--duration-s", type=float, default=360.0, help="each run's length (default 360)")
+    p.add_argument("--duration-s", type=float, default=480.0, help="each run's length (default 480)")
     p.add_argument("--drift-at-s", type=float, default=45.0, help="when tastes drift in each run (default 45)")
+    p.add_argument("--drift-share", type=float, default=1.0,
+                   help="the share of regions whose users' category preferences are permuted (default 1: every "
+                        "region; half of them lose too little CTR to measure its recovery against this noise)")
     p.add_argument("--rate", type=float, default=20.0, help="simulated rank requests a second (default 20, 20 items each)")
     p.add_argument("--every-s", type=float, default=45.0, help="rankserve learn --every-s (default 45)")
     p.add_argument("--window-s", type=float, help="rankserve learn --window-s (default: learn's, twice --every-s)")
@@ -279,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = _plan(a)
     settings = Settings.from_env().for_data("demo")
     mp = load_built_marketplace(settings.marketplace_path.parent)
-    tastes = Tastes(mp, Drift.of(mp, seed=plan.seed, share=0.5))
+    tastes = Tastes(mp, Drift.of(mp, seed=plan.seed, share=plan.drift_share))
     with tempfile.TemporaryDirectory(prefix="loop-bench-") as tmp:
         work = Path(tmp)
         runs = {name: run_mode(settings, tastes, plan, work, learn=name == "learn") for name in ("static", "learn")}
