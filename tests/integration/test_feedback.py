@@ -7,6 +7,7 @@ drain wrote."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,10 +34,15 @@ N_REQUESTS = 24
 
 class _Session(ChaosServer):
     """``rankserve serve --no-build`` in a session of its own (its process group is what a Ctrl-C
-    signals), logging into ``log_dir``, gRPC on."""
+    signals), logging into ``log_dir``, gRPC on, on a copy of the model repository: the service's
+    metrics sum every replica that shares a repository, and the suite's other servers share the
+    session's."""
 
     def __init__(self, settings: Settings, tmp_path: Path) -> None:
         self.log_dir = tmp_path / "log"
+        repo = tmp_path / "model_repository"
+        shutil.copytree(settings.model_repository, repo, ignore=shutil.ignore_patterns(".*", "catalogue"))
+        settings = settings.model_copy(update={"model_repository": repo})
         super().__init__(settings, tmp_path / "serve.log", env={"RANKSERVE_LOG_DIR": str(self.log_dir),
                                                                  "RANKSERVE_LOG_ROTATE_S": "3600"})
         self.grpc_port = free_port(QUIET_PORTS)
