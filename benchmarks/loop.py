@@ -245,6 +245,7 @@ def report(plan: Plan, runs: dict[str, dict[str, Any]], throughput: dict[str, An
                    for name, run in runs.items()},
         "learn_steps": learned["learn"],
         "runs": {name: {"started": run["sim"]["started"], "counts": run["sim"]["counts"],
+                        "failures": run["sim"].get("failures", {}),
                         "by_model": run["sim"]["by_model"], "join": run["join"]} for name, run in runs.items()},
     }
     out["loss"]["met"] = all(v["total_lost"] == TARGETS["lost"] for v in out["loss"].values() if isinstance(v, dict))

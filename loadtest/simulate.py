@@ -108,6 +108,11 @@ class Tally:
     buckets: dict[int, dict[str, _Cell]] = field(default_factory=dict)
     versions: dict[str, _Cell] = field(default_factory=dict)
     first_answer: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)  # failed rank requests by HTTP status, or the error's type
+
+    def failed(self, why: str) -> None:
+        self.counts["failed"] += 1
+        self.failures[why] = self.failures.get(why, 0) + 1
 
     def answer(self, t_s: float, model: str, shown: int, clicked: int, at: float) -> None:
         """One answer ``t_s`` seconds into the run by ``model`` (``name vN``): ``shown`` items, ``clicked`` of them."""
@@ -124,7 +129,8 @@ class Tally:
         buckets = [{"t_s": round(b * self.bucket_s, 3), **cells["all"].to_json(),
                     "by_model": {m: c.to_json() for m, c in sorted(cells.items()) if m != "all"}}
                    for b, cells in sorted(self.buckets.items())]
-        return {"counts": dict(self.counts), "bucket_s": self.bucket_s, "buckets": buckets,
+        return {"counts": dict(self.counts), "failures": dict(sorted(self.failures.items())),
+                "bucket_s": self.bucket_s, "buckets": buckets,
                 "by_model": {m: c.to_json() for m, c in sorted(self.versions.items())},
                 "first_answer": {m: round(t, 3) for m, t in sorted(self.first_answer.items())}}
 
@@ -199,10 +205,11 @@ async def run_simulation(base_url: str, tastes: Tastes, cfg: SimulationConfig, *
         try:
             code, answer = await conn.send(json.dumps(body).encode())
             got = answer.as_json() if code == 200 else None
-        except Exception:  # noqa: BLE001 - every failure is counted, none stops the run
-            got = None
+        except Exception as err:  # noqa: BLE001 - every failure is counted, none stops the run
+            tally.failed(type(err).__name__)
+            return
         if got is None:
-            tally.counts["failed"] += 1
+            tally.failed(str(code))
             return
         _record(got, user, time.perf_counter() - t0, tastes, cfg, clicks_rng, tally, events)
 
