@@ -226,6 +226,21 @@ def test_replicas_write_their_state_to_a_volume_of_their_own() -> None:
         assert _volumes(_pod_templates()[group])[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim
 
 
+def test_the_served_log_is_on_the_shared_writable_volume_where_replicas_and_the_loop_run() -> None:
+    """Replicas write the served log and events (one stream each) and the admin pod's log join,
+    canary report and learn read them: one ReadWriteMany volume, never the read-only repository."""
+    claim = _claim("rankserve-state")
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    for group, name in (("gpu", "ray-worker"), ("admin", "rankserve")):
+        c = _container(group, name)
+        log_dir = Settings.from_env({"RANKSERVE_LOG_DIR": _env(c)["RANKSERVE_LOG_DIR"]}).log_dir
+        assert log_dir is not None and not log_dir.is_relative_to(REPOSITORY), name
+        mount = _mount(c, str(log_dir))
+        assert not mount.get("readOnly"), name
+        assert (_volumes(_pod_templates()[group])[mount["name"]]["persistentVolumeClaim"]["claimName"]
+                == claim["metadata"]["name"]), name
+
+
 def test_gpus_come_from_the_device_plugin_one_time_slice_per_container() -> None:
     """No container sees the node's GPUs unasked (NVIDIA_VISIBLE_DEVICES=all, or the image's default);
     the worker pod's two GPU containers each ask for one time-slice, and the device plugin's
