@@ -41,9 +41,13 @@ build: install
 serve: install  # rankserve serve builds on first run itself (progress bars, then the summary screen)
 	@$(PY) -m serving.cli serve
 
-# --durations: the suite has a time budget (docs/measurements.md); each run shows where it goes
-test: lint build
-	$(PY) -m pytest -q --durations=30 tests
+# The suite has a time budget (docs/measurements.md): lint and build side by side, the unit tests
+# on every core (pytest-xdist), then the integration tests one at a time (each starts real servers);
+# --durations: each run shows where the time goes
+test: install
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint build
+	$(PY) -m pytest -q -n auto --durations=10 tests/unit
+	$(PY) -m pytest -q --durations=30 tests/integration tests/gpu
 
 slow-test: build
 	$(PY) -m pytest -q --durations=30 -m slow tests

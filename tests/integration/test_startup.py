@@ -6,9 +6,10 @@ own (as a terminal's foreground job), put on the network as an operator would: e
 roles are enforced over HTTP and gRPC, that every listener beyond loopback refuses a caller
 without a key, and it takes the faults of `rankserve chaos` at a low load, checking each
 mechanism (the figures under load are tests/integration/test_chaos.py's, in `make slow-test`): a
-killed Triton degrades answers, then they recover; a killed replica is replaced; a Ctrl-C, that is
-SIGINT to the whole process group, drains the requests in flight, then everything stops. The
-tests run in this order; the last stops the server."""
+killed Triton degrades answers, then they recover; a killed replica is replaced; answers and events
+(over HTTP and gRPC) are counted; a Ctrl-C, that is SIGINT to the whole process group, drains the
+requests in flight, then everything stops, and every answer and event is then in the served log's
+Parquet files. The tests run in this order; the Ctrl-C stops the server."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import fcntl
 import os
 import pty
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -31,12 +33,16 @@ from pathlib import Path
 import grpc
 import httpx
 import psutil
+import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import chaos
 from loadtest.workload import recall_bodies, write_bodies
 from serving.auth import add_key, revoke_key
 from serving.config import Settings
+from serving.feedback.events import EVENT_SCHEMA
+from serving.feedback.served import SERVED_SCHEMA
+from serving.metrics import metric_sum
 from serving.net import QUIET_PORTS, free_port
 from serving.pipeline.features import FeatureTables
 from serving.proto import ranker_pb2, ranker_pb2_grpc
@@ -102,11 +108,21 @@ class _OnTerminal(chaos.ChaosServer):
     it (not verbose); chaos's faults and drain apply to it as to its own server."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
+        # a copy of the repository of its own: the service's metrics sum every replica that shares
+        # a repository, and the suite's other servers share the session's
+        repo = log_path.with_name("model_repository")
+        shutil.copytree(settings.model_repository, repo, ignore=shutil.ignore_patterns(".*", "catalogue"))
+        settings = settings.model_copy(update={"model_repository": repo})
         keys = settings.keys_file
         self.rank_key, self.admin_key = add_key(keys, "feed", "rank"), add_key(keys, "ops", "admin")
         key_file = log_path.with_name("rank.key")
         key_file.write_text(self.rank_key)
-        super().__init__(settings, log_path, key_file=key_file)
+        # the served log and the events: rotated only after an hour, so what is on disk after the
+        # stop is what the drain wrote
+        self.log_dir = log_path.with_name("log")
+        self.killed_replicas: set[int] = set()  # their log files stay hidden: a killed writer renames nothing
+        super().__init__(settings, log_path, key_file=key_file,
+                         env={"RANKSERVE_LOG_DIR": str(self.log_dir), "RANKSERVE_LOG_ROTATE_S": "3600"})
         self.grpc_port = free_port(QUIET_PORTS)
         self.env.pop("RANKSERVE_VERBOSE")
         self.env.update({"RANKSERVE_GRPC_PORT": str(self.grpc_port), "TERM": "xterm", "RANKSERVE_HOST": "0.0.0.0",
@@ -277,11 +293,58 @@ def test_a_killed_replica_is_replaced(server: _OnTerminal) -> None:
         return server.pid_of("ray::ServeReplica") != killed and r.status_code == 200
 
     os.kill(killed, signal.SIGKILL)
+    server.killed_replicas.add(killed)
     wait_for(answers, "a new replica answers", timeout_s=180, poll_s=0.5, ignoring=(httpx.HTTPError, RuntimeError))
     # meanwhile HAProxy answered itself: the API's 503, in the error shape, with Retry-After
     for r in refused:
         assert r.status_code == 503 and r.headers.get("Retry-After") == "1", (r.status_code, r.text)
         assert r.json()["error"]["code"] in ("unavailable", "overloaded"), r.text
+
+
+N_LOGGED = 24
+
+
+def _metric(server: _OnTerminal, sample: str, **labels: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", headers={"authorization": f"Bearer {server.admin_key}"}, timeout=30).text
+    return metric_sum(text, sample, **labels)
+
+
+def test_answers_and_events_are_counted_then_kept_by_the_stop(server: _OnTerminal) -> None:
+    """Answers ranked over HTTP, events posted over HTTP and gRPC with the rank key: counted at
+    once, and (the test after the stop) every one of them in the Parquet files."""
+    key = {"authorization": f"Bearer {server.rank_key}"}
+    impressions, dropped = _metric(server, "rankserve_impressions_total", role="live"), \
+        _metric(server, "rankserve_log_dropped_total")
+    answers = []
+    for u in range(N_LOGGED):
+        r = httpx.post(f"{server.url}/v1/rank", json={"user_id": u, "k": 5, "request_id": f"it-{u}"}, headers=key,
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    events = [{"request_id": a["request_id"], "item_id": a["items"][0]["item_id"], "type": "click"} for a in answers]
+    events.append({"request_id": "never-served", "item_id": 1, "type": "cart", "ts": "2026-01-02T03:04:05Z"})
+    posted = httpx.post(f"{server.url}/v1/events", json={"events": events}, headers=key, timeout=30)
+    assert posted.status_code == 202 and posted.json() == {"accepted": len(events)}, posted.text
+    bad = httpx.post(f"{server.url}/v1/events", json={"events": [events[0], {**events[1], "type": "view"}]},
+                     headers=key, timeout=30)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "events[1].type", bad.text
+    stub = ranker_pb2_grpc.RankerStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    metadata = [("authorization", f"Bearer {server.rank_key}")]
+    order = ranker_pb2.Event(request_id="it-0", item_id=answers[0]["items"][1]["item_id"], type="order",
+                             ts=1767225600.0)
+    assert stub.Events(ranker_pb2.EventsRequest(events=[order]), metadata=metadata, timeout=30).accepted == 1
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Events(ranker_pb2.EventsRequest(), metadata=metadata, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    shown = sum(len(a["items"]) for a in answers)
+    assert _metric(server, "rankserve_impressions_total", role="live") - impressions == shown
+    assert _metric(server, "rankserve_events_total", type="click", role="live") == len(answers)
+    assert _metric(server, "rankserve_events_total", role="unknown") == 1
+    assert _metric(server, "rankserve_log_dropped_total") == dropped == 0
+    assert not list(server.log_dir.rglob("*.parquet"))  # nothing rotated yet: the stop writes it all
+    want = sorted([(e["request_id"], str(e["item_id"]), e["type"]) for e in events]
+                  + [("it-0", str(order.item_id), "order")])
+    server.logged = (answers, want)
 
 
 def test_ctrl_c_drains_requests_in_flight_then_everything_stops(server: _OnTerminal, settings: Settings,
@@ -314,6 +377,29 @@ def test_ctrl_c_drains_requests_in_flight_then_everything_stops(server: _OnTermi
     # the Ray Serve warning about max_batch_size * max_concurrent_batches came from @serve.batch,
     # which rankserve no longer uses: nothing of the kind at the first request
     assert "max_batch_size" not in logged and "max_concurrent_batches" not in logged
+
+
+def test_after_the_stop_every_answer_and_event_is_in_the_files(server: _OnTerminal) -> None:
+    """The Ctrl-C above drained the served log and the events: every answer of the test before it,
+    once, with its items, model and role; every event accepted, none of the refused call; no file
+    left half-written, but those of the replica killed with SIGKILL (it could rename nothing)."""
+    answers, events = server.logged
+    served = pq.read_table(sorted((server.log_dir / "served").glob("*.parquet")))
+    assert served.schema == SERVED_SCHEMA
+    rows = served.to_pylist()
+    assert len({r["request_id"] for r in rows}) == len(rows)  # no answer twice
+    mine = {r["request_id"]: r for r in rows if r["request_id"].startswith("it-")}
+    assert sorted(mine) == sorted(a["request_id"] for a in answers)
+    for a in answers:
+        r = mine[a["request_id"]]
+        assert [i["item_id"] for i in r["items"]] == [str(i["item_id"]) for i in a["items"]]
+        assert (r["model"], r["model_version"], r["role"]) == (a["model"]["name"], a["model"]["version"], "live")
+    stored = pq.read_table(sorted((server.log_dir / "events").glob("*.parquet")))
+    assert stored.schema == EVENT_SCHEMA
+    assert sorted((e["request_id"], e["item_id"], e["type"]) for e in stored.to_pylist()) == events
+    hidden = [p.name for p in server.log_dir.rglob(".*")]
+    assert all(any(f".{pid}-" in name for pid in server.killed_replicas) for name in hidden), \
+        (hidden, server.killed_replicas)
 
 
 def _sid(pid: int) -> int | None:
