@@ -14,11 +14,13 @@ import pyarrow as pa
 import pytest
 
 from benchmarks.chaos import resolve_capacity
-from loadtest.workload import dataset_bodies, request_bodies
+from loadtest.loadgen import rank_message
+from loadtest.workload import dataset_bodies, recall_bodies, request_bodies
 from serving.cli import main
 from serving.config import Settings
 from serving.data.store import DataSetStore
 from serving.data.tables import DataTables
+from serving.grpc_api import request_payload
 from serving.schemas import RankRequest
 from tests.unit import data_files
 from tests.unit.data_files import IMPRESSIONS, KEPT_ROWS, USERS, rankserve_env
@@ -94,6 +96,18 @@ def test_request_bodies_read_the_data_set_the_settings_name(data_dir: Path) -> N
     settings = Settings(data_dir=data_dir).for_data(NAME)
     assert request_bodies(settings, 64, seed=1) == dataset_bodies(*_loaded(data_dir), 64, seed=1)
     assert request_bodies(settings, 64, seed=1) != request_bodies(settings, 64, seed=2)
+
+
+def test_the_bodies_reach_the_grpc_api_as_the_http_api_reads_them(data_dir: Path) -> None:
+    """The load generator's gRPC messages (``rankserve bench``'s ``rankserve_grpc`` point): the
+    server reads each back as the JSON body it came from, string ids and context included."""
+    strings = {"user_id": "cust-0007", "k": 5, "item_id": "sku-1", "candidates": ["sku-2", "sku-3"],
+               "exclude": ["sku-4"], "scenario": "similar", "context": {"device": "ios", "recent": ["sku-5"]}}
+    bodies = [*dataset_bodies(*_loaded(data_dir), 50), *recall_bodies(100, 5), strings,
+              {"user_id": 3, "candidates": [1, 2], "exclude": [2], "timeout_ms": 50}]
+    for body in bodies:
+        assert request_payload(rank_message(body), 1 << 20) == body
+    assert rank_message(strings).user_id_str == "cust-0007" and not rank_message(strings).HasField("user_id")
 
 
 def _run(data_dir: Path, capsys: pytest.CaptureFixture[str], *argv: str, env: dict[str, str] | None = None
