@@ -14,7 +14,10 @@ Configurations (each measured in this one run, 500 recalled candidates per reque
 5. ``rankserve_grpc`` the same deployment over gRPC (``rankserve.v1.Ranker/Rank``);
 6. ``no_batching``    HTTP with batching off (one Triton call per request).
 
-The load generator (``loadtest.loadgen``) runs in its own process. A per-stage table splits
+The data set is ``settings.data`` (``--data``): the demo, or an imported one (its tables, its own
+repository's live models and scenarios, requests in its schema's ids with contexts from its
+impressions: ``loadtest.workload.request_bodies``). The load generator (``loadtest.loadgen``)
+runs in its own process. A per-stage table splits
 each request's mean latency into queue, recall, cross, rank (the server's own ``timings_ms``) and
 ingress and other (what the client saw beyond the server's total), at the lowest and highest
 concurrency, beside the floors' stage times. Output: JSON, markdown, a plot (``bench.png``:
@@ -37,9 +40,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.plots import plot_bench, redraw
-from loadtest.workload import recall_bodies, run_loadgen, scrape, write_bodies
-from serving.config import Settings
-from serving.metrics import metric_sum
+from loadtest.workload import request_bodies, run_loadgen, write_bodies
+from serving.config import DEMO_DATA, Settings
+from serving.metrics import metric_sum, metric_values
 from serving.net import QUIET_PORTS, free_port
 from serving.triton.caller import AsyncInferClient
 from serving.triton.client import TritonEndpoint
@@ -100,18 +103,32 @@ def _pipeline_floor(settings: Settings, client: AsyncInferClient, bodies: list[d
     return asyncio.run(go())
 
 
+def _server_counts(url: str) -> dict[str, float]:
+    """From ``url``'s /metrics: the batch counters, the requests it answered (status 200), and what
+    it serves (the catalogue's items, the live ranker's version)."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {**metric_values(text, _BATCH_METRICS), "answered": metric_sum(text, "rankserve_requests_total", status="200"),
+            "catalogue_items": metric_sum(text, "rankserve_catalogue_items"),
+            "ranker_version": metric_sum(text, "rankserve_model_version", model="ranker")}
+
+
 def _served_point(url: str, bodies_file: Path, c: int, duration_s: float, recall_n: int,
                   target: str | None = None) -> dict[str, Any]:
-    """Load rankserve at ``target`` (default: ``url``'s /v1/rank); batch sizes from ``url``'s /metrics."""
-    before = scrape(url, _BATCH_METRICS)
+    """Load rankserve at ``target`` (default: ``url``'s /v1/rank); batch sizes, the requests the
+    server answered (warm-up included) and what it serves from ``url``'s /metrics."""
+    before = _server_counts(url)
     res = run_loadgen(target or f"{url}/v1/rank", bodies_file, concurrency=c, duration_s=duration_s, timings=True)
-    after = scrape(url, _BATCH_METRICS)
+    after = _server_counts(url)
     n = after.get("rankserve_batch_requests_count", 0) - before.get("rankserve_batch_requests_count", 0)
     s = after.get("rankserve_batch_requests_sum", 0) - before.get("rankserve_batch_requests_sum", 0)
     res["mean_batch"] = s / n if n else 0.0
     rows = after.get("rankserve_batch_candidates_sum", 0) - before.get("rankserve_batch_candidates_sum", 0)
     # the candidates the server scored per request (a scenario's merged sources may give fewer than recall_n)
     res["candidates_per_s"] = res["rps"] * (rows / s if s else recall_n)
+    res["server"] = {"answered": int(after["answered"] - before["answered"]),
+                     "catalogue_items": int(after["catalogue_items"]), "ranker_version": int(after["ranker_version"])}
     return res
 
 
@@ -158,8 +175,8 @@ def run_bench(settings: Settings, triton: TritonEndpoint, *, levels: list[int], 
     from serving.triton.inprocess import InProcessClient
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    quality = _quality(settings)
-    bodies = recall_bodies(_n_users(settings), 4096)
+    quality = _quality(settings) if settings.data == DEMO_DATA else _trained_quality(settings)
+    bodies = request_bodies(settings, 4096)
     bodies_file = write_bodies(bodies)
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in ("floor", "triton_floor", "framework", "rankserve",
                                                                 "rankserve_grpc", "no_batching")}
@@ -170,8 +187,8 @@ def run_bench(settings: Settings, triton: TritonEndpoint, *, levels: list[int], 
         print(key, " ".join(f"c={r['concurrency']}: {r['rps']:.1f} req/s" for r in results[key]), flush=True)
     _serve_configs(settings, triton, bodies_file, levels, duration_s, results)
     ratios = _ratios(results, levels)
-    report = {"levels": levels, "duration_s": duration_s, "recall_n": settings.recall_n, "ingress": settings.ingress,
-              "quality": quality, "results": results, "ratios": ratios}
+    report = {"data_set": settings.data, "levels": levels, "duration_s": duration_s, "recall_n": settings.recall_n,
+              "ingress": settings.ingress, "quality": quality, "results": results, "ratios": ratios}
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     md = _markdown(results, ratios) + "\n" + _stage_table(results, [levels[0], levels[-1]])
     (out_dir / "bench.md").write_text(md)
@@ -199,7 +216,7 @@ def run_log_cost(settings: Settings, triton: TritonEndpoint, *, levels: list[int
     from serving.ray_runtime import Ingress, init_ray, shutdown_ray, start_serve
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    bodies_file = write_bodies(recall_bodies(_n_users(settings), 4096))
+    bodies_file = write_bodies(request_bodies(settings, 4096))
     ingress = Ingress.from_settings(settings, port=free_port(QUIET_PORTS), grpc_port=free_port(QUIET_PORTS))
     url = f"http://127.0.0.1:{ingress.port}"
     points: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
@@ -233,7 +250,8 @@ def run_log_cost(settings: Settings, triton: TritonEndpoint, *, levels: list[int
     cpu = {c: {k: float(np.median([r["server_cpu_ms_per_request"] for r in points[k] if r["concurrency"] == c]))
                for k in points} for c in levels}
     cpu_cost = {c: 1 - v["off"] / max(v["on"], 1e-9) for c, v in cpu.items()}
-    report = {"levels": levels, "duration_s": duration_s, "rounds": rounds, "results": points, "log_cost": cost,
+    report = {"data_set": settings.data, "levels": levels, "duration_s": duration_s, "rounds": rounds,
+              "results": points, "log_cost": cost,
               "log_cost_range": spread, "server_cpu_ms_per_request": cpu, "log_cpu_cost": cpu_cost}
     (out_dir / "log-cost.json").write_text(json.dumps(report, indent=2))
     md = _markdown({f"log_{k}": v for k, v in points.items()}, {"concurrency": levels[-1]} | {
@@ -268,12 +286,6 @@ def _server_cpu_s() -> float:
     return total
 
 
-def _n_users(settings: Settings) -> int:
-    from serving.pipeline.features import FeatureTables
-
-    return FeatureTables.load(settings.marketplace_path).n_users
-
-
 def _quality(settings: Settings) -> dict[str, Any]:
     """The marketplace's quality, recomputed from the served artifacts (beside what the build
     recorded), so that each benchmark says what its catalogue and models are."""
@@ -286,6 +298,24 @@ def _quality(settings: Settings) -> dict[str, Any]:
     print(f"quality of the served artifacts ({recorded['n_items']:,} items, {recorded['n_users']:,} users): "
           + ", ".join(f"{k} {quality[k]} (build: {recorded.get(k)})" for k in keys), flush=True)
     return {**quality, "n_items": recorded["n_items"], "n_users": recorded["n_users"]}
+
+
+def _trained_quality(settings: Settings) -> dict[str, Any]:
+    """An imported data set's quality: what ``rankserve train`` measured on its holdout for the
+    live ranker version (recorded in the version's meta.json), with the data set's size."""
+    from serving.data.store import DataSetStore
+    from serving.repository.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.model_repository)
+    version = registry.traffic(settings.ranker_model).live
+    meta = registry.meta(settings.ranker_model, version)
+    tables = DataSetStore.of(settings).dataset(settings.data).tables()
+    quality = {**meta.get("quality", {}), "n_items": tables.n_items, "n_users": tables.n_users}
+    keys = ("auc", "log_loss", "ece", "recall_at_500", "ndcg_at_20")
+    print(f"quality of data set {settings.data}'s {settings.ranker_model} v{version} as rankserve train measured it "
+          f"(data version {meta.get('data_version')}: {tables.n_items:,} items, {tables.n_users:,} users): "
+          + ", ".join(f"{k} {quality.get(k)}" for k in keys), flush=True)
+    return {**quality, "ranker_version": version, "data_version": meta.get("data_version")}
 
 
 def _ratios(results: dict[str, list[dict[str, Any]]], levels: list[int]) -> dict[str, float]:
@@ -336,8 +366,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", default="1,8,32", help="comma-separated concurrency levels")
     p.add_argument("--duration-s", type=float, default=8.0, help="measured seconds per point")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
-    p.add_argument("--items", type=int, help="the marketplace of this many items (built first if need be, "
-                                          "into its own folders; default: the demo's)")
+    p.add_argument("--items", type=int, help="the demo marketplace of this many items (built first if need be, "
+                                          "into its own folders; default: the demo's; not with another --data)")
     p.add_argument("--users", type=int, help="its users (default: the demo's)")
     p.add_argument("--log-cost", action="store_true", help="only the cost of the served log: rankserve with the "
                                                            "log on and off, alternating, at each level")

@@ -11,7 +11,10 @@ passes when its p99 is within the target and at most ``max_error_share`` of its 
 (503 sheds, 504 deadlines and client-side overflow count as failures).
 
 One unit is what answered the load: the embedded default on this machine (one Triton, one Serve
-replica), or, with ``--url``, whatever serves that address. Units needed for a peak:
+replica), or, with ``--url``, whatever serves that address. The requests are those of the data set
+``settings.data`` (``--data``: the demo, or an imported one in its schema's ids, with contexts
+from its impressions; ``loadtest.workload.request_bodies``); with ``--url`` the server there
+must serve that data set. Units needed for a peak:
 ``ceil(peak / (capacity * (1 - headroom)))``, on the assumption, stated in the report, that
 units scale out independently (each node its own Triton and replicas, as in the KubeRay manifest).
 Besides the JSON and markdown report it draws ``capacity.png``: latency against offered rate with
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.plots import plot_capacity, redraw
-from loadtest.workload import recall_bodies, run_loadgen, write_bodies
+from loadtest.workload import request_bodies, run_loadgen, write_bodies
 from serving.config import Settings
 
 __all__ = ["Step", "Target", "main", "measure_rate", "plan_units", "search_capacity"]
@@ -192,9 +195,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_capacity(url: str, settings: Settings, args: argparse.Namespace, *, unit: str) -> dict[str, Any]:
     """Search, print and write ``capacity.json`` / ``capacity.md`` under ``args.out``."""
-    from serving.pipeline.features import FeatureTables
-
-    bodies_file = write_bodies(recall_bodies(FeatureTables.load(settings.marketplace_path).n_users, 4096))
+    bodies_file = write_bodies(request_bodies(settings, 4096))
     target = Target(p99_ms=args.p99_ms, max_error_share=args.max_error_share)
 
     def measure(rate: float) -> Step:
@@ -205,8 +206,8 @@ def run_capacity(url: str, settings: Settings, args: argparse.Namespace, *, unit
 
     rate, steps = search_capacity(measure, target, start_rps=args.start_rps, max_rps=args.max_rps,
                                       growth=args.growth, refine=args.refine)
-    rep = report(rate, steps, target, unit=unit, peak_rps=args.peak_rps, headroom=args.headroom,
-                 recall_n=settings.recall_n)
+    rep = {"data_set": settings.data, **report(rate, steps, target, unit=unit, peak_rps=args.peak_rps,
+                                               headroom=args.headroom, recall_n=settings.recall_n)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "capacity.json").write_text(json.dumps(rep, indent=2))
     md = markdown(rep)

@@ -1,4 +1,6 @@
-"""``rankserve chaos``: the embedded default under faults and overload, one row per scenario.
+"""``rankserve chaos``: the embedded default under faults and overload, one row per scenario, on
+the data set ``settings.data`` (``--data``: the demo, or an imported one, with requests in its own
+ids: ``loadtest.workload.request_bodies``).
 
 Owns: starting ``rankserve serve`` as a child process on free loopback ports, loading it open loop
 (``loadtest.loadgen``, every request's outcome recorded), injecting each fault, and the table
@@ -45,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.workload import recall_bodies, write_bodies
-from serving.config import Settings
+from loadtest.workload import request_bodies, write_bodies
+from serving.config import DEMO_DATA, Settings
 from serving.net import QUIET_PORTS, free_port
 
 __all__ = ["ChaosServer", "Outcome", "SCENARIOS", "run_chaos"]
@@ -89,7 +91,8 @@ class ChaosServer:
         self.log_path = log_path
         # RANKSERVE_VERBOSE: the whole server log in log_path (Ray's, Triton's), not only its screen
         own = {"RANKSERVE_PORT": str(self.port), "RANKSERVE_GRPC_PORT": "0", "RANKSERVE_VERBOSE": "true",
-               "RANKSERVE_DATA_DIR": str(settings.data_dir), "RANKSERVE_MODEL_REPOSITORY": str(settings.model_repository)}
+               "RANKSERVE_DATA_DIR": str(settings.data_dir), "RANKSERVE_MODEL_REPOSITORY": str(settings.model_repository),
+               "RANKSERVE_DATA": settings.data}
         self.env = {**os.environ, **(env or {}), **own}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -365,10 +368,8 @@ _RUNNERS = {"overload": _overload, "slow_clients": _slow_clients, "tampered": _t
 
 def run_chaos(settings: Settings, a: argparse.Namespace) -> list[Outcome]:
     """Start a server, run the chosen scenarios in order, stop it; write and print the table."""
-    from serving.pipeline.features import FeatureTables
-
     a.out.mkdir(parents=True, exist_ok=True)
-    bodies = write_bodies(recall_bodies(FeatureTables.load(settings.marketplace_path).n_users, 4096), a.out)
+    bodies = write_bodies(request_bodies(settings, 4096), a.out)
     server = ChaosServer(settings, a.out / "serve.log").start()
     outcomes = []
     try:
@@ -403,20 +404,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenarios", type=lambda v: [s for s in v.split(",") if s], default=list(SCENARIOS),
                    help=f"comma-separated, in order: {','.join(SCENARIOS)} (drain stops the server: last)")
     p.add_argument("--capacity-rps", type=float, default=None,
-                   help="the unit's capacity (default: bench/capacity/capacity.json of `rankserve capacity`, else 200)")
+                   help="the unit's capacity (default: bench/capacity/capacity.json of `rankserve capacity` when it "
+                        "measured the same data set, else 200)")
     p.add_argument("--duration-s", type=float, default=15.0, help="seconds of load per scenario")
     p.add_argument("--overload-factor", type=float, default=3.0, help="overload's offered rate, times the capacity")
     p.add_argument("--slow-clients", type=int, default=300, help="slow_clients' trickling connections")
     p.add_argument("--out", type=Path, default=Path("bench/chaos"), help="output directory")
 
 
-def resolve_capacity(a: argparse.Namespace) -> float:
-    """The capacity to size the load by: the flag, the last capacity report, or 200 req/s."""
+def resolve_capacity(a: argparse.Namespace, data_set: str = DEMO_DATA,
+                     report: Path = Path("bench/capacity/capacity.json")) -> float:
+    """The capacity to size the load by: the flag, the last capacity report when it measured
+    ``data_set`` (a report that names none measured the demo), or 200 req/s."""
     if a.capacity_rps:
         return float(a.capacity_rps)
-    report = Path("bench/capacity/capacity.json")
     if report.is_file():
-        cap = float(json.loads(report.read_text()).get("capacity_rps", 0.0))
-        if cap > 0:
+        measured = json.loads(report.read_text())
+        cap = float(measured.get("capacity_rps", 0.0))
+        if cap > 0 and measured.get("data_set", DEMO_DATA) == data_set:
             return cap
     return 200.0

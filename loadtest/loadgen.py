@@ -14,8 +14,9 @@ stalled server or a late generator shows in the percentiles (no coordinated omis
 ``--concurrency`` then caps the requests in flight; an arrival over the cap is not sent and
 counts as a failure (``client_overflow``).
 
-``--url grpc://127.0.0.1:PORT`` sends the same bodies as ``rankserve.v1.Ranker/Rank`` messages;
-gRPC status ``OK`` counts as 200.
+``--url grpc://127.0.0.1:PORT`` sends the same bodies as ``rankserve.v1.Ranker/Rank`` messages
+(:func:`rank_message`: a data set's string ids in the ``*_str`` fields, its context as
+``context_json``); gRPC status ``OK`` counts as 200.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 
 from serving.net import is_loopback
 
-__all__ = ["client", "run_load", "run_open_loop"]
+__all__ = ["client", "rank_message", "run_load", "run_open_loop"]
 
 
 class _Http:
@@ -58,17 +59,32 @@ class _Http:
         await self._session.close()
 
 
+def rank_message(body: dict[str, Any]) -> Any:
+    """The ``rankserve.v1.RankRequest`` of a ``/v1/rank`` JSON body: the same fields, string ids
+    (a data set whose schema's ids are strings) in the ``*_str`` fields, ``context`` as
+    ``context_json``."""
+    from serving.proto import ranker_pb2
+
+    fields = dict(body)
+    for name in ("user_id", "item_id", "candidates", "exclude"):
+        value = fields.get(name)
+        if isinstance(value, str) or (isinstance(value, list) and any(isinstance(v, str) for v in value)):
+            fields[f"{name}_str"] = fields.pop(name)
+    if "context" in fields:
+        fields["context_json"] = json.dumps(fields.pop("context"))
+    return ranker_pb2.RankRequest(**fields)
+
+
 class _Grpc:
     """Calls rankserve.v1.Ranker/Rank with the JSON bodies as messages: (status, answer message)."""
 
     def __init__(self, url: str, concurrency: int, timeout_s: float = 30.0, authorization: str | None = None) -> None:
         import grpc
 
-        from serving.proto import ranker_pb2, ranker_pb2_grpc
+        from serving.proto import ranker_pb2_grpc
 
         self._timeout_s = timeout_s
         self._metadata = (("authorization", authorization),) if authorization else None
-        self._pb2 = ranker_pb2
         self._grpc = grpc
         self._channel = grpc.aio.insecure_channel(url.removeprefix("grpc://"))
         self._stub = ranker_pb2_grpc.RankerStub(self._channel)
@@ -77,7 +93,7 @@ class _Grpc:
     async def send(self, body: bytes) -> tuple[int | str, _Answer]:
         msg = self._messages.get(body)
         if msg is None:
-            msg = self._messages[body] = self._pb2.RankRequest(**json.loads(body))
+            msg = self._messages[body] = rank_message(json.loads(body))
         try:
             res = await self._stub.Rank(msg, timeout=self._timeout_s, metadata=self._metadata)
         except self._grpc.aio.AioRpcError as err:

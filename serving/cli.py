@@ -366,14 +366,37 @@ def cmd_build(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _measured(settings: Settings, *, items: int | None = None, users: int | None = None) -> Settings:
+    """The settings of the data set a measuring command loads, ready to serve: the demo, built
+    first if need be (at ``items`` x ``users``: into its own folders, :func:`at_scale`); or an
+    imported data set, checked (imported and trained; nothing is built for it) with its default
+    scenarios written where absent, as ``serve --data`` does.
+
+    Raises:
+        ConfigError: demo sizes for another data set; a data set not imported or not trained
+            (the hint names the command to run).
+    """
+    from serving.config import DEMO_DATA
+
+    if settings.data == DEMO_DATA:
+        settings = at_scale(settings, items, users)
+        _build(settings, items=items, users=users)
+        return settings
+    if items is not None or users is not None:
+        raise ConfigError(f"--items and --users size the demo marketplace that rankserve builds; the data set "
+                          f"{settings.data!r} has the size it was imported with",
+                          hint=f"drop them to measure {settings.data}, or measure the demo at that size (--data demo)")
+    _dataset_summary(settings)
+    return settings
+
+
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.bench import run_bench, run_log_cost
     from serving.ray_runtime import shutdown_ray
     from serving.startup import check_ray_address
 
     check_ray_address(settings)  # before a build of minutes, not after it
-    settings = at_scale(settings, args.items, args.users)
-    _build(settings, items=args.items, users=args.users)
+    settings = _measured(settings, items=args.items, users=args.users)
     levels = [int(x) for x in args.levels.split(",") if x]
     with triton_endpoint(settings) as triton:
         try:
@@ -386,20 +409,31 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving(settings: Settings) -> str:
+    """``, serving the data set NAME`` for an imported data set's unit; nothing for the demo's."""
+    from serving.config import DEMO_DATA
+
+    return "" if settings.data == DEMO_DATA else f", serving the data set {settings.data}"
+
+
 def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.capacity import run_capacity
+    from serving.config import DEMO_DATA
     from serving.net import QUIET_PORTS, free_port, is_loopback
+    from serving.repository.datasets import check_imported
 
     if args.url:
         if not is_loopback(args.url):
             print("rankserve capacity: only loopback targets are load-tested", file=sys.stderr)
             return 2
-        run_capacity(args.url.rstrip("/"), settings, args, unit=f"the rankserve at {args.url}")
+        if settings.data != DEMO_DATA:
+            check_imported(settings)  # its requests are drawn from it here
+        run_capacity(args.url.rstrip("/"), settings, args, unit=f"the rankserve at {args.url}{_serving(settings)}")
         return 0
-    _build(settings)
+    settings = _measured(settings)
     port = free_port(QUIET_PORTS)
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
-            f"replica(s), one Triton, {_gpu_words()}; load generator on the same machine)")
+            f"replica(s), one Triton, {_gpu_words()}; load generator on the same machine){_serving(settings)}")
     with serving_app(settings.model_copy(update={"port": port, "grpc_port": 0})):
         run_capacity(f"http://127.0.0.1:{port}", settings, args, unit=unit)
     return 0
@@ -460,8 +494,8 @@ def cmd_index_bench(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.chaos import resolve_capacity, run_chaos
 
-    _build(settings)
-    args.capacity_rps = resolve_capacity(args)
+    settings = _measured(settings)
+    args.capacity_rps = resolve_capacity(args, settings.data)
     outcomes = run_chaos(settings, args)
     return 0 if outcomes else 1
 
@@ -864,7 +898,8 @@ def _parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_build, quiet=True)
     from benchmarks.bench import add_arguments
 
-    be = sub.add_parser("bench", parents=[common], help="floor vs framework vs rankserve (batching on/off) at fixed concurrency")
+    be = sub.add_parser("bench", parents=[common], help="floor vs framework vs rankserve (batching on/off) at fixed "
+                                                        "concurrency, on a data set's models and requests")
     add_arguments(be)
     be.set_defaults(func=cmd_bench)
     from benchmarks.capacity import add_arguments as add_capacity_arguments
@@ -880,13 +915,13 @@ def _parser() -> argparse.ArgumentParser:
     from benchmarks.freshness import add_arguments as add_freshness_arguments
 
     fr = sub.add_parser("freshness", parents=[common],
-                        help="catalogue change -> first answer carrying it, under load (100 changes)")
+                        help="catalogue change -> first answer carrying it, under load (100 changes), on the demo")
     add_freshness_arguments(fr)
     fr.set_defaults(func=cmd_freshness)
     from benchmarks.index_bench import add_arguments as add_index_arguments
 
     ib = sub.add_parser("index-bench", parents=[common],
-                        help="compare item indexes (exact, IVF-Flat, IVF-PQ, HNSW) on the built catalogue")
+                        help="compare item indexes (exact, IVF-Flat, IVF-PQ, HNSW) on the demo's built catalogue")
     add_index_arguments(ib)
     ib.set_defaults(func=cmd_index_bench)
     pu, pr, rb = _push_parsers(sub, common)
@@ -909,7 +944,7 @@ def _parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("models", parents=[common], help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)
-    for acting in (s, pu, pr, rb, it, ve, mo, ca_report):
+    for acting in (s, pu, pr, rb, it, ve, mo, ca_report, be, ca, ch):
         _data_option(acting)
     return p
 
@@ -1077,7 +1112,7 @@ def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     sc.set_defaults(func=cmd_scenarios)
     _data_option(sc)
     sf = sub.add_parser("scenario-freshness", parents=[common],
-                        help="scenario apply -> first answer carrying it, under load")
+                        help="scenario apply -> first answer carrying it, under load, on the demo")
     add_arguments(sf)
     sf.set_defaults(func=cmd_scenario_freshness)
 
@@ -1132,8 +1167,8 @@ def _acting_on(settings: Settings, args: argparse.Namespace) -> Settings:
     from serving.config import DEMO_DATA
 
     if not getattr(args, "acts_on_data", False):
-        # the data set commands name theirs; every other command (build, the measuring ones) acts
-        # on the demo, whatever RANKSERVE_DATA says, so its servers serve the demo's tables
+        # the data set commands name theirs; every other command (build, freshness, scenario-freshness,
+        # index-bench, simulate) acts on the demo, whatever RANKSERVE_DATA says, so its servers serve the demo's tables
         return settings if args.command in _NAMING_COMMANDS else settings.for_data(DEMO_DATA)
     name = args.data or settings.data or DEMO_DATA
     if name != DEMO_DATA:

@@ -1,9 +1,10 @@
 """An imported data set about to be served: the check that it can be, its default scenarios.
 
-Owns: the start-up check of an imported data set (:func:`check_servable`: imported, with a trained ``ranker`` and
-``user_tower``), and the default scenarios written into its repository when absent
-(:func:`install_default_scenarios`). Must not touch: the demo's build (``training.build``), a
-data set's versions (read only here), model versions, traffic.
+Owns: the start-up check of an imported data set (:func:`check_servable`: imported
+(:func:`check_imported`), with a trained ``ranker`` and ``user_tower``), and the default
+scenarios written into its repository when absent (:func:`install_default_scenarios`). Must not
+touch: the demo's build (``training.build``), a data set's versions (read only here), model
+versions, traffic.
 
 An imported data set is never rebuilt, overwritten or deleted by serving: its versions are only
 read, and only scenarios the repository does not hold yet are written.
@@ -20,15 +21,15 @@ from serving.pipeline.catalogue import Catalogue
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
 
-__all__ = ["check_servable", "default_scenarios", "install_default_scenarios"]
+__all__ = ["check_imported", "check_servable", "default_scenarios", "install_default_scenarios"]
 
 
-def check_servable(settings: Settings) -> None:
-    """An imported data set (``settings.data``, not the demo) can be served: it was imported and its
-    repository has a ranker and a user tower version.
+def check_imported(settings: Settings) -> int:
+    """The live version of the imported data set ``settings.data`` (not the demo).
 
     Raises:
-        ConfigError: never imported, or not trained (the hint names ``rankserve train NAME``).
+        ConfigError: never imported (the hint names ``rankserve data import NAME``), or its live
+            pointer is damaged.
     """
     name = settings.data
     store = DataSetStore.of(settings)
@@ -41,6 +42,18 @@ def check_servable(settings: Settings) -> None:
         raise ConfigError(f"no data set {name!r} under {ds.root.parent} (imported: {', '.join(store.names()) or 'none'})",
                           hint=f"import it first: rankserve data import {name} --schema ... --items ... --users ... "
                                "--impressions ...")
+    return version
+
+
+def check_servable(settings: Settings) -> None:
+    """An imported data set (``settings.data``, not the demo) can be served: it was imported and its
+    repository has a ranker and a user tower version.
+
+    Raises:
+        ConfigError: never imported, or not trained (the hint names ``rankserve train NAME``).
+    """
+    name = settings.data
+    check_imported(settings)
     registry = ModelRegistry(settings.model_repository)
     missing = [m for m in (settings.ranker_model, settings.user_tower_model) if not registry.versions(m)]
     if missing:
