@@ -18,7 +18,7 @@ from serving.data.store import DataSetStore
 from serving.repository.registry import ModelRegistry
 from tests.integration.marketplace import NAME, Marketplace
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 

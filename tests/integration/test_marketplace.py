@@ -30,7 +30,7 @@ import pytest
 
 from serving.proto import ranker_pb2, ranker_pb2_grpc
 from tests.integration.marketplace import NAME, ROOT, SEED, Marketplace, Served, cli, serving
-from tests.waiting import wait_for
+from tests.waiting import metric, wait_for
 from training.synthetic import click_probability
 
 pytestmark = pytest.mark.integration
@@ -221,6 +221,20 @@ def test_catalogue_changes_take_the_schemas_ids_and_columns(served: Served, tmp_
     wait_for(lambda: "sku-new-1" not in {it["item_id"] for it in served.rank(
         {"user_id": "cust-0001", "candidates": ["sku-new-1", "sku-000001"]}).json()["items"]},
              "a blocked item is never returned", timeout_s=30)
+
+
+def test_capacity_loads_the_served_data_set_with_its_own_requests(served: Served, tmp_path: Path) -> None:
+    """``rankserve capacity --url URL --data shop``: requests in the schema's ids, with the contexts
+    of its impressions, all answered; the server counts them as answered by the default scenario."""
+    before = metric(served.url, "rankserve_requests_total", status="200", scenario="home")
+    rc, out = cli(served.data_dir, "capacity", "--url", served.url, "--data", NAME, "--start-rps", "15",
+                  "--max-rps", "15", "--step-s", "2", "--refine", "0", "--out", str(tmp_path))
+    assert rc == 0, out
+    (step,) = json.loads((tmp_path / "capacity.json").read_text())["steps"]
+    assert step["requests"] > 0 and step["failures"] == 0, step
+    answered = metric(served.url, "rankserve_requests_total", status="200", scenario="home") - before
+    assert answered >= step["requests"], (answered, step)  # its 2 s warm-up is answered too
+    assert f"serving the data set {NAME}" in out
 
 
 def test_the_demos_files_are_not_touched(served: Served) -> None:
