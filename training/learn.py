@@ -4,9 +4,9 @@ Owns: the loop (:func:`run_loop`): every ``every_s`` seconds (1) join the newest
 served log and the events, (2) fine-tune the live ranker from its weights (:func:`fine_tune`),
 (3) validate it on the window's held-out tail, (4) push it as a canary, (5) judge it once enough
 impressions reached it, (6) promote or roll it back; one JSON log line a step. A step that fails
-leaves the live model serving (a canary already pushed is rolled back) and the loop goes on. Also
-the encoding of joined impressions into a data set's impression columns (:func:`encode_joined`).
-Must not touch: the log's and the events' files (``serving.feedback`` joins and judges them),
+leaves the live model serving (a canary already pushed is rolled back) and the loop goes on. The
+joined window becomes the data set's impression columns as ``rankserve log join`` writes them
+(``serving.feedback.dataset.as_impressions``: the served context too). Must not touch: the log's and the events' files (``serving.feedback`` joins and judges them),
 the repository's layout (``serving.repository.push`` writes versions and moves traffic), argument
 parsing (``serving.cli``).
 
@@ -44,8 +44,7 @@ if TYPE_CHECKING:
     from serving.data.tables import DataTables
     from serving.repository.push import ModelLoader
 
-__all__ = ["FineTuned", "LearnError", "LearnSteps", "ServerSteps", "Verdict", "encode_joined", "fine_tune",
-           "run_loop"]
+__all__ = ["FineTuned", "LearnError", "LearnSteps", "ServerSteps", "Verdict", "fine_tune", "run_loop"]
 
 HOLDOUT = 0.2  # the newest share of a window's impressions, held out to validate the fine-tuned ranker
 WORSE_TOLERANCE = 0.01  # validation refuses a ranker whose held-out log loss is this much (relative) worse
@@ -97,22 +96,6 @@ class LearnSteps(Protocol):
     def judge(self, version: int, since: datetime) -> Verdict: ...
     def promote(self, version: int) -> None: ...
     def rollback(self, version: int) -> None: ...
-
-
-def encode_joined(tables: DataTables, joined: pa.Table, *, label: str = "click") -> pa.Table:
-    """Joined impressions (``user_id``, ``item_id``, ``label``, ``time``) as a data set's encoded
-    impressions (``user_row``, ``item_row``, ``label``, ``time``), what ``feature_table`` reads; an
-    unknown user is the cold-start row, an item no longer in the tables is left out."""
-    users = joined.column("user_id").to_pylist()
-    rows = {u: tables.user_row(u)[0] for u in set(users)}
-    item_rows, known = tables.item_rows(np.asarray(joined.column("item_id").to_pylist(), dtype=object))
-    keep = np.flatnonzero(known)
-    out = {"user_row": pa.array(np.array([rows[u] for u in users], np.int64)[keep]),
-           "item_row": pa.array(item_rows[keep].astype(np.int64)),
-           "label": pa.array(np.asarray(joined.column(label).to_numpy(zero_copy_only=False), np.int8)[keep])}
-    if "time" in joined.column_names:
-        out["time"] = joined.column("time").take(pa.array(keep))
-    return pa.table(out)
 
 
 def _inputs(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -321,12 +304,22 @@ class ServerSteps:
         return join_logs(log_root(self.settings), IdTypes.of(self.tables), since=since, until=until,
                          attribution_window_s=self.settings.attribution_window_s).table
 
+    def _features(self, version: int) -> Path:
+        """The declaration a version of the ranker is fed by: its own, else the demo's layout."""
+        own = self.registry.repo / self.ranker / str(version) / FEATURES_YAML
+        return own if own.is_file() else DEMO_FEATURES
+
     def fine_tune(self, joined: pa.Table) -> FineTuned:
+        from serving.feedback.dataset import as_impressions
+
         live = self._live_dir()
-        features = live / FEATURES_YAML if (live / FEATURES_YAML).is_file() else DEMO_FEATURES
-        tuned = fine_tune(live, features, self.tables, encode_joined(self.tables, joined), epochs=self.epochs)
+        features = self._features(int(live.name))
+        encoded, _, _ = as_impressions(joined, self.tables, self.dataset.impressions().schema)
+        tuned = fine_tune(live, features, self.tables, encoded, epochs=self.epochs)
         tuned.figures["from_version"] = int(live.name)
-        tuned.figures["features"] = str(features)
+        # where the declaration is, not this machine's path: in the model repository, or the package's
+        tuned.figures["features"] = (f"{self.ranker}/{live.name}/{FEATURES_YAML}" if features != DEMO_FEATURES
+                                     else f"serving/data/{DEMO_FEATURES.name}")
         return tuned
 
     def push_canary(self, tuned: FineTuned) -> int:
@@ -336,7 +329,7 @@ class ServerSteps:
 
         with _artifact(self._dir) as folder:
             torch.jit.save(tuned.module, str(folder / TORCHSCRIPT_FILE))
-            (folder / FEATURES_YAML).write_text(Path(tuned.figures["features"]).read_text())
+            (folder / FEATURES_YAML).write_text(self._features(tuned.figures["from_version"]).read_text())
             result = push(self.registry, self.ranker, folder, self.tables, self.triton,
                           canary_percent=self.canary_percent, keep_others=self.settings.triton_keep_versions,
                           impressions=self.dataset.impressions(), data_set=self.settings.data)

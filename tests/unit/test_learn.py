@@ -1,5 +1,5 @@
 """``rankserve learn``: the fine-tune learns a shift of tastes from the serving path's own features,
-an ONNX ranker is refused, joined impressions encode onto a data set's rows, and the loop's steps
+an ONNX ranker is refused, a joined window's served context reaches the fine-tune, and the loop's steps
 (with fakes for the small wrappers only) promote a better canary, roll back a worse one and leave
 the live model serving when any step fails."""
 
@@ -19,8 +19,9 @@ import torch
 from serving.config import Settings
 from serving.data.store import DataSetStore
 from serving.data.tables import DataTables
+from serving.feedback.dataset import as_impressions
 from tests.unit.test_serve_dataset import _import
-from training.learn import MIN_ROWS, FineTuned, LearnError, Verdict, encode_joined, fine_tune, run_loop
+from training.learn import MIN_ROWS, FineTuned, LearnError, Verdict, fine_tune, run_loop
 from training.synthetic import write_marketplace
 
 FEATURES = "cat: [item.department]\ndense: [item.list_price]\n"
@@ -95,17 +96,31 @@ def test_an_onnx_ranker_or_a_window_too_small_is_refused(shop: Shop, tmp_path: P
         fine_tune(shop.ranker, shop.ranker / "features.yaml", shop.tables, shop.impressions.slice(0, MIN_ROWS - 1))
 
 
-def test_joined_impressions_encode_onto_the_data_sets_rows(shop: Shop) -> None:
-    t = shop.tables
-    users, items = t.user_ids[:3].tolist() + ["nobody"], t.item_ids[:3].tolist() + ["gone"]
-    joined = pa.table({"user_id": users, "item_id": items, "click": pa.array([1, 0, 1, 1], pa.int8()),
-                       "time": pa.array([datetime(2026, 1, 1, tzinfo=timezone.utc)] * 4, pa.timestamp("ms", "UTC"))})
-    enc = encode_joined(t, joined)
-    assert enc.column("item_row").to_pylist() == [0, 1, 2]  # the unknown item is left out
-    assert enc.column("user_row").to_pylist() == [0, 1, 2]
-    assert enc.column("label").to_pylist() == [1, 0, 1] and enc.num_rows == 3
-    last = encode_joined(t, joined.slice(3).set_column(1, "item_id", pa.array([items[0]])))
-    assert last.column("user_row").to_pylist() == [t.cold_row]  # the unknown user is the cold-start row
+def test_the_served_context_of_a_joined_window_reaches_the_fine_tune(shop: Shop, tmp_path: Path) -> None:
+    """The loop encodes a joined window as ``log join`` adds it (``as_impressions``), the served
+    context too: a ranker fed ``context.device`` learns that answers on iOS were clicked and those
+    on the web were not (an unknown user's and an unknown item's rows are left out)."""
+    ranker = tmp_path / "ranker"
+    ranker.mkdir()
+    torch.jit.script(ByDepartment()).save(str(ranker / "model.pt"))
+    (ranker / "features.yaml").write_text("cat: [context.device]\ndense: [item.list_price]\n")
+    t, n = shop.tables, 1200
+    rng = np.random.default_rng(1)
+    device = np.where(np.arange(n) % 2 == 0, "ios", "web")
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    joined = pa.table({
+        "user_id": t.user_ids[rng.integers(0, t.n_users, n)].tolist()[:-1] + ["nobody"],
+        "item_id": ["gone"] + t.item_ids[rng.integers(0, t.n_items, n)].tolist()[1:],
+        "click": pa.array((device == "ios") & (rng.random(n) < 0.6), pa.int8()),
+        "time": pa.array([start + timedelta(seconds=i) for i in range(n)], pa.timestamp("ms", "UTC")),
+        "context": [json.dumps({"device": d}) for d in device]})
+    encoded, unknown_users, unknown_items = as_impressions(joined, t, shop.impressions.schema)
+    assert (encoded.num_rows, unknown_users, unknown_items) == (n - 2, 1, 1)
+    tuned = fine_tune(ranker, ranker / "features.yaml", t, encoded, epochs=40, lr=0.1)
+    codes = torch.tensor([[t.vocab["context.device"]["ios"]], [t.vocab["context.device"]["web"]]])
+    with torch.inference_mode():
+        ios, web = tuned.module(codes, torch.zeros(2, 1)).reshape(-1).tolist()
+    assert ios > 0.4 and web < 0.1, (ios, web)
 
 
 @dataclass
