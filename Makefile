@@ -42,19 +42,13 @@ build: install
 serve: install  # rankserve serve builds on first run itself (progress bars, then the summary screen)
 	@$(PY) -m serving.cli serve
 
-# The suite has a time budget (docs/measurements.md): lint and build side by side, then the
-# integration tests one at a time (each starts real servers, and waits on them a good part of the
-# time) with the unit tests beside them in a process of their own, their output shown after;
-# --durations: each run shows where the time goes
+# The suite has a time budget (docs/measurements/test-suite.md): lint and build side by side, the
+# unit tests on the cores (pytest-xdist), then the integration tests one at a time (each starts real
+# servers; beside other work they slow down more than it gains); --durations: where the time goes
 test: install
 	@$(MAKE) --no-print-directory -j2 --output-sync=target lint build
-	@unit_log=$$(mktemp); \
-	$(PY) -m pytest -q -p no:cacheprovider --durations=10 tests/unit > $$unit_log 2>&1 & unit=$$!; \
-	echo "$(PY) -m pytest -q --durations=30 tests/integration tests/gpu  (tests/unit beside it)"; \
-	$(PY) -m pytest -q --durations=30 tests/integration tests/gpu; integration=$$?; \
-	wait $$unit; unit_rc=$$?; echo; echo "tests/unit:"; cat $$unit_log; rm -f $$unit_log; \
-	echo "integration tests: exit $$integration; unit tests: exit $$unit_rc"; \
-	test $$integration -eq 0 -a $$unit_rc -eq 0
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --durations=10 tests/unit
+	$(PY) -m pytest -q --durations=30 tests/integration tests/gpu
 
 slow-test: build
 	$(PY) -m pytest -q --durations=30 -m slow tests
