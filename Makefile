@@ -29,8 +29,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# One resolve for everything: protobuf / grpcio-reflection pins only hold when solved together.
-	# --no-compile: each module is byte-compiled when first imported, not all of torch and ray now
-	$(PY) -m pip install -q --no-compile -e ".[$(EXTRA),dev]"
+	$(PY) -m pip install -q -e ".[$(EXTRA),dev]"
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
