@@ -126,11 +126,12 @@ class RankingGrpcUser(User):
         import grpc
         import grpc.experimental.gevent as grpc_gevent
 
-        from serving.proto import ranker_pb2, ranker_pb2_grpc
+        from loadtest.loadgen import rank_message
+        from serving.proto import ranker_pb2_grpc
 
         grpc_gevent.init_gevent()  # grpc's polling cooperates with locust's gevent loop
         self.mix = _mix(self)
-        self._grpc, self._pb2 = grpc, ranker_pb2
+        self._grpc, self._message = grpc, rank_message  # string ids and context as the gRPC API reads them
         self._channel = grpc.insecure_channel(self.environment.parsed_options.grpc_target)
         self._stub = ranker_pb2_grpc.RankerStub(self._channel)
 
@@ -145,7 +146,7 @@ class RankingGrpcUser(User):
         t0 = time.perf_counter()
         status, answer, size = 200, None, 0
         try:
-            res = self._stub.Rank(self._pb2.RankRequest(**body), timeout=30)
+            res = self._stub.Rank(self._message(body), timeout=30)
             size = res.ByteSize()
             answer = MessageToDict(res, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
         except self._grpc.RpcError as err:

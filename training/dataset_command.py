@@ -39,17 +39,10 @@ def _imported(settings: Settings, name: str) -> tuple[DataSet, int]:
     Raises:
         ConfigError: ``name`` is no data set name, or nothing was imported under it (exit 2).
     """
-    ds = DataSetStore.of(settings).dataset(name)
-    try:
-        version = ds.live_version()
-    except SetupError as err:
-        raise ConfigError(err.message, hint=err.hint) from err
-    if version is None:
-        known = DataSetStore.of(settings).names()
-        raise ConfigError(f"no data set {name!r} under {ds.root.parent} (imported: {', '.join(known) or 'none'})",
-                          hint=f"import it first: rankserve data import {name} --schema ... --items ... --users ... "
-                               "--impressions ...")
-    return ds, version
+    from serving.repository.datasets import check_imported
+
+    ds = DataSetStore.of(settings).dataset(name)  # refuses a name that is no data set name
+    return ds, check_imported(settings.for_data(name))
 
 
 def _check_demo(settings: Settings, ds: DataSet, version: int) -> None:
