@@ -1,12 +1,10 @@
-"""What the benchmarks share of load generation: request bodies, the load generator as a process,
-metric scrapes.
+"""What the benchmarks share of load generation: request bodies, the load generator as a process.
 
 Owns: the benchmarks' request bodies (the demo's, an imported data set's in its schema's ids
 with contexts decoded from its impressions, and :func:`request_bodies`, which picks by the data
 set a benchmark measures) and their file, running ``loadtest.loadgen`` in its own process
-(closed loop or open loop) and reading its result, and scraping counters from a server's
-``/metrics`` page (read by :func:`serving.metrics.metric_values`). Must not touch: servers (the
-benchmarks start them), the pipeline, a data set's files (read only).
+(closed loop or open loop) and reading its result. Must not touch: servers (the benchmarks start
+them and read their ``/metrics``), the pipeline, a data set's files (read only).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serving.config import DEMO_DATA
-from serving.metrics import metric_values
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -29,7 +26,7 @@ if TYPE_CHECKING:
     from serving.config import Settings
     from serving.data.tables import DataTables
 
-__all__ = ["dataset_bodies", "recall_bodies", "request_bodies", "run_loadgen", "scrape", "write_bodies"]
+__all__ = ["dataset_bodies", "recall_bodies", "request_bodies", "run_loadgen", "write_bodies"]
 
 
 def recall_bodies(n_users: int, n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -121,10 +118,3 @@ def run_loadgen(url: str, bodies_file: Path, *, duration_s: float, concurrency: 
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
-
-
-def scrape(url: str, names: tuple[str, ...] = ()) -> dict[str, float]:
-    """:func:`metric_values` of ``url``'s ``/metrics``."""
-    import httpx
-
-    return metric_values(httpx.get(f"{url}/metrics", timeout=10).text, names)
