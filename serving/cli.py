@@ -262,14 +262,14 @@ def _dataset_summary(settings: Settings) -> dict[str, Any]:
     """An imported data set about to be served: checked (imported, trained), its default scenarios
     written where absent, nothing else written (never the demo's build); its sizes for the summary."""
     from serving.pipeline.assemble import load_tables
-    from serving.repository.datasets import check_servable, install_default_scenarios
+    from serving.repository.datasets import check_servable, dataset_facts, install_default_scenarios
 
     check_servable(settings)
     tables = load_tables(settings)
     written = install_default_scenarios(settings, tables)
     if written:
         log.info("wrote the default scenarios %s into %s", written, settings.model_repository)
-    return {"data_set": settings.data, "config": {"n_items": tables.n_items, "n_users": tables.n_users}}
+    return {**dataset_facts(settings), "example_user": next(iter(tables.user_ids[:1].tolist()), None)}
 
 
 def _served_view(settings: Settings, stop: StopSignals, timeout_s: float = 60.0) -> dict[str, Any]:
@@ -305,7 +305,7 @@ def _show_summary(settings: Settings, build: dict[str, Any], served: dict[str, A
               "(Ctrl-C stops everything)\n")
     for label, text in summary_lines(settings, build, served, triton_url=triton_url, log_path=log_path):
         out.print(Text.assemble((f"  {label:<10}", "bold"), text), soft_wrap=True)
-    out.print(Text.assemble(("\n  try\n", "bold"), f"  {example_curl(settings)}\n"), soft_wrap=True)
+    out.print(Text.assemble(("\n  try\n", "bold"), f"  {example_curl(settings, build.get('example_user'))}\n"), soft_wrap=True)
 
 
 def _drain(settings: Settings) -> None:

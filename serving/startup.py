@@ -127,8 +127,10 @@ def new_log_path(log_dir: Path, command: str) -> Path:
     return log_dir / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 
-def example_curl(settings: Settings) -> str:
-    body = json.dumps({"user_id": 42, "k": 5})
+def example_curl(settings: Settings, user_id: int | str | None = None) -> str:
+    """A request to try, for ``user_id`` (the demo's user 42 when none is given); ``'`` in a text id
+    is quoted for the shell."""
+    body = json.dumps({"user_id": 42 if user_id is None else user_id, "k": 5}, ensure_ascii=False).replace("'", "'\\''")
     key = " -H \"Authorization: Bearer $RANKSERVE_API_KEY\"" if settings.auth_mode == "keys" else ""
     return (f"curl -s{'k' if settings.tls_cert_file else ''} -X POST {settings.api_url}/v1/rank "
             f"-H 'content-type: application/json'{key} -d '{body}'")
@@ -229,8 +231,14 @@ def summary_lines(settings: Settings, build: dict[str, Any], served: dict[str, A
     tower, tower_words = _live(models, settings.user_tower_model)
     cfg = build.get("config") or {}
     built = f", built {str(build['built_at'])[:10]}" if build.get("built_at") else ""
-    data = (f"data seed {build.get('seed')}: {cfg.get('n_items', 0):,} items, {cfg.get('n_users', 0):,} users, "
-            f"click rate {build.get('ctr', 0):.1%}{built}")
+    ctr = f"click rate {build['ctr']:.1%}" if build.get("ctr") is not None else "click rate ?"
+    if build.get("data_set"):
+        impressions = f"{build['impressions']:,} impressions, " if build.get("impressions") is not None else ""
+        data = (f"data set {build['data_set']} v{build.get('version')}: {cfg.get('n_items', 0):,} items, "
+                f"{cfg.get('n_users', 0):,} users, {impressions}{ctr}, imported {str(build.get('built_at'))[:10]}")
+    else:
+        data = (f"data seed {build.get('seed')}: {cfg.get('n_items', 0):,} items, {cfg.get('n_users', 0):,} users, "
+                f"{ctr}{built}")
     quality = _quality(build, models, ranker, tower)
     base = settings.api_url
     rows = [

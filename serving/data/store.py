@@ -216,6 +216,18 @@ class DataSet:
 
         return pq.read_table(self._verified(version, IMPRESSIONS) / IMPRESSIONS)
 
+    def click_rate(self, version: int | None = None) -> float | None:
+        """The mean label of the version's impressions (``None``: none, or the file does not read).
+        Only the label column is read, unverified: a figure for a screen, not for serving."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        try:
+            labels = pq.read_table(self._resolve(version) / IMPRESSIONS, columns=["label"]).column("label")
+        except (OSError, KeyError, pa.ArrowException):
+            return None
+        return float(pc.mean(labels.cast(pa.float64())).as_py()) if len(labels) else None
+
     def tables(self, version: int | None = None) -> DataTables:
         """The version's encoded tables in memory (default: the live version).
 

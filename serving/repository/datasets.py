@@ -12,6 +12,8 @@ read, and only scenarios the repository does not hold yet are written.
 
 from __future__ import annotations
 
+from typing import Any
+
 from serving.config import Settings
 from serving.data.schema import Schema
 from serving.data.store import DataSetStore
@@ -21,7 +23,7 @@ from serving.pipeline.catalogue import Catalogue
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
 
-__all__ = ["check_imported", "check_servable", "default_scenarios", "install_default_scenarios"]
+__all__ = ["check_imported", "check_servable", "dataset_facts", "default_scenarios", "install_default_scenarios"]
 
 
 def check_imported(settings: Settings) -> int:
@@ -43,6 +45,17 @@ def check_imported(settings: Settings) -> int:
                           hint=f"import it first: rankserve data import {name} --schema ... --items ... --users ... "
                                "--impressions ...")
     return version
+
+
+def dataset_facts(settings: Settings) -> dict[str, Any]:
+    """What the start-up screen says of the imported data set ``settings.data``: its live version,
+    when it was imported, its rows and the impressions' click rate (``None`` when it does not read)."""
+    ds = DataSetStore.of(settings).dataset(settings.data)
+    manifest = ds.manifest()
+    rows = manifest.get("rows", {})
+    return {"data_set": settings.data, "version": manifest.get("version"), "built_at": manifest.get("created"),
+            "ctr": ds.click_rate(manifest.get("version")), "impressions": rows.get("impressions"),
+            "config": {"n_items": rows.get("items", 0), "n_users": rows.get("users", 0)}}
 
 
 def check_servable(settings: Settings) -> None:

@@ -264,6 +264,11 @@ def test_the_manifest_and_listing_say_what_each_version_holds(tmp_path: Path) ->
     assert row["name"] == "shop" and row["live"] == 1
     assert row["versions"][0]["bytes"] == sum(f["bytes"] for f in manifest["files"].values())
     assert parse_schema((ds.version_dir(1) / "schema.yaml").read_text()) == data.schema()
+    kept_labels = [IMPRESSIONS["clicked"][r] for r in KEPT_ROWS]
+    assert ds.click_rate() == pytest.approx(sum(kept_labels) / len(kept_labels))
+    (ds.version_dir(1) / "impressions.parquet").chmod(0o644)
+    (ds.version_dir(1) / "impressions.parquet").write_bytes(b"not parquet")
+    assert ds.click_rate() is None
 
 
 def test_a_data_set_with_no_version_says_how_to_make_one(tmp_path: Path) -> None:

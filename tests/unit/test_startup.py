@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from serving.config import Settings
 from serving.errors import PortInUseError, UnsupportedPythonError
 from serving.net import free_port, port_holder
 from serving.ray_runtime import Ingress, _port_error
-from serving.startup import SUPPORTED_PYTHON, check_ports, check_python, summary_lines
+from serving.startup import SUPPORTED_PYTHON, check_ports, check_python, example_curl, summary_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,6 +95,26 @@ def test_the_summary_says_what_serves_where(tmp_path: Path) -> None:
     off = dict(summary_lines(settings.model_copy(update={"grpc_port": 0}), build, {}, triton_url="", log_path=None))
     assert off["gRPC"].startswith("off") and "did not answer" in off["backends"]
     assert "did not answer /v1/scenarios" in off["scenarios"]
+
+
+def test_the_summary_of_an_imported_data_set_says_its_version_rows_and_click_rate(tmp_path: Path) -> None:
+    settings = Settings.from_env({}, port=8123, model_repository=tmp_path)
+    build = {"data_set": "shop", "version": 3, "built_at": "2026-12-03T21:14:59+0000", "ctr": 0.6344,
+             "impressions": 40000, "config": {"n_items": 3000, "n_users": 800}}
+    rows = dict(summary_lines(settings, build, {}, triton_url="", log_path=None))
+    assert rows["models"].startswith("data set shop v3: 3,000 items, 800 users, 40,000 impressions, click rate 63.4%, "
+                                     "imported 2026-12-03")
+    unread = dict(summary_lines(settings, {**build, "ctr": None}, {}, triton_url="", log_path=None))
+    assert "click rate ?" in unread["models"]
+
+
+def test_the_request_to_try_names_one_of_the_data_set_s_users_quoted_for_the_shell(tmp_path: Path) -> None:
+    settings = Settings.from_env({}, port=8123, model_repository=tmp_path)
+    assert "'{\"user_id\": 42, \"k\": 5}'" in example_curl(settings)
+    assert "'{\"user_id\": 100007, \"k\": 5}'" in example_curl(settings, 100007)
+    curl = example_curl(settings, "o'neil-é")
+    assert curl.endswith("""-d '{"user_id": "o'\\''neil-é", "k": 5}'""")
+    assert shlex.split(curl)[-1] == '{"user_id": "o\'neil-é", "k": 5}'
 
 
 def test_the_cli_imports_nothing_an_old_python_cannot() -> None:
