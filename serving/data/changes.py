@@ -15,9 +15,10 @@ other than the one it reads.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,9 +41,10 @@ from serving.data.read import RowsFile
 from serving.data.tables import DataTables
 from serving.errors import SchemaError, ValidationError
 
-__all__ = ["POPULARITY_KEY", "ItemRows", "encode_item_rows", "parse_ids"]
+__all__ = ["GROUP_VALUE_KEY", "POPULARITY_KEY", "ItemRows", "encode_item_rows", "parse_ids"]
 
 POPULARITY_KEY = "@popularity"  # a change row's encoded popularity (no column name starts with '@')
+GROUP_VALUE_KEY = "@value."  # + a group: a change row's value of that group where the import never saw it
 _INTEGER = r"^\s*[-+]?\d+\s*$"
 
 
@@ -50,7 +52,10 @@ _INTEGER = r"^\s*[-+]?\d+\s*$"
 class ItemRows:
     """The encoded rows of one item file: ids (the schema's, as Python values), the item tables'
     rows, and which rows give each column (``given``: categorical, numeric and vector columns by
-    name, the popularity under :data:`POPULARITY_KEY`)."""
+    name, the popularity under :data:`POPULARITY_KEY`). ``group_values``: an item group -> each
+    row's value where the import's vocabulary does not hold it (its code 0), else None: the
+    catalogue gives such a value a group code of its own, so a store that appears later is a
+    store of its own to restrictions and diversity, while the models read it as unseen."""
 
     file: str
     id_column: str
@@ -60,6 +65,7 @@ class ItemRows:
     vec: np.ndarray
     popularity: np.ndarray
     given: Mapping[str, np.ndarray]
+    group_values: Mapping[str, Sequence[object]] = field(default_factory=dict)
 
     def rows(self, tables: DataTables) -> list[dict[str, Any]]:
         """Each row as a change row: the encoded value of every column it gives (vectors as lists)."""
@@ -70,6 +76,9 @@ class ItemRows:
             for j, name in enumerate(items.categorical):
                 if self.given[name][r]:
                     row[name] = int(self.cat[r, j])
+                    value = self.group_values[name][r] if name in self.group_values else None
+                    if value is not None:
+                        row[GROUP_VALUE_KEY + name] = value
             for j, name in enumerate(items.numeric):
                 if self.given[name][r]:
                     row[name] = float(self.num[r, j])
@@ -115,10 +124,14 @@ def encode_item_rows(file: RowsFile, tables: DataTables, encoding: Mapping[str, 
                               f"{spec.id!r})", field=spec.id)
     enc_cat, enc_num = encoding["categorical"], encoding["numeric"]
     cat = np.zeros((n, len(spec.categorical)), np.int64)
+    group_values: dict[str, list[object]] = {}
     for j, name in enumerate(spec.categorical):
         if given[name].any():
             vocab = pa.array(enc_cat[name]["values"])
-            cat[:, j] = lookup_codes(scalar_values(t.column(name), col(name)), vocab)
+            values = scalar_values(t.column(name), col(name))
+            cat[:, j] = lookup_codes(values, vocab)
+            if name in spec.groups:
+                group_values[name] = _unseen(values, cat[:, j], given[name], vocab.type)
     num = np.zeros((n, len(spec.numeric)), np.float32)
     for j, name in enumerate(spec.numeric):
         if given[name].any():
@@ -134,7 +147,7 @@ def encode_item_rows(file: RowsFile, tables: DataTables, encoding: Mapping[str, 
         if given[POPULARITY_KEY].any():
             popularity = encode_popularity(t.column(spec.popularity), col(spec.popularity), None,
                                            stored=NumericStats.from_json(encoding["popularity"]))[0]
-    return ItemRows(file.name, spec.id, ids, cat, num, vec, popularity, given)
+    return ItemRows(file.name, spec.id, ids, cat, num, vec, popularity, given, group_values)
 
 
 def parse_ids(values: Sequence[object], tables: DataTables, what: str) -> list[int | str]:
@@ -192,6 +205,16 @@ def _ids(column: pa.ChunkedArray, where: Column, *, strings: bool) -> tuple[int 
         arr = pc.utf8_trim_whitespace(arr).cast(pa.int64())
     values, _ = encode_ids(arr, where)
     return tuple(values.tolist())
+
+
+def _unseen(values: pa.Array, codes: np.ndarray, given: np.ndarray, kind: pa.DataType) -> list[object]:
+    """Each row's value where it is given, not null and out of the vocabulary (code 0), as the
+    vocabulary's kind where it casts (``"7"`` where the values are integers); else None."""
+    if not pa.types.is_null(kind) and values.type != kind:
+        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = values.cast(kind)
+    return [v if g and c == 0 else None for v, c, g in zip(values.to_pylist(), codes.tolist(), given.tolist(),
+                                                              strict=True)]
 
 
 def _placeheld(column: pa.ChunkedArray, given: np.ndarray, width: int) -> pa.Array | pa.ChunkedArray:

@@ -101,7 +101,11 @@ class EncodedContext:
             (not given: their fill, the median).
         sequences: every sequence field -> item rows (int64), oldest first, unknown ids left
             out, the last ``max_len`` kept (not given: empty).
-        groups: the item groups given -> the code of the value in the items' vocabulary (0: unseen).
+        groups: the item groups given -> the code of the value in the items' vocabulary (0: unseen),
+            as the models and the stored impressions read it.
+        scopes: the item groups given -> the value's group code in the catalogue
+            (``DataTables.item_groups``), which also knows values only a catalogue change brought;
+            -1 where no item ever held the value. What restrictions and popular-within read.
         given: the fields the request gave.
     """
 
@@ -110,6 +114,7 @@ class EncodedContext:
     sequences: Mapping[str, np.ndarray]
     groups: Mapping[str, int]
     given: frozenset[str] = frozenset()
+    scopes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def cat(self) -> Mapping[str, int]:
@@ -140,6 +145,12 @@ class DataTables:
         vocab: ``item.brand``, ``user.region``, ``context.device`` -> value -> code.
         context_numeric: a numeric context field -> (fill, mean, std) of the impressions' column;
             a field the impressions did not hold is taken as given.
+        item_groups: int64 ``[n_items, len(items.groups)]``, each item's value of each group as
+            the catalogue groups it (default: the group's codes in ``item_cat``). Unlike
+            ``item_cat``, which the models read and where a value the import never saw is 0, a value
+            that only a catalogue change brought has a code of its own here (``group_vocab``).
+        group_vocab: group -> value -> group code (default: the group's import vocabulary);
+            a catalogue change's new values extend it.
     """
 
     schema: Schema
@@ -154,6 +165,8 @@ class DataTables:
     popularity: np.ndarray
     vocab: Mapping[str, Mapping[object, int]]
     context_numeric: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
+    item_groups: np.ndarray = None  # type: ignore[assignment]  # None: from item_cat (set in __post_init__)
+    group_vocab: Mapping[str, Mapping[object, int]] = None  # type: ignore[assignment]  # None: the import's
     grows: InitVar[DataTables | None] = None  # the tables whose item ids these extend (the id lookup grows)
     _items: _IdIndex = field(init=False, repr=False)
     _users: _IdIndex = field(init=False, repr=False)
@@ -162,9 +175,15 @@ class DataTables:
     _kinds: Mapping[str, str | None] = field(init=False, repr=False)  # a context vocabulary -> the kind of its values
 
     def __post_init__(self, grows: DataTables | None) -> None:
+        groups = self.schema.items.groups
+        if self.item_groups is None:
+            cols = [self.cat_col(f"item.{g}") for g in groups]
+            object.__setattr__(self, "item_groups", np.ascontiguousarray(self.item_cat[:, cols], dtype=np.int64))
+        if self.group_vocab is None:
+            object.__setattr__(self, "group_vocab", {g: self.vocab.get(f"item.{g}", {}) for g in groups})
         self._check_shapes()
         for name in ("item_ids", "user_ids", "item_cat", "item_num", "item_vec", "user_cat", "user_num", "user_vec",
-                     "popularity"):
+                     "popularity", "item_groups"):
             getattr(self, name).flags.writeable = False
         items = _IdIndex(self.item_ids, grows._items if grows is not None else None)
         derived = {"_items": items, "_users": _IdIndex(self.user_ids),
@@ -178,7 +197,7 @@ class DataTables:
         want = {"item_cat": (n, len(items.categorical)), "item_num": (n, len(items.numeric)),
                 "item_vec": (n, sum(items.vectors.values())), "user_cat": (u, len(users.categorical)),
                 "user_num": (u, len(users.numeric)), "user_vec": (u, sum(users.vectors.values())),
-                "popularity": (n,)}
+                "popularity": (n,), "item_groups": (n, len(items.groups))}
         wrong = {k: (getattr(self, k).shape, s) for k, s in want.items() if getattr(self, k).shape != s}
         if wrong:
             raise ValueError(f"the encoded arrays do not fit the schema (shape, expected): {wrong}")
@@ -198,14 +217,19 @@ class DataTables:
         return self.n_users
 
     def with_item_tables(self, item_ids: np.ndarray, item_cat: np.ndarray, item_num: np.ndarray,
-                         item_vec: np.ndarray, popularity: np.ndarray, *, appended: bool = False) -> Self:
+                         item_vec: np.ndarray, popularity: np.ndarray, *, appended: bool = False,
+                         item_groups: np.ndarray | None = None,
+                         group_vocab: Mapping[str, Mapping[object, int]] | None = None) -> Self:
         """These tables (users, vocabularies shared, not copied) with other item tables: a catalogue
         change. The same class as ``self``. ``appended``: ``item_ids`` are this table's ids and
-        then new ones (the id lookup grows by the new ones rather than being built again)."""
+        then new ones (the id lookup grows by the new ones rather than being built again).
+        ``item_groups`` (default: from ``item_cat``) and ``group_vocab`` (default: this table's)."""
         out = object.__new__(type(self))
         fields = {f.name: getattr(self, f.name) for f in dataclass_fields(DataTables) if f.init}
         DataTables.__init__(out, **(fields | {"item_ids": item_ids, "item_cat": item_cat, "item_num": item_num,
-                                              "item_vec": item_vec, "popularity": popularity}),
+                                              "item_vec": item_vec, "popularity": popularity,
+                                              "item_groups": item_groups,
+                                              "group_vocab": self.group_vocab if group_vocab is None else group_vocab}),
                             grows=self if appended else None)
         return out
 
@@ -233,7 +257,7 @@ class DataTables:
         return _column(self.schema, name, "numeric")
 
     def group_col(self, group: str) -> int:
-        """An item group (``store`` or ``item.store``) -> its column in ``item_cat``.
+        """An item group (``store`` or ``item.store``) -> its column in ``item_groups``.
 
         Raises:
             KeyError: not one of the items' groups.
@@ -241,7 +265,12 @@ class DataTables:
         bare = group.removeprefix("item.")
         if bare not in self.schema.items.groups:
             raise KeyError(f"{group!r} is not an item group; the schema's are {list(self.schema.items.groups)}")
-        return self.cat_col(f"item.{bare}")
+        return self.schema.items.groups.index(bare)
+
+    def group_code(self, group: str, value: object) -> int:
+        """``value``'s code in ``group`` as the catalogue groups items (``item_groups``); -1 where
+        no item ever held it."""
+        return int(self.group_vocab[group].get(value, -1))
 
     def user_row(self, user_id: object) -> tuple[int, bool]:
         """(row, cold start): an unknown user (or an id of the other kind) is the cold row."""
@@ -278,9 +307,10 @@ class DataTables:
                        if f in given else 0 for f in ctx.categorical}
         numeric = {f: self._numeric(f, given.get(f)) for f in ctx.numeric}
         sequences = {f: self._sequence(f, given.get(f), spec.max_len) for f, spec in ctx.sequences.items()}
-        groups = {g: self.vocab[f"item.{g}"].get(_scalar(given[g], g, self._kinds[f"item.{g}"]), 0)
-                  for g in self.schema.items.groups if g in given}
-        return EncodedContext(categorical, numeric, sequences, groups, frozenset(given))
+        values = {g: _scalar(given[g], g, self._kinds[f"item.{g}"]) for g in self.schema.items.groups if g in given}
+        groups = {g: self.vocab[f"item.{g}"].get(v, 0) for g, v in values.items()}
+        scopes = {g: self.group_code(g, v) for g, v in values.items()}
+        return EncodedContext(categorical, numeric, sequences, groups, frozenset(given), scopes)
 
     def _numeric(self, name: str, value: object) -> float:
         fill, mean, std = self.context_numeric.get(name, (0.0, 0.0, 1.0))

@@ -99,7 +99,7 @@ class Catalogue:
     def group_of(self, ids: np.ndarray, group: str) -> np.ndarray:
         """The ``group`` (one of the schema's item groups: the demo's ``shop`` or ``category``) code of
         each item of ``ids`` (all in this catalogue)."""
-        return self.tables.item_cat[np.asarray(ids, dtype=np.int64), self.tables.group_col(group)]
+        return self.tables.item_groups[np.asarray(ids, dtype=np.int64), self.tables.group_col(group)]
 
     def group_counts(self) -> dict[str, int]:
         """How many distinct values each item group (the demo's shops and categories) has."""
@@ -203,7 +203,7 @@ def _sorted_orders(tables: DataTables) -> _Orders:
     by_pop = np.argsort(item_keys).astype(np.int64)
     grouped = {}
     for g in tables.schema.items.groups:
-        col = tables.item_cat[:, tables.group_col(g)]
+        col = tables.item_groups[:, tables.group_col(g)]
         order = by_pop[np.argsort(col[by_pop], kind="stable")]
         keys = col[order]
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if n else np.empty(0, np.int64)
@@ -221,12 +221,12 @@ def _carry_orders(prev: _Orders, before: DataTables, tables: DataTables) -> _Ord
         return None
     pop0, pop = before.popularity, tables.popularity
     cols = {g: tables.group_col(g) for g in tables.schema.items.groups}
-    if all(_extends(getattr(tables, n), getattr(before, n)) for n in ("item_num", "item_cat", "popularity")):
+    if all(_extends(getattr(tables, n), getattr(before, n)) for n in ("item_num", "item_groups", "popularity")):
         gone = np.empty(0, dtype=np.int64)  # items only added, into spare rows (``grown``): the rest as it was
     else:
         differs = pop[:n0] != pop0
         for c in cols.values():
-            differs |= tables.item_cat[:n0, c] != before.item_cat[:, c]
+            differs |= tables.item_groups[:n0, c] != before.item_groups[:, c]
         gone = np.flatnonzero(differs)
     moved = np.concatenate([gone, np.arange(n0, n)]).astype(np.int64)
     if moved.size > _MAX_MOVED:
@@ -238,8 +238,8 @@ def _carry_orders(prev: _Orders, before: DataTables, tables: DataTables) -> _Ord
     by_pop, keys = np.delete(prev.by_pop, drop), np.delete(prev.keys, drop)
     s = np.argsort(new_keys)
     at = np.searchsorted(keys, new_keys[s])
-    grouped = {g: _carry_group(prev.grouped[g], before.item_cat[gone, c], old_keys,
-                               tables.item_cat[moved, c], new_keys, moved)
+    grouped = {g: _carry_group(prev.grouped[g], before.item_groups[gone, c], old_keys,
+                               tables.item_groups[moved, c], new_keys, moved)
                for g, c in cols.items()}
     return _Orders(np.insert(by_pop, at, moved[s]), np.insert(keys, at, new_keys[s]), grouped)
 

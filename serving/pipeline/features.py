@@ -125,15 +125,17 @@ class FeatureTables(DataTables):
                          user_vec=np.ascontiguousarray(np.vstack([user_dense.astype(np.float32), cold_dense])),
                          popularity=item_num[:, ITEM_NUM_FIELDS.index("log_popularity")], vocab=vocab)
 
-    def with_items(self, item_cat: np.ndarray, item_num: np.ndarray, item_dense: np.ndarray) -> FeatureTables:
-        """These user tables (shared, not copied) with other item tables (a catalogue change)."""
+    def with_items(self, item_cat: np.ndarray, item_num: np.ndarray, item_dense: np.ndarray, *,
+                   item_groups: np.ndarray | None = None) -> FeatureTables:
+        """These user tables (shared, not copied) with other item tables (a catalogue change);
+        ``item_groups``: shop and category (default: from ``item_cat``)."""
         if not (item_cat.shape[0] == item_num.shape[0] == item_dense.shape[0]):
             raise ValueError("item tables disagree on the number of rows")
         item_num = np.ascontiguousarray(item_num, dtype=np.float32)
         return self.with_item_tables(np.arange(item_cat.shape[0], dtype=np.int64),
                                      np.ascontiguousarray(item_cat, dtype=np.int64), item_num,
                                      np.ascontiguousarray(item_dense, dtype=np.float32),
-                                     item_num[:, ITEM_NUM_FIELDS.index("log_popularity")])
+                                     item_num[:, ITEM_NUM_FIELDS.index("log_popularity")], item_groups=item_groups)
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureTables:

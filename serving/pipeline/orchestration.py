@@ -206,7 +206,7 @@ class RankPipeline:
         context = cat.tables.encode_context(req.context)
         row, cold = cat.tables.user_row(req.user_id)
         seed, shop = _context(cat, req, sc)
-        _check_groups(cat, context.groups, sc)
+        _check_groups(cat, context.scopes, sc)
         candidates, unknown = (None, None) if req.candidates is None else _given(cat, req.candidates)
         given = sc.spec.given
         if given is not None and given.required and candidates is None:
@@ -222,7 +222,7 @@ class RankPipeline:
                         exclude=_known_rows(cat, req.exclude), arrival=now,
                         deadline=now + timeout_ms / 1000.0, cost=cost, scenario=sc, live=state,
                         context=context, seed=seed, shop=shop, unknown_candidates=unknown,
-                        groups=context.groups, role=role)
+                        groups=context.scopes, role=role)
 
     # -- per batch ----------------------------------------------------------------------
     async def run_batch(self, batch: list[Prepared]) -> tuple[list[RankResponse | RankserveError], BatchStats]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.data.changes import POPULARITY_KEY, ItemRows
+from serving.data.changes import GROUP_VALUE_KEY, POPULARITY_KEY, ItemRows
 from serving.data.read import read_json_rows
 from serving.data.tables import DataTables
 from serving.errors import ValidationError
@@ -362,10 +362,11 @@ def fold_changes(changes: Sequence[Change]) -> Change:
         for row in c.update:
             i = int(row["item_id"])
             fields = {k: v for k, v in row.items() if k != "item_id"}
-            if i >= first.first_id:  # an item added by one of these changes: its row holds the update
-                add[i - first.first_id].update(fields)
-            else:
-                updates.setdefault(i, {"item_id": i}).update(fields)
+            # an item added by one of these changes: its row holds the update
+            target = add[i - first.first_id] if i >= first.first_id else updates.setdefault(i, {"item_id": i})
+            for k in fields:  # a group value given again: an unseen value given before no longer holds
+                target.pop(GROUP_VALUE_KEY + k, None)
+            target.update(fields)
     return Change(changes[-1].version, first.first_id, tuple(sorted(i for i, b in state.items() if b)),
                   tuple(sorted(i for i, b in state.items() if not b)), tuple(add), tuple(updates.values()),
                   changes[-1].at, since=first.since, ids=tuple(i for c in changes for i in c.ids))
@@ -409,13 +410,49 @@ def _changed_tables(t: DataTables, change: Change, rooms: dict[str, Room]) -> Da
         for v, cols in vectors.items():
             added[k, cols] = r[v]
     new["item_dense"] = _changed(t.item_vec, "item_dense", rooms, added, dense_updates)
+    groups, group_vocab = _group_changes(t, change, rooms)
     if isinstance(t, FeatureTables):
-        return t.with_items(new["item_cat"], new["item_num"], new["item_dense"])
+        return t.with_items(new["item_cat"], new["item_num"], new["item_dense"], item_groups=groups)
     pop_updates = {row["item_id"]: np.asarray(row[POPULARITY_KEY], np.float32) for row in change.update if POPULARITY_KEY in row}
     pop = _changed(t.popularity, "popularity", rooms,
                    np.asarray([r.get(POPULARITY_KEY, 0.0) for r in change.add], dtype=np.float32), pop_updates)
     ids = _changed(t.item_ids, "item_ids", rooms, np.asarray(list(change.ids), dtype=t.item_ids.dtype), {})
-    return t.with_item_tables(ids, new["item_cat"], new["item_num"], new["item_dense"], pop, appended=True)
+    return t.with_item_tables(ids, new["item_cat"], new["item_num"], new["item_dense"], pop, appended=True,
+                              item_groups=groups, group_vocab=group_vocab)
+
+
+def _group_changes(t: DataTables, change: Change,
+                   rooms: dict[str, Room]) -> tuple[np.ndarray, dict[str, dict[object, int]] | None]:
+    """The item groups' codes with the rows ``change`` adds and updates, and the group vocabularies
+    (None: unchanged). A row's group value that the import never saw (given as
+    ``GROUP_VALUE_KEY + group``, its model code 0) gets a code of its own, the next free one, in
+    the order of the log: every replica that applies the same log gives the same codes."""
+    names = t.schema.items.groups
+    vocab: dict[str, dict[object, int]] | None = None  # copied at the first new value
+    free: dict[str, int] = {}
+
+    def code(row: dict[str, Any], g: str) -> int:
+        nonlocal vocab
+        raw = row.get(GROUP_VALUE_KEY + g)
+        if raw is None:
+            return int(row[g])
+        held = (t.group_vocab if vocab is None else vocab)[g]
+        if raw in held:
+            return int(held[raw])
+        if vocab is None:
+            vocab = {name: dict(values) for name, values in t.group_vocab.items()}
+        if g not in free:
+            free[g] = max(vocab[g].values(), default=0) + 1
+        vocab[g][raw], free[g] = free[g], free[g] + 1
+        return vocab[g][raw]
+
+    updates: dict[int, np.ndarray] = {}
+    for row in change.update:
+        for j, g in enumerate(names):
+            if g in row:
+                updates.setdefault(row["item_id"], t.item_groups[row["item_id"]].copy())[j] = code(row, g)
+    added = np.asarray([[code(r, g) for g in names] for r in change.add], dtype=np.int64).reshape(-1, len(names))
+    return _changed(t.item_groups, "item_groups", rooms, added, updates), vocab
 
 
 def _column_changes(table: np.ndarray, cols: Sequence[str], change: Change, name: str,

@@ -225,3 +225,39 @@ def test_the_id_lookup_grows_without_changing_what_older_or_other_catalogues_fin
     assert first.tables.item_rows(asked)[0].tolist() == [10, 11, -1, 9]
     assert second.tables.item_rows(asked)[0].tolist() == [-1, 11, 10, 9]
     assert one.follow(v0).tables.item_rows(asked)[0].tolist() == [10, 11, -1, 9]  # folded again from the base
+
+
+def _members(cat: Catalogue, store: object) -> list[int]:
+    """The items of ``store`` (a request's value), as popular-within and ``restrict`` find them."""
+    code = cat.tables.encode_context({"store": store}).scopes["store"]
+    return sorted(cat.popular(100, "store", code)[1].tolist()) if cat.has_group("store", code) else []
+
+
+def test_a_group_value_only_a_change_brings_is_a_group_of_its_own(dataset: DataSet, tmp_path: Path) -> None:
+    """A store that first appears with a catalogue change: the models read it as unseen (code 0),
+    while restrictions, popular-within and diversity see a store of its own, not every other new
+    store with it; a value no item holds finds nothing."""
+    tables = dataset.tables()
+    log = ChangeLog(dataset.model_repository)
+    new = [_bad(sku="n1", store="z"), _bad(sku="n2", store="w"), _bad(sku="n3", store="z")]
+    log.append_items(tables, add=_encode(dataset, _write(tmp_path / "new.csv", new)))
+    moves = [{"sku": "s0", "store": "w"}, {"sku": "n3", "store": "x"}]
+    log.append_items(tables, update=_encode(dataset, _write(tmp_path / "move.json", moves), add=False))
+    v0 = Catalogue.initial(tables).warm()
+    cat = log.follow(v0).warm(previous=v0)
+    t = cat.tables
+    x = tables.vocab["item.store"]["x"]
+    assert t.item_cat[10:, t.cat_col("item.store")].tolist() == [0, 0, x]  # what the models read
+    assert t.encode_context({"store": "z"}).groups == {"store": 0}  # and the stored impressions
+    assert _members(cat, "z") == [10] and _members(cat, "w") == [0, 11]
+    assert _members(cat, "x") == sorted([i for i, s in enumerate(ITEMS["store"]) if s == "x" and i != 0] + [12])
+    assert _members(cat, "nowhere") == [] and t.encode_context({"store": "nowhere"}).scopes == {"store": -1}
+    assert cat.group_of(np.asarray([10, 11]), "store").tolist() != [0, 0]  # diversity: two stores, not one
+    assert Catalogue.initial(tables).tables.group_vocab == tables.group_vocab  # the base is untouched
+    # the orders carried from v0 are those sorted anew; replayed from the base, and compacted: the same groups
+    fresh = Catalogue(t, cat.blocked, cat.version)
+    for g in ("store", "category"):
+        np.testing.assert_array_equal(cat.popular(100, g, 1)[1], fresh.popular(100, g, 1)[1])
+    log.compact(keep=0)
+    for again in (log.current(tables), cat):
+        assert [_members(again, s) for s in ("z", "w", "nowhere")] == [[10], [0, 11], []]

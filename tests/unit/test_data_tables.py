@@ -55,7 +55,8 @@ def test_string_ids_are_looked_up_by_dict_and_numbers_are_unknown() -> None:
 
 def test_names_resolve_to_columns_and_slices() -> None:
     assert (INT.cat_col("item.store"), INT.cat_col("user.tier"), INT.num_col("item.rating")) == (2, 1, 1)
-    assert INT.group_col("category") == 1 and INT.group_col("item.store") == 2
+    assert INT.group_col("category") == 1 and INT.group_col("item.store") == 0  # columns of item_groups
+    assert (INT.item_groups == INT.item_cat[:, [2, 1]]).all()  # by default the groups' import codes
     assert INT.item_vec_slice("content") == slice(0, 4) == INT.item_vec_slice("item.content")
     for call in (lambda: INT.cat_col("item.price"), lambda: INT.num_col("context.hour"),
                  lambda: INT.group_col("brand"), lambda: INT.user_vec_slice("content")):
