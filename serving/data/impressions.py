@@ -105,10 +105,23 @@ def _required(column: pa.ChunkedArray, where: Column, accepts: Callable[[pa.Data
     return arr
 
 
+_LABEL_TEXT = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
+
+
 def _labels(column: pa.ChunkedArray, where: Column) -> np.ndarray:
+    """0/1 labels of integers, numbers, booleans or text (``0``, ``1``, ``true``, ``false``, any case:
+    a CSV column that mixes them is read as text).
+
+    Raises:
+        SchemaError: another type, a null, or a value other than 0 and 1 (at its first row).
+    """
     arr = _required(column, where, lambda t: pa.types.is_integer(t) or pa.types.is_floating(t)
-                    or pa.types.is_boolean(t), "a label is 0 or 1")
-    x = arr.cast(pa.float64()).to_numpy()
+                    or pa.types.is_boolean(t) or pa.types.is_string(t) or pa.types.is_large_string(t),
+                    "a label is 0 or 1")
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        x = np.fromiter((_LABEL_TEXT.get(v.strip().lower(), np.nan) for v in arr.to_pylist()), np.float64, len(arr))
+    else:
+        x = arr.cast(pa.float64()).to_numpy()
     bad = np.flatnonzero((x != 0) & (x != 1))
     if bad.size:
         row = int(bad[0])

@@ -119,6 +119,14 @@ def test_csv_reads_exactly_as_parquet_does(tmp_path: Path) -> None:
     assert report.lines()[0] == "items.csv: 10 rows read, 10 kept"  # type: ignore[attr-defined]
 
 
+def test_labels_of_text_read_as_numbers_and_booleans_do(tmp_path: Path) -> None:
+    """A CSV label column of true/false, or one that mixes them with 0 and 1, is read as text."""
+    words = {0: ["0", "false", " FALSE", "0.0"], 1: ["1", "true", "True ", "1.0"]}
+    text = [words[v][i % 4] for i, v in enumerate(IMPRESSIONS["clicked"])]
+    ds, _ = _import(tmp_path, impressions={**IMPRESSIONS, "clicked": text})
+    assert ds.impressions().column("label").to_pylist() == [IMPRESSIONS["clicked"][i] for i in KEPT_ROWS]
+
+
 def test_integer_item_ids_and_string_user_ids(tmp_path: Path) -> None:
     items = {**ITEMS, "sku": [1000 + i for i in range(10)]}
     users = {**USERS, "customer": ["u0", "u1", "u2", "u3", "u4"]}
@@ -161,8 +169,10 @@ REFUSALS = [
                                                    "declare a fill under users.fill"),
     ("impressions", {"clicked": [1, 0, 0, 1, 2, 1, 0, 0, 1, 0, 1, 0]}, "impressions", "clicked",
      "row 4: the label is 2: a label is 0 or 1"),
-    ("impressions", {"clicked": ["yes"] * 12}, "impressions", "clicked",
-     "row 0: a value of type string: a label is 0 or 1"),
+    ("impressions", {"clicked": ["true", "0", "yes"] * 4}, "impressions", "clicked",
+     "row 2: the label is 'yes': a label is 0 or 1"),
+    ("impressions", {"clicked": [[1]] * 12}, "impressions", "clicked",
+     "row 0: a value of type list<element: int64>: a label is 0 or 1"),
     ("impressions", {"ts": list(range(5)) + [None] + list(range(6))}, "impressions", "ts", "row 5: a null: a time is a timestamp, a date or a number"),
     ("impressions", {"customer": [str(u) for u in IMPRESSIONS["customer"]]}, "impressions", "customer",
      "row 0: holds strings, while the ids of users.parquet (column 'customer') are integers"),
