@@ -13,6 +13,7 @@ touch: files, the items and users tables (it reads their encoding only).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -129,9 +130,36 @@ def _labels(column: pa.ChunkedArray, where: Column) -> np.ndarray:
     return x.astype(np.int8)
 
 
+_TIME_KINDS = (pa.timestamp("us", tz="UTC"), pa.timestamp("us"))  # ISO 8601 text with a zone offset, or without
+
+
 def _times(column: pa.ChunkedArray, where: Column) -> pa.Array:
-    return _required(column, where, lambda t: pa.types.is_temporal(t) or pa.types.is_integer(t)
-                     or pa.types.is_floating(t), "a time is a timestamp, a date or a number")
+    """Times as timestamps, dates or numbers; ISO 8601 text (a Parquet column of strings) as
+    timestamps, UTC where it gives a zone offset.
+
+    Raises:
+        SchemaError: another type, a null, or text that is not a time (at its first row).
+    """
+    arr = _required(column, where, lambda t: pa.types.is_temporal(t) or pa.types.is_integer(t)
+                    or pa.types.is_floating(t) or pa.types.is_string(t) or pa.types.is_large_string(t),
+                    "a time is a timestamp, a date, a number or ISO 8601 text")
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return arr
+    for kind in _TIME_KINDS:
+        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return arr.cast(kind)
+    for row, value in enumerate(arr.to_pylist()):
+        if not any(_reads_as(value, kind) for kind in _TIME_KINDS):
+            raise where.error(f"{value!r} is not a time (ISO 8601: 2026-11-01T10:00:00Z, 2026-11-01 10:00:00)", row)
+    raise where.error("mixes times with a zone offset and times without one", 0)
+
+
+def _reads_as(value: str, kind: pa.DataType) -> bool:
+    try:
+        pa.array([value]).cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
 
 
 def lenient_ids(values: pa.Array, like: pa.DataType) -> pa.Array:

@@ -127,6 +127,15 @@ def test_labels_of_text_read_as_numbers_and_booleans_do(tmp_path: Path) -> None:
     assert ds.impressions().column("label").to_pylist() == [IMPRESSIONS["clicked"][i] for i in KEPT_ROWS]
 
 
+@pytest.mark.parametrize("stamp", ["2026-11-{d:02d}T10:00:00Z", "2026-11-{d:02d} 10:00:00", "2026-11-{d:02d}"])
+def test_times_of_iso_text_are_read_as_timestamps(tmp_path: Path, stamp: str) -> None:
+    text = [stamp.format(d=1 + t) for t in IMPRESSIONS["ts"]]
+    ds, _ = _import(tmp_path, impressions={**IMPRESSIONS, "ts": text})
+    times = ds.impressions().column("time")
+    assert pa.types.is_timestamp(times.type)
+    assert [t.day - 1 for t in times.to_pylist()] == [IMPRESSIONS["ts"][i] for i in KEPT_ROWS]
+
+
 def test_integer_item_ids_and_string_user_ids(tmp_path: Path) -> None:
     items = {**ITEMS, "sku": [1000 + i for i in range(10)]}
     users = {**USERS, "customer": ["u0", "u1", "u2", "u3", "u4"]}
@@ -173,7 +182,11 @@ REFUSALS = [
      "row 2: the label is 'yes': a label is 0 or 1"),
     ("impressions", {"clicked": [[1]] * 12}, "impressions", "clicked",
      "row 0: a value of type list<element: int64>: a label is 0 or 1"),
-    ("impressions", {"ts": list(range(5)) + [None] + list(range(6))}, "impressions", "ts", "row 5: a null: a time is a timestamp, a date or a number"),
+    ("impressions", {"ts": list(range(5)) + [None] + list(range(6))}, "impressions", "ts", "row 5: a null: a time is a timestamp, a date, a number"),
+    ("impressions", {"ts": ["2026-11-01"] * 5 + ["soon"] + ["2026-11-02"] * 6}, "impressions", "ts",
+     "row 5: 'soon' is not a time"),
+    ("impressions", {"ts": ["2026-11-01 10:00:00"] * 6 + ["2026-11-01T10:00:00Z"] * 6}, "impressions", "ts",
+     "mixes times with a zone offset and times without one"),
     ("impressions", {"customer": [str(u) for u in IMPRESSIONS["customer"]]}, "impressions", "customer",
      "row 0: holds strings, while the ids of users.parquet (column 'customer') are integers"),
     ("impressions", {"device": [[1]] * 12}, "impressions", "device", "row 0: a value of type list<element: int64>"),
