@@ -256,6 +256,10 @@ def _encode_context(table: pa.Table, schema: Schema, items: EncodedEntity,
     ctx = schema.context
     for field, (name, _) in _context_columns(schema).items():
         if name not in table.column_names:
+            if field not in schema.items.groups:
+                notes.append(f"context.{field}: the impressions have no column {name!r}: the default models learn "
+                             "nothing from it, and serving reads a request's value of it as absent (import "
+                             "impressions with that column to use it)")
             continue
         where, column = Column(file, name), table.column(name)
         if field in ctx.categorical:

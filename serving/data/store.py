@@ -245,7 +245,8 @@ class DataSet:
         item_ids = _ids(ids.column("item_id").slice(0, enc["items"]["rows"]))
         user_ids = _ids(ids.column("user_id").slice(0, enc["users"]["rows"]))
         return DataTables(schema, item_ids=item_ids, user_ids=user_ids, vocab=_vocab(schema, enc),
-                          context_numeric=_context_numeric(enc), **arrays)
+                          context_numeric=_context_numeric(enc), context_held=frozenset(enc["impressions"]["context"]),
+                          **arrays)
 
     def listing(self) -> dict[str, Any]:
         """Its versions (number, when, rows, bytes), the live one, where it lives."""

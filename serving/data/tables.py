@@ -151,6 +151,10 @@ class DataTables:
             that only a catalogue change brought has a code of its own here (``group_vocab``).
         group_vocab: group -> value -> group code (default: the group's import vocabulary);
             a catalogue change's new values extend it.
+        context_held: the context fields (categorical, numeric, sequences) the impressions hold a
+            column of (None: every one). The models learnt nothing from the others, which took
+            their absent value in every impression: a request's value of one is checked, then read
+            as absent too, so that serving gives the models what training gave them.
     """
 
     schema: Schema
@@ -167,6 +171,7 @@ class DataTables:
     context_numeric: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     item_groups: np.ndarray = None  # type: ignore[assignment]  # None: from item_cat (set in __post_init__)
     group_vocab: Mapping[str, Mapping[object, int]] = None  # type: ignore[assignment]  # None: the import's
+    context_held: frozenset[str] | None = None
     grows: InitVar[DataTables | None] = None  # the tables whose item ids these extend (the id lookup grows)
     _items: _IdIndex = field(init=False, repr=False)
     _users: _IdIndex = field(init=False, repr=False)
@@ -307,6 +312,11 @@ class DataTables:
                        if f in given else 0 for f in ctx.categorical}
         numeric = {f: self._numeric(f, given.get(f)) for f in ctx.numeric}
         sequences = {f: self._sequence(f, given.get(f), spec.max_len) for f, spec in ctx.sequences.items()}
+        if self.context_held is not None:  # checked above; read as absent, as the impressions had them
+            held = self.context_held
+            categorical = {f: c if f in held else 0 for f, c in categorical.items()}
+            numeric = {f: x if f in held else 0.0 for f, x in numeric.items()}
+            sequences = {f: r if f in held else r[:0] for f, r in sequences.items()}
         values = {g: _scalar(given[g], g, self._kinds[f"item.{g}"]) for g in self.schema.items.groups if g in given}
         groups = {g: self.vocab[f"item.{g}"].get(v, 0) for g, v in values.items()}
         scopes = {g: self.group_code(g, v) for g, v in values.items()}

@@ -21,7 +21,7 @@ from serving.cli import main
 from serving.config import Settings
 from serving.data.schema import parse_schema
 from serving.data.store import DataSet, DataSetStore
-from serving.errors import ConfigError, IntegrityError, SchemaError, SetupError
+from serving.errors import ConfigError, IntegrityError, SchemaError, SetupError, ValidationError
 from tests.unit import data_files as data
 from tests.unit.data_files import IMPRESSIONS, ITEMS, KEPT_ROWS, USERS
 
@@ -105,6 +105,25 @@ def test_impressions_keep_rows_of_known_users_and_items_with_their_context_encod
         assert enc.numeric["hour"] == pytest.approx(imp.column("context.hour")[row].as_py(), rel=1e-6)
         assert enc.categorical["device"] == imp.column("context.device")[row].as_py()
         assert enc.sequences["recent"].tolist() == imp.column("context.recent")[row].as_py()
+
+
+def test_context_fields_the_impressions_lack_are_named_then_read_as_absent_as_training_read_them(
+        tmp_path: Path) -> None:
+    """Training gave the models an absent value of a context field the impressions have no column
+    of: serving checks a request's value of it, then reads it as absent too."""
+    lacking, report = _import(tmp_path, name="lacking",
+                              impressions={k: v for k, v in IMPRESSIONS.items() if k not in ("recent", "device")})
+    notes = [line for line in report.lines() if "have no column" in line]  # type: ignore[attr-defined]
+    assert [n.split(":")[0] for n in notes] == ["context.device", "context.recent"]
+    assert "serving reads a request's value of it as absent" in notes[0]
+    full, _ = _import(tmp_path, name="full")
+    asked = {"device": "ios", "recent": ["s1", "s2"], "hour": 12.0}
+    held, absent = full.tables().encode_context(asked), lacking.tables().encode_context(asked)
+    assert held.categorical["device"] > 0 and held.sequences["recent"].tolist() == [1, 2]
+    assert absent.categorical == {"device": 0} and absent.sequences["recent"].size == 0
+    assert absent.numeric == held.numeric and held.numeric["hour"] != 0.0  # hour is in both files
+    with pytest.raises(ValidationError, match="context.recent must be a list"):
+        lacking.tables().encode_context({"recent": "s1"})  # still checked
 
 
 def test_csv_reads_exactly_as_parquet_does(tmp_path: Path) -> None:
