@@ -1,5 +1,7 @@
-"""Reading a data set's input files: Parquet or CSV, chosen by the file's extension; a catalogue
-change's item files also as JSON (an array of objects) or JSON lines.
+"""Reading a data set's input files: Parquet or CSV, chosen by the file's extension, or a folder
+of Parquet files (as Spark, Hive and Dask write a table: ``part-*.parquet``, read in the order of
+their paths, ``key=value`` folders as columns, names starting with ``_`` or ``.`` skipped); a
+catalogue change's item files also as JSON (an array of objects) or JSON lines.
 
 Owns: pyarrow's readers (``pyarrow.parquet``, ``pyarrow.csv``), the extensions they take, the
 JSON rows of an item file turned into Arrow columns (:func:`read_rows`: which columns each row
@@ -22,7 +24,8 @@ import pyarrow as pa
 
 from serving.errors import RankserveError, SchemaError
 
-__all__ = ["EXTENSIONS", "JSON_EXTENSIONS", "RowsFile", "file_kind", "read_json_rows", "read_rows", "read_table"]
+__all__ = ["EXTENSIONS", "JSON_EXTENSIONS", "RowsFile", "file_kind", "parquet_parts", "read_json_rows", "read_rows",
+           "read_table"]
 
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv", ".csv.bz2": "csv"}
 JSON_EXTENSIONS = (".json", ".jsonl", ".ndjson")  # item files of a catalogue change only
@@ -44,18 +47,27 @@ class RowsFile:
         return self.given.get(column, np.zeros(self.table.num_rows, bool))
 
 
+def parquet_parts(folder: Path) -> list[Path]:
+    """The Parquet files of a table written as a folder, in the order they are read (by path);
+    files and folders whose names start with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are not part of it."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith((".parquet", ".pq"))
+                  and not any(part.startswith(("_", ".")) for part in p.relative_to(folder).parts))
+
+
 def file_kind(path: Path) -> str:
-    """``parquet`` or ``csv``, by the file's extension.
+    """``parquet`` or ``csv``, by the file's extension; ``parquet`` for a folder.
 
     Raises:
         SchemaError: the extension is neither.
     """
+    if path.is_dir():
+        return "parquet"
     name = path.name.lower()
     for ext, kind in sorted(EXTENSIONS.items(), key=lambda e: -len(e[0])):
         if name.endswith(ext):
             return kind
     raise SchemaError(f"{path.name}: unknown file type: give a Parquet ({', '.join(_exts('parquet'))}) or a CSV "
-                      f"({', '.join(_exts('csv'))}) file")
+                      f"({', '.join(_exts('csv'))}) file, or a folder of Parquet files")
 
 
 def _exts(kind: str) -> list[str]:
@@ -165,7 +177,10 @@ def _header(path: Path) -> tuple[str, list[str]]:
         SchemaError: an unknown extension, no such file, or a header that does not read.
     """
     kind = file_kind(path)
-    if not path.is_file():
+    if path.is_dir():
+        if not parquet_parts(path):
+            raise SchemaError(f"{path}: a folder with no Parquet file (*.parquet) in it")
+    elif not path.is_file():
         raise SchemaError(f"{path}: no such file")
     try:
         return kind, _column_names(path, kind)
@@ -174,6 +189,8 @@ def _header(path: Path) -> tuple[str, list[str]]:
 
 
 def _column_names(path: Path, kind: str) -> list[str]:
+    if path.is_dir():
+        return _folder_names(path)
     if kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -184,7 +201,35 @@ def _column_names(path: Path, kind: str) -> list[str]:
         return list(reader.schema.names)
 
 
+def _folder_names(path: Path) -> list[str]:
+    """The columns of a folder's parts (and of its ``key=value`` folders).
+
+    Raises:
+        SchemaError: two parts hold different columns (the folder is not one table).
+    """
+    import pyarrow.parquet as pq
+
+    parts = parquet_parts(path)
+    first = set(pq.read_schema(parts[0]).names)
+    for part in parts[1:]:
+        names = set(pq.read_schema(part).names)
+        if names != first:
+            raise SchemaError(f"{path.name}: its parts are not one table: {part.relative_to(path)} has "
+                              f"{_shown(sorted(names))}; {parts[0].relative_to(path)} has {_shown(sorted(first))}")
+    return list(_folder(path).schema.names)
+
+
+def _folder(path: Path) -> Any:
+    """The folder's Parquet files as one ``pyarrow.dataset`` (``key=value`` folders as columns)."""
+    import pyarrow.dataset as pds
+
+    return pds.dataset([str(p) for p in parquet_parts(path)], format="parquet",
+                       partitioning=pds.partitioning(flavor="hive"), partition_base_dir=str(path))
+
+
 def _read(path: Path, kind: str, columns: list[str]) -> pa.Table:
+    if path.is_dir():
+        return _folder(path).to_table(columns=columns)
     if kind == "parquet":
         import pyarrow.parquet as pq
 

@@ -39,7 +39,7 @@ import pyarrow as pa
 from serving.config import DATA_NAME_PATTERN, DEMO_DATA, dataset_dir
 from serving.data.encode import EncodedEntity, Fill, encode_entity
 from serving.data.impressions import EncodedImpressions, encode_impressions, impression_columns
-from serving.data.read import read_table
+from serving.data.read import parquet_parts, read_table
 from serving.data.schema import Schema, parse_schema
 from serving.data.tables import DataTables
 from serving.errors import ConfigError, IntegrityError, SchemaError, SetupError
@@ -309,8 +309,7 @@ class DataSet:
         """The version of an import (see the module docstring)."""
         return self._commit(version, lambda tmp: _write_files(tmp, schema, items, users, imp),
                             rows={"items": items.rows, "users": users.rows, "impressions": imp.rows_kept},
-                            sources={role: {"path": str(p.resolve()), "bytes": p.stat().st_size,
-                                            "sha256": file_sha256(p)} for role, p in sources.items()})
+                            sources={role: _source_facts(p) for role, p in sources.items()})
 
     def _commit(self, version: int, write_files: Callable[[Path], None], **manifest_fields: Any) -> Path:
         """``write_files`` into a hidden folder, the manifest beside them, then the folder renamed into place."""
@@ -382,6 +381,21 @@ class DataSet:
                          base_version=base, sources={"appended": {**source, "rows": rows.num_rows}})
             write_state(self.root / _LIVE, json.dumps({"version": version}))
         return version
+
+
+def _source_facts(path: Path) -> dict[str, Any]:
+    """What the manifest records of an input: its path, bytes and sha256; for a folder of Parquet
+    files, their count, total bytes and the sha256 of each part's relative name and sha256."""
+    if not path.is_dir():
+        return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    import hashlib
+
+    parts = parquet_parts(path)
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(f"{part.relative_to(path).as_posix()}\0{file_sha256(part)}\n".encode())
+    return {"path": str(path.resolve()), "files": len(parts), "bytes": sum(p.stat().st_size for p in parts),
+            "sha256": h.hexdigest()}
 
 
 def _write_error(root: Path, err: OSError) -> SetupError:

@@ -138,6 +138,58 @@ def test_csv_reads_exactly_as_parquet_does(tmp_path: Path) -> None:
     assert report.lines()[0] == "items.csv: 10 rows read, 10 kept"  # type: ignore[attr-defined]
 
 
+def _parts(folder: Path, columns: dict, *, hive: str | None = None) -> Path:
+    """``columns`` as a folder of Parquet parts, as Spark writes a table: three parts (or one folder
+    per value of ``hive``, its column then only in the folder names), a ``_SUCCESS`` and ``.crc`` files."""
+    table = pa.table(columns)
+    folder.mkdir(parents=True)
+    (folder / "_SUCCESS").write_bytes(b"")
+    if hive is None:
+        bounds = [0, 2, 2, table.num_rows]  # the second part holds no row
+        for n, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            pq.write_table(table.slice(lo, hi - lo), folder / f"part-{n:05d}.parquet")
+            (folder / f".part-{n:05d}.parquet.crc").write_bytes(b"crc")
+        return folder
+    for value in sorted(set(columns[hive])):
+        rows = [i for i, v in enumerate(columns[hive]) if v == value]
+        (folder / f"{hive}={value}").mkdir()
+        pq.write_table(table.take(rows).drop_columns([hive]), folder / f"{hive}={value}" / "part-0.parquet")
+    return folder
+
+
+def test_a_folder_of_parquet_parts_reads_as_the_table_they_make_up(tmp_path: Path) -> None:
+    whole, _ = _import(tmp_path, name="whole")
+    files = data.write(tmp_path / "in-parts", "parquet")
+    # the impressions in parts; the users partitioned by region (rows ordered by region, as the folders read)
+    order = sorted(range(len(USERS["customer"])), key=lambda i: USERS["region"][i] or "")
+    users = {k: [v[i] for i in order] for k, v in USERS.items()}
+    imp = _parts(tmp_path / "parts" / "impressions", IMPRESSIONS)
+    users_in = _parts(tmp_path / "parts" / "users", users, hive="region")
+    parts = DataSetStore(tmp_path / "data").dataset("parts")
+    parts.import_files(data.schema(), files.items, users_in, imp)
+    ta, tb = whole.tables(), parts.tables()
+    for name in ("item_ids", "item_cat", "item_num", "popularity"):
+        np.testing.assert_array_equal(getattr(ta, name), getattr(tb, name), err_msg=name)
+    assert sorted(tb.user_ids.tolist()) == sorted(ta.user_ids.tolist()) and ta.vocab == tb.vocab
+    for user in USERS["customer"]:
+        row_a, row_b = ta.user_row(user)[0], tb.user_row(user)[0]
+        np.testing.assert_array_equal(ta.user_cat[row_a], tb.user_cat[row_b])
+        np.testing.assert_array_equal(ta.user_num[row_a], tb.user_num[row_b])
+    ia, ib = whole.impressions(), parts.impressions()
+    assert ia.drop_columns(["user_row"]).equals(ib.drop_columns(["user_row"]))
+    assert (ta.user_ids[ia.column("user_row").to_numpy()] == tb.user_ids[ib.column("user_row").to_numpy()]).all()
+    source = parts.manifest()["sources"]["impressions"]
+    assert source["files"] == 3 and source["bytes"] == sum(p.stat().st_size for p in imp.glob("part-*.parquet"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "_SUCCESS").write_bytes(b"")
+    with pytest.raises(SchemaError, match="a folder with no Parquet file"):
+        parts.import_files(data.schema(), files.items, files.users, tmp_path / "empty")
+    pq.write_table(pa.table({"user": [1]}), imp / "part-00009.parquet")  # a part of another table
+    with pytest.raises(SchemaError, match="its parts are not one table: part-00009.parquet has 1 columns"):
+        parts.import_files(data.schema(), files.items, files.users, imp)
+    assert parts.versions() == [1]
+
+
 def test_labels_of_text_read_as_numbers_and_booleans_do(tmp_path: Path) -> None:
     """A CSV label column of true/false, or one that mixes them with 0 and 1, is read as text."""
     words = {0: ["0", "false", " FALSE", "0.0"], 1: ["1", "true", "True ", "1.0"]}
