@@ -7,7 +7,8 @@ another type than the table's is refused; an unknown one is counted and its row 
 label (0/1), the time (timestamps, dates or numbers, never null), categorical context (its own
 vocabulary, from the impressions), numeric context (filled with the median, standardised), the
 item groups (the items' vocabulary) and sequences (item rows, unknown ids dropped, the last
-``max_len`` kept). Vectorised like ``serving.data.encode``, whose error form it shares. Must not
+``max_len`` kept; a sequence the file has no column of: the items each impression's user clicked
+before it). Vectorised like ``serving.data.encode``, whose error form it shares. Must not
 touch: files, the items and users tables (it reads their encoding only).
 """
 
@@ -212,6 +213,50 @@ def encode_sequence(column: pa.ChunkedArray | pa.Array, items: EncodedEntity, ma
     return out, int(len(flat) - known.sum())
 
 
+class _Clicks:
+    """The impressions' clicks, in time order per user: what a request's sequence of recently
+    viewed items stands for when the impressions hold no column of it."""
+
+    def __init__(self, user_rows: pa.Array, item_rows: pa.Array, labels: pa.Array, time: pa.Array | None,
+                 time_column: str | None) -> None:
+        self.users = pc.fill_null(user_rows, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        self.items = pc.fill_null(item_rows, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        self.labels = labels.to_numpy(zero_copy_only=False)
+        self.time = None if time is None else _sortable(time)
+        self.order = f"by {time_column!r}" if time_column else "in the file's order, as no time is declared"
+
+    def before(self, max_len: int) -> tuple[pa.ListArray, int]:
+        """Per impression, the rows of the last ``max_len`` items its user clicked strictly before
+        it (an earlier time; without a time, an earlier row), oldest first; with the number of
+        impressions whose list is not empty. A click on an unknown item, or by an unknown user, is
+        left out."""
+        n = len(self.users)
+        time = np.arange(n) if self.time is None else self.time
+        order = np.lexsort((np.arange(n), time, self.users))  # by user, then time, then row
+        users, time = self.users[order], time[order]
+        clicked = (self.labels[order] == 1) & (users >= 0) & (self.items[order] >= 0)
+        before = np.concatenate([[0], np.cumsum(clicked)])  # clicks at sorted positions < i
+        new_user = np.concatenate([[True], users[1:] != users[:-1]])
+        new_time = new_user | np.concatenate([[True], time[1:] != time[:-1]])
+        user_start = np.maximum.accumulate(np.where(new_user, np.arange(n), 0))
+        time_start = np.maximum.accumulate(np.where(new_time, np.arange(n), 0))
+        hi = before[time_start]  # clicks of earlier times (the same time is not before)
+        lo = np.maximum(before[user_start], hi - max_len)
+        lo_rows, hi_rows = np.empty(n, np.int64), np.empty(n, np.int64)
+        lo_rows[order], hi_rows[order] = lo, hi
+        lengths = hi_rows - lo_rows
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        flat = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - lo_rows, lengths)
+        clicked_items = self.items[order][clicked].astype(np.int32)
+        rows = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(clicked_items[flat], pa.int32()))
+        return rows, int((lengths > 0).sum())
+
+
+def _sortable(time: pa.Array) -> np.ndarray:
+    """Times (timestamps, dates or numbers) as numbers in the same order, equal times equal."""
+    return pc.rank(time, sort_keys="ascending", tiebreaker="dense").to_numpy(zero_copy_only=False)
+
+
 def encode_impressions(table: pa.Table, schema: Schema, items: EncodedEntity, users: EncodedEntity, *,
                        file: str, items_file: str, users_file: str) -> EncodedImpressions:
     """The impressions checked whole, encoded, and the rows naming unknown users or items dropped.
@@ -231,7 +276,8 @@ def encode_impressions(table: pa.Table, schema: Schema, items: EncodedEntity, us
                                     "label": pa.array(_labels(table.column(imp.label), col(imp.label)))}
     if imp.time:
         columns["time"] = _times(table.column(imp.time), col(imp.time))
-    context, fills, notes = _encode_context(table, schema, items, file)
+    clicks = _Clicks(user_rows, item_rows, columns["label"], columns.get("time"), imp.time)
+    context, fills, notes = _encode_context(table, schema, items, file, clicks)
     columns.update({f"context.{f}": values for f, (values, _) in context.items()})
     user_known = bool_mask(pc.is_valid(user_rows))
     item_known = bool_mask(pc.is_valid(item_rows))
@@ -248,13 +294,21 @@ def encode_impressions(table: pa.Table, schema: Schema, items: EncodedEntity, us
     return EncodedImpressions(out, table.num_rows, unknown_users, unknown_items, encoding, fills, notes)
 
 
-def _encode_context(table: pa.Table, schema: Schema, items: EncodedEntity,
-                    file: str) -> tuple[dict[str, tuple[pa.Array, dict[str, Any]]], tuple[Fill, ...], tuple[str, ...]]:
-    """Each context field the file holds: its encoded column and what its encoding keeps."""
+def _encode_context(table: pa.Table, schema: Schema, items: EncodedEntity, file: str,
+                    clicks: _Clicks) -> tuple[dict[str, tuple[pa.Array, dict[str, Any]]], tuple[Fill, ...], tuple[str, ...]]:
+    """Each context field the file holds (a sequence it lacks: the clicks before each impression):
+    its encoded column and what its encoding keeps."""
     out: dict[str, tuple[pa.Array, dict[str, Any]]] = {}
     fills, notes = [], []
     ctx = schema.context
     for field, (name, _) in _context_columns(schema).items():
+        if name not in table.column_names and field in ctx.sequences:
+            rows, held = clicks.before(ctx.sequences[field].max_len)
+            out[field] = rows, {"kind": "sequence", "column": None, "derived": "clicks_before", "unknown_ids": 0}
+            notes.append(f"context.{field}: the impressions have no column {name!r}: each impression's is the items "
+                         f"its user clicked before it ({clicks.order}), the last {ctx.sequences[field].max_len}; "
+                         f"{held:,} impression(s) have some")
+            continue
         if name not in table.column_names:
             if field not in schema.items.groups:
                 notes.append(f"context.{field}: the impressions have no column {name!r}: the default models learn "

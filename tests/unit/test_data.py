@@ -116,14 +116,48 @@ def test_context_fields_the_impressions_lack_are_named_then_read_as_absent_as_tr
     notes = [line for line in report.lines() if "have no column" in line]  # type: ignore[attr-defined]
     assert [n.split(":")[0] for n in notes] == ["context.device", "context.recent"]
     assert "serving reads a request's value of it as absent" in notes[0]
+    assert "the items its user clicked before it" in notes[1]  # a sequence is derived from the log instead
     full, _ = _import(tmp_path, name="full")
     asked = {"device": "ios", "recent": ["s1", "s2"], "hour": 12.0}
     held, absent = full.tables().encode_context(asked), lacking.tables().encode_context(asked)
     assert held.categorical["device"] > 0 and held.sequences["recent"].tolist() == [1, 2]
-    assert absent.categorical == {"device": 0} and absent.sequences["recent"].size == 0
+    assert absent.categorical == {"device": 0}
+    assert absent.sequences["recent"].tolist() == [1, 2]  # derived, so held: serving reads it
     assert absent.numeric == held.numeric and held.numeric["hour"] != 0.0  # hour is in both files
-    with pytest.raises(ValidationError, match="context.recent must be a list"):
-        lacking.tables().encode_context({"recent": "s1"})  # still checked
+    with pytest.raises(ValidationError, match="context.device must be"):
+        lacking.tables().encode_context({"device": ["ios"]})  # still checked
+
+
+def _clicks_before(users: list, items: list, labels: list, times: list | None, max_len: int) -> list[list]:
+    """The reference: per impression, the items its user clicked at an earlier time (or row), oldest first."""
+    out = []
+    for r in range(len(users)):
+        earlier = [j for j in range(len(users))
+                   if users[j] == users[r] and labels[j] == 1 and items[j] is not None and users[r] is not None
+                   and (times[j] < times[r] if times is not None else j < r)]
+        earlier.sort(key=lambda j: (times[j] if times is not None else 0, j))
+        out.append([items[j] for j in earlier][-max_len:] if users[r] is not None else [])
+    return out
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_sequence_the_impressions_lack_is_each_users_clicks_before_the_impression(timed: bool) -> None:
+    """No column of ``recent``: each impression's is the last max_len items its user clicked
+    strictly before it (an earlier time, ties excluded; without a time, an earlier row)."""
+    from serving.data.impressions import _Clicks
+    rng = np.random.default_rng(3)
+    n = 400
+    users = [None if rng.random() < 0.05 else int(u) for u in rng.integers(0, 12, n)]
+    items = [None if rng.random() < 0.05 else int(i) for i in rng.integers(0, 30, n)]
+    labels = rng.integers(0, 2, n).tolist()
+    times = rng.integers(0, 40, n).tolist() if timed else None  # many ties
+    clicks = _Clicks(pa.array(users, pa.int32()), pa.array(items, pa.int32()), pa.array(labels, pa.int8()),
+                     None if times is None else pa.array(times, pa.int64()).cast(pa.timestamp("s")),
+                     "ts" if timed else None)
+    rows, held = clicks.before(5)
+    expected = _clicks_before(users, items, labels, times, 5)
+    assert rows.to_pylist() == expected
+    assert held == sum(1 for e in expected if e) and 0 < held < n
 
 
 def test_csv_reads_exactly_as_parquet_does(tmp_path: Path) -> None:
