@@ -93,7 +93,8 @@ class ScenarioSpec(Strict):
     sources: list[Source] = Field(min_length=1, max_length=8)
     merge: Merge = Merge()
     filters: Filters = Filters()
-    ranker: str = Field(min_length=1, max_length=128)
+    ranker: str = Field("ranker", min_length=1, max_length=128,
+                        description="The repository's model that scores the candidates; every data set has `ranker`.")
     diversity: Diversity | None = None
     limits: Limits = Limits()
 

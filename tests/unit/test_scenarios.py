@@ -142,6 +142,13 @@ def test_settings_lower_than_a_scenario_refuse_it_where_it_is_applied(repo: Path
         ScenarioStore(repo).apply(SIMILAR, p.settings, ModelRegistry(repo), p.catalogue.group_counts())
 
 
+def test_a_scenario_that_names_no_ranker_is_ranked_by_the_data_sets_default_ranker(repo: Path) -> None:
+    p = make_pipeline(repo, ScoringClient())
+    store = _apply(p, repo, "name: x\nsources: [{kind: popular, count: 30}]\nlimits: {max_k: 20}\n")
+    assert [s["name"] for s in store.listing()] == ["x"]
+    assert p.scenarios["x"].spec.ranker == "ranker"
+
+
 def test_versions_live_pointer_and_rollback(repo: Path) -> None:
     p = make_pipeline(repo, ScoringClient())
     store = _apply(p, repo, SIMILAR, SHOP_PAGE, SIMILAR.replace("default_k: 8", "default_k: 9"))
