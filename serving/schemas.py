@@ -97,7 +97,7 @@ class RankResponse:
     items: list[ScoredItem]
     model_name: str
     model_version: int
-    recall: str  # "faiss" | "given" | "popular" ("torch_exact": exact search without FAISS, GPU check)
+    recall: str  # "faiss" | "exact" | "content" | "given" | "popular" ("torch_exact": exact search without FAISS, GPU check)
     degraded: bool = False
     cold_start: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)

@@ -216,6 +216,30 @@ def test_shop_gives_only_the_shops_items_with_its_diversity_rule(repo: Path) -> 
     assert max(plain_cats.count(c) for c in plain_cats) > 2
 
 
+def test_nearest_sources_within_a_scope_search_that_scopes_items_exactly(repo: Path) -> None:
+    """``within`` on user_to_item and item_to_item: the scope's own nearest items, not the few of
+    the catalogue-wide nearest that a restriction would leave."""
+    p = make_pipeline(repo, ScoringClient())
+    _apply(p, repo, "name: mine\nsources: [{kind: user_to_item, within: request_shop, count: 5}]\n"
+                    "filters: {restrict: request_shop}\nlimits: {default_k: 5, max_k: 5}\n",
+           "name: near\nsources: [{kind: item_to_item, within: 'seed:shop', count: 4}]\n"
+           "filters: {exclude_seed: true}\nlimits: {default_k: 4, max_k: 4}\n")
+    tables, emb = p.catalogue.tables, p.recall.index.emb
+    shop = tables.item_cat[:, SHOP]
+    members = np.flatnonzero(shop == 5)
+    assert members.size > 5
+    (r,) = _run(p, [{"user_id": 9, "scenario": "mine", "shop_id": 5}])
+    user = np.pad(tables.user_dense[9], (0, emb.shape[1] - tables.user_dense.shape[1]))
+    want = members[np.argsort(-(emb[members] @ user), kind="stable")[:5]]
+    assert sorted(it.item_id for it in r.items) == sorted(want.tolist()) and r.recall == "exact"
+    seed = int(members[0])
+    (s,) = _run(p, [{"user_id": 9, "scenario": "near", "item_id": seed}])
+    others = members[members != seed]
+    want = others[np.argsort(-(emb[others] @ emb[seed]), kind="stable")[:4]]
+    assert sorted(it.item_id for it in s.items) == sorted(want.tolist())
+    assert p.scenarios["mine"].spec.needs == {"shop_id"} and p.scenarios["near"].spec.needs == {"item_id"}
+
+
 def test_popularity_blend_interleaves_and_dedupes(repo: Path) -> None:
     p = make_pipeline(repo, ScoringClient(fail={"ranker"}))  # degraded: the merged order shows
     _apply(p, repo, BLEND)

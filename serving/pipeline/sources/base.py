@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +27,7 @@ from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.recall import Recall
 
 __all__ = ["DEGRADE_ON", "MAX_COUNT", "SCOPE_FIELD", "SCOPE_NEEDS", "Ask", "Batch", "CandidateSource", "CountedSpec", "Draw", "Listed", "Scope",
-           "SourceSpec", "Strict", "Truth", "register_source", "scope_value", "source_for", "source_kinds",
+           "ScopedSpec", "SourceSpec", "Strict", "Truth", "register_source", "scope_value", "source_for", "source_kinds",
            "scope_group", "scope_needs", "source_spec"]
 
 MAX_COUNT = 10_000  # most candidates one source may give (the index's own search limit clamps further)
@@ -109,6 +109,32 @@ class CountedSpec(SourceSpec):
         return self.count
 
 
+class ScopedSpec(CountedSpec):
+    """A counted source that may look within one value of an item group (a scope) rather than over
+    the whole catalogue (``all``)."""
+
+    within: Literal["all"] | Scope = Field(default="all", description="Where the source looks: the whole "
+                                           "catalogue, or the items of one value of an item group.")
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (self.kind, self.within)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        own = frozenset() if self.within == "all" else frozenset({scope_needs(self.within)})
+        return super().needs | own
+
+    def admits(self, truth: Truth) -> np.ndarray:
+        """Any item the source's rule admits, within its scope."""
+        everywhere = self.admits_everywhere(truth)
+        return everywhere if self.within == "all" else everywhere & truth.within(self.within)
+
+    def admits_everywhere(self, truth: Truth) -> np.ndarray:
+        """The items the source's rule admits over the whole catalogue (default: any item)."""
+        return truth.everything()
+
+
 S = TypeVar("S", bound=SourceSpec)
 
 
@@ -168,6 +194,25 @@ class Batch:
         else:
             sc, ids = self.cat.popular(n, scope_group(within), scope_value(self.cat, ask, within))
         return Listed(sc, ids, "popular")
+
+    def members(self, ask: Ask, within: str) -> np.ndarray:
+        """The item ids of a scope of this request (blocked items included: filters drop them)."""
+        return self.cat.members(scope_group(within), scope_value(self.cat, ask, within))
+
+    def nearest_within(self, ask: Ask, within: str, query: np.ndarray, n: int) -> Listed:
+        """The ``n`` items of a scope of this request whose two-tower embeddings have the largest
+        inner product with ``query``: exact over the scope's items as the catalogue holds them now.
+
+        Raises:
+            BackendUnavailableError: the recall version carries no item embeddings.
+        """
+        from serving.index.faiss_index import exact_nearest  # FAISS only where a search runs
+
+        ids = self.members(ask, within)
+        if ids.size == 0:
+            return Listed(np.empty(0, np.float32), ids, "exact")
+        scores, pos = exact_nearest(query.reshape(1, -1), self.recall.vectors(ids), n)
+        return Listed(scores[0], ids[pos[0]], "exact")
 
 
 def scope_value(cat: Catalogue, ask: Ask, scope: str) -> int:

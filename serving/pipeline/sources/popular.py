@@ -8,30 +8,15 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import numpy as np
-
-from serving.pipeline.sources.base import Batch, CountedSpec, Draw, Scope, Truth, scope_needs
+from serving.pipeline.sources.base import Batch, Draw, ScopedSpec
 
 __all__ = ["Popular", "PopularSource"]
 
 
-class Popular(CountedSpec):
+class Popular(ScopedSpec):
     """The most popular items, overall or within one value of an item group (a scope)."""
 
     kind: Literal["popular"]
-    within: Literal["all"] | Scope = "all"
-
-    @property
-    def key(self) -> tuple[str, ...]:
-        return (self.kind, self.within)
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset() if self.within == "all" else frozenset({scope_needs(self.within)})
-
-    def admits(self, truth: Truth) -> np.ndarray:
-        """Any item overall; within a scope, that scope's items."""
-        return truth.everything() if self.within == "all" else truth.within(self.within)
 
 
 class PopularSource:

@@ -1,7 +1,8 @@
 """The ``user_to_item`` source: the user's nearest items in the two-tower index.
 
 Owns: its spec and finding its lists: one user-tower call and one index search for every
-user-to-item draw of a batch. When the user tower fails, the most popular items instead, flagged
+user-to-item draw of a batch; a draw ``within`` a scope searches that scope's items exactly
+instead. When the user tower fails, the most popular items (of the scope) instead, flagged
 degraded. Must not touch: filters, merging, other sources.
 """
 
@@ -12,15 +13,16 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from serving.pipeline.sources.base import DEGRADE_ON, Batch, CountedSpec, Draw, Listed
+from serving.pipeline.sources.base import DEGRADE_ON, Batch, Draw, Listed, ScopedSpec
 
 __all__ = ["UserToItem", "UserToItemSource"]
 
 log = logging.getLogger(__name__)
 
 
-class UserToItem(CountedSpec):
-    """The user's nearest items in the two-tower index (the user tower's embedding as the query)."""
+class UserToItem(ScopedSpec):
+    """The user's nearest items in the two-tower index (the user tower's embedding as the query),
+    over the catalogue or within a scope (``within: request:store``: the store's items nearest the user)."""
 
     kind: Literal["user_to_item"]
 
@@ -40,12 +42,16 @@ class UserToItemSource:
             # deadline is enforced where it waits (serving.service), not by the batch
             emb = await recall.embed(rows, deadline=max(d.ask.deadline for d in draws),
                                      contexts=[d.ask.context for d in draws])
-            scores, ids = recall.search(emb, n)
+            anywhere = [q for q, d in enumerate(draws) if d.spec.within == "all"]
+            if anywhere:
+                scores, ids = recall.search(emb[anywhere], n)
+                for q, sc, found in zip(anywhere, scores, ids, strict=True):
+                    draws[q].listed = Listed(sc, found, recall.label)
+            for q, d in enumerate(draws):
+                if d.spec.within != "all":
+                    d.listed = batch.nearest_within(d.ask, d.spec.within, emb[q], n)
         except DEGRADE_ON as err:
             log.warning("user tower failed, recalling popular items for %d requests: %s", len(draws), err)
-            s1, i1 = batch.cat.popular(n)
             for d in draws:
-                d.listed = Listed(s1, i1, "popular", degraded=True)
-            return
-        for d, sc, found in zip(draws, scores, ids, strict=True):
-            d.listed = Listed(sc, found, recall.label)
+                p = batch.popular(d.ask, d.spec.within, n)
+                d.listed = Listed(p.scores, p.ids, "popular", degraded=True)
