@@ -659,7 +659,8 @@ def _dataset_items_change(settings: Settings, changes: Any, action: str, targets
         change = changes.append_items(tables, **{action: given})
         ids[f"{action}ed"] = given
     else:
-        rows = encode_item_rows(read_rows(Path(targets[0])), tables, ds.encoding(version)["items"],
+        rows = encode_item_rows(read_rows(Path(targets[0]), ids=[tables.schema.items.id]), tables,
+                                ds.encoding(version)["items"],
                                 add=action == "add")
         change = changes.append_items(tables, **{action: rows})
         ids["added_ids" if action == "add" else "updated_ids"] = list(rows.ids)

@@ -2,14 +2,14 @@
 
 Owns: which columns of the impressions file are read (user, item, label, the time when declared,
 and the context fields: each under ``impressions.context``'s column or, when the file has one, a
-column of its own name), their checks and encoding: users and items matched to rows (an id of
-another type than the table's is refused; an unknown one is counted and its row dropped), the
-label (0/1), the time (timestamps, dates or numbers, never null), categorical context (its own
-vocabulary, from the impressions), numeric context (filled with the median, standardised), the
-item groups (the items' vocabulary) and sequences (item rows, unknown ids dropped, the last
-``max_len`` kept; a sequence the file has no column of: the items each impression's user clicked
-before it). Vectorised like ``serving.data.encode``, whose error form it shares. Must not
-touch: files, the items and users tables (it reads their encoding only).
+column of its own name), their checks and encoding: users and items matched to rows (an integer
+names the string id it prints as; text where the table's ids are integers is refused; an unknown
+id is counted and its row dropped), the label (0/1), the time (timestamps, dates or numbers, never
+null), categorical context (its own vocabulary, from the impressions), numeric context (filled
+with the median, standardised), the item groups (the items' vocabulary) and sequences (item rows,
+unknown ids dropped, the last ``max_len`` kept; a sequence the file has no column of: the items
+each impression's user clicked before it). Vectorised like ``serving.data.encode``, whose error
+form it shares. Must not touch: files, the items and users tables (it reads their encoding only).
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def _rows(column: pa.ChunkedArray, where: Column, table: EncodedEntity, table_wh
         SchemaError: the column's ids are of another type than the table's.
     """
     ids = id_array(column, where)
+    if pa.types.is_integer(ids.type) and pa.types.is_string(table.id_values.type):
+        ids = ids.cast(pa.string())  # 123 names the id "123"
     if ids.type != table.id_values.type and not pa.types.is_null(column.type):
         kinds = {True: "integers", False: "strings"}
         raise where.error(f"holds {kinds[pa.types.is_integer(ids.type)]}, while the ids of {table_where} are "

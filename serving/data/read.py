@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from serving.errors import RankserveError, SchemaError
 
@@ -74,9 +75,11 @@ def _exts(kind: str) -> list[str]:
     return [e for e, k in EXTENSIONS.items() if k == kind]
 
 
-def read_table(path: Path, columns: Sequence[str], *, optional: Sequence[str] = ()) -> pa.Table:
+def read_table(path: Path, columns: Sequence[str], *, optional: Sequence[str] = (),
+               ids: Sequence[str] = ()) -> pa.Table:
     """The columns ``columns`` (each required) and those of ``optional`` that the file holds, in
-    that order, of the Parquet or CSV file ``path``.
+    that order, of the Parquet or CSV file ``path``. CSV has no types: its columns of ``ids`` are
+    read as text, and are integers only when every id is written as one (``00123`` stays text).
 
     Raises:
         SchemaError: the file cannot be read or parsed, or lacks a column of ``columns``.
@@ -88,14 +91,28 @@ def read_table(path: Path, columns: Sequence[str], *, optional: Sequence[str] = 
         raise SchemaError(f"{path.name}: column {missing[0]!r} is missing (the schema declares it); the file has "
                           f"{_shown(names)}", field=missing[0])
     wanted = list(dict.fromkeys([*columns, *(c for c in optional if c in names)]))
+    text = [c for c in dict.fromkeys(ids) if c in wanted] if kind == "csv" and not path.is_dir() else []
     try:
-        table = _read(path, kind, wanted)
+        table = _read(path, kind, wanted, text)
     except (OSError, pa.ArrowException) as err:
         raise SchemaError(f"{path.name}: cannot read it as {kind.upper()}: {_first_line(err)}") from err
+    for name in text:
+        table = table.set_column(table.column_names.index(name), name, _integers_if_all(table.column(name)))
     return table.select(wanted)
 
 
-def read_rows(path: Path) -> RowsFile:
+_CANONICAL_INTEGER = r"^(0|-?[1-9][0-9]{0,17})$"  # as an integer id prints: no leading zero, no '+', no space
+
+
+def _integers_if_all(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A CSV column of ids read as text: int64 when every id (nulls aside) is an integer as it prints."""
+    if column.null_count == len(column):
+        return column
+    ok = pc.match_substring_regex(column, _CANONICAL_INTEGER)
+    return column.cast(pa.int64()) if pc.all(pc.fill_null(ok, True)).as_py() else column
+
+
+def read_rows(path: Path, *, ids: Sequence[str] = ()) -> RowsFile:
     """Every column of a Parquet, CSV, JSON (an array of objects, or ``{"items": [...]}``) or
     JSON-lines file, by its extension.
 
@@ -105,7 +122,7 @@ def read_rows(path: Path) -> RowsFile:
     """
     path = Path(path)
     if not path.name.lower().endswith(JSON_EXTENSIONS):
-        return RowsFile(path.name, read_table(path, _header(path)[1]))
+        return RowsFile(path.name, read_table(path, _header(path)[1], ids=ids))
     rows = read_json_rows(path)
     for n, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -227,7 +244,7 @@ def _folder(path: Path) -> Any:
                        partitioning=pds.partitioning(flavor="hive"), partition_base_dir=str(path))
 
 
-def _read(path: Path, kind: str, columns: list[str]) -> pa.Table:
+def _read(path: Path, kind: str, columns: list[str], text: Sequence[str] = ()) -> pa.Table:
     if path.is_dir():
         return _folder(path).to_table(columns=columns)
     if kind == "parquet":
@@ -237,7 +254,8 @@ def _read(path: Path, kind: str, columns: list[str]) -> pa.Table:
     import pyarrow.csv as pacsv
 
     # an empty cell is a missing value, in a text column too (as in Parquet written from a data frame)
-    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(include_columns=columns, strings_can_be_null=True))
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        include_columns=columns, strings_can_be_null=True, column_types={c: pa.string() for c in text}))
 
 
 def _first_line(err: BaseException) -> str:

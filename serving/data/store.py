@@ -270,10 +270,13 @@ class DataSet:
             SetupError: the version could not be written (nothing left of it, the live version unchanged).
         """
         items, users, impressions = Path(items), Path(users), Path(impressions)
-        item_enc = encode_entity(read_table(items, schema.items.columns), schema.items, file=items.name, side="item")
-        user_enc = encode_entity(read_table(users, schema.users.columns), schema.users, file=users.name, side="user")
+        item_enc = encode_entity(read_table(items, schema.items.columns, ids=[schema.items.id]), schema.items,
+                                 file=items.name, side="item")
+        user_enc = encode_entity(read_table(users, schema.users.columns, ids=[schema.users.id]), schema.users,
+                                 file=users.name, side="user")
         required, optional = impression_columns(schema)
-        imp = encode_impressions(read_table(impressions, required, optional=optional), schema, item_enc, user_enc,
+        imp_ids = [schema.impressions.user, schema.impressions.item]
+        imp = encode_impressions(read_table(impressions, required, optional=optional, ids=imp_ids), schema, item_enc, user_enc,
                                  file=impressions.name, items_file=items.name, users_file=users.name)
         sources = {"items": items, "users": users, "impressions": impressions}
         with self._lock():

@@ -160,6 +160,30 @@ def test_a_sequence_the_impressions_lack_is_each_users_clicks_before_the_impress
     assert held == sum(1 for e in expected if e) and 0 < held < n
 
 
+def test_csv_ids_keep_their_text_unless_every_id_is_written_as_an_integer(tmp_path: Path) -> None:
+    """CSV has no types: zero-padded ids stay text (``00003``, not 3), ids that all print as integers
+    are integers; an impression's integer id names the string id it prints as (Parquet too)."""
+    from serving.data.read import read_rows
+    padded = {f"s{i}": f"{i:05d}" for i in range(10)}
+    items = {**ITEMS, "sku": [padded[s] for s in ITEMS["sku"]]}
+    impressions = {**IMPRESSIONS, "sku": [padded.get(s, s) for s in IMPRESSIONS["sku"]],
+                   "recent": [None if r is None else [padded.get(s, s) for s in r] for r in IMPRESSIONS["recent"]]}
+    csv, _ = _import(tmp_path, "csv", name="padded", items=items, impressions=impressions)
+    parquet, _ = _import(tmp_path, name="plain")
+    assert csv.tables().item_ids.tolist() == [f"{i:05d}" for i in range(10)]
+    assert csv.tables().user_ids.tolist() == USERS["customer"]  # 100, 101, ...: integers
+    for name in ("user_row", "item_row", "context.recent"):
+        assert csv.impressions().column(name).to_pylist() == parquet.impressions().column(name).to_pylist(), name
+    # a Parquet file of integer user ids names users whose ids are text
+    users = {**USERS, "customer": [str(u) for u in USERS["customer"]]}
+    text_users, _ = _import(tmp_path, name="text-users", users=users)
+    assert text_users.tables().user_ids.tolist() == users["customer"]
+    assert text_users.impressions().column("user_row").to_pylist() == parquet.impressions().column("user_row").to_pylist()
+    # the rows of a catalogue change from CSV read the same way
+    (tmp_path / "add.csv").write_text("sku,price\n00042,1.5\n")
+    assert read_rows(tmp_path / "add.csv", ids=["sku"]).table.column("sku").to_pylist() == ["00042"]
+
+
 def test_csv_reads_exactly_as_parquet_does(tmp_path: Path) -> None:
     a, _ = _import(tmp_path, "parquet", name="from-parquet")
     b, report = _import(tmp_path, "csv", name="from-csv")
