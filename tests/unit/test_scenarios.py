@@ -114,6 +114,10 @@ def test_the_demo_scenarios_are_valid_and_the_docs_show_home_as_built() -> None:
      "every candidate is of one shop"),
     ("name: x\nsources: [{kind: popular, count: 90}]\nranker: ranker\ndiversity: {per: category, max_items: 1}\n"
      "limits: {default_k: 5, max_k: 10}\n", "the catalogue has 8 category value(s)"),
+    ("name: x\nsources: [{kind: user_to_item, within: 'request:brand', count: 30}]\nlimits: {max_k: 20}\n",
+     "unknown item group(s) ['brand']"),
+    ("name: x\nsources: [{kind: item_to_item, within: everywhere, count: 30}]\nlimits: {max_k: 20}\n",
+     "sources[0].within"),
     ("name: x\nsources: [{kind: popular, count: 30}]\nranker: ranker\nlimits: {max_k: 20}\nname: y\n",
      "key 'name' is given twice"),
     ("name: x\nsources: [{kind: popular, count: 30]\n", "the YAML does not parse at line 2"),
