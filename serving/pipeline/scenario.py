@@ -16,7 +16,7 @@ request path (``serving.pipeline.candidates`` and ``orchestration`` run a scenar
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainValidator, SerializeAsAny, model_validator
@@ -200,10 +200,17 @@ class Scenario:
                                          settings.max_timeout_ms),
                   max_candidates=_within("max_candidates", lim.max_candidates, settings.max_candidates,
                                          settings.max_candidates))
+        absent = "absent limits take the server's global values"
+        if lim.max_k is None:  # as many as the sources and the diversity rule can fill, within the global max_k
+            cap = min(out.max_k, out.max_candidates, out._fillable(groups))
+            if 1 <= cap < out.max_k:
+                out = replace(out, max_k=cap,
+                              default_k=min(out.default_k, cap) if lim.default_k is None else out.default_k)
+                absent = f"max_k left out is {cap}, what the sources and the diversity rule can fill"
         if out.default_k > out.max_k or out.timeout_ms > out.max_timeout_ms:
             raise ScenarioRefusedError(f"limits: default_k {out.default_k} / max_k {out.max_k}, timeout_ms "
                                        f"{out.timeout_ms} / max_timeout_ms {out.max_timeout_ms}: a default above "
-                                       "its maximum (absent limits take the server's global values)")
+                                       f"its maximum ({absent})")
         for i, s in enumerate(spec.sources):
             count = s.gives or 0
             if count > settings.max_candidates:
@@ -218,6 +225,22 @@ class Scenario:
         out._check_fill(groups)
         return out
 
+    def _fillable(self, groups: Mapping[str, int]) -> int:
+        """The most items an answer can hold: what the sources give (any number when the caller
+        gives candidates) and what the diversity rule lets through."""
+        spec, most = self.spec, self.max_k
+        if spec.given is None:
+            most = min(most, self.source_total)
+        div = spec.diversity
+        if div is not None:
+            most = min(most, div.max_items * self._diversity_values(div, groups))
+        return most
+
+    def _diversity_values(self, div: Diversity, groups: Mapping[str, int]) -> int:
+        """How many values of the diversity rule's group an answer's items can hold."""
+        restrict = self.spec.filters.restrict
+        return 1 if restrict is not None and scope_group(restrict) == div.per else int(groups.get(div.per, 0))
+
     def _check_fill(self, groups: Mapping[str, int]) -> None:
         """Refuse sources, limits or a diversity rule that can never fill ``max_k`` items."""
         spec = self.spec
@@ -231,7 +254,7 @@ class Scenario:
         if div is None:
             return
         restrict = spec.filters.restrict
-        n = 1 if restrict is not None and scope_group(restrict) == div.per else int(groups.get(div.per, 0))
+        n = self._diversity_values(div, groups)
         if div.max_items * n < self.max_k:
             why = (f"every candidate is of one {div.per} (filters.restrict: {restrict})" if n == 1 and restrict
                    else f"the catalogue has {n} {div.per} value(s)")

@@ -153,6 +153,30 @@ def test_a_scenario_that_names_no_ranker_is_ranked_by_the_data_sets_default_rank
     assert p.scenarios["x"].spec.ranker == "ranker"
 
 
+def test_a_scenario_without_max_k_may_return_what_its_sources_and_diversity_rule_can_fill(repo: Path) -> None:
+    """max_k left out: the global one, or fewer when the sources or the diversity rule cannot fill
+    it; an explicit max_k they cannot fill is still refused."""
+    p = make_pipeline(repo, ScoringClient())
+    args = (p.settings, ModelRegistry(repo), p.catalogue.group_counts())
+    store = ScenarioStore(repo)
+    few = store.apply("name: few\nsources: [{kind: popular, count: 30}]\n", *args)
+    assert (few.max_k, few.default_k) == (30, min(30, p.settings.default_k))
+    spread = store.apply("name: spread\nsources: [{kind: user_to_item, count: 300}]\n"
+                         "diversity: {per: category, max_items: 1}\n", *args)
+    assert (spread.max_k, spread.default_k) == (8, 8)  # 8 categories, one item each
+    given = store.apply("name: given\nsources: [{kind: given}, {kind: popular, count: 30}]\n", *args)
+    assert given.max_k == p.settings.max_k  # the caller may give any number
+    with pytest.raises(ScenarioRefusedError, match="default_k 50 / max_k 30.*max_k left out is 30"):
+        store.apply("name: x\nsources: [{kind: popular, count: 30}]\nlimits: {default_k: 50}\n", *args)
+    with pytest.raises(ScenarioRefusedError, match="sources give at most 30 candidates"):
+        store.apply("name: x\nsources: [{kind: popular, count: 30}]\nlimits: {max_k: 40}\n", *args)
+    served, _ = store.live(*args)
+    p.set_scenarios(served)
+    (r,) = _run(p, [{"user_id": 3, "scenario": "spread"}])
+    cats = p.catalogue.tables.item_cat[[it.item_id for it in r.items], CATEGORY].tolist()
+    assert len(cats) == 8 and len(set(cats)) == 8
+
+
 def test_versions_live_pointer_and_rollback(repo: Path) -> None:
     p = make_pipeline(repo, ScoringClient())
     store = _apply(p, repo, SIMILAR, SHOP_PAGE, SIMILAR.replace("default_k: 8", "default_k: 9"))
