@@ -93,6 +93,8 @@ class ChaosServer:
         own = {"RANKSERVE_PORT": str(self.port), "RANKSERVE_GRPC_PORT": "0", "RANKSERVE_VERBOSE": "true",
                "RANKSERVE_DATA_DIR": str(settings.data_dir), "RANKSERVE_MODEL_REPOSITORY": str(settings.model_repository),
                "RANKSERVE_DATA": settings.data}
+        if settings.log_dir is not None:  # the served log where these settings put it (a measuring run's scratch)
+            own["RANKSERVE_LOG_DIR"] = str(settings.log_dir)
         self.env = {**os.environ, **(env or {}), **own}
         self.proc: subprocess.Popen[bytes] | None = None
 

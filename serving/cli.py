@@ -416,6 +416,21 @@ def _serving(settings: Settings) -> str:
     return "" if settings.data == DEMO_DATA else f", serving the data set {settings.data}"
 
 
+@contextlib.contextmanager
+def _scratch_log(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with the served log in a scratch folder, removed afterwards: a measuring
+    command's own server never adds its synthetic answers to the data set's log (``log join``
+    would read them as impressions nobody clicked)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="rankserve-measure-log-"))
+    try:
+        yield settings.model_copy(update={"log_dir": folder})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.capacity import run_capacity
     from serving.config import DEMO_DATA
@@ -434,7 +449,8 @@ def cmd_capacity(settings: Settings, args: argparse.Namespace) -> int:
     port = free_port(QUIET_PORTS)
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
             f"replica(s), one Triton, {_gpu_words()}; load generator on the same machine){_serving(settings)}")
-    with serving_app(settings.model_copy(update={"port": port, "grpc_port": 0})):
+    with _scratch_log(settings.model_copy(update={"port": port, "grpc_port": 0})) as run_settings, \
+            serving_app(run_settings):
         run_capacity(f"http://127.0.0.1:{port}", settings, args, unit=unit)
     return 0
 
@@ -447,7 +463,8 @@ def cmd_freshness(settings: Settings, args: argparse.Namespace) -> int:
     _build(settings, items=args.items)
     port = free_port(QUIET_PORTS)
     scratch = repository_copy(settings.model_repository)  # the benchmark's changes stay out of the real one
-    run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch})
+    run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch,
+                                               "log_dir": scratch.parent / "log"})
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
             f"replica(s), {_gpu_words()}), scratch copy of the model repository")
     try:
@@ -469,7 +486,7 @@ def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
     port = free_port(QUIET_PORTS)
     scratch = repository_copy(settings.model_repository)  # the benchmark's scenario versions stay out of the real one
     run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch,
-                                               "num_replicas": args.replicas})
+                                               "num_replicas": args.replicas, "log_dir": scratch.parent / "log"})
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {args.replicas} Serve replica(s), "
             f"{_gpu_words()}), scratch copy of the model repository")
     try:
@@ -496,7 +513,8 @@ def cmd_chaos(settings: Settings, args: argparse.Namespace) -> int:
 
     settings = _measured(settings)
     args.capacity_rps = resolve_capacity(args, settings.data)
-    outcomes = run_chaos(settings, args)
+    with _scratch_log(settings) as run_settings:
+        outcomes = run_chaos(run_settings, args)
     return 0 if outcomes else 1
 
 

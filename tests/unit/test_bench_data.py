@@ -154,3 +154,20 @@ def test_chaos_sizes_its_load_by_a_capacity_measured_on_the_same_data_set(tmp_pa
     report.write_text(json.dumps({"data_set": NAME, "capacity_rps": 120.0}))
     assert resolve_capacity(flag, NAME, report) == 120.0 and resolve_capacity(flag, "demo", report) == 200.0
     assert resolve_capacity(argparse.Namespace(capacity_rps=33.0), NAME, report) == 33.0
+
+
+def test_a_measuring_servers_served_log_goes_to_a_scratch_folder_never_the_data_sets(data_dir: Path) -> None:
+    """capacity, chaos and the freshness runs serve with the log in a scratch folder, removed
+    afterwards, so ``log join`` never reads their synthetic answers as the data set's impressions."""
+    from benchmarks.chaos import ChaosServer
+    from serving.cli import _scratch_log
+    from serving.feedback.paths import log_root
+
+    settings = Settings(data_dir=data_dir / "data", data=NAME)
+    real = log_root(settings)
+    with _scratch_log(settings) as run:
+        assert run.log_dir is not None and run.log_dir.is_dir() and log_root(run) == run.log_dir != real
+        assert real not in run.log_dir.parents
+        env = ChaosServer(run, data_dir / "serve.log").env
+        assert env["RANKSERVE_LOG_DIR"] == str(run.log_dir) and env["RANKSERVE_DATA"] == NAME
+    assert not run.log_dir.exists()
