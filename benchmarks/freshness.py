@@ -7,8 +7,9 @@ user's catalogue). Recall requests run closed loop at ``concurrency`` throughout
 recorded with the time it arrived and the catalogue version it carries. ``changes`` catalogue
 changes are written one after another through the change log, as ``rankserve items`` writes
 them, in turn: block 5 random popular items (the items answers hold), unblock them, update one
-item's price and rating (re-embedded with the item tower), add a new item (embedded and put in
-the index). A change's delay is
+item (the demo's price and rating; an imported data set's first numeric column, else its
+popularity; re-embedded with the item tower), add a new item (embedded and put in the index).
+The requests and changes are those of the data set ``settings.data``. A change's delay is
 from the moment its file is in place to the arrival of the first answer carrying its version or
 a later one. Alongside: the load's request rate and failures, which must be 0.
 """
@@ -27,6 +28,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pyarrow as pa
 
 from serving.config import Settings
 from serving.pipeline.features import ITEM_CAT_FIELDS, ITEM_NUM_FIELDS, FeatureTables
@@ -111,38 +113,119 @@ def load_figures(raw: dict[str, Any]) -> dict[str, Any]:
             "concurrency": raw["concurrency"]}
 
 
+class _DemoChanges:
+    """The demo's changes: its rows as ids, its serving columns (price and rating updated, a copy
+    of an item at another price added)."""
+
+    def __init__(self, settings: Settings, log: ChangeLog) -> None:
+        self.base, self.log = FeatureTables.load(settings.marketplace_path), log
+        self.popular = [int(x) for x in np.argsort(-self.base.popularity)[:2000]]
+
+    def bodies(self, rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
+        return [{"user_id": int(u), "k": 20} for u in rng.integers(0, self.base.n_users, n)]
+
+    def update(self, item: int | str, rng: np.random.Generator) -> dict[str, Any]:
+        return {"update": [{"item_id": item, "log_price": float(rng.normal()), "rating": float(rng.normal())}]}
+
+    def add(self, item: int | str, i: int, rng: np.random.Generator) -> dict[str, Any]:
+        return {"add": [_copy_of(self.base, int(item), price=float(rng.normal()))]}
+
+    def append(self, kw: dict[str, Any]) -> int:
+        return self.log.append(self.base, **kw).version
+
+
+class _DataSetChanges:
+    """An imported data set's changes in its schema's terms (as ``rankserve items`` writes them):
+    its ids; an update of its first numeric column (else its popularity) to a value drawn from the
+    column's own mean and spread; an added item with a new id, the vectors of an existing one and
+    nulls where the import fills."""
+
+    def __init__(self, settings: Settings, log: ChangeLog) -> None:
+        from serving.data.store import DataSetStore
+
+        ds = DataSetStore.of(settings).dataset(settings.data)
+        version = ds.live_version()
+        self.settings, self.log = settings, log
+        self.tables, self.encoding = ds.tables(version), ds.encoding(version)["items"]
+        ids = log.current(self.tables).tables.item_ids  # the catalogue as changed so far: new ids after its own
+        self.next_id = int(ids.max()) + 1 if ids.dtype != object else 0
+        rows = np.argsort(-self.tables.popularity, kind="stable")[:2000]
+        self.popular: list[int | str] = self.tables.item_ids[rows].tolist()
+        self.row_of = dict(zip(self.popular, rows.tolist(), strict=True))
+
+    def bodies(self, rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
+        from loadtest.workload import request_bodies
+
+        return [{**b, "k": 20} for b in request_bodies(self.settings, n, seed=int(rng.integers(1 << 31)))]
+
+    def update(self, item: int | str, rng: np.random.Generator) -> dict[str, Any] | None:
+        from serving.data.encode import NumericStats
+
+        spec = self.tables.schema.items
+        if spec.numeric:
+            column, stats = spec.numeric[0], NumericStats.from_json(self.encoding["numeric"][spec.numeric[0]])
+            value = stats.mean + stats.std * float(rng.normal())
+        elif spec.popularity is not None:
+            column, value = spec.popularity, float(rng.integers(0, 1000))
+        else:
+            return None  # no column a number can change: the turn adds an item instead
+        return {"update": self._rows(pa.table({spec.id: [item], column: [value]}), add=False)}
+
+    def add(self, item: int | str, i: int, rng: np.random.Generator) -> dict[str, Any]:
+        spec, t = self.tables.schema.items, self.tables
+        new_id: int | str = f"freshness-{i}" if t.item_ids.dtype == object else self.next_id + i
+        row = self.row_of[item]
+        columns: dict[str, pa.Array] = {spec.id: pa.array([new_id])}
+        for name in (*spec.categorical, *spec.numeric):
+            columns[name] = pa.nulls(1)
+        for name in spec.vectors:
+            columns[name] = pa.array([t.item_vec[row, t.item_vec_slice(name)].tolist()])
+        if spec.popularity is not None:
+            columns[spec.popularity] = pa.array([1.0])
+        return {"add": self._rows(pa.table(columns), add=True)}
+
+    def _rows(self, table: pa.Table, *, add: bool) -> Any:
+        from serving.data.changes import encode_item_rows
+        from serving.data.read import RowsFile
+
+        return encode_item_rows(RowsFile("freshness", table), self.tables, self.encoding, add=add)
+
+    def append(self, kw: dict[str, Any]) -> int:
+        return self.log.append_items(self.tables, **kw).version
+
+
 async def _run(url: str, settings: Settings, *, changes: int, gap_s: float, concurrency: int) -> dict[str, Any]:
-    base = FeatureTables.load(settings.marketplace_path)
+    from serving.config import DEMO_DATA
+
     log = ChangeLog(settings.model_repository)
+    plan = _DemoChanges(settings, log) if settings.data == DEMO_DATA else _DataSetChanges(settings, log)
     rng = np.random.default_rng(0)
-    users = rng.integers(0, base.n_users, 5000)
     seen: list[tuple[float, int]] = []
-    bodies = [{"user_id": int(u), "k": 20} for u in users]
-    popular = np.argsort(-base.popularity)[:2000]
+    bodies = plan.bodies(rng, 5000)
+    popular = plan.popular
     written: list[tuple[int, float]] = []
     kinds: list[str] = []
-    blocked: list[int] = []
+    blocked: list[Any] = []
 
     async def warm() -> None:
         # a replica loads its item tower on the first change it sees (not at start-up, where importing
         # torch would slow every request): one change first, as a catalogue that changes has had
-        await asyncio.to_thread(log.append, base, block=[int(popular[-1])])
-        await asyncio.to_thread(log.append, base, unblock=[int(popular[-1])])
+        await asyncio.to_thread(plan.append, {"block": [popular[-1]]})
+        await asyncio.to_thread(plan.append, {"unblock": [popular[-1]]})
 
     async def change(i: int) -> None:
         nonlocal blocked
         kind = ("block", "unblock", "update", "add")[i % 4]
-        item = int(rng.choice(popular))
+        item = popular[int(rng.integers(len(popular)))]
+        kw = plan.update(item, rng) if kind == "update" else None
         if kind == "block":
-            blocked = [int(x) for x in rng.choice(popular, 5, replace=False)]
-            kw: dict[str, Any] = {"block": blocked}
+            blocked = [popular[int(j)] for j in rng.choice(len(popular), 5, replace=False)]
+            kw = {"block": blocked}
         elif kind == "unblock":
             kw = {"unblock": blocked}
-        elif kind == "update":
-            kw = {"update": [{"item_id": item, "log_price": float(rng.normal()), "rating": float(rng.normal())}]}
-        else:
-            kw = {"add": [_copy_of(base, item, price=float(rng.normal()))]}
-        written.append(((await asyncio.to_thread(log.append, base, **kw)).version, time.monotonic()))
+        elif kw is None:
+            kind, kw = "add", plan.add(item, i, rng)
+        written.append((await asyncio.to_thread(plan.append, kw), time.monotonic()))
         kinds.append(kind)
 
     load = await timed_changes(url, bodies, lambda t, a: seen.append((t, int(a["catalogue_version"]))), change,

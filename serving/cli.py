@@ -459,14 +459,13 @@ def cmd_freshness(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.freshness import repository_copy, run_freshness
     from serving.net import QUIET_PORTS, free_port
 
-    settings = at_scale(settings, args.items, None)
-    _build(settings, items=args.items)
+    settings = _measured(settings, items=args.items)
     port = free_port(QUIET_PORTS)
     scratch = repository_copy(settings.model_repository)  # the benchmark's changes stay out of the real one
     run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch,
                                                "log_dir": scratch.parent / "log"})
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {settings.num_replicas} Serve "
-            f"replica(s), {_gpu_words()}), scratch copy of the model repository")
+            f"replica(s), {_gpu_words()}), scratch copy of the model repository{_serving(settings)}")
     try:
         with serving_app(run_settings):
             run_freshness(f"http://127.0.0.1:{port}", run_settings, args, unit=unit)
@@ -934,7 +933,7 @@ def _parser() -> argparse.ArgumentParser:
     from benchmarks.freshness import add_arguments as add_freshness_arguments
 
     fr = sub.add_parser("freshness", parents=[common],
-                        help="catalogue change -> first answer carrying it, under load (100 changes), on the demo")
+                        help="catalogue change -> first answer carrying it, under load (100 changes)")
     add_freshness_arguments(fr)
     fr.set_defaults(func=cmd_freshness)
     from benchmarks.index_bench import add_arguments as add_index_arguments
@@ -963,7 +962,7 @@ def _parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("models", parents=[common], help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)
-    for acting in (s, pu, pr, rb, it, ve, mo, ca_report, be, ca, ch):
+    for acting in (s, pu, pr, rb, it, ve, mo, ca_report, be, ca, ch, fr):
         _data_option(acting)
     return p
 
@@ -1186,8 +1185,8 @@ def _acting_on(settings: Settings, args: argparse.Namespace) -> Settings:
     from serving.config import DEMO_DATA
 
     if not getattr(args, "acts_on_data", False):
-        # the data set commands name theirs; every other command (build, freshness, scenario-freshness,
-        # index-bench, simulate) acts on the demo, whatever RANKSERVE_DATA says, so its servers serve the demo's tables
+        # the data set commands name theirs; every other command (build, scenario-freshness, index-bench,
+        # simulate) acts on the demo, whatever RANKSERVE_DATA says, so its servers serve the demo's tables
         return settings if args.command in _NAMING_COMMANDS else settings.for_data(DEMO_DATA)
     name = args.data or settings.data or DEMO_DATA
     if name != DEMO_DATA:

@@ -163,7 +163,7 @@ def test_a_measuring_servers_served_log_goes_to_a_scratch_folder_never_the_data_
     from serving.cli import _scratch_log
     from serving.feedback.paths import log_root
 
-    settings = Settings(data_dir=data_dir / "data", data=NAME)
+    settings = Settings(data_dir=data_dir, data=NAME)
     real = log_root(settings)
     with _scratch_log(settings) as run:
         assert run.log_dir is not None and run.log_dir.is_dir() and log_root(run) == run.log_dir != real
@@ -171,3 +171,34 @@ def test_a_measuring_servers_served_log_goes_to_a_scratch_folder_never_the_data_
         env = ChaosServer(run, data_dir / "serve.log").env
         assert env["RANKSERVE_LOG_DIR"] == str(run.log_dir) and env["RANKSERVE_DATA"] == NAME
     assert not run.log_dir.exists()
+
+
+def test_freshness_writes_an_imported_data_sets_changes_in_its_schemas_terms(data_dir: Path, tmp_path: Path) -> None:
+    """``rankserve freshness --data NAME``: block, unblock, an update of the first numeric column and
+    an added item, each accepted whole by the data set's change log as ``rankserve items`` writes them."""
+    import numpy as np
+
+    from benchmarks.freshness import _DataSetChanges
+    from serving.repository.catalogue import ChangeLog
+
+    settings = Settings(data_dir=data_dir, data=NAME)
+    log = ChangeLog(tmp_path / "repo")
+    plan = _DataSetChanges(settings, log)
+    rng = np.random.default_rng(0)
+    assert {b["k"] for b in plan.bodies(rng, 20)} == {20} and all(isinstance(b["user_id"], int)
+                                                                  for b in plan.bodies(rng, 20))
+    item = plan.popular[0]
+    versions = [plan.append({"block": plan.popular[:2]}), plan.append({"unblock": plan.popular[:2]})]
+    update = plan.update(item, rng)
+    assert update is not None
+    versions.append(plan.append(update))
+    versions.append(plan.append(plan.add(item, 3, rng)))
+    assert versions == [1, 2, 3, 4]
+    cat = log.current(plan.tables)
+    t = cat.tables
+    assert t.n_items == plan.tables.n_items + 1 and t.item_ids[-1] == "freshness-3" and cat.n_blocked == 0
+    row = plan.row_of[item]
+    price = t.num_col("item.price")
+    assert t.item_num[row, price] != plan.tables.item_num[row, price]  # the update reached the item's price
+    vec = t.item_vec_slice("content")
+    np.testing.assert_array_equal(t.item_vec[-1, vec], plan.tables.item_vec[row, vec])  # the copy's vector
