@@ -5,7 +5,8 @@ Owns: the scenario freshness benchmark and its report. Must not touch: the serve
 The server runs on a copy of the model repository (the benchmark's versions never reach the
 user's scenarios). Requests of every live scenario (``home``, ``similar`` with a seed item,
 ``shop`` with a shop) run closed loop at ``concurrency`` throughout, each answer recorded with the
-time it arrived, its scenario and the scenario version it carries. ``applies`` new versions are
+time it arrived, its scenario and the scenario version it carries (an imported data set's:
+its users and contexts, a seed item and its groups' values). ``applies`` new versions are
 applied one after another, as ``rankserve scenarios apply`` applies them, in turn to each
 scenario, each moving that scenario's ``default_k`` by one (the answers' length shows the new
 version at work). An apply's delay runs from the moment it returns (its version live in the
@@ -36,12 +37,13 @@ from benchmarks.freshness import (
     timed_changes,
 )
 from serving.config import Settings
+from serving.data.tables import DataTables
 from serving.pipeline.catalogue import Catalogue
 from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
 
-__all__ = ["add_arguments", "last_old_answer_delays", "mixed_bodies", "run_scenario_freshness",
+__all__ = ["add_arguments", "dataset_bodies_for", "last_old_answer_delays", "mixed_bodies", "run_scenario_freshness",
            "scenario_freshness_report"]
 
 
@@ -54,6 +56,29 @@ def mixed_bodies(tables: FeatureTables, scenarios: list[str], n: int = 3000, see
     shops = tables.item_cat[items, 1]
     return [{"user_id": int(u), "scenario": scenarios[i % len(scenarios)], "item_id": int(it), "shop_id": int(sh)}
             for i, (u, it, sh) in enumerate(zip(users, items, shops, strict=True))]
+
+
+def dataset_bodies_for(settings: Settings, tables: DataTables, scenarios: list[str], n: int = 3000,
+                       seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` requests of an imported data set spread over ``scenarios``: each a user and context of
+    one of its impressions (``loadtest.workload.request_bodies``), a seed item (``item_id``) and,
+    in the context, the seed's value of every item group (so a scenario restricted to the request's
+    store asks about a store that has items)."""
+    from loadtest.workload import request_bodies
+
+    rng = np.random.default_rng(seed)
+    groups = tables.schema.items.groups
+    codes = tables.item_groups[:, [tables.group_col(g) for g in groups]] if groups else np.ones((tables.n_items, 0))
+    valued = np.flatnonzero((codes > 0).all(axis=1))  # items with a value in every group
+    rows = rng.choice(valued if valued.size else np.arange(tables.n_items), n)
+    names = {g: {code: value for value, code in tables.vocab[f"item.{g}"].items()} for g in groups}
+    out = []
+    for i, (body, row) in enumerate(zip(request_bodies(settings, n, seed), rows, strict=True)):
+        context = {**body.get("context", {}), **{g: names[g][int(codes[row, j])] for j, g in enumerate(groups)
+                                                 if int(codes[row, j]) in names[g]}}
+        out.append({**body, "scenario": scenarios[i % len(scenarios)], "item_id": tables.item_ids[row:row + 1].tolist()[0],
+                    **({"context": context} if context else {})})
+    return out
 
 
 def last_old_answer_delays(written: list[tuple[int, float]], seen: list[tuple[float, int]]) -> list[float]:
@@ -80,13 +105,19 @@ def _next_text(store: ScenarioStore, name: str, step: int) -> str:
 
 
 async def _run(url: str, settings: Settings, *, applies: int, gap_s: float, concurrency: int) -> dict[str, Any]:
+    from serving.config import DEMO_DATA
+    from serving.pipeline.assemble import load_tables
+
     store = ScenarioStore(settings.model_repository)
     registry = ModelRegistry(settings.model_repository)
-    tables = FeatureTables.load(settings.marketplace_path)
+    demo = settings.data == DEMO_DATA
+    tables = load_tables(settings)
     groups = Catalogue.initial(tables).group_counts()
     names = store.names()
     if not names:
         raise RuntimeError(f"no scenarios in {settings.model_repository}: run rankserve build")
+    bodies = (mixed_bodies(FeatureTables.load(settings.marketplace_path), names) if demo
+              else dataset_bodies_for(settings, tables, names))
     seen: dict[str, list[tuple[float, int]]] = {n: [] for n in names}
     written: list[tuple[str, int, float]] = []
 
@@ -97,7 +128,7 @@ async def _run(url: str, settings: Settings, *, applies: int, gap_s: float, conc
         written.append((name, sc.version, time.monotonic()))
 
     load = await timed_changes(
-        url, mixed_bodies(tables, names), lambda t, a: seen.setdefault(a["scenario"], []).append(
+        url, bodies, lambda t, a: seen.setdefault(a["scenario"], []).append(
             (t, int(a["scenario_version"]))), apply, changes=applies, gap_s=gap_s, concurrency=concurrency, settle_s=3.0)
     first = {n: first_answer_delays([(v, t) for m, v, t in written if m == n], seen[n]) for n in names}
     last_old = {n: last_old_answer_delays([(v, t) for m, v, t in written if m == n], seen[n]) for n in names}

@@ -481,13 +481,13 @@ def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.scenario_freshness import run_scenario_freshness
     from serving.net import QUIET_PORTS, free_port
 
-    _build(settings)
+    settings = _measured(settings)
     port = free_port(QUIET_PORTS)
     scratch = repository_copy(settings.model_repository)  # the benchmark's scenario versions stay out of the real one
     run_settings = settings.model_copy(update={"port": port, "grpc_port": 0, "model_repository": scratch,
                                                "num_replicas": args.replicas, "log_dir": scratch.parent / "log"})
     unit = (f"embedded default on this machine ({os.cpu_count()} CPU cores, {args.replicas} Serve replica(s), "
-            f"{_gpu_words()}), scratch copy of the model repository")
+            f"{_gpu_words()}), scratch copy of the model repository{_serving(settings)}")
     try:
         with serving_app(run_settings):
             rep = run_scenario_freshness(f"http://127.0.0.1:{port}", run_settings, args, unit=unit)
@@ -1130,9 +1130,10 @@ def _scenario_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     sc.set_defaults(func=cmd_scenarios)
     _data_option(sc)
     sf = sub.add_parser("scenario-freshness", parents=[common],
-                        help="scenario apply -> first answer carrying it, under load, on the demo")
+                        help="scenario apply -> first answer carrying it, under load")
     add_arguments(sf)
     sf.set_defaults(func=cmd_scenario_freshness)
+    _data_option(sf)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1185,8 +1186,8 @@ def _acting_on(settings: Settings, args: argparse.Namespace) -> Settings:
     from serving.config import DEMO_DATA
 
     if not getattr(args, "acts_on_data", False):
-        # the data set commands name theirs; every other command (build, scenario-freshness, index-bench,
-        # simulate) acts on the demo, whatever RANKSERVE_DATA says, so its servers serve the demo's tables
+        # the data set commands name theirs; every other command (build, index-bench, simulate) acts on
+        # the demo, whatever RANKSERVE_DATA says, so its servers serve the demo's tables
         return settings if args.command in _NAMING_COMMANDS else settings.for_data(DEMO_DATA)
     name = args.data or settings.data or DEMO_DATA
     if name != DEMO_DATA:

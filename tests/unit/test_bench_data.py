@@ -202,3 +202,22 @@ def test_freshness_writes_an_imported_data_sets_changes_in_its_schemas_terms(dat
     assert t.item_num[row, price] != plan.tables.item_num[row, price]  # the update reached the item's price
     vec = t.item_vec_slice("content")
     np.testing.assert_array_equal(t.item_vec[-1, vec], plan.tables.item_vec[row, vec])  # the copy's vector
+
+
+def test_scenario_freshness_asks_each_scenario_of_a_data_set_with_a_seed_and_its_groups(data_dir: Path) -> None:
+    """``rankserve scenario-freshness --data NAME``: every request names a seed item of the data set
+    and gives that item's value of each item group in its context (what request:<group> needs)."""
+    from benchmarks.scenario_freshness import dataset_bodies_for
+
+    settings = Settings(data_dir=data_dir, data=NAME)
+    tables, _ = _loaded(data_dir)
+    bodies = dataset_bodies_for(settings, tables, ["home", "similar", "store_page"], n=60, seed=1)
+    assert [b["scenario"] for b in bodies[:4]] == ["home", "similar", "store_page", "home"]
+    items = data_files.ITEMS
+    for b in bodies:
+        RankRequest.model_validate(b)
+        row = items["sku"].index(b["item_id"])  # the schema's string ids
+        assert b["context"]["store"] == items["store"][row] and b["context"]["category"] == items["category"][row]
+        assert tables.encode_context(b["context"]).groups == {
+            "store": tables.vocab["item.store"][items["store"][row]],
+            "category": tables.vocab["item.category"][items["category"][row]]}
