@@ -4,7 +4,7 @@ Owns: the index comparison and its report. Must not touch: the server, the repos
 (it reads the live user tower's item embeddings and tower; it writes nothing there).
 
 For each candidate (exact, IVF-Flat, IVF-PQ, HNSW), built over the live user tower version's item
-embeddings, with its search parameter (``nprobe``, ``efSearch``) tuned to the lowest value whose
+embeddings (of the data set ``settings.data``: the demo at a chosen size, or an imported one), with its search parameter (``nprobe``, ``efSearch``) tuned to the lowest value whose
 recall@500 against exact search reaches ``--target-recall`` on tuning queries: recall@500 on
 other queries (real user tower embeddings of other users), the latency of one query and of a
 batch of 32 (p50 and p99 over ``--repeats`` searches, FAISS on ``--threads`` threads, as a
@@ -94,8 +94,7 @@ def run_index_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
     reg = ModelRegistry(settings.model_repository)
     d = reg.version_dir(settings.user_tower_model, reg.traffic(settings.user_tower_model).live)
     emb = np.load(d / "item_emb.npy").astype(np.float32)
-    with np.load(settings.marketplace_path) as z:
-        user_cat, user_dense = z["user_cat"], z["user_dense"]
+    user_cat, user_dense = _user_inputs(settings, emb)
     tower = torch.jit.load(str(d / "model.pt"))
     tune_q = tower_queries(tower, user_cat, user_dense, n=256, seed=0)
     test_q = tower_queries(tower, user_cat, user_dense, n=1000, seed=1)
@@ -111,6 +110,26 @@ def run_index_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
     return report
 
 
+def _user_inputs(settings: Settings, item_emb: np.ndarray, most: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """The user tower's inputs of the data set's users: the demo's built ones; an imported data
+    set's as serving assembles them (``serving.data.tower.tower_inputs``), for at most ``most``
+    users drawn at random, each without a context."""
+    from serving.config import DEMO_DATA
+
+    if settings.data == DEMO_DATA:
+        with np.load(settings.marketplace_path) as z:
+            return z["user_cat"], z["user_dense"]
+    from serving.data.tower import tower_inputs
+    from serving.pipeline.assemble import load_tables
+
+    tables = load_tables(settings)
+    users = tables.n_users
+    rows = np.random.default_rng(0).choice(users, min(most, users), replace=False)
+    none = tables.encode_context(None)
+    inputs = tower_inputs(tables, rows, [none] * rows.shape[0], item_emb if tables.schema.context.sequences else None)
+    return inputs["user_cat"], inputs["user_dense"]
+
+
 def _markdown(rep: dict[str, Any]) -> str:
     lines = [f"index comparison: {rep['items']:,} items x {rep['dim']} dims, FAISS on {rep['threads']} thread(s)",
              "| index | search param | recall@500 | p99 1 query ms | p99 batch 32 ms | memory MiB | build s | "
@@ -124,7 +143,7 @@ def _markdown(rep: dict[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--items", type=int, help="the marketplace of this many items (built if need be)")
+    p.add_argument("--items", type=int, help="the demo marketplace of this many items (built if need be)")
     p.add_argument("--kinds", default="flat,ivf,ivfpq,hnsw",
                    help="indexes to compare; ivf@N: IVF-Flat with N lists (default 4 sqrt(items))")
     p.add_argument("--target-recall", type=float, default=0.96, help="recall@500 the search parameter is tuned to")

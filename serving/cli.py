@@ -501,8 +501,7 @@ def cmd_scenario_freshness(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_index_bench(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.index_bench import run_index_bench
 
-    settings = at_scale(settings, args.items, None)
-    _build(settings, items=args.items)
+    settings = _measured(settings, items=args.items)
     run_index_bench(settings, args)
     return 0
 
@@ -939,7 +938,7 @@ def _parser() -> argparse.ArgumentParser:
     from benchmarks.index_bench import add_arguments as add_index_arguments
 
     ib = sub.add_parser("index-bench", parents=[common],
-                        help="compare item indexes (exact, IVF-Flat, IVF-PQ, HNSW) on the demo's built catalogue")
+                        help="compare item indexes (exact, IVF-Flat, IVF-PQ, HNSW) on a data set's item embeddings")
     add_index_arguments(ib)
     ib.set_defaults(func=cmd_index_bench)
     pu, pr, rb = _push_parsers(sub, common)
@@ -962,7 +961,7 @@ def _parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("models", parents=[common], help="versions, Triton state, traffic split, quality and shadow figures")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)
-    for acting in (s, pu, pr, rb, it, ve, mo, ca_report, be, ca, ch, fr):
+    for acting in (s, pu, pr, rb, it, ve, mo, ca_report, be, ca, ch, fr, ib):
         _data_option(acting)
     return p
 
@@ -1186,8 +1185,8 @@ def _acting_on(settings: Settings, args: argparse.Namespace) -> Settings:
     from serving.config import DEMO_DATA
 
     if not getattr(args, "acts_on_data", False):
-        # the data set commands name theirs; every other command (build, index-bench, simulate) acts on
-        # the demo, whatever RANKSERVE_DATA says, so its servers serve the demo's tables
+        # the data set commands name theirs; every other command (build, simulate) acts on the demo,
+        # whatever RANKSERVE_DATA says, so its servers serve the demo's tables
         return settings if args.command in _NAMING_COMMANDS else settings.for_data(DEMO_DATA)
     name = args.data or settings.data or DEMO_DATA
     if name != DEMO_DATA:

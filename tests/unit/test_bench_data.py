@@ -221,3 +221,21 @@ def test_scenario_freshness_asks_each_scenario_of_a_data_set_with_a_seed_and_its
         assert tables.encode_context(b["context"]).groups == {
             "store": tables.vocab["item.store"][items["store"][row]],
             "category": tables.vocab["item.category"][items["category"][row]]}
+
+
+def test_index_bench_queries_an_imported_data_sets_users_as_serving_assembles_them(data_dir: Path) -> None:
+    """``rankserve index-bench --data NAME``: the user tower's inputs of the data set's users, the
+    layout ``tower_inputs`` gives serving (its codes and numerics, an empty sequence's zeros)."""
+    import numpy as np
+
+    from benchmarks.index_bench import _user_inputs
+
+    settings = Settings(data_dir=data_dir, data=NAME)
+    tables, _ = _loaded(data_dir)
+    emb = np.random.default_rng(0).normal(size=(tables.n_items, 6)).astype(np.float32)
+    user_cat, user_dense = _user_inputs(settings, emb, most=4)
+    assert user_cat.shape[0] == user_dense.shape[0] == 4
+    n_cat = len(tables.schema.users.categorical) + len(tables.schema.context.categorical)
+    assert user_cat.shape[1] == n_cat and not user_cat[:, len(tables.schema.users.categorical):].any()  # no context
+    assert user_dense.shape[1] == len(tables.schema.users.numeric) + len(tables.schema.context.numeric) + 6
+    assert not user_dense[:, -6:].any()  # an empty recent: zeros
