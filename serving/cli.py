@@ -403,7 +403,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
             if args.log_cost:
                 run_log_cost(settings, triton, levels=levels, duration_s=args.duration_s, out_dir=args.out)
             else:
-                run_bench(settings, triton, levels=levels, duration_s=args.duration_s, out_dir=args.out)
+                with _scratch_log(settings) as run_settings:
+                    run_bench(run_settings, triton, levels=levels, duration_s=args.duration_s, out_dir=args.out)
         finally:
             shutdown_ray()
     return 0
