@@ -4,12 +4,13 @@ Owns: the index comparison and its report. Must not touch: the server, the repos
 (it reads the live user tower's item embeddings and tower; it writes nothing there).
 
 For each candidate (exact, IVF-Flat, IVF-PQ, HNSW), built over the live user tower version's item
-embeddings (of the data set ``settings.data``: the demo at a chosen size, or an imported one), with its search parameter (``nprobe``, ``efSearch``) tuned to the lowest value whose
-recall@500 against exact search reaches ``--target-recall`` on tuning queries: recall@500 on
-other queries (real user tower embeddings of other users), the latency of one query and of a
-batch of 32 (p50 and p99 over ``--repeats`` searches, FAISS on ``--threads`` threads, as a
-replica runs it), index memory, build time, and whether it takes catalogue changes in place.
-The chosen index is the smallest-latency one that meets every target and takes changes.
+embeddings (of the data set ``settings.data``: the demo at a chosen size, or an imported one),
+with its search parameter (``nprobe``, ``efSearch``) tuned to the lowest value whose recall@500
+against exact search reaches ``--target-recall`` on tuning queries: recall@500 on other queries
+(real user tower embeddings of other users), the latency of one query and of a batch of 32 (p50
+and p99 over ``--repeats`` searches, FAISS on ``--threads`` threads, as a replica runs it), index
+memory, build time, and whether it takes catalogue changes in place. The chosen index is the
+smallest-latency one that meets every target and takes changes.
 """
 
 from __future__ import annotations

@@ -39,7 +39,6 @@ from benchmarks.freshness import (
 from serving.config import Settings
 from serving.data.tables import DataTables
 from serving.pipeline.catalogue import Catalogue
-from serving.pipeline.features import FeatureTables
 from serving.repository.registry import ModelRegistry
 from serving.repository.scenarios import ScenarioStore
 
@@ -47,7 +46,7 @@ __all__ = ["add_arguments", "dataset_bodies_for", "last_old_answer_delays", "mix
            "scenario_freshness_report"]
 
 
-def mixed_bodies(tables: FeatureTables, scenarios: list[str], n: int = 3000, seed: int = 0) -> list[dict[str, Any]]:
+def mixed_bodies(tables: DataTables, scenarios: list[str], n: int = 3000, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` requests spread over ``scenarios``, each with the context it may need: a seed item and
     its shop (so a shop scenario asks about a shop that has items)."""
     rng = np.random.default_rng(seed)
@@ -72,11 +71,12 @@ def dataset_bodies_for(settings: Settings, tables: DataTables, scenarios: list[s
     valued = np.flatnonzero((codes > 0).all(axis=1))  # items with a value in every group
     rows = rng.choice(valued if valued.size else np.arange(tables.n_items), n)
     names = {g: {code: value for value, code in tables.vocab[f"item.{g}"].items()} for g in groups}
+    seeds = tables.item_ids[rows].tolist()
     out = []
-    for i, (body, row) in enumerate(zip(request_bodies(settings, n, seed), rows, strict=True)):
+    for i, (body, row, seed_id) in enumerate(zip(request_bodies(settings, n, seed), rows, seeds, strict=True)):
         context = {**body.get("context", {}), **{g: names[g][int(codes[row, j])] for j, g in enumerate(groups)
                                                  if int(codes[row, j]) in names[g]}}
-        out.append({**body, "scenario": scenarios[i % len(scenarios)], "item_id": tables.item_ids[row:row + 1].tolist()[0],
+        out.append({**body, "scenario": scenarios[i % len(scenarios)], "item_id": seed_id,
                     **({"context": context} if context else {})})
     return out
 
@@ -116,8 +116,7 @@ async def _run(url: str, settings: Settings, *, applies: int, gap_s: float, conc
     names = store.names()
     if not names:
         raise RuntimeError(f"no scenarios in {settings.model_repository}: run rankserve build")
-    bodies = (mixed_bodies(FeatureTables.load(settings.marketplace_path), names) if demo
-              else dataset_bodies_for(settings, tables, names))
+    bodies = mixed_bodies(tables, names) if demo else dataset_bodies_for(settings, tables, names)
     seen: dict[str, list[tuple[float, int]]] = {n: [] for n in names}
     written: list[tuple[str, int, float]] = []
 

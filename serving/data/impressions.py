@@ -221,10 +221,7 @@ class _Clicks:
 
     def __init__(self, user_rows: pa.Array, item_rows: pa.Array, labels: pa.Array, time: pa.Array | None,
                  time_column: str | None) -> None:
-        self.users = pc.fill_null(user_rows, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        self.items = pc.fill_null(item_rows, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        self.labels = labels.to_numpy(zero_copy_only=False)
-        self.time = None if time is None else _sortable(time)
+        self.user_rows, self.item_rows, self.labels, self.time = user_rows, item_rows, labels, time
         self.order = f"by {time_column!r}" if time_column else "in the file's order, as no time is declared"
 
     def before(self, max_len: int) -> tuple[pa.ListArray, int]:
@@ -232,11 +229,13 @@ class _Clicks:
         it (an earlier time; without a time, an earlier row), oldest first; with the number of
         impressions whose list is not empty. A click on an unknown item, or by an unknown user, is
         left out."""
-        n = len(self.users)
-        time = np.arange(n) if self.time is None else self.time
-        order = np.lexsort((np.arange(n), time, self.users))  # by user, then time, then row
-        users, time = self.users[order], time[order]
-        clicked = (self.labels[order] == 1) & (users >= 0) & (self.items[order] >= 0)
+        all_users = pc.fill_null(self.user_rows, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        items = pc.fill_null(self.item_rows, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        n = len(all_users)
+        time = np.arange(n) if self.time is None else _sortable(self.time)
+        order = np.lexsort((np.arange(n), time, all_users))  # by user, then time, then row
+        users, time = all_users[order], time[order]
+        clicked = (self.labels.to_numpy(zero_copy_only=False)[order] == 1) & (users >= 0) & (items[order] >= 0)
         before = np.concatenate([[0], np.cumsum(clicked)])  # clicks at sorted positions < i
         new_user = np.concatenate([[True], users[1:] != users[:-1]])
         new_time = new_user | np.concatenate([[True], time[1:] != time[:-1]])
@@ -249,7 +248,7 @@ class _Clicks:
         lengths = hi_rows - lo_rows
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         flat = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - lo_rows, lengths)
-        clicked_items = self.items[order][clicked].astype(np.int32)
+        clicked_items = items[order][clicked].astype(np.int32)
         rows = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(clicked_items[flat], pa.int32()))
         return rows, int((lengths > 0).sum())
 
